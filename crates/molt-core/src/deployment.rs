@@ -1,0 +1,274 @@
+//! The deployment state machine: which step follows which, and what a restart must do.
+//!
+//! The controller journals every transition; this module decides which transitions exist, so a
+//! deployment can never, say, swap before its environment was healthy.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::InputError;
+
+/// Where a deployment stands. The order of the pre-swap states is the order of the steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployState {
+    /// Recorded, nothing done yet.
+    Pending,
+    /// The new environment exists in the store.
+    EnvCreated,
+    /// Its instances were started.
+    InstancesStarted,
+    /// Every instance passed its health check.
+    Healthy,
+    /// The route points at the new environment.
+    Swapped,
+    /// The old environment has no request in flight; health is being watched.
+    Drained,
+    /// The watch window passed; the deployment is done.
+    Succeeded,
+    /// The new environment never became healthy; traffic never moved.
+    Failed,
+    /// Health failed during the watch window and the route was swapped back.
+    RolledBack,
+    /// A newer deployment of the same app took over.
+    Superseded,
+}
+
+/// What happened, as reported by the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployEvent {
+    /// The environment record was written.
+    EnvCreated,
+    /// All instances were started.
+    InstancesStarted,
+    /// Every instance is healthy.
+    BecameHealthy,
+    /// Instances did not become healthy before the start deadline (or failed to start).
+    HealthFailed,
+    /// The route now points at the new environment.
+    Swapped,
+    /// The old environment drained (or had nothing to drain).
+    DrainFinished,
+    /// The watch window ended with the new environment healthy.
+    WatchPassed,
+    /// The new environment turned unhealthy during the watch window and the route went back.
+    WatchFailed,
+    /// A newer deployment of the same app started.
+    Superseded,
+}
+
+/// What the controller does with an unfinished deployment after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Carry on from the journaled state: every step is idempotent.
+    Resume,
+    /// Nothing to do: the deployment had finished.
+    Finished,
+}
+
+/// A transition the state machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a deployment in state '{from}' cannot take event '{event:?}'")]
+pub struct InvalidTransition {
+    /// The state the deployment was in.
+    pub from: DeployState,
+    /// The refused event.
+    pub event: DeployEvent,
+}
+
+impl DeployState {
+    /// Every state, in step order.
+    pub const ALL: [DeployState; 10] = [
+        DeployState::Pending,
+        DeployState::EnvCreated,
+        DeployState::InstancesStarted,
+        DeployState::Healthy,
+        DeployState::Swapped,
+        DeployState::Drained,
+        DeployState::Succeeded,
+        DeployState::Failed,
+        DeployState::RolledBack,
+        DeployState::Superseded,
+    ];
+
+    /// Applies an event, or refuses it.
+    pub fn next(self, event: DeployEvent) -> Result<DeployState, InvalidTransition> {
+        use DeployEvent as E;
+        use DeployState as S;
+        let to = match (self, event) {
+            (S::Pending, E::EnvCreated) => S::EnvCreated,
+            (S::EnvCreated, E::InstancesStarted) => S::InstancesStarted,
+            (S::InstancesStarted, E::BecameHealthy) => S::Healthy,
+            (S::Pending | S::EnvCreated | S::InstancesStarted | S::Healthy, E::HealthFailed) => {
+                S::Failed
+            }
+            (S::Healthy, E::Swapped) => S::Swapped,
+            (S::Swapped, E::DrainFinished) => S::Drained,
+            (S::Drained, E::WatchPassed) => S::Succeeded,
+            (S::Swapped | S::Drained, E::WatchFailed) => S::RolledBack,
+            (s, E::Superseded) if !s.is_terminal() => S::Superseded,
+            (from, event) => return Err(InvalidTransition { from, event }),
+        };
+        Ok(to)
+    }
+
+    /// True once nothing more will happen to this deployment.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            DeployState::Succeeded
+                | DeployState::Failed
+                | DeployState::RolledBack
+                | DeployState::Superseded
+        )
+    }
+
+    /// True when the route has been moved to this deployment's environment (and may still be).
+    pub fn route_moved(self) -> bool {
+        matches!(
+            self,
+            DeployState::Swapped | DeployState::Drained | DeployState::Succeeded
+        )
+    }
+
+    /// True while traffic has not yet moved: the new environment is disposable.
+    pub fn is_before_swap(self) -> bool {
+        matches!(
+            self,
+            DeployState::Pending
+                | DeployState::EnvCreated
+                | DeployState::InstancesStarted
+                | DeployState::Healthy
+        )
+    }
+
+    /// What a restarted controller does with a deployment in this state.
+    pub fn recovery(self) -> Recovery {
+        if self.is_terminal() {
+            Recovery::Finished
+        } else {
+            Recovery::Resume
+        }
+    }
+
+    /// The state's stable name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployState::Pending => "pending",
+            DeployState::EnvCreated => "env_created",
+            DeployState::InstancesStarted => "instances_started",
+            DeployState::Healthy => "healthy",
+            DeployState::Swapped => "swapped",
+            DeployState::Drained => "drained",
+            DeployState::Succeeded => "succeeded",
+            DeployState::Failed => "failed",
+            DeployState::RolledBack => "rolled_back",
+            DeployState::Superseded => "superseded",
+        }
+    }
+}
+
+impl fmt::Display for DeployState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeployState {
+    type Err = InputError;
+    fn from_str(s: &str) -> Result<Self, InputError> {
+        DeployState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| InputError::Invalid(format!("unknown deployment state '{s}'")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EVENTS: [DeployEvent; 9] = [
+        DeployEvent::EnvCreated,
+        DeployEvent::InstancesStarted,
+        DeployEvent::BecameHealthy,
+        DeployEvent::HealthFailed,
+        DeployEvent::Swapped,
+        DeployEvent::DrainFinished,
+        DeployEvent::WatchPassed,
+        DeployEvent::WatchFailed,
+        DeployEvent::Superseded,
+    ];
+
+    #[test]
+    fn happy_path() {
+        let mut s = DeployState::Pending;
+        for e in [
+            DeployEvent::EnvCreated,
+            DeployEvent::InstancesStarted,
+            DeployEvent::BecameHealthy,
+            DeployEvent::Swapped,
+            DeployEvent::DrainFinished,
+            DeployEvent::WatchPassed,
+        ] {
+            s = s.next(e).unwrap();
+        }
+        assert_eq!(s, DeployState::Succeeded);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in DeployState::ALL {
+            assert_eq!(s.as_str().parse::<DeployState>().unwrap(), s);
+        }
+    }
+
+    proptest! {
+        /// Random event sequences: only legal transitions are taken, and the invariants hold.
+        #[test]
+        fn transitions_keep_invariants(events in proptest::collection::vec(0usize..9, 0..40)) {
+            let mut state = DeployState::Pending;
+            let mut was_healthy = false;
+            for i in events {
+                let event = EVENTS[i];
+                match state.next(event) {
+                    Ok(next) => {
+                        // Terminal states absorb everything.
+                        prop_assert!(!state.is_terminal());
+                        // Traffic only moves to an environment that was healthy.
+                        if next == DeployState::Swapped {
+                            prop_assert!(was_healthy);
+                        }
+                        // Once the route moved, we never go back to a pre-swap step.
+                        if state.route_moved() {
+                            prop_assert!(!next.is_before_swap());
+                        }
+                        // A failed deployment never moved traffic.
+                        if next == DeployState::Failed {
+                            prop_assert!(state.is_before_swap());
+                        }
+                        was_healthy |= next == DeployState::Healthy;
+                        state = next;
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.from, state);
+                    }
+                }
+                prop_assert_eq!(state.recovery() == Recovery::Finished, state.is_terminal());
+            }
+        }
+
+        /// From any non-terminal state there is a path to a terminal one (no dead ends).
+        #[test]
+        fn no_dead_ends(start in 0usize..10) {
+            let state = DeployState::ALL[start];
+            if !state.is_terminal() {
+                prop_assert!(state.next(DeployEvent::Superseded).unwrap().is_terminal());
+            }
+        }
+    }
+}

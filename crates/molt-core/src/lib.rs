@@ -1,0 +1,18 @@
+//! molt's domain: names, the app manifest, the deployment state machine and the
+//! garbage-collection plan.
+//!
+//! Architecture invariant: this crate does no I/O. It never touches the filesystem, the network,
+//! a clock or a process; callers pass in what it needs (text, timestamps, snapshots).
+
+pub mod deployment;
+pub mod duration;
+pub mod error;
+pub mod gc;
+pub mod manifest;
+pub mod names;
+
+pub use deployment::{DeployEvent, DeployState, InvalidTransition, Recovery};
+pub use duration::{format_duration, parse_duration};
+pub use error::InputError;
+pub use manifest::{DeployPolicy, HealthCheck, Manifest, RunConfig};
+pub use names::{AppName, Digest, EnvVarName, Hostname};

@@ -1,0 +1,431 @@
+//! `molt.toml`: the app manifest, parsed into a [`Manifest`] that cannot hold bad values.
+//!
+//! Every error names the line and column it comes from; unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::duration::{parse_duration, serde_text};
+use crate::{AppName, EnvVarName, Hostname, InputError};
+
+/// A parsed and validated `molt.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The app this folder deploys.
+    pub name: AppName,
+    /// Everything about how the app runs; becomes part of each release.
+    pub config: RunConfig,
+}
+
+/// How instances of a release run and are checked: the config half of a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Hostnames the app's route answers to (besides `<app>.localhost`).
+    pub hostnames: Vec<Hostname>,
+    /// argv; `$PORT` and `${VAR}` expand from the instance environment.
+    pub command: Vec<String>,
+    /// Number of instances in each environment.
+    pub instances: u32,
+    /// The health check that gates the swap and keeps watching after it.
+    pub health: HealthCheck,
+    /// Environment variables given to every instance.
+    pub env: BTreeMap<EnvVarName, String>,
+    /// How deployments of this app proceed.
+    pub deploy: DeployPolicy,
+}
+
+/// An HTTP health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// Path requested with GET; any 2xx or 3xx is healthy.
+    pub path: String,
+    /// Time between checks.
+    #[serde(with = "serde_text")]
+    pub interval: Duration,
+    /// Time allowed for one check.
+    #[serde(with = "serde_text")]
+    pub timeout: Duration,
+    /// Consecutive successes that make an instance healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make an instance unhealthy.
+    pub unhealthy_threshold: u32,
+    /// How long a new instance has to become healthy.
+    #[serde(with = "serde_text")]
+    pub start_deadline: Duration,
+}
+
+/// Timing of a blue/green deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployPolicy {
+    /// Longest wait for in-flight requests on the old environment after the swap.
+    #[serde(with = "serde_text")]
+    pub drain_timeout: Duration,
+    /// How long health keeps being watched after the swap, with automatic swap-back.
+    #[serde(with = "serde_text")]
+    pub watch: Duration,
+    /// How long the previous environment stays warm for instant rollback.
+    #[serde(with = "serde_text")]
+    pub rollback_window: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: Spanned<String>,
+    #[serde(default)]
+    hostnames: Vec<Spanned<String>>,
+    command: Spanned<Vec<String>>,
+    #[serde(default)]
+    instances: Option<Spanned<u32>>,
+    #[serde(default)]
+    health: Option<RawHealth>,
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    deploy: Option<RawDeploy>,
+    #[serde(default)]
+    build: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    healthy_threshold: Option<Spanned<u32>>,
+    unhealthy_threshold: Option<Spanned<u32>>,
+    start_deadline: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDeploy {
+    strategy: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+    watch: Option<Spanned<String>>,
+    rollback_window: Option<Spanned<String>>,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/".to_string(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 1,
+            unhealthy_threshold: 3,
+            start_deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for DeployPolicy {
+    fn default() -> Self {
+        DeployPolicy {
+            drain_timeout: Duration::from_secs(30),
+            watch: Duration::from_secs(300),
+            rollback_window: Duration::from_secs(900),
+        }
+    }
+}
+
+impl Manifest {
+    /// Parses `molt.toml` text; `file` names it in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Manifest, InputError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| InputError::Manifest {
+            file: file.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let at = |span: Range<usize>, message: String| InputError::Manifest {
+            file: file.to_string(),
+            message: format!("{}: {message}", line_col(text, span.start)),
+        };
+        let name: AppName = raw
+            .name
+            .get_ref()
+            .parse()
+            .map_err(|e: InputError| at(raw.name.span(), e.to_string()))?;
+        let mut hostnames = Vec::new();
+        for h in &raw.hostnames {
+            let host: Hostname =
+                h.get_ref().parse().map_err(|e: InputError| at(h.span(), e.to_string()))?;
+            hostnames.push(host);
+        }
+        let command = raw.command.get_ref().clone();
+        if command.is_empty() || command[0].trim().is_empty() {
+            return Err(at(
+                raw.command.span(),
+                "command must name a program, e.g. command = [\"./server\", \"--port\", \"$PORT\"]"
+                    .to_string(),
+            ));
+        }
+        let instances = match &raw.instances {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1000 => {
+                return Err(at(n.span(), "instances must be between 1 and 1000".to_string()))
+            }
+            Some(n) => *n.get_ref(),
+            None => 1,
+        };
+        let duration = |v: &Option<Spanned<String>>, default: Duration| match v {
+            Some(s) => parse_duration(s.get_ref()).map_err(|e| at(s.span(), e.to_string())),
+            None => Ok(default),
+        };
+        let threshold = |v: &Option<Spanned<u32>>, default: u32| match v {
+            Some(n) if *n.get_ref() == 0 => Err(at(n.span(), "thresholds start at 1".to_string())),
+            Some(n) => Ok(*n.get_ref()),
+            None => Ok(default),
+        };
+        let rh = raw.health.unwrap_or_default();
+        let dh = HealthCheck::default();
+        let path = match &rh.path {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                return Err(at(p.span(), "health path must start with '/'".to_string()))
+            }
+            Some(p) => p.get_ref().clone(),
+            None => dh.path,
+        };
+        let health = HealthCheck {
+            path,
+            interval: duration(&rh.interval, dh.interval)?,
+            timeout: duration(&rh.timeout, dh.timeout)?,
+            healthy_threshold: threshold(&rh.healthy_threshold, dh.healthy_threshold)?,
+            unhealthy_threshold: threshold(&rh.unhealthy_threshold, dh.unhealthy_threshold)?,
+            start_deadline: duration(&rh.start_deadline, dh.start_deadline)?,
+        };
+        let rd = raw.deploy.unwrap_or_default();
+        if let Some(s) = &rd.strategy {
+            if s.get_ref() != "blue-green" {
+                return Err(at(
+                    s.span(),
+                    format!(
+                        "strategy '{}' is not available yet: use \"blue-green\"",
+                        s.get_ref()
+                    ),
+                ));
+            }
+        }
+        let dd = DeployPolicy::default();
+        let deploy = DeployPolicy {
+            drain_timeout: duration(&rd.drain_timeout, dd.drain_timeout)?,
+            watch: duration(&rd.watch, dd.watch)?,
+            rollback_window: duration(&rd.rollback_window, dd.rollback_window)?,
+        };
+        let mut env = BTreeMap::new();
+        for (k, v) in raw.env {
+            let key: EnvVarName =
+                k.get_ref().parse().map_err(|e: InputError| at(k.span(), e.to_string()))?;
+            env.insert(key, v);
+        }
+        if let Some(b) = &raw.build {
+            return Err(at(
+                b.span(),
+                "[build] is not supported by this version: remove it and the app folder \
+                 itself becomes the image"
+                    .to_string(),
+            ));
+        }
+        Ok(Manifest {
+            name,
+            config: RunConfig {
+                hostnames,
+                command,
+                instances,
+                health,
+                env,
+                deploy,
+            },
+        })
+    }
+
+    /// A starter manifest for `molt init`.
+    pub fn template(name: &AppName) -> String {
+        format!(
+            r#"# molt.toml: how molt runs this app. Reference: docs/manifest.md
+name = "{name}"
+hostnames = []                        # the app always answers on {name}.localhost too
+command = ["./server", "--port", "$PORT"]
+instances = 1
+
+[health]
+path = "/"
+interval = "1s"
+timeout = "2s"
+healthy_threshold = 1
+unhealthy_threshold = 3
+start_deadline = "60s"
+
+[env]
+
+[deploy]
+strategy = "blue-green"
+drain_timeout = "30s"
+watch = "5m"
+rollback_window = "15m"
+"#
+        )
+    }
+}
+
+impl RunConfig {
+    /// Expands `$VAR` and `${VAR}` in the command from `vars`; unknown variables are an error.
+    pub fn expand_command(
+        &self,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, InputError> {
+        self.command.iter().map(|arg| expand(arg, vars)).collect()
+    }
+}
+
+/// Expands `$NAME`, `${NAME}` and `$$` (a literal `$`) in one argument.
+pub fn expand(arg: &str, vars: &BTreeMap<String, String>) -> Result<String, InputError> {
+    let mut out = String::new();
+    let mut rest = arg;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, consumed) = if let Some(inner) = after.strip_prefix('{') {
+            let end = inner.find('}').ok_or_else(|| {
+                InputError::Invalid(format!("unclosed '${{' in command argument '{arg}'"))
+            })?;
+            (&inner[..end], end + 2)
+        } else if let Some(stripped) = after.strip_prefix('$') {
+            let _ = stripped;
+            out.push('$');
+            rest = &after[1..];
+            continue;
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], end)
+        };
+        if name.is_empty() {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        let value = vars.get(name).ok_or_else(|| {
+            InputError::Invalid(format!(
+                "command argument '{arg}' uses ${name}, which is not set: add it under [env]"
+            ))
+        })?;
+        out.push_str(value);
+        rest = &after[consumed..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// 1-based "line L, column C" of a byte offset.
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    format!("line {line}, column {col}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(text: &str) -> Result<Manifest, InputError> {
+        Manifest::parse(text, "molt.toml")
+    }
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let m = parse("name = \"shop\"\ncommand = [\"./s\"]\n").unwrap();
+        assert_eq!(m.name.as_str(), "shop");
+        assert_eq!(m.config.instances, 1);
+        assert_eq!(m.config.health, HealthCheck::default());
+        assert_eq!(m.config.deploy, DeployPolicy::default());
+    }
+
+    #[test]
+    fn full_manifest() {
+        let text = r#"
+name = "shop"
+hostnames = ["Shop.Example.com"]
+command = ["./bin/server", "--port", "$PORT"]
+instances = 2
+[health]
+path = "/healthz"
+interval = "250ms"
+timeout = "2s"
+healthy_threshold = 2
+unhealthy_threshold = 3
+start_deadline = "60s"
+[env]
+RUST_LOG = "info"
+[deploy]
+strategy = "blue-green"
+drain_timeout = "30s"
+watch = "5m"
+rollback_window = "15m"
+"#;
+        let m = parse(text).unwrap();
+        assert_eq!(m.config.hostnames[0].as_str(), "shop.example.com");
+        assert_eq!(m.config.health.interval, Duration::from_millis(250));
+        assert_eq!(m.config.deploy.watch, Duration::from_secs(300));
+        assert_eq!(m.config.env.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let cases = [
+            ("name = \"shop\"\ncommand = [\"x\"]\nbogus = 1\n", "line 3", "bogus"),
+            ("name = \"Shop\"\ncommand = [\"x\"]\n", "line 1, column 8", "app name"),
+            ("name = \"a\"\ncommand = []\n", "line 2", "command must name"),
+            ("name = \"a\"\ncommand = [\"x\"]\n[health]\ninterval = \"5x\"\n", "line 4", "5x"),
+            ("name = \"a\"\ncommand = [\"x\"]\ninstances = 0\n", "line 3", "instances"),
+            ("name = \"a\"\ncommand = [\"x\"]\n[env]\n9X = \"1\"\n", "line 4", "variable"),
+            ("name = \"a\"\ncommand = [\"x\"]\n[health]\npath = \"x\"\n", "line 4", "path"),
+            ("name = \"a\"\ncommand = [\"x\"\n", "line", "TOML"),
+            ("command = [\"x\"]\n", "missing field", "name"),
+        ];
+        for (text, want_at, want_what) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(want_at), "{err:?} lacks {want_at:?}");
+            assert!(err.contains(want_what), "{err:?} lacks {want_what:?}");
+            assert!(err.starts_with("molt.toml: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn expands_variables() {
+        let vars: BTreeMap<String, String> =
+            [("PORT".to_string(), "8001".to_string())].into_iter().collect();
+        assert_eq!(expand("--port=$PORT", &vars).unwrap(), "--port=8001");
+        assert_eq!(expand("${PORT}x", &vars).unwrap(), "8001x");
+        assert_eq!(expand("$$PORT", &vars).unwrap(), "$PORT");
+        assert_eq!(expand("a$", &vars).unwrap(), "a$");
+        assert!(expand("$NOPE", &vars).is_err());
+        assert!(expand("${PORT", &vars).is_err());
+    }
+
+    #[test]
+    fn template_parses() {
+        let name: AppName = "demo".parse().unwrap();
+        assert_eq!(parse(&Manifest::template(&name)).unwrap().name, name);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,200}") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn expand_never_panics(s in "[a-z${}_A-Z]{0,30}") {
+            let vars: BTreeMap<String, String> =
+                [("A".to_string(), "1".to_string())].into_iter().collect();
+            let _ = expand(&s, &vars);
+        }
+    }
+}

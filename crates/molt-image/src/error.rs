@@ -1,0 +1,56 @@
+//! The one error type of the image store.
+
+use std::io;
+use std::path::PathBuf;
+
+use molt_core::Digest;
+
+/// Why an image operation failed.
+#[derive(thiserror::Error, Debug)]
+pub enum ImageError {
+    /// A filesystem operation on `path` failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory being worked on.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// An entry of a tar or a directory would escape the image root or is of a forbidden kind.
+    #[error("unsafe entry {path:?} in image: {why}")]
+    UnsafeEntry {
+        /// The entry's path as written in the archive or relative to the directory.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// No image with this digest is stored.
+    #[error("image {0} is not in the store")]
+    NotFound(Digest),
+    /// `import_path` was given something that is neither a directory nor a regular file.
+    #[error("{} is neither a directory nor a tar file", .0.display())]
+    NotADirectoryOrTar(PathBuf),
+    /// The tar stream could not be parsed.
+    #[error("malformed tar stream: {0}")]
+    Tar(#[source] io::Error),
+    /// Writing the canonical tar to its destination failed.
+    #[error("writing the image tar: {0}")]
+    Write(#[source] io::Error),
+}
+
+impl ImageError {
+    /// Wraps an I/O error with the path it happened on.
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ImageError {
+        let path = path.into();
+        move |source| ImageError::Io { path, source }
+    }
+
+    /// Builds an `UnsafeEntry` error.
+    pub(crate) fn unsafe_entry(path: impl Into<String>, why: impl Into<String>) -> ImageError {
+        ImageError::UnsafeEntry {
+            path: path.into(),
+            why: why.into(),
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The response body the router hands to hyper: either an upstream's body, streamed through
+//! while its request is counted in flight, or a short body the router wrote itself.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::stats::InFlight;
+
+/// Body of every response the router sends to a client.
+#[derive(Debug)]
+pub(crate) enum ResponseBody {
+    /// Streamed from an upstream; `in_flight` is released at the end of the stream (or when
+    /// hyper drops the body, e.g. because the client went away).
+    Upstream {
+        body: Incoming,
+        in_flight: Option<InFlight>,
+    },
+    /// Made by the router (errors, 404).
+    Local(Full<Bytes>),
+}
+
+impl ResponseBody {
+    pub(crate) fn upstream(body: Incoming, in_flight: InFlight) -> Self {
+        Self::Upstream {
+            body,
+            in_flight: Some(in_flight),
+        }
+    }
+
+    pub(crate) fn text(text: String) -> Self {
+        Self::Local(Full::new(Bytes::from(text)))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Upstream { body, in_flight } => {
+                let frame = Pin::new(body).poll_frame(cx);
+                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+                    in_flight.take();
+                }
+                frame
+            }
+            Self::Local(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never: Infallible| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream { body, .. } => body.is_end_stream(),
+            Self::Local(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Upstream { body, .. } => body.size_hint(),
+            Self::Local(body) => body.size_hint(),
+        }
+    }
+}

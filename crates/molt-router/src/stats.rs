@@ -1,0 +1,142 @@
+//! Per-environment request counters.
+//!
+//! The controller decides when an environment's instances may stop by reading these, so
+//! `in_flight` must be exact: it is raised while the request still holds the route table
+//! and lowered only when the response body is finished or dropped ([`InFlight`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Counters of one environment, snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnvStats {
+    /// Requests assigned to the environment.
+    pub accepted: u64,
+    /// Assigned requests whose response has not been fully sent yet.
+    pub in_flight: u64,
+    /// Responses relayed from an upstream (any status).
+    pub answered: u64,
+    /// Error responses the router made itself (502, 503, 504).
+    pub failed: u64,
+}
+
+/// Live counters of one environment, shared by every route to it.
+#[derive(Debug, Default)]
+pub(crate) struct EnvCounters {
+    accepted: AtomicU64,
+    in_flight: AtomicU64,
+    answered: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Marks one request as in flight for its environment until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<EnvCounters>);
+
+/// env id -> counters. Locked only when publishing and when reading stats, never per request.
+#[derive(Debug, Default)]
+pub(crate) struct StatsRegistry {
+    envs: Mutex<HashMap<String, Arc<EnvCounters>>>,
+}
+
+impl EnvCounters {
+    /// Counts a request as assigned to this environment; it stays in flight until the guard
+    /// is dropped.
+    pub(crate) fn accept(self: &Arc<Self>) -> InFlight {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+
+    pub(crate) fn record_answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn snapshot(&self) -> EnvStats {
+        EnvStats {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            in_flight: self.in_flight(),
+            answered: self.answered.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl InFlight {
+    /// The counters this request is accounted to.
+    pub(crate) fn counters(&self) -> &EnvCounters {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl StatsRegistry {
+    /// The counters of `env`, created on first use.
+    pub(crate) fn counters(&self, env: &str) -> Arc<EnvCounters> {
+        let mut envs = self.envs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(counters) = envs.get(env) {
+            return Arc::clone(counters);
+        }
+        let counters = Arc::new(EnvCounters::default());
+        envs.insert(env.to_owned(), Arc::clone(&counters));
+        counters
+    }
+
+    /// The counters of `env` if it was ever routed to.
+    pub(crate) fn get(&self, env: &str) -> Option<Arc<EnvCounters>> {
+        let envs = self.envs.lock().unwrap_or_else(PoisonError::into_inner);
+        envs.get(env).cloned()
+    }
+
+    /// Drops the counters of `env` when `remove` approves them.
+    pub(crate) fn remove_if(&self, env: &str, remove: impl FnOnce(&EnvCounters) -> bool) -> bool {
+        let mut envs = self.envs.lock().unwrap_or_else(PoisonError::into_inner);
+        match envs.get(env) {
+            Some(counters) if remove(counters) => {
+                envs.remove(env);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_follows_the_guard() {
+        let registry = StatsRegistry::default();
+        let counters = registry.counters("blue");
+        assert!(Arc::ptr_eq(&counters, &registry.counters("blue")));
+        let guard = counters.accept();
+        guard.counters().record_answered();
+        assert_eq!(
+            counters.snapshot(),
+            EnvStats {
+                accepted: 1,
+                in_flight: 1,
+                answered: 1,
+                failed: 0
+            }
+        );
+        drop(guard);
+        assert_eq!(counters.snapshot().in_flight, 0);
+        assert!(registry.get("green").is_none());
+    }
+}
