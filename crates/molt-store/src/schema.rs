@@ -1,0 +1,95 @@
+//! The schema and its migrations, applied in order and recorded in `user_version`.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE apps (
+    name TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE images (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE tags (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL REFERENCES images(digest),
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE releases (
+    app TEXT NOT NULL REFERENCES apps(name),
+    number INTEGER NOT NULL,
+    image TEXT NOT NULL,
+    config TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    pinned INTEGER NOT NULL DEFAULT 0,
+    note TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (app, number)
+);
+CREATE TABLE environments (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL REFERENCES apps(name),
+    release INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    warm_until_ms INTEGER,
+    retired_ms INTEGER,
+    FOREIGN KEY (app, release) REFERENCES releases(app, number)
+);
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY,
+    env TEXT NOT NULL REFERENCES environments(id),
+    app TEXT NOT NULL,
+    state TEXT NOT NULL,
+    pid INTEGER,
+    start_time INTEGER,
+    port INTEGER NOT NULL,
+    started_ms INTEGER NOT NULL,
+    exit TEXT
+);
+CREATE INDEX instances_env ON instances(env);
+CREATE TABLE routes (
+    app TEXT PRIMARY KEY REFERENCES apps(name),
+    env TEXT NOT NULL REFERENCES environments(id),
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE deployments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL REFERENCES apps(name),
+    release INTEGER NOT NULL,
+    env TEXT,
+    prev_env TEXT,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    error TEXT,
+    figures TEXT
+);
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment INTEGER NOT NULL REFERENCES deployments(id),
+    at_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+"#];
+
+/// Applies the migrations the database has not seen yet, each in its own transaction.
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
