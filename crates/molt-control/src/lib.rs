@@ -1,1 +1,176 @@
-//! molt-control
+//! The controller: turns requests (deploy, swap, rollback, config, gc) into journaled steps over
+//! the store, the image store, the provider and the router, and keeps what runs matching what the
+//! store says (health, replacement, recovery after a restart, garbage collection).
+//!
+//! Architecture invariants:
+//! - the store is the truth; the router table and the running instances are derived from it and
+//!   rebuilt from it after a restart;
+//! - a route changes only through [`Controller`] methods holding the app's lock, store first, then
+//!   router (so a crash in between is repaired by the rebuild);
+//! - an instance is never repaired: a dead or unhealthy one is replaced by a new one.
+
+mod deploy;
+mod error;
+mod gc;
+mod health;
+mod instances;
+mod ops;
+mod reconcile;
+mod routes;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use molt_core::DeployState;
+use molt_image::ImageStore;
+use molt_provider::Provider;
+use molt_router::Router;
+use molt_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::{ControlError, Result};
+pub use gc::GcReport;
+pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Where instance logs are written.
+    pub logs_dir: PathBuf,
+    /// How often garbage collection runs by itself.
+    pub gc_interval: Duration,
+    /// Time an instance gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// Newest releases per app whose images are kept.
+    pub keep_releases: usize,
+    /// Images imported more recently than this are never collected.
+    pub image_grace: Duration,
+    /// Test hook: deployments stop (and wait to be killed) when they reach this state.
+    pub pause_at: Option<DeployState>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            logs_dir: PathBuf::from("logs"),
+            gc_interval: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(5),
+            keep_releases: 5,
+            image_grace: Duration::from_secs(3600),
+            pause_at: None,
+        }
+    }
+}
+
+/// The control plane. Cheap to clone; every clone drives the same state.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Mutex<Store>,
+    images: ImageStore,
+    provider: Arc<dyn Provider>,
+    router: Arc<Router>,
+    config: ControlConfig,
+    /// One lock per app: route changes and deployment starts of an app are serialised.
+    app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The running deployment task of each app.
+    active: Mutex<HashMap<String, ActiveDeployment>>,
+    /// Serialises router table rebuilds so an older table never overwrites a newer one.
+    publish_lock: tokio::sync::Mutex<()>,
+    /// Held by a reconcile pass and by retirements, so they never act on the same instances.
+    reconcile_lock: tokio::sync::Mutex<()>,
+    health: health::Checker,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+struct ActiveDeployment {
+    id: u64,
+    cancel: CancellationToken,
+    done: Arc<tokio::sync::Notify>,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Controller {
+    /// Builds a controller over its parts. Call [`Controller::start`] to recover and begin the
+    /// background loops.
+    pub fn new(
+        store: Store,
+        images: ImageStore,
+        provider: Arc<dyn Provider>,
+        router: Arc<Router>,
+        config: ControlConfig,
+    ) -> Controller {
+        Controller {
+            inner: Arc::new(Inner {
+                store: Mutex::new(store),
+                images,
+                provider,
+                router,
+                config,
+                app_locks: Mutex::new(HashMap::new()),
+                active: Mutex::new(HashMap::new()),
+                publish_lock: tokio::sync::Mutex::new(()),
+                reconcile_lock: tokio::sync::Mutex::new(()),
+                health: health::Checker::new(),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The router this controller feeds.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.inner.router
+    }
+
+    /// The provider's isolation level, shown in status output.
+    pub fn isolation(&self) -> &'static str {
+        self.inner.provider.isolation()
+    }
+
+    /// Stops the background loops and deployment tasks (instances keep running: a restarted
+    /// molt adopts them).
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Runs `f` against the store on a blocking thread.
+    async fn db<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> std::result::Result<T, molt_store::StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut store = inner
+                .store
+                .lock()
+                .map_err(|_| ControlError::Internal("store lock poisoned".into()))?;
+            f(&mut store).map_err(ControlError::from)
+        })
+        .await??;
+        Ok(out)
+    }
+
+    fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.app_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(app.to_string()).or_default().clone()
+    }
+
+    /// Spawns a task owned by the controller (stopped and awaited on shutdown).
+    fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tasks.spawn(fut);
+    }
+}

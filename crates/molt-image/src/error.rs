@@ -31,6 +31,16 @@ pub enum ImageError {
     /// `import_path` was given something that is neither a directory nor a regular file.
     #[error("{} is neither a directory nor a tar file", .0.display())]
     NotADirectoryOrTar(PathBuf),
+    /// A stored blob no longer hashes to its name.
+    #[error(
+        "image blob {digest} is corrupt (its content hashes to {actual}); remove and re-import it"
+    )]
+    Corrupt {
+        /// The digest the blob is stored under.
+        digest: Digest,
+        /// What its bytes hash to now.
+        actual: Digest,
+    },
     /// The tar stream could not be parsed.
     #[error("malformed tar stream: {0}")]
     Tar(#[source] io::Error),

@@ -1,1 +1,98 @@
-//! molt-provider
+//! molt-provider: where instances run.
+//!
+//! A [`Provider`] starts instances from an [`InstanceSpec`], reports their status, signals them,
+//! and after a restart of molt finds and re-adopts the ones still running. The [`LocalProvider`]
+//! runs each instance as a plain child process in its own process group; Docker or Kubernetes
+//! providers implement the same trait later.
+//!
+//! Everything here blocks; async callers use `spawn_blocking`.
+
+mod error;
+mod local;
+mod procfs;
+
+use std::path::PathBuf;
+
+pub use crate::error::ProviderError;
+pub use crate::local::LocalProvider;
+
+/// Everything needed to start one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSpec {
+    /// Unique instance id; exported to the process as `MOLT_INSTANCE`.
+    pub id: String,
+    /// Program and arguments, already expanded (no shell involved).
+    pub command: Vec<String>,
+    /// Working directory; a program with a `/` in its name is resolved against it.
+    pub cwd: PathBuf,
+    /// The complete environment (nothing is inherited from molt).
+    pub env: Vec<(String, String)>,
+    /// File that receives stdout and stderr, appended to.
+    pub log_path: PathBuf,
+}
+
+/// Identity of a running process that survives a restart of molt (pid + kernel start time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcessHandle {
+    /// Process id, also the id of the instance's process group.
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22): tells a reused pid
+    /// apart from the process that first had it.
+    pub start_time: u64,
+}
+
+/// What became of an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceStatus {
+    /// Still running.
+    Running,
+    /// Exited with a code, or was killed by a signal.
+    Exited {
+        /// Exit code, when it exited normally.
+        code: Option<i32>,
+        /// Signal number, when a signal ended it.
+        signal: Option<i32>,
+    },
+    /// Not our child and no longer alive: the exit status is unknown.
+    Gone,
+}
+
+/// How hard to ask an instance to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// SIGTERM: finish what you are doing and exit.
+    Graceful,
+    /// SIGKILL: stop now.
+    Force,
+}
+
+/// A place where instances run.
+pub trait Provider: Send + Sync {
+    /// Short name of the provider, e.g. `"local"`.
+    fn name(&self) -> &'static str;
+
+    /// How instances are isolated from each other and from the host (`"none"` for plain processes).
+    fn isolation(&self) -> &'static str;
+
+    /// Starts an instance and returns the handle to record for it.
+    fn start(&self, spec: &InstanceSpec) -> Result<ProcessHandle, ProviderError>;
+
+    /// The current status of instance `id` started (or adopted) as `handle`.
+    fn status(&self, id: &str, handle: ProcessHandle) -> InstanceStatus;
+
+    /// Signals the instance's whole process group; an instance that is already gone is not an error.
+    fn signal(&self, handle: ProcessHandle, sig: StopSignal) -> Result<(), ProviderError>;
+
+    /// True when `handle` is still alive, is the same process (start time matches) and carries
+    /// this provider's owner marker and instance `id`.
+    fn adopt(&self, id: &str, handle: ProcessHandle) -> bool;
+
+    /// Every live instance process carrying this provider's owner marker, with its instance id:
+    /// used to find orphans after a restart.
+    fn scan(&self) -> Vec<(String, ProcessHandle)>;
+
+    /// Forgets what the provider keeps about instance `id` once its exit has been recorded.
+    fn forget(&self, id: &str) {
+        let _ = id;
+    }
+}

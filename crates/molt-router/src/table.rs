@@ -223,8 +223,7 @@ fn strip_port(host: &str) -> &str {
 }
 
 fn authority_of(addr: SocketAddr) -> Authority {
-    Authority::try_from(addr.to_string())
-        .expect("a formatted SocketAddr is a valid URI authority")
+    Authority::try_from(addr.to_string()).expect("a formatted SocketAddr is a valid URI authority")
 }
 
 #[cfg(test)]

@@ -479,6 +479,12 @@ impl Store {
         tx.execute("UPDATE environments SET warm_until_ms = NULL WHERE id = ?1", [env])?;
         if let Some((id, event, detail)) = deployment {
             advance_in(&tx, id, event, detail)?;
+            if event == DeployEvent::Swapped && previous.as_deref() != Some(env) {
+                tx.execute(
+                    "UPDATE deployments SET prev_env = ?2 WHERE id = ?1",
+                    params![id as i64, previous],
+                )?;
+            }
         }
         tx.commit()?;
         Ok(previous)

@@ -1,0 +1,183 @@
+//! Garbage collection by reachability, retirement of environments, and orphan hunting.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use molt_core::gc::{plan, EnvFacts, ImageFacts, ReleaseFacts, Snapshot};
+use molt_core::Digest;
+use molt_store::{now_ms, EnvState};
+use serde::{Deserialize, Serialize};
+
+use crate::{Controller, Result};
+
+/// What a collection did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GcReport {
+    /// True when nothing was changed.
+    pub dry_run: bool,
+    /// Environments retired (their instances stopped).
+    pub envs: Vec<String>,
+    /// Images deleted.
+    pub images: Vec<Digest>,
+    /// Processes found running for this molt that the store did not know, stopped.
+    pub orphans: Vec<String>,
+    /// Environments kept, with why.
+    pub kept: BTreeMap<String, String>,
+}
+
+impl Controller {
+    /// Collects what nothing reaches any more; with `dry_run`, only reports it.
+    pub async fn gc(&self, dry_run: bool) -> Result<GcReport> {
+        let keep_releases = self.inner.config.keep_releases;
+        let image_grace_ms = self.inner.config.image_grace.as_millis() as u64;
+        let snapshot = self
+            .db(move |s| {
+                let routed: HashSet<String> = s.routes()?.into_iter().map(|(_, e)| e).collect();
+                let deploying: HashSet<String> = s
+                    .unfinished_deployments()?
+                    .into_iter()
+                    .filter_map(|d| d.env)
+                    .collect();
+                let envs = s
+                    .envs(None, false)?
+                    .into_iter()
+                    .map(|e| EnvFacts {
+                        routed: routed.contains(&e.id),
+                        deploying: deploying.contains(&e.id),
+                        id: e.id,
+                        app: e.app,
+                        release: e.release,
+                        warm_until_ms: e.warm_until_ms,
+                    })
+                    .collect();
+                let releases = s
+                    .releases(None)?
+                    .into_iter()
+                    .map(|r| ReleaseFacts {
+                        app: r.app,
+                        number: r.number,
+                        image: r.image,
+                        pinned: r.pinned,
+                    })
+                    .collect();
+                let images = s
+                    .images()?
+                    .into_iter()
+                    .map(|i| ImageFacts {
+                        tagged: !i.tags.is_empty(),
+                        digest: i.digest,
+                        created_ms: i.created_ms,
+                    })
+                    .collect();
+                Ok(Snapshot {
+                    now_ms: now_ms(),
+                    envs,
+                    releases,
+                    images,
+                    keep_releases,
+                    image_grace_ms,
+                })
+            })
+            .await?;
+        let planned = plan(&snapshot);
+        let mut report = GcReport {
+            dry_run,
+            envs: planned.envs.clone(),
+            images: planned.images.clone(),
+            orphans: Vec::new(),
+            kept: planned.kept_envs.clone(),
+        };
+        report.orphans = self.stop_orphans(dry_run).await?;
+        if dry_run {
+            return Ok(report);
+        }
+        for env in &planned.envs {
+            self.retire_env(env, "garbage-collected: outside the rollback window and not routed")
+                .await?;
+        }
+        for digest in &planned.images {
+            let d = digest.clone();
+            self.db(move |s| s.remove_image(&d)).await?;
+            let images = self.inner.images.clone();
+            let d = digest.clone();
+            tokio::task::spawn_blocking(move || images.remove(&d)).await??;
+        }
+        Ok(report)
+    }
+
+    /// Retires an environment: no new traffic, in-flight requests finish (bounded by the
+    /// release's drain timeout), then its instances stop.
+    pub(crate) async fn retire_env(&self, env: &str, why: &str) -> Result<()> {
+        let _guard = self.inner.reconcile_lock.lock().await;
+        let id = env.to_string();
+        let (rec, instances) = self
+            .db(move |s| {
+                s.set_env_state(&id, EnvState::Retired)?;
+                Ok((s.env(&id)?, s.instances(Some(&id), false)?))
+            })
+            .await?;
+        self.publish_routes().await?;
+        let (app, number) = (rec.app.clone(), rec.release);
+        let drain = self
+            .db(move |s| Ok(s.release(&app, number)?.config.deploy.drain_timeout))
+            .await
+            .unwrap_or(Duration::from_secs(30));
+        let deadline = Instant::now() + drain;
+        while self.inner.router.env_stats(env).in_flight > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for inst in &instances {
+            self.stop_instance(inst, why).await?;
+        }
+        self.inner.router.forget_env(env);
+        self.event(&rec.app, "retire", &format!("{env} retired: {why}")).await;
+        Ok(())
+    }
+
+    /// Finds processes carrying this molt's marker that the store does not count as live, and
+    /// stops them (unless `dry_run`). Returns their instance ids.
+    pub(crate) async fn stop_orphans(&self, dry_run: bool) -> Result<Vec<String>> {
+        let provider = self.inner.provider.clone();
+        let running = tokio::task::spawn_blocking(move || provider.scan()).await?;
+        let known: HashSet<(String, u32)> = self
+            .db(|s| s.instances(None, false))
+            .await?
+            .into_iter()
+            .filter_map(|i| Some((i.id, i.pid?)))
+            .collect();
+        let mut orphans = Vec::new();
+        for (id, handle) in running {
+            if known.contains(&(id.clone(), handle.pid)) {
+                continue;
+            }
+            orphans.push(id.clone());
+            if !dry_run {
+                tracing::warn!(instance = %id, pid = handle.pid, "stopping orphaned instance");
+                self.terminate(&id, handle).await;
+            }
+        }
+        Ok(orphans)
+    }
+
+    pub(crate) async fn gc_loop(&self) {
+        let shutdown = self.inner.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.inner.config.gc_interval) => {}
+            }
+            match self.gc(false).await {
+                Ok(r) if !(r.envs.is_empty() && r.images.is_empty() && r.orphans.is_empty()) => {
+                    tracing::info!(
+                        envs = r.envs.len(),
+                        images = r.images.len(),
+                        orphans = r.orphans.len(),
+                        "garbage collected"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("gc: {e}"),
+            }
+        }
+    }
+}

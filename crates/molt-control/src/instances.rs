@@ -1,0 +1,208 @@
+//! Starting, stopping and checking instances.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use molt_provider::{InstanceSpec, InstanceStatus, ProcessHandle, StopSignal};
+use molt_store::{InstanceRecord, InstanceState, ReleaseRecord};
+
+use crate::{ControlError, Controller, Result};
+
+/// How many lines of an instance's log go into an error message.
+const LOG_TAIL_LINES: usize = 20;
+
+impl Controller {
+    /// Starts one new instance of `env` running `release`, recorded before the process starts so
+    /// that a crash in between leaves a record to clean up rather than an unknown process.
+    pub(crate) async fn start_instance(
+        &self,
+        env: &str,
+        release: &ReleaseRecord,
+    ) -> Result<InstanceRecord> {
+        let port = free_port()?;
+        let env_id = env.to_string();
+        let inst = self.db(move |s| s.create_instance(&env_id, port)).await?;
+        let images = self.inner.images.clone();
+        let digest = release.image.clone();
+        let rootfs = tokio::task::spawn_blocking(move || images.rootfs(&digest)).await??;
+        let mut vars: BTreeMap<String, String> = release
+            .config
+            .env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        vars.insert("PORT".into(), port.to_string());
+        vars.insert("MOLT_APP".into(), release.app.clone());
+        vars.insert("MOLT_RELEASE".into(), format!("v{}", release.number));
+        vars.insert("MOLT_ENV".into(), env.to_string());
+        vars.entry("PATH".into()).or_insert_with(|| {
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
+        });
+        let command = match release.config.expand_command(&vars) {
+            Ok(c) => c,
+            Err(e) => {
+                self.mark_stopped(&inst.id, &e.to_string()).await?;
+                return Err(e.into());
+            }
+        };
+        let spec = InstanceSpec {
+            id: inst.id.clone(),
+            command,
+            cwd: rootfs,
+            env: vars.into_iter().collect(),
+            log_path: self.log_path(&inst.id),
+        };
+        let provider = self.inner.provider.clone();
+        let started = tokio::task::spawn_blocking(move || provider.start(&spec)).await?;
+        match started {
+            Ok(handle) => {
+                let id = inst.id.clone();
+                self.db(move |s| s.set_instance_process(&id, handle.pid, handle.start_time))
+                    .await?;
+                let id = inst.id.clone();
+                self.db(move |s| s.instance(&id)).await
+            }
+            Err(e) => {
+                self.mark_stopped(&inst.id, &e.to_string()).await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub(crate) async fn mark_stopped(&self, id: &str, why: &str) -> Result<()> {
+        let (id, why) = (id.to_string(), why.to_string());
+        let provider = self.inner.provider.clone();
+        self.db(move |s| {
+            s.set_instance_state(&id, InstanceState::Stopped, Some(&why))?;
+            provider.forget(&id);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Where an instance's stdout and stderr go.
+    pub(crate) fn log_path(&self, instance: &str) -> PathBuf {
+        self.inner.config.logs_dir.join(format!("{instance}.log"))
+    }
+
+    /// The process status of an instance record.
+    pub(crate) fn process_status(&self, inst: &InstanceRecord) -> InstanceStatus {
+        match handle_of(inst) {
+            Some(h) => self.inner.provider.status(&inst.id, h),
+            None => InstanceStatus::Gone,
+        }
+    }
+
+    /// Stops an instance: SIGTERM, then SIGKILL after the grace period; records it as stopped.
+    pub(crate) async fn stop_instance(&self, inst: &InstanceRecord, why: &str) -> Result<()> {
+        if let Some(handle) = handle_of(inst) {
+            let id = inst.id.clone();
+            self.db(move |s| s.set_instance_state(&id, InstanceState::Stopping, None))
+                .await?;
+            self.terminate(&inst.id, handle).await;
+        }
+        self.mark_stopped(&inst.id, why).await
+    }
+
+    /// Ends a process: SIGTERM, wait up to the grace period, then SIGKILL and wait for it.
+    pub(crate) async fn terminate(&self, id: &str, handle: ProcessHandle) {
+        let provider = &self.inner.provider;
+        let alive = |p: &dyn molt_provider::Provider| {
+            matches!(p.status(id, handle), InstanceStatus::Running)
+        };
+        if !alive(provider.as_ref()) {
+            return;
+        }
+        let _ = provider.signal(handle, StopSignal::Graceful);
+        let deadline = Instant::now() + self.inner.config.stop_grace;
+        while Instant::now() < deadline {
+            if !alive(provider.as_ref()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::warn!(instance = id, "did not stop after SIGTERM; sending SIGKILL");
+        let _ = provider.signal(handle, StopSignal::Force);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(provider.as_ref()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The last lines of an instance's log.
+    pub(crate) async fn log_tail(&self, instance: &str, lines: usize) -> String {
+        let path = self.log_path(instance);
+        tokio::task::spawn_blocking(move || tail_file(&path, lines))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// A failure message with the tail of the instance's log appended.
+    pub(crate) async fn with_log_tail(&self, instance: &str, message: String) -> String {
+        let tail = self.log_tail(instance, LOG_TAIL_LINES).await;
+        if tail.trim().is_empty() {
+            format!("{message} (instance {instance} logged nothing)")
+        } else {
+            format!("{message}\n--- last lines of {instance}'s log ---\n{tail}")
+        }
+    }
+}
+
+/// The address the router and health checks use for an instance.
+pub(crate) fn instance_addr(inst: &InstanceRecord) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, inst.port))
+}
+
+/// The process identity of an instance, once it has one.
+pub(crate) fn handle_of(inst: &InstanceRecord) -> Option<ProcessHandle> {
+    Some(ProcessHandle {
+        pid: inst.pid?,
+        start_time: inst.start_time?,
+    })
+}
+
+/// Describes how a process ended.
+pub(crate) fn describe_exit(status: &InstanceStatus) -> String {
+    match status {
+        InstanceStatus::Running => "running".into(),
+        InstanceStatus::Exited {
+            code: Some(c),
+            signal: _,
+        } => format!("exited with code {c}"),
+        InstanceStatus::Exited {
+            code: None,
+            signal: Some(s),
+        } => format!("killed by signal {s}"),
+        InstanceStatus::Exited { .. } => "exited".into(),
+        InstanceStatus::Gone => "process is gone".into(),
+    }
+}
+
+/// Picks a free loopback port for a new instance.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| ControlError::Internal(format!("no free port on 127.0.0.1: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| ControlError::Internal(e.to_string()))
+}
+
+/// The last `lines` lines of a file (reads at most the last 64 KiB).
+pub(crate) fn tail_file(path: &std::path::Path, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(64 * 1024);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,219 @@
+//! Keeping what runs equal to what the store says: recovery after a restart, health checks of
+//! ready environments, replacement of dead or unhealthy instances.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use molt_core::Recovery;
+use molt_provider::InstanceStatus;
+use molt_store::{EnvState, InstanceRecord, InstanceState, ReleaseRecord};
+
+use crate::instances::{describe_exit, handle_of, instance_addr};
+use crate::{Controller, Result};
+
+/// How often the reconciler looks at instances.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Per-instance health bookkeeping, kept in memory.
+#[derive(Default)]
+struct Streak {
+    successes: u32,
+    failures: u32,
+    next_check: Option<Instant>,
+}
+
+impl Controller {
+    /// Recovers after a (re)start — adopts or forgets instances, stops orphans, rebuilds the
+    /// route table, resumes unfinished deployments — then starts the background loops.
+    pub async fn start(&self) -> Result<()> {
+        self.recover().await?;
+        let this = self.clone();
+        self.spawn(async move { this.reconcile_loop().await });
+        let this = self.clone();
+        self.spawn(async move { this.gc_loop().await });
+        Ok(())
+    }
+
+    async fn recover(&self) -> Result<()> {
+        let instances = self.db(|s| s.instances(None, false)).await?;
+        let mut adopted = 0;
+        for inst in &instances {
+            let alive = handle_of(inst).is_some_and(|h| self.inner.provider.adopt(&inst.id, h));
+            if alive {
+                adopted += 1;
+            } else {
+                let id = inst.id.clone();
+                self.db(move |s| {
+                    s.set_instance_state(&id, InstanceState::Stopped, Some("lost while molt was down"))
+                })
+                .await?;
+            }
+        }
+        tracing::info!(adopted, "instances re-adopted after start");
+        self.stop_orphans(false).await?;
+        // Instances of retired environments that outlived a crash during teardown.
+        for env in self.db(|s| s.envs(None, true)).await? {
+            if env.state == EnvState::Retired {
+                let id = env.id.clone();
+                for inst in self.db(move |s| s.instances(Some(&id), false)).await? {
+                    self.stop_instance(&inst, "its environment is retired").await?;
+                }
+            }
+        }
+        self.publish_routes().await?;
+        let unfinished = self.db(|s| s.unfinished_deployments()).await?;
+        let mut newest: HashMap<String, u64> = HashMap::new();
+        for d in &unfinished {
+            newest.insert(d.app.clone(), d.id);
+        }
+        for d in unfinished {
+            if d.state.recovery() == Recovery::Finished {
+                continue;
+            }
+            if newest.get(&d.app) != Some(&d.id) {
+                // An older deployment that a newer one had superseded when molt stopped.
+                let id = d.id;
+                self.db(move |s| {
+                    s.advance(id, molt_core::DeployEvent::Superseded, "superseded (found at restart)")
+                })
+                .await?;
+                if d.state.is_before_swap() {
+                    if let Some(env) = &d.env {
+                        self.retire_env(env, "its deployment was superseded").await?;
+                    }
+                }
+                continue;
+            }
+            tracing::info!(deployment = d.id, state = %d.state, "resuming deployment");
+            self.event(&d.app, "resume", &format!("resuming deployment {} from step {}", d.id, d.state))
+                .await;
+            self.launch_deployment(d).await;
+        }
+        Ok(())
+    }
+
+    async fn reconcile_loop(&self) {
+        let mut streaks: HashMap<String, Streak> = HashMap::new();
+        let shutdown = self.inner.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            if let Err(e) = self.reconcile_once(&mut streaks).await {
+                tracing::warn!("reconcile: {e}");
+            }
+        }
+    }
+
+    /// One pass over every ready environment.
+    async fn reconcile_once(&self, streaks: &mut HashMap<String, Streak>) -> Result<()> {
+        let _guard = self.inner.reconcile_lock.lock().await;
+        let envs = self.db(|s| s.envs(None, false)).await?;
+        let mut changed = false;
+        let mut seen = Vec::new();
+        for env in envs.into_iter().filter(|e| e.state == EnvState::Ready) {
+            let (app, number, id) = (env.app.clone(), env.release, env.id.clone());
+            let (release, instances) = self
+                .db(move |s| Ok((s.release(&app, number)?, s.instances(Some(&id), false)?)))
+                .await?;
+            let mut live = 0usize;
+            for inst in instances {
+                seen.push(inst.id.clone());
+                match self.check_instance(&inst, &release, streaks).await? {
+                    Verdict::Keep { state_changed } => {
+                        live += 1;
+                        changed |= state_changed;
+                    }
+                    Verdict::Replace(why) => {
+                        changed = true;
+                        self.stop_instance(&inst, &why).await?;
+                        self.event(&env.app, "instance", &format!("{} {why}; replacing it", inst.id))
+                            .await;
+                    }
+                }
+            }
+            for _ in live..release.config.instances as usize {
+                match self.start_instance(&env.id, &release).await {
+                    Ok(inst) => {
+                        self.event(&env.app, "instance", &format!("started {} in {}", inst.id, env.id))
+                            .await
+                    }
+                    Err(e) => {
+                        self.event(&env.app, "instance", &format!("could not start an instance of {}: {e}", env.id))
+                            .await;
+                        break;
+                    }
+                }
+            }
+        }
+        streaks.retain(|id, _| seen.contains(id));
+        if changed {
+            self.publish_routes().await?;
+        }
+        Ok(())
+    }
+
+    async fn check_instance(
+        &self,
+        inst: &InstanceRecord,
+        release: &ReleaseRecord,
+        streaks: &mut HashMap<String, Streak>,
+    ) -> Result<Verdict> {
+        let status = self.process_status(inst);
+        if status != InstanceStatus::Running {
+            return Ok(Verdict::Replace(describe_exit(&status)));
+        }
+        let health = &release.config.health;
+        let streak = streaks.entry(inst.id.clone()).or_default();
+        let now = Instant::now();
+        if streak.next_check.is_some_and(|t| t > now) {
+            return Ok(Verdict::Keep { state_changed: false });
+        }
+        streak.next_check = Some(now + health.interval);
+        let result = self
+            .inner
+            .health
+            .check(instance_addr(inst), &health.path, health.timeout)
+            .await;
+        let next_state = match result {
+            Ok(()) => {
+                streak.successes += 1;
+                streak.failures = 0;
+                (streak.successes >= health.healthy_threshold).then_some(InstanceState::Healthy)
+            }
+            Err(why) => {
+                streak.successes = 0;
+                streak.failures += 1;
+                tracing::debug!(instance = %inst.id, "health check failed: {why}");
+                if streak.failures >= 2 * health.unhealthy_threshold {
+                    return Ok(Verdict::Replace(format!("stayed unhealthy ({why})")));
+                }
+                let starting_too_long = inst.state == InstanceState::Starting
+                    && molt_store::now_ms().saturating_sub(inst.started_ms)
+                        > health.start_deadline.as_millis() as u64;
+                if starting_too_long {
+                    return Ok(Verdict::Replace(format!("not healthy within its start deadline ({why})")));
+                }
+                (streak.failures >= health.unhealthy_threshold).then_some(InstanceState::Unhealthy)
+            }
+        };
+        match next_state {
+            Some(state) if state != inst.state => {
+                let id = inst.id.clone();
+                self.db(move |s| s.set_instance_state(&id, state, None)).await?;
+                if state == InstanceState::Unhealthy {
+                    self.event(&inst.app, "instance", &format!("{} turned unhealthy", inst.id))
+                        .await;
+                }
+                Ok(Verdict::Keep { state_changed: true })
+            }
+            _ => Ok(Verdict::Keep { state_changed: false }),
+        }
+    }
+}
+
+enum Verdict {
+    Keep { state_changed: bool },
+    Replace(String),
+}

@@ -1,0 +1,352 @@
+//! The canonical tar: one byte stream per directory tree, whatever its mtimes, owners or order.
+
+use std::collections::{HashSet, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::ImageError;
+
+/// Name of the per-app ignore file read from the top of an imported directory.
+pub(crate) const IGNORE_FILE: &str = ".moltignore";
+
+/// Largest single file an image may hold.
+pub(crate) const MAX_ENTRY_SIZE: u64 = 4 << 30;
+
+/// How many symlinks a target may pass through before we call it a loop (Linux's own limit).
+const MAX_SYMLINK_HOPS: u32 = 40;
+
+/// Which paths the walk leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filter {
+    /// Skip `.git` at any depth and the paths listed in a top-level `.moltignore`.
+    AppIgnores,
+    /// Keep every regular file, directory and symlink (used to check an unpacked rootfs).
+    Nothing,
+}
+
+/// One entry of a tree, relative to its root.
+#[derive(Debug)]
+pub(crate) struct TreeEntry {
+    /// Path relative to the root, never empty, never with `..`.
+    pub(crate) rel: PathBuf,
+    /// What the entry is.
+    pub(crate) kind: EntryKind,
+}
+
+/// The kinds of entries an image may hold.
+#[derive(Debug)]
+pub(crate) enum EntryKind {
+    /// A directory.
+    Dir,
+    /// A regular file of `len` bytes.
+    File { executable: bool, len: u64 },
+    /// A symbolic link whose target stays inside the root.
+    Symlink(PathBuf),
+}
+
+/// Counts the bytes that pass through to the inner writer.
+struct CountingWriter<W> {
+    inner: W,
+    written: u64,
+}
+
+/// Reads exactly `remaining` bytes of a file and remembers its own errors, so that a failing
+/// file is reported with its path and a failing output is not blamed on the file.
+struct FileReader<'a> {
+    file: fs::File,
+    remaining: u64,
+    error: &'a mut Option<io::Error>,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        match self.file.read(&mut buf[..want]) {
+            Ok(0) => {
+                *self.error = Some(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while it was being archived",
+                ));
+                Err(io::Error::other("input file failed"))
+            }
+            Ok(n) => {
+                self.remaining -= n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                *self.error = Some(e);
+                Err(io::Error::other("input file failed"))
+            }
+        }
+    }
+}
+
+/// Walks `root` and returns its entries sorted bytewise by path, with every symlink checked.
+pub(crate) fn collect_tree(root: &Path, filter: Filter) -> Result<Vec<TreeEntry>, ImageError> {
+    let ignored = match filter {
+        Filter::AppIgnores => read_ignore_file(root)?,
+        Filter::Nothing => HashSet::new(),
+    };
+    let mut entries = Vec::new();
+    let mut pending_dirs = vec![PathBuf::new()];
+    while let Some(dir_rel) = pending_dirs.pop() {
+        let dir = root.join(&dir_rel);
+        for item in fs::read_dir(&dir).map_err(ImageError::io(&dir))? {
+            let item = item.map_err(ImageError::io(&dir))?;
+            let name = item.file_name();
+            let rel = dir_rel.join(&name);
+            if filter == Filter::AppIgnores && (name == ".git" || ignored.contains(&rel)) {
+                continue;
+            }
+            let path = item.path();
+            let meta = fs::symlink_metadata(&path).map_err(ImageError::io(&path))?;
+            let file_type = meta.file_type();
+            let kind = if file_type.is_dir() {
+                pending_dirs.push(rel.clone());
+                EntryKind::Dir
+            } else if file_type.is_file() {
+                if meta.len() > MAX_ENTRY_SIZE {
+                    return Err(ImageError::unsafe_entry(
+                        rel.to_string_lossy(),
+                        "file is larger than 4 GiB",
+                    ));
+                }
+                EntryKind::File {
+                    executable: meta.permissions().mode() & 0o111 != 0,
+                    len: meta.len(),
+                }
+            } else if file_type.is_symlink() {
+                let target = fs::read_link(&path).map_err(ImageError::io(&path))?;
+                check_symlink(Some(root), &rel, &target)
+                    .map_err(|why| ImageError::unsafe_entry(rel.to_string_lossy(), why))?;
+                EntryKind::Symlink(target)
+            } else {
+                // Sockets, fifos and devices have no place in an image.
+                continue;
+            };
+            entries.push(TreeEntry { rel, kind });
+        }
+    }
+    entries.sort_by(|a, b| {
+        a.rel
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.rel.as_os_str().as_bytes())
+    });
+    Ok(entries)
+}
+
+/// Writes `entries` (read from under `root`) as a canonical tar; returns (bytes, regular files).
+pub(crate) fn write_tree(
+    root: &Path,
+    entries: &[TreeEntry],
+    out: &mut impl Write,
+) -> Result<(u64, u64), ImageError> {
+    let mut counter = CountingWriter {
+        inner: out,
+        written: 0,
+    };
+    let mut builder = tar::Builder::new(&mut counter);
+    let mut files = 0u64;
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_size(0);
+        match &entry.kind {
+            EntryKind::Dir => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                let mut name = entry.rel.clone().into_os_string();
+                name.push("/");
+                builder
+                    .append_data(&mut header, Path::new(&name), io::empty())
+                    .map_err(ImageError::Write)?;
+            }
+            EntryKind::File { executable, len } => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(if *executable { 0o755 } else { 0o644 });
+                header.set_size(*len);
+                let path = root.join(&entry.rel);
+                let file = fs::File::open(&path).map_err(ImageError::io(&path))?;
+                let mut file_error = None;
+                let mut reader = FileReader {
+                    file,
+                    remaining: *len,
+                    error: &mut file_error,
+                };
+                let appended = builder.append_data(&mut header, &entry.rel, &mut reader);
+                if let Err(e) = appended {
+                    return Err(match file_error {
+                        Some(source) => ImageError::Io { path, source },
+                        None => ImageError::Write(e),
+                    });
+                }
+                files += 1;
+            }
+            EntryKind::Symlink(target) => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                builder
+                    .append_link(&mut header, &entry.rel, target)
+                    .map_err(ImageError::Write)?;
+            }
+        }
+    }
+    builder.into_inner().map_err(ImageError::Write)?;
+    counter.flush().map_err(ImageError::Write)?;
+    Ok((counter.written, files))
+}
+
+/// Checks that a symlink at `link_rel` pointing at `target` resolves inside the root.
+///
+/// With `root` the resolution follows the symlinks already on disk under it, the way the
+/// kernel would inside a chroot; without it the check is purely lexical. Components that do
+/// not exist are taken literally, so a dangling link is fine as long as it stays inside.
+pub(crate) fn check_symlink(
+    root: Option<&Path>,
+    link_rel: &Path,
+    target: &Path,
+) -> Result<(), String> {
+    let mut resolved: Vec<OsString> = link_rel
+        .parent()
+        .map(|p| normal_components(p).collect())
+        .unwrap_or_default();
+    let mut pending = VecDeque::new();
+    push_front_components(&mut pending, target)?;
+    let mut hops = 0;
+    while let Some(step) = pending.pop_front() {
+        match step {
+            Step::Up => {
+                if resolved.pop().is_none() {
+                    return Err(format!(
+                        "symlink target {} points outside the image root",
+                        target.display()
+                    ));
+                }
+            }
+            Step::Name(name) => {
+                resolved.push(name);
+                let Some(root) = root else { continue };
+                let on_disk: PathBuf = std::iter::once(root.as_os_str())
+                    .chain(resolved.iter().map(OsString::as_os_str))
+                    .collect();
+                let is_link = fs::symlink_metadata(&on_disk)
+                    .map(|m| m.file_type().is_symlink())
+                    .unwrap_or(false);
+                if is_link {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err("too many levels of symlinks".to_string());
+                    }
+                    let next = fs::read_link(&on_disk)
+                        .map_err(|e| format!("cannot read symlink {}: {e}", on_disk.display()))?;
+                    resolved.pop();
+                    push_front_components(&mut pending, &next)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One step of a symlink resolution.
+enum Step {
+    Up,
+    Name(OsString),
+}
+
+/// Queues the components of `target` before whatever is still pending.
+fn push_front_components(pending: &mut VecDeque<Step>, target: &Path) -> Result<(), String> {
+    let mut steps = Vec::new();
+    for component in target.components() {
+        match component {
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("symlink target {} is absolute", target.display()))
+            }
+            Component::CurDir => {}
+            Component::ParentDir => steps.push(Step::Up),
+            Component::Normal(name) => steps.push(Step::Name(name.to_os_string())),
+        }
+    }
+    for step in steps.into_iter().rev() {
+        pending.push_front(step);
+    }
+    Ok(())
+}
+
+/// The plain names of a relative path, dropping `.`.
+fn normal_components(path: &Path) -> impl Iterator<Item = OsString> + '_ {
+    path.components().filter_map(|c| match c {
+        Component::Normal(name) => Some(name.to_os_string()),
+        _ => None,
+    })
+}
+
+/// Reads the top-level `.moltignore`: one relative path per line, `#` starts a comment line.
+fn read_ignore_file(root: &Path) -> Result<HashSet<PathBuf>, ImageError> {
+    let path = root.join(IGNORE_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) => return Err(ImageError::io(path)(e)),
+    };
+    let mut ignored = HashSet::new();
+    for line in bytes.split(|b| *b == b'\n') {
+        let line = line.trim_ascii();
+        if line.is_empty() || line.starts_with(b"#") {
+            continue;
+        }
+        let path = Path::new(OsStr::from_bytes(line));
+        if path.components().any(|c| matches!(c, Component::ParentDir)) {
+            continue;
+        }
+        let rel: PathBuf = normal_components(path).collect();
+        if !rel.as_os_str().is_empty() {
+            ignored.insert(rel);
+        }
+    }
+    Ok(ignored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lexical(link: &str, target: &str) -> Result<(), String> {
+        check_symlink(None, Path::new(link), Path::new(target))
+    }
+
+    #[test]
+    fn lexical_symlink_checks() {
+        assert!(lexical("a", "b").is_ok());
+        assert!(lexical("a/b", "../c").is_ok());
+        assert!(lexical("a/b", "./../c/../d").is_ok());
+        assert!(lexical("a", "../x").is_err());
+        assert!(lexical("a/b", "../../x").is_err());
+        assert!(lexical("a", "/etc/passwd").is_err());
+        assert!(lexical("a", "c/../../x").is_err());
+    }
+}

@@ -1,0 +1,206 @@
+//! Unpacking untrusted tar streams: every entry is checked before anything touches the disk.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::canonical::{check_symlink, MAX_ENTRY_SIZE};
+use crate::fsutil::remove_tree;
+use crate::ImageError;
+
+/// What a validated entry will become on disk.
+enum Planned {
+    Dir,
+    File { executable: bool },
+    Symlink(PathBuf),
+}
+
+/// Unpacks `reader` into the existing empty directory `dest`.
+///
+/// Entries are validated one by one (relative paths without `..`, only files, directories and
+/// symlinks whose target stays inside lexically, at most 4 GiB each) and never written through
+/// a symlink, so nothing lands outside `dest` even for a hostile archive. Symlinks are checked
+/// once more against the finished tree by `collect_tree`, which callers run afterwards.
+pub(crate) fn unpack_tar(reader: impl Read, dest: &Path) -> Result<(), ImageError> {
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(ImageError::Tar)? {
+        let mut entry = entry.map_err(ImageError::Tar)?;
+        unpack_entry(&mut entry, dest)?;
+    }
+    Ok(())
+}
+
+/// Validates one entry and writes it under `dest`.
+fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(), ImageError> {
+    let entry_type = entry.header().entry_type();
+    if entry_type.is_pax_global_extensions() {
+        // Archive-wide metadata (git archive stores the commit id here); no file behind it.
+        return Ok(());
+    }
+    let raw_path = entry.path_bytes().into_owned();
+    let shown = String::from_utf8_lossy(&raw_path).into_owned();
+    let reject = |why: &str| ImageError::unsafe_entry(shown.clone(), why);
+    let rel = safe_relative_path(&raw_path).map_err(&reject)?;
+    if entry.size() > MAX_ENTRY_SIZE {
+        return Err(reject("entry is larger than 4 GiB"));
+    }
+    let planned = match entry_type {
+        tar::EntryType::Directory => Planned::Dir,
+        // Old (v7) archives mark directories only by a trailing slash.
+        tar::EntryType::Regular if raw_path.ends_with(b"/") => Planned::Dir,
+        tar::EntryType::Regular | tar::EntryType::Continuous => Planned::File {
+            executable: entry.header().mode().map_err(ImageError::Tar)? & 0o111 != 0,
+        },
+        tar::EntryType::Symlink => {
+            let target = match entry.link_name_bytes() {
+                Some(target) if !target.is_empty() => {
+                    PathBuf::from(std::ffi::OsStr::from_bytes(&target))
+                }
+                _ => return Err(reject("symlink without a target")),
+            };
+            check_symlink(None, &rel, &target).map_err(|why| reject(&why))?;
+            Planned::Symlink(target)
+        }
+        tar::EntryType::Link => return Err(reject("hard links are not allowed")),
+        tar::EntryType::Char | tar::EntryType::Block => {
+            return Err(reject("device entries are not allowed"))
+        }
+        tar::EntryType::Fifo => return Err(reject("fifo entries are not allowed")),
+        tar::EntryType::GNUSparse => return Err(reject("sparse files are not supported")),
+        other => return Err(reject(&format!("unsupported entry type {other:?}"))),
+    };
+    if rel.as_os_str().is_empty() {
+        return match planned {
+            // "./" itself: the root already exists.
+            Planned::Dir => Ok(()),
+            _ => Err(reject("entry has an empty path")),
+        };
+    }
+    create_parents(dest, &rel, &shown)?;
+    let path = dest.join(&rel);
+    clear_existing(&path, matches!(planned, Planned::Dir))?;
+    match planned {
+        Planned::Dir => {
+            match fs::create_dir(&path) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(ImageError::io(&path)(e))
+                }
+                _ => {}
+            }
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                .map_err(ImageError::io(&path))?;
+        }
+        Planned::File { executable } => {
+            let mode = if executable { 0o755 } else { 0o644 };
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)
+                .map_err(ImageError::io(&path))?;
+            copy_entry(entry, &mut file, &path)?;
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(ImageError::io(&path))?;
+        }
+        Planned::Symlink(target) => {
+            std::os::unix::fs::symlink(&target, &path).map_err(ImageError::io(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Turns an archive path into a relative path of plain names (empty for the root itself).
+fn safe_relative_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
+    if raw.is_empty() {
+        return Err("entry has an empty path");
+    }
+    if raw.starts_with(b"/") {
+        return Err("absolute paths are not allowed");
+    }
+    let mut rel = PathBuf::new();
+    for part in raw.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return Err("paths with `..` are not allowed"),
+            name => rel.push(std::ffi::OsStr::from_bytes(name)),
+        }
+    }
+    Ok(rel)
+}
+
+/// Creates the missing parents of `rel` under `dest`, refusing to pass through a symlink.
+fn create_parents(dest: &Path, rel: &Path, shown: &str) -> Result<(), ImageError> {
+    let Some(parent) = rel.parent() else {
+        return Ok(());
+    };
+    let mut current = dest.to_path_buf();
+    for name in parent.iter() {
+        current.push(name);
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(ImageError::unsafe_entry(
+                    shown,
+                    "path goes through a symlink",
+                ))
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(ImageError::unsafe_entry(
+                    shown,
+                    "a parent of this entry is not a directory",
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&current).map_err(ImageError::io(&current))?;
+                fs::set_permissions(&current, fs::Permissions::from_mode(0o755))
+                    .map_err(ImageError::io(&current))?;
+            }
+            Err(e) => return Err(ImageError::io(&current)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Makes room for a later entry that repeats a path: the last one wins, as with `tar -x`.
+fn clear_existing(path: &Path, keep_directory: bool) -> Result<(), ImageError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() && keep_directory => Ok(()),
+        Ok(_) => remove_tree(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ImageError::io(path)(e)),
+    }
+}
+
+/// Copies an entry's data, telling a broken archive apart from a failing disk.
+fn copy_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    file: &mut fs::File,
+    path: &Path,
+) -> Result<(), ImageError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ImageError::Tar(e)),
+        };
+        file.write_all(&buf[..n]).map_err(ImageError::io(path))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_normalized_or_rejected() {
+        assert_eq!(safe_relative_path(b"./a//b/"), Ok(PathBuf::from("a/b")));
+        assert_eq!(safe_relative_path(b"./"), Ok(PathBuf::new()));
+        assert!(safe_relative_path(b"/etc/passwd").is_err());
+        assert!(safe_relative_path(b"a/../../b").is_err());
+        assert!(safe_relative_path(b"").is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! Header rewriting between client and upstream.
+
+use std::net::IpAddr;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use hyper::HeaderMap;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes the headers that describe one connection rather than the message (RFC 9110
+/// §7.6.1): the fixed hop-by-hop set and every header named in `Connection`.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Tells the upstream who the client is: appends the client to `X-Forwarded-For` and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (the Host the client sent).
+pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: HeaderValue) {
+    let client = client.to_string();
+    let forwarded_for = {
+        let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+        if prior.peek().is_none() {
+            HeaderValue::from_str(&client).ok()
+        } else {
+            let mut joined = BytesMut::new();
+            for value in prior {
+                joined.put_slice(value.as_bytes());
+                joined.put_slice(b", ");
+            }
+            joined.put_slice(client.as_bytes());
+            HeaderValue::from_maybe_shared(joined.freeze())
+                .or_else(|_| HeaderValue::from_maybe_shared(Bytes::from(client)))
+                .ok()
+        }
+    };
+    if let Some(value) = forwarded_for {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(&X_FORWARDED_HOST, host);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_bytes(name.as_bytes()).expect("test header name"),
+                    HeaderValue::from_str(value).expect("test header value"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_listed_ones_go() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Session"),
+            ("keep-alive", "timeout=5"),
+            ("x-session", "abc"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "close"),
+            ("trailer", "x-sum"),
+            ("content-type", "text/plain"),
+            ("host", "app.example.com"),
+        ]);
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|name| name.as_str()).collect();
+        assert_eq!(left, ["content-type", "host"]);
+    }
+
+    #[test]
+    fn forwarding_headers_append_the_client() {
+        let host = HeaderValue::from_static("app.example.com:8080");
+        let client = IpAddr::from([10, 0, 0, 7]);
+
+        let mut fresh = HeaderMap::new();
+        add_forwarding(&mut fresh, client, host.clone());
+        assert_eq!(fresh[&X_FORWARDED_FOR], "10.0.0.7");
+        assert_eq!(fresh[&X_FORWARDED_PROTO], "http");
+        assert_eq!(fresh[&X_FORWARDED_HOST], "app.example.com:8080");
+
+        let mut proxied = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+        ]);
+        add_forwarding(&mut proxied, client, host);
+        assert_eq!(
+            proxied.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.7"]
+        );
+    }
+}

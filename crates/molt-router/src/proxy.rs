@@ -1,0 +1,365 @@
+//! The request path: route lookup, upstream choice, forwarding, retries and accounting.
+
+use std::net::IpAddr;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::http::request;
+use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tracing::{debug, warn};
+
+use crate::body::ResponseBody;
+use crate::headers::{add_forwarding, strip_hop_by_hop};
+use crate::stats::{EnvStats, InFlight, StatsRegistry};
+use crate::table::{Route, RouteTable};
+use crate::RouterConfig;
+
+/// How long [`Router::publish`] waits for requests still holding the old table.
+const CUTOVER_WAIT: Duration = Duration::from_secs(5);
+/// Upper bound on establishing a TCP connection to an upstream, so a dead instance is
+/// skipped (for replayable requests) long before `upstream_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long idle upstream connections stay in the pool.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Body of requests sent upstream: the client's body streamed through, or nothing (for
+/// replayable requests, which have none).
+type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// The reverse proxy: a swappable route table, per-environment counters and an upstream
+/// connection pool.
+pub struct Router {
+    pub(crate) config: RouterConfig,
+    table: ArcSwap<RouteTable>,
+    stats: StatsRegistry,
+    /// Serializes binding a table to the registry with swapping it in, so
+    /// [`Router::forget_env`] never drops counters a table is about to use.
+    publishing: Mutex<()>,
+    unrouted: AtomicU64,
+    client: Client<HttpConnector, UpstreamBody>,
+}
+
+/// The parts of a request needed to send it (again) to an upstream.
+struct Forward {
+    head: request::Parts,
+    path: PathAndQuery,
+}
+
+impl Router {
+    /// A router with an empty route table; start it with [`Router::serve`].
+    pub fn new(config: RouterConfig) -> Arc<Router> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(config.upstream_timeout)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .set_host(false)
+            .build(connector);
+        Arc::new(Router {
+            config,
+            table: ArcSwap::from_pointee(RouteTable::new()),
+            stats: StatsRegistry::default(),
+            publishing: Mutex::new(()),
+            unrouted: AtomicU64::new(0),
+            client,
+        })
+    }
+
+    /// Atomically replaces the route table and returns once no request can still be using
+    /// the old one ("acknowledged cutover"): every request that saw the old table is by then
+    /// counted in flight on the environment it chose. Gives up waiting after 5 s with a
+    /// warning (someone holds a [`Router::table`] snapshot, or the runtime is starved).
+    pub async fn publish(&self, table: RouteTable) {
+        let old = {
+            let _publishing = self
+                .publishing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.table.swap(Arc::new(table.bound_to(&self.stats)))
+        };
+        let deadline = tokio::time::Instant::now() + CUTOVER_WAIT;
+        let mut pause = Duration::from_millis(1);
+        while Arc::strong_count(&old) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    holders = Arc::strong_count(&old) - 1,
+                    "route table published, but the old table is still in use after {CUTOVER_WAIT:?}"
+                );
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        // Pairs with the release in the last holder's `Arc` drop: its in-flight registration
+        // is visible to whoever reads the counters after `publish` returns.
+        fence(Ordering::Acquire);
+    }
+
+    /// The current route table. Holding on to it delays the next [`Router::publish`].
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// Snapshot of one environment's counters (all zero for an env never seen).
+    pub fn env_stats(&self, env: &str) -> EnvStats {
+        self.stats
+            .get(env)
+            .map(|counters| counters.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// True when `env` is not referenced by the current table and has no request in flight.
+    pub fn is_drained(&self, env: &str) -> bool {
+        if self.table.load().references(env) {
+            return false;
+        }
+        match self.stats.get(env) {
+            Some(counters) => counters.in_flight() == 0,
+            None => true,
+        }
+    }
+
+    /// Forgets the counters of a drained environment, so retired environments do not pile
+    /// up; returns false (and keeps them) when `env` is not drained.
+    pub fn forget_env(&self, env: &str) -> bool {
+        let _publishing = self
+            .publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let referenced = self.table.load().references(env);
+        self.stats
+            .remove_if(env, |counters| !referenced && counters.in_flight() == 0)
+    }
+
+    /// Requests for a host with no route (answered 404 by the router).
+    pub fn unrouted(&self) -> u64 {
+        self.unrouted.load(Ordering::Relaxed)
+    }
+
+    /// Answers one client request: route it by Host, forward it, count it.
+    pub(crate) async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: IpAddr,
+    ) -> Response<ResponseBody> {
+        let Some(host) = request
+            .headers()
+            .get(HOST)
+            .filter(|host| !host.as_bytes().trim_ascii().is_empty())
+            .cloned()
+        else {
+            debug!(%client, "request without Host header");
+            return local_response(StatusCode::BAD_REQUEST, "molt: missing Host header\n");
+        };
+        let Ok(host_name) = host.to_str() else {
+            debug!(%client, "request with a non-ASCII Host header");
+            return local_response(StatusCode::BAD_REQUEST, "molt: invalid Host header\n");
+        };
+
+        // The table is held only while choosing: a publish waits for exactly this window.
+        let chosen = {
+            let table = self.table.load_full();
+            table.lookup(host_name).map(|route| {
+                let in_flight = route.counters().accept();
+                (Arc::clone(route), route.next_index(), in_flight)
+            })
+        };
+        let Some((route, start, in_flight)) = chosen else {
+            self.unrouted.fetch_add(1, Ordering::Relaxed);
+            debug!(host = host_name, "no route");
+            return local_response(
+                StatusCode::NOT_FOUND,
+                format!("molt: no route for host '{host_name}'\n"),
+            );
+        };
+        let Some(start) = start else {
+            in_flight.counters().record_failed();
+            debug!(env = route.env(), "environment has no upstreams");
+            return local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "molt: no instance is ready to serve this host\n",
+            );
+        };
+        self.forward(&route, start, in_flight, request, client, host)
+            .await
+    }
+
+    /// Sends the request to the route's upstreams starting at `start`, moving on to the next
+    /// one only when the request can be replayed and the connection failed before a response.
+    async fn forward(
+        &self,
+        route: &Route,
+        start: usize,
+        in_flight: InFlight,
+        request: Request<Incoming>,
+        client: IpAddr,
+        host: HeaderValue,
+    ) -> Response<ResponseBody> {
+        let (mut head, body) = request.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        add_forwarding(&mut head.headers, client, host);
+        let path = head
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let replayable = is_idempotent_read(&head.method) && body.is_end_stream();
+        let attempts = if replayable {
+            route.upstreams().len()
+        } else {
+            1
+        };
+        let mut forward = Forward { head, path };
+        let mut body = (!replayable).then_some(body);
+
+        let mut attempt = 0;
+        loop {
+            let index = (start + attempt) % route.upstreams().len();
+            attempt += 1;
+            let last = attempt >= attempts;
+            let body = body
+                .take()
+                .map_or_else(|| Either::Right(Empty::new()), Either::Left);
+            let upstream_request = forward.request_for(route, index, body, last);
+            let instance = &route.upstreams()[index].instance;
+
+            let sent = tokio::time::timeout(
+                self.config.upstream_timeout,
+                self.client.request(upstream_request),
+            )
+            .await;
+            match sent {
+                Ok(Ok(response)) => return relay(response, in_flight),
+                Ok(Err(error)) if !last && is_connection_failure(&error) => {
+                    debug!(env = route.env(), instance, %error, "upstream unreachable, trying the next");
+                }
+                Ok(Err(error)) => {
+                    debug!(env = route.env(), instance, %error, "upstream failed");
+                    in_flight.counters().record_failed();
+                    return local_response(
+                        StatusCode::BAD_GATEWAY,
+                        "molt: the application could not be reached\n",
+                    );
+                }
+                Err(_elapsed) => {
+                    debug!(env = route.env(), instance, "upstream timed out");
+                    in_flight.counters().record_failed();
+                    return local_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "molt: the application did not answer in time\n",
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Forward {
+    /// The request for upstream `index` of `route`. The last attempt takes the headers
+    /// instead of copying them.
+    fn request_for(
+        &mut self,
+        route: &Route,
+        index: usize,
+        body: UpstreamBody,
+        last: bool,
+    ) -> Request<UpstreamBody> {
+        let mut uri = hyper::http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(route.authority(index).clone());
+        uri.path_and_query = Some(self.path.clone());
+        let headers = if last {
+            std::mem::take(&mut self.head.headers)
+        } else {
+            self.head.headers.clone()
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.head.method.clone();
+        *request.uri_mut() =
+            Uri::from_parts(uri).expect("scheme, authority and path form an absolute URI");
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        request
+    }
+}
+
+/// Passes an upstream response on to the client; the request stays in flight until its
+/// body has been streamed.
+fn relay(response: Response<Incoming>, in_flight: InFlight) -> Response<ResponseBody> {
+    in_flight.counters().record_answered();
+    let (mut head, body) = response.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    Response::from_parts(head, ResponseBody::upstream(body, in_flight))
+}
+
+/// A short plain-text response made by the router itself.
+fn local_response(status: StatusCode, text: impl Into<String>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::text(text.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Methods whose bodiless requests can be sent to another upstream after a failed attempt.
+fn is_idempotent_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// True when the upstream connection failed before the upstream could have acted on the
+/// request: connect errors, and connections closed or reset before a response.
+fn is_connection_failure(error: &hyper_util::client::legacy::Error) -> bool {
+    if error.is_connect() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_incomplete_message()
+                || hyper_error.is_canceled()
+                || hyper_error.is_closed()
+            {
+                return true;
+            }
+        }
+        if let Some(io_error) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{
+                BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset,
+            };
+            if matches!(
+                io_error.kind(),
+                BrokenPipe | ConnectionAborted | ConnectionRefused | ConnectionReset
+            ) {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn control_plane_futures_can_be_spawned() {
+        let router = Router::new(RouterConfig::default());
+        assert_send(&router.publish(RouteTable::new()));
+    }
+}
