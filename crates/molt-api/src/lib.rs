@@ -1,1 +1,392 @@
-//! molt-api
+//! The REST API (axum) over the controller: what the CLI, scripts and a future dashboard use.
+//!
+//! Architecture invariant: every route except `/openapi.json` and `/v1/health` requires the
+//! admin token; handlers only translate HTTP to controller calls and errors to status codes.
+
+mod openapi;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use molt_control::{ControlError, Controller, DeployRequest};
+use serde::Deserialize;
+use serde_json::json;
+
+pub use openapi::{document, PATHS};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    controller: Controller,
+    token: Arc<str>,
+    upload_dir: PathBuf,
+}
+
+/// An error as the API returns it: a status code and `{"error": "...", "kind": "..."}`.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.0 {
+            StatusCode::BAD_REQUEST => "invalid",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::INSUFFICIENT_STORAGE => "disk_full",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "internal",
+        };
+        (self.0, Json(json!({ "error": self.1, "kind": kind }))).into_response()
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let status = match &e {
+            ControlError::Input(_) => StatusCode::BAD_REQUEST,
+            ControlError::Image(molt_image::ImageError::UnsafeEntry { .. })
+            | ControlError::Image(molt_image::ImageError::Tar(_)) => StatusCode::BAD_REQUEST,
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            _ if is_disk_full(&e.to_string()) => StatusCode::INSUFFICIENT_STORAGE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn is_disk_full(msg: &str) -> bool {
+    msg.contains("disk is full") || msg.contains("No space left")
+}
+
+type ApiResult = std::result::Result<Response, ApiError>;
+
+fn ok<T: serde::Serialize>(value: T) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+/// Builds the API router. `upload_dir` holds image uploads while they are imported.
+pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Router {
+    let state = ApiState {
+        controller,
+        token: token.into(),
+        upload_dir,
+    };
+    let protected = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/apps", get(apps))
+        .route("/v1/apps/:app", get(app_status))
+        .route("/v1/apps/:app/releases", get(releases))
+        .route("/v1/apps/:app/releases/:number/pin", post(pin))
+        .route("/v1/apps/:app/envs", get(envs))
+        .route(
+            "/v1/apps/:app/deployments",
+            get(app_deployments).post(deploy),
+        )
+        .route("/v1/apps/:app/swap", post(swap))
+        .route("/v1/apps/:app/rollback", post(rollback))
+        .route("/v1/apps/:app/config", get(config_get).post(config_set))
+        .route("/v1/apps/:app/logs", get(logs))
+        .route("/v1/apps/:app/events", get(events))
+        .route("/v1/deployments/:id", get(deployment))
+        .route(
+            "/v1/images",
+            get(images)
+                .post(import_image)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/gc", post(gc))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/openapi.json", get(|| async { Json(document()) }))
+        .route("/v1/health", get(health))
+        .merge(protected)
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such API route: see /openapi.json".into(),
+            )
+        })
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API token: send 'Authorization: Bearer <token>' (the token is in \
+             <data dir>/admin.token)"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() || b.is_empty() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health() -> ApiResult {
+    ok(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
+}
+
+#[derive(Deserialize)]
+struct AppQuery {
+    app: Option<String>,
+}
+
+async fn status(State(s): State<ApiState>, Query(q): Query<AppQuery>) -> ApiResult {
+    ok(s.controller.status(q.app).await?)
+}
+
+async fn apps(State(s): State<ApiState>) -> ApiResult {
+    ok(s.controller.status(None).await?.apps)
+}
+
+async fn app_status(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult {
+    s.controller.app(&app).await?;
+    let status = s.controller.status(Some(app)).await?;
+    ok(status.apps.into_iter().next())
+}
+
+async fn releases(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult {
+    ok(s.controller.releases(&app).await?)
+}
+
+#[derive(Deserialize)]
+struct PinBody {
+    pinned: bool,
+}
+
+async fn pin(
+    State(s): State<ApiState>,
+    Path((app, number)): Path<(String, u64)>,
+    Json(body): Json<PinBody>,
+) -> ApiResult {
+    s.controller.pin(&app, number, body.pinned).await?;
+    ok(json!({ "app": app, "release": number, "pinned": body.pinned }))
+}
+
+#[derive(Deserialize)]
+struct EnvsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn envs(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Query(q): Query<EnvsQuery>,
+) -> ApiResult {
+    ok(s.controller.envs(&app, q.all).await?)
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn app_deployments(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult {
+    s.controller.app(&app).await?;
+    ok(s.controller
+        .deployments(Some(app), q.limit.unwrap_or(20))
+        .await?)
+}
+
+async fn deploy(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Json(req): Json<DeployRequest>,
+) -> ApiResult {
+    let rec = s.controller.deploy(&app, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(rec)).into_response())
+}
+
+async fn deployment(State(s): State<ApiState>, Path(id): Path<u64>) -> ApiResult {
+    let (deployment, journal) = s.controller.deployment(id).await?;
+    ok(json!({ "deployment": deployment, "journal": journal }))
+}
+
+#[derive(Deserialize)]
+struct SwapBody {
+    env: String,
+}
+
+async fn swap(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Json(body): Json<SwapBody>,
+) -> ApiResult {
+    ok(s.controller.swap(&app, &body.env).await?)
+}
+
+#[derive(Deserialize, Default)]
+struct RollbackBody {
+    to: Option<u64>,
+}
+
+async fn rollback(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    body: Option<Json<RollbackBody>>,
+) -> ApiResult {
+    let to = body.map(|b| b.0.to).unwrap_or_default();
+    ok(s.controller.rollback(&app, to).await?)
+}
+
+async fn config_get(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult {
+    let latest = s.controller.releases(&app).await?.into_iter().next();
+    ok(latest.map(|r| json!({ "release": r.number, "env": r.config.env })))
+}
+
+#[derive(Deserialize)]
+struct ConfigBody {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    unset: Vec<String>,
+}
+
+async fn config_set(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Json(body): Json<ConfigBody>,
+) -> ApiResult {
+    let rec = s.controller.config_set(&app, body.set, body.unset).await?;
+    Ok((StatusCode::ACCEPTED, Json(rec)).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    instance: Option<String>,
+    lines: Option<usize>,
+}
+
+async fn logs(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult {
+    let lines = q.lines.unwrap_or(100).min(10_000);
+    let out = s.controller.logs(&app, q.instance, lines).await?;
+    let out: Vec<_> = out
+        .into_iter()
+        .map(|(instance, log)| json!({ "instance": instance, "log": log }))
+        .collect();
+    ok(out)
+}
+
+async fn events(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult {
+    ok(s.controller
+        .events(Some(app), q.limit.unwrap_or(50))
+        .await?)
+}
+
+async fn images(State(s): State<ApiState>) -> ApiResult {
+    ok(s.controller.images().await?)
+}
+
+#[derive(Deserialize)]
+struct ImportQuery {
+    tag: Option<String>,
+}
+
+async fn import_image(
+    State(s): State<ApiState>,
+    Query(q): Query<ImportQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let _ = headers;
+    let path = s.upload_dir.join(format!("upload-{}.tar", rand_suffix()));
+    let result = async {
+        receive_to_file(body, &path).await?;
+        Ok::<_, ApiError>(s.controller.import_image(path.clone(), q.tag).await?)
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    Ok((StatusCode::CREATED, Json(result?)).into_response())
+}
+
+async fn receive_to_file(body: Body, path: &std::path::Path) -> Result<(), ApiError> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let io_err = |e: std::io::Error| {
+        let status = if e.raw_os_error() == Some(28) {
+            StatusCode::INSUFFICIENT_STORAGE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError(status, format!("storing the upload: {e}"))
+    };
+    let mut file = tokio::fs::File::create(path).await.map_err(io_err)?;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data).await.map_err(io_err)?;
+        }
+    }
+    file.flush().await.map_err(io_err)?;
+    Ok(())
+}
+
+fn rand_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos}", std::process::id())
+}
+
+#[derive(Deserialize)]
+struct GcBody {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn gc(State(s): State<ApiState>, Json(body): Json<GcBody>) -> ApiResult {
+    ok(s.controller.gc(body.dry_run).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abd", b"abc"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"", b""));
+    }
+}

@@ -1,1 +1,216 @@
-//! molt-cli
+//! The `molt` command line: argument parsing (clap) and every client command, talking to
+//! `molt serve` through its REST API. `molt serve` itself is wired by the binary.
+//!
+//! Exit codes scripts can trust: 0 success; 1 error; 2 bad usage; 3 a deployment failed, was
+//! rolled back or superseded; 4 molt serve cannot be reached.
+
+pub mod client;
+mod commands;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use client::Client;
+pub use commands::run;
+
+/// molt: immutable infrastructure on your own machines.
+#[derive(Debug, Parser)]
+#[command(name = "molt", version, about, long_about = None)]
+pub struct Cli {
+    /// Data directory of molt serve (state, images, logs, token).
+    #[arg(long, global = true, env = "MOLT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// API URL (default: from <data dir>/serve.json, else http://127.0.0.1:7070).
+    #[arg(long, global = true, env = "MOLT_API")]
+    pub api: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane, router and local provider.
+    Serve(ServeArgs),
+    /// Write a starter molt.toml in a folder.
+    Init {
+        /// The app folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// App name (default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Deploy the app in a folder (image + molt.toml) blue/green, or redeploy a release.
+    Deploy {
+        /// The app folder holding molt.toml.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Use this stored image (digest or tag) instead of importing the folder.
+        #[arg(long)]
+        image: Option<String>,
+        /// Return once the deployment is recorded instead of waiting for the cutover.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// What serves, for every app or one.
+    Status {
+        /// Only this app.
+        app: Option<String>,
+    },
+    /// List apps.
+    Apps,
+    /// List an app's releases.
+    Releases {
+        /// The app.
+        app: String,
+        /// Pin (keep forever) this release number.
+        #[arg(long, value_name = "N")]
+        pin: Option<u64>,
+        /// Unpin this release number.
+        #[arg(long, value_name = "N")]
+        unpin: Option<u64>,
+    },
+    /// List an app's environments.
+    Envs {
+        /// The app.
+        app: String,
+        /// Include retired environments.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Point an app's route at one of its environments (one atomic route change).
+    Swap {
+        /// The app.
+        app: String,
+        /// The environment id (see `molt envs`).
+        env: String,
+    },
+    /// Swap back to the previous (warm) environment, or to a release with --to.
+    Rollback {
+        /// The app (default: the one in ./molt.toml).
+        app: Option<String>,
+        /// The release to roll back to, e.g. v3 or 3.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Show or change an app's environment variables (each change is a new release).
+    Config {
+        /// show | set | unset
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Collect environments and images nothing reaches any more.
+    Gc {
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show instances' output.
+    Logs {
+        /// The app.
+        app: String,
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Lines per instance.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// An app's history (deploys, swaps, rollbacks, replaced instances, GC).
+    History {
+        /// The app.
+        app: String,
+        /// How many lines.
+        #[arg(short = 'n', long, default_value_t = 30)]
+        limit: usize,
+    },
+    /// Manage images.
+    Images {
+        /// ls | import
+        #[command(subcommand)]
+        action: ImageAction,
+    },
+}
+
+/// `molt config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the variables of the newest release.
+    Show {
+        /// The app.
+        app: String,
+    },
+    /// Set variables: KEY=VALUE …
+    Set {
+        /// The app.
+        app: String,
+        /// KEY=VALUE pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        /// Return without waiting for the deployment.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Remove variables.
+    Unset {
+        /// The app.
+        app: String,
+        /// Variable names.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Return without waiting for the deployment.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+/// `molt images …`
+#[derive(Debug, Subcommand)]
+pub enum ImageAction {
+    /// List stored images.
+    Ls,
+    /// Import a directory or a tar archive; prints its digest.
+    Import {
+        /// A directory or a .tar file.
+        path: PathBuf,
+        /// Name it with an immutable tag, e.g. shop:42.
+        #[arg(long)]
+        tag: Option<String>,
+    },
+}
+
+/// `molt serve` options.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// API listen address.
+    #[arg(
+        long = "api-listen",
+        default_value = "127.0.0.1:7070",
+        env = "MOLT_API_LISTEN"
+    )]
+    pub api_listen: SocketAddr,
+    /// Router listen address.
+    #[arg(
+        long = "router",
+        default_value = "127.0.0.1:8080",
+        env = "MOLT_ROUTER_LISTEN"
+    )]
+    pub router_listen: SocketAddr,
+    /// How often garbage collection runs (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s")]
+    pub gc_interval: String,
+    /// Stop every instance when molt serve exits (default: leave them for the next start).
+    #[arg(long)]
+    pub stop_instances_on_exit: bool,
+}

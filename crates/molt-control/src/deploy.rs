@@ -83,12 +83,6 @@ impl Controller {
         }
     }
 
-    /// The id of the deployment currently driven for `app`.
-    pub(crate) fn active_deployment(&self, app: &str) -> Option<u64> {
-        let active = self.inner.active.lock().unwrap_or_else(|p| p.into_inner());
-        active.get(app).map(|a| a.id)
-    }
-
     async fn drive(&self, id: u64, cancel: &CancellationToken) -> Result<()> {
         let mut baseline: Option<(EnvStats, EnvStats)> = None;
         loop {
@@ -150,11 +144,16 @@ impl Controller {
         let missing = (release.config.instances as usize).saturating_sub(live);
         for _ in 0..missing {
             if let Err(e) = self.start_instance(&env, &release).await {
-                return Err(Interrupted::Failed(format!("could not start an instance: {e}")));
+                return Err(Interrupted::Failed(format!(
+                    "could not start an instance: {e}"
+                )));
             }
         }
         let id = d.id;
-        let detail = format!("{} instance(s) of v{number} started", release.config.instances);
+        let detail = format!(
+            "{} instance(s) of v{number} started",
+            release.config.instances
+        );
         self.db(move |s| s.advance(id, DeployEvent::InstancesStarted, &detail))
             .await?;
         Ok(())
@@ -194,7 +193,9 @@ impl Controller {
             let env_id = env.clone();
             let instances = self.db(move |s| s.instances(Some(&env_id), false)).await?;
             if instances.is_empty() {
-                return Err(Interrupted::Failed("the environment has no instance left".into()));
+                return Err(Interrupted::Failed(
+                    "the environment has no instance left".into(),
+                ));
             }
             let mut healthy = 0;
             for inst in &instances {
@@ -220,8 +221,10 @@ impl Controller {
                         *n += 1;
                         if *n >= health.healthy_threshold {
                             let id = inst.id.clone();
-                            self.db(move |s| s.set_instance_state(&id, InstanceState::Healthy, None))
-                                .await?;
+                            self.db(move |s| {
+                                s.set_instance_state(&id, InstanceState::Healthy, None)
+                            })
+                            .await?;
                             healthy += 1;
                         }
                     }
@@ -255,7 +258,11 @@ impl Controller {
         let (id, env_id) = (d.id, env.clone());
         self.db(move |s| {
             s.set_env_state(&env_id, EnvState::Ready)?;
-            s.advance(id, DeployEvent::BecameHealthy, &format!("{env_id} is healthy"))
+            s.advance(
+                id,
+                DeployEvent::BecameHealthy,
+                &format!("{env_id} is healthy"),
+            )
         })
         .await?;
         // The preview hostname starts answering as soon as the environment is ready.
@@ -278,7 +285,8 @@ impl Controller {
         let previous = self
             .db(move |s| {
                 let detail = format!("route {app} -> {env_id}");
-                let prev = s.swap_route(&app, &env_id, Some((id, DeployEvent::Swapped, &detail)))?;
+                let prev =
+                    s.swap_route(&app, &env_id, Some((id, DeployEvent::Swapped, &detail)))?;
                 if let Some(p) = prev.as_deref().filter(|p| *p != env_id) {
                     s.set_warm_until(p, Some(now_ms() + window.as_millis() as u64))?;
                 }
@@ -418,7 +426,11 @@ impl Controller {
         let why = format!("{env} turned unhealthy during the watch window; swapped back to {prev}");
         let detail = why.clone();
         self.db(move |s| {
-            s.swap_route(&app, &prev_id, Some((id, DeployEvent::WatchFailed, &detail)))?;
+            s.swap_route(
+                &app,
+                &prev_id,
+                Some((id, DeployEvent::WatchFailed, &detail)),
+            )?;
             s.set_deployment_error(id, &detail)
         })
         .await?;
@@ -436,7 +448,8 @@ impl Controller {
             .await?;
         if before_swap {
             if let Some(env) = &d.env {
-                self.retire_env(env, "its deployment was superseded").await?;
+                self.retire_env(env, "its deployment was superseded")
+                    .await?;
             }
         }
         self.event(&d.app, "superseded", &format!("deployment {id} superseded"))
@@ -448,15 +461,23 @@ impl Controller {
         let (id, m) = (d.id, msg.to_string());
         self.db(move |s| {
             s.set_deployment_error(id, &m)?;
-            s.advance(id, DeployEvent::HealthFailed, "failed before the swap; traffic untouched")
+            s.advance(
+                id,
+                DeployEvent::HealthFailed,
+                "failed before the swap; traffic untouched",
+            )
         })
         .await?;
         if let Some(env) = &d.env {
             self.retire_env(env, "its deployment failed").await?;
         }
         let first = msg.lines().next().unwrap_or_default();
-        self.event(&d.app, "deploy-failed", &format!("deployment {id} failed: {first}"))
-            .await;
+        self.event(
+            &d.app,
+            "deploy-failed",
+            &format!("deployment {id} failed: {first}"),
+        )
+        .await;
         Ok(())
     }
 

@@ -92,8 +92,11 @@ impl Controller {
             return Ok(report);
         }
         for env in &planned.envs {
-            self.retire_env(env, "garbage-collected: outside the rollback window and not routed")
-                .await?;
+            self.retire_env(
+                env,
+                "garbage-collected: outside the rollback window and not routed",
+            )
+            .await?;
         }
         for digest in &planned.images {
             let d = digest.clone();
@@ -130,7 +133,8 @@ impl Controller {
             self.stop_instance(inst, why).await?;
         }
         self.inner.router.forget_env(env);
-        self.event(&rec.app, "retire", &format!("{env} retired: {why}")).await;
+        self.event(&rec.app, "retire", &format!("{env} retired: {why}"))
+            .await;
         Ok(())
     }
 
@@ -179,5 +183,17 @@ impl Controller {
                 Err(e) => tracing::warn!("gc: {e}"),
             }
         }
+    }
+}
+
+impl Controller {
+    /// Stops every instance this controller knows (used when molt is told to leave nothing
+    /// running, e.g. by tests). The store keeps the environments; a restart replaces instances.
+    pub async fn stop_all_instances(&self) -> Result<()> {
+        for inst in self.db(|s| s.instances(None, false)).await? {
+            self.stop_instance(&inst, "molt stopped with --stop-instances")
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -162,7 +162,11 @@ impl Controller {
     }
 
     fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.inner.app_locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut locks = self
+            .inner
+            .app_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         locks.entry(app.to_string()).or_default().clone()
     }
 

@@ -107,7 +107,9 @@ impl Controller {
             let f = std::fs::File::open(&archive).map_err(|e| {
                 ControlError::Internal(format!("reading upload {}: {e}", archive.display()))
             })?;
-            images.import_tar(std::io::BufReader::new(f)).map_err(ControlError::from)
+            images
+                .import_tar(std::io::BufReader::new(f))
+                .map_err(ControlError::from)
         })
         .await??;
         let digest = imported.digest.clone();
@@ -181,8 +183,12 @@ impl Controller {
                 s.create_deployment(&app, number, prev.as_deref())
             })
             .await?;
-        self.event(&rec.app, "deploy", &format!("deployment {} of v{number} started", rec.id))
-            .await;
+        self.event(
+            &rec.app,
+            "deploy",
+            &format!("deployment {} of v{number} started", rec.id),
+        )
+        .await;
         self.launch_deployment(rec.clone()).await;
         Ok(rec)
     }
@@ -204,15 +210,20 @@ impl Controller {
             .map(|k| k.parse::<EnvVarName>())
             .collect::<std::result::Result<Vec<_>, _>>()?;
         if parsed_set.is_empty() && parsed_unset.is_empty() {
-            return Err(InputError::Invalid("nothing to change: give KEY=VALUE or --unset KEY".into()).into());
+            return Err(InputError::Invalid(
+                "nothing to change: give KEY=VALUE or --unset KEY".into(),
+            )
+            .into());
         }
         let a = app.to_string();
         let release = self
             .db(move |s| {
-                let latest = s.latest_release(&a)?.ok_or(molt_store::StoreError::NotFound {
-                    what: "release of app",
-                    key: a.clone(),
-                })?;
+                let latest = s
+                    .latest_release(&a)?
+                    .ok_or(molt_store::StoreError::NotFound {
+                        what: "release of app",
+                        key: a.clone(),
+                    })?;
                 let mut config: RunConfig = latest.config.clone();
                 let mut changed = Vec::new();
                 for (k, v) in parsed_set {
@@ -246,7 +257,9 @@ impl Controller {
             .db(move |s| Ok((s.env(&e)?, s.instances(Some(&e), false)?)))
             .await?;
         if target.app != app {
-            return Err(ControlError::NotFound(format!("environment '{env}' is not one of {app}'s")));
+            return Err(ControlError::NotFound(format!(
+                "environment '{env}' is not one of {app}'s"
+            )));
         }
         if target.state != EnvState::Ready
             || !instances.iter().any(|i| i.state == InstanceState::Healthy)
@@ -293,7 +306,13 @@ impl Controller {
         self.supersede_active(&app).await;
         let a = app.clone();
         let (current, envs, releases) = self
-            .db(move |s| Ok((s.app(&a)?.routed_env, s.envs(Some(&a), false)?, s.releases(Some(&a))?)))
+            .db(move |s| {
+                Ok((
+                    s.app(&a)?.routed_env,
+                    s.envs(Some(&a), false)?,
+                    s.releases(Some(&a))?,
+                ))
+            })
             .await?;
         let current_release = current
             .as_ref()
@@ -335,7 +354,9 @@ impl Controller {
             .iter()
             .find(|r| r.number == target_release)
             .cloned()
-            .ok_or_else(|| ControlError::NotFound(format!("release v{target_release} of {app} not found")))?;
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("release v{target_release} of {app} not found"))
+            })?;
         let warm_env = envs
             .iter()
             .filter(|e| e.release == target_release && e.state == EnvState::Ready)
@@ -400,7 +421,8 @@ impl Controller {
                         Some(e) => Some(s.release(&app.name, s.env(e)?.release)?),
                         None => None,
                     };
-                    let mut hostnames = vec![format!("{}.{}", app.name, crate::routes::LOCAL_SUFFIX)];
+                    let mut hostnames =
+                        vec![format!("{}.{}", app.name, crate::routes::LOCAL_SUFFIX)];
                     if let Some(r) = &serving {
                         hostnames.extend(r.config.hostnames.iter().map(|h| h.to_string()));
                     }
@@ -442,13 +464,18 @@ impl Controller {
     }
 
     /// Deployments of an app (all apps when `None`), newest first.
-    pub async fn deployments(&self, app: Option<String>, limit: usize) -> Result<Vec<DeploymentRecord>> {
+    pub async fn deployments(
+        &self,
+        app: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<DeploymentRecord>> {
         self.db(move |s| s.deployments(app.as_deref(), limit)).await
     }
 
     /// One deployment with its journal.
     pub async fn deployment(&self, id: u64) -> Result<(DeploymentRecord, Vec<JournalEntry>)> {
-        self.db(move |s| Ok((s.deployment(id)?, s.journal(id)?))).await
+        self.db(move |s| Ok((s.deployment(id)?, s.journal(id)?)))
+            .await
     }
 
     /// An app's history, newest first.
@@ -486,7 +513,9 @@ impl Controller {
         }
         if let Some(i) = instance {
             if out.is_empty() {
-                return Err(ControlError::NotFound(format!("instance '{i}' of {app} not found")));
+                return Err(ControlError::NotFound(format!(
+                    "instance '{i}' of {app} not found"
+                )));
             }
         }
         Ok(out)

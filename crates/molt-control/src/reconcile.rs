@@ -44,7 +44,11 @@ impl Controller {
             } else {
                 let id = inst.id.clone();
                 self.db(move |s| {
-                    s.set_instance_state(&id, InstanceState::Stopped, Some("lost while molt was down"))
+                    s.set_instance_state(
+                        &id,
+                        InstanceState::Stopped,
+                        Some("lost while molt was down"),
+                    )
                 })
                 .await?;
             }
@@ -56,7 +60,8 @@ impl Controller {
             if env.state == EnvState::Retired {
                 let id = env.id.clone();
                 for inst in self.db(move |s| s.instances(Some(&id), false)).await? {
-                    self.stop_instance(&inst, "its environment is retired").await?;
+                    self.stop_instance(&inst, "its environment is retired")
+                        .await?;
                 }
             }
         }
@@ -74,19 +79,28 @@ impl Controller {
                 // An older deployment that a newer one had superseded when molt stopped.
                 let id = d.id;
                 self.db(move |s| {
-                    s.advance(id, molt_core::DeployEvent::Superseded, "superseded (found at restart)")
+                    s.advance(
+                        id,
+                        molt_core::DeployEvent::Superseded,
+                        "superseded (found at restart)",
+                    )
                 })
                 .await?;
                 if d.state.is_before_swap() {
                     if let Some(env) = &d.env {
-                        self.retire_env(env, "its deployment was superseded").await?;
+                        self.retire_env(env, "its deployment was superseded")
+                            .await?;
                     }
                 }
                 continue;
             }
             tracing::info!(deployment = d.id, state = %d.state, "resuming deployment");
-            self.event(&d.app, "resume", &format!("resuming deployment {} from step {}", d.id, d.state))
-                .await;
+            self.event(
+                &d.app,
+                "resume",
+                &format!("resuming deployment {} from step {}", d.id, d.state),
+            )
+            .await;
             self.launch_deployment(d).await;
         }
         Ok(())
@@ -128,20 +142,32 @@ impl Controller {
                     Verdict::Replace(why) => {
                         changed = true;
                         self.stop_instance(&inst, &why).await?;
-                        self.event(&env.app, "instance", &format!("{} {why}; replacing it", inst.id))
-                            .await;
+                        self.event(
+                            &env.app,
+                            "instance",
+                            &format!("{} {why}; replacing it", inst.id),
+                        )
+                        .await;
                     }
                 }
             }
             for _ in live..release.config.instances as usize {
                 match self.start_instance(&env.id, &release).await {
                     Ok(inst) => {
-                        self.event(&env.app, "instance", &format!("started {} in {}", inst.id, env.id))
-                            .await
+                        self.event(
+                            &env.app,
+                            "instance",
+                            &format!("started {} in {}", inst.id, env.id),
+                        )
+                        .await
                     }
                     Err(e) => {
-                        self.event(&env.app, "instance", &format!("could not start an instance of {}: {e}", env.id))
-                            .await;
+                        self.event(
+                            &env.app,
+                            "instance",
+                            &format!("could not start an instance of {}: {e}", env.id),
+                        )
+                        .await;
                         break;
                     }
                 }
@@ -168,7 +194,9 @@ impl Controller {
         let streak = streaks.entry(inst.id.clone()).or_default();
         let now = Instant::now();
         if streak.next_check.is_some_and(|t| t > now) {
-            return Ok(Verdict::Keep { state_changed: false });
+            return Ok(Verdict::Keep {
+                state_changed: false,
+            });
         }
         streak.next_check = Some(now + health.interval);
         let result = self
@@ -193,7 +221,9 @@ impl Controller {
                     && molt_store::now_ms().saturating_sub(inst.started_ms)
                         > health.start_deadline.as_millis() as u64;
                 if starting_too_long {
-                    return Ok(Verdict::Replace(format!("not healthy within its start deadline ({why})")));
+                    return Ok(Verdict::Replace(format!(
+                        "not healthy within its start deadline ({why})"
+                    )));
                 }
                 (streak.failures >= health.unhealthy_threshold).then_some(InstanceState::Unhealthy)
             }
@@ -201,14 +231,23 @@ impl Controller {
         match next_state {
             Some(state) if state != inst.state => {
                 let id = inst.id.clone();
-                self.db(move |s| s.set_instance_state(&id, state, None)).await?;
+                self.db(move |s| s.set_instance_state(&id, state, None))
+                    .await?;
                 if state == InstanceState::Unhealthy {
-                    self.event(&inst.app, "instance", &format!("{} turned unhealthy", inst.id))
-                        .await;
+                    self.event(
+                        &inst.app,
+                        "instance",
+                        &format!("{} turned unhealthy", inst.id),
+                    )
+                    .await;
                 }
-                Ok(Verdict::Keep { state_changed: true })
+                Ok(Verdict::Keep {
+                    state_changed: true,
+                })
             }
-            _ => Ok(Verdict::Keep { state_changed: false }),
+            _ => Ok(Verdict::Keep {
+                state_changed: false,
+            }),
         }
     }
 }

@@ -50,7 +50,10 @@ fn build_table(store: &mut Store) -> std::result::Result<RouteTable, StoreError>
     }
     for env in store.envs(None, false)? {
         if env.state == EnvState::Ready {
-            table.insert(&format!("{}.{LOCAL_SUFFIX}", env.id), backend(store, &env.id)?);
+            table.insert(
+                &format!("{}.{LOCAL_SUFFIX}", env.id),
+                backend(store, &env.id)?,
+            );
         }
     }
     Ok(table)

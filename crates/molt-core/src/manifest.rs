@@ -152,8 +152,10 @@ impl Manifest {
             .map_err(|e: InputError| at(raw.name.span(), e.to_string()))?;
         let mut hostnames = Vec::new();
         for h in &raw.hostnames {
-            let host: Hostname =
-                h.get_ref().parse().map_err(|e: InputError| at(h.span(), e.to_string()))?;
+            let host: Hostname = h
+                .get_ref()
+                .parse()
+                .map_err(|e: InputError| at(h.span(), e.to_string()))?;
             hostnames.push(host);
         }
         let command = raw.command.get_ref().clone();
@@ -166,7 +168,10 @@ impl Manifest {
         }
         let instances = match &raw.instances {
             Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1000 => {
-                return Err(at(n.span(), "instances must be between 1 and 1000".to_string()))
+                return Err(at(
+                    n.span(),
+                    "instances must be between 1 and 1000".to_string(),
+                ))
             }
             Some(n) => *n.get_ref(),
             None => 1,
@@ -217,8 +222,10 @@ impl Manifest {
         };
         let mut env = BTreeMap::new();
         for (k, v) in raw.env {
-            let key: EnvVarName =
-                k.get_ref().parse().map_err(|e: InputError| at(k.span(), e.to_string()))?;
+            let key: EnvVarName = k
+                .get_ref()
+                .parse()
+                .map_err(|e: InputError| at(k.span(), e.to_string()))?;
             env.insert(key, v);
         }
         if let Some(b) = &raw.build {
@@ -379,13 +386,41 @@ rollback_window = "15m"
     #[test]
     fn errors_name_line_and_column() {
         let cases = [
-            ("name = \"shop\"\ncommand = [\"x\"]\nbogus = 1\n", "line 3", "bogus"),
-            ("name = \"Shop\"\ncommand = [\"x\"]\n", "line 1, column 8", "app name"),
-            ("name = \"a\"\ncommand = []\n", "line 2", "command must name"),
-            ("name = \"a\"\ncommand = [\"x\"]\n[health]\ninterval = \"5x\"\n", "line 4", "5x"),
-            ("name = \"a\"\ncommand = [\"x\"]\ninstances = 0\n", "line 3", "instances"),
-            ("name = \"a\"\ncommand = [\"x\"]\n[env]\n9X = \"1\"\n", "line 4", "variable"),
-            ("name = \"a\"\ncommand = [\"x\"]\n[health]\npath = \"x\"\n", "line 4", "path"),
+            (
+                "name = \"shop\"\ncommand = [\"x\"]\nbogus = 1\n",
+                "line 3",
+                "bogus",
+            ),
+            (
+                "name = \"Shop\"\ncommand = [\"x\"]\n",
+                "line 1, column 8",
+                "app name",
+            ),
+            (
+                "name = \"a\"\ncommand = []\n",
+                "line 2",
+                "command must name",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[health]\ninterval = \"5x\"\n",
+                "line 4",
+                "5x",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\ninstances = 0\n",
+                "line 3",
+                "instances",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[env]\n9X = \"1\"\n",
+                "line 4",
+                "variable",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[health]\npath = \"x\"\n",
+                "line 4",
+                "path",
+            ),
             ("name = \"a\"\ncommand = [\"x\"\n", "line", "TOML"),
             ("command = [\"x\"]\n", "missing field", "name"),
         ];
@@ -399,8 +434,9 @@ rollback_window = "15m"
 
     #[test]
     fn expands_variables() {
-        let vars: BTreeMap<String, String> =
-            [("PORT".to_string(), "8001".to_string())].into_iter().collect();
+        let vars: BTreeMap<String, String> = [("PORT".to_string(), "8001".to_string())]
+            .into_iter()
+            .collect();
         assert_eq!(expand("--port=$PORT", &vars).unwrap(), "--port=8001");
         assert_eq!(expand("${PORT}x", &vars).unwrap(), "8001x");
         assert_eq!(expand("$$PORT", &vars).unwrap(), "$PORT");

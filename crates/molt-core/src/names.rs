@@ -204,7 +204,10 @@ mod tests {
 
     #[test]
     fn hostnames_are_lowercased_and_checked() {
-        assert_eq!("Shop.Example.COM".parse::<Hostname>().unwrap().as_str(), "shop.example.com");
+        assert_eq!(
+            "Shop.Example.COM".parse::<Hostname>().unwrap().as_str(),
+            "shop.example.com"
+        );
         assert!("*.example.com".parse::<Hostname>().is_ok());
         for bad in ["", "a..b", "-a.b", "a b", "a.*.b", "http://x"] {
             assert!(bad.parse::<Hostname>().is_err(), "{bad}");

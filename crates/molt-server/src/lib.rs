@@ -1,1 +1,258 @@
-//! molt-server
+//! `molt serve`: one process with the REST API, the router, the controller and the local
+//! provider, over one data directory.
+//!
+//! Data directory layout:
+//! - `state.db` — the SQLite store (WAL);
+//! - `images/` — the image store; `logs/` — instance output; `uploads/` — image uploads;
+//! - `admin.token` (0600) — the API token the CLI reads;
+//! - `serve.json` — where the running server listens, for the CLI;
+//! - `owner.id` — marks this data directory's instance processes (orphan detection);
+//! - `serve.lock` — held while a server uses the directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use molt_control::{ControlConfig, Controller};
+use molt_core::DeployState;
+use molt_image::ImageStore;
+use molt_provider::LocalProvider;
+use molt_router::{Router, RouterConfig};
+use molt_store::Store;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How `molt serve` is configured.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Where the API listens (port 0 picks a free port).
+    pub api_addr: SocketAddr,
+    /// Where the router listens (port 0 picks a free port).
+    pub router_addr: SocketAddr,
+    /// How often GC runs by itself.
+    pub gc_interval: Duration,
+    /// Test hook: deployments pause when they reach this state.
+    pub pause_at: Option<DeployState>,
+    /// Time an instance gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// What happens to instances when the server stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExit {
+    /// Leave them running: the next `molt serve` adopts them (the default).
+    KeepInstances,
+    /// Stop every instance.
+    StopInstances,
+}
+
+/// Where a running server listens, written to `serve.json` for the CLI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// The API address.
+    pub api: SocketAddr,
+    /// The router address.
+    pub router: SocketAddr,
+    /// The server's process id.
+    pub pid: u32,
+}
+
+/// A running server.
+pub struct Running {
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// Where the router listens.
+    pub router_addr: SocketAddr,
+    /// The admin API token.
+    pub token: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    controller: Controller,
+    stop: CancellationToken,
+    router_task: JoinHandle<std::io::Result<()>>,
+    api_task: JoinHandle<std::io::Result<()>>,
+    _lock: Flock<File>,
+}
+
+impl ServeConfig {
+    /// Defaults: API on 127.0.0.1:7070, router on 127.0.0.1:8080.
+    pub fn new(data_dir: PathBuf) -> ServeConfig {
+        ServeConfig {
+            data_dir,
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            router_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            gc_interval: Duration::from_secs(60),
+            pause_at: None,
+            stop_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The default data directory: `$MOLT_DATA_DIR`, else `$XDG_DATA_HOME/molt`, else
+/// `~/.local/share/molt`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MOLT_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("molt");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/molt")
+}
+
+/// Starts a server: opens the data directory, recovers state, binds both listeners.
+pub async fn start(cfg: ServeConfig) -> Result<Running> {
+    let dir = cfg.data_dir.clone();
+    for sub in ["", "images", "logs", "uploads"] {
+        fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating the data directory {}", dir.join(sub).display()))?;
+    }
+    let lock_file = File::create(dir.join("serve.lock"))
+        .with_context(|| format!("creating {}", dir.join("serve.lock").display()))?;
+    let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow::anyhow!(
+            "another molt serve is already using {}: stop it, or pass a different --data-dir",
+            dir.display()
+        )
+    })?;
+    let token = read_or_create_secret(&dir.join("admin.token"))?;
+    let owner = read_or_create_secret(&dir.join("owner.id"))?;
+    let store = Store::open(&dir.join("state.db"))
+        .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
+    let images = ImageStore::open(&dir.join("images")).context("opening the image store")?;
+    let provider = Arc::new(LocalProvider::new(owner[..16].to_string()));
+    let router = Router::new(RouterConfig::default());
+    let router_listener = TcpListener::bind(cfg.router_addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} for the router: {e}; pick another address with --router",
+            cfg.router_addr
+        )
+    })?;
+    let api_listener = TcpListener::bind(cfg.api_addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} for the API: {e}; pick another address with --api",
+            cfg.api_addr
+        )
+    })?;
+    let router_addr = router_listener.local_addr()?;
+    let api_addr = api_listener.local_addr()?;
+    let controller = Controller::new(
+        store,
+        images,
+        provider,
+        router.clone(),
+        ControlConfig {
+            logs_dir: dir.join("logs"),
+            gc_interval: cfg.gc_interval,
+            stop_grace: cfg.stop_grace,
+            pause_at: cfg.pause_at,
+            ..ControlConfig::default()
+        },
+    );
+    controller.start().await.context("recovering state")?;
+    let stop = CancellationToken::new();
+    let router_task = tokio::spawn(router.clone().serve(router_listener, stop.clone()));
+    let app = molt_api::router(controller.clone(), token.clone(), dir.join("uploads"));
+    let api_stop = stop.clone();
+    let api_task = tokio::spawn(async move {
+        axum::serve(api_listener, app)
+            .with_graceful_shutdown(async move { api_stop.cancelled().await })
+            .await
+    });
+    let endpoints = Endpoints {
+        api: api_addr,
+        router: router_addr,
+        pid: std::process::id(),
+    };
+    let json = serde_json::to_string_pretty(&endpoints)?;
+    write_atomically(&dir.join("serve.json"), json.as_bytes(), 0o644)?;
+    tracing::info!(%api_addr, %router_addr, data_dir = %dir.display(), "molt serve is up");
+    Ok(Running {
+        api_addr,
+        router_addr,
+        token,
+        data_dir: dir,
+        controller,
+        stop,
+        router_task,
+        api_task,
+        _lock: lock,
+    })
+}
+
+impl Running {
+    /// Stops accepting, drains the router and the API, stops background work; instances are
+    /// kept or stopped as `on_exit` says.
+    pub async fn shutdown(self, on_exit: OnExit) -> Result<()> {
+        self.stop.cancel();
+        let router_result = self.router_task.await;
+        let api_result = self.api_task.await;
+        self.controller.shutdown().await;
+        if on_exit == OnExit::StopInstances {
+            self.controller.stop_all_instances().await?;
+        }
+        let _ = fs::remove_file(self.data_dir.join("serve.json"));
+        router_result.context("router task")?.context("router")?;
+        api_result.context("API task")?.context("API")?;
+        Ok(())
+    }
+
+    /// The controller (tests use it to look inside).
+    pub fn controller(&self) -> &Controller {
+        &self.controller
+    }
+}
+
+/// Reads a secret file, or creates it (0600) with 32 random bytes in hex.
+fn read_or_create_secret(path: &Path) -> Result<String> {
+    if let Ok(text) = fs::read_to_string(path) {
+        let t = text.trim().to_string();
+        if t.len() >= 32 {
+            return Ok(t);
+        }
+    }
+    let bytes: [u8; 32] = rand::random();
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_atomically(path, secret.as_bytes(), 0o600)?;
+    Ok(secret)
+}
+
+fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    if mode == 0o600 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Checks that a data directory is usable before anything else (clear error early).
+pub fn check_data_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{} exists and is not a directory", dir.display());
+    }
+    Ok(())
+}

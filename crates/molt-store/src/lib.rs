@@ -136,7 +136,13 @@ impl Store {
             .query_row(
                 "SELECT digest, size, created_ms FROM images WHERE digest = ?1",
                 [digest.as_str()],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
             )
             .optional()?
             .ok_or_else(|| StoreError::NotFound {
@@ -177,7 +183,9 @@ impl Store {
         self.image(digest)?;
         let existing: Option<String> = self
             .conn
-            .query_row("SELECT digest FROM tags WHERE name = ?1", [tag], |r| r.get(0))
+            .query_row("SELECT digest FROM tags WHERE name = ?1", [tag], |r| {
+                r.get(0)
+            })
             .optional()?;
         match existing {
             Some(d) if d == digest.as_str() => Ok(()),
@@ -201,7 +209,11 @@ impl Store {
         }
         let digest: Option<String> = self
             .conn
-            .query_row("SELECT digest FROM tags WHERE name = ?1", [reference], |r| r.get(0))
+            .query_row(
+                "SELECT digest FROM tags WHERE name = ?1",
+                [reference],
+                |r| r.get(0),
+            )
             .optional()?;
         match digest {
             Some(d) => self.image(&d.parse().map_err(corrupt)?),
@@ -397,7 +409,11 @@ impl Store {
     /// One instance.
     pub fn instance(&self, id: &str) -> Result<InstanceRecord> {
         self.conn
-            .query_row(&format!("{INSTANCE_SELECT} WHERE id = ?1"), [id], instance_row)
+            .query_row(
+                &format!("{INSTANCE_SELECT} WHERE id = ?1"),
+                [id],
+                instance_row,
+            )
             .optional()?
             .ok_or_else(|| StoreError::NotFound {
                 what: "instance",
@@ -453,9 +469,11 @@ impl Store {
             .query_row("SELECT env FROM routes WHERE app = ?1", [app], |r| r.get(0))
             .optional()?;
         let state: Option<String> = tx
-            .query_row("SELECT state FROM environments WHERE id = ?1 AND app = ?2", [env, app], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT state FROM environments WHERE id = ?1 AND app = ?2",
+                [env, app],
+                |r| r.get(0),
+            )
             .optional()?;
         match state.as_deref() {
             None => {
@@ -476,7 +494,10 @@ impl Store {
              ON CONFLICT(app) DO UPDATE SET env = excluded.env, updated_ms = excluded.updated_ms",
             params![app, env, now_ms()],
         )?;
-        tx.execute("UPDATE environments SET warm_until_ms = NULL WHERE id = ?1", [env])?;
+        tx.execute(
+            "UPDATE environments SET warm_until_ms = NULL WHERE id = ?1",
+            [env],
+        )?;
         if let Some((id, event, detail)) = deployment {
             advance_in(&tx, id, event, detail)?;
             if event == DeployEvent::Swapped && previous.as_deref() != Some(env) {
@@ -492,7 +513,9 @@ impl Store {
 
     /// Every route: (app, environment).
     pub fn routes(&self) -> Result<Vec<(String, String)>> {
-        let mut st = self.conn.prepare("SELECT app, env FROM routes ORDER BY app")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT app, env FROM routes ORDER BY app")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -571,7 +594,12 @@ impl Store {
             "UPDATE deployments SET env = ?2 WHERE id = ?1",
             params![id as i64, env],
         )?;
-        let state = advance_in(&tx, id, DeployEvent::EnvCreated, &format!("environment {env}"))?;
+        let state = advance_in(
+            &tx,
+            id,
+            DeployEvent::EnvCreated,
+            &format!("environment {env}"),
+        )?;
         tx.commit()?;
         Ok(state)
     }
@@ -601,7 +629,11 @@ impl Store {
             "SELECT at_ms, state, detail FROM journal WHERE deployment = ?1 ORDER BY seq",
         )?;
         let rows = st.query_map([id as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })?;
         rows.map(|r| {
             let (at, state, detail) = r?;
@@ -644,9 +676,18 @@ impl Store {
     }
 }
 
-fn advance_in(tx: &Transaction<'_>, id: u64, event: DeployEvent, detail: &str) -> Result<DeployState> {
+fn advance_in(
+    tx: &Transaction<'_>,
+    id: u64,
+    event: DeployEvent,
+    detail: &str,
+) -> Result<DeployState> {
     let current: String = tx
-        .query_row("SELECT state FROM deployments WHERE id = ?1", [id as i64], |r| r.get(0))
+        .query_row(
+            "SELECT state FROM deployments WHERE id = ?1",
+            [id as i64],
+            |r| r.get(0),
+        )
         .optional()?
         .ok_or_else(|| StoreError::NotFound {
             what: "deployment",

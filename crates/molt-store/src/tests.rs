@@ -14,16 +14,21 @@ fn digest(n: u8) -> Digest {
 fn store_with_release() -> Store {
     let mut s = Store::open_in_memory().unwrap();
     s.put_image(&digest(1), 10).unwrap();
-    s.create_release("shop", &digest(1), &config(), "deploy").unwrap();
+    s.create_release("shop", &digest(1), &config(), "deploy")
+        .unwrap();
     s
 }
 
 #[test]
 fn releases_are_numbered_per_app() {
     let mut s = store_with_release();
-    let r2 = s.create_release("shop", &digest(1), &config(), "config").unwrap();
+    let r2 = s
+        .create_release("shop", &digest(1), &config(), "config")
+        .unwrap();
     assert_eq!(r2.number, 2);
-    let other = s.create_release("blog", &digest(1), &config(), "deploy").unwrap();
+    let other = s
+        .create_release("blog", &digest(1), &config(), "deploy")
+        .unwrap();
     assert_eq!(other.number, 1);
     assert_eq!(s.releases(Some("shop")).unwrap().len(), 2);
     assert_eq!(s.latest_release("shop").unwrap().unwrap().number, 2);
@@ -33,8 +38,13 @@ fn releases_are_numbered_per_app() {
 #[test]
 fn unknown_image_is_refused() {
     let mut s = Store::open_in_memory().unwrap();
-    let err = s.create_release("shop", &digest(9), &config(), "deploy").unwrap_err();
-    assert!(matches!(err, StoreError::NotFound { what: "image", .. }), "{err}");
+    let err = s
+        .create_release("shop", &digest(9), &config(), "deploy")
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "image", .. }),
+        "{err}"
+    );
     assert!(s.apps().unwrap().is_empty());
 }
 
@@ -44,7 +54,10 @@ fn tags_never_move() {
     s.put_image(&digest(2), 10).unwrap();
     s.tag_image("shop:1", &digest(1)).unwrap();
     s.tag_image("shop:1", &digest(1)).unwrap();
-    assert!(matches!(s.tag_image("shop:1", &digest(2)), Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.tag_image("shop:1", &digest(2)),
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(s.resolve_image("shop:1").unwrap().digest, digest(1));
     assert_eq!(s.resolve_image(digest(2).hex()).unwrap().digest, digest(2));
     assert!(s.resolve_image("nope:1").is_err());
@@ -55,20 +68,33 @@ fn deployment_journal_and_swap_are_atomic() {
     let mut s = store_with_release();
     let d = s.create_deployment("shop", 1, None).unwrap();
     let env = s.create_env("shop", 1).unwrap();
-    assert_eq!(s.attach_env(d.id, &env.id).unwrap(), DeployState::EnvCreated);
+    assert_eq!(
+        s.attach_env(d.id, &env.id).unwrap(),
+        DeployState::EnvCreated
+    );
     // Swapping before healthy is refused and changes nothing.
     let err = s
         .swap_route("shop", &env.id, Some((d.id, DeployEvent::Swapped, "swap")))
         .unwrap_err();
     assert!(matches!(err, StoreError::Transition(_)));
     assert!(s.routes().unwrap().is_empty());
-    s.advance(d.id, DeployEvent::InstancesStarted, "started").unwrap();
-    s.advance(d.id, DeployEvent::BecameHealthy, "healthy").unwrap();
+    s.advance(d.id, DeployEvent::InstancesStarted, "started")
+        .unwrap();
+    s.advance(d.id, DeployEvent::BecameHealthy, "healthy")
+        .unwrap();
     s.swap_route("shop", &env.id, Some((d.id, DeployEvent::Swapped, "swap")))
         .unwrap();
-    assert_eq!(s.routes().unwrap(), vec![("shop".to_string(), env.id.clone())]);
+    assert_eq!(
+        s.routes().unwrap(),
+        vec![("shop".to_string(), env.id.clone())]
+    );
     assert_eq!(s.deployment(d.id).unwrap().state, DeployState::Swapped);
-    let states: Vec<_> = s.journal(d.id).unwrap().into_iter().map(|j| j.state).collect();
+    let states: Vec<_> = s
+        .journal(d.id)
+        .unwrap()
+        .into_iter()
+        .map(|j| j.state)
+        .collect();
     assert_eq!(
         states,
         vec![
@@ -87,7 +113,10 @@ fn retired_envs_cannot_be_routed() {
     let mut s = store_with_release();
     let env = s.create_env("shop", 1).unwrap();
     s.set_env_state(&env.id, EnvState::Retired).unwrap();
-    assert!(matches!(s.swap_route("shop", &env.id, None), Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.swap_route("shop", &env.id, None),
+        Err(StoreError::Conflict(_))
+    ));
     assert!(s.envs(Some("shop"), false).unwrap().is_empty());
     assert_eq!(s.envs(Some("shop"), true).unwrap().len(), 1);
 }
@@ -98,10 +127,17 @@ fn instances_and_images_in_use() {
     let env = s.create_env("shop", 1).unwrap();
     let i = s.create_instance(&env.id, 4000).unwrap();
     s.set_instance_process(&i.id, 42, 7).unwrap();
-    s.set_instance_state(&i.id, InstanceState::Healthy, None).unwrap();
+    s.set_instance_state(&i.id, InstanceState::Healthy, None)
+        .unwrap();
     let got = s.instance(&i.id).unwrap();
-    assert_eq!((got.pid, got.start_time, got.state), (Some(42), Some(7), InstanceState::Healthy));
-    assert!(matches!(s.remove_image(&digest(1)), Err(StoreError::Conflict(_))));
+    assert_eq!(
+        (got.pid, got.start_time, got.state),
+        (Some(42), Some(7), InstanceState::Healthy)
+    );
+    assert!(matches!(
+        s.remove_image(&digest(1)),
+        Err(StoreError::Conflict(_))
+    ));
     s.set_env_state(&env.id, EnvState::Retired).unwrap();
     s.remove_image(&digest(1)).unwrap();
 }
@@ -113,7 +149,8 @@ fn survives_reopen() {
     {
         let mut s = Store::open(&path).unwrap();
         s.put_image(&digest(1), 1).unwrap();
-        s.create_release("shop", &digest(1), &config(), "deploy").unwrap();
+        s.create_release("shop", &digest(1), &config(), "deploy")
+            .unwrap();
         s.record_event("shop", "deploy", "hello").unwrap();
     }
     let s = Store::open(&path).unwrap();

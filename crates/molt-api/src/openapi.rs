@@ -1,0 +1,162 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`, kept next to the routes it describes.
+
+use serde_json::{json, Map, Value};
+
+/// Every API operation: (method, path in OpenAPI syntax, summary, request body schema name).
+pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
+    ("get", "/v1/health", "Liveness; no token needed", None),
+    (
+        "get",
+        "/v1/status",
+        "Apps, what serves, environments and instances",
+        None,
+    ),
+    ("get", "/v1/apps", "Every app with its status", None),
+    ("get", "/v1/apps/{app}", "One app's status", None),
+    (
+        "get",
+        "/v1/apps/{app}/releases",
+        "Releases, newest first",
+        None,
+    ),
+    (
+        "post",
+        "/v1/apps/{app}/releases/{number}/pin",
+        "Pin or unpin a release",
+        Some("Pin"),
+    ),
+    (
+        "get",
+        "/v1/apps/{app}/envs",
+        "Live environments (?all=true adds retired ones)",
+        None,
+    ),
+    (
+        "get",
+        "/v1/apps/{app}/deployments",
+        "Deployments, newest first",
+        None,
+    ),
+    (
+        "post",
+        "/v1/apps/{app}/deployments",
+        "Deploy an image with a manifest, or an existing release",
+        Some("DeployRequest"),
+    ),
+    (
+        "post",
+        "/v1/apps/{app}/swap",
+        "Point the route at a ready environment",
+        Some("Swap"),
+    ),
+    (
+        "post",
+        "/v1/apps/{app}/rollback",
+        "Swap back to a warm environment (or redeploy, cold)",
+        Some("Rollback"),
+    ),
+    (
+        "get",
+        "/v1/apps/{app}/config",
+        "Environment variables of the newest release",
+        None,
+    ),
+    (
+        "post",
+        "/v1/apps/{app}/config",
+        "Set or unset variables: makes and deploys a new release",
+        Some("Config"),
+    ),
+    (
+        "get",
+        "/v1/apps/{app}/logs",
+        "Last lines of each live instance's output",
+        None,
+    ),
+    ("get", "/v1/apps/{app}/events", "The app's history", None),
+    (
+        "get",
+        "/v1/deployments/{id}",
+        "A deployment with its journal",
+        None,
+    ),
+    ("get", "/v1/images", "Stored images", None),
+    (
+        "post",
+        "/v1/images",
+        "Import an image from a tar body (?tag=name:version)",
+        Some("Tar"),
+    ),
+    (
+        "post",
+        "/v1/gc",
+        "Collect unreachable environments and images (dry_run to preview)",
+        Some("Gc"),
+    ),
+];
+
+/// Builds the document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for (method, path, summary, body) in PATHS {
+        let mut op = json!({
+            "summary": summary,
+            "responses": {
+                "200": { "description": "OK" },
+                "400": { "$ref": "#/components/responses/Error" },
+                "401": { "$ref": "#/components/responses/Error" },
+                "404": { "$ref": "#/components/responses/Error" },
+                "409": { "$ref": "#/components/responses/Error" }
+            }
+        });
+        if *path == "/v1/health" {
+            op["security"] = json!([]);
+        }
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        if !params.is_empty() {
+            op["parameters"] = Value::Array(params);
+        }
+        if let Some(schema) = body {
+            let content = if *schema == "Tar" {
+                json!({ "application/x-tar": { "schema": { "type": "string", "format": "binary" } } })
+            } else {
+                json!({ "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } })
+            };
+            op["requestBody"] = json!({ "required": true, "content": content });
+        }
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "molt API", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "Control plane of molt: immutable releases, environments, atomic swaps." },
+        "servers": [{ "url": "http://127.0.0.1:7070" }],
+        "security": [{ "token": [] }],
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "token": { "type": "http", "scheme": "bearer",
+                "description": "The admin token molt serve writes to <data dir>/admin.token" } },
+            "responses": { "Error": { "description": "An error", "content": { "application/json": {
+                "schema": { "type": "object", "required": ["error", "kind"], "properties": {
+                    "error": { "type": "string" }, "kind": { "type": "string" } } } } } } },
+            "schemas": {
+                "DeployRequest": { "type": "object", "properties": {
+                    "image": { "type": "string", "description": "digest or tag" },
+                    "manifest": { "type": "string", "description": "text of molt.toml" },
+                    "release": { "type": "integer", "description": "redeploy this release" } } },
+                "Swap": { "type": "object", "required": ["env"], "properties": { "env": { "type": "string" } } },
+                "Rollback": { "type": "object", "properties": { "to": { "type": "integer" } } },
+                "Config": { "type": "object", "properties": {
+                    "set": { "type": "object", "additionalProperties": { "type": "string" } },
+                    "unset": { "type": "array", "items": { "type": "string" } } } },
+                "Pin": { "type": "object", "required": ["pinned"], "properties": { "pinned": { "type": "boolean" } } },
+                "Gc": { "type": "object", "properties": { "dry_run": { "type": "boolean" } } }
+            }
+        }
+    })
+}

@@ -1,0 +1,526 @@
+//! End-to-end tests against an in-process `molt serve` with real instance processes.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_config_and_rollback() {
+    let h = Harness::start().await;
+    let dir = h.app("shop", &[], FAST);
+    let d1 = h.deploy(&dir).await;
+    assert_eq!(d1["state"], "drained", "{d1}");
+    let (status, body) = h.get("shop.localhost", "/").await;
+    assert_eq!((status, body.contains("shop v1")), (200, true), "{body}");
+
+    // A config change is a new release, deployed blue/green.
+    let d2 = h
+        .client
+        .post(
+            "/v1/apps/shop/config",
+            &json!({ "set": { "GREETING": "bonjour" } }),
+        )
+        .await
+        .unwrap();
+    let d2 = wait_deployment(&h.client, d2["id"].as_u64().unwrap()).await;
+    assert_eq!(d2["state"], "drained", "{d2}");
+    assert_eq!(d2["prev_env"], d1["env"]);
+    let (_, body) = h.get("shop.localhost", "/").await;
+    assert!(body.starts_with("bonjour from shop v2"), "{body}");
+
+    // The old environment is warm: rollback is one route change.
+    let rb = h
+        .client
+        .post("/v1/apps/shop/rollback", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(rb["kind"], "warm", "{rb}");
+    assert_eq!(rb["release"], 1);
+    let (_, body) = h.get("shop.localhost", "/").await;
+    assert!(body.starts_with("hello from shop v1"), "{body}");
+
+    // Preview hostnames reach a kept environment directly.
+    let env2 = d2["env"].as_str().unwrap();
+    let (_, body) = h.get(&format!("{env2}.localhost"), "/").await;
+    assert!(body.contains("shop v2"), "{body}");
+
+    let releases = h.client.get("/v1/apps/shop/releases").await.unwrap();
+    assert_eq!(releases.as_array().unwrap().len(), 2);
+    assert_eq!(releases[0]["note"], "config set GREETING");
+    let history = h.client.get("/v1/apps/shop/events").await.unwrap();
+    assert!(history
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "rollback"));
+    h.stop().await;
+}
+
+/// ≥ 8 keep-alive clients hammer the route while the app is deployed, swapped and rolled back
+/// 20+ times: every response is 200, each route change is seen by the very next request, and
+/// the deployments' cutover figures match what the clients saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zero_dropped_requests_across_swaps_and_rollbacks() {
+    let h = Harness::start().await;
+    let dir = h.app("zd", &[], FAST);
+    let d1 = h.deploy(&dir).await;
+    assert_eq!(d1["state"], "drained");
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let versions = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (stop, total, failures, versions) = (
+            stop.clone(),
+            total.clone(),
+            failures.clone(),
+            versions.clone(),
+        );
+        let router = h.router;
+        clients.push(tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(router).await;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline && n < 200_000 {
+                n += 1;
+                match conn.get("zd.localhost", "/").await {
+                    Ok((200, body)) => {
+                        let v = body.split_whitespace().nth(3).unwrap_or("").to_string();
+                        versions.lock().unwrap().insert(v);
+                    }
+                    Ok((s, body)) => failures.lock().unwrap().push(format!("{s}: {body}")),
+                    Err(e) => failures.lock().unwrap().push(format!("error: {e}")),
+                }
+                total.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    // A probe connection (keep-alive too) checks that each change is in force for its very
+    // next request.
+    let mut probe = KeepAlive::connect(h.router).await;
+    let mut deployment_ids = vec![d1["id"].as_u64().unwrap()];
+    let d2 = h
+        .client
+        .post(
+            "/v1/apps/zd/config",
+            &json!({ "set": { "GREETING": "v2" } }),
+        )
+        .await
+        .unwrap();
+    let d2 = wait_deployment(&h.client, d2["id"].as_u64().unwrap()).await;
+    assert_eq!(d2["state"], "drained", "{d2}");
+    deployment_ids.push(d2["id"].as_u64().unwrap());
+    let envs = [
+        d1["env"].as_str().unwrap().to_string(),
+        d2["env"].as_str().unwrap().to_string(),
+    ];
+    let mut changes = 1;
+    for i in 0..24 {
+        let expect = if i % 2 == 0 { "v1" } else { "v2" };
+        if i % 3 == 0 {
+            let rb = h
+                .client
+                .post(
+                    "/v1/apps/zd/rollback",
+                    &json!({ "to": if expect == "v1" { 1 } else { 2 } }),
+                )
+                .await
+                .unwrap();
+            assert_eq!(rb["kind"], "warm", "{rb}");
+        } else {
+            let env = &envs[i % 2];
+            h.client
+                .post("/v1/apps/zd/swap", &json!({ "env": env }))
+                .await
+                .unwrap();
+        }
+        changes += 1;
+        let (status, body) = probe.get("zd.localhost", "/").await.unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            body.contains(&format!("zd {expect} ")),
+            "after change {i} expected {expect}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // One more real deployment under load.
+    let d3 = h
+        .client
+        .post(
+            "/v1/apps/zd/config",
+            &json!({ "set": { "GREETING": "v3" } }),
+        )
+        .await
+        .unwrap();
+    let d3 = wait_deployment(&h.client, d3["id"].as_u64().unwrap()).await;
+    assert_eq!(d3["state"], "drained", "{d3}");
+    deployment_ids.push(d3["id"].as_u64().unwrap());
+    changes += 1;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    let total = total.load(Ordering::SeqCst);
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(total > 500, "too little load to mean anything: {total}");
+    assert!(changes >= 20);
+    let seen = versions.lock().unwrap().clone();
+    for v in ["v1", "v2", "v3"] {
+        assert!(seen.contains(v), "clients never saw {v}: {seen:?}");
+    }
+    // The router's own count agrees with the clients, and the cutover figures add up.
+    let status = h.client.get("/v1/status?app=zd").await.unwrap();
+    let envs = status["apps"][0]["envs"].as_array().unwrap().clone();
+    let router_failed: u64 = envs.iter().map(|e| e["failed"].as_u64().unwrap()).sum();
+    let router_total: u64 = envs.iter().map(|e| e["requests"].as_u64().unwrap()).sum();
+    assert_eq!(router_failed, 0);
+    // The probe and health-free requests: clients + probe (+ a few preview requests, none here).
+    assert_eq!(
+        router_total,
+        total + 24,
+        "router counted {router_total}, clients sent {total} (+24 probes)"
+    );
+    let mut served = 0;
+    for id in deployment_ids {
+        let d = h
+            .client
+            .get(&format!("/v1/deployments/{id}"))
+            .await
+            .unwrap();
+        let f: &Value = &d["deployment"]["figures"];
+        assert_eq!(f["failed"], 0, "{d}");
+        served += f["served"].as_u64().unwrap();
+    }
+    assert!(
+        served <= router_total,
+        "cutover figures ({served}) exceed requests ({router_total})"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unhealthy_release_leaves_traffic_on_the_old_environment() {
+    let h = Harness::start().await;
+    let dir = h.app("sick", &[], FAST);
+    let d1 = h.deploy(&dir).await;
+    assert_eq!(d1["state"], "drained");
+
+    // Health answers 500 from the start: never healthy before the start deadline.
+    let overrides = FAST.replace("start_deadline = \"15s\"", "start_deadline = \"1s\"");
+    let dir2 = h.app("sick", &[("FAIL_AFTER", "-1")], &overrides);
+    let d2 = h.deploy(&dir2).await;
+    assert_eq!(d2["state"], "failed", "{d2}");
+    let err = d2["error"].as_str().unwrap();
+    assert!(
+        err.contains("not healthy within the start deadline"),
+        "{err}"
+    );
+    assert!(err.contains("answered 500"), "{err}");
+    assert!(
+        err.contains("listening on 127.0.0.1"),
+        "log tail missing: {err}"
+    );
+    let (_, body) = h.get("sick.localhost", "/").await;
+    assert!(body.contains("sick v1"), "{body}");
+
+    // A process that exits at once: the error says how and shows its output.
+    let dir3 = h.app("sick", &[], FAST);
+    let manifest = std::fs::read_to_string(dir3.join("molt.toml"))
+        .unwrap()
+        .replace(
+        "command = [\"python3\", \"app.py\"]",
+        "command = [\"python3\", \"-c\", \"import sys; print('boom: no database'); sys.exit(3)\"]",
+    );
+    std::fs::write(dir3.join("molt.toml"), manifest).unwrap();
+    let d3 = h.deploy(&dir3).await;
+    assert_eq!(d3["state"], "failed");
+    let err = d3["error"].as_str().unwrap();
+    assert!(
+        err.contains("exited with code 3") && err.contains("boom: no database"),
+        "{err}"
+    );
+
+    // A command that does not exist.
+    let dir4 = h.app("sick", &[], FAST);
+    let manifest = std::fs::read_to_string(dir4.join("molt.toml"))
+        .unwrap()
+        .replace("\"python3\", \"app.py\"", "\"./no-such-server\"");
+    std::fs::write(dir4.join("molt.toml"), manifest).unwrap();
+    let d4 = h.deploy(&dir4).await;
+    assert_eq!(d4["state"], "failed");
+    assert!(
+        d4["error"].as_str().unwrap().contains("no-such-server"),
+        "{d4}"
+    );
+
+    // Through all of it the route never moved and no failed environment is left running.
+    let (_, body) = h.get("sick.localhost", "/").await;
+    assert!(body.contains("sick v1"), "{body}");
+    let envs = h.client.get("/v1/apps/sick/envs").await.unwrap();
+    assert_eq!(envs.as_array().unwrap().len(), 1, "{envs}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unhealthy_after_swap_swaps_back_by_itself() {
+    let h = Harness::start().await;
+    let overrides = FAST.replace("watch = \"2s\"", "watch = \"30s\"");
+    let d1 = h.deploy(&h.app("watch", &[], &overrides)).await;
+    assert_eq!(d1["state"], "drained");
+    // Healthy for its first few requests (the start checks), then 500 on /healthz.
+    let d2 = h
+        .deploy(&h.app("watch", &[("FAIL_AFTER", "3")], &overrides))
+        .await;
+    assert_eq!(d2["state"], "drained", "{d2}");
+    let id = d2["id"].as_u64().unwrap();
+    eventually(Duration::from_secs(20), "automatic swap back", || async {
+        let d = h
+            .client
+            .get(&format!("/v1/deployments/{id}"))
+            .await
+            .unwrap();
+        d["deployment"]["state"] == "rolled_back"
+    })
+    .await;
+    let (_, body) = h.get("watch.localhost", "/").await;
+    assert!(body.contains("watch v1"), "{body}");
+    let history = h.client.get("/v1/apps/watch/events").await.unwrap();
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "auto-rollback"),
+        "{history}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let h = Harness::start().await;
+    let c = &h.client;
+    let err = |r: anyhow::Result<Value>| -> String {
+        let e = r.expect_err("must fail");
+        format!("{e}")
+    };
+    // Malformed manifest: line and column.
+    let msg = err(c
+        .post(
+            "/v1/apps/shop/deployments",
+            &json!({ "image": "sha256:00", "manifest": "name = \"shop\"\ncommand = [\"x\"]\nport = 80\n" }),
+        )
+        .await);
+    assert!(msg.contains("line 3") && msg.contains("port"), "{msg}");
+    // Invalid app name.
+    let msg = err(c
+        .post("/v1/apps/Bad_Name/deployments", &json!({ "release": 1 }))
+        .await);
+    assert!(msg.contains("invalid app name"), "{msg}");
+    // Unknown image.
+    let manifest = "name = \"shop\"\ncommand = [\"x\"]\n";
+    let msg = err(c
+        .post(
+            "/v1/apps/shop/deployments",
+            &json!({ "image": "shop:404", "manifest": manifest }),
+        )
+        .await);
+    assert!(msg.contains("image 'shop:404' not found"), "{msg}");
+    // Unknown release, unknown app, unknown environment.
+    assert!(err(c
+        .post("/v1/apps/shop/deployments", &json!({ "release": 9 }))
+        .await)
+    .contains("not found"));
+    assert!(err(c.post("/v1/apps/nope/rollback", &json!({})).await).contains("not found"));
+    assert!(err(c.post("/v1/apps/nope/swap", &json!({ "env": "x" })).await).contains("not found"));
+    // A tar with a path escaping the root is refused.
+    let mut evil = Vec::new();
+    {
+        let mut b = tar_header("../escape", 4);
+        evil.extend_from_slice(&b);
+        evil.extend_from_slice(&[b'x'; 4]);
+        evil.extend_from_slice(&[0u8; 508]);
+        b.fill(0);
+        evil.extend_from_slice(&[0u8; 1024]);
+    }
+    let msg = err(c.post_bytes("/v1/images", evil).await);
+    assert!(msg.contains("escape"), "{msg}");
+    // Tags never move.
+    let dir = h.app("shop", &[], FAST);
+    let mut tar = Vec::new();
+    molt_image::ImageStore::write_canonical_tar(&dir, &mut tar).unwrap();
+    c.post_bytes("/v1/images?tag=shop%3A1", tar).await.unwrap();
+    std::fs::write(dir.join("extra.txt"), "changed").unwrap();
+    let mut tar2 = Vec::new();
+    molt_image::ImageStore::write_canonical_tar(&dir, &mut tar2).unwrap();
+    let msg = err(c.post_bytes("/v1/images?tag=shop%3A1", tar2).await);
+    assert!(msg.contains("tags never move"), "{msg}");
+    // Nothing above created an app.
+    assert_eq!(c.get("/v1/apps").await.unwrap(), json!([]));
+    // No token, wrong token: 401 on every protected route; the OpenAPI document is public.
+    let anon = molt_cli::Client::new(
+        &format!("http://{}", h.running.as_ref().unwrap().api_addr),
+        "wrong",
+    );
+    for (method, path, _, _) in molt_api::PATHS {
+        if *path == "/v1/health" {
+            continue;
+        }
+        let p = path
+            .replace("{app}", "shop")
+            .replace("{number}", "1")
+            .replace("{id}", "1");
+        let r = if *method == "get" {
+            anon.get(&p).await
+        } else {
+            anon.post(&p, &json!({})).await
+        };
+        let msg = err(r);
+        assert!(msg.contains("API token"), "{method} {p}: {msg}");
+    }
+    let doc = anon.get("/openapi.json").await.unwrap();
+    for (method, path, _, _) in molt_api::PATHS {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} undocumented"
+        );
+    }
+    h.stop().await;
+}
+
+/// A minimal ustar header for hand-made (hostile) archives.
+fn tar_header(name: &str, size: u64) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| *b as u32).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_collects_what_nothing_reaches_and_stops_orphans() {
+    let h = Harness::start().await;
+    let overrides = FAST.replace("rollback_window = \"15m\"", "rollback_window = \"1s\"");
+    let d1 = h.deploy(&h.app("gc", &[], &overrides)).await;
+    let d2 = h
+        .deploy(&h.app("gc", &[("GREETING", "two")], &overrides))
+        .await;
+    assert_eq!(d2["state"], "drained");
+    let old_env = d1["env"].as_str().unwrap().to_string();
+    // A process carrying this molt's marker that the store does not know: an orphan.
+    let owner = owner_of(&h.data_dir());
+    use std::os::unix::process::CommandExt;
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("60")
+        .process_group(0)
+        .env("MOLT_OWNER", &owner)
+        .env("MOLT_INSTANCE", "gc-v9-dead-1")
+        .spawn()
+        .unwrap();
+    // Inside the rollback window the old environment is kept.
+    let plan = h
+        .client
+        .post("/v1/gc", &json!({ "dry_run": true }))
+        .await
+        .unwrap();
+    assert!(
+        plan["kept"][&old_env]
+            .as_str()
+            .unwrap()
+            .starts_with("rollback window"),
+        "{plan}"
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let plan = h
+        .client
+        .post("/v1/gc", &json!({ "dry_run": true }))
+        .await
+        .unwrap();
+    assert_eq!(plan["envs"], json!([old_env]), "{plan}");
+    assert_eq!(plan["orphans"], json!(["gc-v9-dead-1"]), "{plan}");
+    // The dry run changed nothing.
+    let envs = h.client.get("/v1/apps/gc/envs").await.unwrap();
+    assert_eq!(envs.as_array().unwrap().len(), 2);
+    let done = h.client.post("/v1/gc", &json!({})).await.unwrap();
+    assert_eq!(done["envs"], json!([old_env]), "{done}");
+    let envs = h.client.get("/v1/apps/gc/envs").await.unwrap();
+    assert_eq!(envs.as_array().unwrap().len(), 1, "{envs}");
+    let status = tokio::task::spawn_blocking(move || orphan.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success(), "the orphan was stopped by a signal");
+    // Only the live environment's two instances remain.
+    let running: Vec<_> = processes_of(&owner);
+    assert_eq!(running.len(), 2, "{running:?}");
+    assert!(running
+        .iter()
+        .all(|(id, _)| id.starts_with(d2["env"].as_str().unwrap())));
+    let (_, body) = h.get("gc.localhost", "/").await;
+    assert!(body.starts_with("two from gc v2"), "{body}");
+    h.stop().await;
+    assert!(processes_of(&owner).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_instance_is_replaced_not_restarted() {
+    let h = Harness::start().await;
+    let d = h.deploy(&h.app("phoenix", &[], FAST)).await;
+    let env = d["env"].as_str().unwrap().to_string();
+    let owner = owner_of(&h.data_dir());
+    let before = processes_of(&owner);
+    assert_eq!(before.len(), 2);
+    let (victim_id, victim_pid) = before[0].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "a replacement instance",
+        || async {
+            let now = processes_of(&owner);
+            now.len() == 2 && !now.iter().any(|(id, _)| *id == victim_id)
+        },
+    )
+    .await;
+    let status = h.client.get("/v1/status?app=phoenix").await.unwrap();
+    let instances = status["apps"][0]["envs"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(instances.len(), 2);
+    assert!(instances.iter().all(|i| i["env"] == env.as_str()));
+    let history = h.client.get("/v1/apps/phoenix/events").await.unwrap();
+    assert!(
+        history
+            .to_string()
+            .contains(&format!("{victim_id} killed by signal 9")),
+        "{history}"
+    );
+    h.stop().await;
+}

@@ -1,0 +1,262 @@
+//! The test harness: a real `molt serve` (in-process on port 0, or the real binary as a child
+//! process), a temp data dir, real child processes for instances, real HTTP clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use molt_cli::Client;
+use molt_server::{OnExit, Running, ServeConfig};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// An in-process molt serve with its temp data directory.
+pub struct Harness {
+    pub running: Option<Running>,
+    pub client: Client,
+    pub router: SocketAddr,
+    pub tmp: TempDir,
+}
+
+impl Harness {
+    /// Starts molt serve on 127.0.0.1:0 for both listeners.
+    pub async fn start() -> Harness {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut cfg = ServeConfig::new(tmp.path().join("data"));
+        cfg.api_addr = "127.0.0.1:0".parse().unwrap();
+        cfg.router_addr = "127.0.0.1:0".parse().unwrap();
+        cfg.stop_grace = Duration::from_secs(2);
+        let running = molt_server::start(cfg).await.expect("molt serve starts");
+        let client = Client::new(&format!("http://{}", running.api_addr), &running.token);
+        Harness {
+            router: running.router_addr,
+            client,
+            running: Some(running),
+            tmp,
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    /// Stops the server and every instance it started.
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(OnExit::StopInstances)
+                .await
+                .expect("clean shutdown");
+        }
+    }
+
+    /// Copies the example app into a temp folder as `name`, with extra `[env]` lines and
+    /// manifest overrides (TOML lines replacing the defaults of the example).
+    pub fn app(&self, name: &str, env: &[(&str, &str)], overrides: &str) -> PathBuf {
+        make_app(self.tmp.path(), name, env, overrides)
+    }
+
+    /// Deploys an app folder and waits for its cutover (or failure); returns the deployment.
+    pub async fn deploy(&self, dir: &Path) -> Value {
+        deploy_dir(&self.client, dir).await
+    }
+
+    /// One GET through the router with a fresh connection.
+    pub async fn get(&self, host: &str, path: &str) -> (u16, String) {
+        let mut conn = KeepAlive::connect(self.router).await;
+        conn.get(host, path)
+            .await
+            .expect("request through the router")
+    }
+}
+
+/// Writes an app folder based on examples/hello.
+pub fn make_app(root: &Path, name: &str, env: &[(&str, &str)], overrides: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
+    let dir = root.join(format!("app-{name}-{}", rand_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("app.py"), dir.join("app.py")).unwrap();
+    let mut env_lines = String::from("PYTHONUNBUFFERED = \"1\"\nPYTHONDONTWRITEBYTECODE = \"1\"\n");
+    for (k, v) in env {
+        env_lines.push_str(&format!("{k} = \"{v}\"\n"));
+    }
+    let manifest = format!(
+        r#"name = "{name}"
+command = ["python3", "app.py"]
+{overrides}
+
+[env]
+{env_lines}
+"#
+    );
+    std::fs::write(dir.join("molt.toml"), manifest).unwrap();
+    dir
+}
+
+/// Default manifest lines for fast tests.
+pub const FAST: &str = r#"instances = 2
+[health]
+path = "/healthz"
+interval = "200ms"
+timeout = "2s"
+healthy_threshold = 1
+unhealthy_threshold = 2
+start_deadline = "15s"
+[deploy]
+drain_timeout = "5s"
+watch = "2s"
+rollback_window = "15m"
+"#;
+
+fn rand_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Imports a folder and deploys it, waiting for the cutover.
+pub async fn deploy_dir(client: &Client, dir: &Path) -> Value {
+    let d = start_deploy(client, dir).await.expect("deploy accepted");
+    wait_deployment(client, d["id"].as_u64().unwrap()).await
+}
+
+/// Imports a folder and starts a deployment; returns the deployment record.
+pub async fn start_deploy(client: &Client, dir: &Path) -> anyhow::Result<Value> {
+    let mut tar = Vec::new();
+    molt_image::ImageStore::write_canonical_tar(dir, &mut tar)?;
+    let img = client.post_bytes("/v1/images", tar).await?;
+    let manifest = std::fs::read_to_string(dir.join("molt.toml"))?;
+    let app = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("name = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or("hello")
+        .to_string();
+    client
+        .post(
+            &format!("/v1/apps/{app}/deployments"),
+            &json!({ "image": img["digest"], "manifest": manifest }),
+        )
+        .await
+}
+
+/// Waits (≤ 60 s) until a deployment reaches its cutover or ends; returns the record.
+pub async fn wait_deployment(client: &Client, id: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = client
+            .get(&format!("/v1/deployments/{id}"))
+            .await
+            .expect("deployment");
+        let state = v["deployment"]["state"].as_str().unwrap_or("").to_string();
+        if matches!(
+            state.as_str(),
+            "drained" | "succeeded" | "failed" | "rolled_back" | "superseded"
+        ) {
+            return v["deployment"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} stuck in {state}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `f` every 20 ms until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One keep-alive HTTP/1.1 client connection to the router.
+pub struct KeepAlive {
+    sender: http1::SendRequest<Empty<Bytes>>,
+}
+
+impl KeepAlive {
+    /// Opens the connection.
+    pub async fn connect(addr: SocketAddr) -> KeepAlive {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to router");
+        stream.set_nodelay(true).ok();
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        KeepAlive { sender }
+    }
+
+    /// GET `path` with `Host: host`; returns (status, body).
+    pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        self.sender.ready().await?;
+        let req = hyper::Request::get(path)
+            .header("host", host)
+            .body(Empty::new())?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// Instance processes carrying `owner`'s marker: (instance id, pid).
+pub fn processes_of(owner: &str) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) {
+            if stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'))
+            {
+                continue;
+            }
+        }
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        let marker = format!("MOLT_OWNER={owner}");
+        if vars.contains(&marker.as_bytes()) {
+            let id = vars
+                .iter()
+                .find_map(|v| v.strip_prefix(b"MOLT_INSTANCE="))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            out.push((id, pid));
+        }
+    }
+    out
+}
+
+/// The owner marker of a data directory (what its instances carry in MOLT_OWNER).
+pub fn owner_of(data_dir: &Path) -> String {
+    let id = std::fs::read_to_string(data_dir.join("owner.id")).expect("owner.id");
+    id.trim()[..16].to_string()
+}

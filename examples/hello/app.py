@@ -1,0 +1,54 @@
+"""molt's example app: a small HTTP server whose answer names its release.
+
+It listens on 127.0.0.1:$PORT, answers every GET with one line naming the app, the release and
+the environment, and stops cleanly on SIGTERM. The standard library only: nothing to install.
+"""
+
+import os
+import signal
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+APP = os.environ.get("MOLT_APP", "hello")
+RELEASE = os.environ.get("MOLT_RELEASE", "dev")
+ENV = os.environ.get("MOLT_ENV", "local")
+GREETING = os.environ.get("GREETING", "hello")
+# Test hook: answer health checks with 500 after this many requests (0 = never).
+FAIL_AFTER = int(os.environ.get("FAIL_AFTER", "0"))
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    served = 0
+
+    def do_GET(self):
+        Handler.served += 1
+        broken = FAIL_AFTER and Handler.served > FAIL_AFTER
+        status = 500 if broken and self.path == "/healthz" else 200
+        body = f"{GREETING} from {APP} {RELEASE} ({ENV})\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, fmt, *args):
+        pass
+
+
+def main():
+    port = int(os.environ.get("PORT", "8000"))
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"{APP} {RELEASE} listening on 127.0.0.1:{port}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
