@@ -297,8 +297,14 @@ async fn print_cutover(client: &Client, dep: &Value) {
         dep["env"].as_str().unwrap_or("?")
     );
     println!(
-        "  cutover: served {}, failed {} from swap to end of drain; deploy to swap {} ms, drain {} ms",
-        f["served"], f["failed"], f["to_swap_ms"], f["drain_ms"]
+        "  cutover: served {}, failed {} from swap to end of drain ({} ms); served {}, failed {} \
+         during the whole deployment; deploy to swap {} ms",
+        f["served"],
+        f["failed"],
+        f["drain_ms"],
+        f["deploy_served"],
+        f["deploy_failed"],
+        f["to_swap_ms"]
     );
     if let Some(h) = router.first().and_then(|h| h.as_str()) {
         println!("  reach it through the router with Host: {h}");

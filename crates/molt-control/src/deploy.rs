@@ -85,8 +85,14 @@ impl Controller {
 
     async fn drive(&self, id: u64, cancel: &CancellationToken) -> Result<()> {
         let mut baseline: Option<(EnvStats, EnvStats)> = None;
+        // Traffic of the previous environment when this task started the deployment (after a
+        // restart the router's counters start from zero, which is the right baseline then).
+        let mut at_start: Option<EnvStats> = None;
         loop {
             let d = self.db(move |s| s.deployment(id)).await?;
+            if at_start.is_none() && d.state == DeployState::Pending {
+                at_start = d.prev_env.as_deref().map(|p| self.inner.router.env_stats(p));
+            }
             if d.state.is_terminal() {
                 return Ok(());
             }
@@ -105,7 +111,10 @@ impl Controller {
                 DeployState::EnvCreated => self.step_start_instances(&d).await,
                 DeployState::InstancesStarted => self.step_wait_healthy(&d, cancel).await,
                 DeployState::Healthy => self.step_swap(&d, &mut baseline).await,
-                DeployState::Swapped => self.step_drain(&d, baseline.take(), cancel).await,
+                DeployState::Swapped => {
+                    self.step_drain(&d, baseline.take(), at_start.take(), cancel)
+                        .await
+                }
                 DeployState::Drained => self.step_watch(&d, cancel).await,
                 _ => return Ok(()),
             };
@@ -312,6 +321,7 @@ impl Controller {
         &self,
         d: &DeploymentRecord,
         baseline: Option<(EnvStats, EnvStats)>,
+        at_start: Option<EnvStats>,
         cancel: &CancellationToken,
     ) -> std::result::Result<(), Interrupted> {
         let env = env_of(d)?;
@@ -341,14 +351,17 @@ impl Controller {
             .as_deref()
             .map(|p| router.env_stats(p))
             .unwrap_or_default();
+        let start = at_start.unwrap_or_default();
         let figures = CutoverFigures {
-            served: (now_new.answered - base_new.answered.min(now_new.answered))
-                + (now_prev.answered - base_prev.answered.min(now_prev.answered)),
-            failed: (now_new.failed - base_new.failed.min(now_new.failed))
-                + (now_prev.failed - base_prev.failed.min(now_prev.failed)),
+            served: delta(now_new.answered, base_new.answered)
+                + delta(now_prev.answered, base_prev.answered),
+            failed: delta(now_new.failed, base_new.failed)
+                + delta(now_prev.failed, base_prev.failed),
             swap_at_ms: swap_at,
             to_swap_ms: swap_at.saturating_sub(d.created_ms),
             drain_ms: now_ms().saturating_sub(swap_at),
+            deploy_served: now_new.answered + delta(now_prev.answered, start.answered),
+            deploy_failed: now_new.failed + delta(now_prev.failed, start.failed),
         };
         let detail = format!(
             "drained: served {}, failed {} during cutover",
@@ -489,6 +502,11 @@ impl Controller {
             tracing::warn!("could not record event: {e}");
         }
     }
+}
+
+/// Growth of a monotonic counter since `base` (zero if the counter restarted).
+fn delta(now: u64, base: u64) -> u64 {
+    now.saturating_sub(base)
 }
 
 fn env_of(d: &DeploymentRecord) -> Result<String> {

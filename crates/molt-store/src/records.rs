@@ -129,6 +129,12 @@ pub struct CutoverFigures {
     pub to_swap_ms: u64,
     /// From the swap to the end of the drain, in ms.
     pub drain_ms: u64,
+    /// Requests answered for the app from the start of the deployment to the end of the drain.
+    #[serde(default)]
+    pub deploy_served: u64,
+    /// Requests that failed in the same span.
+    #[serde(default)]
+    pub deploy_failed: u64,
 }
 
 /// A deployment: the journaled steps from a release to a routed environment.

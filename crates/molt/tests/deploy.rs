@@ -195,6 +195,7 @@ async fn zero_dropped_requests_across_swaps_and_rollbacks() {
         "router counted {router_total}, clients sent {total} (+24 probes)"
     );
     let mut served = 0;
+    let first_id = deployment_ids[0];
     for id in deployment_ids {
         let d = h
             .client
@@ -203,6 +204,11 @@ async fn zero_dropped_requests_across_swaps_and_rollbacks() {
             .unwrap();
         let f: &Value = &d["deployment"]["figures"];
         assert_eq!(f["failed"], 0, "{d}");
+        assert_eq!(f["deploy_failed"], 0, "{d}");
+        if id != first_id {
+            // Deployed under load: the clients' requests during it are on the record.
+            assert!(f["deploy_served"].as_u64().unwrap() > 0, "{d}");
+        }
         served += f["served"].as_u64().unwrap();
     }
     assert!(

@@ -1,0 +1,187 @@
+//! A closed-loop HTTP/1.1 load generator: `concurrency` keep-alive connections, each with one
+//! request in flight at a time, for a fixed time and at most a fixed number of requests.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// A request that takes longer than this counts as an error (and the connection is replaced).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One measurement run.
+pub struct LoadSpec {
+    /// Where to connect; connection `k` goes to `targets[k % targets.len()]`.
+    pub targets: Vec<SocketAddr>,
+    /// The `Host` header of every request.
+    pub host: String,
+    /// Connections, each with one request in flight.
+    pub concurrency: usize,
+    /// How long to send for.
+    pub duration: Duration,
+    /// Upper bound on requests per connection, whatever the duration.
+    pub max_requests_per_connection: usize,
+}
+
+/// What a run measured.
+pub struct LoadResult {
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Requests that failed, timed out or answered anything but 200.
+    pub errors: u64,
+    /// From the first request to the last answer.
+    pub elapsed: Duration,
+    /// Median latency of the successful requests.
+    pub p50: Duration,
+    /// 99th percentile latency of the successful requests.
+    pub p99: Duration,
+}
+
+/// One keep-alive HTTP/1.1 client connection.
+pub struct Connection {
+    sender: http1::SendRequest<Empty<Bytes>>,
+}
+
+/// What one connection's loop measured.
+#[derive(Default)]
+struct WorkerTally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+}
+
+impl LoadResult {
+    /// Successful requests per second.
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl Connection {
+    /// Opens a connection (TCP_NODELAY, HTTP/1.1 handshake).
+    pub async fn open(addr: SocketAddr) -> Result<Connection> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .with_context(|| format!("HTTP/1.1 handshake with {addr}"))?;
+        // The connection task ends when `sender` is dropped or the peer closes.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Connection { sender })
+    }
+
+    /// GET `path` with `Host: host`; returns the status and the whole body.
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<(u16, Bytes)> {
+        self.sender.ready().await.context("connection closed")?;
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, host)
+            .body(Empty::new())
+            .context("building the request")?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+/// Runs the load described by `spec`. Every connection is opened before the clock starts.
+pub async fn run(spec: &LoadSpec) -> Result<LoadResult> {
+    if spec.targets.is_empty() || spec.concurrency == 0 {
+        bail!("a load run needs at least one target and one connection");
+    }
+    let mut connections = Vec::with_capacity(spec.concurrency);
+    for k in 0..spec.concurrency {
+        let addr = spec.targets[k % spec.targets.len()];
+        connections.push((addr, Connection::open(addr).await?));
+    }
+    let started = Instant::now();
+    let deadline = started + spec.duration;
+    let mut workers = JoinSet::new();
+    for (addr, connection) in connections {
+        let host = spec.host.clone();
+        let limit = spec.max_requests_per_connection;
+        workers.spawn(drive(addr, connection, host, deadline, limit));
+    }
+    let mut latencies_us = Vec::new();
+    let mut errors = 0;
+    while let Some(tally) = workers.join_next().await {
+        let tally = tally.context("a load worker panicked")?;
+        latencies_us.extend(tally.latencies_us);
+        errors += tally.errors;
+    }
+    let elapsed = started.elapsed();
+    latencies_us.sort_unstable();
+    Ok(LoadResult {
+        ok: latencies_us.len() as u64,
+        errors,
+        elapsed,
+        p50: percentile_us(&latencies_us, 0.50),
+        p99: percentile_us(&latencies_us, 0.99),
+    })
+}
+
+/// Sends requests one after the other on one connection until `deadline` or `limit`.
+async fn drive(
+    addr: SocketAddr,
+    mut connection: Connection,
+    host: String,
+    deadline: Instant,
+    limit: usize,
+) -> WorkerTally {
+    let mut tally = WorkerTally {
+        latencies_us: Vec::with_capacity(limit.min(1 << 16)),
+        errors: 0,
+    };
+    while Instant::now() < deadline && tally.latencies_us.len() + (tally.errors as usize) < limit {
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, connection.get(&host, "/")).await;
+        match answer {
+            Ok(Ok((200, _))) => {
+                let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                tally.latencies_us.push(us);
+            }
+            Ok(Ok(_)) => tally.errors += 1,
+            Ok(Err(_)) | Err(_) => {
+                tally.errors += 1;
+                // The connection is gone or stuck: replace it, or give up for this run.
+                match Connection::open(addr).await {
+                    Ok(fresh) => connection = fresh,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    tally
+}
+
+/// Nearest-rank percentile of sorted microsecond samples.
+fn percentile_us(sorted: &[u32], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Duration::from_micros(u64::from(sorted[rank - 1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile_us(&samples, 0.50), Duration::from_micros(50));
+        assert_eq!(percentile_us(&samples, 0.99), Duration::from_micros(99));
+        assert_eq!(percentile_us(&[7], 0.99), Duration::from_micros(7));
+        assert_eq!(percentile_us(&[], 0.5), Duration::ZERO);
+    }
+}
