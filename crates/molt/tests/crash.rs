@@ -7,111 +7,14 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use molt_cli::Client;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
-
-/// A `molt serve` child process.
-struct Serve {
-    child: Child,
-    client: Client,
-    router: std::net::SocketAddr,
-}
-
-impl Serve {
-    fn start(data: &Path, pause: Option<&str>, stop_instances_on_exit: bool) -> Serve {
-        std::fs::create_dir_all(data).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.join("serve.log"))
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_molt"));
-        cmd.args([
-            "serve",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--router",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .env("MOLT_LOG", "info")
-        .env_remove("MOLT_TEST_PAUSE_AT")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-        if stop_instances_on_exit {
-            cmd.arg("--stop-instances-on-exit");
-        }
-        if let Some(step) = pause {
-            cmd.env("MOLT_TEST_PAUSE_AT", step);
-        }
-        let mut child = cmd.spawn().expect("molt binary starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let endpoints = loop {
-            if let Ok(text) = std::fs::read_to_string(data.join("serve.json")) {
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    if v["pid"].as_u64() == Some(child.id() as u64) {
-                        break v;
-                    }
-                }
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("molt serve exited early with {status}: {}", serve_log(data));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "molt serve did not start: {}",
-                serve_log(data)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
-        Serve {
-            child,
-            client: Client::new(
-                &format!("http://{}", endpoints["api"].as_str().unwrap()),
-                token.trim(),
-            ),
-            router: endpoints["router"].as_str().unwrap().parse().unwrap(),
-        }
-    }
-
-    fn signal(&mut self, sig: Signal) -> std::process::ExitStatus {
-        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "molt serve ignored {sig}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    async fn get(&self, host: &str) -> (u16, String) {
-        let mut c = KeepAlive::connect(self.router).await;
-        c.get(host, "/").await.unwrap()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve_log(data: &Path) -> String {
-    std::fs::read_to_string(data.join("serve.log")).unwrap_or_default()
-}
 
 /// Instance ids the store counts as live.
 async fn live_instances(client: &Client) -> BTreeSet<String> {

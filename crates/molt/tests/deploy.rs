@@ -530,3 +530,103 @@ async fn a_dead_instance_is_replaced_not_restarted() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_deploy_supersedes_an_unfinished_one() {
+    let h = Harness::start().await;
+    let d1 = h.deploy(&h.app("sup", &[], FAST)).await;
+    assert_eq!(d1["state"], "drained");
+    // v2 never becomes healthy within its (long) deadline: it is still starting when v3 comes.
+    let slow = FAST.replace("start_deadline = \"15s\"", "start_deadline = \"60s\"");
+    let d2 = start_deploy(&h.client, &h.app("sup", &[("FAIL_AFTER", "-1")], &slow))
+        .await
+        .unwrap();
+    let id2 = d2["id"].as_u64().unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "v2 to be waiting for health",
+        || async {
+            let d = h
+                .client
+                .get(&format!("/v1/deployments/{id2}"))
+                .await
+                .unwrap();
+            d["deployment"]["state"] == "instances_started"
+        },
+    )
+    .await;
+    let d3 = h
+        .deploy(&h.app("sup", &[("GREETING", "three")], FAST))
+        .await;
+    assert_eq!(d3["state"], "drained", "{d3}");
+    let d2 = h
+        .client
+        .get(&format!("/v1/deployments/{id2}"))
+        .await
+        .unwrap();
+    assert_eq!(d2["deployment"]["state"], "superseded", "{d2}");
+    // Its environment was torn down; v1 stays warm, v3 serves.
+    let env2 = d2["deployment"]["env"].as_str().unwrap();
+    let envs = h.client.get("/v1/apps/sup/envs").await.unwrap();
+    assert!(!envs.to_string().contains(env2), "{envs}");
+    assert_eq!(envs.as_array().unwrap().len(), 2, "{envs}");
+    let (_, body) = h.get("sup.localhost", "/").await;
+    assert!(body.starts_with("three from sup v3"), "{body}");
+    h.stop().await;
+}
+
+/// A full disk: the upload fails with a clear error (507), nothing is half-stored, and molt keeps
+/// working once space is back. Needs root to mount a small tmpfs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_gets_a_clear_error_and_loses_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (to mount a small tmpfs)");
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mnt.path().to_path_buf());
+    let mut cfg = molt_server::ServeConfig::new(mnt.path().join("data"));
+    cfg.api_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.router_addr = "127.0.0.1:0".parse().unwrap();
+    let running = molt_server::start(cfg).await.unwrap();
+    let client = molt_cli::Client::new(&format!("http://{}", running.api_addr), &running.token);
+    let work = tempfile::tempdir().unwrap();
+    let big = make_app(work.path(), "full", &[], FAST);
+    let noise: Vec<u8> = (0..6_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(big.join("blob.bin"), noise).unwrap();
+    let err = start_deploy(&client, &big)
+        .await
+        .expect_err("no space for the image");
+    let msg = format!("{err}");
+    assert!(
+        msg.contains("No space left") || msg.contains("disk is full"),
+        "{msg}"
+    );
+    assert_eq!(client.get("/v1/images").await.unwrap(), json!([]));
+    assert_eq!(client.get("/v1/apps").await.unwrap(), json!([]));
+    // Space is back (the failed upload left nothing behind): a small app deploys fine.
+    let small = make_app(work.path(), "full", &[], FAST);
+    let d = deploy_dir(&client, &small).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    running
+        .shutdown(molt_server::OnExit::StopInstances)
+        .await
+        .unwrap();
+}

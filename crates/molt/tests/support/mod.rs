@@ -4,7 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -259,4 +263,100 @@ pub fn processes_of(owner: &str) -> Vec<(String, u32)> {
 pub fn owner_of(data_dir: &Path) -> String {
     let id = std::fs::read_to_string(data_dir.join("owner.id")).expect("owner.id");
     id.trim()[..16].to_string()
+}
+
+/// A `molt serve` child process.
+pub struct Serve {
+    pub child: Child,
+    pub client: Client,
+    pub router: std::net::SocketAddr,
+}
+
+impl Serve {
+    pub fn start(data: &Path, pause: Option<&str>, stop_instances_on_exit: bool) -> Serve {
+        std::fs::create_dir_all(data).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("serve.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_molt"));
+        cmd.args([
+            "serve",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--router",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .env("MOLT_LOG", "info")
+        .env_remove("MOLT_TEST_PAUSE_AT")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+        if stop_instances_on_exit {
+            cmd.arg("--stop-instances-on-exit");
+        }
+        if let Some(step) = pause {
+            cmd.env("MOLT_TEST_PAUSE_AT", step);
+        }
+        let mut child = cmd.spawn().expect("molt binary starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let endpoints = loop {
+            if let Ok(text) = std::fs::read_to_string(data.join("serve.json")) {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    if v["pid"].as_u64() == Some(child.id() as u64) {
+                        break v;
+                    }
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("molt serve exited early with {status}: {}", serve_log(data));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "molt serve did not start: {}",
+                serve_log(data)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+        Serve {
+            child,
+            client: Client::new(
+                &format!("http://{}", endpoints["api"].as_str().unwrap()),
+                token.trim(),
+            ),
+            router: endpoints["router"].as_str().unwrap().parse().unwrap(),
+        }
+    }
+
+    pub fn signal(&mut self, sig: Signal) -> std::process::ExitStatus {
+        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "molt serve ignored {sig}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub async fn get(&self, host: &str) -> (u16, String) {
+        let mut c = KeepAlive::connect(self.router).await;
+        c.get(host, "/").await.unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve_log(data: &Path) -> String {
+    std::fs::read_to_string(data.join("serve.log")).unwrap_or_default()
 }
