@@ -1,5 +1,6 @@
 use super::*;
 use molt_core::Manifest;
+use molt_core::{DeployEvent, DeployState, Digest, RunConfig};
 
 fn config() -> RunConfig {
     Manifest::parse("name = \"shop\"\ncommand = [\"./s\"]\n", "t")

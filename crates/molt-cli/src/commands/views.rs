@@ -1,0 +1,389 @@
+//! Commands that show state: status, apps, releases, envs, logs, images, gc.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::client::Client;
+use crate::output::{age, print_json, short_digest, table};
+use crate::ImageAction;
+
+pub(crate) async fn status(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
+    let path = match &app {
+        Some(a) => format!("/v1/status?app={a}"),
+        None => "/v1/status".to_string(),
+    };
+    let v = client.get(&path).await?;
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    let apps = v["apps"].as_array().cloned().unwrap_or_default();
+    if let Some(a) = &app {
+        if apps.is_empty() {
+            bail!("no app named '{a}': see `molt apps`");
+        }
+    }
+    println!("isolation: {}", v["isolation"].as_str().unwrap_or("?"));
+    if apps.is_empty() {
+        println!("no apps yet: run `molt deploy` in an app folder");
+    }
+    for a in apps {
+        let name = a["app"]["name"].as_str().unwrap_or("?");
+        match a["serving"].as_object() {
+            Some(r) => println!(
+                "\n{name}: serving v{} on {} — hosts: {}",
+                r["number"],
+                a["app"]["routed_env"].as_str().unwrap_or("?"),
+                a["hostnames"]
+                    .as_array()
+                    .map(|h| h
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
+            ),
+            None => println!("\n{name}: not serving"),
+        }
+        if let Some(d) = a["last_deployment"].as_object() {
+            let figures = d
+                .get("figures")
+                .filter(|f| !f.is_null())
+                .map(|f| format!(", cutover served {} failed {}", f["served"], f["failed"]))
+                .unwrap_or_default();
+            println!(
+                "  last deployment {}: v{} {}{figures}",
+                d["id"],
+                d["release"],
+                d["state"].as_str().unwrap_or("")
+            );
+        }
+        let mut rows = Vec::new();
+        for e in a["envs"].as_array().into_iter().flatten() {
+            let instances = e["instances"].as_array().cloned().unwrap_or_default();
+            let healthy = instances.iter().filter(|i| i["state"] == "healthy").count();
+            let role = if e["routed"] == true {
+                "live".to_string()
+            } else if let Some(w) = e["env"]["warm_until_ms"].as_u64() {
+                format!("warm ({} left)", remaining(w))
+            } else {
+                e["env"]["state"].as_str().unwrap_or("").to_string()
+            };
+            rows.push(vec![
+                e["env"]["id"].as_str().unwrap_or("").to_string(),
+                format!("v{}", e["env"]["release"]),
+                role,
+                format!("{healthy}/{}", instances.len()),
+                e["requests"].to_string(),
+                e["failed"].to_string(),
+            ]);
+        }
+        table(
+            &["ENV", "RELEASE", "ROLE", "HEALTHY", "REQUESTS", "FAILED"],
+            rows,
+        );
+    }
+    Ok(0)
+}
+
+pub(crate) fn remaining(until_ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let s = until_ms.saturating_sub(now) / 1000;
+    if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+pub(crate) async fn apps(client: &Client, json: bool) -> Result<i32> {
+    let v = client.get("/v1/apps").await?;
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    let rows = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            vec![
+                a["app"]["name"].as_str().unwrap_or("").to_string(),
+                a["serving"]["number"]
+                    .as_u64()
+                    .map(|n| format!("v{n}"))
+                    .unwrap_or_else(|| "-".into()),
+                a["app"]["routed_env"].as_str().unwrap_or("-").to_string(),
+            ]
+        })
+        .collect();
+    table(&["APP", "SERVING", "ENV"], rows);
+    Ok(0)
+}
+
+pub(crate) async fn releases(
+    client: &Client,
+    app: &str,
+    pin: Option<u64>,
+    unpin: Option<u64>,
+    json: bool,
+) -> Result<i32> {
+    for (n, pinned) in [(pin, true), (unpin, false)] {
+        if let Some(n) = n {
+            client
+                .post(
+                    &format!("/v1/apps/{app}/releases/{n}/pin"),
+                    &json!({ "pinned": pinned }),
+                )
+                .await?;
+        }
+    }
+    let v = client.get(&format!("/v1/apps/{app}/releases")).await?;
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    let rows = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                format!("v{}", r["number"]),
+                short_digest(r["image"].as_str().unwrap_or("")),
+                age(r["created_ms"].as_u64().unwrap_or(0)),
+                if r["pinned"] == true { "pinned" } else { "" }.to_string(),
+                r["note"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    table(&["RELEASE", "IMAGE", "CREATED", "PIN", "NOTE"], rows);
+    Ok(0)
+}
+
+pub(crate) async fn envs(client: &Client, app: &str, all: bool, json: bool) -> Result<i32> {
+    let v = client
+        .get(&format!("/v1/apps/{app}/envs?all={all}"))
+        .await?;
+    let routed = client.get(&format!("/v1/apps/{app}")).await?["app"]["routed_env"].clone();
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    let rows = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let id = e["id"].as_str().unwrap_or("").to_string();
+            let role = if routed.as_str() == Some(id.as_str()) {
+                "live".to_string()
+            } else if let Some(w) = e["warm_until_ms"].as_u64() {
+                format!("warm ({} left)", remaining(w))
+            } else {
+                e["state"].as_str().unwrap_or("").to_string()
+            };
+            vec![
+                id,
+                format!("v{}", e["release"]),
+                role,
+                age(e["created_ms"].as_u64().unwrap_or(0)),
+            ]
+        })
+        .collect();
+    table(&["ENV", "RELEASE", "ROLE", "CREATED"], rows);
+    Ok(0)
+}
+
+pub(crate) async fn gc(client: &Client, dry_run: bool, json: bool) -> Result<i32> {
+    let v = client
+        .post("/v1/gc", &json!({ "dry_run": dry_run }))
+        .await?;
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    let verb = if dry_run {
+        "would collect"
+    } else {
+        "collected"
+    };
+    let list = |k: &str| {
+        v[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .map(short_digest)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let (envs, images, orphans) = (list("envs"), list("images"), list("orphans"));
+    println!(
+        "{verb}: {} environment(s), {} image(s), {} orphan process(es)",
+        envs.len(),
+        images.len(),
+        orphans.len()
+    );
+    for e in envs {
+        println!("  environment {e}");
+    }
+    for i in images {
+        println!("  image {i}");
+    }
+    for o in orphans {
+        println!("  orphan {o}");
+    }
+    for (env, why) in v["kept"].as_object().into_iter().flatten() {
+        println!("  kept {env}: {}", why.as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
+pub(crate) async fn logs(
+    client: &Client,
+    app: &str,
+    instance: Option<String>,
+    lines: usize,
+    follow: bool,
+    json: bool,
+) -> Result<i32> {
+    let query = |n: usize| match &instance {
+        Some(i) => format!("/v1/apps/{app}/logs?lines={n}&instance={i}"),
+        None => format!("/v1/apps/{app}/logs?lines={n}"),
+    };
+    let v = client.get(&query(lines)).await?;
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for entry in v.as_array().into_iter().flatten() {
+        let id = entry["instance"].as_str().unwrap_or("?").to_string();
+        let log = entry["log"].as_str().unwrap_or("").to_string();
+        for line in log.lines() {
+            println!("{id} | {line}");
+        }
+        last.insert(id, log);
+    }
+    if !follow {
+        return Ok(0);
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let v = client.get(&query(200)).await?;
+        for entry in v.as_array().into_iter().flatten() {
+            let id = entry["instance"].as_str().unwrap_or("?").to_string();
+            let log = entry["log"].as_str().unwrap_or("").to_string();
+            let prev = last.get(&id).cloned().unwrap_or_default();
+            let new_part = new_lines(&prev, &log);
+            for line in new_part.lines() {
+                println!("{id} | {line}");
+            }
+            std::io::stdout().flush().ok();
+            last.insert(id, log);
+        }
+    }
+}
+
+/// The lines of `now` that follow the last line of `before` (log tails overlap).
+pub(crate) fn new_lines<'a>(before: &str, now: &'a str) -> &'a str {
+    if before.is_empty() {
+        return now;
+    }
+    let last = before.lines().last().unwrap_or("");
+    match now.rfind(last) {
+        Some(i) => now[i + last.len()..].trim_start_matches('\n'),
+        None => now,
+    }
+}
+
+pub(crate) async fn images(client: &Client, action: ImageAction, json: bool) -> Result<i32> {
+    match action {
+        ImageAction::Ls => {
+            let v = client.get("/v1/images").await?;
+            if json {
+                print_json(&v);
+                return Ok(0);
+            }
+            let rows = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| {
+                    vec![
+                        i["digest"].as_str().unwrap_or("").to_string(),
+                        format!("{} KiB", i["size"].as_u64().unwrap_or(0).div_ceil(1024)),
+                        age(i["created_ms"].as_u64().unwrap_or(0)),
+                        i["tags"]
+                            .as_array()
+                            .map(|t| {
+                                t.iter()
+                                    .filter_map(|x| x.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            table(&["DIGEST", "SIZE", "CREATED", "TAGS"], rows);
+        }
+        ImageAction::Import { path, tag } => {
+            let bytes = if path.is_dir() {
+                let mut tar = Vec::new();
+                molt_image::ImageStore::write_canonical_tar(&path, &mut tar)
+                    .with_context(|| format!("packing {}", path.display()))?;
+                tar
+            } else {
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+            };
+            let q = match &tag {
+                Some(t) => format!("/v1/images?tag={}", urlencode(t)),
+                None => "/v1/images".to_string(),
+            };
+            let v = client.post_bytes(&q, bytes).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", v["digest"].as_str().unwrap_or(""));
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub(crate) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_overlapping_tails() {
+        assert_eq!(new_lines("a\nb", "a\nb\nc\nd"), "c\nd");
+        assert_eq!(new_lines("", "x"), "x");
+        assert_eq!(new_lines("zzz", "a\nb"), "a\nb");
+    }
+
+    #[test]
+    fn encodes_tags() {
+        assert_eq!(urlencode("shop:42"), "shop%3A42");
+    }
+}

@@ -1,0 +1,193 @@
+//! Deployments with their journal, and the apps' history.
+
+use molt_core::{DeployEvent, DeployState};
+use rusqlite::{params, OptionalExtension};
+
+use crate::records::*;
+use crate::rows::*;
+use crate::{corrupt, now_ms, Result, Store, StoreError};
+use rusqlite::Transaction;
+
+impl Store {
+    /// Records a new deployment in state `pending`.
+    pub fn create_deployment(
+        &mut self,
+        app: &str,
+        release: u64,
+        prev_env: Option<&str>,
+    ) -> Result<DeploymentRecord> {
+        let now = now_ms() as i64;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO deployments(app, release, prev_env, state, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+            params![app, release as i64, prev_env, now],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO journal(deployment, at_ms, state, detail) VALUES (?1, ?2, 'pending', ?3)",
+            params![id, now, format!("deploy {app} v{release}")],
+        )?;
+        tx.commit()?;
+        self.deployment(id as u64)
+    }
+
+    /// One deployment.
+    pub fn deployment(&self, id: u64) -> Result<DeploymentRecord> {
+        self.conn
+            .query_row(
+                &format!("{DEPLOYMENT_SELECT} WHERE id = ?1"),
+                [id as i64],
+                deployment_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "deployment",
+                key: id.to_string(),
+            })?
+    }
+
+    /// Deployments of an app (all when `None`), newest first, at most `limit`.
+    pub fn deployments(&self, app: Option<&str>, limit: usize) -> Result<Vec<DeploymentRecord>> {
+        let mut st = self.conn.prepare(&format!(
+            "{DEPLOYMENT_SELECT} WHERE ?1 IS NULL OR app = ?1 ORDER BY id DESC LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![app, limit as i64], deployment_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Deployments not in a terminal state, oldest first.
+    pub fn unfinished_deployments(&self) -> Result<Vec<DeploymentRecord>> {
+        let mut st = self.conn.prepare(&format!(
+            "{DEPLOYMENT_SELECT} WHERE state NOT IN
+               ('succeeded', 'failed', 'rolled_back', 'superseded') ORDER BY id"
+        ))?;
+        let rows = st.query_map([], deployment_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Applies a state-machine event to a deployment and journals it, atomically.
+    pub fn advance(&mut self, id: u64, event: DeployEvent, detail: &str) -> Result<DeployState> {
+        let tx = self.conn.transaction()?;
+        let state = advance_in(&tx, id, event, detail)?;
+        tx.commit()?;
+        Ok(state)
+    }
+
+    /// Sets the environment a deployment created, together with its `env_created` step.
+    pub fn attach_env(&mut self, id: u64, env: &str) -> Result<DeployState> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE deployments SET env = ?2 WHERE id = ?1",
+            params![id as i64, env],
+        )?;
+        let state = advance_in(
+            &tx,
+            id,
+            DeployEvent::EnvCreated,
+            &format!("environment {env}"),
+        )?;
+        tx.commit()?;
+        Ok(state)
+    }
+
+    /// Records why a deployment failed (or was rolled back).
+    pub fn set_deployment_error(&mut self, id: u64, error: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE deployments SET error = ?2 WHERE id = ?1",
+            params![id as i64, error],
+        )?;
+        Ok(())
+    }
+
+    /// Records the cutover figures of a deployment.
+    pub fn set_figures(&mut self, id: u64, figures: &CutoverFigures) -> Result<()> {
+        let json = serde_json::to_string(figures).map_err(corrupt)?;
+        self.conn.execute(
+            "UPDATE deployments SET figures = ?2 WHERE id = ?1",
+            params![id as i64, json],
+        )?;
+        Ok(())
+    }
+
+    /// The journal of a deployment, oldest first.
+    pub fn journal(&self, id: u64) -> Result<Vec<JournalEntry>> {
+        let mut st = self.conn.prepare(
+            "SELECT at_ms, state, detail FROM journal WHERE deployment = ?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map([id as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (at, state, detail) = r?;
+            Ok(JournalEntry {
+                at_ms: at as u64,
+                state: state.parse().map_err(corrupt)?,
+                detail,
+            })
+        })
+        .collect()
+    }
+
+    /// Appends a line to an app's history.
+    pub fn record_event(&mut self, app: &str, kind: &str, message: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO events(app, at_ms, kind, message) VALUES (?1, ?2, ?3, ?4)",
+            params![app, now_ms(), kind, message],
+        )?;
+        Ok(())
+    }
+
+    /// An app's history (all apps when `None`), newest first, at most `limit` lines.
+    pub fn events(&self, app: Option<&str>, limit: usize) -> Result<Vec<EventRecord>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, app, at_ms, kind, message FROM events
+             WHERE ?1 IS NULL OR app = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![app, limit as i64], |r| {
+            Ok(EventRecord {
+                id: r.get::<_, i64>(0)? as u64,
+                app: r.get(1)?,
+                at_ms: r.get::<_, i64>(2)? as u64,
+                kind: r.get(3)?,
+                message: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+pub(crate) fn advance_in(
+    tx: &Transaction<'_>,
+    id: u64,
+    event: DeployEvent,
+    detail: &str,
+) -> Result<DeployState> {
+    let current: String = tx
+        .query_row(
+            "SELECT state FROM deployments WHERE id = ?1",
+            [id as i64],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "deployment",
+            key: id.to_string(),
+        })?;
+    let from: DeployState = current.parse().map_err(corrupt)?;
+    let to = from.next(event)?;
+    let now = now_ms() as i64;
+    tx.execute(
+        "UPDATE deployments SET state = ?2, updated_ms = ?3 WHERE id = ?1",
+        params![id as i64, to.as_str(), now],
+    )?;
+    tx.execute(
+        "INSERT INTO journal(deployment, at_ms, state, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![id as i64, now, to.as_str(), detail],
+    )?;
+    Ok(to)
+}

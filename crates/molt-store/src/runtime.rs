@@ -1,0 +1,204 @@
+//! Environments, instances and routes: what runs and what takes traffic.
+
+use molt_core::DeployEvent;
+use rusqlite::{params, OptionalExtension};
+
+use crate::history::advance_in;
+use crate::records::*;
+use crate::rows::*;
+use crate::{now_ms, Result, Store, StoreError};
+
+impl Store {
+    /// Creates a new environment for a release, with a fresh id.
+    pub fn create_env(&mut self, app: &str, release: u64) -> Result<EnvRecord> {
+        self.release(app, release)?;
+        let tx = self.conn.transaction()?;
+        let suffix: String = tx.query_row("SELECT lower(hex(randomblob(2)))", [], |r| r.get(0))?;
+        let id = format!("{app}-v{release}-{suffix}");
+        tx.execute(
+            "INSERT INTO environments(id, app, release, state, created_ms)
+             VALUES (?1, ?2, ?3, 'starting', ?4)",
+            params![id, app, release as i64, now_ms()],
+        )?;
+        tx.commit()?;
+        self.env(&id)
+    }
+
+    /// One environment.
+    pub fn env(&self, id: &str) -> Result<EnvRecord> {
+        self.conn
+            .query_row(&format!("{ENV_SELECT} WHERE id = ?1"), [id], env_row)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "environment",
+                key: id.to_string(),
+            })?
+    }
+
+    /// Environments of an app (all apps when `None`), newest first; retired ones only if asked.
+    pub fn envs(&self, app: Option<&str>, with_retired: bool) -> Result<Vec<EnvRecord>> {
+        let mut st = self.conn.prepare(&format!(
+            "{ENV_SELECT} WHERE (?1 IS NULL OR app = ?1) AND (?2 OR state != 'retired')
+             ORDER BY created_ms DESC, id"
+        ))?;
+        let rows = st.query_map(params![app, with_retired], env_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Sets an environment's lifecycle state (retiring stamps the time).
+    pub fn set_env_state(&mut self, id: &str, state: EnvState) -> Result<()> {
+        let retired = (state == EnvState::Retired).then(now_ms);
+        let n = self.conn.execute(
+            "UPDATE environments SET state = ?2,
+               retired_ms = COALESCE(retired_ms, ?3) WHERE id = ?1",
+            params![id, env_state_str(state), retired.map(|v| v as i64)],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "environment",
+                key: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets or clears the end of an environment's rollback window.
+    pub fn set_warm_until(&mut self, id: &str, until_ms: Option<u64>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE environments SET warm_until_ms = ?2 WHERE id = ?1",
+            params![id, until_ms.map(|v| v as i64)],
+        )?;
+        Ok(())
+    }
+
+    /// Records a new instance of an environment, with a fresh id.
+    pub fn create_instance(&mut self, env: &str, port: u16) -> Result<InstanceRecord> {
+        let e = self.env(env)?;
+        let tx = self.conn.transaction()?;
+        let seq: i64 = tx.query_row(
+            "SELECT COUNT(*) + 1 FROM instances WHERE env = ?1",
+            [env],
+            |r| r.get(0),
+        )?;
+        let id = format!("{env}-{seq}");
+        tx.execute(
+            "INSERT INTO instances(id, env, app, state, port, started_ms)
+             VALUES (?1, ?2, ?3, 'starting', ?4, ?5)",
+            params![id, env, e.app, port, now_ms()],
+        )?;
+        tx.commit()?;
+        self.instance(&id)
+    }
+
+    /// One instance.
+    pub fn instance(&self, id: &str) -> Result<InstanceRecord> {
+        self.conn
+            .query_row(
+                &format!("{INSTANCE_SELECT} WHERE id = ?1"),
+                [id],
+                instance_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "instance",
+                key: id.to_string(),
+            })?
+    }
+
+    /// Instances of an environment (every environment when `None`); stopped ones only if asked.
+    pub fn instances(&self, env: Option<&str>, with_stopped: bool) -> Result<Vec<InstanceRecord>> {
+        let mut st = self.conn.prepare(&format!(
+            "{INSTANCE_SELECT} WHERE (?1 IS NULL OR env = ?1) AND (?2 OR state != 'stopped')
+             ORDER BY started_ms, id"
+        ))?;
+        let rows = st.query_map(params![env, with_stopped], instance_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Records the process behind an instance.
+    pub fn set_instance_process(&mut self, id: &str, pid: u32, start_time: u64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE instances SET pid = ?2, start_time = ?3 WHERE id = ?1",
+            params![id, pid, start_time as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Sets an instance's state; `exit` says why it stopped.
+    pub fn set_instance_state(
+        &mut self,
+        id: &str,
+        state: InstanceState,
+        exit: Option<&str>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE instances SET state = ?2, exit = COALESCE(?3, exit) WHERE id = ?1",
+            params![id, instance_state_str(state), exit],
+        )?;
+        Ok(())
+    }
+
+    /// Points an app's route at an environment. With a deployment, its step is journaled in the
+    /// same transaction, so a crash can never separate the two.
+    pub fn swap_route(
+        &mut self,
+        app: &str,
+        env: &str,
+        deployment: Option<(u64, DeployEvent, &str)>,
+    ) -> Result<Option<String>> {
+        let tx = self.conn.transaction()?;
+        let previous: Option<String> = tx
+            .query_row("SELECT env FROM routes WHERE app = ?1", [app], |r| r.get(0))
+            .optional()?;
+        let state: Option<String> = tx
+            .query_row(
+                "SELECT state FROM environments WHERE id = ?1 AND app = ?2",
+                [env, app],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match state.as_deref() {
+            None => {
+                return Err(StoreError::NotFound {
+                    what: "environment",
+                    key: env.to_string(),
+                })
+            }
+            Some("retired") => {
+                return Err(StoreError::Conflict(format!(
+                    "environment {env} is retired and cannot take traffic"
+                )))
+            }
+            Some(_) => {}
+        }
+        tx.execute(
+            "INSERT INTO routes(app, env, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(app) DO UPDATE SET env = excluded.env, updated_ms = excluded.updated_ms",
+            params![app, env, now_ms()],
+        )?;
+        tx.execute(
+            "UPDATE environments SET warm_until_ms = NULL WHERE id = ?1",
+            [env],
+        )?;
+        if let Some((id, event, detail)) = deployment {
+            advance_in(&tx, id, event, detail)?;
+            if event == DeployEvent::Swapped && previous.as_deref() != Some(env) {
+                tx.execute(
+                    "UPDATE deployments SET prev_env = ?2 WHERE id = ?1",
+                    params![id as i64, previous],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(previous)
+    }
+
+    /// Every route: (app, environment).
+    pub fn routes(&self) -> Result<Vec<(String, String)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT app, env FROM routes ORDER BY app")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
