@@ -505,7 +505,7 @@ fn print_table(f: &Figures) {
             } else {
                 String::new()
             };
-            println!(
+            let line = format!(
                 "{:>5}  {name:<7}{:>11.0}{:>7.0} us{:>7.0} us{:>8}{ratio:>14}",
                 row.concurrency,
                 r.per_second(),
@@ -513,6 +513,7 @@ fn print_table(f: &Figures) {
                 r.p99.as_secs_f64() * 1e6,
                 r.errors
             );
+            println!("{}", line.trim_end());
         }
     }
     println!();

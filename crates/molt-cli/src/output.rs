@@ -10,6 +10,23 @@ pub fn print_json(v: &Value) {
     );
 }
 
+/// A JSON string's text ("" for anything else).
+pub fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// Prints a JSON array as pretty JSON, or as a table with one row per element.
+pub fn print_list(v: &Value, json: bool, header: &[&str], row: impl Fn(&Value) -> Vec<String>) {
+    if json {
+        print_json(v);
+    } else {
+        table(
+            header,
+            v.as_array().into_iter().flatten().map(row).collect(),
+        );
+    }
+}
+
 /// Prints rows under a header, columns padded to the widest cell.
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

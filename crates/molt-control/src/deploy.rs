@@ -195,6 +195,15 @@ impl Controller {
         let env = env_of(d)?;
         let (app, number) = (d.app.clone(), d.release);
         let release = self.db(move |s| s.release(&app, number)).await?;
+        // After a restart some instances may have been lost: top the environment up first.
+        let live = self.live_instances(&env).await?;
+        for _ in live..release.config.instances as usize {
+            if let Err(e) = self.start_instance(&env, &release).await {
+                return Err(Interrupted::Failed(format!(
+                    "could not start an instance: {e}"
+                )));
+            }
+        }
         let health = &release.config.health;
         let poll = health.interval.min(Duration::from_millis(25));
         let deadline = Instant::now() + health.start_deadline;

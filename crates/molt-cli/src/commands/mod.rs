@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use molt_core::{AppName, Manifest};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::client::{ApiError, Client, Unreachable};
-use crate::output::{age, print_json, table};
+use crate::output::{age, print_json, print_list, text};
 use crate::{Cli, Command};
 
 /// Exit code for a deployment that did not end serving the new release.
@@ -90,19 +90,21 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             let v = client()?
                 .get(&format!("/v1/apps/{app}/events?limit={limit}"))
                 .await?;
-            if json {
-                print_json(&v);
-            } else {
-                let mut rows = Vec::new();
-                for e in v.as_array().into_iter().flatten().rev() {
-                    rows.push(vec![
-                        age(e["at_ms"].as_u64().unwrap_or(0)),
-                        e["kind"].as_str().unwrap_or("").to_string(),
-                        e["message"].as_str().unwrap_or("").to_string(),
-                    ]);
-                }
-                table(&["WHEN", "WHAT", "DETAIL"], rows);
-            }
+            let oldest_first = Value::Array(
+                v.as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .rev()
+                    .collect(),
+            );
+            print_list(&oldest_first, json, &["WHEN", "WHAT", "DETAIL"], |e| {
+                vec![
+                    age(e["at_ms"].as_u64().unwrap_or(0)),
+                    text(&e["kind"]),
+                    text(&e["message"]),
+                ]
+            });
             Ok(0)
         }
         Command::Images { action } => images(&client()?, action, json).await,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::client::Client;
-use crate::output::{age, print_json, short_digest, table};
+use crate::output::{age, print_json, print_list, short_digest, table, text};
 use crate::ImageAction;
 
 pub(crate) async fn status(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
@@ -105,26 +105,16 @@ pub(crate) fn remaining(until_ms: u64) -> String {
 
 pub(crate) async fn apps(client: &Client, json: bool) -> Result<i32> {
     let v = client.get("/v1/apps").await?;
-    if json {
-        print_json(&v);
-        return Ok(0);
-    }
-    let rows = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| {
-            vec![
-                a["app"]["name"].as_str().unwrap_or("").to_string(),
-                a["serving"]["number"]
-                    .as_u64()
-                    .map(|n| format!("v{n}"))
-                    .unwrap_or_else(|| "-".into()),
-                a["app"]["routed_env"].as_str().unwrap_or("-").to_string(),
-            ]
-        })
-        .collect();
-    table(&["APP", "SERVING", "ENV"], rows);
+    print_list(&v, json, &["APP", "SERVING", "ENV"], |a| {
+        vec![
+            text(&a["app"]["name"]),
+            a["serving"]["number"]
+                .as_u64()
+                .map(|n| format!("v{n}"))
+                .unwrap_or_else(|| "-".into()),
+            a["app"]["routed_env"].as_str().unwrap_or("-").to_string(),
+        ]
+    });
     Ok(0)
 }
 
@@ -146,25 +136,16 @@ pub(crate) async fn releases(
         }
     }
     let v = client.get(&format!("/v1/apps/{app}/releases")).await?;
-    if json {
-        print_json(&v);
-        return Ok(0);
-    }
-    let rows = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            vec![
-                format!("v{}", r["number"]),
-                short_digest(r["image"].as_str().unwrap_or("")),
-                age(r["created_ms"].as_u64().unwrap_or(0)),
-                if r["pinned"] == true { "pinned" } else { "" }.to_string(),
-                r["note"].as_str().unwrap_or("").to_string(),
-            ]
-        })
-        .collect();
-    table(&["RELEASE", "IMAGE", "CREATED", "PIN", "NOTE"], rows);
+    let header = ["RELEASE", "IMAGE", "CREATED", "PIN", "NOTE"];
+    print_list(&v, json, &header, |r| {
+        vec![
+            format!("v{}", r["number"]),
+            short_digest(&text(&r["image"])),
+            age(r["created_ms"].as_u64().unwrap_or(0)),
+            if r["pinned"] == true { "pinned" } else { "" }.to_string(),
+            text(&r["note"]),
+        ]
+    });
     Ok(0)
 }
 
@@ -173,32 +154,18 @@ pub(crate) async fn envs(client: &Client, app: &str, all: bool, json: bool) -> R
         .get(&format!("/v1/apps/{app}/envs?all={all}"))
         .await?;
     let routed = client.get(&format!("/v1/apps/{app}")).await?["app"]["routed_env"].clone();
-    if json {
-        print_json(&v);
-        return Ok(0);
-    }
-    let rows = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let id = e["id"].as_str().unwrap_or("").to_string();
-            let role = if routed.as_str() == Some(id.as_str()) {
-                "live".to_string()
-            } else if let Some(w) = e["warm_until_ms"].as_u64() {
-                format!("warm ({} left)", remaining(w))
-            } else {
-                e["state"].as_str().unwrap_or("").to_string()
-            };
-            vec![
-                id,
-                format!("v{}", e["release"]),
-                role,
-                age(e["created_ms"].as_u64().unwrap_or(0)),
-            ]
-        })
-        .collect();
-    table(&["ENV", "RELEASE", "ROLE", "CREATED"], rows);
+    print_list(&v, json, &["ENV", "RELEASE", "ROLE", "CREATED"], |e| {
+        let id = text(&e["id"]);
+        let role = if routed.as_str() == Some(id.as_str()) {
+            "live".to_string()
+        } else if let Some(w) = e["warm_until_ms"].as_u64() {
+            format!("warm ({} left)", remaining(w))
+        } else {
+            text(&e["state"])
+        };
+        let created = age(e["created_ms"].as_u64().unwrap_or(0));
+        vec![id, format!("v{}", e["release"]), role, created]
+    });
     Ok(0)
 }
 
@@ -309,32 +276,20 @@ pub(crate) async fn images(client: &Client, action: ImageAction, json: bool) -> 
     match action {
         ImageAction::Ls => {
             let v = client.get("/v1/images").await?;
-            if json {
-                print_json(&v);
-                return Ok(0);
-            }
-            let rows = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|i| {
-                    vec![
-                        i["digest"].as_str().unwrap_or("").to_string(),
-                        format!("{} KiB", i["size"].as_u64().unwrap_or(0).div_ceil(1024)),
-                        age(i["created_ms"].as_u64().unwrap_or(0)),
-                        i["tags"]
-                            .as_array()
-                            .map(|t| {
-                                t.iter()
-                                    .filter_map(|x| x.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(",")
-                            })
-                            .unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            table(&["DIGEST", "SIZE", "CREATED", "TAGS"], rows);
+            print_list(&v, json, &["DIGEST", "SIZE", "CREATED", "TAGS"], |i| {
+                let tags: Vec<String> = i["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(text)
+                    .collect();
+                vec![
+                    text(&i["digest"]),
+                    format!("{} KiB", i["size"].as_u64().unwrap_or(0).div_ceil(1024)),
+                    age(i["created_ms"].as_u64().unwrap_or(0)),
+                    tags.join(","),
+                ]
+            });
         }
         ImageAction::Import { path, tag } => {
             let bytes = if path.is_dir() {
