@@ -487,6 +487,21 @@ async fn gc_collects_what_nothing_reaches_and_stops_orphans() {
         .all(|(id, _)| id.starts_with(d2["env"].as_str().unwrap())));
     let (_, body) = h.get("gc.localhost", "/").await;
     assert!(body.starts_with("two from gc v2"), "{body}");
+    // v1 is no longer warm: rolling back to it is a cold redeploy, and says so.
+    let rb = h
+        .client
+        .post("/v1/apps/gc/rollback", &json!({ "to": 1 }))
+        .await
+        .unwrap();
+    assert_eq!(rb["kind"], "cold", "{rb}");
+    let d = wait_deployment(&h.client, rb["deployment"]["id"].as_u64().unwrap()).await;
+    assert_eq!(
+        (d["state"].as_str(), d["release"].as_u64()),
+        (Some("drained"), Some(1)),
+        "{d}"
+    );
+    let (_, body) = h.get("gc.localhost", "/").await;
+    assert!(body.starts_with("hello from gc v1"), "{body}");
     h.stop().await;
     assert!(processes_of(&owner).is_empty());
 }
