@@ -306,12 +306,8 @@ impl Controller {
         let previous = self
             .db(move |s| {
                 let detail = format!("route {app} -> {env_id}");
-                let prev =
-                    s.swap_route(&app, &env_id, Some((id, DeployEvent::Swapped, &detail)))?;
-                if let Some(p) = prev.as_deref().filter(|p| *p != env_id) {
-                    s.set_warm_until(p, Some(now_ms() + window.as_millis() as u64))?;
-                }
-                Ok(prev)
+                let step = Some((id, DeployEvent::Swapped, detail.as_str()));
+                s.swap_route(&app, &env_id, step, Some(window.as_millis() as u64))
             })
             .await?;
         let router = &self.inner.router;
@@ -455,6 +451,7 @@ impl Controller {
                 &app,
                 &prev_id,
                 Some((id, DeployEvent::WatchFailed, &detail)),
+                None,
             )?;
             s.set_deployment_error(id, &detail)
         })

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use molt_core::{AppName, EnvVarName, InputError, Manifest, RunConfig};
 use molt_store::{
-    now_ms, AppRecord, DeploymentRecord, EnvRecord, EnvState, EventRecord, ImageRecord,
-    InstanceRecord, InstanceState, JournalEntry, ReleaseRecord,
+    AppRecord, DeploymentRecord, EnvRecord, EnvState, EventRecord, ImageRecord, InstanceRecord,
+    InstanceState, JournalEntry, ReleaseRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -274,11 +274,7 @@ impl Controller {
         let from = self
             .db(move |s| {
                 let window = s.release(&a, window_release)?.config.deploy.rollback_window;
-                let prev = s.swap_route(&a, &e, None)?;
-                if let Some(p) = prev.as_deref().filter(|p| *p != e) {
-                    s.set_warm_until(p, Some(now_ms() + window.as_millis() as u64))?;
-                }
-                Ok(prev)
+                s.swap_route(&a, &e, None, Some(window.as_millis() as u64))
             })
             .await?;
         self.publish_routes().await?;

@@ -90,6 +90,13 @@ impl Router {
         };
         let deadline = tokio::time::Instant::now() + CUTOVER_WAIT;
         let mut pause = Duration::from_millis(1);
+        // Holders keep the table for microseconds: yield a few times before sleeping.
+        for _ in 0..64 {
+            if Arc::strong_count(&old) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         while Arc::strong_count(&old) > 1 {
             if tokio::time::Instant::now() >= deadline {
                 warn!(

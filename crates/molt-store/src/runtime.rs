@@ -138,13 +138,16 @@ impl Store {
         Ok(())
     }
 
-    /// Points an app's route at an environment. With a deployment, its step is journaled in the
-    /// same transaction, so a crash can never separate the two.
+    /// Points an app's route at an environment and returns where it pointed before. With a
+    /// deployment, its step is journaled in the same transaction, so a crash can never separate
+    /// the two; with `previous_warm_for_ms`, the previous environment's rollback window starts
+    /// in that same transaction (one fsync for the whole cutover).
     pub fn swap_route(
         &mut self,
         app: &str,
         env: &str,
         deployment: Option<(u64, DeployEvent, &str)>,
+        previous_warm_for_ms: Option<u64>,
     ) -> Result<Option<String>> {
         let tx = self.conn.transaction()?;
         let previous: Option<String> = tx
@@ -180,6 +183,14 @@ impl Store {
             "UPDATE environments SET warm_until_ms = NULL WHERE id = ?1",
             [env],
         )?;
+        if let (Some(prev), Some(window)) = (previous.as_deref(), previous_warm_for_ms) {
+            if prev != env {
+                tx.execute(
+                    "UPDATE environments SET warm_until_ms = ?2 WHERE id = ?1",
+                    params![prev, (now_ms() + window) as i64],
+                )?;
+            }
+        }
         if let Some((id, event, detail)) = deployment {
             advance_in(&tx, id, event, detail)?;
             if event == DeployEvent::Swapped && previous.as_deref() != Some(env) {

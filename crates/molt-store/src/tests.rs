@@ -75,7 +75,12 @@ fn deployment_journal_and_swap_are_atomic() {
     );
     // Swapping before healthy is refused and changes nothing.
     let err = s
-        .swap_route("shop", &env.id, Some((d.id, DeployEvent::Swapped, "swap")))
+        .swap_route(
+            "shop",
+            &env.id,
+            Some((d.id, DeployEvent::Swapped, "swap")),
+            None,
+        )
         .unwrap_err();
     assert!(matches!(err, StoreError::Transition(_)));
     assert!(s.routes().unwrap().is_empty());
@@ -83,8 +88,13 @@ fn deployment_journal_and_swap_are_atomic() {
         .unwrap();
     s.advance(d.id, DeployEvent::BecameHealthy, "healthy")
         .unwrap();
-    s.swap_route("shop", &env.id, Some((d.id, DeployEvent::Swapped, "swap")))
-        .unwrap();
+    s.swap_route(
+        "shop",
+        &env.id,
+        Some((d.id, DeployEvent::Swapped, "swap")),
+        None,
+    )
+    .unwrap();
     assert_eq!(
         s.routes().unwrap(),
         vec![("shop".to_string(), env.id.clone())]
@@ -115,7 +125,7 @@ fn retired_envs_cannot_be_routed() {
     let env = s.create_env("shop", 1).unwrap();
     s.set_env_state(&env.id, EnvState::Retired).unwrap();
     assert!(matches!(
-        s.swap_route("shop", &env.id, None),
+        s.swap_route("shop", &env.id, None, None),
         Err(StoreError::Conflict(_))
     ));
     assert!(s.envs(Some("shop"), false).unwrap().is_empty());
