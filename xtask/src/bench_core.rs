@@ -18,22 +18,23 @@ use molt_cli::Client;
 use serde_json::{json, Value};
 
 use crate::load::{self, Connection, LoadResult, LoadSpec};
+use crate::report::{print_table, to_json};
 use crate::serve::Serve;
 use crate::Output;
 
-const APP: &str = "bench";
+pub(crate) const APP: &str = "bench";
 const HOST: &str = "bench.localhost";
 const DEPLOYS: usize = 10;
 const ROLLBACKS: usize = 20;
 const CONCURRENCIES: [usize; 3] = [1, 16, 64];
-const LOAD_DURATION: Duration = Duration::from_secs(3);
+pub(crate) const LOAD_DURATION: Duration = Duration::from_secs(3);
 const WARMUP_DURATION: Duration = Duration::from_secs(1);
 /// Bounds memory and time of a load run even on a machine far faster than expected.
 const MAX_REQUESTS_PER_CONNECTION: usize = 2_000_000;
 /// How long a deployment may take to reach its cutover before the benchmark gives up.
 const DEPLOY_LIMIT: Duration = Duration::from_secs(60);
-const DEPLOY_GOAL_MS: f64 = 1000.0;
-const ROLLBACK_GOAL_MS: f64 = 10.0;
+pub(crate) const DEPLOY_GOAL_MS: f64 = 1000.0;
+pub(crate) const ROLLBACK_GOAL_MS: f64 = 10.0;
 
 const MANIFEST: &str = r#"name = "bench"
 command = ["./backend", "backend"]
@@ -49,42 +50,42 @@ rollback_window = "15m"
 "#;
 
 /// Everything one run measured.
-struct Figures {
-    serve_pid: u32,
-    first_deploy_ms: f64,
-    deploy_molt_ms: Vec<f64>,
-    deploy_client_ms: Vec<f64>,
-    rollback_molt_ms: Vec<f64>,
-    rollback_client_ms: Vec<f64>,
-    instances: Vec<SocketAddr>,
-    throughput: Vec<ThroughputRow>,
-    rss_empty_mib: f64,
-    rss_deployed_mib: f64,
+pub(crate) struct Figures {
+    pub(crate) serve_pid: u32,
+    pub(crate) first_deploy_ms: f64,
+    pub(crate) deploy_molt_ms: Vec<f64>,
+    pub(crate) deploy_client_ms: Vec<f64>,
+    pub(crate) rollback_molt_ms: Vec<f64>,
+    pub(crate) rollback_client_ms: Vec<f64>,
+    pub(crate) instances: Vec<SocketAddr>,
+    pub(crate) throughput: Vec<ThroughputRow>,
+    pub(crate) rss_empty_mib: f64,
+    pub(crate) rss_deployed_mib: f64,
 }
 
 /// Router and direct load at one concurrency.
-struct ThroughputRow {
-    concurrency: usize,
-    direct: LoadResult,
-    molt: LoadResult,
+pub(crate) struct ThroughputRow {
+    pub(crate) concurrency: usize,
+    pub(crate) direct: LoadResult,
+    pub(crate) molt: LoadResult,
 }
 
 /// Median, 90th percentile and maximum of a handful of samples.
-struct Summary {
-    median: f64,
-    p90: f64,
-    max: f64,
+pub(crate) struct Summary {
+    pub(crate) median: f64,
+    pub(crate) p90: f64,
+    pub(crate) max: f64,
 }
 
 impl Figures {
-    fn load_errors(&self) -> u64 {
+    pub(crate) fn load_errors(&self) -> u64 {
         self.throughput
             .iter()
             .map(|r| r.direct.errors + r.molt.errors)
             .sum()
     }
 
-    fn ratio_at(&self, concurrency: usize) -> f64 {
+    pub(crate) fn ratio_at(&self, concurrency: usize) -> f64 {
         self.throughput
             .iter()
             .find(|r| r.concurrency == concurrency)
@@ -94,13 +95,13 @@ impl Figures {
 
 impl ThroughputRow {
     /// Requests per second through molt over requests per second direct.
-    fn ratio(&self) -> f64 {
+    pub(crate) fn ratio(&self) -> f64 {
         self.molt.per_second() / self.direct.per_second().max(1e-9)
     }
 }
 
 impl Summary {
-    fn of(samples: &[f64]) -> Summary {
+    pub(crate) fn of(samples: &[f64]) -> Summary {
         let mut sorted = samples.to_vec();
         sorted.sort_by(f64::total_cmp);
         Summary {
@@ -110,7 +111,7 @@ impl Summary {
         }
     }
 
-    fn to_json(&self, samples: &[f64]) -> Value {
+    pub(crate) fn to_json(&self, samples: &[f64]) -> Value {
         json!({ "median": self.median, "p90": self.p90, "max": self.max, "samples": samples })
     }
 }
@@ -444,145 +445,7 @@ fn id_of(deployment: &Value) -> Result<u64> {
         .ok_or_else(|| anyhow!("the API answered no deployment id: {deployment}"))
 }
 
-fn print_table(f: &Figures) {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!();
-    println!(
-        "molt bench core: molt serve pid {}, {cpus} CPUs; load generator, molt and app share them",
-        f.serve_pid
-    );
-    println!();
-    println!("{:<58}{:>10}{:>10}{:>10}", "", "median", "p90", "max");
-    let line = |label: &str, samples: &[f64], unit: &str, decimals: usize| {
-        let s = Summary::of(samples);
-        println!(
-            "{label:<58}{:>7.decimals$} {unit}{:>7.decimals$} {unit}{:>7.decimals$} {unit}",
-            s.median, s.p90, s.max
-        );
-    };
-    println!(
-        "deploy -> swap ({} config deploys, 2 instances; first deploy {:.0} ms)",
-        f.deploy_molt_ms.len(),
-        f.first_deploy_ms
-    );
-    line(
-        "  molt record (figures.to_swap_ms)",
-        &f.deploy_molt_ms,
-        "ms",
-        0,
-    );
-    line(
-        "  client (POST until the router answers the new release)",
-        &f.deploy_client_ms,
-        "ms",
-        0,
-    );
-    println!(
-        "rollback ({} alternating warm rollbacks)",
-        f.rollback_molt_ms.len()
-    );
-    line("  molt (swap.elapsed_us)", &f.rollback_molt_ms, "ms", 2);
-    line(
-        "  client (POST until the router answers it)",
-        &f.rollback_client_ms,
-        "ms",
-        2,
-    );
-    println!();
-    println!(
-        "throughput, keep-alive HTTP/1.1 GET /, {:.0} s each; direct = the {} routed instance(s)",
-        LOAD_DURATION.as_secs_f64(),
-        f.instances.len()
-    );
-    println!(
-        "{:>5}  {:<7}{:>11}{:>10}{:>10}{:>8}{:>14}",
-        "conc", "target", "req/s", "p50", "p99", "errors", "molt/direct"
-    );
-    for row in &f.throughput {
-        for (name, r) in [("direct", &row.direct), ("molt", &row.molt)] {
-            let ratio = if name == "molt" {
-                format!("{:.2}", row.ratio())
-            } else {
-                String::new()
-            };
-            let line = format!(
-                "{:>5}  {name:<7}{:>11.0}{:>7.0} us{:>7.0} us{:>8}{ratio:>14}",
-                row.concurrency,
-                r.per_second(),
-                r.p50.as_secs_f64() * 1e6,
-                r.p99.as_secs_f64() * 1e6,
-                r.errors
-            );
-            println!("{}", line.trim_end());
-        }
-    }
-    println!();
-    println!(
-        "idle RSS of molt serve: {:.1} MiB with no apps, {:.1} MiB with {APP} deployed (after the load)",
-        f.rss_empty_mib, f.rss_deployed_mib
-    );
-    let deploy = Summary::of(&f.deploy_client_ms).median;
-    let rollback = Summary::of(&f.rollback_client_ms).median;
-    println!(
-        "goals: deploy->swap {} (client median {deploy:.0} ms), rollback {} (client median {rollback:.2} ms)",
-        verdict(deploy, DEPLOY_GOAL_MS),
-        verdict(rollback, ROLLBACK_GOAL_MS)
-    );
-    println!();
-    println!(
-        "bench core: deploy->swap median {deploy:.0} ms (goal <= {DEPLOY_GOAL_MS:.0}), rollback \
-         median {rollback:.2} ms (goal <= {ROLLBACK_GOAL_MS:.0}), router/direct throughput {:.2} \
-         (c=16), idle RSS {:.1} MiB",
-        f.ratio_at(16),
-        f.rss_deployed_mib
-    );
-}
-
-fn to_json(f: &Figures) -> Value {
-    let summary = |samples: &[f64]| Summary::of(samples).to_json(samples);
-    let load = |r: &LoadResult| {
-        json!({
-            "requests_per_s": r.per_second(),
-            "ok": r.ok,
-            "errors": r.errors,
-            "elapsed_s": r.elapsed.as_secs_f64(),
-            "p50_us": r.p50.as_micros() as u64,
-            "p99_us": r.p99.as_micros() as u64,
-        })
-    };
-    json!({
-        "serve_pid": f.serve_pid,
-        "first_deploy_ms": f.first_deploy_ms,
-        "deploy_to_swap_ms": {
-            "molt": summary(&f.deploy_molt_ms),
-            "client": summary(&f.deploy_client_ms),
-            "goal": DEPLOY_GOAL_MS,
-        },
-        "rollback_ms": {
-            "molt": summary(&f.rollback_molt_ms),
-            "client": summary(&f.rollback_client_ms),
-            "goal": ROLLBACK_GOAL_MS,
-        },
-        "throughput": f.throughput.iter().map(|row| json!({
-            "concurrency": row.concurrency,
-            "direct": load(&row.direct),
-            "molt": load(&row.molt),
-            "molt_over_direct": row.ratio(),
-        })).collect::<Vec<_>>(),
-        "direct_instances": f.instances.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "idle_rss_mib": { "no_apps": f.rss_empty_mib, "app_deployed": f.rss_deployed_mib },
-    })
-}
-
-fn verdict(value: f64, goal: f64) -> &'static str {
-    if value <= goal {
-        "met"
-    } else {
-        "MISSED"
-    }
-}
-
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

@@ -13,6 +13,7 @@
 mod backend;
 mod bench_core;
 mod load;
+mod report;
 mod serve;
 
 use std::process::ExitCode;
