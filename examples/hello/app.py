@@ -1,6 +1,6 @@
 """molt's example app: a small HTTP server whose answer names its release.
 
-It listens on 127.0.0.1:$PORT, answers every GET with one line naming the app, the release and
+It listens on $HOST:$PORT, answers every GET with one line naming the app, the release and
 the environment, and stops cleanly on SIGTERM. The standard library only: nothing to install.
 """
 
@@ -40,10 +40,11 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     port = int(os.environ.get("PORT", "8000"))
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    host = os.environ.get("HOST", "127.0.0.1")
+    server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(f"{APP} {RELEASE} listening on 127.0.0.1:{port}", flush=True)
+    print(f"{APP} {RELEASE} listening on {host}:{port}", flush=True)
     try:
         server.serve_forever()
     finally:

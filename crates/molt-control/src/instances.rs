@@ -21,9 +21,11 @@ impl Controller {
         env: &str,
         release: &ReleaseRecord,
     ) -> Result<InstanceRecord> {
-        let port = free_port()?;
+        let (host, port) = free_address(release.config.port)?;
         let env_id = env.to_string();
-        let inst = self.db(move |s| s.create_instance(&env_id, port)).await?;
+        let inst = self
+            .db(move |s| s.create_instance(&env_id, &host.to_string(), port))
+            .await?;
         let images = self.inner.images.clone();
         let digest = release.image.clone();
         let rootfs = tokio::task::spawn_blocking(move || images.rootfs(&digest)).await??;
@@ -33,6 +35,7 @@ impl Controller {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
+        vars.insert("HOST".into(), inst.host.clone());
         vars.insert("PORT".into(), port.to_string());
         vars.insert("MOLT_APP".into(), release.app.clone());
         vars.insert("MOLT_RELEASE".into(), format!("v{}", release.number));
@@ -152,7 +155,8 @@ impl Controller {
 
 /// The address the router and health checks use for an instance.
 pub(crate) fn instance_addr(inst: &InstanceRecord) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, inst.port))
+    let ip = inst.host.parse().unwrap_or(Ipv4Addr::LOCALHOST);
+    SocketAddr::from((ip, inst.port))
 }
 
 /// The process identity of an instance, once it has one.
@@ -180,13 +184,38 @@ pub(crate) fn describe_exit(status: &InstanceStatus) -> String {
     }
 }
 
-/// Picks a free loopback port for a new instance.
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| ControlError::Internal(format!("no free port on 127.0.0.1: {e}")))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| ControlError::Internal(e.to_string()))
+/// Picks the address of a new instance. Without a fixed port: a free port on 127.0.0.1. With
+/// one: a loopback address of its own (127.64.0.0/10 is all routed to `lo` on Linux) where that
+/// port is free, so blue and green instances of the same app never collide.
+fn free_address(fixed_port: Option<u16>) -> Result<(Ipv4Addr, u16)> {
+    let Some(port) = fixed_port else {
+        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| ControlError::Internal(format!("no free port on 127.0.0.1: {e}")))?;
+        let port = l
+            .local_addr()
+            .map(|a| a.port())
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        return Ok((Ipv4Addr::LOCALHOST, port));
+    };
+    let mut last_error = None;
+    for _ in 0..64 {
+        let r: u32 = rand::random();
+        let ip = Ipv4Addr::new(
+            127,
+            64 + (r >> 24) as u8 % 64,
+            (r >> 16) as u8,
+            1 + (r as u8 % 254),
+        );
+        match std::net::TcpListener::bind((ip, port)) {
+            Ok(_) => return Ok((ip, port)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(ControlError::Conflict(format!(
+        "port {port} is taken on every loopback address tried ({}); pick another `port` in \
+         molt.toml or leave it out",
+        last_error.map(|e| e.to_string()).unwrap_or_default()
+    )))
 }
 
 /// The last `lines` lines of a file (reads at most the last 64 KiB).

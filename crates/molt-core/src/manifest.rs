@@ -30,6 +30,10 @@ pub struct RunConfig {
     pub command: Vec<String>,
     /// Number of instances in each environment.
     pub instances: u32,
+    /// A fixed port the app listens on; each instance then gets its own loopback address
+    /// (`$HOST`). Without it molt picks a free port on 127.0.0.1 per instance.
+    #[serde(default)]
+    pub port: Option<u16>,
     /// The health check that gates the swap and keeps watching after it.
     pub health: HealthCheck,
     /// Environment variables given to every instance.
@@ -81,6 +85,8 @@ struct RawManifest {
     command: Spanned<Vec<String>>,
     #[serde(default)]
     instances: Option<Spanned<u32>>,
+    #[serde(default)]
+    port: Option<Spanned<i64>>,
     #[serde(default)]
     health: Option<RawHealth>,
     #[serde(default)]
@@ -176,6 +182,19 @@ impl Manifest {
             Some(n) => *n.get_ref(),
             None => 1,
         };
+        let port = match &raw.port {
+            Some(p) => match u16::try_from(*p.get_ref()) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    return Err(at(
+                        p.span(),
+                        "port must be between 1 and 65535 (or left out: molt then picks one)"
+                            .to_string(),
+                    ))
+                }
+            },
+            None => None,
+        };
         let duration = |v: &Option<Spanned<String>>, default: Duration| match v {
             Some(s) => parse_duration(s.get_ref()).map_err(|e| at(s.span(), e.to_string())),
             None => Ok(default),
@@ -242,6 +261,7 @@ impl Manifest {
                 hostnames,
                 command,
                 instances,
+                port,
                 health,
                 env,
                 deploy,
@@ -255,8 +275,9 @@ impl Manifest {
             r#"# molt.toml: how molt runs this app. Reference: docs/manifest.md
 name = "{name}"
 hostnames = []                        # the app always answers on {name}.localhost too
-command = ["./server", "--port", "$PORT"]
+command = ["./server", "--port", "$PORT"]   # listen on $HOST:$PORT
 instances = 1
+# port = 8000                         # a fixed port; by default molt picks a free one
 
 [health]
 path = "/"
@@ -381,6 +402,9 @@ rollback_window = "15m"
         assert_eq!(m.config.health.interval, Duration::from_millis(250));
         assert_eq!(m.config.deploy.watch, Duration::from_secs(300));
         assert_eq!(m.config.env.len(), 1);
+        assert_eq!(m.config.port, None);
+        let m = parse("name = \"a\"\ncommand = [\"x\"]\nport = 8000\n").unwrap();
+        assert_eq!(m.config.port, Some(8000));
     }
 
     #[test]
@@ -405,6 +429,16 @@ rollback_window = "15m"
                 "name = \"a\"\ncommand = [\"x\"]\n[health]\ninterval = \"5x\"\n",
                 "line 4",
                 "5x",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\nport = 70000\n",
+                "line 3",
+                "port must be",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\nport = 0\n",
+                "line 3",
+                "port must be",
             ),
             (
                 "name = \"a\"\ncommand = [\"x\"]\ninstances = 0\n",

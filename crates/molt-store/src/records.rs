@@ -108,6 +108,8 @@ pub struct InstanceRecord {
     pub pid: Option<u32>,
     /// Kernel start time of the process, to recognise it after a restart.
     pub start_time: Option<u64>,
+    /// The loopback address it listens on (`$HOST`).
+    pub host: String,
     /// The port it listens on (`$PORT`).
     pub port: u16,
     /// Start time, ms since the epoch.

@@ -10,7 +10,7 @@ pub(crate) const RELEASE_SELECT: &str =
 pub(crate) const ENV_SELECT: &str =
     "SELECT id, app, release, state, created_ms, warm_until_ms, retired_ms FROM environments";
 pub(crate) const INSTANCE_SELECT: &str =
-    "SELECT id, env, app, state, pid, start_time, port, started_ms, exit FROM instances";
+    "SELECT id, env, app, state, pid, start_time, port, started_ms, exit, host FROM instances";
 pub(crate) const DEPLOYMENT_SELECT: &str =
     "SELECT id, app, release, env, prev_env, state, created_ms,
     updated_ms, error, figures FROM deployments";
@@ -93,6 +93,7 @@ pub(crate) fn instance_row(r: &Row<'_>) -> rusqlite::Result<Result<InstanceRecor
         state,
         pid: r.get(4)?,
         start_time: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        host: r.get(9)?,
         port: r.get(6)?,
         started_ms: r.get::<_, i64>(7)? as u64,
         exit: r.get(8)?,

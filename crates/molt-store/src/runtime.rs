@@ -72,7 +72,7 @@ impl Store {
     }
 
     /// Records a new instance of an environment, with a fresh id.
-    pub fn create_instance(&mut self, env: &str, port: u16) -> Result<InstanceRecord> {
+    pub fn create_instance(&mut self, env: &str, host: &str, port: u16) -> Result<InstanceRecord> {
         let e = self.env(env)?;
         let tx = self.conn.transaction()?;
         let seq: i64 = tx.query_row(
@@ -82,9 +82,9 @@ impl Store {
         )?;
         let id = format!("{env}-{seq}");
         tx.execute(
-            "INSERT INTO instances(id, env, app, state, port, started_ms)
-             VALUES (?1, ?2, ?3, 'starting', ?4, ?5)",
-            params![id, env, e.app, port, now_ms()],
+            "INSERT INTO instances(id, env, app, state, host, port, started_ms)
+             VALUES (?1, ?2, ?3, 'starting', ?4, ?5, ?6)",
+            params![id, env, e.app, host, port, now_ms()],
         )?;
         tx.commit()?;
         self.instance(&id)

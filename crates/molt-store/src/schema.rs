@@ -2,7 +2,8 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apps (
     name TEXT PRIMARY KEY,
     created_ms INTEGER NOT NULL
@@ -80,7 +81,10 @@ CREATE TABLE events (
     kind TEXT NOT NULL,
     message TEXT NOT NULL
 );
-"#];
+"#,
+    // Each instance has its own address: a fixed app port is served on a loopback IP per instance.
+    "ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '127.0.0.1'",
+];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -136,7 +136,7 @@ fn retired_envs_cannot_be_routed() {
 fn instances_and_images_in_use() {
     let mut s = store_with_release();
     let env = s.create_env("shop", 1).unwrap();
-    let i = s.create_instance(&env.id, 4000).unwrap();
+    let i = s.create_instance(&env.id, "127.0.0.1", 4000).unwrap();
     s.set_instance_process(&i.id, 42, 7).unwrap();
     s.set_instance_state(&i.id, InstanceState::Healthy, None)
         .unwrap();

@@ -328,10 +328,10 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let msg = err(c
         .post(
             "/v1/apps/shop/deployments",
-            &json!({ "image": "sha256:00", "manifest": "name = \"shop\"\ncommand = [\"x\"]\nport = 80\n" }),
+            &json!({ "image": "sha256:00", "manifest": "name = \"shop\"\ncommand = [\"x\"]\nprot = 80\n" }),
         )
         .await);
-    assert!(msg.contains("line 3") && msg.contains("port"), "{msg}");
+    assert!(msg.contains("line 3") && msg.contains("prot"), "{msg}");
     // Invalid app name.
     let msg = err(c
         .post("/v1/apps/Bad_Name/deployments", &json!({ "release": 1 }))
@@ -644,4 +644,50 @@ async fn a_full_disk_gets_a_clear_error_and_loses_nothing() {
         .shutdown(molt_server::OnExit::StopInstances)
         .await
         .unwrap();
+}
+
+/// A fixed `port`: every instance gets its own loopback address, so the blue and green
+/// environments of the same app both listen on that port, side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fixed_port_serves_blue_and_green_side_by_side() {
+    let h = Harness::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let overrides = format!("port = {port}\n{FAST}");
+    let d1 = h.deploy(&h.app("fixed", &[], &overrides)).await;
+    assert_eq!(d1["state"], "drained", "{d1}");
+    let d2 = h
+        .deploy(&h.app("fixed", &[("GREETING", "two")], &overrides))
+        .await;
+    assert_eq!(d2["state"], "drained", "{d2}");
+    let status = h.client.get("/v1/status?app=fixed").await.unwrap();
+    let mut hosts = BTreeSet::new();
+    for env in status["apps"][0]["envs"].as_array().unwrap() {
+        for i in env["instances"].as_array().unwrap() {
+            assert_eq!(i["port"], port, "{i}");
+            assert_eq!(i["state"], "healthy", "{i}");
+            hosts.insert(i["host"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        hosts.len(),
+        4,
+        "one loopback address per instance: {hosts:?}"
+    );
+    let (_, body) = h.get("fixed.localhost", "/").await;
+    assert!(body.starts_with("two from fixed v2"), "{body}");
+    let logs = h.client.get("/v1/apps/fixed/logs").await.unwrap();
+    assert!(logs.to_string().contains(&format!(":{port}")), "{logs}");
+    let rb = h
+        .client
+        .post("/v1/apps/fixed/rollback", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(rb["kind"], "warm");
+    let (_, body) = h.get("fixed.localhost", "/").await;
+    assert!(body.starts_with("hello from fixed v1"), "{body}");
+    h.stop().await;
 }
