@@ -394,10 +394,16 @@ impl Controller {
         let swap_at = d.figures.map(|f| f.swap_at_ms).unwrap_or(d.updated_ms);
         let watch_end = swap_at + release.config.deploy.watch.as_millis() as u64;
         let mut warned = false;
+        // The reconciler updates instance health; look often so a swap back is quick.
+        let poll = release
+            .config
+            .health
+            .interval
+            .min(Duration::from_millis(50));
         while now_ms() < watch_end {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
-                _ = tokio::time::sleep(release.config.health.interval) => {}
+                _ = tokio::time::sleep(poll) => {}
             }
             let env_id = env.clone();
             let instances = self.db(move |s| s.instances(Some(&env_id), false)).await?;

@@ -302,8 +302,12 @@ async fn unhealthy_after_swap_swaps_back_by_itself() {
         d["deployment"]["state"] == "rolled_back"
     })
     .await;
-    let (_, body) = h.get("watch.localhost", "/").await;
-    assert!(body.contains("watch v1"), "{body}");
+    // The store records the swap back first, then the router publishes it.
+    eventually(Duration::from_secs(5), "v1 to serve again", || async {
+        let (_, body) = h.get("watch.localhost", "/").await;
+        body.contains("watch v1")
+    })
+    .await;
     let history = h.client.get("/v1/apps/watch/events").await.unwrap();
     assert!(
         history
