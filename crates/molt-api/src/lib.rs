@@ -3,6 +3,7 @@
 //! Architecture invariant: every route except `/openapi.json` and `/v1/health` requires the
 //! admin token; handlers only translate HTTP to controller calls and errors to status codes.
 
+mod metrics;
 mod openapi;
 
 use std::collections::BTreeMap;
@@ -105,6 +106,7 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/gc", post(gc))
+        .route("/metrics", get(prometheus))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/openapi.json", get(|| async { Json(document()) }))
@@ -366,6 +368,15 @@ fn rand_suffix() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("{}-{nanos}", std::process::id())
+}
+
+async fn prometheus(State(s): State<ApiState>) -> ApiResult {
+    let snapshot = s.controller.metrics().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(&snapshot),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

@@ -14,6 +14,7 @@ mod error;
 mod gc;
 mod health;
 mod instances;
+mod metrics;
 mod ops;
 mod reconcile;
 mod routes;
@@ -33,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::{ControlError, Result};
 pub use gc::GcReport;
+pub use metrics::{EnvMetrics, MetricsSnapshot};
 pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
 
 /// Settings of the controller.

@@ -11,6 +11,7 @@
 
 mod body;
 mod headers;
+mod metrics;
 mod proxy;
 mod server;
 mod stats;

@@ -41,7 +41,7 @@ type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 pub struct Router {
     pub(crate) config: RouterConfig,
     table: ArcSwap<RouteTable>,
-    stats: StatsRegistry,
+    pub(crate) stats: StatsRegistry,
     /// Serializes binding a table to the registry with swapping it in, so
     /// [`Router::forget_env`] never drops counters a table is about to use.
     publishing: Mutex<()>,

@@ -113,6 +113,17 @@ impl StatsRegistry {
             _ => false,
         }
     }
+
+    /// A snapshot of every environment's counters, sorted by environment id.
+    pub(crate) fn snapshot_all(&self) -> Vec<(String, EnvStats)> {
+        let envs = self.envs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = envs
+            .iter()
+            .map(|(env, counters)| (env.clone(), counters.snapshot()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,16 @@ async fn deploy_config_and_rollback() {
     let (_, body) = h.get(&format!("{env2}.localhost"), "/").await;
     assert!(body.contains("shop v2"), "{body}");
 
+    // Prometheus metrics carry the traffic per app and environment.
+    let metrics = h.client.get("/metrics").await.unwrap();
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "molt_router_requests_total{{app=\"shop\",env=\"{env2}\",routed=\"false\"}} 2"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("molt_instances{app=\"shop\""), "{metrics}");
     let releases = h.client.get("/v1/apps/shop/releases").await.unwrap();
     assert_eq!(releases.as_array().unwrap().len(), 2);
     assert_eq!(releases[0]["note"], "config set GREETING");

@@ -1,0 +1,92 @@
+//! A snapshot of what molt can report to a monitoring system.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{Controller, Result};
+
+/// Traffic and state counters, gathered in one go.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSnapshot {
+    /// Per environment: (app, env, router counters).
+    pub envs: Vec<EnvMetrics>,
+    /// Requests for hosts no route answers.
+    pub unrouted: u64,
+    /// Live instances by (app, env, state).
+    pub instances: BTreeMap<(String, String, String), u64>,
+    /// Deployments by (app, state).
+    pub deployments: BTreeMap<(String, String), u64>,
+}
+
+/// One environment's router counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvMetrics {
+    /// Owning app.
+    pub app: String,
+    /// Environment id.
+    pub env: String,
+    /// True when the app's route points here.
+    pub routed: bool,
+    /// Requests assigned to it.
+    pub accepted: u64,
+    /// Requests not finished yet.
+    pub in_flight: u64,
+    /// Responses relayed from its instances.
+    pub answered: u64,
+    /// Errors the router made for it.
+    pub failed: u64,
+}
+
+impl Controller {
+    /// Gathers the metrics snapshot.
+    pub async fn metrics(&self) -> Result<MetricsSnapshot> {
+        let (env_apps, routed, instances, deployments) = self
+            .db(|s| {
+                let envs = s.envs(None, true)?;
+                let routed: Vec<String> = s.routes()?.into_iter().map(|(_, e)| e).collect();
+                let mut instances = BTreeMap::new();
+                for inst in s.instances(None, false)? {
+                    let key = (
+                        inst.app,
+                        inst.env,
+                        format!("{:?}", inst.state).to_lowercase(),
+                    );
+                    *instances.entry(key).or_insert(0u64) += 1;
+                }
+                let mut deployments = BTreeMap::new();
+                for d in s.deployments(None, usize::MAX >> 1)? {
+                    *deployments
+                        .entry((d.app, d.state.to_string()))
+                        .or_insert(0u64) += 1;
+                }
+                let env_apps: BTreeMap<String, String> =
+                    envs.into_iter().map(|e| (e.id, e.app)).collect();
+                Ok((env_apps, routed, instances, deployments))
+            })
+            .await?;
+        let envs = self
+            .inner
+            .router
+            .all_env_stats()
+            .into_iter()
+            .filter_map(|(env, st)| {
+                Some(EnvMetrics {
+                    app: env_apps.get(&env)?.clone(),
+                    routed: routed.contains(&env),
+                    env,
+                    accepted: st.accepted,
+                    in_flight: st.in_flight,
+                    answered: st.answered,
+                    failed: st.failed,
+                })
+            })
+            .collect();
+        Ok(MetricsSnapshot {
+            envs,
+            unrouted: self.inner.router.unrouted(),
+            instances,
+            deployments,
+        })
+    }
+}
