@@ -705,3 +705,27 @@ async fn a_fixed_port_serves_blue_and_green_side_by_side() {
     assert!(body.starts_with("hello from fixed v1"), "{body}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_runs_by_itself() {
+    let h = Harness::start_with(|cfg| cfg.gc_interval = Duration::from_millis(300)).await;
+    let overrides = FAST.replace("rollback_window = \"15m\"", "rollback_window = \"1s\"");
+    let d1 = h.deploy(&h.app("auto", &[], &overrides)).await;
+    let d2 = h
+        .deploy(&h.app("auto", &[("GREETING", "two")], &overrides))
+        .await;
+    assert_eq!(d2["state"], "drained", "{d2}");
+    let old_env = d1["env"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(15),
+        "the periodic GC to retire v1",
+        || async {
+            let envs = h.client.get("/v1/apps/auto/envs").await.unwrap();
+            let history = h.client.get("/v1/apps/auto/events").await.unwrap();
+            let retired = format!("{old_env} retired: garbage-collected");
+            !envs.to_string().contains(&old_env) && history.to_string().contains(&retired)
+        },
+    )
+    .await;
+    h.stop().await;
+}

@@ -30,11 +30,17 @@ pub struct Harness {
 impl Harness {
     /// Starts molt serve on 127.0.0.1:0 for both listeners.
     pub async fn start() -> Harness {
+        Harness::start_with(|_| {}).await
+    }
+
+    /// Starts molt serve with settings adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> Harness {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut cfg = ServeConfig::new(tmp.path().join("data"));
         cfg.api_addr = "127.0.0.1:0".parse().unwrap();
         cfg.router_addr = "127.0.0.1:0".parse().unwrap();
         cfg.stop_grace = Duration::from_secs(2);
+        adjust(&mut cfg);
         let running = molt_server::start(cfg).await.expect("molt serve starts");
         let client = Client::new(&format!("http://{}", running.api_addr), &running.token);
         Harness {
