@@ -4,6 +4,8 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -399,4 +401,73 @@ async fn http1_keep_alive_still_reuses_one_connection() {
             "blue"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stream_is_dropped_while_publishing_under_load() {
+    const STREAMS: usize = 8;
+    const MAX_REQUESTS: usize = 1000;
+    let blue = upstream(Reply::Name("blue")).await;
+    let green = upstream(Reply::Name("green")).await;
+    let harness = Harness::start(RouterConfig::default()).await;
+    let blue_table = table(&[("app.test", "blue", &[blue])]);
+    let green_table = table(&[("app.test", "green", &[green])]);
+    harness.router.publish(blue_table.clone()).await;
+
+    // One connection, several streams at a time.
+    let connection = H2Client::connect(harness.addr).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let (mut client, stop) = (connection.clone(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+                let mut answered = 0u64;
+                while (answered as usize) < MAX_REQUESTS
+                    && !stop.load(Ordering::Relaxed)
+                    && tokio::time::Instant::now() < deadline
+                {
+                    let (status, body) = client.get("app.test", "/").await;
+                    assert_eq!(status, StatusCode::OK, "body: {body}");
+                    assert!(body == "blue" || body == "green", "body: {body}");
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+
+    for round in 0..10 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let next = if round % 2 == 0 {
+            &green_table
+        } else {
+            &blue_table
+        };
+        within(harness.router.publish(next.clone())).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for sender in senders {
+        total += within(sender).await.expect("stream task");
+    }
+
+    // The last publish (round 9) installed blue.
+    let router = &harness.router;
+    assert!(
+        eventually(|| {
+            router.env_stats("blue").in_flight == 0 && router.env_stats("green").in_flight == 0
+        })
+        .await
+    );
+    let (blue_stats, green_stats) = (router.env_stats("blue"), router.env_stats("green"));
+    assert!(total >= STREAMS as u64);
+    assert_eq!(blue_stats.accepted + green_stats.accepted, total);
+    assert_eq!(blue_stats.answered + green_stats.answered, total);
+    assert_eq!(blue_stats.failed + green_stats.failed, 0);
+    assert!(
+        green_stats.answered > 0,
+        "green never served: {green_stats:?}"
+    );
+    assert!(router.is_drained("green"));
 }
