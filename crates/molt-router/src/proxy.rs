@@ -22,13 +22,14 @@ use crate::body::ResponseBody;
 use crate::headers::{add_forwarding, strip_hop_by_hop};
 use crate::stats::{EnvStats, InFlight, StatsRegistry};
 use crate::table::{Route, RouteTable};
-use crate::RouterConfig;
+use crate::upgrade::{mark_presence, requested_upgrade, Tunnels};
+use crate::{RouterConfig, UpstreamProtocol};
 
 /// How long [`Router::publish`] waits for requests still holding the old table.
 const CUTOVER_WAIT: Duration = Duration::from_secs(5);
 /// Upper bound on establishing a TCP connection to an upstream, so a dead instance is
 /// skipped (for replayable requests) long before `upstream_timeout`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long idle upstream connections stay in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -47,6 +48,8 @@ pub struct Router {
     publishing: Mutex<()>,
     unrouted: AtomicU64,
     client: Client<HttpConnector, UpstreamBody>,
+    /// Upgraded connections being relayed.
+    pub(crate) tunnels: Tunnels,
 }
 
 /// The parts of a request needed to send it (again) to an upstream.
@@ -65,6 +68,7 @@ impl Router {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .set_host(false)
+            .http2_only(config.upstream_protocol == UpstreamProtocol::Http2PriorKnowledge)
             .build(connector);
         Arc::new(Router {
             config,
@@ -73,6 +77,7 @@ impl Router {
             publishing: Mutex::new(()),
             unrouted: AtomicU64::new(0),
             client,
+            tunnels: Tunnels::default(),
         })
     }
 
@@ -86,7 +91,10 @@ impl Router {
                 .publishing
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            self.table.swap(Arc::new(table.bound_to(&self.stats)))
+            let new = Arc::new(table.bound_to(&self.stats));
+            let old = self.table.swap(Arc::clone(&new));
+            mark_presence(&self.stats, &old, &new);
+            old
         };
         let deadline = tokio::time::Instant::now() + CUTOVER_WAIT;
         let mut pause = Duration::from_millis(1);
@@ -154,18 +162,20 @@ impl Router {
         self.unrouted.load(Ordering::Relaxed)
     }
 
-    /// Answers one client request: route it by Host, forward it, count it.
+    /// Answers one client request: route it by Host (or, for HTTP/2, the `:authority`),
+    /// forward it, count it.
     pub(crate) async fn handle(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         client: IpAddr,
     ) -> Response<ResponseBody> {
-        let Some(host) = request
+        let host = request
             .headers()
             .get(HOST)
             .filter(|host| !host.as_bytes().trim_ascii().is_empty())
             .cloned()
-        else {
+            .or_else(|| host_from_authority(&mut request));
+        let Some(host) = host else {
             debug!(%client, "request without Host header");
             return local_response(StatusCode::BAD_REQUEST, "molt: missing Host header\n");
         };
@@ -198,6 +208,11 @@ impl Router {
                 "molt: no instance is ready to serve this host\n",
             );
         };
+        if requested_upgrade(&request).is_some() {
+            return self
+                .forward_upgrade(&route, start, in_flight, request, client, host)
+                .await;
+        }
         self.forward(&route, start, in_flight, request, client, host)
             .await
     }
@@ -303,7 +318,7 @@ impl Forward {
 
 /// Passes an upstream response on to the client; the request stays in flight until its
 /// body has been streamed.
-fn relay(response: Response<Incoming>, in_flight: InFlight) -> Response<ResponseBody> {
+pub(crate) fn relay(response: Response<Incoming>, in_flight: InFlight) -> Response<ResponseBody> {
     in_flight.counters().record_answered();
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
@@ -311,7 +326,10 @@ fn relay(response: Response<Incoming>, in_flight: InFlight) -> Response<Response
 }
 
 /// A short plain-text response made by the router itself.
-fn local_response(status: StatusCode, text: impl Into<String>) -> Response<ResponseBody> {
+pub(crate) fn local_response(
+    status: StatusCode,
+    text: impl Into<String>,
+) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::text(text.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -319,6 +337,15 @@ fn local_response(status: StatusCode, text: impl Into<String>) -> Response<Respo
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The Host of a request that has no Host header but an authority in its URI (HTTP/2
+/// clients send `:authority` instead of Host), also added as the Host header upstreams see.
+fn host_from_authority(request: &mut Request<Incoming>) -> Option<HeaderValue> {
+    let authority = request.uri().authority()?;
+    let host = HeaderValue::from_str(authority.as_str()).ok()?;
+    request.headers_mut().insert(HOST, host.clone());
+    Some(host)
 }
 
 /// Methods whose bodiless requests can be sent to another upstream after a failed attempt.

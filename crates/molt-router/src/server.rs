@@ -1,13 +1,15 @@
-//! Accepting client connections and shutting them down gracefully.
+//! Accepting client connections (HTTP/1.1 and HTTP/2 with prior knowledge on one port) and
+//! shutting them down gracefully.
 
 use std::convert::Infallible;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,11 +20,19 @@ use crate::Router;
 /// Pause after an accept error that is not about one connection (e.g. out of file
 /// descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often an idle HTTP/2 connection is pinged, and how long the client has to answer
+/// before the connection is closed: dead peers do not hold connections forever.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Router {
     /// Serves connections from `listener` until `shutdown` is cancelled; then stops
-    /// accepting, asks every connection to close once its current response is sent, waits
-    /// for them up to `shutdown_grace` and closes the rest.
+    /// accepting, asks every connection to close once its current responses are sent, waits
+    /// for them (and for upgraded connections) up to `shutdown_grace` and closes the rest.
+    ///
+    /// Each connection speaks HTTP/1.1 or, when it opens with the HTTP/2 preface, h2c. A
+    /// connection that has not sent a complete first request within `header_read_timeout` is
+    /// closed, whatever its protocol.
     ///
     /// Accept errors are logged and retried, so this returns `Ok` once shut down.
     pub async fn serve(
@@ -32,10 +42,17 @@ impl Router {
     ) -> io::Result<()> {
         let connections = TaskTracker::new();
         let abort = CancellationToken::new();
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
             .keep_alive(true)
             .header_read_timeout(self.config.header_read_timeout);
+        http.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+        let http = Arc::new(http);
+        let first_request_timeout = self.config.header_read_timeout;
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "router listening");
         }
@@ -65,22 +82,39 @@ impl Router {
             }
 
             let router = Arc::clone(&self);
-            let service = service_fn(move |request| {
-                let router = Arc::clone(&router);
-                async move { Ok::<_, Infallible>(router.handle(request, peer.ip()).await) }
-            });
-            let connection = http.serve_connection(TokioIo::new(stream), service);
-            let (shutdown, abort) = (shutdown.clone(), abort.clone());
+            let requested = Arc::new(AtomicBool::new(false));
+            let service = {
+                let requested = Arc::clone(&requested);
+                service_fn(move |request| {
+                    requested.store(true, Ordering::Relaxed);
+                    let router = Arc::clone(&router);
+                    async move { Ok::<_, Infallible>(router.handle(request, peer.ip()).await) }
+                })
+            };
+            let (http, shutdown, abort) = (Arc::clone(&http), shutdown.clone(), abort.clone());
             connections.spawn(async move {
+                let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let mut connection = std::pin::pin!(connection);
-                let result = tokio::select! {
-                    result = connection.as_mut() => result,
-                    () = shutdown.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        tokio::select! {
-                            result = connection.as_mut() => result,
-                            () = abort.cancelled() => Ok(()),
+                // Covers what hyper's HTTP/1 header timeout does not: the protocol sniffing
+                // before it, and HTTP/2 connections that never send a request.
+                let first_request = tokio::time::sleep(first_request_timeout);
+                let mut first_request = std::pin::pin!(first_request);
+                let (mut awaiting_first, mut closing) = (true, false);
+                let result = loop {
+                    tokio::select! {
+                        result = connection.as_mut() => break result,
+                        () = first_request.as_mut(), if awaiting_first => {
+                            awaiting_first = false;
+                            if !requested.load(Ordering::Relaxed) {
+                                debug!(%peer, "no request within the header read timeout; closing");
+                                break Ok(());
+                            }
                         }
+                        () = shutdown.cancelled(), if !closing => {
+                            closing = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        () = abort.cancelled() => break Ok(()),
                     }
                 };
                 if let Err(error) = result {
@@ -91,17 +125,22 @@ impl Router {
 
         drop(listener);
         connections.close();
+        self.tunnels.close();
         let grace = self.config.shutdown_grace;
-        if tokio::time::timeout(grace, connections.wait())
-            .await
-            .is_err()
-        {
+        let finished = async {
+            connections.wait().await;
+            self.tunnels.wait().await;
+        };
+        if tokio::time::timeout(grace, finished).await.is_err() {
             warn!(
                 open = connections.len(),
+                upgraded = self.tunnels.len(),
                 "connections still open after {grace:?}; closing them"
             );
             abort.cancel();
+            self.tunnels.abort();
             connections.wait().await;
+            self.tunnels.wait().await;
         }
         info!("router stopped");
         Ok(())

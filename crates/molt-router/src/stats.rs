@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::upgrade::EnvPresence;
+
 /// Counters of one environment, snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EnvStats {
@@ -28,6 +30,8 @@ pub(crate) struct EnvCounters {
     in_flight: AtomicU64,
     answered: AtomicU64,
     failed: AtomicU64,
+    /// Whether the published table routes to this environment; upgraded connections watch it.
+    presence: EnvPresence,
 }
 
 /// Marks one request as in flight for its environment until dropped.
@@ -55,6 +59,10 @@ impl EnvCounters {
 
     pub(crate) fn record_failed(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn presence(&self) -> &EnvPresence {
+        &self.presence
     }
 
     pub(crate) fn in_flight(&self) -> u64 {

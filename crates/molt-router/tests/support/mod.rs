@@ -1,5 +1,7 @@
 //! Real sockets on 127.0.0.1: upstream HTTP servers, a router under test, and a keep-alive
 //! client connection.
+// Each test crate uses a different part of this module.
+#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::future::Future;
