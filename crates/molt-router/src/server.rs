@@ -13,11 +13,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::framing::FrameLimits;
+use crate::guard::{BusyBody, GuardedStream};
 use crate::Router;
 
 /// Pause after an accept error that is not about one connection (e.g. out of file
 /// descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// hyper's own limit on header fields; setting another moves its header array to the heap.
+const DEFAULT_MAX_HEADERS: usize = 100;
 
 impl Router {
     /// Serves connections from `listener` until `shutdown` is cancelled; then stops
@@ -35,7 +39,17 @@ impl Router {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(self.config.header_read_timeout);
+            // A refused pipelined request ends the stream early (see `guard`); the requests
+            // before it still get their responses.
+            .half_close(true)
+            .header_read_timeout(self.config.header_read_timeout)
+            // The frame checker refuses larger heads first; hyper's buffer must hold them.
+            .max_buf_size(self.config.max_header_bytes.max(8192) + 8192);
+        if self.config.max_headers != DEFAULT_MAX_HEADERS {
+            http.max_headers(self.config.max_headers);
+        }
+        let limits = self.frame_limits();
+        let idle_timeout = self.config.idle_timeout;
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "router listening");
         }
@@ -64,10 +78,16 @@ impl Router {
                 debug!(%peer, %error, "could not set TCP_NODELAY");
             }
 
+            let (stream, activity) = GuardedStream::new(stream, limits);
             let router = Arc::clone(&self);
+            let requests = Arc::clone(&activity);
             let service = service_fn(move |request| {
                 let router = Arc::clone(&router);
-                async move { Ok::<_, Infallible>(router.handle(request, peer.ip()).await) }
+                let busy = requests.busy();
+                async move {
+                    let response = router.handle(request, peer.ip()).await;
+                    Ok::<_, Infallible>(response.map(|body| BusyBody::new(body, busy)))
+                }
             });
             let connection = http.serve_connection(TokioIo::new(stream), service);
             let (shutdown, abort) = (shutdown.clone(), abort.clone());
@@ -75,6 +95,10 @@ impl Router {
                 let mut connection = std::pin::pin!(connection);
                 let result = tokio::select! {
                     result = connection.as_mut() => result,
+                    () = activity.idle_for(idle_timeout) => {
+                        debug!(%peer, "closing idle client connection");
+                        Ok(())
+                    }
                     () = shutdown.cancelled() => {
                         connection.as_mut().graceful_shutdown();
                         tokio::select! {
@@ -105,6 +129,15 @@ impl Router {
         }
         info!("router stopped");
         Ok(())
+    }
+}
+
+impl Router {
+    fn frame_limits(&self) -> FrameLimits {
+        FrameLimits {
+            max_head_bytes: self.config.max_header_bytes,
+            max_headers: self.config.max_headers,
+        }
     }
 }
 

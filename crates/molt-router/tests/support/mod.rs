@@ -1,6 +1,8 @@
 //! Real sockets on 127.0.0.1: upstream HTTP servers, a router under test, and a keep-alive
 //! client connection.
 
+#![allow(dead_code)]
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -187,13 +189,7 @@ pub fn table(routes: &[(&str, &str, &[SocketAddr])]) -> RouteTable {
                 addr: *addr,
             })
             .collect();
-        table.insert(
-            hostname,
-            Backend {
-                env: (*env).to_owned(),
-                upstreams,
-            },
-        );
+        table.insert(hostname, Backend::new(*env, upstreams));
     }
     table
 }
