@@ -35,10 +35,7 @@ fn build_table(store: &mut Store) -> std::result::Result<RouteTable, StoreError>
                 instance: i.id,
             })
             .collect();
-        Ok(Backend {
-            env: env.to_string(),
-            upstreams,
-        })
+        Ok(Backend::new(env, upstreams))
     };
     for (app, env) in store.routes()? {
         let rec = store.env(&env)?;

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, HOST};
 use hyper::http::request;
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -18,8 +18,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
+use crate::access::{AccessEntry, Served};
+use crate::admission::admit;
 use crate::body::ResponseBody;
+use crate::forwarded::add_forwarded;
 use crate::headers::{add_forwarding, strip_hop_by_hop};
+use crate::limits::{BodyFault, FaultProbe, LimitedBody};
+use crate::page::{self, Flavor};
+use crate::reqid::{RequestIds, X_REQUEST_ID};
 use crate::stats::{EnvStats, InFlight, StatsRegistry};
 use crate::table::{Route, RouteTable};
 use crate::upgrade::{mark_presence, requested_upgrade, Tunnels};
@@ -35,7 +41,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Body of requests sent upstream: the client's body streamed through, or nothing (for
 /// replayable requests, which have none).
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+type UpstreamBody = Either<LimitedBody, Empty<Bytes>>;
 
 /// The reverse proxy: a swappable route table, per-environment counters and an upstream
 /// connection pool.
@@ -47,6 +53,7 @@ pub struct Router {
     /// [`Router::forget_env`] never drops counters a table is about to use.
     publishing: Mutex<()>,
     unrouted: AtomicU64,
+    request_ids: RequestIds,
     client: Client<HttpConnector, UpstreamBody>,
     /// Upgraded connections being relayed.
     pub(crate) tunnels: Tunnels,
@@ -76,6 +83,7 @@ impl Router {
             stats: StatsRegistry::default(),
             publishing: Mutex::new(()),
             unrouted: AtomicU64::new(0),
+            request_ids: RequestIds::new(),
             client,
             tunnels: Tunnels::default(),
         })
@@ -162,13 +170,46 @@ impl Router {
         self.unrouted.load(Ordering::Relaxed)
     }
 
-    /// Answers one client request: route it by Host (or, for HTTP/2, the `:authority`),
-    /// forward it, count it.
+    /// Answers one client request: give it an id, route it by Host (for HTTP/2, the
+    /// `:authority`) and path, forward it, count it, and log it.
     pub(crate) async fn handle(
         &self,
         mut request: Request<Incoming>,
         client: IpAddr,
     ) -> Response<ResponseBody> {
+        let request_id = self.request_ids.assign(request.headers());
+        request
+            .headers_mut()
+            .insert(&X_REQUEST_ID, request_id.clone());
+        debug!(
+            request_id = request_id.to_str().unwrap_or("-"),
+            %client,
+            method = %request.method(),
+            path = request.uri().path(),
+            "request"
+        );
+        let entry = self.config.access_log.then(|| AccessEntry::start(&request));
+        let mut served = Served::default();
+        let mut response = self.route(request, client, &mut served).await;
+        if let Some(entry) = entry {
+            let bytes = response.body().size_hint().exact();
+            entry.finish(&request_id, client, response.status(), &served, bytes);
+        }
+        response.headers_mut().insert(&X_REQUEST_ID, request_id);
+        response
+    }
+
+    /// Routes and forwards one request; notes the environment and instance in `served`.
+    async fn route(
+        &self,
+        mut request: Request<Incoming>,
+        client: IpAddr,
+        served: &mut Served,
+    ) -> Response<ResponseBody> {
+        if let Err(refusal) = admit(&request, self.config.max_body_bytes) {
+            debug!(%client, status = %refusal.status, "request refused");
+            return page::closing(page::text(refusal.status, refusal.message));
+        }
         let host = request
             .headers()
             .get(HOST)
@@ -177,33 +218,52 @@ impl Router {
             .or_else(|| host_from_authority(&mut request));
         let Some(host) = host else {
             debug!(%client, "request without Host header");
-            return local_response(StatusCode::BAD_REQUEST, "molt: missing Host header\n");
+            return page::closing(page::text(
+                StatusCode::BAD_REQUEST,
+                "molt: missing Host header\n",
+            ));
         };
         let Ok(host_name) = host.to_str() else {
             debug!(%client, "request with a non-ASCII Host header");
-            return local_response(StatusCode::BAD_REQUEST, "molt: invalid Host header\n");
+            return page::closing(page::text(
+                StatusCode::BAD_REQUEST,
+                "molt: invalid Host header\n",
+            ));
         };
 
         // The table is held only while choosing: a publish waits for exactly this window.
+        // A backend in maintenance takes no request, so nothing is counted for it.
         let chosen = {
             let table = self.table.load_full();
-            table.lookup(host_name).map(|route| {
-                let in_flight = route.counters().accept();
-                (Arc::clone(route), route.next_index(), in_flight)
-            })
+            table
+                .lookup_path(host_name.trim(), request.uri().path())
+                .map(|route| match &route.backend().maintenance {
+                    Some(maintenance) => Err(maintenance.clone()),
+                    None => {
+                        let in_flight = route.counters().accept();
+                        Ok((Arc::clone(route), route.next_index(), in_flight))
+                    }
+                })
         };
-        let Some((route, start, in_flight)) = chosen else {
-            self.unrouted.fetch_add(1, Ordering::Relaxed);
-            debug!(host = host_name, "no route");
-            return local_response(
-                StatusCode::NOT_FOUND,
-                format!("molt: no route for host '{host_name}'\n"),
-            );
+        let (route, start, in_flight) = match chosen {
+            Some(Ok(chosen)) => chosen,
+            Some(Err(maintenance)) => {
+                debug!(host = host_name, "backend in maintenance");
+                return page::maintenance(&maintenance, Flavor::of(request.headers()));
+            }
+            None => {
+                self.unrouted.fetch_add(1, Ordering::Relaxed);
+                debug!(host = host_name, "no route");
+                return page::unknown_host(host_name.trim(), Flavor::of(request.headers()));
+            }
         };
+        if self.config.access_log {
+            served.env = Some(route.env().to_owned());
+        }
         let Some(start) = start else {
             in_flight.counters().record_failed();
             debug!(env = route.env(), "environment has no upstreams");
-            return local_response(
+            return page::text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "molt: no instance is ready to serve this host\n",
             );
@@ -213,8 +273,13 @@ impl Router {
                 .forward_upgrade(&route, start, in_flight, request, client, host)
                 .await;
         }
-        self.forward(&route, start, in_flight, request, client, host)
-            .await
+        let (response, index) = self
+            .forward(&route, start, in_flight, request, client, host)
+            .await;
+        if self.config.access_log {
+            served.instance = index.map(|index| route.upstreams()[index].instance.clone());
+        }
+        response
     }
 
     /// Sends the request to the route's upstreams starting at `start`, moving on to the next
@@ -227,9 +292,10 @@ impl Router {
         request: Request<Incoming>,
         client: IpAddr,
         host: HeaderValue,
-    ) -> Response<ResponseBody> {
+    ) -> (Response<ResponseBody>, Option<usize>) {
         let (mut head, body) = request.into_parts();
         strip_hop_by_hop(&mut head.headers);
+        add_forwarded(&mut head.headers, client, &host);
         add_forwarding(&mut head.headers, client, host);
         let path = head
             .uri
@@ -243,6 +309,7 @@ impl Router {
             1
         };
         let mut forward = Forward { head, path };
+        let (body, fault) = LimitedBody::new(body, self.config.max_body_bytes);
         let mut body = (!replayable).then_some(body);
 
         let mut attempt = 0;
@@ -261,28 +328,26 @@ impl Router {
                 self.client.request(upstream_request),
             )
             .await;
-            match sent {
-                Ok(Ok(response)) => return relay(response, in_flight),
+            let response = match sent {
+                Ok(Ok(response)) => relay(response, in_flight),
                 Ok(Err(error)) if !last && is_connection_failure(&error) => {
                     debug!(env = route.env(), instance, %error, "upstream unreachable, trying the next");
+                    continue;
                 }
                 Ok(Err(error)) => {
                     debug!(env = route.env(), instance, %error, "upstream failed");
-                    in_flight.counters().record_failed();
-                    return local_response(
-                        StatusCode::BAD_GATEWAY,
-                        "molt: the application could not be reached\n",
-                    );
+                    upstream_failure(&in_flight, &fault)
                 }
                 Err(_elapsed) => {
                     debug!(env = route.env(), instance, "upstream timed out");
                     in_flight.counters().record_failed();
-                    return local_response(
+                    page::text(
                         StatusCode::GATEWAY_TIMEOUT,
                         "molt: the application did not answer in time\n",
-                    );
+                    )
                 }
-            }
+            };
+            return (response, Some(index));
         }
     }
 }
@@ -330,13 +395,29 @@ pub(crate) fn local_response(
     status: StatusCode,
     text: impl Into<String>,
 ) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::text(text.into()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    page::text(status, text)
+}
+
+/// The answer when the upstream request failed: the client's fault when its body was too
+/// large or broke off (not counted as failed), else a counted 502.
+fn upstream_failure(in_flight: &InFlight, fault: &FaultProbe) -> Response<ResponseBody> {
+    match fault.fault() {
+        Some(BodyFault::TooLarge) => page::text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "molt: the request body is larger than this server accepts\n",
+        ),
+        Some(BodyFault::Broken) => page::text(
+            StatusCode::BAD_REQUEST,
+            "molt: the request body broke off\n",
+        ),
+        None => {
+            in_flight.counters().record_failed();
+            page::text(
+                StatusCode::BAD_GATEWAY,
+                "molt: the application could not be reached\n",
+            )
+        }
+    }
 }
 
 /// The Host of a request that has no Host header but an authority in its URI (HTTP/2

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::framing::FrameLimits;
+use crate::guard::{BusyBody, GuardedStream};
 use crate::Router;
 
 /// Pause after an accept error that is not about one connection (e.g. out of file
@@ -24,6 +26,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// before the connection is closed: dead peers do not hold connections forever.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// hyper's own limit on header fields; setting another moves its header array to the heap.
+const DEFAULT_MAX_HEADERS: usize = 100;
 
 impl Router {
     /// Serves connections from `listener` until `shutdown` is cancelled; then stops
@@ -46,13 +50,23 @@ impl Router {
         http.http1()
             .timer(TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(self.config.header_read_timeout);
+            // A refused pipelined request ends the stream early (see `guard`); the requests
+            // before it still get their responses.
+            .half_close(true)
+            .header_read_timeout(self.config.header_read_timeout)
+            // The frame checker refuses larger heads first; hyper's buffer must hold them.
+            .max_buf_size(self.config.max_header_bytes.max(8192) + 8192);
+        if self.config.max_headers != DEFAULT_MAX_HEADERS {
+            http.http1().max_headers(self.config.max_headers);
+        }
         http.http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
         let http = Arc::new(http);
         let first_request_timeout = self.config.header_read_timeout;
+        let limits = self.frame_limits();
+        let idle_timeout = self.config.idle_timeout;
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "router listening");
         }
@@ -81,14 +95,20 @@ impl Router {
                 debug!(%peer, %error, "could not set TCP_NODELAY");
             }
 
+            let (stream, activity) = GuardedStream::new(stream, limits);
             let router = Arc::clone(&self);
             let requested = Arc::new(AtomicBool::new(false));
             let service = {
                 let requested = Arc::clone(&requested);
+                let requests = Arc::clone(&activity);
                 service_fn(move |request| {
                     requested.store(true, Ordering::Relaxed);
                     let router = Arc::clone(&router);
-                    async move { Ok::<_, Infallible>(router.handle(request, peer.ip()).await) }
+                    let busy = requests.busy();
+                    async move {
+                        let response = router.handle(request, peer.ip()).await;
+                        Ok::<_, Infallible>(response.map(|body| BusyBody::new(body, busy)))
+                    }
                 })
             };
             let (http, shutdown, abort) = (Arc::clone(&http), shutdown.clone(), abort.clone());
@@ -100,9 +120,16 @@ impl Router {
                 let first_request = tokio::time::sleep(first_request_timeout);
                 let mut first_request = std::pin::pin!(first_request);
                 let (mut awaiting_first, mut closing) = (true, false);
+                // No request in progress and no byte moving for `idle_timeout`: close.
+                let idle = activity.idle_for(idle_timeout);
+                let mut idle = std::pin::pin!(idle);
                 let result = loop {
                     tokio::select! {
                         result = connection.as_mut() => break result,
+                        () = idle.as_mut() => {
+                            debug!(%peer, "closing idle client connection");
+                            break Ok(());
+                        }
                         () = first_request.as_mut(), if awaiting_first => {
                             awaiting_first = false;
                             if !requested.load(Ordering::Relaxed) {
@@ -144,6 +171,15 @@ impl Router {
         }
         info!("router stopped");
         Ok(())
+    }
+}
+
+impl Router {
+    fn frame_limits(&self) -> FrameLimits {
+        FrameLimits {
+            max_head_bytes: self.config.max_header_bytes,
+            max_headers: self.config.max_headers,
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 //! and from then on only read. Lookups happen once per request, so they never allocate
 //! for already-lowercase hosts and never take a lock.
 
-use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +11,7 @@ use std::sync::Arc;
 
 use hyper::http::uri::Authority;
 
+use crate::host::lookup_key;
 use crate::stats::{EnvCounters, StatsRegistry};
 
 /// One instance of an environment that can take traffic, and where it listens.
@@ -24,12 +24,23 @@ pub struct Upstream {
 }
 
 /// An environment as the router sees it: its id and the instances that may take traffic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Backend {
     /// Environment id; stats are kept per environment.
     pub env: String,
     /// Instances that take traffic, in round-robin order.
     pub upstreams: Vec<Upstream>,
+    /// When set, every request is answered 503 by the router and no instance is asked.
+    pub maintenance: Option<Maintenance>,
+}
+
+/// A backend taken out of service on purpose: what clients are told instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after_secs: u32,
+    /// Shown to the client (plain text, or escaped into a small HTML page).
+    pub message: String,
 }
 
 /// A [`Backend`] prepared for the hot path: counters and a round-robin cursor.
@@ -43,15 +54,37 @@ pub struct Route {
     cursor: AtomicUsize,
 }
 
-/// hostname -> Backend. Hostnames are matched case-insensitively, port stripped from the Host
-/// header; exact match first, then wildcard entries "*.example.com" (matching one or more
-/// leading labels).
+/// hostname (+ optional path prefix) -> Backend. Hostnames are matched case-insensitively,
+/// port stripped from the Host header; exact match first, then wildcard entries
+/// "*.example.com" (matching one or more leading labels). Within one hostname entry the
+/// longest matching path prefix wins, then the hostname's own route.
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
-    /// Lowercase hostname -> route.
-    exact: HashMap<String, Arc<Route>>,
-    /// Lowercase suffix ("example.com" for "*.example.com") -> route.
-    wildcard: HashMap<String, Arc<Route>>,
+    /// Lowercase hostname -> routes.
+    exact: HashMap<String, HostRoutes>,
+    /// Lowercase suffix ("example.com" for "*.example.com") -> routes.
+    wildcard: HashMap<String, HostRoutes>,
+}
+
+/// The routes of one hostname entry.
+///
+/// Invariant: `prefixes` is sorted by prefix length, longest first, each prefix starting
+/// with `/` and not ending with one.
+#[derive(Debug, Default, Clone)]
+struct HostRoutes {
+    prefixes: Vec<(String, Arc<Route>)>,
+    host: Option<Arc<Route>>,
+}
+
+impl Backend {
+    /// A backend in service with these upstreams.
+    pub fn new(env: impl Into<String>, upstreams: Vec<Upstream>) -> Self {
+        Self {
+            env: env.into(),
+            upstreams,
+            maintenance: None,
+        }
+    }
 }
 
 impl Route {
@@ -122,18 +155,48 @@ impl RouteTable {
     /// Routes `hostname` (or, for `"*.example.com"`, every subdomain of `example.com`) to
     /// `backend`, replacing any previous entry for the same name.
     pub fn insert(&mut self, hostname: &str, backend: Backend) {
-        let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
         let route = Arc::new(Route::new(backend, Arc::default()));
-        match name.strip_prefix("*.") {
-            Some(suffix) => self.wildcard.insert(suffix.to_owned(), route),
-            None => self.exact.insert(name, route),
-        };
+        self.entry(hostname).host = Some(route);
     }
 
-    /// The route for a Host header value (`"Example.com:8080"` finds `"example.com"`).
+    /// Routes requests for `hostname` whose path is `prefix` or lies below it (`"/api"`
+    /// matches `/api`, `/api/x` and `/api?q`, not `/apix`) to `backend`; the path is
+    /// forwarded unchanged. Replaces a previous entry for the same name and prefix; the
+    /// prefix `"/"` is the same as [`RouteTable::insert`].
+    pub fn insert_with_prefix(&mut self, hostname: &str, prefix: &str, backend: Backend) {
+        let prefix = format!("/{}", prefix.trim().trim_matches('/'));
+        if prefix == "/" {
+            return self.insert(hostname, backend);
+        }
+        let route = Arc::new(Route::new(backend, Arc::default()));
+        let entry = self.entry(hostname);
+        entry.prefixes.retain(|(existing, _)| *existing != prefix);
+        let at = entry
+            .prefixes
+            .partition_point(|(existing, _)| existing.len() >= prefix.len());
+        entry.prefixes.insert(at, (prefix, route));
+    }
+
+    fn entry(&mut self, hostname: &str) -> &mut HostRoutes {
+        let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
+        match name.strip_prefix("*.") {
+            Some(suffix) => self.wildcard.entry(suffix.to_owned()).or_default(),
+            None => self.exact.entry(name).or_default(),
+        }
+    }
+
+    /// The hostname-level route for a Host header value (`"Example.com:8080"` finds
+    /// `"example.com"`), ignoring path prefixes.
     pub fn lookup(&self, host: &str) -> Option<&Arc<Route>> {
-        let host = normalize_host(host)?;
-        if let Some(route) = self.exact.get(host.as_ref()) {
+        self.lookup_path(host, "/")
+    }
+
+    /// The route for a Host header value and a request path: for the exact hostname, then
+    /// each wildcard from the most specific, the longest matching prefix or else the
+    /// hostname's own route. Never allocates for a lowercase host.
+    pub fn lookup_path(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        let host = lookup_key(host).ok()?;
+        if let Some(route) = self.exact.get(host.as_ref()).and_then(|e| e.find(path)) {
             return Some(route);
         }
         if self.wildcard.is_empty() {
@@ -141,8 +204,11 @@ impl RouteTable {
         }
         // Walk suffixes from the longest ("b.example.com" for "a.b.example.com") so the most
         // specific wildcard wins.
-        host.match_indices('.')
-            .find_map(|(dot, _)| self.wildcard.get(&host[dot + 1..]))
+        host.match_indices('.').find_map(|(dot, _)| {
+            self.wildcard
+                .get(&host[dot + 1..])
+                .and_then(|entry| entry.find(path))
+        })
     }
 
     /// The environment ids this table sends traffic to, each once, in sorted order.
@@ -158,9 +224,9 @@ impl RouteTable {
         self.routes().any(|route| route.env() == env)
     }
 
-    /// Number of hostname entries (exact and wildcard).
+    /// Number of entries (hostname or hostname + prefix, exact and wildcard).
     pub fn len(&self) -> usize {
-        self.exact.len() + self.wildcard.len()
+        self.routes().count()
     }
 
     /// True when no hostname is routed.
@@ -169,56 +235,68 @@ impl RouteTable {
     }
 
     fn routes(&self) -> impl Iterator<Item = &Arc<Route>> + '_ {
-        self.exact.values().chain(self.wildcard.values())
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .flat_map(HostRoutes::routes)
     }
 
     /// This table with every route counting into the registry's counters for its env, so
     /// the hot path reaches its counters without a lock.
     pub(crate) fn bound_to(self, registry: &StatsRegistry) -> Self {
-        let bind = |map: HashMap<String, Arc<Route>>| {
+        let bind = |route: Arc<Route>| {
+            let counters = registry.counters(route.env());
+            if Arc::ptr_eq(route.counters(), &counters) {
+                route
+            } else {
+                Arc::new(route.with_counters(counters))
+            }
+        };
+        let bind_all = |map: HashMap<String, HostRoutes>| {
             map.into_iter()
-                .map(|(name, route)| {
-                    let counters = registry.counters(route.env());
-                    if Arc::ptr_eq(route.counters(), &counters) {
-                        (name, route)
-                    } else {
-                        (name, Arc::new(route.with_counters(counters)))
-                    }
+                .map(|(name, entry)| {
+                    let entry = HostRoutes {
+                        prefixes: entry
+                            .prefixes
+                            .into_iter()
+                            .map(|(prefix, route)| (prefix, bind(route)))
+                            .collect(),
+                        host: entry.host.map(bind),
+                    };
+                    (name, entry)
                 })
                 .collect()
         };
         Self {
-            exact: bind(self.exact),
-            wildcard: bind(self.wildcard),
+            exact: bind_all(self.exact),
+            wildcard: bind_all(self.wildcard),
         }
     }
 }
 
-/// The lookup key of a Host header value: port and trailing dot stripped, lowercase.
-/// Returns `None` for an empty host.
-fn normalize_host(host: &str) -> Option<Cow<'_, str>> {
-    let host = strip_port(host.trim()).trim_end_matches('.');
-    if host.is_empty() {
-        return None;
+impl HostRoutes {
+    /// The longest prefix route matching `path`, else the hostname route.
+    fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| path_has_prefix(path, prefix))
+            .map(|(_, route)| route)
+            .or(self.host.as_ref())
     }
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(host.to_ascii_lowercase()))
-    } else {
-        Some(Cow::Borrowed(host))
+
+    fn routes(&self) -> impl Iterator<Item = &Arc<Route>> + '_ {
+        self.prefixes
+            .iter()
+            .map(|(_, route)| route)
+            .chain(self.host.iter())
     }
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // IPv6 literal: "[::1]:8080" -> "[::1]".
-        return match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        };
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
+/// Whether `path` is `prefix` or below it, on a segment boundary.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with(['/', '?']),
+        None => false,
     }
 }
 
@@ -231,13 +309,13 @@ mod tests {
     use super::*;
 
     fn backend(env: &str) -> Backend {
-        Backend {
-            env: env.to_owned(),
-            upstreams: vec![Upstream {
+        Backend::new(
+            env,
+            vec![Upstream {
                 instance: format!("{env}-1"),
                 addr: SocketAddr::from(([127, 0, 0, 1], 9000)),
             }],
-        }
+        )
     }
 
     fn table() -> RouteTable {
@@ -269,6 +347,8 @@ mod tests {
             ("[::1]:443", Some("v6")),
             ("", None),
             (":80", None),
+            ("x y.example.com", None),
+            ("evil.com/.example.com", None),
         ];
         for (host, want) in cases {
             assert_eq!(env_of(&table, host).as_deref(), want, "host {host:?}");
@@ -300,13 +380,37 @@ mod tests {
         let picks: Vec<_> = (0..4).filter_map(|_| route.next_index()).collect();
         assert_eq!(picks, [0, 1, 0, 1]);
         assert_eq!(route.authority(1).as_str(), "127.0.0.1:9001");
-        let empty = Route::new(
-            Backend {
-                env: "none".to_owned(),
-                upstreams: vec![],
-            },
-            Arc::default(),
-        );
+        let empty = Route::new(Backend::new("none", vec![]), Arc::default());
         assert_eq!(empty.next_index(), None);
+    }
+
+    #[test]
+    fn longest_path_prefix_wins_then_the_hostname_route() {
+        let mut table = table();
+        table.insert_with_prefix("app.example.com", "/api", backend("api"));
+        table.insert_with_prefix("app.example.com", "/api/v2/", backend("v2"));
+        table.insert_with_prefix("only.example.com", "/docs", backend("docs"));
+        table.insert_with_prefix("*.b.example.com", "/x", backend("deep-x"));
+        let cases = [
+            ("app.example.com", "/", Some("app")),
+            ("app.example.com", "/api", Some("api")),
+            ("app.example.com", "/api?q=1", Some("api")),
+            ("app.example.com", "/api/users", Some("api")),
+            ("app.example.com", "/apix", Some("app")),
+            ("app.example.com", "/api/v2", Some("v2")),
+            ("app.example.com", "/api/v2/x", Some("v2")),
+            ("APP.example.com:80", "/api/v2/x", Some("v2")),
+            // No hostname route of its own: the wildcard answers the rest.
+            ("only.example.com", "/docs/a", Some("docs")),
+            ("only.example.com", "/", Some("any")),
+            ("a.b.example.com", "/x/y", Some("deep-x")),
+            ("a.b.example.com", "/y", Some("deep")),
+        ];
+        for (host, path, want) in cases {
+            let got = table.lookup_path(host, path).map(|route| route.env());
+            assert_eq!(got, want, "{host}{path}");
+        }
+        assert_eq!(table.len(), 8);
+        assert!(table.references("v2"));
     }
 }

@@ -36,12 +36,12 @@ async fn routes_by_exact_and_wildcard_host() {
         (
             "green.test",
             StatusCode::NOT_FOUND,
-            "molt: no route for host 'green.test'\n",
+            "molt: no app answers to host 'green.test' on this server\n",
         ),
         (
             "nope.test:81",
             StatusCode::NOT_FOUND,
-            "molt: no route for host 'nope.test:81'\n",
+            "molt: no app answers to host 'nope.test:81' on this server\n",
         ),
     ];
     for (host, status, body) in cases {

@@ -189,13 +189,7 @@ pub fn table(routes: &[(&str, &str, &[SocketAddr])]) -> RouteTable {
                 addr: *addr,
             })
             .collect();
-        table.insert(
-            hostname,
-            Backend {
-                env: (*env).to_owned(),
-                upstreams,
-            },
-        );
+        table.insert(hostname, Backend::new(*env, upstreams));
     }
     table
 }

@@ -1,0 +1,253 @@
+//! The client connection's socket as hyper sees it: framing checked before hyper reads a
+//! byte ([`crate::framing`]), refusals answered, and activity recorded for the idle timeout.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::framing::{FrameChecker, FrameLimits, Rejection};
+
+/// Sent when a connection closes in the middle of a request head (header read timeout).
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// A client socket behind a [`FrameChecker`].
+///
+/// A refused request is never passed to hyper: the stream ends (EOF) after the requests
+/// before it, and the refusal is written when hyper shuts the connection down (or, failing
+/// that, when the stream is dropped).
+pub(crate) struct GuardedStream {
+    inner: TcpStream,
+    checker: FrameChecker,
+    activity: Arc<Activity>,
+    /// A response still to be written before closing, and how much of it was.
+    farewell: Option<(Vec<u8>, usize)>,
+    eof: bool,
+}
+
+/// When a connection last moved a byte, and how many requests it is serving.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    origin: Instant,
+    /// Microseconds since `origin` of the last read or write.
+    last: AtomicU64,
+    busy: AtomicUsize,
+}
+
+/// Keeps its connection busy (not idle) until dropped.
+#[derive(Debug)]
+pub(crate) struct Busy(Arc<Activity>);
+
+/// A response body that keeps its connection busy until it is finished or dropped.
+#[derive(Debug)]
+pub(crate) struct BusyBody<B> {
+    body: B,
+    busy: Option<Busy>,
+}
+
+impl GuardedStream {
+    pub(crate) fn new(inner: TcpStream, limits: FrameLimits) -> (Self, Arc<Activity>) {
+        let activity = Arc::new(Activity::new());
+        let stream = Self {
+            inner,
+            checker: FrameChecker::new(limits),
+            activity: Arc::clone(&activity),
+            farewell: None,
+            eof: false,
+        };
+        (stream, activity)
+    }
+
+    fn refuse(&mut self, rejection: Rejection) {
+        debug!(%rejection, "request refused before parsing");
+        let reason = match rejection.status {
+            431 => "Request Header Fields Too Large",
+            _ => "Bad Request",
+        };
+        let body = format!("molt: {}\n", rejection.reason);
+        let response = format!(
+            "HTTP/1.1 {} {reason}\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\n\r\n{body}",
+            rejection.status,
+            body.len()
+        );
+        self.farewell = Some((response.into_bytes(), 0));
+    }
+
+    /// Writes what is left of the farewell response.
+    fn poll_farewell(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, written)) = self.farewell.as_mut() {
+            if *written == bytes.len() {
+                self.farewell = None;
+                break;
+            }
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                self.farewell = None;
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            let ready = this.checker.releasable();
+            if !ready.is_empty() {
+                let n = ready.len().min(buf.remaining());
+                buf.put_slice(&ready[..n]);
+                this.checker.consume(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof || this.farewell.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.eof = true;
+                continue;
+            }
+            this.activity.touch();
+            match this.checker.push(read.filled()) {
+                Ok(()) => {}
+                Err(rejection) if !rejection.after_release => this.refuse(rejection),
+                Err(rejection) => {
+                    debug!(%rejection, "request broke off after it was passed on");
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, rejection)));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.activity.touch();
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_farewell(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        // Best effort, without blocking: the connection is closing either way.
+        if let Some((bytes, written)) = self.farewell.take() {
+            let _ = self.inner.try_write(&bytes[written..]);
+        } else if !self.eof && self.checker.has_partial_head() {
+            let _ = self.inner.try_write(REQUEST_TIMEOUT);
+        }
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.origin.elapsed().as_micros() as u64;
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// Marks one request as being served on this connection.
+    pub(crate) fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(Arc::clone(self))
+    }
+
+    /// Resolves once the connection has served no request and moved no byte for `timeout`.
+    pub(crate) async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last = Duration::from_micros(self.last.load(Ordering::Relaxed));
+            let quiet = self.origin.elapsed().saturating_sub(last);
+            if self.busy.load(Ordering::Relaxed) == 0 && quiet >= timeout {
+                return;
+            }
+            let wait = if self.busy.load(Ordering::Relaxed) > 0 {
+                timeout
+            } else {
+                timeout - quiet
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<B> BusyBody<B> {
+    pub(crate) fn new(body: B, busy: Busy) -> Self {
+        Self {
+            body,
+            busy: Some(busy),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for BusyBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            this.busy.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
