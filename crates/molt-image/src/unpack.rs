@@ -1,5 +1,6 @@
 //! Unpacking untrusted tar streams: every entry is checked before anything touches the disk.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -30,6 +31,85 @@ pub(crate) fn unpack_tar(reader: impl Read, dest: &Path) -> Result<(), ImageErro
         unpack_entry(&mut entry, dest)?;
     }
     Ok(())
+}
+
+/// Applies one OCI layer on top of what `dest` already holds, honouring whiteouts.
+///
+/// `.wh.<name>` deletes `<name>` from the lower layers; `.wh..wh..opq` empties its directory
+/// of everything the lower layers put there. Other entries are validated and written exactly
+/// as `unpack_tar` does. A whiteout never follows a symlink, so it cannot delete outside.
+pub(crate) fn unpack_layer(reader: impl Read, dest: &Path) -> Result<(), ImageError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut this_layer: HashSet<PathBuf> = HashSet::new();
+    for entry in archive.entries().map_err(ImageError::Tar)? {
+        let mut entry = entry.map_err(ImageError::Tar)?;
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let rel = safe_relative_path(&raw_path)
+            .map_err(|why| ImageError::unsafe_entry(shown.clone(), why))?;
+        let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            apply_whiteout(dest, parent, hidden, &this_layer, &shown)?;
+            continue;
+        }
+        unpack_entry(&mut entry, dest)?;
+        this_layer.insert(rel);
+    }
+    Ok(())
+}
+
+/// Prefix of a whiteout entry's name.
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+
+/// Name (after the prefix) of the opaque-directory whiteout.
+const OPAQUE: &[u8] = b".wh..opq";
+
+/// Deletes what a whiteout hides: one name, or (opaque) everything older in `parent`.
+fn apply_whiteout(
+    dest: &Path,
+    parent: &Path,
+    hidden: &[u8],
+    this_layer: &HashSet<PathBuf>,
+    shown: &str,
+) -> Result<(), ImageError> {
+    let Some(dir) = existing_real_dir(dest, parent, shown)? else {
+        return Ok(());
+    };
+    if hidden == OPAQUE {
+        for item in fs::read_dir(&dir).map_err(ImageError::io(&dir))? {
+            let item = item.map_err(ImageError::io(&dir))?;
+            if !this_layer.contains(&parent.join(item.file_name())) {
+                remove_tree(&item.path())?;
+            }
+        }
+        return Ok(());
+    }
+    if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
+        return Err(ImageError::unsafe_entry(shown, "malformed whiteout name"));
+    }
+    remove_tree(&dir.join(std::ffi::OsStr::from_bytes(hidden)))
+}
+
+/// `dest/rel` if it is a directory reached without passing through a symlink; `None` if absent.
+fn existing_real_dir(dest: &Path, rel: &Path, shown: &str) -> Result<Option<PathBuf>, ImageError> {
+    let mut current = dest.to_path_buf();
+    for name in rel.iter() {
+        current.push(name);
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(ImageError::unsafe_entry(
+                    shown,
+                    "whiteout goes through a symlink",
+                ))
+            }
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ImageError::io(&current)(e)),
+        }
+    }
+    Ok(Some(current))
 }
 
 /// Validates one entry and writes it under `dest`.
@@ -112,7 +192,7 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(
 }
 
 /// Turns an archive path into a relative path of plain names (empty for the root itself).
-fn safe_relative_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
+pub(crate) fn safe_relative_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
     if raw.is_empty() {
         return Err("entry has an empty path");
     }
