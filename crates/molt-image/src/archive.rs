@@ -13,7 +13,7 @@ use crate::oci::{
     check_layout_marker, decompress, image_index, layer_compression, layout_marker, manifest_entry,
     parse_config, parse_index, parse_manifest, ref_name, to_json, to_molt_digest,
 };
-use crate::unpack::safe_relative_path;
+use crate::unpack::{safe_relative_path, LenientEnd};
 use crate::{ImageError, ImageStore, ImportedImage};
 
 /// What an archive's members turned into while reading it.
@@ -273,7 +273,7 @@ fn check_layer(blob: &StagedBlob, layer: &Descriptor, diff_id: &str) -> Result<u
     let mut tar = HashingReader::new(decompress(io::BufReader::new(file), compression));
     let mut files = 0;
     {
-        let mut archive = tar::Archive::new(&mut tar);
+        let mut archive = tar::Archive::new(LenientEnd::new(&mut tar));
         for entry in archive.entries().map_err(ImageError::Tar)? {
             let entry = entry.map_err(ImageError::Tar)?;
             if entry.header().entry_type().is_file() {

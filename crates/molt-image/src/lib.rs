@@ -42,7 +42,7 @@ use crate::oci::{
     manifest_entry, parse_config, parse_manifest, read_index, to_json, to_molt_digest,
     to_oci_digest, write_atomically, write_index,
 };
-use crate::unpack::{unpack_layer, unpack_tar};
+use crate::unpack::{unpack_layer, unpack_tar, LenientEnd};
 
 pub use crate::error::ImageError;
 
@@ -306,7 +306,7 @@ impl ImageStore {
         let mut blob = self.blobs.open(&digest)?;
         let unpacked = (|| {
             let mut tar = HashingReader::new(decompress(&mut blob, compression));
-            unpack_layer(&mut tar, dest)?;
+            unpack_layer(LenientEnd::new(&mut tar), dest)?;
             io::copy(&mut tar, &mut io::sink()).map_err(ImageError::Tar)?;
             Ok(tar.digest())
         })();

@@ -11,6 +11,18 @@ use crate::canonical::{check_symlink, MAX_ENTRY_SIZE};
 use crate::fsutil::remove_tree;
 use crate::ImageError;
 
+/// A layer stream that may end without its last padding and end-of-archive blocks.
+///
+/// Some producers (umoci's `insert`, for one) stop right after the last entry's data. Once
+/// the inner stream ends, this supplies the missing zeros: up to the next 512-byte boundary,
+/// then two empty blocks. Layers are checked against their diff id on the inner bytes, so this
+/// only changes how an already-verified stream is read, never what it holds.
+pub(crate) struct LenientEnd<R> {
+    inner: R,
+    read: u64,
+    zeros_left: Option<u64>,
+}
+
 /// What a validated entry will become on disk.
 enum Planned {
     Dir,
@@ -110,6 +122,35 @@ fn existing_real_dir(dest: &Path, rel: &Path, shown: &str) -> Result<Option<Path
         }
     }
     Ok(Some(current))
+}
+
+impl<R: Read> LenientEnd<R> {
+    /// Wraps a layer's uncompressed tar.
+    pub(crate) fn new(inner: R) -> LenientEnd<R> {
+        LenientEnd {
+            inner,
+            read: 0,
+            zeros_left: None,
+        }
+    }
+}
+
+impl<R: Read> Read for LenientEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.zeros_left.is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.read += n as u64;
+                return Ok(n);
+            }
+            self.zeros_left = Some((512 - self.read % 512) % 512 + 1024);
+        }
+        let left = self.zeros_left.as_mut().expect("set just above");
+        let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+        buf[..n].fill(0);
+        *left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Validates one entry and writes it under `dest`.
@@ -282,5 +323,30 @@ mod tests {
         assert!(safe_relative_path(b"/etc/passwd").is_err());
         assert!(safe_relative_path(b"a/../../b").is_err());
         assert!(safe_relative_path(b"").is_err());
+    }
+
+    #[test]
+    fn a_layer_may_end_right_after_its_last_data() {
+        let mut header = tar::Header::new_gnu();
+        header.set_path("f.txt").unwrap();
+        header.set_size(3);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend_from_slice(b"hi\n");
+        let dest = std::env::temp_dir().join(crate::fsutil::unique_name("lenient"));
+        fs::create_dir(&dest).unwrap();
+        let unpacked = unpack_layer(LenientEnd::new(&bytes[..]), &dest);
+        let contents = fs::read_to_string(dest.join("f.txt"));
+        remove_tree(&dest).unwrap();
+        fs::create_dir(&dest).unwrap();
+        let strict = unpack_tar(&bytes[..], &dest);
+        remove_tree(&dest).unwrap();
+        unpacked.unwrap();
+        assert_eq!(contents.unwrap(), "hi\n");
+        assert!(
+            matches!(strict, Err(ImageError::Tar(_))),
+            "plain imports stay strict"
+        );
     }
 }
