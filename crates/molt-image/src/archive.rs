@@ -8,7 +8,7 @@ use molt_core::Digest;
 use oci_spec::image::{Arch, Descriptor, ImageIndex, MediaType, Os};
 
 use crate::blobs::{HashingReader, StagedBlob, MAX_JSON_SIZE};
-use crate::canonical::MAX_ENTRY_SIZE;
+use crate::canonical::{MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
 use crate::oci::{
     check_layout_marker, decompress, image_index, layer_compression, layout_marker, manifest_entry,
     parse_config, parse_index, parse_manifest, ref_name, to_json, to_molt_digest,
@@ -108,9 +108,11 @@ impl ImageStore {
             chosen = select_platform(&nested)?;
         }
         let manifest_digest = to_molt_digest(chosen.digest())?;
+        check_size(&blobs, &chosen)?;
         let manifest_bytes = staged_bytes(&blobs, &manifest_digest)?;
         let manifest = parse_manifest(&manifest_bytes)?;
         let config_digest = to_molt_digest(manifest.config().digest())?;
+        check_size(&blobs, manifest.config())?;
         let config = parse_config(&staged_bytes(&blobs, &config_digest)?)?;
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != manifest.layers().len() {
@@ -127,6 +129,7 @@ impl ImageStore {
             let blob = blobs
                 .get(&digest)
                 .ok_or_else(|| ImageError::MissingBlob(digest.clone()))?;
+            check_size(&blobs, layer)?;
             files += check_layer(blob, layer, diff_id)?;
             keep.push(digest);
         }
@@ -247,6 +250,26 @@ fn select_platform(index: &ImageIndex) -> Result<Descriptor, ImageError> {
         })
 }
 
+/// Checks that the blob a descriptor names has the size the descriptor claims.
+fn check_size(
+    blobs: &HashMap<Digest, StagedBlob>,
+    descriptor: &Descriptor,
+) -> Result<(), ImageError> {
+    let digest = to_molt_digest(descriptor.digest())?;
+    let blob = blobs
+        .get(&digest)
+        .ok_or_else(|| ImageError::MissingBlob(digest.clone()))?;
+    if blob.size == descriptor.size() {
+        Ok(())
+    } else {
+        Err(ImageError::InvalidLayout(format!(
+            "blob {digest} has {} bytes but its descriptor says {}",
+            blob.size,
+            descriptor.size()
+        )))
+    }
+}
+
 /// Reads a staged JSON blob.
 fn staged_bytes(
     blobs: &HashMap<Digest, StagedBlob>,
@@ -276,7 +299,9 @@ fn check_layer(blob: &StagedBlob, layer: &Descriptor, diff_id: &str) -> Result<u
         let mut archive = tar::Archive::new(LenientEnd::new(&mut tar));
         for entry in archive.entries().map_err(ImageError::Tar)? {
             let entry = entry.map_err(ImageError::Tar)?;
-            if entry.header().entry_type().is_file() {
+            let name = entry.path_bytes();
+            let base = name.rsplit(|b| *b == b'/').next().unwrap_or(&name[..]);
+            if entry.header().entry_type().is_file() && !base.starts_with(WHITEOUT_PREFIX) {
                 files += 1;
             }
         }

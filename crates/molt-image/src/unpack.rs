@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::canonical::{check_symlink, MAX_ENTRY_SIZE};
+use crate::canonical::{check_symlink, MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
 use crate::fsutil::remove_tree;
 use crate::ImageError;
 
@@ -70,9 +70,6 @@ pub(crate) fn unpack_layer(reader: impl Read, dest: &Path) -> Result<(), ImageEr
     }
     Ok(())
 }
-
-/// Prefix of a whiteout entry's name.
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
 
 /// Name (after the prefix) of the opaque-directory whiteout.
 const OPAQUE: &[u8] = b".wh..opq";

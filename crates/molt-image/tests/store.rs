@@ -320,6 +320,17 @@ fn import_path_rejects_missing_and_special_files() {
 }
 
 #[test]
+fn import_dir_rejects_whiteout_names() {
+    let scratch = Scratch::new();
+    let app = tempfile::tempdir().unwrap();
+    write(&app.path().join("ok"), "ok\n", 0o644);
+    write(&app.path().join("sub/.wh.ok"), "not a whiteout\n", 0o644);
+    let err = scratch.store.import_dir(app.path()).unwrap_err();
+    assert!(matches!(err, ImageError::UnsafeEntry { .. }), "{err}");
+    scratch.assert_untouched();
+}
+
+#[test]
 fn import_dir_rejects_escaping_symlinks() {
     let scratch = Scratch::new();
     let app = tempfile::tempdir().unwrap();
