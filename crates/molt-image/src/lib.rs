@@ -13,8 +13,8 @@
 //! - `rootfs/<manifest hex>/` — the layers unpacked once, read-only, shared by every instance;
 //! - `tmp/` — scratch space for imports; anything named `.tmp-*` is a leftover and can go.
 //!
-//! One process owns a store (molt serve's `serve.lock`); inside it, index changes are
-//! serialized by a lock shared by every clone of the `ImageStore`.
+//! One process owns a store (molt serve's `serve.lock`); inside it, index changes and blob
+//! sweeps are serialized by one lock per store root, whichever `ImageStore` value is used.
 //! Everything here blocks; async callers use `spawn_blocking`.
 
 mod archive;
@@ -25,10 +25,11 @@ mod fsutil;
 mod oci;
 mod unpack;
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use molt_core::Digest;
 use oci_spec::image::{Descriptor, MediaType};
@@ -69,15 +70,15 @@ pub struct ImportedImage {
 impl ImageStore {
     /// Opens (creating if needed) a store rooted at `root`.
     pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
-        let store = ImageStore {
-            root: root.to_path_buf(),
-            blobs: Blobs::new(root.join("blobs").join("sha256")),
-            index_lock: Arc::new(Mutex::new(())),
-        };
         let blobs_dir = root.join("blobs").join("sha256");
-        for dir in [blobs_dir, store.rootfs_dir(), store.tmp_dir()] {
+        for dir in [blobs_dir.clone(), root.join("rootfs"), root.join("tmp")] {
             fs::create_dir_all(&dir).map_err(ImageError::io(&dir))?;
         }
+        let store = ImageStore {
+            root: root.to_path_buf(),
+            blobs: Blobs::new(blobs_dir),
+            index_lock: index_lock_for(root),
+        };
         if !root.join("oci-layout").is_file() {
             write_atomically(root, "oci-layout", &oci::layout_marker()?)?;
         }
@@ -363,6 +364,17 @@ impl ImageStore {
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
+}
+
+/// The one index lock of the store at `root` in this process, however often it is opened.
+fn index_lock_for(root: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let key = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    Arc::clone(locks.entry(key).or_default())
 }
 
 /// The sha256 digests of an index's entries (others are skipped).

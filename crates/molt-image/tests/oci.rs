@@ -512,3 +512,30 @@ fn an_image_built_by_umoci_imports_and_unpacks() {
     let digest: Digest = imported.digest.clone();
     assert_eq!(store.list().unwrap(), vec![(digest, imported.size)]);
 }
+
+#[test]
+fn concurrent_imports_through_separate_handles_all_land_in_the_index() {
+    let (dir, _store) = store();
+    let root = dir.path().join("store");
+    let threads: Vec<_> = (0..6)
+        .map(|n| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let store = ImageStore::open(&root).unwrap();
+                let app = tempfile::tempdir().unwrap();
+                write(&app.path().join("n"), &format!("{n}\n"), 0o644);
+                store.import_dir(app.path()).unwrap().digest
+            })
+        })
+        .collect();
+    let mut digests: Vec<Digest> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    digests.sort();
+    let listed: Vec<Digest> = ImageStore::open(&root)
+        .unwrap()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    assert_eq!(listed, digests);
+}
