@@ -13,6 +13,9 @@ use crate::ImageError;
 /// Name of the per-app ignore file read from the top of an imported directory.
 pub(crate) const IGNORE_FILE: &str = ".moltignore";
 
+/// Prefix of an OCI whiteout entry's name.
+pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
+
 /// Largest single file an image may hold.
 pub(crate) const MAX_ENTRY_SIZE: u64 = 4 << 30;
 
@@ -118,6 +121,13 @@ pub(crate) fn collect_tree(root: &Path, filter: Filter) -> Result<Vec<TreeEntry>
             let rel = dir_rel.join(&name);
             if filter == Filter::AppIgnores && (name == ".git" || ignored.contains(&rel)) {
                 continue;
+            }
+            if filter == Filter::AppIgnores && name.as_bytes().starts_with(WHITEOUT_PREFIX) {
+                // In a layer this name would delete a file instead of being one.
+                return Err(ImageError::unsafe_entry(
+                    rel.to_string_lossy(),
+                    "names starting with `.wh.` are reserved for OCI whiteouts",
+                ));
             }
             let path = item.path();
             let meta = fs::symlink_metadata(&path).map_err(ImageError::io(&path))?;

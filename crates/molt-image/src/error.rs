@@ -41,6 +41,13 @@ pub enum ImageError {
         /// What its bytes hash to now.
         actual: Digest,
     },
+    /// An OCI layout, index, manifest or config is malformed or uses something molt does not
+    /// support (another digest algorithm, zstd layers, a nested index for another platform).
+    #[error("invalid OCI image: {0}")]
+    InvalidLayout(String),
+    /// A manifest refers to a blob that is not there.
+    #[error("blob {0} is missing")]
+    MissingBlob(Digest),
     /// The tar stream could not be parsed.
     #[error("malformed tar stream: {0}")]
     Tar(#[source] io::Error),

@@ -1,90 +1,89 @@
-//! molt-image: a minimal content-addressed image store.
+//! molt-image: the image store, an OCI image layout on the local filesystem.
 //!
-//! An image is the canonical tar of a directory tree (sorted entries, zeroed times and owners,
-//! normalized modes), named by the sha256 of those bytes, so the same tree always gets the same
-//! digest whether it arrived as a directory or as a tar. Layout under the store root:
+//! An app tree becomes an OCI image with one layer: the canonical tar of the tree (sorted
+//! entries, zeroed times and owners, normalized modes) gzipped deterministically, an image
+//! config with a fixed `created` and a manifest. Images are named by their **manifest digest**,
+//! so the same tree always gets the same name whether it arrived as a directory or as a tar.
+//! Layout under the store root (readable by skopeo, umoci and friends):
 //!
-//! - `blobs/sha256/<hex>.tar` — the canonical tar, written to a temp file, fsynced, renamed;
-//! - `rootfs/<hex>/` — the tree unpacked once, read-only, shared by every instance;
+//! - `oci-layout`, `index.json` — one entry per image, `org.opencontainers.image.ref.name` =
+//!   its digest; replaced atomically;
+//! - `blobs/sha256/<hex>` — manifests, configs and layers, written to a temp file, fsynced,
+//!   renamed, deduplicated, and checked against their digest on every read;
+//! - `rootfs/<manifest hex>/` — the layers unpacked once, read-only, shared by every instance;
 //! - `tmp/` — scratch space for imports; anything named `.tmp-*` is a leftover and can go.
 //!
+//! One process owns a store (molt serve's `serve.lock`); inside it, index changes and blob
+//! sweeps are serialized by one lock per store root, whichever `ImageStore` value is used.
 //! Everything here blocks; async callers use `spawn_blocking`.
 
+mod archive;
+mod blobs;
 mod canonical;
 mod error;
 mod fsutil;
+mod oci;
 mod unpack;
 
+use std::collections::HashMap;
 use std::fs;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use molt_core::Digest;
-use sha2::{Digest as _, Sha256};
+use oci_spec::image::{Descriptor, MediaType};
+use sha2::Digest as _;
 
+use crate::blobs::{Blobs, HashingReader, HashingWriter, StagedBlob};
 use crate::canonical::{collect_tree, write_tree, Filter};
-use crate::fsutil::{fsync_dir, make_read_only, remove_tree, unique_name, TempPath, TEMP_PREFIX};
-use crate::unpack::unpack_tar;
+use crate::fsutil::{fsync_dir, make_read_only, remove_tree, unique_name, TempPath};
+use crate::oci::{
+    decompress, deterministic_gzip, image_config, image_manifest, layer_compression,
+    manifest_entry, parse_config, parse_manifest, read_index, to_json, to_molt_digest,
+    to_oci_digest, write_atomically, write_index,
+};
+use crate::unpack::{unpack_layer, unpack_tar, LenientEnd};
 
 pub use crate::error::ImageError;
 
-/// A content-addressed store of images on the local filesystem.
+/// A content-addressed store of OCI images on the local filesystem.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    blobs: Blobs,
+    /// Serializes `index.json` updates and blob sweeps within this process.
+    index_lock: Arc<Mutex<()>>,
 }
 
 /// The result of an import.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportedImage {
-    /// Digest of the canonical tar.
+    /// Digest of the image manifest: the image's name.
     pub digest: Digest,
-    /// Size of the canonical tar in bytes.
+    /// Bytes of the image's blobs (manifest, config and layers as stored).
     pub size: u64,
-    /// Number of regular files in the image.
+    /// Number of regular files in the image's layers.
     pub files: u64,
-}
-
-/// Feeds everything written through it to a sha256.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-/// Feeds everything read through it to a sha256.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 impl ImageStore {
     /// Opens (creating if needed) a store rooted at `root`.
     pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
+        let blobs_dir = root.join("blobs").join("sha256");
+        for dir in [blobs_dir.clone(), root.join("rootfs"), root.join("tmp")] {
+            fs::create_dir_all(&dir).map_err(ImageError::io(&dir))?;
+        }
         let store = ImageStore {
             root: root.to_path_buf(),
+            blobs: Blobs::new(blobs_dir),
+            index_lock: index_lock_for(root),
         };
-        for dir in [store.blobs_dir(), store.rootfs_dir(), store.tmp_dir()] {
-            fs::create_dir_all(&dir).map_err(ImageError::io(&dir))?;
+        if !root.join("oci-layout").is_file() {
+            write_atomically(root, "oci-layout", &oci::layout_marker()?)?;
+        }
+        if !root.join("index.json").is_file() {
+            write_index(root, &oci::image_index(Vec::new())?)?;
         }
         Ok(store)
     }
@@ -102,33 +101,38 @@ impl ImageStore {
         write_tree(dir, &entries, out)
     }
 
-    /// Imports a directory as the blob of its canonical tar; an existing blob is kept.
+    /// Imports a directory as a one-layer OCI image; blobs already stored are kept.
+    ///
+    /// The layer is the canonical tar, gzipped with a fixed header and level; the config's
+    /// `diff_ids` hold the sha256 of the canonical tar; `created` is `SOURCE_DATE_EPOCH` or
+    /// the epoch. The same tree on the same platform therefore always gets the same digest.
     pub fn import_dir(&self, dir: &Path) -> Result<ImportedImage, ImageError> {
-        let blobs = self.blobs_dir();
-        let temp = TempPath::new(blobs.join(unique_name("blob")));
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(temp.path())
-            .map_err(ImageError::io(temp.path()))?;
-        let mut out = HashingWriter {
-            inner: BufWriter::new(file),
-            hasher: Sha256::new(),
+        let entries = collect_tree(dir, Filter::AppIgnores)?;
+        let mut layer = self.blobs.create()?;
+        let (files, diff_id) = {
+            let mut tar_out = HashingWriter::new(deterministic_gzip(&mut layer));
+            let (_, files) = write_tree(dir, &entries, &mut tar_out)?;
+            let HashingWriter { inner, hasher, .. } = tar_out;
+            inner.finish().map_err(ImageError::Write)?;
+            (files, Digest::from_sha256(&hasher.finalize().into()))
         };
-        let (size, files) = Self::write_canonical_tar(dir, &mut out)?;
-        let HashingWriter { inner, hasher } = out;
-        let file = inner
-            .into_inner()
-            .map_err(|e| ImageError::io(temp.path())(e.into_error()))?;
-        file.sync_all().map_err(ImageError::io(temp.path()))?;
-        drop(file);
-        let digest = Digest::from_sha256(&hasher.finalize().into());
-        let blob = self.blob_path(&digest);
-        if !blob.is_file() {
-            fs::rename(temp.path(), &blob).map_err(ImageError::io(&blob))?;
-            temp.keep();
-            fsync_dir(&blobs)?;
-        }
+        let layer = layer.finish()?;
+
+        let layer_descriptor = Descriptor::new(
+            MediaType::ImageLayerGzip,
+            layer.size,
+            to_oci_digest(&layer.digest),
+        );
+        let config = self
+            .blobs
+            .stage_bytes(&to_json(&image_config(vec![diff_id.to_string()])?)?)?;
+        let config_descriptor = Descriptor::new(
+            MediaType::ImageConfig,
+            config.size,
+            to_oci_digest(&config.digest),
+        );
+        let manifest = image_manifest(config_descriptor, vec![layer_descriptor])?;
+        let (digest, size) = self.commit_image(vec![config, layer], &to_json(&manifest)?)?;
         Ok(ImportedImage {
             digest,
             size,
@@ -142,7 +146,7 @@ impl ImageStore {
     /// devices, fifos and entries over 4 GiB are rejected with `UnsafeEntry`. Accepted trees are
     /// unpacked into a temp dir inside the store and re-canonicalized, so the digest matches
     /// `import_dir` of the same tree.
-    pub fn import_tar(&self, reader: impl Read) -> Result<ImportedImage, ImageError> {
+    pub fn import_tar(&self, reader: impl io::Read) -> Result<ImportedImage, ImageError> {
         let temp = TempPath::new(self.tmp_dir().join(unique_name("import")));
         fs::create_dir(temp.path()).map_err(ImageError::io(temp.path()))?;
         unpack_tar(reader, temp.path())?;
@@ -162,45 +166,40 @@ impl ImageStore {
         }
     }
 
-    /// Whether the blob of `digest` is stored.
+    /// Whether an image (a manifest listed in `index.json`) with this digest is stored.
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
+        let listed = read_index(&self.root)
+            .map(|index| index_digests(index.manifests()).any(|d| d == *digest))
+            .unwrap_or(false);
+        listed && self.blobs.contains(digest)
     }
 
-    /// Every stored image with the size of its blob, sorted by digest.
+    /// Every stored image with the size of its blobs, sorted by digest.
     pub fn list(&self) -> Result<Vec<(Digest, u64)>, ImageError> {
-        let blobs = self.blobs_dir();
+        let index = read_index(&self.root)?;
         let mut images = Vec::new();
-        for item in fs::read_dir(&blobs).map_err(ImageError::io(&blobs))? {
-            let item = item.map_err(ImageError::io(&blobs))?;
-            let name = item.file_name();
-            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".tar")) else {
+        for entry in index.manifests() {
+            let Ok(digest) = to_molt_digest(entry.digest()) else {
                 continue;
             };
-            if hex.starts_with(TEMP_PREFIX) {
-                continue;
-            }
-            let Ok(digest) = hex.parse::<Digest>() else {
-                continue;
-            };
-            let path = item.path();
-            let meta = item.metadata().map_err(ImageError::io(&path))?;
-            if meta.is_file() {
-                images.push((digest, meta.len()));
-            }
+            // A damaged manifest still shows up, with what the index knows of its size.
+            let size = self.image_size(&digest).unwrap_or(entry.size());
+            images.push((digest, size));
         }
         images.sort();
+        images.dedup_by(|a, b| a.0 == b.0);
         Ok(images)
     }
 
     /// The unpacked, read-only root filesystem of an image, unpacked on first use.
     ///
-    /// The blob is checked against its digest and validated like an import, unpacked into a temp dir, stripped of write bits
+    /// The manifest, config and every layer are checked against their digests (and each
+    /// layer's uncompressed tar against its diff id), the layers are validated like an import
+    /// and applied in order with OCI whiteouts into a temp dir, which is stripped of write bits
     /// and renamed into place, so a rootfs that exists is always complete. Files are not
     /// fsynced one by one; after a crash, `remove` and re-import if a rootfs looks damaged.
     pub fn rootfs(&self, digest: &Digest) -> Result<PathBuf, ImageError> {
-        let blob = self.blob_path(digest);
-        if !blob.is_file() {
+        if !self.contains(digest) {
             return Err(ImageError::NotFound(digest.clone()));
         }
         let rootfs_dir = self.rootfs_dir();
@@ -208,22 +207,21 @@ impl ImageStore {
         if target.is_dir() {
             return Ok(target);
         }
+        let manifest = parse_manifest(&self.blobs.read(digest)?)?;
+        let config_digest = to_molt_digest(manifest.config().digest())?;
+        let config = parse_config(&self.blobs.read(&config_digest)?)?;
+        let diff_ids = config.rootfs().diff_ids();
+        if diff_ids.len() != manifest.layers().len() {
+            return Err(ImageError::InvalidLayout(format!(
+                "image {digest} has {} layers but {} diff ids",
+                manifest.layers().len(),
+                diff_ids.len()
+            )));
+        }
         let temp = TempPath::new(rootfs_dir.join(unique_name("rootfs")));
         fs::create_dir(temp.path()).map_err(ImageError::io(temp.path()))?;
-        let file = fs::File::open(&blob).map_err(ImageError::io(&blob))?;
-        let mut reader = HashingReader {
-            inner: BufReader::new(file),
-            hasher: Sha256::new(),
-        };
-        unpack_tar(&mut reader, temp.path())?;
-        // The archive ends before the file does (padding); hash the rest too.
-        io::copy(&mut reader, &mut io::sink()).map_err(ImageError::io(&blob))?;
-        let actual = Digest::from_sha256(&reader.hasher.finalize().into());
-        if actual != *digest {
-            return Err(ImageError::Corrupt {
-                digest: digest.clone(),
-                actual,
-            });
+        for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
+            self.apply_layer(layer, diff_id, temp.path())?;
         }
         collect_tree(temp.path(), Filter::Nothing)?;
         make_read_only(temp.path())?;
@@ -239,19 +237,124 @@ impl ImageStore {
         }
     }
 
-    /// Removes an image's blob and its unpacked rootfs; a missing image is not an error.
+    /// Removes an image: its rootfs, its index entry, and every blob no other image uses.
+    ///
+    /// Blobs are collected by mark and sweep over the manifests left in `index.json`, so blobs
+    /// orphaned by a crash go too. A missing image is not an error.
     pub fn remove(&self, digest: &Digest) -> Result<(), ImageError> {
+        let _guard = self.lock_index();
         remove_tree(&self.rootfs_dir().join(digest.hex()))?;
-        remove_tree(&self.blob_path(digest))
+        let mut index = read_index(&self.root)?;
+        let mut manifests = index.manifests().clone();
+        manifests.retain(|entry| to_molt_digest(entry.digest()).ok().as_ref() != Some(digest));
+        if manifests.len() != index.manifests().len() {
+            index.set_manifests(manifests);
+            write_index(&self.root, &index)?;
+        }
+        // If a remaining manifest cannot be read we cannot know what it uses: sweep nothing.
+        let Ok(live) = self.referenced_blobs(&index) else {
+            return Ok(());
+        };
+        for blob in self.blobs.list()? {
+            if !live.contains(&blob) {
+                self.blobs.remove(&blob)?;
+            }
+        }
+        Ok(())
     }
 
-    /// Where the blob of `digest` lives.
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.blobs_dir().join(format!("{}.tar", digest.hex()))
+    /// Stages the manifest, then (under the index lock) commits every blob and lists the image.
+    fn commit_image(
+        &self,
+        blobs: Vec<StagedBlob>,
+        manifest: &[u8],
+    ) -> Result<(Digest, u64), ImageError> {
+        let manifest_blob = self.blobs.stage_bytes(manifest)?;
+        let digest = manifest_blob.digest.clone();
+        let size = manifest_blob.size + blobs.iter().map(|b| b.size).sum::<u64>();
+        let _guard = self.lock_index();
+        for blob in blobs {
+            self.blobs.commit(blob)?;
+        }
+        self.blobs.commit(manifest_blob)?;
+        let mut index = read_index(&self.root)?;
+        if !index_digests(index.manifests()).any(|d| d == digest) {
+            let mut manifests = index.manifests().clone();
+            manifests.push(manifest_entry(
+                &digest,
+                manifest.len() as u64,
+                digest.as_str(),
+            ));
+            manifests.sort_by_key(|entry| entry.digest().to_string());
+            index.set_manifests(manifests);
+            write_index(&self.root, &index)?;
+        }
+        Ok((digest, size))
     }
 
-    fn blobs_dir(&self) -> PathBuf {
-        self.root.join("blobs").join("sha256")
+    /// Unpacks one layer blob onto `dest`, verifying the blob and its diff id.
+    fn apply_layer(
+        &self,
+        layer: &Descriptor,
+        diff_id: &str,
+        dest: &Path,
+    ) -> Result<(), ImageError> {
+        let compression = layer_compression(layer.media_type())?;
+        let digest = to_molt_digest(layer.digest())?;
+        let expected: Digest = diff_id
+            .parse()
+            .map_err(|_| ImageError::InvalidLayout(format!("unsupported diff id {diff_id}")))?;
+        let mut blob = self.blobs.open(&digest)?;
+        let unpacked = (|| {
+            let mut tar = HashingReader::new(decompress(&mut blob, compression));
+            unpack_layer(LenientEnd::new(&mut tar), dest)?;
+            io::copy(&mut tar, &mut io::sink()).map_err(ImageError::Tar)?;
+            Ok(tar.digest())
+        })();
+        // A damaged blob is reported as such, even when it also broke the tar or the gzip.
+        blob.finish()?;
+        let actual = unpacked?;
+        if actual == expected {
+            Ok(())
+        } else {
+            Err(ImageError::Corrupt {
+                digest: expected,
+                actual,
+            })
+        }
+    }
+
+    /// Manifest, config and layer sizes of a stored image.
+    fn image_size(&self, digest: &Digest) -> Result<u64, ImageError> {
+        let bytes = self.blobs.read(digest)?;
+        let manifest = parse_manifest(&bytes)?;
+        Ok(bytes.len() as u64
+            + manifest.config().size()
+            + manifest.layers().iter().map(|l| l.size()).sum::<u64>())
+    }
+
+    /// Every blob some manifest of `index` uses, the manifests included.
+    fn referenced_blobs(
+        &self,
+        index: &oci_spec::image::ImageIndex,
+    ) -> Result<std::collections::HashSet<Digest>, ImageError> {
+        let mut live = std::collections::HashSet::new();
+        for manifest_digest in index_digests(index.manifests()) {
+            let manifest = parse_manifest(&self.blobs.read(&manifest_digest)?)?;
+            live.insert(to_molt_digest(manifest.config().digest())?);
+            for layer in manifest.layers() {
+                live.insert(to_molt_digest(layer.digest())?);
+            }
+            live.insert(manifest_digest);
+        }
+        Ok(live)
+    }
+
+    /// Takes the index lock; a panic elsewhere does not make the index unusable.
+    fn lock_index(&self) -> MutexGuard<'_, ()> {
+        self.index_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn rootfs_dir(&self) -> PathBuf {
@@ -261,4 +364,22 @@ impl ImageStore {
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
+}
+
+/// The one index lock of the store at `root` in this process, however often it is opened.
+fn index_lock_for(root: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let key = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    Arc::clone(locks.entry(key).or_default())
+}
+
+/// The sha256 digests of an index's entries (others are skipped).
+fn index_digests(entries: &[Descriptor]) -> impl Iterator<Item = Digest> + '_ {
+    entries
+        .iter()
+        .filter_map(|entry| to_molt_digest(entry.digest()).ok())
 }

@@ -1,14 +1,27 @@
 //! Unpacking untrusted tar streams: every entry is checked before anything touches the disk.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::canonical::{check_symlink, MAX_ENTRY_SIZE};
+use crate::canonical::{check_symlink, MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
 use crate::fsutil::remove_tree;
 use crate::ImageError;
+
+/// A layer stream that may end without its last padding and end-of-archive blocks.
+///
+/// Some producers (umoci's `insert`, for one) stop right after the last entry's data. Once
+/// the inner stream ends, this supplies the missing zeros: up to the next 512-byte boundary,
+/// then two empty blocks. Layers are checked against their diff id on the inner bytes, so this
+/// only changes how an already-verified stream is read, never what it holds.
+pub(crate) struct LenientEnd<R> {
+    inner: R,
+    read: u64,
+    zeros_left: Option<u64>,
+}
 
 /// What a validated entry will become on disk.
 enum Planned {
@@ -30,6 +43,111 @@ pub(crate) fn unpack_tar(reader: impl Read, dest: &Path) -> Result<(), ImageErro
         unpack_entry(&mut entry, dest)?;
     }
     Ok(())
+}
+
+/// Applies one OCI layer on top of what `dest` already holds, honouring whiteouts.
+///
+/// `.wh.<name>` deletes `<name>` from the lower layers; `.wh..wh..opq` empties its directory
+/// of everything the lower layers put there. Other entries are validated and written exactly
+/// as `unpack_tar` does. A whiteout never follows a symlink, so it cannot delete outside.
+pub(crate) fn unpack_layer(reader: impl Read, dest: &Path) -> Result<(), ImageError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut this_layer: HashSet<PathBuf> = HashSet::new();
+    for entry in archive.entries().map_err(ImageError::Tar)? {
+        let mut entry = entry.map_err(ImageError::Tar)?;
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let rel = safe_relative_path(&raw_path)
+            .map_err(|why| ImageError::unsafe_entry(shown.clone(), why))?;
+        let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            apply_whiteout(dest, parent, hidden, &this_layer, &shown)?;
+            continue;
+        }
+        unpack_entry(&mut entry, dest)?;
+        this_layer.insert(rel);
+    }
+    Ok(())
+}
+
+/// Name (after the prefix) of the opaque-directory whiteout.
+const OPAQUE: &[u8] = b".wh..opq";
+
+/// Deletes what a whiteout hides: one name, or (opaque) everything older in `parent`.
+fn apply_whiteout(
+    dest: &Path,
+    parent: &Path,
+    hidden: &[u8],
+    this_layer: &HashSet<PathBuf>,
+    shown: &str,
+) -> Result<(), ImageError> {
+    let Some(dir) = existing_real_dir(dest, parent, shown)? else {
+        return Ok(());
+    };
+    if hidden == OPAQUE {
+        for item in fs::read_dir(&dir).map_err(ImageError::io(&dir))? {
+            let item = item.map_err(ImageError::io(&dir))?;
+            if !this_layer.contains(&parent.join(item.file_name())) {
+                remove_tree(&item.path())?;
+            }
+        }
+        return Ok(());
+    }
+    if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
+        return Err(ImageError::unsafe_entry(shown, "malformed whiteout name"));
+    }
+    remove_tree(&dir.join(std::ffi::OsStr::from_bytes(hidden)))
+}
+
+/// `dest/rel` if it is a directory reached without passing through a symlink; `None` if absent.
+fn existing_real_dir(dest: &Path, rel: &Path, shown: &str) -> Result<Option<PathBuf>, ImageError> {
+    let mut current = dest.to_path_buf();
+    for name in rel.iter() {
+        current.push(name);
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(ImageError::unsafe_entry(
+                    shown,
+                    "whiteout goes through a symlink",
+                ))
+            }
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ImageError::io(&current)(e)),
+        }
+    }
+    Ok(Some(current))
+}
+
+impl<R: Read> LenientEnd<R> {
+    /// Wraps a layer's uncompressed tar.
+    pub(crate) fn new(inner: R) -> LenientEnd<R> {
+        LenientEnd {
+            inner,
+            read: 0,
+            zeros_left: None,
+        }
+    }
+}
+
+impl<R: Read> Read for LenientEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.zeros_left.is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.read += n as u64;
+                return Ok(n);
+            }
+            self.zeros_left = Some((512 - self.read % 512) % 512 + 1024);
+        }
+        let left = self.zeros_left.as_mut().expect("set just above");
+        let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+        buf[..n].fill(0);
+        *left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Validates one entry and writes it under `dest`.
@@ -112,7 +230,7 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(
 }
 
 /// Turns an archive path into a relative path of plain names (empty for the root itself).
-fn safe_relative_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
+pub(crate) fn safe_relative_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
     if raw.is_empty() {
         return Err("entry has an empty path");
     }
@@ -202,5 +320,30 @@ mod tests {
         assert!(safe_relative_path(b"/etc/passwd").is_err());
         assert!(safe_relative_path(b"a/../../b").is_err());
         assert!(safe_relative_path(b"").is_err());
+    }
+
+    #[test]
+    fn a_layer_may_end_right_after_its_last_data() {
+        let mut header = tar::Header::new_gnu();
+        header.set_path("f.txt").unwrap();
+        header.set_size(3);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend_from_slice(b"hi\n");
+        let dest = std::env::temp_dir().join(crate::fsutil::unique_name("lenient"));
+        fs::create_dir(&dest).unwrap();
+        let unpacked = unpack_layer(LenientEnd::new(&bytes[..]), &dest);
+        let contents = fs::read_to_string(dest.join("f.txt"));
+        remove_tree(&dest).unwrap();
+        fs::create_dir(&dest).unwrap();
+        let strict = unpack_tar(&bytes[..], &dest);
+        remove_tree(&dest).unwrap();
+        unpacked.unwrap();
+        assert_eq!(contents.unwrap(), "hi\n");
+        assert!(
+            matches!(strict, Err(ImageError::Tar(_))),
+            "plain imports stay strict"
+        );
     }
 }

@@ -9,6 +9,9 @@ use molt_core::Digest;
 use molt_image::{ImageError, ImageStore};
 use sha2::{Digest as _, Sha256};
 
+mod support;
+use support::{blob_path, index_entries, read_image, write_layout, Layer};
+
 /// A scratch area holding a store nested a few levels deep, so `../..` escapes land in `base`.
 struct Scratch {
     base: tempfile::TempDir,
@@ -29,6 +32,10 @@ impl Scratch {
 
     /// Asserts that the store holds nothing at all and nothing was written outside it.
     fn assert_untouched(&self) {
+        assert!(
+            index_entries(&self.store_root()).is_empty(),
+            "index.json lists images"
+        );
         for dir in ["tmp", "rootfs", "blobs/sha256"] {
             let path = self.store_root().join(dir);
             let left: Vec<_> = fs::read_dir(&path).unwrap().collect();
@@ -154,9 +161,15 @@ fn same_tree_same_digest_from_dir_and_from_tar() {
     );
 
     let canonical = canonical_tar(app.path());
-    assert_eq!(canonical.len() as u64, from_dir.size);
     let hashed = Digest::from_sha256(&Sha256::digest(&canonical).into());
-    assert_eq!(hashed, from_dir.digest);
+    let (manifest, config) = read_image(&scratch.store_root(), &from_dir.digest);
+    assert_eq!(config.rootfs().diff_ids(), &vec![hashed.to_string()]);
+    assert_eq!(manifest.layers().len(), 1);
+    let blobs_size: u64 = fs::read_dir(scratch.store_root().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(from_dir.size, blobs_size, "manifest + config + layer");
     assert_eq!(
         canonical,
         canonical_tar(app.path()),
@@ -307,6 +320,17 @@ fn import_path_rejects_missing_and_special_files() {
 }
 
 #[test]
+fn import_dir_rejects_whiteout_names() {
+    let scratch = Scratch::new();
+    let app = tempfile::tempdir().unwrap();
+    write(&app.path().join("ok"), "ok\n", 0o644);
+    write(&app.path().join("sub/.wh.ok"), "not a whiteout\n", 0o644);
+    let err = scratch.store.import_dir(app.path()).unwrap_err();
+    assert!(matches!(err, ImageError::UnsafeEntry { .. }), "{err}");
+    scratch.assert_untouched();
+}
+
+#[test]
 fn import_dir_rejects_escaping_symlinks() {
     let scratch = Scratch::new();
     let app = tempfile::tempdir().unwrap();
@@ -323,10 +347,9 @@ fn corrupt_blob_is_refused_by_rootfs() {
     let app = tempfile::tempdir().unwrap();
     app_tree(app.path());
     let image = scratch.store.import_dir(app.path()).unwrap();
-    let blob = scratch
-        .store_root()
-        .join("blobs/sha256")
-        .join(format!("{}.tar", image.digest.hex()));
+    let (manifest, _) = read_image(&scratch.store_root(), &image.digest);
+    let layer = support::molt_digest(manifest.layers()[0].digest());
+    let blob = blob_path(&scratch.store_root(), &layer);
     let mut bytes = fs::read(&blob).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
@@ -498,12 +521,15 @@ fn hostile_blob_is_rejected_by_rootfs() {
     use hostile::*;
     let scratch = Scratch::new();
     let bytes = archive(vec![link(b"out", tar::EntryType::Symlink, b"../../x")]);
-    let digest = Digest::from_sha256(&Sha256::digest(&bytes).into());
-    let blob = scratch
-        .store_root()
-        .join("blobs/sha256")
-        .join(format!("{}.tar", digest.hex()));
-    fs::write(&blob, &bytes).unwrap();
+    // The store root is an OCI layout: put a hostile image straight into it.
+    let digest = write_layout(
+        &scratch.store_root(),
+        &[Layer {
+            tar: bytes,
+            gzip: true,
+        }],
+        "hostile",
+    );
     let err = scratch.store.rootfs(&digest).unwrap_err();
     assert!(matches!(err, ImageError::UnsafeEntry { .. }), "{err}");
     scratch.store.remove(&digest).unwrap();

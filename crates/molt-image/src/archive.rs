@@ -1,0 +1,375 @@
+//! OCI archives: a tar of an OCI image layout holding one image, as skopeo's `oci-archive:`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+
+use molt_core::Digest;
+use oci_spec::image::{Arch, Descriptor, ImageIndex, MediaType, Os};
+
+use crate::blobs::{HashingReader, StagedBlob, MAX_JSON_SIZE};
+use crate::canonical::{MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
+use crate::oci::{
+    check_layout_marker, decompress, image_index, layer_compression, layout_marker, manifest_entry,
+    parse_config, parse_index, parse_manifest, ref_name, to_json, to_molt_digest,
+};
+use crate::unpack::{safe_relative_path, LenientEnd};
+use crate::{ImageError, ImageStore, ImportedImage};
+
+/// What an archive's members turned into while reading it.
+#[derive(Default)]
+struct ArchiveContents {
+    layout_marker: bool,
+    index: Option<Vec<u8>>,
+    blobs: HashMap<Digest, StagedBlob>,
+}
+
+impl ImageStore {
+    /// Writes a tar of an OCI layout holding just the image `digest`, named `reference`
+    /// (`org.opencontainers.image.ref.name`, e.g. `latest`) in its `index.json`.
+    ///
+    /// Every blob is verified as it is copied; on `Corrupt` the output is incomplete. The tar
+    /// is deterministic (sorted members, zero times and owners).
+    pub fn export_oci_archive(
+        &self,
+        digest: &Digest,
+        reference: &str,
+        out: impl Write,
+    ) -> Result<(), ImageError> {
+        if !self.contains(digest) {
+            return Err(ImageError::NotFound(digest.clone()));
+        }
+        let manifest_bytes = self.blobs.read(digest)?;
+        let manifest = parse_manifest(&manifest_bytes)?;
+        let mut blobs = vec![digest.clone(), to_molt_digest(manifest.config().digest())?];
+        for layer in manifest.layers() {
+            blobs.push(to_molt_digest(layer.digest())?);
+        }
+        blobs.sort();
+        blobs.dedup();
+        let index = image_index(vec![manifest_entry(
+            digest,
+            manifest_bytes.len() as u64,
+            reference,
+        )])?;
+
+        let mut builder = tar::Builder::new(out);
+        append_bytes(&mut builder, "oci-layout", &layout_marker()?)?;
+        append_bytes(&mut builder, "index.json", &to_json(&index)?)?;
+        append_dir(&mut builder, "blobs/")?;
+        append_dir(&mut builder, "blobs/sha256/")?;
+        for blob in &blobs {
+            let path = self.blobs.path(blob);
+            let size = fs::metadata(&path).map_err(ImageError::io(&path))?.len();
+            let mut reader = self.blobs.open(blob)?;
+            let mut header = file_header(size);
+            builder
+                .append_data(
+                    &mut header,
+                    format!("blobs/sha256/{}", blob.hex()),
+                    &mut reader,
+                )
+                .map_err(ImageError::Write)?;
+            reader.finish()?;
+        }
+        builder
+            .into_inner()
+            .and_then(|mut out| out.flush())
+            .map_err(ImageError::Write)
+    }
+
+    /// Imports the image of an OCI archive (a tar of an OCI image layout).
+    ///
+    /// `reference` picks the image by its `org.opencontainers.image.ref.name`; without it the
+    /// archive must hold exactly one. Members must be plain files or directories with safe
+    /// relative paths; every blob is checked against its name and every layer's uncompressed
+    /// tar against its diff id. Plain and gzip layers are accepted; a nested index is resolved
+    /// to the manifest for this platform. Layer contents are validated when `rootfs` unpacks
+    /// them. Blobs the image does not use are not kept.
+    pub fn import_oci_archive(
+        &self,
+        reader: impl Read,
+        reference: Option<&str>,
+    ) -> Result<ImportedImage, ImageError> {
+        let contents = self.read_archive(reader)?;
+        if !contents.layout_marker {
+            return Err(ImageError::InvalidLayout(
+                "the archive has no oci-layout file".to_string(),
+            ));
+        }
+        let index_bytes = contents.index.as_deref().ok_or_else(|| {
+            ImageError::InvalidLayout("the archive has no index.json".to_string())
+        })?;
+        let mut blobs = contents.blobs;
+        let index = parse_index(index_bytes)?;
+        let mut chosen = select_manifest(&index, reference)?;
+        if *chosen.media_type() == MediaType::ImageIndex {
+            let nested = parse_index(&staged_bytes(&blobs, &to_molt_digest(chosen.digest())?)?)?;
+            chosen = select_platform(&nested)?;
+        }
+        let manifest_digest = to_molt_digest(chosen.digest())?;
+        check_size(&blobs, &chosen)?;
+        let manifest_bytes = staged_bytes(&blobs, &manifest_digest)?;
+        let manifest = parse_manifest(&manifest_bytes)?;
+        let config_digest = to_molt_digest(manifest.config().digest())?;
+        check_size(&blobs, manifest.config())?;
+        let config = parse_config(&staged_bytes(&blobs, &config_digest)?)?;
+        let diff_ids = config.rootfs().diff_ids();
+        if diff_ids.len() != manifest.layers().len() {
+            return Err(ImageError::InvalidLayout(format!(
+                "the image has {} layers but {} diff ids",
+                manifest.layers().len(),
+                diff_ids.len()
+            )));
+        }
+        let mut files = 0;
+        let mut keep = vec![config_digest];
+        for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
+            let digest = to_molt_digest(layer.digest())?;
+            let blob = blobs
+                .get(&digest)
+                .ok_or_else(|| ImageError::MissingBlob(digest.clone()))?;
+            check_size(&blobs, layer)?;
+            files += check_layer(blob, layer, diff_id)?;
+            keep.push(digest);
+        }
+        let mut staged = Vec::new();
+        for digest in keep {
+            if let Some(blob) = blobs.remove(&digest) {
+                staged.push(blob);
+            }
+        }
+        let (digest, size) = self.commit_image(staged, &manifest_bytes)?;
+        Ok(ImportedImage {
+            digest,
+            size,
+            files,
+        })
+    }
+
+    /// Reads every member of an archive, staging blobs (verified against their names).
+    fn read_archive(&self, reader: impl Read) -> Result<ArchiveContents, ImageError> {
+        let mut contents = ArchiveContents::default();
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().map_err(ImageError::Tar)? {
+            let mut entry = entry.map_err(ImageError::Tar)?;
+            let kind = entry.header().entry_type();
+            if kind.is_pax_global_extensions() {
+                continue;
+            }
+            let raw = entry.path_bytes().into_owned();
+            let shown = String::from_utf8_lossy(&raw).into_owned();
+            let reject = |why: &str| ImageError::unsafe_entry(shown.clone(), why);
+            let rel = safe_relative_path(&raw).map_err(reject)?;
+            match kind {
+                tar::EntryType::Directory => continue,
+                tar::EntryType::Regular if raw.ends_with(b"/") => continue,
+                tar::EntryType::Regular | tar::EntryType::Continuous => {}
+                _ => {
+                    return Err(reject(
+                        "only files and directories may appear in an OCI archive",
+                    ))
+                }
+            }
+            if entry.size() > MAX_ENTRY_SIZE {
+                return Err(reject("entry is larger than 4 GiB"));
+            }
+            let name = rel.to_str().unwrap_or("");
+            if name == "oci-layout" {
+                check_layout_marker(&read_small(&mut entry, &shown)?)?;
+                contents.layout_marker = true;
+            } else if name == "index.json" {
+                contents.index = Some(read_small(&mut entry, &shown)?);
+            } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+                let named = blob_name(hex).ok_or_else(|| {
+                    ImageError::InvalidLayout(format!("{shown} is not named by a sha256"))
+                })?;
+                let mut writer = self.blobs.create()?;
+                io::copy(&mut entry, &mut writer).map_err(ImageError::Tar)?;
+                let staged = writer.finish()?;
+                if staged.digest != named {
+                    return Err(ImageError::Corrupt {
+                        digest: named,
+                        actual: staged.digest,
+                    });
+                }
+                contents.blobs.insert(named, staged);
+            } else if name.starts_with("blobs/") {
+                return Err(ImageError::InvalidLayout(format!(
+                    "{shown}: only sha256 blobs are supported"
+                )));
+            } else {
+                return Err(ImageError::InvalidLayout(format!(
+                    "{shown} does not belong in an OCI image layout"
+                )));
+            }
+        }
+        Ok(contents)
+    }
+}
+
+/// The index entry named `reference`, or the only one.
+fn select_manifest(index: &ImageIndex, reference: Option<&str>) -> Result<Descriptor, ImageError> {
+    let candidates: Vec<&Descriptor> = index
+        .manifests()
+        .iter()
+        .filter(|entry| reference.is_none() || ref_name(entry) == reference)
+        .collect();
+    match (candidates.as_slice(), reference) {
+        ([only], _) => Ok((*only).clone()),
+        ([], Some(reference)) => Err(ImageError::InvalidLayout(format!(
+            "the archive has no image named {reference:?}"
+        ))),
+        (_, Some(reference)) => Err(ImageError::InvalidLayout(format!(
+            "the archive has several images named {reference:?}"
+        ))),
+        (all, None) => Err(ImageError::InvalidLayout(format!(
+            "the archive holds {} images; name the one to import",
+            all.len()
+        ))),
+    }
+}
+
+/// The manifest of a (multi-platform) index for this host, or its only manifest.
+fn select_platform(index: &ImageIndex) -> Result<Descriptor, ImageError> {
+    if let [only] = index.manifests().as_slice() {
+        return Ok(only.clone());
+    }
+    index
+        .manifests()
+        .iter()
+        .find(|entry| {
+            entry
+                .platform()
+                .as_ref()
+                .is_some_and(|p| *p.architecture() == Arch::default() && *p.os() == Os::Linux)
+        })
+        .cloned()
+        .ok_or_else(|| {
+            ImageError::InvalidLayout("the image has no manifest for this platform".to_string())
+        })
+}
+
+/// Checks that the blob a descriptor names has the size the descriptor claims.
+fn check_size(
+    blobs: &HashMap<Digest, StagedBlob>,
+    descriptor: &Descriptor,
+) -> Result<(), ImageError> {
+    let digest = to_molt_digest(descriptor.digest())?;
+    let blob = blobs
+        .get(&digest)
+        .ok_or_else(|| ImageError::MissingBlob(digest.clone()))?;
+    if blob.size == descriptor.size() {
+        Ok(())
+    } else {
+        Err(ImageError::InvalidLayout(format!(
+            "blob {digest} has {} bytes but its descriptor says {}",
+            blob.size,
+            descriptor.size()
+        )))
+    }
+}
+
+/// Reads a staged JSON blob.
+fn staged_bytes(
+    blobs: &HashMap<Digest, StagedBlob>,
+    digest: &Digest,
+) -> Result<Vec<u8>, ImageError> {
+    let blob = blobs
+        .get(digest)
+        .ok_or_else(|| ImageError::MissingBlob(digest.clone()))?;
+    if blob.size > MAX_JSON_SIZE {
+        return Err(ImageError::InvalidLayout(format!(
+            "blob {digest} is too large for a JSON document"
+        )));
+    }
+    fs::read(blob.path()).map_err(ImageError::io(blob.path()))
+}
+
+/// Decompresses a staged layer, checks its diff id and counts its regular files.
+fn check_layer(blob: &StagedBlob, layer: &Descriptor, diff_id: &str) -> Result<u64, ImageError> {
+    let compression = layer_compression(layer.media_type())?;
+    let expected: Digest = diff_id
+        .parse()
+        .map_err(|_| ImageError::InvalidLayout(format!("unsupported diff id {diff_id}")))?;
+    let file = fs::File::open(blob.path()).map_err(ImageError::io(blob.path()))?;
+    let mut tar = HashingReader::new(decompress(io::BufReader::new(file), compression));
+    let mut files = 0;
+    {
+        let mut archive = tar::Archive::new(LenientEnd::new(&mut tar));
+        for entry in archive.entries().map_err(ImageError::Tar)? {
+            let entry = entry.map_err(ImageError::Tar)?;
+            let name = entry.path_bytes();
+            let base = name.rsplit(|b| *b == b'/').next().unwrap_or(&name[..]);
+            if entry.header().entry_type().is_file() && !base.starts_with(WHITEOUT_PREFIX) {
+                files += 1;
+            }
+        }
+    }
+    io::copy(&mut tar, &mut io::sink()).map_err(ImageError::Tar)?;
+    let actual = tar.digest();
+    if actual == expected {
+        Ok(files)
+    } else {
+        Err(ImageError::Corrupt {
+            digest: expected,
+            actual,
+        })
+    }
+}
+
+/// The digest a `blobs/sha256/<hex>` member is named by.
+fn blob_name(hex: &str) -> Option<Digest> {
+    let lower = hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    lower.then(|| hex.parse().ok()).flatten()
+}
+
+/// Reads a small member (a JSON document) whole.
+fn read_small(entry: &mut impl Read, shown: &str) -> Result<Vec<u8>, ImageError> {
+    let mut bytes = Vec::new();
+    entry
+        .take(MAX_JSON_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ImageError::Tar)?;
+    if bytes.len() as u64 > MAX_JSON_SIZE {
+        return Err(ImageError::InvalidLayout(format!("{shown} is too large")));
+    }
+    Ok(bytes)
+}
+
+/// A header for a regular member of a deterministic tar.
+fn file_header(size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(size);
+    header
+}
+
+/// Appends a small regular member.
+fn append_bytes<W: Write>(
+    builder: &mut tar::Builder<W>,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), ImageError> {
+    let mut header = file_header(bytes.len() as u64);
+    builder
+        .append_data(&mut header, name, bytes)
+        .map_err(ImageError::Write)
+}
+
+/// Appends a directory member.
+fn append_dir<W: Write>(builder: &mut tar::Builder<W>, name: &str) -> Result<(), ImageError> {
+    let mut header = file_header(0);
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o755);
+    builder
+        .append_data(&mut header, name, io::empty())
+        .map_err(ImageError::Write)
+}
