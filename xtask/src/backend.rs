@@ -1,6 +1,7 @@
 //! `xtask backend`: the app `bench core` deploys. A minimal hyper HTTP/1.1 server (keep-alive)
 //! on 127.0.0.1:$PORT that answers every request, health checks included, with
 //! `hello from $MOLT_APP $MOLT_RELEASE`, so that the benchmark measures molt and not the app.
+//! `GET /big` answers [`BIG_BODY_LEN`] bytes instead, for `bench router`'s large responses.
 
 use std::convert::Infallible;
 
@@ -15,6 +16,11 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 
+/// The path that answers a large body.
+pub const BIG_PATH: &str = "/big";
+/// Length of the body at [`BIG_PATH`]: 64 KiB.
+pub const BIG_BODY_LEN: usize = 64 * 1024;
+
 /// Serves until SIGTERM or SIGINT; open connections are dropped with the process.
 pub async fn run() -> Result<()> {
     let port: u16 = std::env::var("PORT")
@@ -24,6 +30,7 @@ pub async fn run() -> Result<()> {
     let app = std::env::var("MOLT_APP").unwrap_or_else(|_| "app".into());
     let release = std::env::var("MOLT_RELEASE").unwrap_or_else(|_| "v0".into());
     let body = Bytes::from(format!("hello from {app} {release}\n"));
+    let big = Bytes::from(vec![b'x'; BIG_BODY_LEN]);
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .with_context(|| format!("binding 127.0.0.1:{port}"))?;
@@ -48,11 +55,15 @@ pub async fn run() -> Result<()> {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let body = body.clone();
+                let (body, big) = (body.clone(), big.clone());
                 connections.spawn(async move {
-                    let service = service_fn(move |_request| {
-                        let body = body.clone();
-                        async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                        let answer = if request.uri().path() == BIG_PATH {
+                            big.clone()
+                        } else {
+                            body.clone()
+                        };
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(answer))) }
                     });
                     // A client going away mid-request is not the server's problem.
                     let _ = http1::Builder::new()

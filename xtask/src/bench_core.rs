@@ -271,6 +271,8 @@ async fn measure_throughput(
     let spec = |targets: Vec<SocketAddr>, concurrency, duration| LoadSpec {
         targets,
         host: HOST.to_string(),
+        path: "/".to_string(),
+        expected_body_len: None,
         concurrency,
         duration,
         max_requests_per_connection: MAX_REQUESTS_PER_CONNECTION,

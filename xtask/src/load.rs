@@ -21,6 +21,10 @@ pub struct LoadSpec {
     pub targets: Vec<SocketAddr>,
     /// The `Host` header of every request.
     pub host: String,
+    /// The path of every request.
+    pub path: String,
+    /// When set, a 200 whose body is not this many bytes counts as an error.
+    pub expected_body_len: Option<usize>,
     /// Connections, each with one request in flight.
     pub concurrency: usize,
     /// How long to send for.
@@ -41,11 +45,20 @@ pub struct LoadResult {
     pub p50: Duration,
     /// 99th percentile latency of the successful requests.
     pub p99: Duration,
+    /// 99.9th percentile latency of the successful requests.
+    pub p999: Duration,
 }
 
 /// One keep-alive HTTP/1.1 client connection.
 pub struct Connection {
     sender: http1::SendRequest<Empty<Bytes>>,
+}
+
+/// The request a worker sends and the answer it counts as a success.
+struct Expected {
+    host: String,
+    path: String,
+    body_len: Option<usize>,
 }
 
 /// What one connection's loop measured.
@@ -91,6 +104,26 @@ impl Connection {
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))
     }
+
+    /// GET `path` with `Host: host`; reads the body without keeping it and returns the status
+    /// and the body's length, so large answers cost the load generator no copies.
+    pub async fn get_discarding(&mut self, host: &str, path: &str) -> Result<(u16, usize)> {
+        self.sender.ready().await.context("connection closed")?;
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, host)
+            .body(Empty::new())
+            .context("building the request")?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut len = 0;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                len += data.len();
+            }
+        }
+        Ok((status, len))
+    }
 }
 
 /// Runs the load described by `spec`. Every connection is opened before the clock starts.
@@ -107,9 +140,13 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadResult> {
     let deadline = started + spec.duration;
     let mut workers = JoinSet::new();
     for (addr, connection) in connections {
-        let host = spec.host.clone();
+        let request = Expected {
+            host: spec.host.clone(),
+            path: spec.path.clone(),
+            body_len: spec.expected_body_len,
+        };
         let limit = spec.max_requests_per_connection;
-        workers.spawn(drive(addr, connection, host, deadline, limit));
+        workers.spawn(drive(addr, connection, request, deadline, limit));
     }
     let mut latencies_us = Vec::new();
     let mut errors = 0;
@@ -126,6 +163,7 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadResult> {
         elapsed,
         p50: percentile_us(&latencies_us, 0.50),
         p99: percentile_us(&latencies_us, 0.99),
+        p999: percentile_us(&latencies_us, 0.999),
     })
 }
 
@@ -133,7 +171,7 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadResult> {
 async fn drive(
     addr: SocketAddr,
     mut connection: Connection,
-    host: String,
+    request: Expected,
     deadline: Instant,
     limit: usize,
 ) -> WorkerTally {
@@ -143,9 +181,13 @@ async fn drive(
     };
     while Instant::now() < deadline && tally.latencies_us.len() + (tally.errors as usize) < limit {
         let sent = Instant::now();
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT, connection.get(&host, "/")).await;
+        let answer = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            connection.get_discarding(&request.host, &request.path),
+        )
+        .await;
         match answer {
-            Ok(Ok((200, _))) => {
+            Ok(Ok((200, len))) if request.body_len.unwrap_or(len) == len => {
                 let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
                 tally.latencies_us.push(us);
             }
@@ -181,6 +223,7 @@ mod tests {
         let samples: Vec<u32> = (1..=100).collect();
         assert_eq!(percentile_us(&samples, 0.50), Duration::from_micros(50));
         assert_eq!(percentile_us(&samples, 0.99), Duration::from_micros(99));
+        assert_eq!(percentile_us(&samples, 0.999), Duration::from_micros(100));
         assert_eq!(percentile_us(&[7], 0.99), Duration::from_micros(7));
         assert_eq!(percentile_us(&[], 0.5), Duration::ZERO);
     }

@@ -3,34 +3,58 @@
 //! ```text
 //! cargo run --release -p xtask -- bench core          # deploy→swap, rollback, router vs direct, idle RSS
 //! cargo run --release -p xtask -- bench core --json   # the same figures as JSON on stdout
+//! cargo run --release -p xtask -- bench router        # molt's router vs nginx, HAProxy, Caddy
+//! cargo run --release -p xtask -- bench router --quick # the same, 1 s per cell, c=16 and 64
 //! cargo run --release -p xtask -- backend             # the fast test app `bench core` deploys
 //! ```
 //!
 //! `bench core` builds `molt` in release mode, starts `molt serve` as a child process on
 //! port 0 with a temp data dir, deploys a copy of this very executable (its `backend`
 //! subcommand) as the app, measures, and stops everything it started.
+//!
+//! `bench router` starts this executable's `backend`, its `router-server` (molt's router in
+//! its own process) and nginx, HAProxy and Caddy (installed from Debian when missing and run
+//! as root), loads each in turn, and stops everything it started.
 
 mod backend;
 mod bench_core;
+mod bench_router;
+mod child;
 mod load;
+mod peers;
 mod report;
+mod router_report;
+mod router_server;
 mod serve;
 
 use std::process::ExitCode;
+
+use bench_router::RunLength;
+use router_server::RouterServerArgs;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   bench core [--json]   measure deploy->swap, rollback, router vs direct throughput, idle RSS
-  backend               serve `hello from $MOLT_APP $MOLT_RELEASE` on 127.0.0.1:$PORT";
+  bench router [--quick] [--json]
+                        molt's router vs direct, nginx, HAProxy and Caddy; swaps under load;
+                        the cost of 10 000 routes
+  backend               serve `hello from $MOLT_APP $MOLT_RELEASE` on 127.0.0.1:$PORT
+                        (and 64 KiB on /big)
+  router-server --listen ADDR --backend ADDR... [--extra-routes N] [--swaps N]
+                [--swap-interval-ms MS]
+                        molt's router alone in this process (2 worker threads); SIGUSR1
+                        starts the swaps, SIGTERM stops it and prints a JSON report";
 
 /// What the command line asked for.
 enum Task {
     Backend,
     BenchCore(Output),
+    BenchRouter(RunLength, Output),
+    RouterServer(RouterServerArgs),
 }
 
-/// How `bench core` reports its figures.
+/// How a benchmark reports its figures.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Output {
     /// A table for people, and one summary line.
@@ -41,14 +65,18 @@ pub enum Output {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(task) = parse(&args) else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
+    let task = match parse(&args) {
+        Ok(task) => task,
+        Err(e) => {
+            eprintln!("error: {e:#}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Task::RouterServer(_) = task {
+        builder.worker_threads(router_server::WORKER_THREADS);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -58,6 +86,8 @@ fn main() -> ExitCode {
     let result = match task {
         Task::Backend => runtime.block_on(backend::run()),
         Task::BenchCore(output) => runtime.block_on(bench_core::run(output)),
+        Task::BenchRouter(length, output) => runtime.block_on(bench_router::run(length, output)),
+        Task::RouterServer(args) => runtime.block_on(router_server::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,12 +98,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse(args: &[String]) -> Option<Task> {
+fn parse(args: &[String]) -> anyhow::Result<Task> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["backend"] => Some(Task::Backend),
-        ["bench", "core"] => Some(Task::BenchCore(Output::Table)),
-        ["bench", "core", "--json"] => Some(Task::BenchCore(Output::Json)),
-        _ => None,
+        ["backend"] => Ok(Task::Backend),
+        ["bench", "core"] => Ok(Task::BenchCore(Output::Table)),
+        ["bench", "core", "--json"] => Ok(Task::BenchCore(Output::Json)),
+        ["bench", "router", flags @ ..] => {
+            let (mut length, mut output) = (RunLength::Full, Output::Table);
+            for flag in flags {
+                match *flag {
+                    "--quick" => length = RunLength::Quick,
+                    "--json" => output = Output::Json,
+                    other => anyhow::bail!("unknown bench router option {other:?}"),
+                }
+            }
+            Ok(Task::BenchRouter(length, output))
+        }
+        ["router-server", rest @ ..] => Ok(Task::RouterServer(RouterServerArgs::parse(rest)?)),
+        _ => anyhow::bail!("unknown task"),
     }
 }

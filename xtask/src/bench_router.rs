@@ -1,0 +1,691 @@
+//! `xtask bench router`: molt's router side by side with nginx, HAProxy and Caddy, in one run
+//! on one machine, against one backend process, with one load generator and the same
+//! keep-alive settings (HTTP/1.1 both ways; h2 is not measured: the load generator speaks
+//! HTTP/1.1 only):
+//!
+//! 1. requests/s and p50/p99/p99.9 latency for each target — the backend direct, molt's router
+//!    (`xtask router-server`, its own process), nginx, HAProxy, Caddy — at each concurrency and
+//!    response size, the targets interleaved within each cell so drift hits them alike;
+//! 2. swap under load: 100 route swaps blue <-> green while load runs through molt; every
+//!    request must succeed;
+//! 3. the cost of 10 000 hostnames in molt's table against 1 (goal: < 5 % throughput loss).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::backend::{BIG_BODY_LEN, BIG_PATH};
+use crate::child::{group_cpu_time, ChildProcess};
+use crate::load::{self, LoadResult, LoadSpec};
+use crate::peers::{Availability, Peer};
+use crate::router_report::{print_table, to_json};
+use crate::router_server::{RouterServerArgs, HOST};
+use crate::Output;
+
+/// The backend's small answer is `hello from {APP} {RELEASE}\n`: 32 bytes.
+const APP: &str = "molt-router-bench";
+const RELEASE: &str = "v1";
+const SWAPS: usize = 100;
+pub(crate) const SWAP_CONCURRENCY: usize = 64;
+/// Load runs this long before the first swap.
+const SWAP_LEAD_IN: Duration = Duration::from_millis(300);
+pub(crate) const EXTRA_ROUTES: usize = 10_000;
+pub(crate) const ROUTES_CONCURRENCY: usize = 64;
+/// Most throughput 10 000 routes may cost, in percent.
+pub(crate) const ROUTES_LOSS_GOAL: f64 = 5.0;
+/// Bounds memory and time of a load run even on a machine far faster than expected.
+const MAX_REQUESTS_PER_CONNECTION: usize = 2_000_000;
+/// Between two load runs, so the previous one's connections are gone.
+const PAUSE: Duration = Duration::from_millis(200);
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunLength {
+    /// Every concurrency, 3 s per cell.
+    Full,
+    /// A smoke run: c=16 and c=64, 1 s per cell.
+    Quick,
+}
+
+/// Durations and sweeps of a run, derived from its [`RunLength`].
+pub(crate) struct Plan {
+    pub(crate) length: RunLength,
+    pub(crate) cell: Duration,
+    warmup: Duration,
+    pub(crate) concurrencies: &'static [usize],
+    pub(crate) swap_interval: Duration,
+    pub(crate) routes_rounds: usize,
+}
+
+/// The two response sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodySize {
+    /// `hello from ...`, 32 bytes.
+    Small,
+    /// 64 KiB.
+    Big,
+}
+
+/// Where a load run sends its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The backend itself: the ceiling for every proxy.
+    Direct,
+    /// molt's router (`xtask router-server`).
+    Molt,
+    /// A peer proxy.
+    Peer(Peer),
+}
+
+/// A peer and whether it took part.
+pub(crate) struct PeerInfo {
+    pub(crate) peer: Peer,
+    /// Its version, or why it was skipped.
+    pub(crate) outcome: Result<String, String>,
+}
+
+/// One target's load run.
+pub(crate) struct Run {
+    pub(crate) target: Target,
+    pub(crate) load: LoadResult,
+    /// CPU time the proxy's processes used per successful request (none for direct).
+    pub(crate) proxy_cpu_per_request: Option<Duration>,
+}
+
+/// Every target at one response size and concurrency.
+pub(crate) struct Cell {
+    pub(crate) size: BodySize,
+    pub(crate) concurrency: usize,
+    pub(crate) runs: Vec<Run>,
+}
+
+/// Route swaps while load runs through molt.
+pub(crate) struct SwapRow {
+    pub(crate) load: LoadResult,
+    /// Swaps the router-server did (asked: `SWAPS`).
+    pub(crate) swaps: usize,
+    /// From the first swap to the end of the last.
+    pub(crate) swap_elapsed: Duration,
+    pub(crate) publish_us: Vec<f64>,
+    /// Error responses molt made itself (502/503/504), both environments.
+    pub(crate) router_failed: u64,
+    /// Requests the router assigned to blue and green.
+    pub(crate) router_accepted: u64,
+}
+
+/// molt's throughput with 1 route and with `EXTRA_ROUTES` more, alternating runs.
+pub(crate) struct RoutesRow {
+    pub(crate) one_route: Vec<f64>,
+    pub(crate) many_routes: Vec<f64>,
+}
+
+/// Everything one run measured.
+pub(crate) struct RouterFigures {
+    pub(crate) plan: Plan,
+    pub(crate) small_body_len: usize,
+    pub(crate) peers: Vec<PeerInfo>,
+    pub(crate) cells: Vec<Cell>,
+    pub(crate) swap: SwapRow,
+    pub(crate) routes: RoutesRow,
+}
+
+/// The processes and addresses of one run; dropping it stops every process.
+struct Lineup {
+    backend: SocketAddr,
+    targets: Vec<Endpoint>,
+    children: Vec<ChildProcess>,
+}
+
+/// A target, its address and the process group of the proxy serving it.
+struct Endpoint {
+    target: Target,
+    addr: SocketAddr,
+    proxy_group: Option<u32>,
+}
+
+impl Plan {
+    fn of(length: RunLength) -> Plan {
+        match length {
+            RunLength::Full => Plan {
+                length,
+                cell: Duration::from_secs(3),
+                warmup: Duration::from_secs(1),
+                concurrencies: &[1, 16, 64, 256],
+                swap_interval: Duration::from_millis(20),
+                routes_rounds: 6,
+            },
+            RunLength::Quick => Plan {
+                length,
+                cell: Duration::from_secs(1),
+                warmup: Duration::from_millis(300),
+                concurrencies: &[16, 64],
+                swap_interval: Duration::from_millis(5),
+                routes_rounds: 2,
+            },
+        }
+    }
+
+    /// Long enough for the lead-in and every swap, with room for slow publishes.
+    fn swap_load(&self) -> Duration {
+        SWAP_LEAD_IN + self.swap_interval * (SWAPS as u32) * 3 / 2 + Duration::from_millis(300)
+    }
+}
+
+impl BodySize {
+    pub(crate) const ALL: [BodySize; 2] = [BodySize::Small, BodySize::Big];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            BodySize::Small => "small",
+            BodySize::Big => "64KiB",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            BodySize::Small => "/",
+            BodySize::Big => BIG_PATH,
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            BodySize::Small => small_body().len(),
+            BodySize::Big => BIG_BODY_LEN,
+        }
+    }
+}
+
+impl Target {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Molt => "molt",
+            Target::Peer(peer) => peer.name(),
+        }
+    }
+}
+
+impl Cell {
+    /// `target`'s requests/s over nginx's, when nginx ran.
+    pub(crate) fn vs_nginx(&self, result: &LoadResult) -> Option<f64> {
+        self.result(Target::Peer(Peer::Nginx))
+            .map(|nginx| result.per_second() / nginx.per_second().max(1e-9))
+    }
+
+    pub(crate) fn result(&self, target: Target) -> Option<&LoadResult> {
+        self.runs
+            .iter()
+            .find(|run| run.target == target)
+            .map(|run| &run.load)
+    }
+}
+
+impl SwapRow {
+    /// Every swap done, inside the load window, and no request failed.
+    pub(crate) fn passed(&self, plan: &Plan) -> bool {
+        self.swaps == SWAPS
+            && self.load.errors == 0
+            && self.router_failed == 0
+            && SWAP_LEAD_IN + self.swap_elapsed < plan.swap_load()
+    }
+
+    pub(crate) fn asked() -> usize {
+        SWAPS
+    }
+}
+
+impl RoutesRow {
+    /// Throughput lost with `EXTRA_ROUTES` routes, in percent of the 1-route median.
+    pub(crate) fn loss_percent(&self) -> f64 {
+        let (one, many) = (median(&self.one_route), median(&self.many_routes));
+        (one - many) / one.max(1e-9) * 100.0
+    }
+}
+
+impl RouterFigures {
+    /// Failed requests anywhere in the run.
+    pub(crate) fn load_errors(&self) -> u64 {
+        let cells: u64 = self
+            .cells
+            .iter()
+            .flat_map(|c| &c.runs)
+            .map(|run| run.load.errors)
+            .sum();
+        cells + self.swap.load.errors
+    }
+}
+
+impl Lineup {
+    fn address(&self, target: Target) -> Option<SocketAddr> {
+        self.targets
+            .iter()
+            .find(|e| e.target == target)
+            .map(|e| e.addr)
+    }
+
+    /// Stops every process, reporting those that do not stop cleanly.
+    async fn stop(mut self) {
+        for mut child in self.children.drain(..).rev() {
+            let pid = child.pid();
+            if let Err(e) = child.stop().await {
+                progress(&format!("pid {pid}: {e:#}"));
+            }
+        }
+    }
+}
+
+/// Installs missing peers, runs the benchmark, prints the figures; fails if any request
+/// failed or the swaps did not all happen under load.
+pub async fn run(length: RunLength, output: Output) -> Result<()> {
+    let plan = Plan::of(length);
+    // Declared first: removed only after every process using it has stopped.
+    let scratch = tempfile::Builder::new()
+        .prefix("molt-bench-router-")
+        .tempdir()
+        .context("creating a temp dir")?;
+    let figures = tokio::select! {
+        figures = measure(plan, scratch.path()) => figures?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    };
+    match output {
+        Output::Table => print_table(&figures),
+        Output::Json => println!("{:#}", to_json(&figures)),
+    }
+    if figures.load_errors() > 0 {
+        bail!(
+            "{} requests failed during the load runs (must be 0)",
+            figures.load_errors()
+        );
+    }
+    if !figures.swap.passed(&figures.plan) {
+        bail!("the swap-under-load row failed (see above)");
+    }
+    Ok(())
+}
+
+async fn measure(plan: Plan, dir: &Path) -> Result<RouterFigures> {
+    let mut peers = Vec::new();
+    let mut ready = Vec::new();
+    for peer in Peer::ALL {
+        match peer.ensure_installed().await {
+            Availability::Ready(path) => {
+                let version = peer.version(&path);
+                ready.push((peer, path));
+                peers.push(PeerInfo {
+                    peer,
+                    outcome: Ok(version),
+                });
+            }
+            Availability::Skipped(why) => {
+                progress(&format!("skipped: {why}"));
+                peers.push(PeerInfo {
+                    peer,
+                    outcome: Err(why),
+                });
+            }
+        }
+    }
+
+    let exe = std::env::current_exe().context("locating the xtask executable")?;
+    let lineup = start_lineup(&exe, dir, &ready, &mut peers).await?;
+    let measured = measure_with(&plan, &exe, dir, &lineup).await;
+    // Stopped before the figures are printed, error or not.
+    lineup.stop().await;
+    let (cells, swap, routes) = measured?;
+    Ok(RouterFigures {
+        plan,
+        small_body_len: small_body().len(),
+        peers,
+        cells,
+        swap,
+        routes,
+    })
+}
+
+async fn measure_with(
+    plan: &Plan,
+    exe: &Path,
+    dir: &Path,
+    lineup: &Lineup,
+) -> Result<(Vec<Cell>, SwapRow, RoutesRow)> {
+    progress("warming up every target");
+    for endpoint in &lineup.targets {
+        for size in BodySize::ALL {
+            load::run(&spec(endpoint.addr, size, 16, plan.warmup)).await?;
+        }
+    }
+    let mut cells = Vec::new();
+    for size in BodySize::ALL {
+        for &concurrency in plan.concurrencies {
+            let mut runs = Vec::new();
+            for endpoint in &lineup.targets {
+                tokio::time::sleep(PAUSE).await;
+                let cpu = endpoint.proxy_group.map(group_cpu_time);
+                let load = load::run(&spec(endpoint.addr, size, concurrency, plan.cell)).await?;
+                let proxy_cpu_per_request = endpoint.proxy_group.zip(cpu).map(|(group, before)| {
+                    (group_cpu_time(group).saturating_sub(before)) / (load.ok.max(1) as u32)
+                });
+                runs.push(Run {
+                    target: endpoint.target,
+                    load,
+                    proxy_cpu_per_request,
+                });
+            }
+            let cell = Cell {
+                size,
+                concurrency,
+                runs,
+            };
+            progress(&format!(
+                "{} c={concurrency}: {}",
+                size.label(),
+                cell.runs
+                    .iter()
+                    .map(|run| format!("{} {:.0}", run.target.name(), run.load.per_second()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            cells.push(cell);
+        }
+    }
+    let molt = lineup
+        .address(Target::Molt)
+        .ok_or_else(|| anyhow!("molt's router is not in the lineup"))?;
+    let routes = measure_routes(plan, exe, dir, lineup.backend, molt).await?;
+    let swap = measure_swaps(plan, exe, dir, lineup.backend).await?;
+    Ok((cells, swap, routes))
+}
+
+/// Starts the backend, molt's router and every ready peer, and waits until each answers.
+/// A peer that does not start is skipped, with its reason in `peers`.
+async fn start_lineup(
+    exe: &Path,
+    dir: &Path,
+    ready: &[(Peer, std::path::PathBuf)],
+    peers: &mut [PeerInfo],
+) -> Result<Lineup> {
+    let backend = free_port()?;
+    let mut command = Command::new(exe);
+    command
+        .arg("backend")
+        .env("PORT", backend.port().to_string())
+        .env("MOLT_APP", APP)
+        .env("MOLT_RELEASE", RELEASE);
+    let mut child = ChildProcess::spawn("backend", command, dir)?;
+    child.wait_until_answers(backend, HOST, "/").await?;
+    let mut lineup = Lineup {
+        backend,
+        targets: vec![Endpoint {
+            target: Target::Direct,
+            addr: backend,
+            proxy_group: None,
+        }],
+        children: vec![child],
+    };
+
+    let molt = free_port()?;
+    let mut child = start_router(exe, dir, "molt", molt, backend, 0, None)?;
+    child.wait_until_answers(molt, HOST, "/").await?;
+    lineup.targets.push(Endpoint {
+        target: Target::Molt,
+        addr: molt,
+        proxy_group: Some(child.pid()),
+    });
+    lineup.children.push(child);
+
+    for (peer, path) in ready {
+        let addr = free_port()?;
+        let started = match peer.start(path, dir, addr, backend) {
+            Ok(mut child) => child
+                .wait_until_answers(addr, HOST, "/")
+                .await
+                .map(|()| child),
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(child) => {
+                lineup.targets.push(Endpoint {
+                    target: Target::Peer(*peer),
+                    addr,
+                    proxy_group: Some(child.pid()),
+                });
+                lineup.children.push(child);
+            }
+            Err(e) => {
+                progress(&format!("skipped: {e:#}"));
+                if let Some(info) = peers.iter_mut().find(|i| i.peer == *peer) {
+                    info.outcome = Err(format!("{} did not start (see above)", peer.name()));
+                }
+            }
+        }
+    }
+    progress(&format!(
+        "up: {}",
+        lineup
+            .targets
+            .iter()
+            .map(|e| format!("{} {}", e.target.name(), e.addr))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(lineup)
+}
+
+/// molt with 1 route (the lineup's) against a second router-server with `EXTRA_ROUTES` more,
+/// alternating, small answers.
+async fn measure_routes(
+    plan: &Plan,
+    exe: &Path,
+    dir: &Path,
+    backend: SocketAddr,
+    one_route: SocketAddr,
+) -> Result<RoutesRow> {
+    let addr = free_port()?;
+    let mut many = start_router(exe, dir, "molt-10k", addr, backend, EXTRA_ROUTES, None)?;
+    many.wait_until_answers(addr, HOST, "/").await?;
+    // Both at the measured concurrency, so both pools hold as many upstream connections.
+    for target in [one_route, addr] {
+        load::run(&spec(
+            target,
+            BodySize::Small,
+            ROUTES_CONCURRENCY,
+            plan.warmup,
+        ))
+        .await?;
+    }
+    let mut row = RoutesRow {
+        one_route: Vec::new(),
+        many_routes: Vec::new(),
+    };
+    for round in 1..=plan.routes_rounds {
+        // A B, then B A: drift over the rounds hits both alike.
+        let mut order = [(one_route, false), (addr, true)];
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for (target, many_routes) in order {
+            tokio::time::sleep(PAUSE).await;
+            let result = load::run(&spec(
+                target,
+                BodySize::Small,
+                ROUTES_CONCURRENCY,
+                plan.cell,
+            ))
+            .await?;
+            if result.errors > 0 {
+                bail!("{} requests failed in the 10 000 routes run", result.errors);
+            }
+            let samples = if many_routes {
+                &mut row.many_routes
+            } else {
+                &mut row.one_route
+            };
+            samples.push(result.per_second());
+        }
+        progress(&format!(
+            "routes round {round}/{}: 1 route {:.0} req/s, {EXTRA_ROUTES} more {:.0} req/s",
+            plan.routes_rounds,
+            row.one_route[round - 1],
+            row.many_routes[round - 1]
+        ));
+    }
+    many.stop().await?;
+    Ok(row)
+}
+
+/// A router-server that swaps `SWAPS` times on SIGUSR1, sent once load is flowing.
+async fn measure_swaps(
+    plan: &Plan,
+    exe: &Path,
+    dir: &Path,
+    backend: SocketAddr,
+) -> Result<SwapRow> {
+    let addr = free_port()?;
+    let mut server = start_router(
+        exe,
+        dir,
+        "molt-swaps",
+        addr,
+        backend,
+        0,
+        Some(plan.swap_interval),
+    )?;
+    server.wait_until_answers(addr, HOST, "/").await?;
+    load::run(&spec(addr, BodySize::Small, SWAP_CONCURRENCY, plan.warmup)).await?;
+    tokio::time::sleep(PAUSE).await;
+    let load_spec = spec(addr, BodySize::Small, SWAP_CONCURRENCY, plan.swap_load());
+    let (load, signalled) = tokio::join!(load::run(&load_spec), async {
+        tokio::time::sleep(SWAP_LEAD_IN).await;
+        server.signal(Signal::SIGUSR1)
+    });
+    let load = load?;
+    signalled.context("starting the swaps (SIGUSR1)")?;
+    let status = server.stop().await?;
+    if !status.success() {
+        bail!("the swapping router-server exited with {status}");
+    }
+    let stdout = server.stdout();
+    let report: Value = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("reading the router-server's report {stdout:?}"))?;
+    let count = |key: &str| report[key].as_u64().unwrap_or(0);
+    let env_sum = |field: &str| {
+        ["blue", "green"]
+            .iter()
+            .map(|env| report["envs"][env][field].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let row = SwapRow {
+        load,
+        swaps: usize::try_from(count("swaps")).unwrap_or(0),
+        swap_elapsed: Duration::from_micros(count("swap_elapsed_us")),
+        publish_us: report["publish_us"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect(),
+        router_failed: env_sum("failed"),
+        router_accepted: env_sum("accepted"),
+    };
+    progress(&format!(
+        "swap under load: {} swaps in {:.0} ms, {} requests, {} errors",
+        row.swaps,
+        row.swap_elapsed.as_secs_f64() * 1000.0,
+        row.load.ok,
+        row.load.errors
+    ));
+    Ok(row)
+}
+
+/// Starts `xtask router-server` on `listen`, swapping on SIGUSR1 when `swap_interval` is set.
+fn start_router(
+    exe: &Path,
+    dir: &Path,
+    name: &str,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    extra_routes: usize,
+    swap_interval: Option<Duration>,
+) -> Result<ChildProcess> {
+    let args = RouterServerArgs {
+        listen,
+        backends: vec![backend],
+        extra_routes,
+        swaps: if swap_interval.is_some() { SWAPS } else { 0 },
+        swap_interval: swap_interval.unwrap_or_default(),
+    };
+    let mut command = Command::new(exe);
+    command.args(args.to_args());
+    ChildProcess::spawn(name, command, dir)
+}
+
+fn spec(addr: SocketAddr, size: BodySize, concurrency: usize, duration: Duration) -> LoadSpec {
+    LoadSpec {
+        targets: vec![addr],
+        host: HOST.to_string(),
+        path: size.path().to_string(),
+        expected_body_len: Some(size.len()),
+        concurrency,
+        duration,
+        max_requests_per_connection: MAX_REQUESTS_PER_CONNECTION,
+    }
+}
+
+/// What the backend answers on `/`.
+fn small_body() -> String {
+    format!("hello from {APP} {RELEASE}\n")
+}
+
+/// A loopback port nobody listens on right now (the kernel's pick; the child binds it next).
+fn free_port() -> Result<SocketAddr> {
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free loopback port")?;
+    listener.local_addr().context("reading the port")
+}
+
+pub(crate) fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// Progress goes to stderr so that `--json` leaves stdout to the document.
+fn progress(message: &str) {
+    eprintln!("bench router: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_answer_is_about_32_bytes() {
+        assert_eq!(BodySize::Small.len(), 32);
+        assert_eq!(BodySize::Big.len(), 65_536);
+    }
+
+    #[test]
+    fn swaps_fit_in_the_swap_load() {
+        for length in [RunLength::Full, RunLength::Quick] {
+            let plan = Plan::of(length);
+            assert!(SWAP_LEAD_IN + plan.swap_interval * SWAPS as u32 <= plan.swap_load());
+        }
+    }
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+}

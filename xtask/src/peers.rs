@@ -1,0 +1,304 @@
+//! The reverse proxies molt's router is compared with — nginx, HAProxy and Caddy from
+//! Debian's packages — each run in the foreground from a config generated into a temp dir,
+//! configured like molt: HTTP/1.1 keep-alive to the client and to the upstream, two workers,
+//! no access log, X-Forwarded-{For,Proto,Host} added.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::child::ChildProcess;
+
+/// How long one `apt-get install` may take.
+const INSTALL_LIMIT: Duration = Duration::from_secs(300);
+/// Idle upstream connections a peer keeps. molt's and HAProxy's pools are unbounded; a
+/// smaller cache would make nginx and Caddy reconnect to the backend at c=256.
+const UPSTREAM_IDLE_CONNECTIONS: usize = 512;
+
+/// A reverse proxy from Debian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Nginx,
+    Haproxy,
+    Caddy,
+}
+
+/// Whether a peer can run here.
+pub enum Availability {
+    /// Installed, at this path.
+    Ready(PathBuf),
+    /// Not installed and not installable; why.
+    Skipped(String),
+}
+
+impl Peer {
+    /// Every peer, in the order the tables list them.
+    pub const ALL: [Peer; 3] = [Peer::Nginx, Peer::Haproxy, Peer::Caddy];
+
+    /// The peer's name, as in the tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Nginx => "nginx",
+            Peer::Haproxy => "haproxy",
+            Peer::Caddy => "caddy",
+        }
+    }
+
+    /// The Debian package that ships it.
+    fn package(self) -> &'static str {
+        match self {
+            Peer::Nginx => "nginx-light",
+            Peer::Haproxy => "haproxy",
+            Peer::Caddy => "caddy",
+        }
+    }
+
+    /// Finds the peer's executable, installing its package first when it is missing and we
+    /// are root.
+    pub async fn ensure_installed(self) -> Availability {
+        if let Some(path) = find_command(self.name()) {
+            return Availability::Ready(path);
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Availability::Skipped(format!(
+                "{} not installed (apt-get install {} as root)",
+                self.name(),
+                self.package()
+            ));
+        }
+        eprintln!(
+            "bench router: installing {} (apt-get install -y {})",
+            self.name(),
+            self.package()
+        );
+        match apt_install(self.package()).await {
+            Ok(()) => match find_command(self.name()) {
+                Some(path) => Availability::Ready(path),
+                None => Availability::Skipped(format!(
+                    "{} not installable ({} installed no `{}`)",
+                    self.name(),
+                    self.package(),
+                    self.name()
+                )),
+            },
+            Err(e) => {
+                eprintln!("bench router: {e:#}");
+                Availability::Skipped(format!("{} not installable", self.name()))
+            }
+        }
+    }
+
+    /// The version the peer reports, e.g. "nginx/1.22.1".
+    pub fn version(self, executable: &Path) -> String {
+        let flag = match self {
+            Peer::Nginx => "-v",
+            Peer::Haproxy => "-v",
+            Peer::Caddy => "version",
+        };
+        let Ok(output) = Command::new(executable).arg(flag).output() else {
+            return "unknown version".into();
+        };
+        // nginx prints its version on stderr, the others on stdout.
+        let text = [output.stdout, output.stderr].concat();
+        let first = String::from_utf8_lossy(&text)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        match self {
+            Peer::Nginx => first.trim_start_matches("nginx version: ").into(),
+            Peer::Haproxy => first
+                .split_whitespace()
+                .nth(2)
+                .map_or(first.clone(), |v| format!("HAProxy {v}")),
+            Peer::Caddy => first
+                .split_whitespace()
+                .next()
+                .map_or(first.clone(), |v| format!("Caddy {v}")),
+        }
+    }
+
+    /// Writes the peer's config into `dir` and starts it in the foreground, listening on
+    /// `listen` and proxying to `backend`.
+    pub fn start(
+        self,
+        executable: &Path,
+        dir: &Path,
+        listen: SocketAddr,
+        backend: SocketAddr,
+    ) -> Result<ChildProcess> {
+        let dir = dir.join(self.name());
+        std::fs::create_dir_all(dir.join("tmp"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let mut command = Command::new(executable);
+        match self {
+            Peer::Nginx => {
+                let config = dir.join("nginx.conf");
+                write(&config, &nginx_config(&dir, listen, backend))?;
+                command
+                    .arg("-e")
+                    .arg(dir.join("error.log"))
+                    .arg("-p")
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(&config)
+                    .args(["-g", "daemon off;"]);
+            }
+            Peer::Haproxy => {
+                let config = dir.join("haproxy.cfg");
+                write(&config, &haproxy_config(listen, backend))?;
+                command.arg("-f").arg(&config).arg("-db");
+            }
+            Peer::Caddy => {
+                let config = dir.join("Caddyfile");
+                write(&config, &caddy_config(listen, backend))?;
+                command
+                    .args(["run", "--adapter", "caddyfile", "--config"])
+                    .arg(&config)
+                    // Caddy's storage and config autosave go to the temp dir, not to $HOME.
+                    .env("HOME", &dir)
+                    .env("XDG_CONFIG_HOME", dir.join("config"))
+                    .env("XDG_DATA_HOME", dir.join("data"))
+                    .env("GOMAXPROCS", "2");
+            }
+        }
+        ChildProcess::spawn(self.name(), command, &dir)
+    }
+}
+
+fn nginx_config(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> String {
+    let dir = dir.display();
+    format!(
+        r#"worker_processes 2;
+worker_rlimit_nofile 16384;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{
+    worker_connections 8192;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp/client_body;
+    proxy_temp_path {dir}/tmp/proxy;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    upstream backend {{
+        server {backend};
+        keepalive {UPSTREAM_IDLE_CONNECTIONS};
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            # Room for a 64 KiB answer in memory: never spill to a temp file.
+            proxy_buffers 16 16k;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+fn haproxy_config(listen: SocketAddr, backend: SocketAddr) -> String {
+    format!(
+        r#"global
+    nbthread 2
+    # HAProxy raises its fd limit to about 2 x maxconn: stay below common hard limits.
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+
+frontend bench
+    bind {listen}
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    default_backend app
+
+backend app
+    server b1 {backend}
+"#
+    )
+}
+
+fn caddy_config(listen: SocketAddr, backend: SocketAddr) -> String {
+    let (ip, port) = (listen.ip(), listen.port());
+    format!(
+        r#"{{
+	admin off
+	auto_https off
+	log {{
+		output discard
+	}}
+}}
+
+http://:{port} {{
+	bind {ip}
+	reverse_proxy {backend} {{
+		transport http {{
+			keepalive 60s
+			keepalive_idle_conns {UPSTREAM_IDLE_CONNECTIONS}
+			keepalive_idle_conns_per_host {UPSTREAM_IDLE_CONNECTIONS}
+		}}
+	}}
+}}
+"#
+    )
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `command -v name`, through the shell as an operator would type it.
+fn find_command(name: &str) -> Option<PathBuf> {
+    let output = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    (output.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// `apt-get install -y package`, bounded in time.
+async fn apt_install(package: &str) -> Result<()> {
+    let install = tokio::process::Command::new("apt-get")
+        .args(["install", "-y", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(INSTALL_LIMIT, install)
+        .await
+        .with_context(|| format!("apt-get install {package} took more than {INSTALL_LIMIT:?}"))?
+        .context("running apt-get")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        bail!(
+            "apt-get install -y {package} failed ({}): {}",
+            output.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        );
+    }
+    Ok(())
+}

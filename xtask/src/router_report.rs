@@ -1,0 +1,245 @@
+//! Printing the figures of `bench router`: a readable table, or JSON.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::bench_router::{
+    median, BodySize, Cell, RouterFigures, RunLength, SwapRow, Target, EXTRA_ROUTES,
+    ROUTES_CONCURRENCY, ROUTES_LOSS_GOAL, SWAP_CONCURRENCY,
+};
+use crate::load::LoadResult;
+use crate::peers::Peer;
+use crate::router_server::{HOST, WORKER_THREADS};
+
+/// Said in both outputs, so nobody reads the absence of h2 figures as an oversight.
+const H2_NOTE: &str = "h2: not measured - this bench's load generator speaks HTTP/1.1 only, so \
+                       every target is measured on HTTP/1.1 keep-alive (molt's router now also \
+                       accepts h2c; an h2c run against the peers is still to be added)";
+
+pub(crate) fn print_table(f: &RouterFigures) {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let plan = &f.plan;
+    println!();
+    println!(
+        "molt bench router ({}, {:.0} s per cell): keep-alive HTTP/1.1 GET, Host: {HOST}, \
+         answers of {} B and 64 KiB",
+        match plan.length {
+            RunLength::Full => "full",
+            RunLength::Quick => "quick",
+        },
+        plan.cell.as_secs_f64(),
+        f.small_body_len
+    );
+    println!(
+        "{cpus} CPUs shared by the load generator, the proxy under test and the backend (one \
+         process each; molt {WORKER_THREADS} worker threads, nginx/HAProxy/Caddy 2 workers)"
+    );
+    println!("{H2_NOTE}");
+    println!(
+        "cpu/req: user+system CPU time of the proxy's processes per request (less is better; \
+         robust to a busy machine where req/s is not)"
+    );
+    let (ran, skipped): (Vec<_>, Vec<_>) = f.peers.iter().partition(|p| p.outcome.is_ok());
+    println!(
+        "peers: {}",
+        ran.iter()
+            .filter_map(|p| p.outcome.as_ref().ok().cloned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for peer in skipped {
+        if let Err(why) = &peer.outcome {
+            println!("skipped: {why}");
+        }
+    }
+    println!();
+    println!(
+        "{:<6}{:>5}  {:<8}{:>9}{:>10}{:>10}{:>10}{:>8}{:>10}{:>10}",
+        "body", "conc", "target", "req/s", "p50", "p99", "p99.9", "errors", "vs nginx", "cpu/req"
+    );
+    for (i, cell) in f.cells.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        for run in &cell.runs {
+            let r = &run.load;
+            let vs_nginx = cell
+                .vs_nginx(r)
+                .map_or_else(|| "-".to_string(), |x| format!("{x:.2}"));
+            let cpu = run
+                .proxy_cpu_per_request
+                .map_or_else(|| "-".to_string(), latency);
+            println!(
+                "{:<6}{:>5}  {:<8}{:>9.0}{:>10}{:>10}{:>10}{:>8}{vs_nginx:>10}{cpu:>10}",
+                cell.size.label(),
+                cell.concurrency,
+                run.target.name(),
+                r.per_second(),
+                latency(r.p50),
+                latency(r.p99),
+                latency(r.p999),
+                r.errors,
+            );
+        }
+    }
+    println!();
+    print_swap(&f.swap, f);
+    let routes = &f.routes;
+    let runs = |samples: &[f64]| {
+        samples
+            .iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "10 000 routes cost (molt, c={ROUTES_CONCURRENCY}, small, medians of {} alternating runs): \
+         loss {:.1} % (goal < {ROUTES_LOSS_GOAL:.0} %): {}",
+        routes.one_route.len(),
+        routes.loss_percent(),
+        verdict(routes.loss_percent() < ROUTES_LOSS_GOAL)
+    );
+    println!(
+        "  1 route      {:>6.0} req/s (runs: {})",
+        median(&routes.one_route),
+        runs(&routes.one_route)
+    );
+    println!(
+        "  {} routes {:>6.0} req/s (runs: {})",
+        EXTRA_ROUTES + 1,
+        median(&routes.many_routes),
+        runs(&routes.many_routes)
+    );
+    println!();
+    let ratio = |size: BodySize| {
+        f.cells
+            .iter()
+            .find(|c| c.size == size && c.concurrency == 64)
+            .and_then(|c| c.result(Target::Molt).and_then(|r| c.vs_nginx(r)))
+            .map_or_else(|| "-".to_string(), |x| format!("{x:.2}"))
+    };
+    println!(
+        "bench router: molt/nginx req/s at c=64 {} (small), {} (64 KiB); swap under load {} \
+         errors in {} swaps; 10 000 routes cost {:.1} %",
+        ratio(BodySize::Small),
+        ratio(BodySize::Big),
+        f.swap.load.errors + f.swap.router_failed,
+        f.swap.swaps,
+        routes.loss_percent()
+    );
+}
+
+fn print_swap(swap: &SwapRow, f: &RouterFigures) {
+    println!(
+        "swap under load (molt, c={SWAP_CONCURRENCY}, {} swaps blue<->green {} ms apart, done in \
+         {:.0} ms): {}/{} swaps, {} requests, {} errors, {} router failures (must be 0): {}",
+        SwapRow::asked(),
+        f.plan.swap_interval.as_millis(),
+        swap.swap_elapsed.as_secs_f64() * 1000.0,
+        swap.swaps,
+        SwapRow::asked(),
+        swap.load.ok,
+        swap.load.errors,
+        swap.router_failed,
+        verdict(swap.passed(&f.plan))
+    );
+    let mut publish = swap.publish_us.clone();
+    publish.sort_by(f64::total_cmp);
+    println!(
+        "  publish (returns once no request can see the old table): median {:.2} ms, max {:.2} ms; \
+         p99 of requests during the swaps {}",
+        median(&publish) / 1000.0,
+        publish.last().copied().unwrap_or(0.0) / 1000.0,
+        latency(swap.load.p99)
+    );
+}
+
+pub(crate) fn to_json(f: &RouterFigures) -> Value {
+    let load = |r: &LoadResult| {
+        json!({
+            "requests_per_s": r.per_second(),
+            "ok": r.ok,
+            "errors": r.errors,
+            "elapsed_s": r.elapsed.as_secs_f64(),
+            "p50_us": r.p50.as_micros() as u64,
+            "p99_us": r.p99.as_micros() as u64,
+            "p999_us": r.p999.as_micros() as u64,
+        })
+    };
+    let cell = |c: &Cell| {
+        json!({
+            "body": c.size.label(),
+            "concurrency": c.concurrency,
+            "targets": c.runs.iter().map(|run| {
+                let mut v = load(&run.load);
+                v["target"] = json!(run.target.name());
+                v["vs_nginx"] = json!(c.vs_nginx(&run.load));
+                v["proxy_cpu_us_per_request"] =
+                    json!(run.proxy_cpu_per_request.map(|d| d.as_secs_f64() * 1e6));
+                v
+            }).collect::<Vec<_>>(),
+        })
+    };
+    let peer_name = |p: Peer| p.name();
+    json!({
+        "quick": f.plan.length == RunLength::Quick,
+        "cell_s": f.plan.cell.as_secs_f64(),
+        "small_body_bytes": f.small_body_len,
+        "h2": H2_NOTE,
+        "peers": f.peers.iter().map(|p| match &p.outcome {
+            Ok(version) => json!({ "peer": peer_name(p.peer), "version": version }),
+            Err(why) => json!({ "peer": peer_name(p.peer), "skipped": why }),
+        }).collect::<Vec<_>>(),
+        "cells": f.cells.iter().map(cell).collect::<Vec<_>>(),
+        "swap_under_load": {
+            "concurrency": SWAP_CONCURRENCY,
+            "swaps_asked": SwapRow::asked(),
+            "swaps_done": f.swap.swaps,
+            "swap_interval_ms": f.plan.swap_interval.as_millis() as u64,
+            "swap_elapsed_ms": f.swap.swap_elapsed.as_secs_f64() * 1000.0,
+            "publish_us": f.swap.publish_us,
+            "router_failed": f.swap.router_failed,
+            "router_accepted": f.swap.router_accepted,
+            "load": load(&f.swap.load),
+            "passed": f.swap.passed(&f.plan),
+        },
+        "routes_cost": {
+            "concurrency": ROUTES_CONCURRENCY,
+            "extra_routes": EXTRA_ROUTES,
+            "one_route_requests_per_s": f.routes.one_route,
+            "many_routes_requests_per_s": f.routes.many_routes,
+            "loss_percent": f.routes.loss_percent(),
+            "goal_percent": ROUTES_LOSS_GOAL,
+        },
+    })
+}
+
+/// Microseconds below 10 ms, milliseconds above.
+fn latency(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 10_000.0 {
+        format!("{us:.0} us")
+    } else {
+        format!("{:.1} ms", us / 1000.0)
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_units() {
+        assert_eq!(latency(Duration::from_micros(950)), "950 us");
+        assert_eq!(latency(Duration::from_micros(12_340)), "12.3 ms");
+    }
+}

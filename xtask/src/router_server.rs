@@ -1,0 +1,280 @@
+//! `xtask router-server`: molt's router (the `molt-router` library, as `molt serve` runs it)
+//! alone in its own process with two worker threads, so that `bench router` measures it the
+//! way it measures nginx: a separate server, not a library sharing the load generator's
+//! runtime.
+//!
+//! It routes `bench.localhost` to the backends (environment "blue"), plus `--extra-routes`
+//! dummy hostnames. With `--swaps N`, SIGUSR1 starts N route swaps between environments
+//! "blue" and "green" (same backends), `--swap-interval-ms` apart. On SIGTERM or SIGINT it
+//! stops and prints one JSON line to stdout: the swaps done, how long each publish took, and
+//! the router's counters of both environments.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use molt_router::{Backend, EnvStats, RouteTable, Router, RouterConfig, Upstream};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// The hostname every benchmark request carries.
+pub const HOST: &str = "bench.localhost";
+/// Worker threads of the router's runtime: as many as nginx's and HAProxy's workers.
+pub const WORKER_THREADS: usize = 2;
+/// The environment `HOST` starts on, and the one swaps alternate it with.
+const ENVS: [&str; 2] = ["blue", "green"];
+
+/// What `xtask router-server` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterServerArgs {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The upstreams of `HOST`, round-robin.
+    pub backends: Vec<SocketAddr>,
+    /// Dummy hostnames added to the table besides `HOST`.
+    pub extra_routes: usize,
+    /// Route swaps to do once SIGUSR1 arrives.
+    pub swaps: usize,
+    /// Pause between two swaps.
+    pub swap_interval: Duration,
+}
+
+/// What the swaps did, as reported on stdout.
+struct SwapRecord {
+    publish: Vec<Duration>,
+    /// From SIGUSR1 to the end of the last publish.
+    elapsed: Duration,
+}
+
+impl RouterServerArgs {
+    /// Parses `--listen ADDR --backend ADDR... [--extra-routes N] [--swaps N]
+    /// [--swap-interval-ms MS]`.
+    pub fn parse(args: &[&str]) -> Result<Self> {
+        let mut listen = None;
+        let mut backends = Vec::new();
+        let (mut extra_routes, mut swaps, mut swap_interval_ms) = (0, 0, 20);
+        let mut rest = args.iter();
+        while let Some(flag) = rest.next() {
+            let value = rest.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
+            let bad = || format!("invalid value {value:?} for {flag}");
+            match *flag {
+                "--listen" => listen = Some(value.parse().with_context(bad)?),
+                "--backend" => backends.push(value.parse().with_context(bad)?),
+                "--extra-routes" => extra_routes = value.parse().with_context(bad)?,
+                "--swaps" => swaps = value.parse().with_context(bad)?,
+                "--swap-interval-ms" => swap_interval_ms = value.parse().with_context(bad)?,
+                other => bail!("unknown router-server option {other:?}"),
+            }
+        }
+        let listen = listen.ok_or_else(|| anyhow!("router-server needs --listen ADDR"))?;
+        if backends.is_empty() {
+            bail!("router-server needs at least one --backend ADDR");
+        }
+        Ok(Self {
+            listen,
+            backends,
+            extra_routes,
+            swaps,
+            swap_interval: Duration::from_millis(swap_interval_ms),
+        })
+    }
+
+    /// The command line that [`RouterServerArgs::parse`] reads back.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "router-server".into(),
+            "--listen".into(),
+            self.listen.to_string(),
+        ];
+        for backend in &self.backends {
+            args.extend(["--backend".into(), backend.to_string()]);
+        }
+        args.extend([
+            "--extra-routes".into(),
+            self.extra_routes.to_string(),
+            "--swaps".into(),
+            self.swaps.to_string(),
+            "--swap-interval-ms".into(),
+            self.swap_interval.as_millis().to_string(),
+        ]);
+        args
+    }
+
+    /// The table with `HOST` on `env` and every dummy hostname on its own environment.
+    fn table(&self, env: &str) -> RouteTable {
+        let upstreams = |prefix: &str| -> Vec<Upstream> {
+            self.backends
+                .iter()
+                .enumerate()
+                .map(|(i, &addr)| Upstream {
+                    instance: format!("{prefix}-{i}"),
+                    addr,
+                })
+                .collect()
+        };
+        let mut table = RouteTable::new();
+        table.insert(HOST, Backend::new(env, upstreams(env)));
+        for i in 0..self.extra_routes {
+            let env = format!("extra-{i}");
+            let upstreams = upstreams(&env);
+            table.insert(
+                &format!("app-{i}.extra.localhost"),
+                Backend::new(env, upstreams),
+            );
+        }
+        table
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then prints its report on stdout.
+pub async fn run(args: RouterServerArgs) -> Result<()> {
+    // Installed before the port answers, so the bench's SIGUSR1 never hits the default action.
+    let mut start_swaps =
+        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let router = Router::new(RouterConfig {
+        shutdown_grace: Duration::from_secs(1),
+        ..RouterConfig::default()
+    });
+    let tables = ENVS.map(|env| args.table(env));
+    router.publish(tables[0].clone()).await;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    eprintln!(
+        "router-server: molt-router on {} -> {:?}, {} routes",
+        args.listen,
+        args.backends,
+        tables[0].len()
+    );
+
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(Arc::clone(&router).serve(listener, shutdown.clone()));
+    let swapper = {
+        let (router, shutdown) = (Arc::clone(&router), shutdown.clone());
+        let (swaps, interval) = (args.swaps, args.swap_interval);
+        tokio::spawn(async move {
+            if swaps == 0 {
+                return None;
+            }
+            tokio::select! {
+                _ = start_swaps.recv() => {}
+                () = shutdown.cancelled() => return None,
+            }
+            Some(swap_routes(&router, &tables, swaps, interval, &shutdown).await)
+        })
+    };
+
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    shutdown.cancel();
+    let swaps = swapper.await.context("the swap task panicked")?;
+    server
+        .await
+        .context("the router task panicked")?
+        .context("the router failed")?;
+    println!("{}", report(&router, swaps.as_ref()));
+    Ok(())
+}
+
+/// Publishes the tables alternately, `swaps` times, starting with the second.
+async fn swap_routes(
+    router: &Router,
+    tables: &[RouteTable; 2],
+    swaps: usize,
+    interval: Duration,
+    shutdown: &CancellationToken,
+) -> SwapRecord {
+    let started = Instant::now();
+    let mut publish = Vec::with_capacity(swaps);
+    for i in 1..=swaps {
+        let published = Instant::now();
+        router.publish(tables[i % 2].clone()).await;
+        publish.push(published.elapsed());
+        if i == swaps {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    SwapRecord {
+        publish,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn report(router: &Router, swaps: Option<&SwapRecord>) -> Value {
+    let stats = |s: EnvStats| {
+        json!({
+            "accepted": s.accepted,
+            "in_flight": s.in_flight,
+            "answered": s.answered,
+            "failed": s.failed,
+        })
+    };
+    json!({
+        "swaps": swaps.map_or(0, |s| s.publish.len()),
+        "swap_elapsed_us": swaps.map_or(0, |s| s.elapsed.as_micros() as u64),
+        "publish_us": swaps.map_or_else(Vec::new, |s| {
+            s.publish.iter().map(|d| d.as_micros() as u64).collect()
+        }),
+        "unrouted": router.unrouted(),
+        "envs": {
+            "blue": stats(router.env_stats(ENVS[0])),
+            "green": stats(router.env_stats(ENVS[1])),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_round_trip() {
+        let args = RouterServerArgs {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backends: vec![
+                SocketAddr::from(([127, 0, 0, 1], 9000)),
+                SocketAddr::from(([127, 0, 0, 1], 9001)),
+            ],
+            extra_routes: 10_000,
+            swaps: 100,
+            swap_interval: Duration::from_millis(20),
+        };
+        let line = args.to_args();
+        let words: Vec<&str> = line[1..].iter().map(String::as_str).collect();
+        assert_eq!(RouterServerArgs::parse(&words).expect("parses"), args);
+        assert!(RouterServerArgs::parse(&["--listen", "127.0.0.1:1"]).is_err());
+        assert!(RouterServerArgs::parse(&["--listen"]).is_err());
+    }
+
+    #[test]
+    fn extra_routes_are_in_the_table() {
+        let args = RouterServerArgs::parse(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "127.0.0.1:9000",
+            "--extra-routes",
+            "3",
+        ])
+        .expect("parses");
+        let table = args.table("green");
+        assert_eq!(table.len(), 4);
+        assert_eq!(table.lookup(HOST).map(|r| r.env()), Some("green"));
+        assert_eq!(
+            table.lookup("app-2.extra.localhost").map(|r| r.env()),
+            Some("extra-2")
+        );
+    }
+}
