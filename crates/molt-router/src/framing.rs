@@ -13,6 +13,7 @@
 //! it stops checking and passes bytes through.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 /// Longest chunk-size line (digits and extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -350,9 +351,20 @@ impl FrameChecker {
 
     /// Checks one complete head; returns its body framing.
     fn check_head(&self, head: &[u8]) -> Result<Framing, Rejection> {
-        let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(head) {
+        // Uninitialised slots: this runs for every request, so no zeroing and, up to the
+        // default limit, no allocation.
+        const ON_STACK: usize = 100;
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; ON_STACK];
+        let mut heap = Vec::new();
+        let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if self.limits.max_headers <= ON_STACK
+        {
+            &mut stack[..self.limits.max_headers]
+        } else {
+            heap.resize_with(self.limits.max_headers, MaybeUninit::uninit);
+            &mut heap
+        };
+        let mut request = httparse::Request::new(&mut []);
+        match request.parse_with_uninit_headers(head, slots) {
             Ok(httparse::Status::Complete(_)) => {}
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(self.reject(431, "too many header fields", false));
