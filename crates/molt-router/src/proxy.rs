@@ -1,5 +1,6 @@
 //! The request path: route lookup, upstream choice, forwarding, retries and accounting.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,7 +10,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderValue, HOST};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, COOKIE, HOST, SET_COOKIE, USER_AGENT};
 use hyper::http::request;
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -26,8 +27,9 @@ use crate::headers::{add_forwarding, strip_hop_by_hop};
 use crate::limits::{BodyFault, FaultProbe, LimitedBody};
 use crate::page::{self, Flavor};
 use crate::reqid::{RequestIds, X_REQUEST_ID};
+use crate::shaping::{self, Source, STICKY_COOKIE};
 use crate::stats::{EnvStats, InFlight, StatsRegistry};
-use crate::table::{Route, RouteTable};
+use crate::table::{Picked, Route, RouteTable, Selector};
 use crate::upgrade::{mark_presence, requested_upgrade, Tunnels};
 use crate::{RouterConfig, UpstreamProtocol};
 
@@ -233,20 +235,39 @@ impl Router {
 
         // The table is held only while choosing: a publish waits for exactly this window.
         // A backend in maintenance takes no request, so nothing is counted for it.
+        let bucket_source = Cell::new(Source::Cookie);
         let chosen = {
             let table = self.table.load_full();
+            let headers = request.headers();
+            let selector = Selector {
+                pin: headers.get(&X_MOLT_ENV).and_then(|v| v.to_str().ok()),
+                bucket: || {
+                    let cookie = headers.get(COOKIE).map(HeaderValue::as_bytes);
+                    let (bucket, source) = shaping::bucket_of(cookie, &identity(client, headers));
+                    bucket_source.set(source);
+                    bucket
+                },
+            };
             table
-                .lookup_path(host_name.trim(), request.uri().path())
-                .map(|route| match &route.backend().maintenance {
+                .select(host_name.trim(), request.uri().path(), selector)
+                .map(|(route, picked)| match &route.backend().maintenance {
                     Some(maintenance) => Err(maintenance.clone()),
                     None => {
                         let in_flight = route.counters().accept();
-                        Ok((Arc::clone(route), route.next_index(), in_flight))
+                        Ok((Arc::clone(route), route.next_index(), in_flight, picked))
                     }
                 })
         };
+        // A client bucketed by hash gets its bucket as a cookie, so it stays put even when its
+        // address or agent changes.
+        let sticky_cookie = match &chosen {
+            Some(Ok((_, _, _, Picked::Split(bucket)))) if bucket_source.get() == Source::Hash => {
+                Some(*bucket)
+            }
+            _ => None,
+        };
         let (route, start, in_flight) = match chosen {
-            Some(Ok(chosen)) => chosen,
+            Some(Ok((route, start, in_flight, _))) => (route, start, in_flight),
             Some(Err(maintenance)) => {
                 debug!(host = host_name, "backend in maintenance");
                 return page::maintenance(&maintenance, Flavor::of(request.headers()));
@@ -273,11 +294,19 @@ impl Router {
                 .forward_upgrade(&route, start, in_flight, request, client, host)
                 .await;
         }
-        let (response, index) = self
+        let (mut response, index) = self
             .forward(&route, start, in_flight, request, client, host)
             .await;
         if self.config.access_log {
             served.instance = index.map(|index| route.upstreams()[index].instance.clone());
+        }
+        if let Some(bucket) = sticky_cookie {
+            let cookie = format!(
+                "{STICKY_COOKIE}={bucket}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax"
+            );
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().append(SET_COOKIE, value);
+            }
         }
         response
     }
@@ -388,6 +417,19 @@ pub(crate) fn relay(response: Response<Incoming>, in_flight: InFlight) -> Respon
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
     Response::from_parts(head, ResponseBody::upstream(body, in_flight))
+}
+
+/// Pins a request to one environment of its hostname (for testers), e.g. `X-Molt-Env: shop-v8-1a2b`.
+pub static X_MOLT_ENV: HeaderName = HeaderName::from_static("x-molt-env");
+
+/// What identifies a client for sticky bucketing when it has no cookie yet.
+fn identity(client: IpAddr, headers: &HeaderMap) -> Vec<u8> {
+    let mut id = client.to_string().into_bytes();
+    id.push(b'|');
+    if let Some(agent) = headers.get(USER_AGENT) {
+        id.extend_from_slice(agent.as_bytes());
+    }
+    id
 }
 
 /// A short plain-text response made by the router itself.

@@ -74,6 +74,28 @@ pub struct RouteTable {
 struct HostRoutes {
     prefixes: Vec<(String, Arc<Route>)>,
     host: Option<Arc<Route>>,
+    /// A weighted split of the hostname's traffic (canary); empty when there is none. The
+    /// first entry is also `host`, the route that plain lookups return.
+    split: Vec<(u32, Arc<Route>)>,
+}
+
+/// How one request picks among a hostname's routes: an environment pinned by the client
+/// (`X-Molt-Env`), and the client's sticky bucket for weighted splits (computed only when
+/// the hostname has a split).
+pub(crate) struct Selector<'a, F: FnOnce() -> u32> {
+    /// Environment id the request asks for; honoured when the hostname routes to it.
+    pub pin: Option<&'a str>,
+    /// The client's bucket in [0, `shaping::BUCKETS`).
+    pub bucket: F,
+}
+
+/// Which way a request was routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Picked {
+    /// The hostname's single route, a path prefix, or a pinned environment.
+    Direct,
+    /// A weighted split chose the route for this bucket.
+    Split(u32),
 }
 
 impl Backend {
@@ -156,7 +178,24 @@ impl RouteTable {
     /// `backend`, replacing any previous entry for the same name.
     pub fn insert(&mut self, hostname: &str, backend: Backend) {
         let route = Arc::new(Route::new(backend, Arc::default()));
-        self.entry(hostname).host = Some(route);
+        let entry = self.entry(hostname);
+        entry.host = Some(route);
+        entry.split.clear();
+    }
+
+    /// Splits `hostname`'s traffic between environments by weight (a canary: `[(stable, 90),
+    /// (canary, 10)]`). A client stays on one environment: its bucket comes from a
+    /// `molt-bucket` cookie the router hands out, or else from a hash of its address and user
+    /// agent; raising an entry's weight only adds clients to it. The first entry answers plain
+    /// [`RouteTable::lookup`]s. Replaces the hostname's previous route.
+    pub fn insert_split(&mut self, hostname: &str, entries: Vec<(Backend, u32)>) {
+        let routes: Vec<(u32, Arc<Route>)> = entries
+            .into_iter()
+            .map(|(backend, weight)| (weight, Arc::new(Route::new(backend, Arc::default()))))
+            .collect();
+        let entry = self.entry(hostname);
+        entry.host = routes.first().map(|(_, route)| Arc::clone(route));
+        entry.split = if routes.len() > 1 { routes } else { Vec::new() };
     }
 
     /// Routes requests for `hostname` whose path is `prefix` or lies below it (`"/api"`
@@ -196,19 +235,53 @@ impl RouteTable {
     /// hostname's own route. Never allocates for a lowercase host.
     pub fn lookup_path(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         let host = lookup_key(host).ok()?;
-        if let Some(route) = self.exact.get(host.as_ref()).and_then(|e| e.find(path)) {
-            return Some(route);
+        self.host_entry(&host, |e| e.find(path).is_some())
+            .and_then(|e| e.find(path))
+    }
+
+    /// The route for one request, honouring a pinned environment and weighted splits.
+    pub(crate) fn select<F: FnOnce() -> u32>(
+        &self,
+        host: &str,
+        path: &str,
+        selector: Selector<'_, F>,
+    ) -> Option<(&Arc<Route>, Picked)> {
+        let host = lookup_key(host).ok()?;
+        let entry = self.host_entry(&host, |e| e.find(path).is_some())?;
+        if let Some(pin) = selector.pin {
+            if let Some(route) = entry.routes().find(|route| route.env() == pin) {
+                return Some((route, Picked::Direct));
+            }
+        }
+        let prefixed = entry
+            .prefixes
+            .iter()
+            .find(|(prefix, _)| path_has_prefix(path, prefix));
+        if let Some((_, route)) = prefixed {
+            return Some((route, Picked::Direct));
+        }
+        if !entry.split.is_empty() {
+            let bucket = (selector.bucket)();
+            let weights: Vec<u32> = entry.split.iter().map(|(w, _)| *w).collect();
+            if let Some(i) = crate::shaping::choose_weighted(&weights, bucket) {
+                return Some((&entry.split[i].1, Picked::Split(bucket)));
+            }
+        }
+        entry.host.as_ref().map(|route| (route, Picked::Direct))
+    }
+
+    /// The exact entry for `host`, else the most specific wildcard entry that `accepts`.
+    fn host_entry(&self, host: &str, accepts: impl Fn(&HostRoutes) -> bool) -> Option<&HostRoutes> {
+        if let Some(entry) = self.exact.get(host).filter(|e| accepts(e)) {
+            return Some(entry);
         }
         if self.wildcard.is_empty() {
             return None;
         }
         // Walk suffixes from the longest ("b.example.com" for "a.b.example.com") so the most
         // specific wildcard wins.
-        host.match_indices('.').find_map(|(dot, _)| {
-            self.wildcard
-                .get(&host[dot + 1..])
-                .and_then(|entry| entry.find(path))
-        })
+        host.match_indices('.')
+            .find_map(|(dot, _)| self.wildcard.get(&host[dot + 1..]).filter(|e| accepts(e)))
     }
 
     /// The environment ids this table sends traffic to, each once, in sorted order.
@@ -255,13 +328,23 @@ impl RouteTable {
         let bind_all = |map: HashMap<String, HostRoutes>| {
             map.into_iter()
                 .map(|(name, entry)| {
+                    let split: Vec<(u32, Arc<Route>)> = entry
+                        .split
+                        .into_iter()
+                        .map(|(weight, route)| (weight, bind(route)))
+                        .collect();
                     let entry = HostRoutes {
                         prefixes: entry
                             .prefixes
                             .into_iter()
                             .map(|(prefix, route)| (prefix, bind(route)))
                             .collect(),
-                        host: entry.host.map(bind),
+                        // The split's first entry and the host route are one route.
+                        host: match split.first() {
+                            Some((_, first)) => Some(Arc::clone(first)),
+                            None => entry.host.map(bind),
+                        },
+                        split,
                     };
                     (name, entry)
                 })
@@ -289,6 +372,7 @@ impl HostRoutes {
             .iter()
             .map(|(_, route)| route)
             .chain(self.host.iter())
+            .chain(self.split.iter().skip(1).map(|(_, route)| route))
     }
 }
 
