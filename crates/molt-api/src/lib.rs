@@ -97,6 +97,7 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
         .route("/v1/apps/:app/rollback", post(rollback))
         .route("/v1/apps/:app/config", get(config_get).post(config_set))
         .route("/v1/apps/:app/logs", get(logs))
+        .route("/v1/apps/:app/maintenance", post(maintenance))
         .route("/v1/apps/:app/events", get(events))
         .route("/v1/deployments/:id", get(deployment))
         .route(
@@ -279,6 +280,27 @@ async fn config_set(
 ) -> ApiResult {
     let rec = s.controller.config_set(&app, body.set, body.unset).await?;
     Ok((StatusCode::ACCEPTED, Json(rec)).into_response())
+}
+
+#[derive(Deserialize)]
+struct MaintenanceBody {
+    enabled: bool,
+    message: Option<String>,
+    retry_after: Option<u32>,
+}
+
+async fn maintenance(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Json(body): Json<MaintenanceBody>,
+) -> ApiResult {
+    let mode = body.enabled.then(|| molt_store::MaintenanceMode {
+        message: body
+            .message
+            .unwrap_or_else(|| format!("{app} is down for maintenance; please try again soon")),
+        retry_after_secs: body.retry_after.unwrap_or(120),
+    });
+    ok(s.controller.set_maintenance(&app, mode).await?)
 }
 
 #[derive(Deserialize)]

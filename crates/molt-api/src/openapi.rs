@@ -75,6 +75,12 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
     ),
     ("get", "/v1/apps/{app}/events", "The app's history", None),
     (
+        "post",
+        "/v1/apps/{app}/maintenance",
+        "Maintenance mode on or off: the app's hostnames answer 503 with Retry-After",
+        Some("Maintenance"),
+    ),
+    (
         "get",
         "/v1/deployments/{id}",
         "A deployment with its journal",
@@ -155,7 +161,11 @@ pub fn document() -> Value {
                     "set": { "type": "object", "additionalProperties": { "type": "string" } },
                     "unset": { "type": "array", "items": { "type": "string" } } } },
                 "Pin": { "type": "object", "required": ["pinned"], "properties": { "pinned": { "type": "boolean" } } },
-                "Gc": { "type": "object", "properties": { "dry_run": { "type": "boolean" } } }
+                "Gc": { "type": "object", "properties": { "dry_run": { "type": "boolean" } } },
+                "Maintenance": { "type": "object", "required": ["enabled"], "properties": {
+                    "enabled": { "type": "boolean" },
+                    "message": { "type": "string" },
+                    "retry_after": { "type": "integer", "description": "seconds, default 120" } } }
             }
         }
     })

@@ -127,6 +127,20 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Put an app in maintenance mode (its hostnames answer 503 with Retry-After) or take it out.
+    Maintenance {
+        /// The app.
+        app: String,
+        /// on | off
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Message shown to clients.
+        #[arg(long)]
+        message: Option<String>,
+        /// Retry-After in seconds.
+        #[arg(long, default_value_t = 120)]
+        retry_after: u32,
+    },
     /// An app's history (deploys, swaps, rollbacks, replaced instances, GC).
     History {
         /// The app.

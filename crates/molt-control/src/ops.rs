@@ -6,7 +6,7 @@ use std::time::Instant;
 use molt_core::{AppName, EnvVarName, InputError, Manifest, RunConfig};
 use molt_store::{
     AppRecord, DeploymentRecord, EnvRecord, EnvState, EventRecord, ImageRecord, InstanceRecord,
-    InstanceState, JournalEntry, ReleaseRecord,
+    InstanceState, JournalEntry, MaintenanceMode, ReleaseRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -383,6 +383,28 @@ impl Controller {
             swap: None,
             deployment: Some(deployment),
         })
+    }
+
+    /// Puts an app in maintenance mode (its hostnames answer 503 with `Retry-After`) or takes
+    /// it out (`None`). Instances keep running; preview hostnames keep working.
+    pub async fn set_maintenance(
+        &self,
+        app: &str,
+        mode: Option<MaintenanceMode>,
+    ) -> Result<AppRecord> {
+        let a = parse_app(app)?.to_string();
+        let on = mode.is_some();
+        let rec = self
+            .db(move |s| s.set_maintenance(&a, mode.as_ref()))
+            .await?;
+        self.publish_routes().await?;
+        let msg = if on {
+            "maintenance mode on: hostnames answer 503"
+        } else {
+            "maintenance mode off"
+        };
+        self.event(app, "maintenance", msg).await;
+        Ok(rec)
     }
 
     /// Pins or unpins a release (pinned releases are never collected).

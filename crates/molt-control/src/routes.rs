@@ -1,6 +1,6 @@
 //! Deriving the router's table from the store.
 
-use molt_router::{Backend, RouteTable, Upstream};
+use molt_router::{Backend, Maintenance, RouteTable, Upstream};
 use molt_store::{EnvState, InstanceState, Store, StoreError};
 
 use crate::instances::instance_addr;
@@ -40,10 +40,20 @@ fn build_table(store: &mut Store) -> std::result::Result<RouteTable, StoreError>
     for (app, env) in store.routes()? {
         let rec = store.env(&env)?;
         let release = store.release(&app, rec.release)?;
+        // In maintenance the app's hostnames answer 503; preview hostnames keep working.
+        let maintenance = store.app(&app)?.maintenance.map(|m| Maintenance {
+            retry_after_secs: m.retry_after_secs,
+            message: m.message,
+        });
+        let app_backend = |store: &Store| -> std::result::Result<Backend, StoreError> {
+            let mut b = backend(store, &env)?;
+            b.maintenance = maintenance.clone();
+            Ok(b)
+        };
         for host in &release.config.hostnames {
-            table.insert(host.as_str(), backend(store, &env)?);
+            table.insert(host.as_str(), app_backend(store)?);
         }
-        table.insert(&format!("{app}.{LOCAL_SUFFIX}"), backend(store, &env)?);
+        table.insert(&format!("{app}.{LOCAL_SUFFIX}"), app_backend(store)?);
     }
     for env in store.envs(None, false)? {
         if env.state == EnvState::Ready {

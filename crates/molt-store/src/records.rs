@@ -12,6 +12,18 @@ pub struct AppRecord {
     pub created_ms: u64,
     /// The environment the route points at, if any.
     pub routed_env: Option<String>,
+    /// Set while the app is in maintenance mode: its hostnames answer 503.
+    #[serde(default)]
+    pub maintenance: Option<MaintenanceMode>,
+}
+
+/// Maintenance mode of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceMode {
+    /// Shown to clients.
+    pub message: String,
+    /// Sent as `Retry-After`, in seconds.
+    pub retry_after_secs: u32,
 }
 
 /// A stored image.

@@ -84,6 +84,8 @@ CREATE TABLE events (
 "#,
     // Each instance has its own address: a fixed app port is served on a loopback IP per instance.
     "ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '127.0.0.1'",
+    // Maintenance mode of an app: its message and Retry-After, or NULL.
+    "ALTER TABLE apps ADD COLUMN maintenance TEXT",
 ];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.

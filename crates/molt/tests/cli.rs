@@ -92,6 +92,12 @@ async fn the_cli_drives_a_whole_lifecycle() {
         let o = molt(d, args);
         assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
     }
+    let o = molt(d, &["maintenance", "cli", "on", "--message", "brb"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (status, body) = serve.get("cli.localhost").await;
+    assert_eq!((status, body.contains("brb")), (503, true), "{body}");
+    let o = molt(d, &["maintenance", "cli", "off"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let o = molt(d, &["logs", "cli", "-n", "5"]);
     assert!(text(&o).contains("listening on 127.0.0.1"), "{}", text(&o));
 

@@ -729,3 +729,30 @@ async fn gc_runs_by_itself() {
     .await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn maintenance_mode_answers_503_and_keeps_previews() {
+    let h = Harness::start().await;
+    let d = h.deploy(&h.app("maint", &[], FAST)).await;
+    let env = d["env"].as_str().unwrap().to_string();
+    let on = json!({ "enabled": true, "message": "back at noon", "retry_after": 30 });
+    let app = h
+        .client
+        .post("/v1/apps/maint/maintenance", &on)
+        .await
+        .unwrap();
+    assert_eq!(app["maintenance"]["retry_after_secs"], 30, "{app}");
+    let (status, body) = h.get("maint.localhost", "/").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("back at noon"), "{body}");
+    let (status, body) = h.get(&format!("{env}.localhost"), "/").await;
+    assert_eq!(status, 200, "previews keep working: {body}");
+    let off = json!({ "enabled": false });
+    h.client
+        .post("/v1/apps/maint/maintenance", &off)
+        .await
+        .unwrap();
+    let (status, _) = h.get("maint.localhost", "/").await;
+    assert_eq!(status, 200);
+    h.stop().await;
+}

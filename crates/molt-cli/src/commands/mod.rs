@@ -108,6 +108,26 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             Ok(0)
         }
         Command::Images { action } => images(&client()?, action, json).await,
+        Command::Maintenance {
+            app,
+            state,
+            message,
+            retry_after,
+        } => {
+            let body =
+                json!({ "enabled": state == "on", "message": message, "retry_after": retry_after });
+            let v = client()?
+                .post(&format!("/v1/apps/{app}/maintenance"), &body)
+                .await?;
+            if json {
+                print_json(&v);
+            } else if state == "on" {
+                println!("{app} is in maintenance: its hostnames answer 503 (Retry-After {retry_after}s); previews still work");
+            } else {
+                println!("{app} serves again");
+            }
+            Ok(0)
+        }
     }
 }
 
