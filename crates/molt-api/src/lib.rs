@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -345,18 +345,30 @@ struct ImportQuery {
 async fn import_image(
     State(s): State<ApiState>,
     Query(q): Query<ImportQuery>,
-    headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let _ = headers;
     let path = s.upload_dir.join(format!("upload-{}.tar", rand_suffix()));
+    let mut received = false;
     let result = async {
         receive_to_file(body, &path).await?;
+        received = true;
         Ok::<_, ApiError>(s.controller.import_image(path.clone(), q.tag).await?)
     }
     .await;
     let _ = tokio::fs::remove_file(&path).await;
-    Ok((StatusCode::CREATED, Json(result?)).into_response())
+    match result {
+        Ok(image) => Ok((StatusCode::CREATED, Json(image)).into_response()),
+        // The rest of the upload was not read: the connection cannot be reused.
+        Err(e) if !received => {
+            let mut response = e.into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            Ok(response)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn receive_to_file(body: Body, path: &std::path::Path) -> Result<(), ApiError> {

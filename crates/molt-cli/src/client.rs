@@ -115,6 +115,25 @@ impl Client {
         body: Option<Bytes>,
         content_type: &str,
     ) -> Result<Value> {
+        let first = self
+            .send_once(method.clone(), path, body.clone(), content_type)
+            .await;
+        // A pooled connection the server had just closed: a GET is safe to send again.
+        match first {
+            Err(e) if method == Method::GET && e.downcast_ref::<Unreachable>().is_some() => {
+                self.send_once(method, path, body, content_type).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        content_type: &str,
+    ) -> Result<Value> {
         let uri = format!("{}{}", self.base, path);
         let req = Request::builder()
             .method(method)
