@@ -1,0 +1,266 @@
+//! The OCI runtime bundle of one instance: `config.json` built with `oci-spec`'s runtime types.
+//!
+//! The settings follow `runc spec`'s defaults (masked and read-only paths, `/dev` as a tmpfs
+//! with the default devices, every device denied in the device cgroup) and tighten them: no
+//! capabilities at all, an unprivileged user, `no_new_privileges`, a read-only root with
+//! per-instance tmpfs on `/tmp` and `/run`. The network is the host's for now (no netns).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    get_default_maskedpaths, get_default_readonly_paths, Capabilities, LinuxBuilder,
+    LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use oci_spec::OciSpecError;
+
+use crate::ids::{INSTANCE_ANNOTATION, OWNER_ANNOTATION};
+use crate::ContainerUser;
+
+/// Size of the `/dev`, `/tmp` and `/run` tmpfs mounts (they count against the memory limit).
+const DEV_SIZE: &str = "size=65536k";
+const SCRATCH_SIZE: &str = "size=65536k";
+
+/// Everything that goes into one instance's `config.json`.
+#[derive(Debug)]
+pub(crate) struct BundleSpec<'a> {
+    /// Absolute path of the unpacked root filesystem, mounted read-only.
+    pub(crate) rootfs: &'a Path,
+    /// Program and arguments, resolved inside the container.
+    pub(crate) args: &'a [String],
+    /// The complete environment, `NAME=value`.
+    pub(crate) env: Vec<String>,
+    /// The UTS hostname.
+    pub(crate) hostname: String,
+    /// Cgroup path relative to every hierarchy's root, e.g. `/molt/<container id>`.
+    pub(crate) cgroups_path: PathBuf,
+    /// Who the process runs as.
+    pub(crate) user: ContainerUser,
+    /// Memory limit in bytes.
+    pub(crate) memory_limit: Option<u64>,
+    /// Largest number of tasks (processes and threads).
+    pub(crate) pids_limit: Option<u64>,
+    /// Owner annotation value.
+    pub(crate) owner: &'a str,
+    /// Instance annotation value.
+    pub(crate) instance: &'a str,
+}
+
+impl BundleSpec<'_> {
+    /// The OCI runtime spec of the bundle.
+    pub(crate) fn to_spec(&self) -> Result<Spec, OciSpecError> {
+        let no_caps = Capabilities::new();
+        let capabilities = LinuxCapabilitiesBuilder::default()
+            .bounding(no_caps.clone())
+            .effective(no_caps.clone())
+            .inheritable(no_caps.clone())
+            .permitted(no_caps.clone())
+            .ambient(no_caps)
+            .build()?;
+        let user = UserBuilder::default()
+            .uid(self.user.uid)
+            .gid(self.user.gid)
+            .build()?;
+        let process = ProcessBuilder::default()
+            .terminal(false)
+            .user(user)
+            .args(self.args.to_vec())
+            .env(self.env.clone())
+            .cwd("/")
+            .capabilities(capabilities)
+            .no_new_privileges(true)
+            .build()?;
+        let root = RootBuilder::default()
+            .path(self.rootfs)
+            .readonly(true)
+            .build()?;
+
+        let namespaces = [
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Ipc,
+        ]
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<Result<Vec<_>, _>>()?;
+
+        let mut resources = LinuxResourcesBuilder::default().devices(vec![
+            // Deny every device; runc then allows only its default ones (null, zero, tty, …).
+            LinuxDeviceCgroupBuilder::default()
+                .allow(false)
+                .access("rwm")
+                .build()?,
+        ]);
+        if let Some(limit) = self.memory_limit {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build()?);
+        }
+        if let Some(limit) = self.pids_limit {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build()?);
+        }
+        let linux = LinuxBuilder::default()
+            .namespaces(namespaces)
+            .resources(resources.build()?)
+            .cgroups_path(self.cgroups_path.clone())
+            .masked_paths(get_default_maskedpaths())
+            .readonly_paths(get_default_readonly_paths())
+            .build()?;
+
+        let annotations = HashMap::from([
+            (OWNER_ANNOTATION.to_string(), self.owner.to_string()),
+            (INSTANCE_ANNOTATION.to_string(), self.instance.to_string()),
+        ]);
+        SpecBuilder::default()
+            .version("1.0.2")
+            .root(root)
+            .mounts(self.mounts()?)
+            .process(process)
+            .hostname(self.hostname.clone())
+            .annotations(annotations)
+            .linux(linux)
+            .build()
+    }
+
+    /// `runc spec`'s mounts minus `/sys` (nothing the instances need), plus `/tmp` and `/run`.
+    ///
+    /// `/tmp` and `/run` belong to the instance's user: runc gives a tmpfs the mode of the
+    /// directory it covers (often 0755 in an image, or a directory runc had to create), so
+    /// `mode=1777` alone would not make them writable.
+    fn mounts(&self) -> Result<Vec<Mount>, OciSpecError> {
+        let owned_by_user = format!("uid={},gid={}", self.user.uid, self.user.gid);
+        let table: [(&str, &str, &str, Vec<&str>); 7] = [
+            ("/proc", "proc", "proc", vec!["nosuid", "noexec", "nodev"]),
+            (
+                "/dev",
+                "tmpfs",
+                "tmpfs",
+                vec!["nosuid", "strictatime", "mode=755", DEV_SIZE],
+            ),
+            (
+                "/dev/pts",
+                "devpts",
+                "devpts",
+                vec![
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620",
+                ],
+            ),
+            (
+                "/dev/shm",
+                "tmpfs",
+                "shm",
+                vec!["nosuid", "noexec", "nodev", "mode=1777", DEV_SIZE],
+            ),
+            (
+                "/dev/mqueue",
+                "mqueue",
+                "mqueue",
+                vec!["nosuid", "noexec", "nodev"],
+            ),
+            (
+                "/tmp",
+                "tmpfs",
+                "tmpfs",
+                vec!["nosuid", "nodev", "mode=1777", &owned_by_user, SCRATCH_SIZE],
+            ),
+            (
+                "/run",
+                "tmpfs",
+                "tmpfs",
+                vec!["nosuid", "nodev", "mode=755", &owned_by_user, SCRATCH_SIZE],
+            ),
+        ];
+        table
+            .into_iter()
+            .map(|(destination, typ, source, options)| {
+                MountBuilder::default()
+                    .destination(destination)
+                    .typ(typ)
+                    .source(source)
+                    .options(options.into_iter().map(String::from).collect::<Vec<_>>())
+                    .build()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> BundleSpec<'static> {
+        BundleSpec {
+            rootfs: Path::new("/images/abc/rootfs"),
+            args: &[],
+            env: vec!["A=1".to_string()],
+            hostname: "web-1".to_string(),
+            cgroups_path: PathBuf::from("/molt/m-web-1"),
+            user: ContainerUser::NOBODY,
+            memory_limit: Some(64 << 20),
+            pids_limit: Some(100),
+            owner: "m",
+            instance: "web-1",
+        }
+    }
+
+    #[test]
+    fn config_is_locked_down() {
+        let spec = sample().to_spec().unwrap();
+        let json: serde_json::Value = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["root"]["readonly"], true);
+        assert_eq!(json["root"]["path"], "/images/abc/rootfs");
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert_eq!(json["process"]["cwd"], "/");
+        assert_eq!(json["process"]["user"]["uid"], 65534);
+        assert_eq!(
+            json["process"]["capabilities"]["bounding"],
+            serde_json::json!([])
+        );
+        assert_eq!(
+            json["process"]["capabilities"]["ambient"],
+            serde_json::json!([])
+        );
+        assert_eq!(json["hostname"], "web-1");
+        assert_eq!(json["linux"]["cgroupsPath"], "/molt/m-web-1");
+        assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(json["linux"]["resources"]["pids"]["limit"], 100);
+        let namespaces: Vec<&str> = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ns| ns["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(namespaces, ["mount", "pid", "uts", "ipc"]);
+        assert!(json["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&"/proc/kcore".into()));
+        let destinations: Vec<&str> = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        for wanted in ["/proc", "/dev", "/tmp", "/run"] {
+            assert!(destinations.contains(&wanted), "{destinations:?}");
+        }
+        assert_eq!(json["annotations"][INSTANCE_ANNOTATION], "web-1");
+    }
+
+    #[test]
+    fn limits_are_optional() {
+        let mut bundle = sample();
+        bundle.memory_limit = None;
+        bundle.pids_limit = None;
+        let json = serde_json::to_value(bundle.to_spec().unwrap()).unwrap();
+        assert!(json["linux"]["resources"].get("memory").is_none());
+        assert!(json["linux"]["resources"].get("pids").is_none());
+    }
+}

@@ -1,0 +1,18 @@
+//! molt-runtime: instances as OCI containers, run by the system's `runc`.
+//!
+//! [`RuncProvider`] implements molt's [`Provider`](molt_provider::Provider) trait: each instance
+//! gets an OCI runtime bundle (a `config.json` built with `oci-spec`) whose root is the image's
+//! unpacked root filesystem, mounted read-only, and runs in its own mount, pid, uts and ipc
+//! namespaces with no capabilities, as an unprivileged user, in its own cgroup under `/molt`.
+//! molt does not implement a container runtime: `runc` does the isolation, molt only writes the
+//! bundle and drives `runc` through its command line, with a state directory of its own.
+//!
+//! Everything here blocks; async callers use `spawn_blocking`.
+
+mod bundle;
+mod ids;
+mod procfs;
+mod provider;
+mod runc;
+
+pub use crate::provider::{ContainerUser, RuncConfig, RuncProvider};

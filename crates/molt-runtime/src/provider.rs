@@ -1,0 +1,449 @@
+//! `RuncProvider`: one instance is one runc container with its own bundle directory.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use molt_provider::{
+    InstanceSpec, InstanceStatus, ProcessHandle, Provider, ProviderError, StopSignal,
+};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::bundle::BundleSpec;
+use crate::ids::{self, INSTANCE_ANNOTATION, OWNER_ANNOTATION};
+use crate::procfs;
+use crate::runc::{ContainerState, Runc};
+
+/// Environment variable naming the instance, as the local provider sets it.
+const INSTANCE_VAR: &str = "MOLT_INSTANCE";
+/// Parent of every instance's cgroup, in every hierarchy (never the hierarchy's root).
+const CGROUP_PARENT: &str = "/molt";
+
+/// Who the container's process runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerUser {
+    /// User id inside the container (no user namespace: also the host uid).
+    pub uid: u32,
+    /// Group id inside the container.
+    pub gid: u32,
+}
+
+/// Where a [`RuncProvider`] keeps things and how it confines instances.
+#[derive(Debug, Clone)]
+pub struct RuncConfig {
+    /// Marks this molt's containers: their ids start with `<owner>-`; one stable owner per data dir.
+    pub owner: String,
+    /// The `runc` binary (`runc` is looked up in `PATH`).
+    pub runc: PathBuf,
+    /// runc's state directory (`runc --root`), so molt's containers are apart from others.
+    pub state_root: PathBuf,
+    /// Directory holding one bundle directory per container.
+    pub bundle_root: PathBuf,
+    /// The user instances run as.
+    pub user: ContainerUser,
+    /// Memory limit of each instance in bytes (none when `None`).
+    pub memory_limit: Option<u64>,
+    /// Largest number of tasks in each instance (none when `None`).
+    pub pids_limit: Option<u64>,
+}
+
+/// Runs instances as OCI containers through `runc`, each with a read-only root filesystem.
+///
+/// Containers outlive molt (`runc run --detach`); after a restart they are found again by
+/// `scan` (their ids start with the owner prefix) and re-adopted by `adopt`.
+#[derive(Debug)]
+pub struct RuncProvider {
+    config: RuncConfig,
+    runc: Runc,
+    /// Container id of every handle started or adopted here, for `signal` (which gets no id).
+    containers: Mutex<HashMap<ProcessHandle, String>>,
+}
+
+impl ContainerUser {
+    /// `nobody:nogroup` (65534), the default.
+    pub const NOBODY: ContainerUser = ContainerUser {
+        uid: 65534,
+        gid: 65534,
+    };
+}
+
+impl RuncConfig {
+    /// Defaults: `runc` from `PATH`, user nobody, no resource limits.
+    pub fn new(
+        owner: impl Into<String>,
+        state_root: impl Into<PathBuf>,
+        bundle_root: impl Into<PathBuf>,
+    ) -> Self {
+        RuncConfig {
+            owner: owner.into(),
+            runc: PathBuf::from("runc"),
+            state_root: state_root.into(),
+            bundle_root: bundle_root.into(),
+            user: ContainerUser::NOBODY,
+            memory_limit: None,
+            pids_limit: None,
+        }
+    }
+}
+
+impl RuncProvider {
+    /// A provider with `config`; nothing is touched until the first call.
+    pub fn new(config: RuncConfig) -> Self {
+        let runc = Runc::new(config.runc.clone(), config.state_root.clone());
+        RuncProvider {
+            config,
+            runc,
+            containers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The runc container id of instance `id`.
+    pub fn container_id(&self, id: &str) -> String {
+        ids::container_id(&self.config.owner, id)
+    }
+
+    /// The bundle directory of instance `id`.
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.config.bundle_root.join(self.container_id(id))
+    }
+
+    /// The cgroup path of instance `id`, relative to each hierarchy's root.
+    pub fn cgroup_path(&self, id: &str) -> PathBuf {
+        Path::new(CGROUP_PARENT).join(self.container_id(id))
+    }
+
+    fn containers(&self) -> MutexGuard<'_, HashMap<ProcessHandle, String>> {
+        // A panic while holding the lock leaves the map itself intact.
+        self.containers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `state` is one of ours, carries instance `id` and is the process `handle`.
+    fn is_same(&self, state: &ContainerState, id: &str, handle: ProcessHandle) -> bool {
+        state.is_live()
+            && state.pid == handle.pid
+            && state.annotation(OWNER_ANNOTATION) == Some(self.config.owner.as_str())
+            && state.annotation(INSTANCE_ANNOTATION) == Some(id)
+            && procfs::live_start_time(handle.pid) == Some(handle.start_time)
+    }
+
+    /// The container id of `handle`: remembered, else looked up among our live containers.
+    fn container_of(&self, handle: ProcessHandle) -> Option<String> {
+        if let Some(cid) = self.containers().get(&handle) {
+            return Some(cid.clone());
+        }
+        let prefix = ids::owner_prefix(&self.config.owner);
+        let list = self.runc.list().ok()?;
+        list.into_iter()
+            .find(|c| c.id.starts_with(&prefix) && c.is_live() && c.pid == handle.pid)
+            .map(|c| c.id)
+    }
+
+    /// Removes a container runc still knows under `cid` before a new start reuses the id.
+    fn clear_stale(&self, spec_id: &str, cid: &str) -> Result<(), ProviderError> {
+        match self.runc.state(cid)? {
+            Some(state) if state.is_live() => Err(ProviderError::Spawn {
+                command: format!("runc run {cid}"),
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("instance {spec_id} already runs as pid {}", state.pid),
+                ),
+            }),
+            Some(_) => self.runc.delete_force(cid),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the bundle of `spec` into `dir` (emptied first).
+    fn write_bundle(
+        &self,
+        spec: &InstanceSpec,
+        rootfs: &Path,
+        dir: &Path,
+    ) -> Result<(), ProviderError> {
+        match fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(io_error(dir, source)),
+        }
+        fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let mut env: Vec<String> = spec
+            .env
+            .iter()
+            .filter(|(k, _)| k != INSTANCE_VAR)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.push(format!("{INSTANCE_VAR}={}", spec.id));
+        let bundle = BundleSpec {
+            rootfs,
+            args: &spec.command,
+            env,
+            hostname: ids::hostname(&spec.id),
+            cgroups_path: self.cgroup_path(&spec.id),
+            user: self.config.user,
+            memory_limit: self.config.memory_limit,
+            pids_limit: self.config.pids_limit,
+            owner: &self.config.owner,
+            instance: &spec.id,
+        };
+        let config_path = dir.join("config.json");
+        let oci = bundle
+            .to_spec()
+            .map_err(|e| io_error(&config_path, io::Error::other(e)))?;
+        let json = serde_json::to_vec_pretty(&oci)
+            .map_err(|e| io_error(&config_path, io::Error::other(e)))?;
+        fs::write(&config_path, json).map_err(|e| io_error(&config_path, e))
+    }
+
+    /// After a failed start: removes whatever the attempt left behind.
+    fn undo_start(&self, cid: &str, dir: &Path) {
+        if let Err(e) = self.runc.delete_force(cid) {
+            tracing::warn!(cid, error = %e, "cannot delete the container of a failed start");
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+impl Provider for RuncProvider {
+    fn name(&self) -> &'static str {
+        "runc"
+    }
+
+    fn isolation(&self) -> &'static str {
+        "container (runc)"
+    }
+
+    fn start(&self, spec: &InstanceSpec) -> Result<ProcessHandle, ProviderError> {
+        let Some(program) = spec.command.first() else {
+            return Err(ProviderError::EmptyCommand {
+                id: spec.id.clone(),
+            });
+        };
+        let rootfs = fs::canonicalize(&spec.cwd).map_err(|e| io_error(&spec.cwd, e))?;
+        if !rootfs.is_dir() {
+            return Err(io_error(
+                &spec.cwd,
+                io::Error::other("the root filesystem is not a directory"),
+            ));
+        }
+        if let Some(inside) = program.strip_prefix('/') {
+            // Not followed: a symlink in the image points inside the image, not at the host.
+            if fs::symlink_metadata(rootfs.join(inside)).is_err() {
+                return Err(ProviderError::CommandNotFound {
+                    command: program.clone(),
+                    searched: format!("the root filesystem {}", rootfs.display()),
+                });
+            }
+        }
+        let cid = self.container_id(&spec.id);
+        let dir = self.bundle_dir(&spec.id);
+        self.clear_stale(&spec.id, &cid)?;
+        self.write_bundle(spec, &rootfs, &dir)?;
+        let log = open_log(&spec.log_path)?;
+
+        let runc_log = dir.join("runc.log");
+        if let Err(e) = self.runc.create(&dir, &cid, log, &runc_log) {
+            self.undo_start(&cid, &dir);
+            return Err(e);
+        }
+        // The created init process waits for `start`, so its pid and start time can be read
+        // now, even for a program that exits at once; they stay the same across its exec.
+        let state = match self.runc.state(&cid) {
+            Ok(Some(state)) if state.is_live() => state,
+            Ok(_) => {
+                self.undo_start(&cid, &dir);
+                return Err(ProviderError::Spawn {
+                    command: program.clone(),
+                    source: io::Error::other("the created container has no process"),
+                });
+            }
+            Err(e) => {
+                self.undo_start(&cid, &dir);
+                return Err(e);
+            }
+        };
+        let Some(start_time) = procfs::live_start_time(state.pid) else {
+            self.undo_start(&cid, &dir);
+            return Err(ProviderError::Spawn {
+                command: program.clone(),
+                source: io::Error::other(format!(
+                    "the container's process {} ended before it started",
+                    state.pid
+                )),
+            });
+        };
+        if let Err(e) = self.runc.start(&cid, &runc_log) {
+            self.undo_start(&cid, &dir);
+            return Err(e);
+        }
+        let handle = ProcessHandle {
+            pid: state.pid,
+            start_time,
+        };
+        tracing::debug!(id = %spec.id, cid, pid = handle.pid, "container started");
+        self.containers().insert(handle, cid);
+        Ok(handle)
+    }
+
+    fn status(&self, id: &str, handle: ProcessHandle) -> InstanceStatus {
+        match self.runc.state(&self.container_id(id)) {
+            Ok(None) => InstanceStatus::Gone,
+            // Another container now has the id: ours is gone.
+            Ok(Some(state)) if state.is_live() && state.pid != handle.pid => InstanceStatus::Gone,
+            Ok(Some(state)) => match procfs::live_start_time(handle.pid) {
+                Some(t) if state.is_live() && t == handle.start_time => InstanceStatus::Running,
+                // runc does not keep the exit status of a detached container.
+                _ => InstanceStatus::Exited {
+                    code: None,
+                    signal: None,
+                },
+            },
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot ask runc for the state of the instance");
+                if procfs::live_start_time(handle.pid) == Some(handle.start_time) {
+                    InstanceStatus::Running
+                } else {
+                    InstanceStatus::Gone
+                }
+            }
+        }
+    }
+
+    fn signal(&self, handle: ProcessHandle, sig: StopSignal) -> Result<(), ProviderError> {
+        if procfs::live_start_time(handle.pid) != Some(handle.start_time) {
+            // Gone, or the pid now belongs to another process.
+            return Ok(());
+        }
+        let (name, signal) = match sig {
+            StopSignal::Graceful => ("TERM", Signal::SIGTERM),
+            StopSignal::Force => ("KILL", Signal::SIGKILL),
+        };
+        if let Some(cid) = self.container_of(handle) {
+            match self.runc.kill(&cid, name) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!(cid, error = %e, "runc kill failed; signalling the pid"),
+            }
+        }
+        let pid = match i32::try_from(handle.pid) {
+            Ok(raw) if raw > 1 && handle.pid != std::process::id() => Pid::from_raw(raw),
+            _ => return Err(ProviderError::InvalidPid { pid: handle.pid }),
+        };
+        match kill(pid, signal) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(source) => Err(ProviderError::Signal {
+                pid: handle.pid,
+                source,
+            }),
+        }
+    }
+
+    fn adopt(&self, id: &str, handle: ProcessHandle) -> bool {
+        let cid = self.container_id(id);
+        match self.runc.state(&cid) {
+            Ok(Some(state)) if self.is_same(&state, id, handle) => {
+                self.containers().insert(handle, cid);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot ask runc about an instance to adopt");
+                false
+            }
+        }
+    }
+
+    fn scan(&self) -> Vec<(String, ProcessHandle)> {
+        let list = match self.runc.list() {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list runc containers");
+                return Vec::new();
+            }
+        };
+        let prefix = ids::owner_prefix(&self.config.owner);
+        let mut found = Vec::new();
+        for state in list {
+            if !state.id.starts_with(&prefix) || !state.is_live() {
+                continue;
+            }
+            if state.annotation(OWNER_ANNOTATION) != Some(self.config.owner.as_str()) {
+                continue;
+            }
+            let Some(instance) = state.annotation(INSTANCE_ANNOTATION) else {
+                continue;
+            };
+            let Some(start_time) = procfs::live_start_time(state.pid) else {
+                continue;
+            };
+            let handle = ProcessHandle {
+                pid: state.pid,
+                start_time,
+            };
+            found.push((instance.to_string(), handle));
+            self.containers().insert(handle, state.id);
+        }
+        found.sort_by(|a, b| (&a.0, a.1.pid).cmp(&(&b.0, b.1.pid)));
+        found
+    }
+
+    fn forget(&self, id: &str) {
+        let cid = self.container_id(id);
+        match self.runc.state(&cid) {
+            Ok(Some(state)) if state.is_live() => {
+                // Forgetting a running container would leak it: keep it until it has stopped.
+                tracing::warn!(
+                    id,
+                    cid,
+                    pid = state.pid,
+                    "not forgetting a running instance"
+                );
+                return;
+            }
+            Ok(Some(_)) => {
+                if let Err(e) = self.runc.delete_force(&cid) {
+                    tracing::warn!(id, cid, error = %e, "cannot delete the container");
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(id, cid, error = %e, "cannot ask runc about an instance to forget");
+                return;
+            }
+        }
+        let dir = self.bundle_dir(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(id, dir = %dir.display(), error = %e, "cannot remove the bundle")
+            }
+        }
+        self.containers().retain(|_, known| *known != cid);
+    }
+}
+
+/// An I/O error on `path`.
+fn io_error(path: &Path, source: io::Error) -> ProviderError {
+    ProviderError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens the instance log for appending, creating its directory.
+fn open_log(path: &Path) -> Result<fs::File, ProviderError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+    }
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io_error(path, e))
+}

@@ -1,0 +1,347 @@
+//! End-to-end tests with the real `runc` and a scratch root filesystem holding only busybox.
+//!
+//! They need root, `runc` and a static `/bin/busybox` (Debian's `busybox-static`); without them
+//! each test prints "skipped: needs root and runc" and passes.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use molt_provider::{InstanceSpec, InstanceStatus, ProcessHandle, Provider, StopSignal};
+use molt_runtime::{RuncConfig, RuncProvider};
+
+const BUSYBOX: &str = "/bin/busybox";
+const PAGE: &str = "hello from a read-only root\n";
+
+/// A temp directory with a busybox root filesystem, a runc state root and a bundle root.
+struct Sandbox {
+    dir: tempfile::TempDir,
+    owner: String,
+}
+
+impl Sandbox {
+    /// `None` (after saying so) when the machine cannot run containers.
+    fn new(owner: &str) -> Option<Sandbox> {
+        let has_runc = Command::new("which")
+            .arg("runc")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !nix::unistd::geteuid().is_root() || !has_runc || !Path::new(BUSYBOX).exists() {
+            eprintln!("skipped: needs root and runc");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rootfs = dir.path().join("rootfs");
+        // What an image would hold: busybox, a page, and the usual (empty) mount points.
+        for sub in ["bin", "www", "proc", "dev", "tmp", "run", "etc"] {
+            fs::create_dir_all(rootfs.join(sub)).expect("rootfs dir");
+        }
+        fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
+        fs::write(rootfs.join("www/index.html"), PAGE).expect("page");
+        fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755)).expect("chmod");
+        // World-writable, so only the read-only mount can refuse a write to it.
+        fs::set_permissions(rootfs.join("etc"), fs::Permissions::from_mode(0o1777)).expect("chmod");
+        Some(Sandbox {
+            dir,
+            owner: owner.to_string(),
+        })
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+
+    fn state_root(&self) -> PathBuf {
+        self.dir.path().join("runc-state")
+    }
+
+    fn provider(&self) -> RuncProvider {
+        let mut config = RuncConfig::new(
+            &self.owner,
+            self.state_root(),
+            self.dir.path().join("bundles"),
+        );
+        config.memory_limit = Some(128 << 20);
+        config.pids_limit = Some(64);
+        RuncProvider::new(config)
+    }
+
+    fn spec(&self, id: &str, args: &[&str]) -> InstanceSpec {
+        let mut command = vec![BUSYBOX.to_string()];
+        command.extend(args.iter().map(|a| a.to_string()));
+        InstanceSpec {
+            id: id.to_string(),
+            command,
+            cwd: self.rootfs(),
+            env: vec![("PATH".to_string(), "/bin".to_string())],
+            log_path: self.dir.path().join("logs").join(format!("{id}.log")),
+        }
+    }
+
+    fn log(&self, id: &str) -> String {
+        fs::read_to_string(self.dir.path().join("logs").join(format!("{id}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Ids of the containers runc lists in this sandbox's state root.
+    fn runc_containers(&self) -> Vec<String> {
+        let output = Command::new("runc")
+            .arg("--root")
+            .arg(self.state_root())
+            .args(["list", "--quiet"])
+            .output()
+            .expect("runc list");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Checks that instance `id` left nothing: no container, no mount, no cgroup, no bundle.
+    fn assert_nothing_left(&self, provider: &RuncProvider, id: &str) {
+        let cid = provider.container_id(id);
+        assert!(
+            !self.runc_containers().contains(&cid),
+            "{cid} still in runc list"
+        );
+        let bundle = provider.bundle_dir(id);
+        assert!(!bundle.exists(), "{} still exists", bundle.display());
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let tmp = self.dir.path().to_string_lossy().into_owned();
+        assert!(
+            !mountinfo.lines().any(|line| line.contains(&tmp)),
+            "a mount under {tmp} is left:\n{mountinfo}"
+        );
+        for hierarchy in fs::read_dir("/sys/fs/cgroup")
+            .expect("cgroup root")
+            .flatten()
+        {
+            for leaf in [provider.cgroup_path(id), Path::new("/molt").join(id)] {
+                let path = hierarchy
+                    .path()
+                    .join(leaf.strip_prefix("/").expect("absolute"));
+                assert!(!path.exists(), "cgroup {} is left", path.display());
+            }
+        }
+    }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// One HTTP/1.0 GET of `/`; the whole response.
+fn get(port: u16) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// GETs `/` until it answers 200 (at most 5 s).
+fn get_until_ok(port: u16) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(response) = get(port) {
+            if response.starts_with("HTTP/1.") && response.contains(" 200 ") {
+                return Some(response);
+            }
+        }
+        sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Polls the status until it is no longer `Running` (at most `limit`).
+fn wait_not_running(
+    provider: &RuncProvider,
+    id: &str,
+    handle: ProcessHandle,
+    limit: Duration,
+) -> InstanceStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = provider.status(id, handle);
+        if status != InstanceStatus::Running || Instant::now() >= deadline {
+            return status;
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// TERM, then KILL if it is still running after a second; then forget it.
+fn stop(provider: &RuncProvider, id: &str, handle: ProcessHandle) {
+    provider.signal(handle, StopSignal::Graceful).expect("TERM");
+    if wait_not_running(provider, id, handle, Duration::from_secs(1)) == InstanceStatus::Running {
+        provider.signal(handle, StopSignal::Force).expect("KILL");
+    }
+    let status = wait_not_running(provider, id, handle, Duration::from_secs(5));
+    assert_ne!(status, InstanceStatus::Running, "{id} survived KILL");
+    provider.forget(id);
+}
+
+#[test]
+fn serves_http_and_is_adopted_and_scanned() {
+    let Some(sandbox) = Sandbox::new("t-http") else {
+        return;
+    };
+    let provider = sandbox.provider();
+    assert_eq!(provider.isolation(), "container (runc)");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let spec = sandbox.spec("web-1", &["httpd", "-f", "-p", &listen, "-h", "/www"]);
+
+    let started = Instant::now();
+    let handle = provider.start(&spec).expect("start");
+    let response = get_until_ok(port);
+    let elapsed = started.elapsed();
+    let response = response.unwrap_or_else(|| panic!("no answer; log:\n{}", sandbox.log("web-1")));
+    eprintln!("start to first successful GET: {elapsed:?}");
+    assert!(response.ends_with(PAGE), "{response}");
+    assert_eq!(provider.status("web-1", handle), InstanceStatus::Running);
+
+    // A second provider (molt after a restart) finds and adopts it.
+    let again = sandbox.provider();
+    assert_eq!(again.scan(), vec![("web-1".to_string(), handle)]);
+    assert!(again.adopt("web-1", handle));
+    assert!(!again.adopt("web-2", handle));
+    let stale = ProcessHandle {
+        pid: handle.pid,
+        start_time: handle.start_time + 1,
+    };
+    assert!(!again.adopt("web-1", stale));
+    // Another owner sees nothing.
+    let other = RuncConfig::new("t-other", sandbox.state_root(), sandbox.dir.path());
+    assert!(RuncProvider::new(other).scan().is_empty());
+
+    // httpd as pid 1 has no TERM handler, so the kernel ignores TERM: KILL stops it.
+    stop(&again, "web-1", handle);
+    assert!(get(port).is_err(), "still answering after stop");
+    assert_eq!(provider.status("web-1", handle), InstanceStatus::Gone);
+    sandbox.assert_nothing_left(&provider, "web-1");
+}
+
+#[test]
+fn root_is_read_only_and_namespaces_are_private() {
+    let Some(sandbox) = Sandbox::new("t-ns") else {
+        return;
+    };
+    let provider = sandbox.provider();
+    let script = "echo x > /etc/x; echo rc=$?; \
+        echo y > /tmp/y && echo tmp=$(cat /tmp/y); \
+        echo pid=$$; echo host=$(hostname); echo uid=$(id -u); \
+        echo procs=$(ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' ')";
+    let spec = sandbox.spec("probe-7", &["sh", "-c", script]);
+    let handle = provider.start(&spec).expect("start");
+    let status = wait_not_running(&provider, "probe-7", handle, Duration::from_secs(5));
+    assert!(
+        matches!(status, InstanceStatus::Exited { .. }),
+        "{status:?}"
+    );
+    let log = sandbox.log("probe-7");
+    eprintln!("{log}");
+    assert!(log.contains("Read-only file system"), "{log}");
+    assert!(
+        log.lines().any(|l| l.starts_with("rc=") && l != "rc=0"),
+        "{log}"
+    );
+    assert!(!sandbox.rootfs().join("etc/x").exists());
+    assert!(log.contains("tmp=y\n"), "{log}");
+    assert!(log.contains("pid=1\n"), "{log}");
+    assert!(log.contains("host=probe-7\n"), "{log}");
+    assert!(log.contains("uid=65534\n"), "{log}");
+    let procs_line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .expect("procs line");
+    let pids: Vec<u32> = procs_line
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    assert!(pids.contains(&1), "{pids:?}");
+    assert!(
+        pids.iter().all(|p| *p < 32),
+        "host processes visible: {pids:?}"
+    );
+    assert!(!pids.contains(&std::process::id()));
+
+    provider.forget("probe-7");
+    sandbox.assert_nothing_left(&provider, "probe-7");
+}
+
+#[test]
+fn term_stops_an_instance_that_handles_it() {
+    let Some(sandbox) = Sandbox::new("t-term") else {
+        return;
+    };
+    let provider = sandbox.provider();
+    let script = "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 1; done";
+    let handle = provider
+        .start(&sandbox.spec("worker", &["sh", "-c", script]))
+        .expect("start");
+    assert_eq!(provider.status("worker", handle), InstanceStatus::Running);
+    provider.signal(handle, StopSignal::Graceful).expect("TERM");
+    let status = wait_not_running(&provider, "worker", handle, Duration::from_secs(5));
+    assert!(
+        matches!(status, InstanceStatus::Exited { .. }),
+        "{status:?}"
+    );
+    assert!(sandbox.log("worker").contains("got TERM"));
+    // Signalling what is gone is not an error.
+    provider
+        .signal(handle, StopSignal::Force)
+        .expect("KILL after exit");
+    provider.forget("worker");
+    sandbox.assert_nothing_left(&provider, "worker");
+}
+
+#[test]
+fn ten_start_stop_cycles_leave_nothing_behind() {
+    let Some(sandbox) = Sandbox::new("t-loop") else {
+        return;
+    };
+    let provider = sandbox.provider();
+    for round in 0..10 {
+        let id = format!("loop-{}", round % 3);
+        let handle = provider
+            .start(&sandbox.spec(&id, &["sleep", "600"]))
+            .expect("start");
+        assert_eq!(provider.status(&id, handle), InstanceStatus::Running);
+        stop(&provider, &id, handle);
+        sandbox.assert_nothing_left(&provider, &id);
+    }
+    assert!(sandbox.runc_containers().is_empty());
+}
+
+#[test]
+fn bad_starts_leave_nothing_behind() {
+    let Some(sandbox) = Sandbox::new("t-bad") else {
+        return;
+    };
+    let provider = sandbox.provider();
+    let mut missing = sandbox.spec("bad-1", &[]);
+    missing.command = vec!["/bin/nope".to_string()];
+    let err = provider.start(&missing).expect_err("missing program");
+    assert!(err.to_string().contains("/bin/nope"), "{err}");
+    sandbox.assert_nothing_left(&provider, "bad-1");
+
+    // Found by runc's PATH lookup inside the container, and missing there too.
+    let mut unknown = sandbox.spec("bad-2", &[]);
+    unknown.command = vec!["nope".to_string()];
+    let err = provider.start(&unknown).expect_err("unknown program");
+    eprintln!("{err}");
+    sandbox.assert_nothing_left(&provider, "bad-2");
+
+    let mut empty = sandbox.spec("bad-3", &[]);
+    empty.command.clear();
+    assert!(provider.start(&empty).is_err());
+}
