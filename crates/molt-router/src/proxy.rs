@@ -317,7 +317,7 @@ impl Router {
         &self,
         route: &Route,
         start: usize,
-        in_flight: InFlight,
+        mut in_flight: InFlight,
         request: Request<Incoming>,
         client: IpAddr,
         host: HeaderValue,
@@ -351,6 +351,7 @@ impl Router {
                 .map_or_else(|| Either::Right(Empty::new()), Either::Left);
             let upstream_request = forward.request_for(route, index, body, last);
             let instance = &route.upstreams()[index].instance;
+            in_flight.sent_to(route.load_of(index));
 
             let sent = tokio::time::timeout(
                 self.config.upstream_timeout,

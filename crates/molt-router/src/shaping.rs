@@ -53,14 +53,20 @@ pub fn pick_least_loaded(in_flight: &[u64], seed: u64) -> Option<usize> {
         0 => None,
         1 => Some(0),
         n => {
-            let a = (seed % n as u64) as usize;
-            let mut b = ((seed >> 32) % (n as u64 - 1)) as usize;
-            if b >= a {
-                b += 1;
-            }
+            let (a, b) = two_choices(n, seed);
             Some(if in_flight[b] < in_flight[a] { b } else { a })
         }
     }
+}
+
+/// Two distinct indexes below `n` (n ≥ 2) derived from `seed`.
+pub fn two_choices(n: usize, seed: u64) -> (usize, usize) {
+    let a = (seed % n as u64) as usize;
+    let mut b = ((seed >> 32) % (n as u64 - 1)) as usize;
+    if b >= a {
+        b += 1;
+    }
+    (a, b)
 }
 
 /// Parses `molt-bucket=<n>` out of a Cookie header.

@@ -34,9 +34,34 @@ pub(crate) struct EnvCounters {
     presence: EnvPresence,
 }
 
-/// Marks one request as in flight for its environment until dropped.
+/// Marks one request as in flight for its environment (and, once it is sent, for the upstream
+/// instance that has it) until dropped.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<EnvCounters>);
+pub(crate) struct InFlight(Arc<EnvCounters>, Option<UpstreamLoad>);
+
+/// One request counted against one upstream instance's load until dropped.
+#[derive(Debug)]
+pub(crate) struct UpstreamLoad {
+    loads: Arc<[AtomicU64]>,
+    index: usize,
+}
+
+impl UpstreamLoad {
+    /// Counts a request against `loads[index]`.
+    pub(crate) fn new(loads: &Arc<[AtomicU64]>, index: usize) -> Self {
+        loads[index].fetch_add(1, Ordering::Relaxed);
+        Self {
+            loads: Arc::clone(loads),
+            index,
+        }
+    }
+}
+
+impl Drop for UpstreamLoad {
+    fn drop(&mut self) {
+        self.loads[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// env id -> counters. Locked only when publishing and when reading stats, never per request.
 #[derive(Debug, Default)]
@@ -50,7 +75,7 @@ impl EnvCounters {
     pub(crate) fn accept(self: &Arc<Self>) -> InFlight {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(Arc::clone(self))
+        InFlight(Arc::clone(self), None)
     }
 
     pub(crate) fn record_answered(&self) {
@@ -83,6 +108,11 @@ impl InFlight {
     /// The counters this request is accounted to.
     pub(crate) fn counters(&self) -> &EnvCounters {
         &self.0
+    }
+
+    /// Counts the request against the upstream it is sent to (replacing an earlier attempt's).
+    pub(crate) fn sent_to(&mut self, load: UpstreamLoad) {
+        self.1 = Some(load);
     }
 }
 

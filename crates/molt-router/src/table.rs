@@ -6,13 +6,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hyper::http::uri::Authority;
 
 use crate::host::lookup_key;
-use crate::stats::{EnvCounters, StatsRegistry};
+use crate::stats::{EnvCounters, StatsRegistry, UpstreamLoad};
 
 /// One instance of an environment that can take traffic, and where it listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct Upstream {
 pub struct Backend {
     /// Environment id; stats are kept per environment.
     pub env: String,
-    /// Instances that take traffic, in round-robin order.
+    /// Instances that take traffic.
     pub upstreams: Vec<Upstream>,
     /// When set, every request is answered 503 by the router and no instance is asked.
     pub maintenance: Option<Maintenance>,
@@ -43,7 +43,8 @@ pub struct Maintenance {
     pub message: String,
 }
 
-/// A [`Backend`] prepared for the hot path: counters and a round-robin cursor.
+/// A [`Backend`] prepared for the hot path: counters and per-instance loads for least-loaded
+/// picks.
 ///
 /// Invariant: `authorities[i]` is the URI authority of `backend.upstreams[i].addr`.
 #[derive(Debug)]
@@ -52,6 +53,8 @@ pub struct Route {
     authorities: Vec<Authority>,
     counters: Arc<EnvCounters>,
     cursor: AtomicUsize,
+    /// Requests in flight per upstream (same order as `authorities`), for least-loaded picks.
+    loads: Arc<[AtomicU64]>,
 }
 
 /// hostname (+ optional path prefix) -> Backend. Hostnames are matched case-insensitively,
@@ -116,11 +119,17 @@ impl Route {
             .iter()
             .map(|upstream| authority_of(upstream.addr))
             .collect();
+        let loads = backend
+            .upstreams
+            .iter()
+            .map(|_| AtomicU64::new(0))
+            .collect();
         Self {
             backend,
             authorities,
             counters,
             cursor: AtomicUsize::new(0),
+            loads,
         }
     }
 
@@ -147,14 +156,26 @@ impl Route {
         &self.authorities[index]
     }
 
-    /// Index of the upstream the next request should start with (round-robin).
-    /// Returns `None` when the backend has no upstreams.
+    /// Index of the upstream the next request should start with: of two instances picked at
+    /// random, the one with fewer requests in flight (power of two choices). Returns `None`
+    /// when the backend has no upstreams.
     pub(crate) fn next_index(&self) -> Option<usize> {
         let len = self.authorities.len();
-        if len == 0 {
-            return None;
+        if len < 2 {
+            return (len == 1).then_some(0);
         }
-        Some(self.cursor.fetch_add(1, Ordering::Relaxed) % len)
+        // A cheap, well-spread sequence: a counter through a multiplicative hash.
+        let seed = (self.cursor.fetch_add(1, Ordering::Relaxed) as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let (a, b) = crate::shaping::two_choices(len, seed);
+        let load = |i: usize| self.loads[i].load(Ordering::Relaxed);
+        Some(if load(b) < load(a) { b } else { a })
+    }
+
+    /// Counts one request against upstream `index` until the guard is dropped.
+    pub(crate) fn load_of(&self, index: usize) -> UpstreamLoad {
+        UpstreamLoad::new(&self.loads, index)
     }
 
     /// The same route, counting into `counters`.
@@ -164,6 +185,7 @@ impl Route {
             authorities: self.authorities.clone(),
             counters,
             cursor: AtomicUsize::new(self.cursor.load(Ordering::Relaxed)),
+            loads: Arc::clone(&self.loads),
         }
     }
 }
@@ -454,18 +476,27 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_cycles_over_upstreams() {
-        let mut b = backend("rr");
+    fn picks_the_less_loaded_of_two_instances() {
+        let mut b = backend("p2c");
         b.upstreams.push(Upstream {
-            instance: "rr-2".to_owned(),
+            instance: "p2c-2".to_owned(),
             addr: SocketAddr::from(([127, 0, 0, 1], 9001)),
         });
         let route = Route::new(b, Arc::default());
-        let picks: Vec<_> = (0..4).filter_map(|_| route.next_index()).collect();
-        assert_eq!(picks, [0, 1, 0, 1]);
         assert_eq!(route.authority(1).as_str(), "127.0.0.1:9001");
+        // Idle: both instances get requests.
+        let picks: BTreeSet<_> = (0..8).filter_map(|_| route.next_index()).collect();
+        assert_eq!(picks.len(), 2);
+        // Instance 0 busy: every pick goes to instance 1 until its request ends.
+        let busy = route.load_of(0);
+        assert!((0..20).all(|_| route.next_index() == Some(1)));
+        drop(busy);
+        let picks: BTreeSet<_> = (0..8).filter_map(|_| route.next_index()).collect();
+        assert_eq!(picks.len(), 2);
         let empty = Route::new(Backend::new("none", vec![]), Arc::default());
         assert_eq!(empty.next_index(), None);
+        let single = Route::new(backend("one"), Arc::default());
+        assert_eq!(single.next_index(), Some(0));
     }
 
     #[test]
