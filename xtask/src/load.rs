@@ -92,14 +92,23 @@ impl Connection {
         Ok(Connection { sender })
     }
 
-    /// GET `path` with `Host: host`; returns the status and the whole body.
-    pub async fn get(&mut self, host: &str, path: &str) -> Result<(u16, Bytes)> {
+    /// Sends GET `path` with `Host: host`; the response body is still to be read.
+    async fn send_get(
+        &mut self,
+        host: &str,
+        path: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         self.sender.ready().await.context("connection closed")?;
         let request = hyper::Request::get(path)
             .header(hyper::header::HOST, host)
             .body(Empty::new())
             .context("building the request")?;
-        let response = self.sender.send_request(request).await?;
+        Ok(self.sender.send_request(request).await?)
+    }
+
+    /// GET `path` with `Host: host`; returns the status and the whole body.
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<(u16, Bytes)> {
+        let response = self.send_get(host, path).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))
@@ -108,12 +117,7 @@ impl Connection {
     /// GET `path` with `Host: host`; reads the body without keeping it and returns the status
     /// and the body's length, so large answers cost the load generator no copies.
     pub async fn get_discarding(&mut self, host: &str, path: &str) -> Result<(u16, usize)> {
-        self.sender.ready().await.context("connection closed")?;
-        let request = hyper::Request::get(path)
-            .header(hyper::header::HOST, host)
-            .body(Empty::new())
-            .context("building the request")?;
-        let response = self.sender.send_request(request).await?;
+        let response = self.send_get(host, path).await?;
         let status = response.status().as_u16();
         let mut body = response.into_body();
         let mut len = 0;

@@ -18,7 +18,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use molt_router::{EnvStats, RouterConfig, UpstreamProtocol};
-use support::{eventually, read, table, upstream, within, Client, Harness, Reply};
+use support::{
+    alternate_tables, eventually, read, table, upstream, within, Client, Harness, Reply,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -437,15 +439,7 @@ async fn no_stream_is_dropped_while_publishing_under_load() {
         })
         .collect();
 
-    for round in 0..10 {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        let next = if round % 2 == 0 {
-            &green_table
-        } else {
-            &blue_table
-        };
-        within(harness.router.publish(next.clone())).await;
-    }
+    alternate_tables(&harness.router, &blue_table, &green_table, 10).await;
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for sender in senders {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use hyper::StatusCode;
 use molt_router::{EnvStats, RouterConfig};
 use support::{
-    closing_upstream, dead_addr, eventually, read, silent_upstream, table, upstream, within,
-    Client, Harness, Reply,
+    alternate_tables, closing_upstream, dead_addr, eventually, read, silent_upstream, table,
+    upstream, within, Client, Harness, Reply,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -159,15 +159,7 @@ async fn no_request_is_dropped_while_publishing_under_load() {
         })
         .collect();
 
-    for round in 0..20 {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        let next = if round % 2 == 0 {
-            &green_table
-        } else {
-            &blue_table
-        };
-        within(harness.router.publish(next.clone())).await;
-    }
+    alternate_tables(&harness.router, &blue_table, &green_table, 20).await;
     stop.store(true, Ordering::Relaxed);
     let mut total = 0u64;
     for client in clients {

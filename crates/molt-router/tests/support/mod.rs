@@ -273,3 +273,17 @@ pub async fn read(response: Response<Incoming>) -> (StatusCode, String) {
         .to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// Publishes `green` and `blue` alternately, `rounds` times, 25 ms apart (load runs meanwhile).
+pub async fn alternate_tables(
+    router: &Router,
+    blue: &RouteTable,
+    green: &RouteTable,
+    rounds: usize,
+) {
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let next = if round % 2 == 0 { green } else { blue };
+        within(router.publish(next.clone())).await;
+    }
+}
