@@ -8,6 +8,8 @@ use hyper::header::{HeaderValue, HOST};
 use hyper::{Method, Request, StatusCode};
 use tracing::info;
 
+use crate::ClientScheme;
+
 /// What the access log line says about the request, taken before it is forwarded.
 #[derive(Debug)]
 pub(crate) struct AccessEntry {
@@ -15,6 +17,7 @@ pub(crate) struct AccessEntry {
     method: Method,
     host: Option<HeaderValue>,
     path: String,
+    scheme: ClientScheme,
 }
 
 /// Which environment and instance served a request, when one was chosen.
@@ -26,12 +29,13 @@ pub(crate) struct Served {
 
 impl AccessEntry {
     /// Notes the request's method, host and path and starts the clock.
-    pub(crate) fn start<B>(request: &Request<B>) -> Self {
+    pub(crate) fn start<B>(request: &Request<B>, scheme: ClientScheme) -> Self {
         Self {
             started: Instant::now(),
             method: request.method().clone(),
             host: request.headers().get(HOST).cloned(),
             path: request.uri().path().to_owned(),
+            scheme,
         }
     }
 
@@ -49,6 +53,7 @@ impl AccessEntry {
             target: "molt_router::access",
             request_id = request_id.to_str().unwrap_or("-"),
             client = %client,
+            scheme = self.scheme.as_str(),
             host = self.host.as_ref().and_then(|host| host.to_str().ok()).unwrap_or("-"),
             method = %self.method,
             path = %self.path,

@@ -6,16 +6,24 @@ use std::net::IpAddr;
 use hyper::header::{HeaderValue, FORWARDED};
 use hyper::HeaderMap;
 
-/// Appends this hop (`for=<client>;proto=http;host=<host>`) to the request's `Forwarded`
-/// header, joining earlier hops into one comma-separated value.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &HeaderValue) {
+use crate::ClientScheme;
+
+/// Appends this hop (`for=<client>;proto=<http|https>;host=<host>`) to the request's
+/// `Forwarded` header, joining earlier hops into one comma-separated value.
+pub(crate) fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    scheme: ClientScheme,
+    host: &HeaderValue,
+) {
     let mut element = String::with_capacity(64);
     match client {
         IpAddr::V4(ip) => write!(element, "for={ip}"),
         IpAddr::V6(ip) => write!(element, "for=\"[{ip}]\""),
     }
     .expect("writing to a String cannot fail");
-    element.push_str(";proto=http");
+    element.push_str(";proto=");
+    element.push_str(scheme.as_str());
     if let Ok(host) = host.to_str() {
         element.push_str(";host=");
         push_token_or_quoted(&mut element, host);
@@ -59,17 +67,23 @@ mod tests {
     fn forwarded_elements_are_appended_and_quoted() {
         let mut headers = HeaderMap::new();
         let host = HeaderValue::from_static("app.test");
-        add_forwarded(&mut headers, IpAddr::from([10, 0, 0, 7]), &host);
+        add_forwarded(
+            &mut headers,
+            IpAddr::from([10, 0, 0, 7]),
+            ClientScheme::Http,
+            &host,
+        );
         assert_eq!(headers[FORWARDED], "for=10.0.0.7;proto=http;host=app.test");
 
         let mut headers = HeaderMap::new();
         headers.append(FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
         headers.append(FORWARDED, HeaderValue::from_static("for=2.2.2.2"));
         let host = HeaderValue::from_static("app.test:8080");
-        add_forwarded(&mut headers, "::1".parse().expect("ip"), &host);
+        let ip = "::1".parse().expect("ip");
+        add_forwarded(&mut headers, ip, ClientScheme::Https, &host);
         assert_eq!(
             headers.get_all(FORWARDED).iter().collect::<Vec<_>>(),
-            ["for=1.1.1.1, for=2.2.2.2, for=\"[::1]\";proto=http;host=\"app.test:8080\""]
+            ["for=1.1.1.1, for=2.2.2.2, for=\"[::1]\";proto=https;host=\"app.test:8080\""]
         );
     }
 }

@@ -25,13 +25,32 @@ const REQUEST_TIMEOUT: &[u8] =
 /// A refused request is never passed to hyper: the stream ends (EOF) after the requests
 /// before it, and the refusal is written when hyper shuts the connection down (or, failing
 /// that, when the stream is dropped).
-pub(crate) struct GuardedStream {
-    inner: TcpStream,
+pub(crate) struct GuardedStream<S: ClientSocket> {
+    inner: S,
     checker: FrameChecker,
     activity: Arc<Activity>,
     /// A response still to be written before closing, and how much of it was.
     farewell: Option<(Vec<u8>, usize)>,
     eof: bool,
+}
+
+/// A client connection's byte stream: a TCP socket, or the plaintext side of a TLS session.
+pub(crate) trait ClientSocket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Writes what it can of `bytes` without blocking (best effort, when the stream is
+    /// dropped with a refusal still unsent).
+    fn write_now(&mut self, bytes: &[u8]);
+}
+
+impl ClientSocket for TcpStream {
+    fn write_now(&mut self, bytes: &[u8]) {
+        let _ = self.try_write(bytes);
+    }
+}
+
+impl ClientSocket for tokio_rustls::server::TlsStream<TcpStream> {
+    /// Nothing: a TLS record cannot be written without waiting on the socket, so a refusal
+    /// not sent by shutdown is lost with the connection.
+    fn write_now(&mut self, _bytes: &[u8]) {}
 }
 
 /// When a connection last moved a byte, and how many requests it is serving.
@@ -54,8 +73,8 @@ pub(crate) struct BusyBody<B> {
     busy: Option<Busy>,
 }
 
-impl GuardedStream {
-    pub(crate) fn new(inner: TcpStream, limits: FrameLimits) -> (Self, Arc<Activity>) {
+impl<S: ClientSocket> GuardedStream<S> {
+    pub(crate) fn new(inner: S, limits: FrameLimits) -> (Self, Arc<Activity>) {
         let activity = Arc::new(Activity::new());
         let stream = Self {
             inner,
@@ -101,7 +120,7 @@ impl GuardedStream {
     }
 }
 
-impl AsyncRead for GuardedStream {
+impl<S: ClientSocket> AsyncRead for GuardedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -139,7 +158,7 @@ impl AsyncRead for GuardedStream {
     }
 }
 
-impl AsyncWrite for GuardedStream {
+impl<S: ClientSocket> AsyncWrite for GuardedStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -162,13 +181,13 @@ impl AsyncWrite for GuardedStream {
     }
 }
 
-impl Drop for GuardedStream {
+impl<S: ClientSocket> Drop for GuardedStream<S> {
     fn drop(&mut self) {
         // Best effort, without blocking: the connection is closing either way.
         if let Some((bytes, written)) = self.farewell.take() {
-            let _ = self.inner.try_write(&bytes[written..]);
+            self.inner.write_now(&bytes[written..]);
         } else if !self.eof && self.checker.has_partial_head() {
-            let _ = self.inner.try_write(REQUEST_TIMEOUT);
+            self.inner.write_now(REQUEST_TIMEOUT);
         }
     }
 }

@@ -6,6 +6,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use hyper::HeaderMap;
 
+use crate::ClientScheme;
+
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -41,8 +43,14 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Tells the upstream who the client is: appends the client to `X-Forwarded-For` and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` (the Host the client sent).
-pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: HeaderValue) {
+/// `X-Forwarded-Proto` (how the client reached the router) and `X-Forwarded-Host` (the Host
+/// the client sent).
+pub(crate) fn add_forwarding(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    scheme: ClientScheme,
+    host: HeaderValue,
+) {
     let client = client.to_string();
     let forwarded_for = {
         let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
@@ -63,7 +71,10 @@ pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Head
     if let Some(value) = forwarded_for {
         headers.insert(&X_FORWARDED_FOR, value);
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(scheme.as_str()),
+    );
     headers.insert(&X_FORWARDED_HOST, host);
 }
 
@@ -108,7 +119,7 @@ mod tests {
         let client = IpAddr::from([10, 0, 0, 7]);
 
         let mut fresh = HeaderMap::new();
-        add_forwarding(&mut fresh, client, host.clone());
+        add_forwarding(&mut fresh, client, ClientScheme::Http, host.clone());
         assert_eq!(fresh[&X_FORWARDED_FOR], "10.0.0.7");
         assert_eq!(fresh[&X_FORWARDED_PROTO], "http");
         assert_eq!(fresh[&X_FORWARDED_HOST], "app.example.com:8080");
@@ -117,7 +128,7 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
         ]);
-        add_forwarding(&mut proxied, client, host);
+        add_forwarding(&mut proxied, client, ClientScheme::Https, host);
         assert_eq!(
             proxied.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
             ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.7"]

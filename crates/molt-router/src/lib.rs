@@ -11,6 +11,12 @@
 //! over a dedicated upstream connection and stay in flight for their environment until they
 //! close ([`RouterConfig::upgrade_grace`]).
 //!
+//! A second listener can terminate TLS ([`Router::serve_tls`]): certificates are picked by
+//! SNI from a [`tls::CertStore`] that a [`tls::CertDir`] (PEM files, hot-reloaded) or the
+//! server layer (ACME) fills; ALPN offers `h2` and `http/1.1`. The plain listener answers
+//! ACME http-01 challenges from [`Router::acme_challenges`] and can redirect hosts that have
+//! a certificate to https ([`RouterConfig::https_redirect`]).
+//!
 //! The router knows nothing of molt's store or runtime: it only sees hostnames, environment
 //! ids and socket addresses.
 
@@ -31,6 +37,7 @@ mod server;
 pub mod shaping;
 mod stats;
 mod table;
+pub mod tls;
 mod upgrade;
 
 use std::time::Duration;
@@ -73,7 +80,7 @@ pub struct RouterConfig {
     /// anything is forwarded; a streamed body is cut off at the limit.
     pub max_body_bytes: u64,
     /// Emit one `tracing` event per request at INFO on target `molt_router::access`
-    /// (request id, client, host, method, path, status, env, instance, duration). The
+    /// (request id, client, scheme, host, method, path, status, env, instance, duration). The
     /// subscriber formats it: with `MOLT_LOG=molt_router::access=info` and a JSON
     /// subscriber, each line is a JSON object.
     pub access_log: bool,
@@ -86,6 +93,39 @@ pub struct RouterConfig {
     pub upgrade_grace: Duration,
     /// The protocol of ordinary requests to upstreams.
     pub upstream_protocol: UpstreamProtocol,
+    /// When set, the plain listener answers `308 Permanent Redirect` to
+    /// `https://<host>[:port]<path>` for every host that has a TLS certificate (except ACME
+    /// http-01 challenge paths); the value is the port of the TLS listener (443 is left out
+    /// of the URL).
+    pub https_redirect: Option<u16>,
+}
+
+/// How a client reached the router: the scheme that `X-Forwarded-Proto`, `Forwarded` and
+/// the access log report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientScheme {
+    /// Plain TCP (HTTP/1.1 or h2c).
+    Http,
+    /// TLS (HTTP/1.1 or h2 by ALPN).
+    Https,
+}
+
+impl ClientScheme {
+    /// `"http"` or `"https"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientScheme::Http => "http",
+            ClientScheme::Https => "https",
+        }
+    }
+
+    /// The scheme the router noted on a request (plain when none was noted).
+    pub(crate) fn of(extensions: &hyper::http::Extensions) -> ClientScheme {
+        extensions
+            .get::<ClientScheme>()
+            .copied()
+            .unwrap_or(ClientScheme::Http)
+    }
 }
 
 impl Default for RouterConfig {
@@ -101,6 +141,7 @@ impl Default for RouterConfig {
             shutdown_grace: Duration::from_secs(30),
             upgrade_grace: Duration::from_secs(30),
             upstream_protocol: UpstreamProtocol::Http1,
+            https_redirect: None,
         }
     }
 }

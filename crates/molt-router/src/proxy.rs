@@ -30,8 +30,9 @@ use crate::reqid::{RequestIds, X_REQUEST_ID};
 use crate::shaping::{self, Source, STICKY_COOKIE};
 use crate::stats::{EnvStats, InFlight, StatsRegistry};
 use crate::table::{Picked, Route, RouteTable, Selector};
+use crate::tls::{AcmeChallenges, CertStore, ACME_CHALLENGE_PREFIX};
 use crate::upgrade::{mark_presence, requested_upgrade, Tunnels};
-use crate::{RouterConfig, UpstreamProtocol};
+use crate::{ClientScheme, RouterConfig, UpstreamProtocol};
 
 /// How long [`Router::publish`] waits for requests still holding the old table.
 const CUTOVER_WAIT: Duration = Duration::from_secs(5);
@@ -59,6 +60,13 @@ pub struct Router {
     client: Client<HttpConnector, UpstreamBody>,
     /// Upgraded connections being relayed.
     pub(crate) tunnels: Tunnels,
+    /// Certificates of the TLS listener, by SNI name.
+    pub(crate) certs: Arc<CertStore>,
+    /// Pending ACME http-01 challenges, answered on the plain listener.
+    challenges: Arc<AcmeChallenges>,
+    /// Requests received, by scheme: `[http, https]`.
+    requests_by_scheme: [AtomicU64; 2],
+    tls_handshake_failures: AtomicU64,
 }
 
 /// The parts of a request needed to send it (again) to an upstream.
@@ -88,6 +96,10 @@ impl Router {
             request_ids: RequestIds::new(),
             client,
             tunnels: Tunnels::default(),
+            certs: CertStore::new(),
+            challenges: Arc::default(),
+            requests_by_scheme: Default::default(),
+            tls_handshake_failures: AtomicU64::new(0),
         })
     }
 
@@ -172,13 +184,41 @@ impl Router {
         self.unrouted.load(Ordering::Relaxed)
     }
 
+    /// The certificates [`Router::serve_tls`] hands out; fill it with a
+    /// [`crate::tls::CertDir`] or [`CertStore::replace_source`].
+    pub fn certificates(&self) -> &Arc<CertStore> {
+        &self.certs
+    }
+
+    /// The ACME http-01 challenges the plain listener answers.
+    pub fn acme_challenges(&self) -> &Arc<AcmeChallenges> {
+        &self.challenges
+    }
+
+    /// Requests received from clients over `scheme`, answered by the router or forwarded.
+    pub fn requests_over(&self, scheme: ClientScheme) -> u64 {
+        self.requests_by_scheme[scheme as usize].load(Ordering::Relaxed)
+    }
+
+    /// TLS handshakes that failed or timed out (unknown SNI names included).
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.tls_handshake_failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Answers one client request: give it an id, route it by Host (for HTTP/2, the
     /// `:authority`) and path, forward it, count it, and log it.
     pub(crate) async fn handle(
         &self,
         mut request: Request<Incoming>,
         client: IpAddr,
+        scheme: ClientScheme,
     ) -> Response<ResponseBody> {
+        self.requests_by_scheme[scheme as usize].fetch_add(1, Ordering::Relaxed);
+        request.extensions_mut().insert(scheme);
         let request_id = self.request_ids.assign(request.headers());
         request
             .headers_mut()
@@ -190,7 +230,10 @@ impl Router {
             path = request.uri().path(),
             "request"
         );
-        let entry = self.config.access_log.then(|| AccessEntry::start(&request));
+        let entry = self
+            .config
+            .access_log
+            .then(|| AccessEntry::start(&request, scheme));
         let mut served = Served::default();
         let mut response = self.route(request, client, &mut served).await;
         if let Some(entry) = entry {
@@ -232,6 +275,12 @@ impl Router {
                 "molt: invalid Host header\n",
             ));
         };
+
+        if ClientScheme::of(request.extensions()) == ClientScheme::Http {
+            if let Some(response) = self.plain_only(&request, host_name) {
+                return response;
+            }
+        }
 
         // The table is held only while choosing: a publish waits for exactly this window.
         // A backend in maintenance takes no request, so nothing is counted for it.
@@ -323,9 +372,10 @@ impl Router {
         host: HeaderValue,
     ) -> (Response<ResponseBody>, Option<usize>) {
         let (mut head, body) = request.into_parts();
+        let scheme = ClientScheme::of(&head.extensions);
         strip_hop_by_hop(&mut head.headers);
-        add_forwarded(&mut head.headers, client, &host);
-        add_forwarding(&mut head.headers, client, host);
+        add_forwarded(&mut head.headers, client, scheme, &host);
+        add_forwarding(&mut head.headers, client, scheme, host);
         let path = head
             .uri
             .path_and_query()
@@ -379,6 +429,50 @@ impl Router {
             };
             return (response, Some(index));
         }
+    }
+}
+
+impl Router {
+    /// What the plain listener answers itself: ACME http-01 challenges, and the redirect to
+    /// https for hosts with a certificate (challenge paths exempt).
+    fn plain_only(
+        &self,
+        request: &Request<Incoming>,
+        host: &str,
+    ) -> Option<Response<ResponseBody>> {
+        let path = request.uri().path();
+        if path.starts_with(ACME_CHALLENGE_PREFIX) {
+            let answer = self.challenges.answer(path)?;
+            debug!(host, path, "answering an ACME http-01 challenge");
+            let mut response = page::text(StatusCode::OK, answer);
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            return Some(response);
+        }
+        let port = self.config.https_redirect?;
+        if !self.certs.covers(host) {
+            return None;
+        }
+        let name = crate::host::lookup_key(host.trim()).ok()?;
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", PathAndQuery::as_str);
+        let location = match port {
+            443 => format!("https://{name}{target}"),
+            port => format!("https://{name}:{port}{target}"),
+        };
+        let location = HeaderValue::from_str(&location).ok()?;
+        let mut response = page::text(
+            StatusCode::PERMANENT_REDIRECT,
+            "molt: this site is served over https\n",
+        );
+        response
+            .headers_mut()
+            .insert(hyper::header::LOCATION, location);
+        Some(response)
     }
 }
 

@@ -1,8 +1,9 @@
-//! Accepting client connections (HTTP/1.1 and HTTP/2 with prior knowledge on one port) and
-//! shutting them down gracefully.
+//! Accepting client connections (HTTP/1.1 and HTTP/2 with prior knowledge on one port, or
+//! either over TLS on another) and shutting them down gracefully.
 
 use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +12,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::framing::FrameLimits;
-use crate::guard::{BusyBody, GuardedStream};
-use crate::Router;
+use crate::guard::{BusyBody, ClientSocket, GuardedStream};
+use crate::{ClientScheme, Router};
 
 /// Pause after an accept error that is not about one connection (e.g. out of file
 /// descriptors), so the loop does not spin.
@@ -44,6 +46,30 @@ impl Router {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> io::Result<()> {
+        self.serve_with(listener, shutdown, None).await
+    }
+
+    /// Like [`Router::serve`], for TLS: each connection first completes a TLS handshake
+    /// (within `header_read_timeout`) with the certificate [`Router::certificates`] holds
+    /// for its SNI name, then speaks h2 or HTTP/1.1 as ALPN chose. A client asking for a name
+    /// without a certificate (or sending no SNI) fails the handshake. Requests are reported
+    /// upstream as `https`.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> io::Result<()> {
+        let config = crate::tls::server_config(Arc::clone(&self.certs));
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        self.serve_with(listener, shutdown, Some(acceptor)).await
+    }
+
+    async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tls: Option<TlsAcceptor>,
+    ) -> io::Result<()> {
         let connections = TaskTracker::new();
         let abort = CancellationToken::new();
         let mut http = auto::Builder::new(TokioExecutor::new());
@@ -63,12 +89,19 @@ impl Router {
             .timer(TokioTimer::new())
             .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-        let http = Arc::new(http);
-        let first_request_timeout = self.config.header_read_timeout;
-        let limits = self.frame_limits();
-        let idle_timeout = self.config.idle_timeout;
+        let connection = ConnectionSetup {
+            http: Arc::new(http),
+            first_request_timeout: self.config.header_read_timeout,
+            limits: self.frame_limits(),
+            idle_timeout: self.config.idle_timeout,
+        };
+        let scheme = if tls.is_some() {
+            ClientScheme::Https
+        } else {
+            ClientScheme::Http
+        };
         if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "router listening");
+            info!(%addr, scheme = scheme.as_str(), "router listening");
         }
 
         loop {
@@ -94,60 +127,47 @@ impl Router {
             if let Err(error) = stream.set_nodelay(true) {
                 debug!(%peer, %error, "could not set TCP_NODELAY");
             }
-
-            let (stream, activity) = GuardedStream::new(stream, limits);
             let router = Arc::clone(&self);
-            let requested = Arc::new(AtomicBool::new(false));
-            let service = {
-                let requested = Arc::clone(&requested);
-                let requests = Arc::clone(&activity);
-                service_fn(move |request| {
-                    requested.store(true, Ordering::Relaxed);
-                    let router = Arc::clone(&router);
-                    let busy = requests.busy();
-                    async move {
-                        let response = router.handle(request, peer.ip()).await;
-                        Ok::<_, Infallible>(response.map(|body| BusyBody::new(body, busy)))
-                    }
-                })
-            };
-            let (http, shutdown, abort) = (Arc::clone(&http), shutdown.clone(), abort.clone());
-            connections.spawn(async move {
-                let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let mut connection = std::pin::pin!(connection);
-                // Covers what hyper's HTTP/1 header timeout does not: the protocol sniffing
-                // before it, and HTTP/2 connections that never send a request.
-                let first_request = tokio::time::sleep(first_request_timeout);
-                let mut first_request = std::pin::pin!(first_request);
-                let (mut awaiting_first, mut closing) = (true, false);
-                // No request in progress and no byte moving for `idle_timeout`: close.
-                let idle = activity.idle_for(idle_timeout);
-                let mut idle = std::pin::pin!(idle);
-                let result = loop {
-                    tokio::select! {
-                        result = connection.as_mut() => break result,
-                        () = idle.as_mut() => {
-                            debug!(%peer, "closing idle client connection");
-                            break Ok(());
-                        }
-                        () = first_request.as_mut(), if awaiting_first => {
-                            awaiting_first = false;
-                            if !requested.load(Ordering::Relaxed) {
-                                debug!(%peer, "no request within the header read timeout; closing");
-                                break Ok(());
-                            }
-                        }
-                        () = shutdown.cancelled(), if !closing => {
-                            closing = true;
-                            connection.as_mut().graceful_shutdown();
-                        }
-                        () = abort.cancelled() => break Ok(()),
-                    }
-                };
-                if let Err(error) = result {
-                    debug!(%peer, %error, "client connection ended with an error");
+            let connection = connection.clone();
+            let (shutdown, abort) = (shutdown.clone(), abort.clone());
+            match &tls {
+                None => {
+                    connections.spawn(async move {
+                        connection
+                            .serve(router, stream, peer, scheme, shutdown, abort)
+                            .await;
+                    });
                 }
-            });
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    connections.spawn(async move {
+                        let handshake = tokio::select! {
+                            () = abort.cancelled() => return,
+                            () = shutdown.cancelled() => return,
+                            handshake = tokio::time::timeout(
+                                connection.first_request_timeout,
+                                acceptor.accept(stream),
+                            ) => handshake,
+                        };
+                        let stream = match handshake {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                router.tls_handshake_failed();
+                                debug!(%peer, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_elapsed) => {
+                                router.tls_handshake_failed();
+                                debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        connection
+                            .serve(router, stream, peer, scheme, shutdown, abort)
+                            .await;
+                    });
+                }
+            }
         }
 
         drop(listener);
@@ -169,8 +189,83 @@ impl Router {
             connections.wait().await;
             self.tunnels.wait().await;
         }
-        info!("router stopped");
+        info!(scheme = scheme.as_str(), "router stopped");
         Ok(())
+    }
+}
+
+/// What every connection of one listener is served with.
+#[derive(Clone)]
+struct ConnectionSetup {
+    http: Arc<auto::Builder<TokioExecutor>>,
+    first_request_timeout: Duration,
+    limits: FrameLimits,
+    idle_timeout: Duration,
+}
+
+impl ConnectionSetup {
+    /// Serves one client connection (plain or after its TLS handshake) until it closes, is
+    /// idle too long, or the listener shuts down.
+    async fn serve<S: ClientSocket>(
+        self,
+        router: Arc<Router>,
+        stream: S,
+        peer: SocketAddr,
+        scheme: ClientScheme,
+        shutdown: CancellationToken,
+        abort: CancellationToken,
+    ) {
+        let (stream, activity) = GuardedStream::new(stream, self.limits);
+        let requested = Arc::new(AtomicBool::new(false));
+        let service = {
+            let requested = Arc::clone(&requested);
+            let requests = Arc::clone(&activity);
+            service_fn(move |request| {
+                requested.store(true, Ordering::Relaxed);
+                let router = Arc::clone(&router);
+                let busy = requests.busy();
+                async move {
+                    let response = router.handle(request, peer.ip(), scheme).await;
+                    Ok::<_, Infallible>(response.map(|body| BusyBody::new(body, busy)))
+                }
+            })
+        };
+        let connection = self
+            .http
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        // Covers what hyper's HTTP/1 header timeout does not: the protocol sniffing
+        // before it, and HTTP/2 connections that never send a request.
+        let first_request = tokio::time::sleep(self.first_request_timeout);
+        let mut first_request = std::pin::pin!(first_request);
+        let (mut awaiting_first, mut closing) = (true, false);
+        // No request in progress and no byte moving for `idle_timeout`: close.
+        let idle = activity.idle_for(self.idle_timeout);
+        let mut idle = std::pin::pin!(idle);
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                () = idle.as_mut() => {
+                    debug!(%peer, "closing idle client connection");
+                    break Ok(());
+                }
+                () = first_request.as_mut(), if awaiting_first => {
+                    awaiting_first = false;
+                    if !requested.load(Ordering::Relaxed) {
+                        debug!(%peer, "no request within the header read timeout; closing");
+                        break Ok(());
+                    }
+                }
+                () = shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = abort.cancelled() => break Ok(()),
+            }
+        };
+        if let Err(error) = result {
+            debug!(%peer, %error, "client connection ended with an error");
+        }
     }
 }
 

@@ -22,10 +22,12 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::body::ResponseBody;
+use crate::forwarded::add_forwarded;
 use crate::headers::{add_forwarding, strip_hop_by_hop};
 use crate::proxy::{local_response, relay, CONNECT_TIMEOUT};
 use crate::stats::{InFlight, StatsRegistry};
 use crate::table::{Route, RouteTable};
+use crate::ClientScheme;
 use crate::Router;
 
 /// Whether the published table routes to an environment.
@@ -108,8 +110,10 @@ impl Router {
         let client_upgrade = hyper::upgrade::on(&mut request);
         let (mut head, body) = request.into_parts();
         let protocol = head.headers.get(UPGRADE).cloned();
+        let scheme = ClientScheme::of(&head.extensions);
         strip_hop_by_hop(&mut head.headers);
-        add_forwarding(&mut head.headers, client, host);
+        add_forwarded(&mut head.headers, client, scheme, &host);
+        add_forwarding(&mut head.headers, client, scheme, host);
         head.headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         if let Some(protocol) = protocol {

@@ -83,7 +83,7 @@ async fn rewrites_proxy_headers_and_keeps_host() {
         let n = within(stream.read(&mut buf)).await.expect("read");
         response.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&response);
-        if n == 0 || text.contains("x-private=") {
+        if n == 0 || text.contains("8080\"") {
             break;
         }
     }
@@ -94,7 +94,8 @@ async fn rewrites_proxy_headers_and_keeps_host() {
     assert_eq!(
         body,
         "blue get /echo?q=1 host=app.test:8080 xff=10.9.9.9, 127.0.0.1 \
-         xfh=app.test:8080 xfp=http conn= x-private="
+         xfh=app.test:8080 xfp=http conn= x-private= \
+         fwd=for=127.0.0.1;proto=http;host=\"app.test:8080\""
     );
 }
 

@@ -124,7 +124,7 @@ fn answer(reply: Reply, request: Request<Incoming>) -> Response<BoxBody<Bytes, I
                     .join("|")
             };
             let text = format!(
-                "{name} {} {} host={} xff={} xfh={} xfp={} conn={} x-private={}",
+                "{name} {} {} host={} xff={} xfh={} xfp={} conn={} x-private={} fwd={}",
                 request.method(),
                 request.uri(),
                 header("host"),
@@ -133,6 +133,7 @@ fn answer(reply: Reply, request: Request<Incoming>) -> Response<BoxBody<Bytes, I
                 header("x-forwarded-proto"),
                 header("connection"),
                 header("x-private"),
+                header("forwarded"),
             );
             let mut response = Response::new(Full::from(text).boxed());
             response
