@@ -107,6 +107,8 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/gc", post(gc))
+        .route("/v1/tls", get(tls_status))
+        .route("/v1/tls/reload", post(tls_reload))
         .route("/metrics", get(prometheus))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -406,11 +408,9 @@ fn rand_suffix() -> String {
 
 async fn prometheus(State(s): State<ApiState>) -> ApiResult {
     let snapshot = s.controller.metrics().await?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&snapshot),
-    )
-        .into_response())
+    let mut text = metrics::render(&snapshot);
+    metrics::render_router(&mut text, s.controller.router());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 #[derive(Deserialize)]
@@ -421,6 +421,33 @@ struct GcBody {
 
 async fn gc(State(s): State<ApiState>, Json(body): Json<GcBody>) -> ApiResult {
     ok(s.controller.gc(body.dry_run).await?)
+}
+
+/// The hostnames the TLS listener has certificates for.
+async fn tls_status(State(s): State<ApiState>) -> ApiResult {
+    let certs = s.controller.router().certificates();
+    ok(json!({
+        "reloadable": certs.is_reloadable(),
+        "hostnames": certs.hostnames(),
+    }))
+}
+
+/// Re-reads the certificate directory now; files that cannot be used keep their hostname's
+/// previous certificate and are listed in `errors`.
+async fn tls_reload(State(s): State<ApiState>) -> ApiResult {
+    let certs = Arc::clone(s.controller.router().certificates());
+    if !certs.is_reloadable() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "TLS certificates are not loaded from a directory: start molt serve with \
+             --tls-listen and --tls-cert-dir"
+                .into(),
+        ));
+    }
+    let report = tokio::task::spawn_blocking(move || certs.reload())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    ok(json!({ "hostnames": report.hostnames, "errors": report.errors }))
 }
 
 #[cfg(test)]

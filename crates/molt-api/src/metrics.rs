@@ -3,6 +3,34 @@
 use std::fmt::Write;
 
 use molt_control::{EnvMetrics, MetricsSnapshot};
+use molt_router::{ClientScheme, Router};
+
+/// Appends the router's own counters: requests by client scheme and failed TLS handshakes.
+pub fn render_router(out: &mut String, router: &Router) {
+    let name = "molt_router_client_requests_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Requests received from clients, by scheme (http or https).",
+    );
+    for scheme in [ClientScheme::Http, ClientScheme::Https] {
+        let _ = writeln!(
+            out,
+            "{name}{{scheme=\"{}\"}} {}",
+            scheme.as_str(),
+            router.requests_over(scheme)
+        );
+    }
+    let name = "molt_router_tls_handshake_failures_total";
+    family(
+        out,
+        name,
+        "counter",
+        "TLS handshakes that failed or timed out (unknown SNI names included).",
+    );
+    let _ = writeln!(out, "{name} {}", router.tls_handshake_failures());
+}
 
 /// Renders the snapshot as Prometheus text.
 pub fn render(m: &MetricsSnapshot) -> String {

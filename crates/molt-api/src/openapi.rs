@@ -99,6 +99,18 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
         "Collect unreachable environments and images (dry_run to preview)",
         Some("Gc"),
     ),
+    (
+        "get",
+        "/v1/tls",
+        "Hostnames the TLS listener has certificates for",
+        None,
+    ),
+    (
+        "post",
+        "/v1/tls/reload",
+        "Reload TLS certificates from --tls-cert-dir now (bad files keep the old certificate)",
+        None,
+    ),
 ];
 
 /// Builds the document.

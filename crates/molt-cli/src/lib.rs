@@ -155,6 +155,21 @@ pub enum Command {
         #[command(subcommand)]
         action: ImageAction,
     },
+    /// TLS certificates of the router's TLS listener.
+    Tls {
+        /// ls | reload
+        #[command(subcommand)]
+        action: TlsAction,
+    },
+}
+
+/// `molt tls …`
+#[derive(Debug, Subcommand)]
+pub enum TlsAction {
+    /// List the hostnames that have a certificate.
+    Ls,
+    /// Reload the certificate directory now (it is also polled every few seconds).
+    Reload,
 }
 
 /// `molt config …`
@@ -227,4 +242,27 @@ pub struct ServeArgs {
     /// Stop every instance when molt serve exits (default: leave them for the next start).
     #[arg(long)]
     pub stop_instances_on_exit: bool,
+    /// Terminate TLS on this address too (off by default), e.g. 127.0.0.1:8443.
+    #[arg(long, value_name = "ADDR", env = "MOLT_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Directory of PEM certificates: <host>.pem (chain + key) or <host>.crt + <host>.key;
+    /// _wildcard.<domain> for *.<domain>. Reloaded when files change.
+    #[arg(long, value_name = "DIR", env = "MOLT_TLS_CERT_DIR")]
+    pub tls_cert_dir: Option<PathBuf>,
+    /// Answer plain-HTTP requests for hosts that have a certificate with a 308 to https.
+    #[arg(long)]
+    pub https_redirect: bool,
+    /// Get certificates automatically from this ACME directory URL (http-01 challenges are
+    /// answered on the router's plain listener, which must be the hostnames' port 80).
+    #[arg(long, value_name = "URL", env = "MOLT_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// A hostname to get an ACME certificate for (repeat the flag for more).
+    #[arg(long = "acme-domain", value_name = "HOST")]
+    pub acme_domains: Vec<String>,
+    /// Contact e-mail for the ACME account.
+    #[arg(long, value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// PEM root certificate to trust for the ACME server's HTTPS (for test CAs like pebble).
+    #[arg(long, value_name = "FILE")]
+    pub acme_ca_cert: Option<PathBuf>,
 }

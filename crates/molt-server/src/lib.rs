@@ -7,7 +7,16 @@
 //! - `admin.token` (0600) — the API token the CLI reads;
 //! - `serve.json` — where the running server listens, for the CLI;
 //! - `owner.id` — marks this data directory's instance processes (orphan detection);
-//! - `serve.lock` — held while a server uses the directory.
+//! - `serve.lock` — held while a server uses the directory;
+//! - `tls/acme/` — ACME account and issued certificates (0600), when ACME is on.
+//!
+//! With `--tls-listen`, a second router listener terminates TLS with the certificates of
+//! `--tls-cert-dir` (polled for changes; `POST /v1/tls/reload` reloads at once) and those
+//! issued through ACME (`tls/acme/`, see [`AcmeConfig`]).
+
+mod acme;
+
+pub use acme::AcmeConfig;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -17,11 +26,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use acme::AcmeManager;
 use anyhow::{bail, Context, Result};
 use molt_control::{ControlConfig, Controller};
 use molt_core::DeployState;
 use molt_image::ImageStore;
 use molt_provider::LocalProvider;
+use molt_router::tls::CertDir;
 use molt_router::{Router, RouterConfig};
 use molt_store::Store;
 use nix::fcntl::{Flock, FlockArg};
@@ -45,6 +56,37 @@ pub struct ServeConfig {
     pub pause_at: Option<DeployState>,
     /// Time an instance gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// TLS termination (off when `None`).
+    pub tls: Option<TlsConfig>,
+}
+
+/// The TLS listener of `molt serve` and where its certificates come from.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Where the TLS listener listens (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// PEM certificates (`<host>.pem` or `<host>.crt` + `<host>.key`), watched for changes.
+    pub cert_dir: Option<PathBuf>,
+    /// Plain requests for hosts with a certificate get a 308 to https.
+    pub https_redirect: bool,
+    /// How often the certificate directory is checked for changes.
+    pub poll_interval: Duration,
+    /// Certificates issued automatically through ACME (http-01 on the plain listener).
+    pub acme: Option<AcmeConfig>,
+}
+
+impl TlsConfig {
+    /// TLS on `listen`, no certificate source yet, no redirect, directory polled every 2 s,
+    /// no ACME.
+    pub fn new(listen: SocketAddr) -> TlsConfig {
+        TlsConfig {
+            listen,
+            cert_dir: None,
+            https_redirect: false,
+            poll_interval: Duration::from_secs(2),
+            acme: None,
+        }
+    }
 }
 
 /// What happens to instances when the server stops.
@@ -63,6 +105,9 @@ pub struct Endpoints {
     pub api: SocketAddr,
     /// The router address.
     pub router: SocketAddr,
+    /// The router's TLS address, when TLS is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_tls: Option<SocketAddr>,
     /// The server's process id.
     pub pid: u32,
 }
@@ -73,6 +118,8 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Where the router listens.
     pub router_addr: SocketAddr,
+    /// Where the router's TLS listener listens, when TLS is on.
+    pub router_tls_addr: Option<SocketAddr>,
     /// The admin API token.
     pub token: String,
     /// The data directory.
@@ -80,6 +127,8 @@ pub struct Running {
     controller: Controller,
     stop: CancellationToken,
     router_task: JoinHandle<std::io::Result<()>>,
+    tls_task: Option<JoinHandle<std::io::Result<()>>>,
+    background: Vec<JoinHandle<()>>,
     api_task: JoinHandle<std::io::Result<()>>,
     _lock: Flock<File>,
 }
@@ -94,6 +143,7 @@ impl ServeConfig {
             gc_interval: Duration::from_secs(60),
             pause_at: None,
             stop_grace: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -115,6 +165,14 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Starts a server: opens the data directory, recovers state, binds both listeners.
 pub async fn start(cfg: ServeConfig) -> Result<Running> {
+    if let Some(tls) = &cfg.tls {
+        if tls.cert_dir.is_none() && tls.acme.is_none() {
+            bail!(
+                "TLS has no certificates to serve: pass --tls-cert-dir or --acme-domain with \
+                 --tls-listen"
+            );
+        }
+    }
     let dir = cfg.data_dir.clone();
     for sub in ["", "images", "logs", "uploads"] {
         fs::create_dir_all(dir.join(sub))
@@ -134,7 +192,48 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
     let images = ImageStore::open(&dir.join("images")).context("opening the image store")?;
     let provider = Arc::new(LocalProvider::new(owner[..16].to_string()));
-    let router = Router::new(RouterConfig::default());
+    let tls_listener = match &cfg.tls {
+        Some(tls) => Some(TcpListener::bind(tls.listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} for TLS: {e}; pick another address with --tls-listen",
+                tls.listen
+            )
+        })?),
+        None => None,
+    };
+    let router_tls_addr = match &tls_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
+    let router = Router::new(RouterConfig {
+        https_redirect: match (&cfg.tls, router_tls_addr) {
+            (Some(tls), Some(addr)) if tls.https_redirect => Some(addr.port()),
+            _ => None,
+        },
+        ..RouterConfig::default()
+    });
+    let cert_dir = match cfg.tls.as_ref().and_then(|tls| tls.cert_dir.as_ref()) {
+        Some(path) => {
+            let (cert_dir, report) = CertDir::open(path, Arc::clone(router.certificates()))
+                .map_err(|e| {
+                    anyhow::anyhow!("{e}; pass an existing directory to --tls-cert-dir")
+                })?;
+            for error in &report.errors {
+                tracing::warn!("TLS certificate not loaded: {error}");
+            }
+            Some(cert_dir)
+        }
+        None => None,
+    };
+    let acme = match cfg.tls.as_ref().and_then(|tls| tls.acme.clone()) {
+        Some(acme) => Some(AcmeManager::open(
+            acme,
+            &dir,
+            Arc::clone(router.certificates()),
+            Arc::clone(router.acme_challenges()),
+        )?),
+        None => None,
+    };
     let router_listener = TcpListener::bind(cfg.router_addr).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {} for the router: {e}; pick another address with --router",
@@ -165,6 +264,17 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     controller.start().await.context("recovering state")?;
     let stop = CancellationToken::new();
     let router_task = tokio::spawn(router.clone().serve(router_listener, stop.clone()));
+    let tls_task =
+        tls_listener.map(|listener| tokio::spawn(router.clone().serve_tls(listener, stop.clone())));
+    let mut background = Vec::new();
+    if let (Some(cert_dir), Some(tls)) = (cert_dir, &cfg.tls) {
+        background.push(tokio::spawn(
+            cert_dir.watch(tls.poll_interval, stop.clone()),
+        ));
+    }
+    if let Some(acme) = acme {
+        background.push(tokio::spawn(acme.run(stop.clone())));
+    }
     let app = molt_api::router(controller.clone(), token.clone(), dir.join("uploads"));
     let api_stop = stop.clone();
     let api_task = tokio::spawn(async move {
@@ -175,19 +285,23 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let endpoints = Endpoints {
         api: api_addr,
         router: router_addr,
+        router_tls: router_tls_addr,
         pid: std::process::id(),
     };
     let json = serde_json::to_string_pretty(&endpoints)?;
     write_atomically(&dir.join("serve.json"), json.as_bytes(), 0o644)?;
-    tracing::info!(%api_addr, %router_addr, data_dir = %dir.display(), "molt serve is up");
+    tracing::info!(%api_addr, %router_addr, router_tls_addr = ?router_tls_addr, data_dir = %dir.display(), "molt serve is up");
     Ok(Running {
         api_addr,
         router_addr,
+        router_tls_addr,
         token,
         data_dir: dir,
         controller,
         stop,
         router_task,
+        tls_task,
+        background,
         api_task,
         _lock: lock,
     })
@@ -199,6 +313,13 @@ impl Running {
     pub async fn shutdown(self, on_exit: OnExit) -> Result<()> {
         self.stop.cancel();
         let router_result = self.router_task.await;
+        let tls_result = match self.tls_task {
+            Some(task) => Some(task.await),
+            None => None,
+        };
+        for task in self.background {
+            let _ = task.await;
+        }
         let api_result = self.api_task.await;
         self.controller.shutdown().await;
         if on_exit == OnExit::StopInstances {
@@ -206,6 +327,11 @@ impl Running {
         }
         let _ = fs::remove_file(self.data_dir.join("serve.json"));
         router_result.context("router task")?.context("router")?;
+        if let Some(tls_result) = tls_result {
+            tls_result
+                .context("TLS router task")?
+                .context("TLS router")?;
+        }
         api_result.context("API task")?.context("API")?;
         Ok(())
     }
@@ -230,7 +356,7 @@ fn read_or_create_secret(path: &Path) -> Result<String> {
     Ok(secret)
 }
 
-fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = OpenOptions::new()
         .write(true)

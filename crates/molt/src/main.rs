@@ -52,15 +52,39 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
     cfg.api_addr = args.api_listen;
     cfg.router_addr = args.router_listen;
     cfg.gc_interval = molt_core::parse_duration(&args.gc_interval)?;
+    match args.tls_listen {
+        Some(listen) => {
+            let mut tls = molt_server::TlsConfig::new(listen);
+            tls.cert_dir = args.tls_cert_dir.clone();
+            tls.https_redirect = args.https_redirect;
+            tls.acme = acme_config(&args)?;
+            cfg.tls = Some(tls);
+        }
+        None if args.tls_cert_dir.is_some()
+            || args.https_redirect
+            || args.acme_directory.is_some()
+            || !args.acme_domains.is_empty() =>
+        {
+            anyhow::bail!(
+                "--tls-cert-dir, --https-redirect and --acme-* need a TLS listener: add \
+                 --tls-listen ADDR"
+            );
+        }
+        None => {}
+    }
     if let Ok(step) = std::env::var("MOLT_TEST_PAUSE_AT") {
         cfg.pause_at = Some(step.parse()?);
     }
     let running = molt_server::start(cfg).await?;
     eprintln!(
-        "molt serve: API on http://{} (token in {}), router on http://{}",
+        "molt serve: API on http://{} (token in {}), router on http://{}{}",
         running.api_addr,
         running.data_dir.join("admin.token").display(),
-        running.router_addr
+        running.router_addr,
+        running
+            .router_tls_addr
+            .map(|addr| format!(" and https://{addr}"))
+            .unwrap_or_default()
     );
     wait_for_signal().await?;
     eprintln!("molt serve: stopping (draining the router)");
@@ -70,6 +94,33 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
         OnExit::KeepInstances
     };
     running.shutdown(on_exit).await
+}
+
+/// The ACME settings of `molt serve`, when `--acme-directory` or `--acme-domain` is given.
+fn acme_config(args: &ServeArgs) -> anyhow::Result<Option<molt_server::AcmeConfig>> {
+    let mut domains = Vec::new();
+    for domain in &args.acme_domains {
+        let name: molt_core::Hostname = domain
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--acme-domain {domain}: {e}"))?;
+        if name.as_str().starts_with("*.") {
+            anyhow::bail!(
+                "--acme-domain {domain}: wildcard certificates need dns-01, which molt does not \
+                 do; put a wildcard certificate in --tls-cert-dir instead"
+            );
+        }
+        domains.push(name.as_str().to_owned());
+    }
+    let directory = match (&args.acme_directory, domains.is_empty()) {
+        (None, true) => return Ok(None),
+        (Some(directory), false) => directory.clone(),
+        (None, false) => anyhow::bail!("--acme-domain needs --acme-directory URL"),
+        (Some(_), true) => anyhow::bail!("--acme-directory needs at least one --acme-domain HOST"),
+    };
+    let mut acme = molt_server::AcmeConfig::new(directory, domains);
+    acme.contact = args.acme_email.clone();
+    acme.ca_cert = args.acme_ca_cert.clone();
+    Ok(Some(acme))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

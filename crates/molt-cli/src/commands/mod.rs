@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::client::{ApiError, Client, Unreachable};
 use crate::output::{age, print_json, print_list, text};
-use crate::{Cli, Command};
+use crate::{Cli, Command, TlsAction};
 
 /// Exit code for a deployment that did not end serving the new release.
 pub const EXIT_DEPLOY_FAILED: i32 = 3;
@@ -108,6 +108,7 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             Ok(0)
         }
         Command::Images { action } => images(&client()?, action, json).await,
+        Command::Tls { action } => tls(&client()?, action, json).await,
         Command::Maintenance {
             app,
             state,
@@ -167,4 +168,33 @@ fn init(dir: &Path, name: Option<String>, json: bool) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// `molt tls ls|reload`: exit 1 when a reload left files unusable.
+async fn tls(client: &Client, action: TlsAction, json: bool) -> Result<i32> {
+    let v = match action {
+        TlsAction::Ls => client.get("/v1/tls").await?,
+        TlsAction::Reload => client.post("/v1/tls/reload", &json!({})).await?,
+    };
+    if json {
+        print_json(&v);
+    } else {
+        let names: Vec<&str> = v["hostnames"]
+            .as_array()
+            .map(|names| names.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if names.is_empty() {
+            println!("no certificates");
+        }
+        for name in names {
+            println!("{name}");
+        }
+        for error in v["errors"].as_array().into_iter().flatten() {
+            eprintln!("error: {}", error.as_str().unwrap_or("?"));
+        }
+    }
+    let failed = v["errors"]
+        .as_array()
+        .is_some_and(|errors| !errors.is_empty());
+    Ok(i32::from(failed))
 }

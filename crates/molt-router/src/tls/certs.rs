@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use super::ReloadReport;
 use crate::host::lookup_key;
 
 /// Where a set of certificates came from. When two sources hold a certificate for the same
@@ -39,7 +40,11 @@ pub struct HostCert {
 pub struct CertStore {
     current: ArcSwap<CertMap>,
     sources: Mutex<BTreeMap<CertSource, Vec<HostCert>>>,
+    reloaders: Mutex<Vec<Reloader>>,
 }
+
+/// Re-reads one source of certificates (see [`CertStore::add_reloader`]).
+pub type Reloader = Arc<dyn Fn() -> ReloadReport + Send + Sync>;
 
 /// An immutable snapshot of the certificates by name.
 #[derive(Default)]
@@ -58,7 +63,41 @@ impl CertStore {
         Arc::new(CertStore {
             current: ArcSwap::from_pointee(CertMap::default()),
             sources: Mutex::new(BTreeMap::new()),
+            reloaders: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Registers what [`CertStore::reload`] runs (a certificate directory registers itself).
+    pub fn add_reloader(&self, reloader: Reloader) {
+        self.reloaders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(reloader);
+    }
+
+    /// Whether anything can be reloaded (a certificate directory is configured).
+    pub fn is_reloadable(&self) -> bool {
+        !self
+            .reloaders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Runs every registered reloader (blocking file I/O: call it from a blocking thread)
+    /// and returns the names now served and every file that could not be used.
+    pub fn reload(&self) -> ReloadReport {
+        let reloaders = self
+            .reloaders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut report = ReloadReport::default();
+        for reloader in reloaders {
+            report.errors.extend(reloader().errors);
+        }
+        report.hostnames = self.hostnames();
+        report
     }
 
     /// Replaces every certificate of `source` with `certs` and makes the result live for the

@@ -45,7 +45,8 @@ struct DirState {
 /// What a reload did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadReport {
-    /// Hostnames served from this directory after the reload.
+    /// Hostnames served after the reload (from this directory, or, for
+    /// [`CertStore::reload`], from every source).
     pub hostnames: Vec<String>,
     /// One line per file that could not be used (its hostname keeps its previous
     /// certificate, if it had one).
@@ -82,6 +83,16 @@ impl CertDir {
             state: Mutex::new(DirState::default()),
         });
         let report = cert_dir.reload()?;
+        let weak = Arc::downgrade(&cert_dir);
+        cert_dir
+            .store
+            .add_reloader(Arc::new(move || match weak.upgrade() {
+                Some(dir) => dir.reload().unwrap_or_else(|e| ReloadReport {
+                    hostnames: Vec::new(),
+                    errors: vec![e.to_string()],
+                }),
+                None => ReloadReport::default(),
+            }));
         Ok((cert_dir, report))
     }
 
@@ -253,8 +264,18 @@ fn scan(dir: &Path) -> Result<Scan, CertDirError> {
     Ok((hosts, stamps))
 }
 
-/// Loads and checks one hostname's certificate: parses, the key matches the leaf, and the
-/// leaf covers the hostname.
+impl HostCert {
+    /// Parses a PEM chain (leaf first) and a PEM private key for `hostname`, checking that
+    /// the key matches the leaf and that the leaf covers the name.
+    pub fn from_pem(hostname: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<HostCert, String> {
+        let provider = rustls::crypto::ring::default_provider();
+        let hostname = hostname.to_ascii_lowercase();
+        let key = parse(&hostname, chain_pem, key_pem, &provider)?;
+        Ok(HostCert { hostname, key })
+    }
+}
+
+/// Loads and checks one hostname's certificate files.
 fn load(
     hostname: &str,
     files: &CertFiles,
@@ -269,13 +290,24 @@ fn load(
         }
         CertFiles::Split { chain, key } => (read(chain)?, read(key)?),
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
+    parse(hostname, &chain_pem, &key_pem, provider)
+}
+
+/// Parses and checks a certificate: the key matches the leaf, and the leaf covers the
+/// hostname.
+fn parse(
+    hostname: &str,
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("bad PEM certificate: {e}"))?;
     if chain.is_empty() {
         return Err("no CERTIFICATE block found".into());
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => "no PRIVATE KEY block found".to_owned(),
         e => format!("bad PEM private key: {e}"),
     })?;

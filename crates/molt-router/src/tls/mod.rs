@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 
-pub use certs::{CertSource, CertStore, HostCert};
+pub use certs::{CertSource, CertStore, HostCert, Reloader};
 pub use challenge::{AcmeChallenges, ACME_CHALLENGE_PREFIX};
 pub use dir::{CertDir, CertDirError, ReloadReport};
 
