@@ -45,6 +45,8 @@ pub struct ServeConfig {
     pub pause_at: Option<DeployState>,
     /// Time an instance gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// Each ready environment also answers on `<env>.<app>.<preview domain>`.
+    pub preview_domain: Option<molt_core::Hostname>,
 }
 
 /// What happens to instances when the server stops.
@@ -94,6 +96,7 @@ impl ServeConfig {
             gc_interval: Duration::from_secs(60),
             pause_at: None,
             stop_grace: Duration::from_secs(5),
+            preview_domain: None,
         }
     }
 }
@@ -159,6 +162,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             gc_interval: cfg.gc_interval,
             stop_grace: cfg.stop_grace,
             pause_at: cfg.pause_at,
+            preview_domain: cfg.preview_domain.clone(),
             ..ControlConfig::default()
         },
     );
