@@ -98,6 +98,7 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
         .route("/v1/apps/:app/config", get(config_get).post(config_set))
         .route("/v1/apps/:app/logs", get(logs))
         .route("/v1/apps/:app/maintenance", post(maintenance))
+        .route("/v1/apps/:app/shadow", get(shadow_report).post(shadow))
         .route("/v1/apps/:app/events", get(events))
         .route("/v1/deployments/:id", get(deployment))
         .route(
@@ -303,6 +304,27 @@ async fn maintenance(
         retry_after_secs: body.retry_after.unwrap_or(120),
     });
     ok(s.controller.set_maintenance(&app, mode).await?)
+}
+
+#[derive(Deserialize)]
+struct ShadowBody {
+    /// The environment to mirror to; absent or null stops shadow traffic.
+    env: Option<String>,
+    /// Percent of idempotent requests mirrored (default 10).
+    share: Option<u32>,
+}
+
+async fn shadow(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Json(body): Json<ShadowBody>,
+) -> ApiResult {
+    let target = body.env.map(|env| (env, body.share.unwrap_or(10)));
+    ok(s.controller.set_shadow(&app, target).await?)
+}
+
+async fn shadow_report(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult {
+    ok(s.controller.shadow_report(&app).await?)
 }
 
 #[derive(Deserialize)]

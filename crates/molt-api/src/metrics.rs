@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use molt_control::{EnvMetrics, MetricsSnapshot};
+use molt_control::{EnvMetrics, MetricsSnapshot, TrafficStats, LATENCY_BUCKETS};
 use molt_router::{ClientScheme, Router};
 
 /// Appends the router's own counters: requests by client scheme and failed TLS handshakes.
@@ -32,11 +32,12 @@ pub fn render_router(out: &mut String, router: &Router) {
     let _ = writeln!(out, "{name} {}", router.tls_handshake_failures());
 }
 
+
 /// Renders the snapshot as Prometheus text.
 pub fn render(m: &MetricsSnapshot) -> String {
     let mut out = String::new();
     type Value = fn(&EnvMetrics) -> u64;
-    let per_env: [(&str, &str, &str, Value); 4] = [
+    let per_env: [(&str, &str, &str, Value); 10] = [
         (
             "molt_router_requests_total",
             "counter",
@@ -61,19 +62,50 @@ pub fn render(m: &MetricsSnapshot) -> String {
             "Requests whose response is not finished yet.",
             |e| e.in_flight,
         ),
+        (
+            "molt_router_upstream_ejections_total",
+            "counter",
+            "Times an instance was taken out of rotation after connection failures.",
+            |e| e.traffic.ejections,
+        ),
+        (
+            "molt_router_upstreams_ejected",
+            "gauge",
+            "Instances out of rotation right now.",
+            |e| e.traffic.ejected,
+        ),
+        (
+            "molt_router_retries_total",
+            "counter",
+            "Requests sent to another instance after a connection failure.",
+            |e| e.traffic.retries,
+        ),
+        (
+            "molt_router_retry_budget_exhausted_total",
+            "counter",
+            "Retries refused because the retry budget was spent.",
+            |e| e.traffic.retry_budget_exhausted,
+        ),
+        (
+            "molt_router_shadow_failed_total",
+            "counter",
+            "Mirrored requests that got no answer (connection failure or timeout).",
+            |e| e.traffic.shadow.failed,
+        ),
+        (
+            "molt_router_shadow_dropped_total",
+            "counter",
+            "Mirrors skipped because too many were in flight.",
+            |e| e.traffic.shadow_dropped,
+        ),
     ];
     for (name, kind, help, value) in per_env {
         family(&mut out, name, kind, help);
         for e in &m.envs {
-            let labels = format!(
-                "app=\"{}\",env=\"{}\",routed=\"{}\"",
-                escape(&e.app),
-                escape(&e.env),
-                e.routed
-            );
-            let _ = writeln!(out, "{name}{{{labels}}} {}", value(e));
+            let _ = writeln!(out, "{name}{{{}}} {}", env_labels(e), value(e));
         }
     }
+    traffic_families(&mut out, &m.envs);
     let name = "molt_router_unrouted_total";
     family(
         &mut out,
@@ -114,6 +146,72 @@ pub fn render(m: &MetricsSnapshot) -> String {
     out
 }
 
+/// Status classes and latency histograms, live and shadow (`traffic` label) side by side; the
+/// shadow series appear once an environment has had mirrored requests.
+fn traffic_families(out: &mut String, envs: &[EnvMetrics]) {
+    let kinds = |e: &EnvMetrics| {
+        let live = Some(("live", e.traffic.live));
+        let shadow = (e.traffic.shadow.requests() > 0).then_some(("shadow", e.traffic.shadow));
+        live.into_iter().chain(shadow)
+    };
+    let name = "molt_router_responses_by_class_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Responses by status class (relayed or made by the router), live and shadow.",
+    );
+    for e in envs {
+        for (kind, stats) in kinds(e) {
+            for (i, n) in stats.classes.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{},traffic=\"{kind}\",class=\"{}xx\"}} {n}",
+                    env_labels(e),
+                    i + 1
+                );
+            }
+        }
+    }
+    let name = "molt_router_request_duration_seconds";
+    family(
+        out,
+        name,
+        "histogram",
+        "Time from routing a request to its response head, live and shadow.",
+    );
+    for e in envs {
+        for (kind, stats) in kinds(e) {
+            histogram(
+                out,
+                name,
+                &format!("{},traffic=\"{kind}\"", env_labels(e)),
+                &stats,
+            );
+        }
+    }
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, stats: &TrafficStats) {
+    let cumulative = &stats.latency.cumulative;
+    for (bound, n) in LATENCY_BUCKETS.iter().zip(cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
+    }
+    let count = stats.requests();
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", stats.latency.sum_seconds);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+}
+
+fn env_labels(e: &EnvMetrics) -> String {
+    format!(
+        "app=\"{}\",env=\"{}\",routed=\"{}\"",
+        escape(&e.app),
+        escape(&e.env),
+        e.routed
+    )
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -128,6 +226,7 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use molt_control::{EnvTraffic, LatencyHistogram};
 
     #[test]
     fn renders_families_and_labels() {
@@ -140,6 +239,18 @@ mod tests {
             in_flight: 1,
             answered: 6,
             failed: 0,
+            traffic: EnvTraffic {
+                live: TrafficStats {
+                    classes: [0, 5, 0, 0, 1],
+                    latency: LatencyHistogram {
+                        cumulative: [0, 1, 2, 2, 2, 4, 4, 4, 4, 4, 4, 5, 6],
+                        sum_seconds: 12.5,
+                    },
+                    failed: 0,
+                },
+                ejections: 2,
+                ..EnvTraffic::default()
+            },
         });
         m.unrouted = 3;
         m.instances
@@ -153,6 +264,21 @@ mod tests {
             "molt_router_requests_total{app=\"shop\",env=\"shop-v1-ab12\",routed=\"true\"} 7"
         ));
         assert!(text.contains("molt_router_unrouted_total 3"));
+        let env = "app=\"shop\",env=\"shop-v1-ab12\",routed=\"true\"";
+        for line in [
+            format!("molt_router_upstream_ejections_total{{{env}}} 2"),
+            format!("molt_router_responses_by_class_total{{{env},traffic=\"live\",class=\"5xx\"}} 1"),
+            format!("molt_router_request_duration_seconds_bucket{{{env},traffic=\"live\",le=\"0.0025\"}} 1"),
+            format!("molt_router_request_duration_seconds_bucket{{{env},traffic=\"live\",le=\"10\"}} 5"),
+            format!("molt_router_request_duration_seconds_bucket{{{env},traffic=\"live\",le=\"+Inf\"}} 6"),
+            format!("molt_router_request_duration_seconds_sum{{{env},traffic=\"live\"}} 12.5"),
+            format!("molt_router_request_duration_seconds_count{{{env},traffic=\"live\"}} 6"),
+        ] {
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        assert!(text.contains("# TYPE molt_router_request_duration_seconds histogram"));
+        // No shadow traffic yet: no shadow series.
+        assert!(!text.contains("traffic=\"shadow\""), "{text}");
         assert!(
             text.contains("molt_instances{app=\"shop\",env=\"shop-v1-ab12\",state=\"healthy\"} 2")
         );

@@ -81,6 +81,18 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
         Some("Maintenance"),
     ),
     (
+        "post",
+        "/v1/apps/{app}/shadow",
+        "Mirror a share of idempotent requests to one of the app's ready environments, or stop (env null)",
+        Some("Shadow"),
+    ),
+    (
+        "get",
+        "/v1/apps/{app}/shadow",
+        "Live and shadow traffic side by side: status classes, mean and bucketed p50/p99 latency",
+        None,
+    ),
+    (
         "get",
         "/v1/deployments/{id}",
         "A deployment with its journal",
@@ -177,7 +189,10 @@ pub fn document() -> Value {
                 "Maintenance": { "type": "object", "required": ["enabled"], "properties": {
                     "enabled": { "type": "boolean" },
                     "message": { "type": "string" },
-                    "retry_after": { "type": "integer", "description": "seconds, default 120" } } }
+                    "retry_after": { "type": "integer", "description": "seconds, default 120" } } },
+                "Shadow": { "type": "object", "properties": {
+                    "env": { "type": ["string", "null"], "description": "environment to mirror to; null stops" },
+                    "share": { "type": "integer", "description": "percent 1-100, default 10" } } }
             }
         }
     })

@@ -141,6 +141,20 @@ pub enum Command {
         #[arg(long, default_value_t = 120)]
         retry_after: u32,
     },
+    /// Mirror a share of an app's GET/HEAD/OPTIONS requests to another of its environments
+    /// (answers discarded, users unaffected); without ENV or --off, compare live and shadow.
+    Shadow {
+        /// The app.
+        app: String,
+        /// The ready environment to mirror to (e.g. the next release before its swap).
+        env: Option<String>,
+        /// Percent of idempotent requests mirrored (1-100).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+        share: u32,
+        /// Stop mirroring.
+        #[arg(long, conflicts_with = "env")]
+        off: bool,
+    },
     /// An app's history (deploys, swaps, rollbacks, replaced instances, GC).
     History {
         /// The app.
@@ -265,4 +279,8 @@ pub struct ServeArgs {
     /// PEM root certificate to trust for the ACME server's HTTPS (for test CAs like pebble).
     #[arg(long, value_name = "FILE")]
     pub acme_ca_cert: Option<PathBuf>,
+    /// Also answer each ready environment on `<env>.<app>.<DOMAIN>` (point a wildcard DNS
+    /// record for `*.DOMAIN` at the router).
+    #[arg(long, env = "MOLT_PREVIEW_DOMAIN")]
+    pub preview_domain: Option<String>,
 }

@@ -18,6 +18,7 @@ mod metrics;
 mod ops;
 mod reconcile;
 mod routes;
+mod shadow;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,7 +36,9 @@ use tokio_util::task::TaskTracker;
 pub use error::{ControlError, Result};
 pub use gc::GcReport;
 pub use metrics::{EnvMetrics, MetricsSnapshot};
+pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
+pub use shadow::{ShadowReport, TrafficSummary};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -52,6 +55,9 @@ pub struct ControlConfig {
     pub image_grace: Duration,
     /// Test hook: deployments stop (and wait to be killed) when they reach this state.
     pub pause_at: Option<DeployState>,
+    /// When set, each ready environment also answers on `<env>.<app>.<preview domain>`
+    /// (e.g. with a wildcard DNS record `*.preview.example.com`).
+    pub preview_domain: Option<molt_core::Hostname>,
 }
 
 impl Default for ControlConfig {
@@ -63,6 +69,7 @@ impl Default for ControlConfig {
             keep_releases: 5,
             image_grace: Duration::from_secs(3600),
             pause_at: None,
+            preview_domain: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use molt_router::EnvTraffic;
 use serde::Serialize;
 
 use crate::{Controller, Result};
@@ -36,6 +37,9 @@ pub struct EnvMetrics {
     pub answered: u64,
     /// Errors the router made for it.
     pub failed: u64,
+    /// Status classes and latency (live and shadow), ejections and retries.
+    #[serde(skip)]
+    pub traffic: EnvTraffic,
 }
 
 impl Controller {
@@ -65,6 +69,8 @@ impl Controller {
                 Ok((env_apps, routed, instances, deployments))
             })
             .await?;
+        let mut traffic: BTreeMap<String, EnvTraffic> =
+            self.inner.router.all_env_traffic().into_iter().collect();
         let envs = self
             .inner
             .router
@@ -72,6 +78,7 @@ impl Controller {
             .into_iter()
             .filter_map(|(env, st)| {
                 Some(EnvMetrics {
+                    traffic: traffic.remove(&env).unwrap_or_default(),
                     app: env_apps.get(&env)?.clone(),
                     routed: routed.contains(&env),
                     env,

@@ -1,7 +1,7 @@
 //! Deriving the router's table from the store.
 
 use molt_router::{Backend, Maintenance, RouteTable, Upstream};
-use molt_store::{EnvState, InstanceState, Store, StoreError};
+use molt_store::{EnvState, InstanceState, ShadowMode, Store, StoreError};
 
 use crate::instances::instance_addr;
 use crate::{Controller, Result};
@@ -14,16 +14,40 @@ impl Controller {
     /// in force for every connection.
     pub(crate) async fn publish_routes(&self) -> Result<()> {
         let _guard = self.inner.publish_lock.lock().await;
-        let table = self.db(build_table).await?;
+        let domain = self.inner.config.preview_domain.clone();
+        let table = self
+            .db(move |s| build_table(s, domain.as_ref().map(|d| d.as_str())))
+            .await?;
         self.inner.router.publish(table).await;
         Ok(())
     }
 }
 
+/// The app's shadow traffic, if it names a ready environment other than the routed one.
+fn shadow_of(
+    store: &Store,
+    app: &str,
+    routed: &str,
+) -> std::result::Result<Option<ShadowMode>, StoreError> {
+    let Some(shadow) = store.app(app)?.shadow else {
+        return Ok(None);
+    };
+    let ready = match store.env(&shadow.env) {
+        Ok(env) => env.state == EnvState::Ready,
+        Err(StoreError::NotFound { .. }) => false,
+        Err(e) => return Err(e),
+    };
+    Ok((ready && shadow.env != routed).then_some(shadow))
+}
+
 /// Routes: each app's hostnames (and `<app>.localhost`) to its routed environment; each live
-/// environment's preview hostname (`<env>.localhost`) to itself. Only healthy instances take
-/// traffic.
-fn build_table(store: &mut Store) -> std::result::Result<RouteTable, StoreError> {
+/// environment's preview hostname (`<env>.localhost`) to itself; an app's shadow environment
+/// gets its share of mirrored requests; with a preview domain, each ready environment also
+/// answers on `<env>.<app>.<domain>`. Only healthy instances take traffic.
+fn build_table(
+    store: &mut Store,
+    preview_domain: Option<&str>,
+) -> std::result::Result<RouteTable, StoreError> {
     let mut table = RouteTable::new();
     let backend = |store: &Store, env: &str| -> std::result::Result<Backend, StoreError> {
         let upstreams = store
@@ -54,6 +78,17 @@ fn build_table(store: &mut Store) -> std::result::Result<RouteTable, StoreError>
             table.insert(host.as_str(), app_backend(store)?);
         }
         table.insert(&format!("{app}.{LOCAL_SUFFIX}"), app_backend(store)?);
+        if let Some(shadow) = shadow_of(store, &app, &env)? {
+            for host in &release.config.hostnames {
+                table.insert_shadow(
+                    host.as_str(),
+                    backend(store, &shadow.env)?,
+                    shadow.share_percent,
+                );
+            }
+            let host = format!("{app}.{LOCAL_SUFFIX}");
+            table.insert_shadow(&host, backend(store, &shadow.env)?, shadow.share_percent);
+        }
     }
     for env in store.envs(None, false)? {
         if env.state == EnvState::Ready {
@@ -61,6 +96,12 @@ fn build_table(store: &mut Store) -> std::result::Result<RouteTable, StoreError>
                 &format!("{}.{LOCAL_SUFFIX}", env.id),
                 backend(store, &env.id)?,
             );
+            if let Some(domain) = preview_domain {
+                table.insert(
+                    &format!("{}.{}.{domain}", env.id, env.app),
+                    backend(store, &env.id)?,
+                );
+            }
         }
     }
     Ok(table)

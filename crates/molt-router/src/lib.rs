@@ -23,6 +23,8 @@
 mod access;
 mod admission;
 mod body;
+mod budget;
+mod eject;
 mod forwarded;
 pub mod framing;
 mod guard;
@@ -34,10 +36,12 @@ mod page;
 mod proxy;
 mod reqid;
 mod server;
+mod shadow;
 pub mod shaping;
 mod stats;
 mod table;
 pub mod tls;
+mod traffic;
 mod upgrade;
 
 use std::time::Duration;
@@ -45,6 +49,7 @@ use std::time::Duration;
 pub use proxy::Router;
 pub use stats::EnvStats;
 pub use table::{Backend, Maintenance, Route, RouteTable, Upstream};
+pub use traffic::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 
 /// The protocol the router speaks to upstream instances for ordinary requests.
 ///
@@ -98,6 +103,15 @@ pub struct RouterConfig {
     /// http-01 challenge paths); the value is the port of the TLS listener (443 is left out
     /// of the URL).
     pub https_redirect: Option<u16>,
+    /// When an upstream that keeps failing to connect is taken out of rotation, and for how
+    /// long.
+    pub ejection: EjectionPolicy,
+    /// How many retries (of bodiless idempotent requests whose connection failed before a
+    /// response) an environment may make, so retries cannot amplify an outage.
+    pub retry_budget: RetryBudget,
+    /// Most mirrored (shadow) requests in flight at once; beyond it, mirrors are skipped and
+    /// counted as dropped, never queued.
+    pub shadow_concurrency: usize,
 }
 
 /// How a client reached the router: the scheme that `X-Forwarded-Proto`, `Forwarded` and
@@ -128,6 +142,52 @@ impl ClientScheme {
     }
 }
 
+/// Passive ejection: an upstream whose connections fail `consecutive_failures` times in a
+/// row is skipped for `base_backoff`, doubling (up to `max_backoff`) each time it fails again
+/// right after coming back (on probation); its first success ends probation. When every
+/// upstream of a route is ejected, they are tried anyway rather than failing outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EjectionPolicy {
+    /// Connection failures in a row (connect refused/timed out, reset or closed before a
+    /// response) that eject an upstream; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts.
+    pub base_backoff: Duration,
+    /// The longest an ejection lasts.
+    pub max_backoff: Duration,
+}
+
+/// A retry budget per environment: each request sent upstream earns `ratio_percent` % of a
+/// retry, and `min_per_second` retries are granted each second whatever the traffic (a small
+/// floor for quiet environments). Unused budget is capped at ten seconds' floor or 100
+/// retries, whichever is more, so old traffic cannot fund a retry storm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// Retries earned per 100 requests.
+    pub ratio_percent: u32,
+    /// Retries granted per second regardless of traffic.
+    pub min_per_second: u32,
+}
+
+impl Default for EjectionPolicy {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 3,
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            ratio_percent: 20,
+            min_per_second: 10,
+        }
+    }
+}
+
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
@@ -142,6 +202,9 @@ impl Default for RouterConfig {
             upgrade_grace: Duration::from_secs(30),
             upstream_protocol: UpstreamProtocol::Http1,
             https_redirect: None,
+            ejection: EjectionPolicy::default(),
+            retry_budget: RetryBudget::default(),
+            shadow_concurrency: 64,
         }
     }
 }

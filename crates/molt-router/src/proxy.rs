@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -22,11 +22,13 @@ use tracing::{debug, warn};
 use crate::access::{AccessEntry, Served};
 use crate::admission::admit;
 use crate::body::ResponseBody;
+use crate::eject::{now_ms, HealthRegistry, Verdict};
 use crate::forwarded::add_forwarded;
 use crate::headers::{add_forwarding, strip_hop_by_hop};
 use crate::limits::{BodyFault, FaultProbe, LimitedBody};
 use crate::page::{self, Flavor};
 use crate::reqid::{RequestIds, X_REQUEST_ID};
+use crate::shadow::{MirrorSettings, Shadows};
 use crate::shaping::{self, Source, STICKY_COOKIE};
 use crate::stats::{EnvStats, InFlight, StatsRegistry};
 use crate::table::{Picked, Route, RouteTable, Selector};
@@ -67,6 +69,10 @@ pub struct Router {
     /// Requests received, by scheme: `[http, https]`.
     requests_by_scheme: [AtomicU64; 2],
     tls_handshake_failures: AtomicU64,
+    /// Passive health of every routed upstream address, kept across publishes.
+    health: HealthRegistry,
+    /// Mirrored (shadow) requests in flight.
+    shadows: Shadows,
 }
 
 /// The parts of a request needed to send it (again) to an upstream.
@@ -87,6 +93,7 @@ impl Router {
             .set_host(false)
             .http2_only(config.upstream_protocol == UpstreamProtocol::Http2PriorKnowledge)
             .build(connector);
+        let shadows = Shadows::new(config.shadow_concurrency);
         Arc::new(Router {
             config,
             table: ArcSwap::from_pointee(RouteTable::new()),
@@ -100,6 +107,8 @@ impl Router {
             challenges: Arc::default(),
             requests_by_scheme: Default::default(),
             tls_handshake_failures: AtomicU64::new(0),
+            health: HealthRegistry::default(),
+            shadows,
         })
     }
 
@@ -113,7 +122,7 @@ impl Router {
                 .publishing
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let new = Arc::new(table.bound_to(&self.stats));
+            let new = Arc::new(table.bound_to(&self.stats, &self.health));
             let old = self.table.swap(Arc::clone(&new));
             mark_presence(&self.stats, &old, &new);
             old
@@ -285,6 +294,9 @@ impl Router {
         // The table is held only while choosing: a publish waits for exactly this window.
         // A backend in maintenance takes no request, so nothing is counted for it.
         let bucket_source = Cell::new(Source::Cookie);
+        let mirrorable = is_idempotent_read(request.method())
+            && request.body().is_end_stream()
+            && requested_upgrade(&request).is_none();
         let chosen = {
             let table = self.table.load_full();
             let headers = request.headers();
@@ -299,24 +311,42 @@ impl Router {
             };
             table
                 .select(host_name.trim(), request.uri().path(), selector)
-                .map(|(route, picked)| match &route.backend().maintenance {
-                    Some(maintenance) => Err(maintenance.clone()),
-                    None => {
-                        let in_flight = route.counters().accept();
-                        Ok((Arc::clone(route), route.next_index(), in_flight, picked))
-                    }
-                })
+                .map(
+                    |(route, picked, shadow)| match &route.backend().maintenance {
+                        Some(maintenance) => Err(maintenance.clone()),
+                        None => {
+                            let in_flight = route.counters().accept();
+                            let mirror = shadow
+                                .filter(|shadow| {
+                                    mirrorable
+                                        && shadow.route().env() != route.env()
+                                        && shadow.sample()
+                                })
+                                .map(|shadow| Arc::clone(shadow.route()));
+                            Ok((
+                                Arc::clone(route),
+                                route.next_index(),
+                                in_flight,
+                                picked,
+                                mirror,
+                            ))
+                        }
+                    },
+                )
         };
+        let started = Instant::now();
         // A client bucketed by hash gets its bucket as a cookie, so it stays put even when its
         // address or agent changes.
         let sticky_cookie = match &chosen {
-            Some(Ok((_, _, _, Picked::Split(bucket)))) if bucket_source.get() == Source::Hash => {
+            Some(Ok((_, _, _, Picked::Split(bucket), _)))
+                if bucket_source.get() == Source::Hash =>
+            {
                 Some(*bucket)
             }
             _ => None,
         };
-        let (route, start, in_flight) = match chosen {
-            Some(Ok((route, start, in_flight, _))) => (route, start, in_flight),
+        let (route, start, in_flight, mirror) = match chosen {
+            Some(Ok((route, start, in_flight, _, mirror))) => (route, start, in_flight, mirror),
             Some(Err(maintenance)) => {
                 debug!(host = host_name, "backend in maintenance");
                 return page::maintenance(&maintenance, Flavor::of(request.headers()));
@@ -330,8 +360,18 @@ impl Router {
         if self.config.access_log {
             served.env = Some(route.env().to_owned());
         }
+        if let Some(shadow) = mirror {
+            let settings = MirrorSettings {
+                timeout: self.config.upstream_timeout,
+                ejection: self.config.ejection,
+            };
+            self.shadows
+                .mirror(&self.client, shadow, &request, client, &host, settings);
+        }
         let Some(start) = start else {
             in_flight.counters().record_failed();
+            let traffic = &in_flight.counters().traffic.live;
+            traffic.record(503, started.elapsed());
             debug!(env = route.env(), "environment has no upstreams");
             return page::text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -346,6 +386,8 @@ impl Router {
         let (mut response, index) = self
             .forward(&route, start, in_flight, request, client, host)
             .await;
+        let live = &route.counters().traffic.live;
+        live.record(response.status().as_u16(), started.elapsed());
         if self.config.access_log {
             served.instance = index.map(|index| route.upstreams()[index].instance.clone());
         }
@@ -391,9 +433,12 @@ impl Router {
         let (body, fault) = LimitedBody::new(body, self.config.max_body_bytes);
         let mut body = (!replayable).then_some(body);
 
+        let counters = Arc::clone(route.counters());
+        counters.retry_tokens.deposit(&self.config.retry_budget);
+        let mut tried = Vec::new();
+        let mut index = start;
         let mut attempt = 0;
         loop {
-            let index = (start + attempt) % route.upstreams().len();
             attempt += 1;
             let last = attempt >= attempts;
             let body = body
@@ -409,10 +454,38 @@ impl Router {
             )
             .await;
             let response = match sent {
-                Ok(Ok(response)) => relay(response, in_flight),
-                Ok(Err(error)) if !last && is_connection_failure(&error) => {
-                    debug!(env = route.env(), instance, %error, "upstream unreachable, trying the next");
-                    continue;
+                Ok(Ok(response)) => {
+                    route.record_success(index);
+                    relay(response, in_flight)
+                }
+                Ok(Err(error)) if is_connection_failure(&error) => {
+                    if let Verdict::Ejected(ms) = route.record_failure(index, &self.config.ejection)
+                    {
+                        warn!(
+                            env = route.env(),
+                            instance,
+                            backoff_ms = ms,
+                            "upstream ejected after connection failures"
+                        );
+                    }
+                    tried.push(index);
+                    let next = (!last).then(|| route.retry_index(&tried)).flatten();
+                    if let Some(next) = next {
+                        if counters
+                            .retry_tokens
+                            .withdraw(&self.config.retry_budget, now_ms())
+                        {
+                            debug!(env = route.env(), instance, %error, "upstream unreachable, trying the next");
+                            counters.traffic.record_retry();
+                            index = next;
+                            continue;
+                        }
+                        counters.traffic.record_budget_exhausted();
+                        debug!(env = route.env(), instance, %error, "upstream unreachable, retry budget spent");
+                    } else {
+                        debug!(env = route.env(), instance, %error, "upstream failed");
+                    }
+                    upstream_failure(&in_flight, &fault)
                 }
                 Ok(Err(error)) => {
                     debug!(env = route.env(), instance, %error, "upstream failed");
@@ -573,7 +646,7 @@ fn is_idempotent_read(method: &Method) -> bool {
 
 /// True when the upstream connection failed before the upstream could have acted on the
 /// request: connect errors, and connections closed or reset before a response.
-fn is_connection_failure(error: &hyper_util::client::legacy::Error) -> bool {
+pub(crate) fn is_connection_failure(error: &hyper_util::client::legacy::Error) -> bool {
     if error.is_connect() {
         return true;
     }

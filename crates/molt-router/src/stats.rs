@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::budget::RetryTokens;
+use crate::traffic::TrafficCounters;
 use crate::upgrade::EnvPresence;
 
 /// Counters of one environment, snapshot.
@@ -32,6 +34,10 @@ pub(crate) struct EnvCounters {
     failed: AtomicU64,
     /// Whether the published table routes to this environment; upgraded connections watch it.
     presence: EnvPresence,
+    /// Status classes, latency, shadow and resilience figures.
+    pub(crate) traffic: TrafficCounters,
+    /// What this environment may still spend on retries.
+    pub(crate) retry_tokens: RetryTokens,
 }
 
 /// Marks one request as in flight for its environment (and, once it is sent, for the upstream
@@ -150,6 +156,17 @@ impl StatsRegistry {
             }
             _ => false,
         }
+    }
+
+    /// Every environment's counters, sorted by environment id.
+    pub(crate) fn all(&self) -> Vec<(String, Arc<EnvCounters>)> {
+        let envs = self.envs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = envs
+            .iter()
+            .map(|(env, counters)| (env.clone(), Arc::clone(counters)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// A snapshot of every environment's counters, sorted by environment id.

@@ -4,15 +4,17 @@
 //! and from then on only read. Lookups happen once per request, so they never allocate
 //! for already-lowercase hosts and never take a lock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hyper::http::uri::Authority;
 
+use crate::eject::{now_ms, HealthRegistry, UpstreamHealth, Verdict};
 use crate::host::lookup_key;
 use crate::stats::{EnvCounters, StatsRegistry, UpstreamLoad};
+use crate::EjectionPolicy;
 
 /// One instance of an environment that can take traffic, and where it listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub struct Route {
     cursor: AtomicUsize,
     /// Requests in flight per upstream (same order as `authorities`), for least-loaded picks.
     loads: Arc<[AtomicU64]>,
+    /// Passive health per upstream (same order), shared with every route to the same address.
+    health: Arc<[Arc<UpstreamHealth>]>,
 }
 
 /// hostname (+ optional path prefix) -> Backend. Hostnames are matched case-insensitively,
@@ -80,6 +84,18 @@ struct HostRoutes {
     /// A weighted split of the hostname's traffic (canary); empty when there is none. The
     /// first entry is also `host`, the route that plain lookups return.
     split: Vec<(u32, Arc<Route>)>,
+    /// An environment that gets a copy of a share of the hostname's idempotent requests.
+    shadow: Option<Shadow>,
+}
+
+/// Shadow traffic of one hostname: which environment gets mirrored requests, and how many.
+#[derive(Debug, Clone)]
+pub(crate) struct Shadow {
+    /// Percentage (1–100) of eligible requests mirrored.
+    share: u32,
+    route: Arc<Route>,
+    /// Eligible requests seen, for an exact, evenly spread share.
+    seen: Arc<AtomicU64>,
 }
 
 /// How one request picks among a hostname's routes: an environment pinned by the client
@@ -124,12 +140,14 @@ impl Route {
             .iter()
             .map(|_| AtomicU64::new(0))
             .collect();
+        let health = backend.upstreams.iter().map(|_| Arc::default()).collect();
         Self {
             backend,
             authorities,
             counters,
             cursor: AtomicUsize::new(0),
             loads,
+            health,
         }
     }
 
@@ -157,8 +175,9 @@ impl Route {
     }
 
     /// Index of the upstream the next request should start with: of two instances picked at
-    /// random, the one with fewer requests in flight (power of two choices). Returns `None`
-    /// when the backend has no upstreams.
+    /// random, the one with fewer requests in flight (power of two choices), skipping ejected
+    /// instances while any other is in rotation. Returns `None` when the backend has no
+    /// upstreams.
     pub(crate) fn next_index(&self) -> Option<usize> {
         let len = self.authorities.len();
         if len < 2 {
@@ -169,8 +188,62 @@ impl Route {
             .wrapping_add(1)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let (a, b) = crate::shaping::two_choices(len, seed);
+        let now = now_ms();
         let load = |i: usize| self.loads[i].load(Ordering::Relaxed);
-        Some(if load(b) < load(a) { b } else { a })
+        Some(match (self.is_ejected(a, now), self.is_ejected(b, now)) {
+            (false, false) if load(b) < load(a) => b,
+            (false, _) => a,
+            (true, false) => b,
+            // Both out: the first instance in rotation after `a`, else `a` anyway (never
+            // fail a request only because every instance was ejected).
+            (true, true) => (1..len)
+                .map(|offset| (a + offset) % len)
+                .find(|&i| !self.is_ejected(i, now))
+                .unwrap_or(a),
+        })
+    }
+
+    /// The upstream to retry on after the ones in `tried` failed: the next in rotation after
+    /// the last one tried that is not ejected, else the next one at all; `None` when every
+    /// upstream was tried.
+    pub(crate) fn retry_index(&self, tried: &[usize]) -> Option<usize> {
+        let len = self.authorities.len();
+        let last = *tried.last()?;
+        let now = now_ms();
+        let untried = || {
+            (1..len)
+                .map(move |offset| (last + offset) % len)
+                .filter(|i| !tried.contains(i))
+        };
+        untried()
+            .find(|&i| !self.is_ejected(i, now))
+            .or_else(|| untried().next())
+    }
+
+    fn is_ejected(&self, index: usize, now: u64) -> bool {
+        self.health[index].is_ejected(now)
+    }
+
+    /// How many of this route's upstreams are ejected right now.
+    pub(crate) fn ejected_count(&self) -> u64 {
+        let now = now_ms();
+        (0..self.health.len())
+            .filter(|&i| self.is_ejected(i, now))
+            .count() as u64
+    }
+
+    /// Upstream `index` answered.
+    pub(crate) fn record_success(&self, index: usize) {
+        self.health[index].record_success();
+    }
+
+    /// The connection to upstream `index` failed before a response.
+    pub(crate) fn record_failure(&self, index: usize, policy: &EjectionPolicy) -> Verdict {
+        let verdict = self.health[index].record_failure(policy);
+        if let Verdict::Ejected(_) = verdict {
+            self.counters.traffic.record_ejection();
+        }
+        verdict
     }
 
     /// Counts one request against upstream `index` until the guard is dropped.
@@ -178,15 +251,26 @@ impl Route {
         UpstreamLoad::new(&self.loads, index)
     }
 
-    /// The same route, counting into `counters`.
-    fn with_counters(&self, counters: Arc<EnvCounters>) -> Self {
+    /// The same route, counting into `counters` and sharing the upstreams' `health`.
+    fn rebound(&self, counters: Arc<EnvCounters>, health: Arc<[Arc<UpstreamHealth>]>) -> Self {
         Self {
             backend: self.backend.clone(),
             authorities: self.authorities.clone(),
             counters,
             cursor: AtomicUsize::new(self.cursor.load(Ordering::Relaxed)),
             loads: Arc::clone(&self.loads),
+            health,
         }
+    }
+
+    fn is_bound(&self, counters: &Arc<EnvCounters>, health: &[Arc<UpstreamHealth>]) -> bool {
+        Arc::ptr_eq(&self.counters, counters)
+            && self.health.len() == health.len()
+            && self
+                .health
+                .iter()
+                .zip(health)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
     }
 }
 
@@ -238,6 +322,20 @@ impl RouteTable {
         entry.prefixes.insert(at, (prefix, route));
     }
 
+    /// Mirrors `share_percent` % (capped at 100; 0 removes the shadow) of `hostname`'s
+    /// bodiless idempotent requests (GET, HEAD, OPTIONS) to `backend`, fire-and-forget: the
+    /// client gets the live answer, the shadow's answer is only counted
+    /// ([`EnvTraffic::shadow`](crate::EnvTraffic)). Requests pinned to the shadow environment
+    /// itself are not mirrored. Call it after the hostname's own `insert`.
+    pub fn insert_shadow(&mut self, hostname: &str, backend: Backend, share_percent: u32) {
+        let entry = self.entry(hostname);
+        entry.shadow = (share_percent > 0).then(|| Shadow {
+            share: share_percent.min(100),
+            route: Arc::new(Route::new(backend, Arc::default())),
+            seen: Arc::default(),
+        });
+    }
+
     fn entry(&mut self, hostname: &str) -> &mut HostRoutes {
         let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
         match name.strip_prefix("*.") {
@@ -261,35 +359,20 @@ impl RouteTable {
             .and_then(|e| e.find(path))
     }
 
-    /// The route for one request, honouring a pinned environment and weighted splits.
+    /// The route for one request, honouring a pinned environment and weighted splits, and
+    /// the hostname's shadow if it has one.
     pub(crate) fn select<F: FnOnce() -> u32>(
         &self,
         host: &str,
         path: &str,
         selector: Selector<'_, F>,
-    ) -> Option<(&Arc<Route>, Picked)> {
+    ) -> Option<(&Arc<Route>, Picked, Option<&Shadow>)> {
         let host = lookup_key(host).ok()?;
         let entry = self.host_entry(&host, |e| e.find(path).is_some())?;
-        if let Some(pin) = selector.pin {
-            if let Some(route) = entry.routes().find(|route| route.env() == pin) {
-                return Some((route, Picked::Direct));
-            }
-        }
-        let prefixed = entry
-            .prefixes
-            .iter()
-            .find(|(prefix, _)| path_has_prefix(path, prefix));
-        if let Some((_, route)) = prefixed {
-            return Some((route, Picked::Direct));
-        }
-        if !entry.split.is_empty() {
-            let bucket = (selector.bucket)();
-            let weights: Vec<u32> = entry.split.iter().map(|(w, _)| *w).collect();
-            if let Some(i) = crate::shaping::choose_weighted(&weights, bucket) {
-                return Some((&entry.split[i].1, Picked::Split(bucket)));
-            }
-        }
-        entry.host.as_ref().map(|route| (route, Picked::Direct))
+        let shadow = entry.shadow.as_ref();
+        entry
+            .select(path, selector)
+            .map(|(route, picked)| (route, picked, shadow))
     }
 
     /// The exact entry for `host`, else the most specific wildcard entry that `accepts`.
@@ -319,6 +402,13 @@ impl RouteTable {
         self.routes().any(|route| route.env() == env)
     }
 
+    /// How many upstreams of `env` are ejected right now.
+    pub(crate) fn ejected_in(&self, env: &str) -> u64 {
+        self.routes()
+            .find(|route| route.env() == env)
+            .map_or(0, |route| route.ejected_count())
+    }
+
     /// Number of entries (hostname or hostname + prefix, exact and wildcard).
     pub fn len(&self) -> usize {
         self.routes().count()
@@ -336,15 +426,22 @@ impl RouteTable {
             .flat_map(HostRoutes::routes)
     }
 
-    /// This table with every route counting into the registry's counters for its env, so
-    /// the hot path reaches its counters without a lock.
-    pub(crate) fn bound_to(self, registry: &StatsRegistry) -> Self {
+    /// This table with every route counting into the registry's counters for its env and
+    /// sharing the health registry's state for its upstreams' addresses, so the hot path
+    /// reaches both without a lock. Forgets the health of addresses no longer routed.
+    pub(crate) fn bound_to(self, registry: &StatsRegistry, health: &HealthRegistry) -> Self {
+        let addrs: HashSet<SocketAddr> = self
+            .routes()
+            .flat_map(|route| route.upstreams().iter().map(|upstream| upstream.addr))
+            .collect();
+        health.retain(&addrs);
         let bind = |route: Arc<Route>| {
             let counters = registry.counters(route.env());
-            if Arc::ptr_eq(route.counters(), &counters) {
+            let upstreams = health.bind(route.upstreams().iter().map(|upstream| upstream.addr));
+            if route.is_bound(&counters, &upstreams) {
                 route
             } else {
-                Arc::new(route.with_counters(counters))
+                Arc::new(route.rebound(counters, upstreams))
             }
         };
         let bind_all = |map: HashMap<String, HostRoutes>| {
@@ -367,6 +464,10 @@ impl RouteTable {
                             None => entry.host.map(bind),
                         },
                         split,
+                        shadow: entry.shadow.map(|shadow| Shadow {
+                            route: bind(shadow.route),
+                            ..shadow
+                        }),
                     };
                     (name, entry)
                 })
@@ -380,6 +481,35 @@ impl RouteTable {
 }
 
 impl HostRoutes {
+    /// The route for one request: a pinned environment, else the longest prefix, else the
+    /// split, else the hostname route.
+    fn select<F: FnOnce() -> u32>(
+        &self,
+        path: &str,
+        selector: Selector<'_, F>,
+    ) -> Option<(&Arc<Route>, Picked)> {
+        if let Some(pin) = selector.pin {
+            if let Some(route) = self.routes().find(|route| route.env() == pin) {
+                return Some((route, Picked::Direct));
+            }
+        }
+        let prefixed = self
+            .prefixes
+            .iter()
+            .find(|(prefix, _)| path_has_prefix(path, prefix));
+        if let Some((_, route)) = prefixed {
+            return Some((route, Picked::Direct));
+        }
+        if !self.split.is_empty() {
+            let bucket = (selector.bucket)();
+            let weights: Vec<u32> = self.split.iter().map(|(w, _)| *w).collect();
+            if let Some(i) = crate::shaping::choose_weighted(&weights, bucket) {
+                return Some((&self.split[i].1, Picked::Split(bucket)));
+            }
+        }
+        self.host.as_ref().map(|route| (route, Picked::Direct))
+    }
+
     /// The longest prefix route matching `path`, else the hostname route.
     fn find(&self, path: &str) -> Option<&Arc<Route>> {
         self.prefixes
@@ -395,6 +525,22 @@ impl HostRoutes {
             .map(|(_, route)| route)
             .chain(self.host.iter())
             .chain(self.split.iter().skip(1).map(|(_, route)| route))
+            .chain(self.shadow.iter().map(|shadow| &shadow.route))
+    }
+}
+
+impl Shadow {
+    /// Whether the next eligible request is mirrored: exactly `share` of every 100, evenly
+    /// spread.
+    pub(crate) fn sample(&self) -> bool {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        let share = u64::from(self.share);
+        (n + 1) * share / 100 > n * share / 100
+    }
+
+    /// The shadow environment's route.
+    pub(crate) fn route(&self) -> &Arc<Route> {
+        &self.route
     }
 }
 

@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub pause_at: Option<DeployState>,
     /// Time an instance gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// Each ready environment also answers on `<env>.<app>.<preview domain>`.
+    pub preview_domain: Option<molt_core::Hostname>,
     /// TLS termination (off when `None`).
     pub tls: Option<TlsConfig>,
 }
@@ -144,6 +146,7 @@ impl ServeConfig {
             pause_at: None,
             stop_grace: Duration::from_secs(5),
             tls: None,
+            preview_domain: None,
         }
     }
 }
@@ -258,6 +261,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             gc_interval: cfg.gc_interval,
             stop_grace: cfg.stop_grace,
             pause_at: cfg.pause_at,
+            preview_domain: cfg.preview_domain.clone(),
             ..ControlConfig::default()
         },
     );

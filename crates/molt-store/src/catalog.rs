@@ -21,7 +21,7 @@ impl Store {
     pub fn app(&self, name: &str) -> Result<AppRecord> {
         self.conn
             .query_row(
-                "SELECT a.name, a.created_ms, r.env, a.maintenance FROM apps a
+                "SELECT a.name, a.created_ms, r.env, a.maintenance, a.shadow FROM apps a
                  LEFT JOIN routes r ON r.app = a.name WHERE a.name = ?1",
                 [name],
                 app_row,
@@ -36,7 +36,7 @@ impl Store {
     /// Every app, by name.
     pub fn apps(&self) -> Result<Vec<AppRecord>> {
         let mut st = self.conn.prepare(
-            "SELECT a.name, a.created_ms, r.env, a.maintenance FROM apps a
+            "SELECT a.name, a.created_ms, r.env, a.maintenance, a.shadow FROM apps a
              LEFT JOIN routes r ON r.app = a.name ORDER BY a.name",
         )?;
         let rows = st.query_map([], app_row)?;
@@ -55,6 +55,25 @@ impl Store {
             .map_err(corrupt)?;
         let n = self.conn.execute(
             "UPDATE apps SET maintenance = ?2 WHERE name = ?1",
+            params![app, json],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "app",
+                key: app.to_string(),
+            });
+        }
+        self.app(app)
+    }
+
+    /// Mirrors a share of an app's requests to an environment (`Some`) or stops (`None`).
+    pub fn set_shadow(&mut self, app: &str, mode: Option<&ShadowMode>) -> Result<AppRecord> {
+        let json = mode
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(corrupt)?;
+        let n = self.conn.execute(
+            "UPDATE apps SET shadow = ?2 WHERE name = ?1",
             params![app, json],
         )?;
         if n == 0 {

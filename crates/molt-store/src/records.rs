@@ -15,6 +15,18 @@ pub struct AppRecord {
     /// Set while the app is in maintenance mode: its hostnames answer 503.
     #[serde(default)]
     pub maintenance: Option<MaintenanceMode>,
+    /// Set while a share of the app's idempotent requests is mirrored to another environment.
+    #[serde(default)]
+    pub shadow: Option<ShadowMode>,
+}
+
+/// Shadow traffic of an app: which environment gets copies of its requests, and how many.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowMode {
+    /// The environment mirrored requests go to.
+    pub env: String,
+    /// Percentage (1–100) of bodiless GET/HEAD/OPTIONS requests mirrored.
+    pub share_percent: u32,
 }
 
 /// Maintenance mode of an app.

@@ -17,12 +17,15 @@ pub(crate) const DEPLOYMENT_SELECT: &str =
 
 pub(crate) fn app_row(r: &Row<'_>) -> rusqlite::Result<AppRecord> {
     let maintenance: Option<String> = r.get(3)?;
+    let shadow: Option<String> = r.get(4)?;
     Ok(AppRecord {
         name: r.get(0)?,
         created_ms: r.get::<_, i64>(1)? as u64,
         routed_env: r.get(2)?,
         // Written by this crate only; an unreadable value is treated as "not in maintenance".
         maintenance: maintenance.and_then(|m| serde_json::from_str(&m).ok()),
+        // Likewise: an unreadable value means "no shadow traffic".
+        shadow: shadow.and_then(|m| serde_json::from_str(&m).ok()),
     })
 }
 

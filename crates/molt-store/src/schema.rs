@@ -86,6 +86,8 @@ CREATE TABLE events (
     "ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '127.0.0.1'",
     // Maintenance mode of an app: its message and Retry-After, or NULL.
     "ALTER TABLE apps ADD COLUMN maintenance TEXT",
+    // Shadow traffic of an app: the environment mirrored requests go to and their share, or NULL.
+    "ALTER TABLE apps ADD COLUMN shadow TEXT",
 ];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.

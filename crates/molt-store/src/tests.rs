@@ -168,3 +168,23 @@ fn survives_reopen() {
     assert_eq!(s.releases(None).unwrap().len(), 1);
     assert_eq!(s.events(Some("shop"), 10).unwrap()[0].message, "hello");
 }
+
+#[test]
+fn shadow_mode_is_set_and_cleared() {
+    let mut s = store_with_release();
+    assert_eq!(s.app("shop").unwrap().shadow, None);
+    let mode = ShadowMode {
+        env: "shop-v1-ab12".into(),
+        share_percent: 10,
+    };
+    assert_eq!(
+        s.set_shadow("shop", Some(&mode)).unwrap().shadow,
+        Some(mode.clone())
+    );
+    assert_eq!(s.apps().unwrap()[0].shadow, Some(mode));
+    assert_eq!(s.set_shadow("shop", None).unwrap().shadow, None);
+    assert!(matches!(
+        s.set_shadow("nope", None),
+        Err(StoreError::NotFound { .. })
+    ));
+}

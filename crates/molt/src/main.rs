@@ -72,6 +72,18 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
         }
         None => {}
     }
+    cfg.preview_domain = match &args.preview_domain {
+        Some(domain) if domain.starts_with("*.") => anyhow::bail!(
+            "--preview-domain takes a plain domain (preview.example.com), not a wildcard"
+        ),
+        Some(domain) => Some(
+            domain
+                .trim_end_matches('.')
+                .parse::<molt_core::Hostname>()
+                .map_err(|e| anyhow::anyhow!("--preview-domain: {e}"))?,
+        ),
+        None => None,
+    };
     if let Ok(step) = std::env::var("MOLT_TEST_PAUSE_AT") {
         cfg.pause_at = Some(step.parse()?);
     }

@@ -109,6 +109,12 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
         }
         Command::Images { action } => images(&client()?, action, json).await,
         Command::Tls { action } => tls(&client()?, action, json).await,
+        Command::Shadow {
+            app,
+            env,
+            share,
+            off,
+        } => shadow(&client()?, &app, env, share, off, json).await,
         Command::Maintenance {
             app,
             state,
@@ -130,6 +136,77 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `molt shadow`: start or stop mirroring, or print live and shadow traffic side by side.
+async fn shadow(
+    client: &Client,
+    app: &str,
+    env: Option<String>,
+    share: u32,
+    off: bool,
+    json: bool,
+) -> Result<i32> {
+    let path = format!("/v1/apps/{app}/shadow");
+    if env.is_some() || off {
+        let v = client
+            .post(&path, &json!({ "env": env, "share": share }))
+            .await?;
+        if json {
+            print_json(&v);
+        } else if let Some(env) = env {
+            println!("{share}% of {app}'s GET/HEAD/OPTIONS requests are now mirrored to {env}; users still get the live answers");
+            println!("compare with: molt shadow {app}");
+        } else {
+            println!("shadow traffic of {app} stopped");
+        }
+        return Ok(0);
+    }
+    let v = client.get(&path).await?;
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    match v["mode"].as_object() {
+        Some(mode) => println!(
+            "{app}: {}% mirrored to {}",
+            mode.get("share_percent")
+                .and_then(|s| s.as_u64())
+                .unwrap_or(0),
+            mode.get("env").and_then(|e| e.as_str()).unwrap_or("?")
+        ),
+        None => {
+            println!("{app}: no shadow traffic (start it with: molt shadow {app} <env> --share 10)")
+        }
+    }
+    let ms = |v: &Value| match v.as_f64() {
+        Some(ms) => format!("≤{ms} ms"),
+        None => "-".to_owned(),
+    };
+    let rows: Vec<(&str, &Value)> = [("live", &v["live"]), ("shadow", &v["shadow"])]
+        .into_iter()
+        .filter(|(_, t)| t.is_object())
+        .collect();
+    println!(
+        "{:<8} {:<28} {:>9} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>10}",
+        "TRAFFIC", "ENV", "REQUESTS", "2XX", "4XX", "5XX", "FAILED", "MEAN", "P50", "P99"
+    );
+    for (kind, t) in rows {
+        println!(
+            "{:<8} {:<28} {:>9} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>10}",
+            kind,
+            t["env"].as_str().unwrap_or("?"),
+            t["requests"],
+            t["classes"]["2xx"],
+            t["classes"]["4xx"],
+            t["classes"]["5xx"],
+            t["failed"],
+            format!("{:.1} ms", t["mean_ms"].as_f64().unwrap_or(0.0)),
+            ms(&t["p50_ms"]),
+            ms(&t["p99_ms"]),
+        );
+    }
+    Ok(0)
 }
 
 fn init(dir: &Path, name: Option<String>, json: bool) -> Result<i32> {
