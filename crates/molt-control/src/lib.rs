@@ -13,6 +13,7 @@ mod deploy;
 mod error;
 mod gc;
 mod health;
+mod images;
 mod instances;
 mod metrics;
 mod ops;
@@ -34,6 +35,10 @@ use tokio_util::task::TaskTracker;
 
 pub use error::{ControlError, Result};
 pub use gc::GcReport;
+pub use images::{
+    ImageExport, ImageInspect, ImageUse, ImportFormat, ImportOptions, ImportOutcome, RemoveOutcome,
+    TagOutcome,
+};
 pub use metrics::{EnvMetrics, MetricsSnapshot};
 pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
 

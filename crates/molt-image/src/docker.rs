@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::{
     append_bytes, check_diff_id, count_files, file_header, parse_diff_id, read_small,
-    ArchiveContents, DOCKER_MANIFEST,
+    ArchiveContents, ArchiveFormat, DOCKER_MANIFEST,
 };
 use crate::blobs::{HashingReader, StagedBlob};
 use crate::oci::{
@@ -28,7 +28,7 @@ use crate::{ImageError, ImageStore, ImportedImage};
 /// One image of a Docker archive's `manifest.json`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct DockerImage {
+pub(crate) struct DockerImage {
     /// The member holding the image config.
     config: String,
     /// `name:tag` references; Docker writes `null` for an untagged image.
@@ -212,6 +212,28 @@ impl ImageStore {
         blob.finish()?;
         Ok(size)
     }
+}
+
+/// What kind of tar a stream holds: an OCI archive (it has `oci-layout`), a Docker archive
+/// (a `manifest.json` that parses as `docker save`'s), or neither (`None`: a plain tree).
+///
+/// Reads the whole stream (member headers, and `manifest.json` if any); nothing is stored.
+pub fn sniff_archive(reader: impl Read) -> Result<Option<ArchiveFormat>, ImageError> {
+    let mut docker = false;
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(ImageError::Tar)? {
+        let mut entry = entry.map_err(ImageError::Tar)?;
+        let raw = entry.path_bytes().into_owned();
+        let name = raw.strip_prefix(b"./").unwrap_or(&raw);
+        if name == b"oci-layout" {
+            return Ok(Some(ArchiveFormat::Oci));
+        }
+        if name == DOCKER_MANIFEST.as_bytes() && entry.header().entry_type().is_file() {
+            let bytes = read_small(&mut entry, DOCKER_MANIFEST)?;
+            docker = serde_json::from_slice::<Vec<DockerImage>>(&bytes).is_ok();
+        }
+    }
+    Ok(docker.then_some(ArchiveFormat::Docker))
 }
 
 /// The image of `manifest.json` tagged `reference`, or the only one.

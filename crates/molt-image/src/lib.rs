@@ -54,6 +54,7 @@ use crate::unpack::{unpack_layer, unpack_tar, LenientEnd};
 
 pub use crate::archive::ArchiveFormat;
 pub use crate::details::{ImageDetails, LayerDetails};
+pub use crate::docker::sniff_archive;
 pub use crate::error::ImageError;
 pub use crate::sweep::BlobCollection;
 

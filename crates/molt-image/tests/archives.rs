@@ -408,3 +408,30 @@ fn hostile_or_broken_docker_archives_are_refused_and_leave_nothing() {
         assert!(!dir.path().join("c.json").exists());
     }
 }
+
+#[test]
+fn sniffing_tells_oci_docker_and_plain_trees_apart() {
+    let app = tempfile::tempdir().unwrap();
+    app_tree(app.path(), "5\n");
+    let (_dir, store) = store();
+    let image = store.import_dir(app.path()).unwrap();
+    let mut oci = Vec::new();
+    store
+        .export_oci_archive(&image.digest, "latest", &mut oci)
+        .unwrap();
+    let mut docker = Vec::new();
+    store
+        .export_docker_archive(&image.digest, None, &mut docker)
+        .unwrap();
+    let mut tree = Vec::new();
+    ImageStore::write_canonical_tar(app.path(), &mut tree).unwrap();
+    // An app that happens to ship a manifest.json of its own is still a tree.
+    fs::write(app.path().join("manifest.json"), r#"{"name":"web app"}"#).unwrap();
+    let mut web = Vec::new();
+    ImageStore::write_canonical_tar(app.path(), &mut web).unwrap();
+    let sniff = |bytes: &[u8]| molt_image::sniff_archive(Cursor::new(bytes)).unwrap();
+    assert_eq!(sniff(&oci), Some(ArchiveFormat::Oci));
+    assert_eq!(sniff(&docker), Some(ArchiveFormat::Docker));
+    assert_eq!(sniff(&tree), None);
+    assert_eq!(sniff(&web), None);
+}
