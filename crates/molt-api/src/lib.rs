@@ -3,6 +3,7 @@
 //! Architecture invariant: every route except `/openapi.json` and `/v1/health` requires the
 //! admin token; handlers only translate HTTP to controller calls and errors to status codes.
 
+mod images;
 mod metrics;
 mod openapi;
 
@@ -17,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use images::*;
 use molt_control::{ControlError, Controller, DeployRequest};
 use serde::Deserialize;
 use serde_json::json;
@@ -32,7 +34,7 @@ pub struct ApiState {
 }
 
 /// An error as the API returns it: a status code and `{"error": "...", "kind": "..."}`.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -55,7 +57,8 @@ impl From<ControlError> for ApiError {
             ControlError::Input(_) => StatusCode::BAD_REQUEST,
             ControlError::Image(molt_image::ImageError::UnsafeEntry { .. })
             | ControlError::Image(molt_image::ImageError::Tar(_)) => StatusCode::BAD_REQUEST,
-            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::NotFound(_)
+            | ControlError::Image(molt_image::ImageError::NotFound(_)) => StatusCode::NOT_FOUND,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ if is_disk_full(&e.to_string()) => StatusCode::INSUFFICIENT_STORAGE,
@@ -69,9 +72,9 @@ fn is_disk_full(msg: &str) -> bool {
     msg.contains("disk is full") || msg.contains("No space left")
 }
 
-type ApiResult = std::result::Result<Response, ApiError>;
+pub(crate) type ApiResult = std::result::Result<Response, ApiError>;
 
-fn ok<T: serde::Serialize>(value: T) -> ApiResult {
+pub(crate) fn ok<T: serde::Serialize>(value: T) -> ApiResult {
     Ok(Json(value).into_response())
 }
 
@@ -107,6 +110,15 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
                 .post(import_image)
                 .layer(DefaultBodyLimit::disable()),
         )
+        .route("/v1/images/gc", post(gc_images))
+        .route(
+            "/v1/images/:reference",
+            get(inspect_image).delete(remove_image),
+        )
+        .route("/v1/images/:reference/history", get(image_history))
+        .route("/v1/images/:reference/tags", post(tag_image))
+        .route("/v1/images/:reference/export", get(export_image))
+        .route("/v1/tags/history", get(tag_history))
         .route("/v1/gc", post(gc))
         .route("/v1/tls", get(tls_status))
         .route("/v1/tls/reload", post(tls_reload))
@@ -361,41 +373,12 @@ async fn images(State(s): State<ApiState>) -> ApiResult {
     ok(s.controller.images().await?)
 }
 
-#[derive(Deserialize)]
-struct ImportQuery {
-    tag: Option<String>,
+/// A fresh path in the upload dir for one request body.
+fn upload_path(s: &ApiState) -> PathBuf {
+    s.upload_dir.join(format!("upload-{}.tar", rand_suffix()))
 }
 
-async fn import_image(
-    State(s): State<ApiState>,
-    Query(q): Query<ImportQuery>,
-    body: Body,
-) -> ApiResult {
-    let path = s.upload_dir.join(format!("upload-{}.tar", rand_suffix()));
-    let mut received = false;
-    let result = async {
-        receive_to_file(body, &path).await?;
-        received = true;
-        Ok::<_, ApiError>(s.controller.import_image(path.clone(), q.tag).await?)
-    }
-    .await;
-    let _ = tokio::fs::remove_file(&path).await;
-    match result {
-        Ok(image) => Ok((StatusCode::CREATED, Json(image)).into_response()),
-        // The rest of the upload was not read: the connection cannot be reused.
-        Err(e) if !received => {
-            let mut response = e.into_response();
-            response.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            Ok(response)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-async fn receive_to_file(body: Body, path: &std::path::Path) -> Result<(), ApiError> {
+pub(crate) async fn receive_to_file(body: Body, path: &std::path::Path) -> Result<(), ApiError> {
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
     let io_err = |e: std::io::Error| {

@@ -102,8 +102,45 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "post",
         "/v1/images",
-        "Import an image from a tar body (?tag=name:version)",
+        "Import a tree tar, OCI or Docker archive (?tag=shop:42&force=false&format=auto|tree|oci|docker&reference=…&actor=…)",
         Some("Tar"),
+    ),
+    (
+        "get",
+        "/v1/images/{reference}",
+        "Inspect an image (digest or tag): config, layers, sizes, annotations, tags, releases using it",
+        None,
+    ),
+    (
+        "delete",
+        "/v1/images/{reference}",
+        "Remove an image, its tags and blobs; refused while a kept release uses it",
+        None,
+    ),
+    (
+        "get",
+        "/v1/images/{reference}/history",
+        "Tag history of an image (digest) or of a tag",
+        None,
+    ),
+    (
+        "post",
+        "/v1/images/{reference}/tags",
+        "Tag an image; moving a tag needs force and is recorded",
+        Some("Tag"),
+    ),
+    (
+        "get",
+        "/v1/images/{reference}/export",
+        "Stream the image as an archive (?format=oci|docker&name=tag)",
+        None,
+    ),
+    ("get", "/v1/tags/history", "Every tag change", None),
+    (
+        "post",
+        "/v1/images/gc",
+        "Collect unkept images and sweep unreferenced blobs and rootfs dirs (dry_run to preview)",
+        Some("Gc"),
     ),
     (
         "post",
@@ -186,6 +223,10 @@ pub fn document() -> Value {
                     "unset": { "type": "array", "items": { "type": "string" } } } },
                 "Pin": { "type": "object", "required": ["pinned"], "properties": { "pinned": { "type": "boolean" } } },
                 "Gc": { "type": "object", "properties": { "dry_run": { "type": "boolean" } } },
+                "Tag": { "type": "object", "required": ["tag"], "properties": {
+                    "tag": { "type": "string", "description": "e.g. shop:42" },
+                    "force": { "type": "boolean", "description": "move a tag that names another image" },
+                    "actor": { "type": "string", "description": "who, for the tag history" } } },
                 "Maintenance": { "type": "object", "required": ["enabled"], "properties": {
                     "enabled": { "type": "boolean" },
                     "message": { "type": "string" },

@@ -2,14 +2,18 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 
 /// An error the API answered with; `status` lets callers pick an exit code.
 #[derive(Debug)]
@@ -45,8 +49,14 @@ impl std::error::Error for Unreachable {}
 pub struct Client {
     base: String,
     token: String,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<HttpConnector, RequestBody>,
 }
+
+/// A request body: bytes in memory, or chunks streamed from a file or a producer thread.
+type RequestBody = BoxBody<Bytes, std::io::Error>;
+
+/// Chunks of a streamed upload; an `Err` aborts it.
+pub type UploadChunks = mpsc::Receiver<std::io::Result<Bytes>>;
 
 impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:7070`) with `token`.
@@ -108,6 +118,57 @@ impl Client {
         .await
     }
 
+    /// DELETE a resource.
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        self.send(Method::DELETE, path, None, "application/json")
+            .await
+    }
+
+    /// POST a tar streamed from `chunks` (never held in memory whole).
+    pub async fn post_stream(&self, path: &str, chunks: UploadChunks) -> Result<Value> {
+        let mut chunks = chunks;
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            chunks
+                .poll_recv(cx)
+                .map(|next| next.map(|chunk| chunk.map(Frame::data)))
+        });
+        let body = BodyExt::boxed(StreamBody::new(stream));
+        let resp = self
+            .request(Method::POST, path, body, "application/x-tar")
+            .await?;
+        answer(resp).await
+    }
+
+    /// GET a (large) body and stream it into `out`; returns the response headers.
+    ///
+    /// An error answer is read as JSON and returned as `ApiError`; a body cut short (the
+    /// server failed mid-way) is an error, never a silent short file.
+    pub async fn get_to_file(
+        &self,
+        path: &str,
+        out: &mut tokio::fs::File,
+    ) -> Result<hyper::HeaderMap> {
+        let empty = BodyExt::boxed(Full::new(Bytes::new()).map_err(|never| match never {}));
+        let resp = self
+            .request(Method::GET, path, empty, "application/json")
+            .await?;
+        if !resp.status().is_success() {
+            answer(resp).await?;
+            bail!("unexpected answer");
+        }
+        let headers = resp.headers().clone();
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| anyhow!("the download broke off: {e}; the server log says why"))?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data).await.context("writing the download")?;
+            }
+        }
+        out.flush().await.context("writing the download")?;
+        Ok(headers)
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -134,48 +195,60 @@ impl Client {
         body: Option<Bytes>,
         content_type: &str,
     ) -> Result<Value> {
+        let body =
+            BodyExt::boxed(Full::new(body.unwrap_or_default()).map_err(|never| match never {}));
+        let resp = self.request(method, path, body, content_type).await?;
+        answer(resp).await
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: RequestBody,
+        content_type: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let uri = format!("{}{}", self.base, path);
         let req = Request::builder()
             .method(method)
             .uri(&uri)
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", content_type)
-            .body(Full::new(body.unwrap_or_default()))
+            .body(body)
             .with_context(|| format!("bad API URL {uri}"))?;
-        let resp = self.http.request(req).await.map_err(|e| {
+        self.http.request(req).await.map_err(|e| {
             anyhow!(Unreachable(format!(
                 "cannot reach molt at {}: {e}; is `molt serve` running? (start it with `molt serve`, \
                  or point --api / MOLT_API at it)",
                 self.base
             )))
-        })?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| {
-                anyhow!(Unreachable(format!(
-                    "reading the answer from {}: {e}",
-                    self.base
-                )))
-            })?
-            .to_bytes();
-        let value: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        if status.is_success() {
-            Ok(value)
-        } else {
-            let message = value["error"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("{status}: {value}"));
-            Err(anyhow!(ApiError { status, message }))
-        }
+        })
+    }
+}
+
+/// Reads a JSON answer; an error status becomes `ApiError` with the server's message.
+async fn answer(resp: hyper::Response<hyper::body::Incoming>) -> Result<Value> {
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow!(Unreachable(format!("reading the answer from molt: {e}"))))?
+        .to_bytes();
+    let value: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    if status.is_success() {
+        Ok(value)
+    } else {
+        let message = value["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{status}: {value}"));
+        Err(anyhow!(ApiError { status, message }))
     }
 }
 

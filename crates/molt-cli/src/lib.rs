@@ -223,13 +223,67 @@ pub enum ConfigAction {
 pub enum ImageAction {
     /// List stored images.
     Ls,
-    /// Import a directory or a tar archive; prints its digest.
+    /// Import a directory, a plain tar, an OCI archive or a Docker archive; prints its digest.
     Import {
         /// A directory or a .tar file.
         path: PathBuf,
         /// Name it with an immutable tag, e.g. shop:42.
         #[arg(long)]
         tag: Option<String>,
+        /// Move the tag if it names another image (recorded in `molt images history`).
+        #[arg(long, requires = "tag")]
+        force: bool,
+        /// What the tar is (auto tells by its members).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "tree", "oci", "docker"])]
+        format: String,
+        /// Which image of a multi-image archive (OCI ref name or Docker repo tag).
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// Show an image: config, layers, sizes, annotations, tags, releases using it.
+    Inspect {
+        /// Digest or tag.
+        image: String,
+    },
+    /// Tag history: of an image (digest), of a tag, or of every tag.
+    History {
+        /// Digest or tag (default: every tag).
+        image: Option<String>,
+    },
+    /// Name an image with a tag; a tag never moves unless --force.
+    Tag {
+        /// Digest or tag of the image.
+        image: String,
+        /// The new tag, e.g. shop:42.
+        tag: String,
+        /// Move the tag if it names another image (recorded in the tag history).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove an image with its tags and blobs (refused while a kept release uses it).
+    Rm {
+        /// Digest or tag.
+        image: String,
+    },
+    /// Write an image as an OCI or Docker archive.
+    Export {
+        /// Digest or tag.
+        image: String,
+        /// The archive to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// oci (skopeo oci-archive:) or docker (docker load, skopeo docker-archive:).
+        #[arg(long, default_value = "oci", value_parser = ["oci", "docker"])]
+        format: String,
+        /// Name inside the archive (default: the image's first tag).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Collect images nothing keeps and sweep unreferenced blobs and unpacked trees.
+    Gc {
+        /// Only print what would go.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

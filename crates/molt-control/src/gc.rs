@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use molt_core::gc::{plan, EnvFacts, ImageFacts, ReleaseFacts, Snapshot};
 use molt_core::Digest;
+use molt_image::BlobCollection;
 use molt_store::{now_ms, EnvState};
 use serde::{Deserialize, Serialize};
 
@@ -23,62 +24,16 @@ pub struct GcReport {
     pub orphans: Vec<String>,
     /// Environments kept, with why.
     pub kept: BTreeMap<String, String>,
+    /// What the image store's sweep removed (or would): index entries no stored image record
+    /// keeps, unreferenced blobs, unpacked rootfs dirs and temp leftovers, with bytes.
+    #[serde(default)]
+    pub store: BlobCollection,
 }
 
 impl Controller {
     /// Collects what nothing reaches any more; with `dry_run`, only reports it.
     pub async fn gc(&self, dry_run: bool) -> Result<GcReport> {
-        let keep_releases = self.inner.config.keep_releases;
-        let image_grace_ms = self.inner.config.image_grace.as_millis() as u64;
-        let snapshot = self
-            .db(move |s| {
-                let routed: HashSet<String> = s.routes()?.into_iter().map(|(_, e)| e).collect();
-                let deploying: HashSet<String> = s
-                    .unfinished_deployments()?
-                    .into_iter()
-                    .filter_map(|d| d.env)
-                    .collect();
-                let envs = s
-                    .envs(None, false)?
-                    .into_iter()
-                    .map(|e| EnvFacts {
-                        routed: routed.contains(&e.id),
-                        deploying: deploying.contains(&e.id),
-                        id: e.id,
-                        app: e.app,
-                        release: e.release,
-                        warm_until_ms: e.warm_until_ms,
-                    })
-                    .collect();
-                let releases = s
-                    .releases(None)?
-                    .into_iter()
-                    .map(|r| ReleaseFacts {
-                        app: r.app,
-                        number: r.number,
-                        image: r.image,
-                        pinned: r.pinned,
-                    })
-                    .collect();
-                let images = s
-                    .images()?
-                    .into_iter()
-                    .map(|i| ImageFacts {
-                        tagged: !i.tags.is_empty(),
-                        digest: i.digest,
-                        created_ms: i.created_ms,
-                    })
-                    .collect();
-                Ok(Snapshot {
-                    now_ms: now_ms(),
-                    envs,
-                    releases,
-                    images,
-                    keep_releases,
-                    image_grace_ms,
-                })
-            })
-            .await?;
+        let snapshot = self.gc_snapshot().await?;
         let planned = plan(&snapshot);
         let mut report = GcReport {
             dry_run,
@@ -86,9 +41,11 @@ impl Controller {
             images: planned.images.clone(),
             orphans: Vec::new(),
             kept: planned.kept_envs.clone(),
+            store: BlobCollection::default(),
         };
         report.orphans = self.stop_orphans(dry_run).await?;
         if dry_run {
+            report.store = self.sweep_image_store(&planned.images, true).await?;
             return Ok(report);
         }
         for env in &planned.envs {
@@ -105,7 +62,102 @@ impl Controller {
             let d = digest.clone();
             tokio::task::spawn_blocking(move || images.remove(&d)).await??;
         }
+        report.store = self.sweep_image_store(&[], false).await?;
         Ok(report)
+    }
+
+    /// Collects only images: those GC would delete (no kept release, no tag, past the grace
+    /// period), then sweeps the image store. Environments are left alone.
+    pub async fn gc_images(&self, dry_run: bool) -> Result<GcReport> {
+        let planned = plan(&self.gc_snapshot().await?);
+        let mut report = GcReport {
+            dry_run,
+            images: planned.images.clone(),
+            ..GcReport::default()
+        };
+        if !dry_run {
+            for digest in &planned.images {
+                let d = digest.clone();
+                self.db(move |s| s.remove_image(&d)).await?;
+            }
+        }
+        report.store = self.sweep_image_store(&planned.images, dry_run).await?;
+        Ok(report)
+    }
+
+    /// Sweeps the image store: keeps the images the store has records for (minus `dropping`,
+    /// which this collection removes) and anything imported within the image grace period.
+    pub(crate) async fn sweep_image_store(
+        &self,
+        dropping: &[Digest],
+        dry_run: bool,
+    ) -> Result<BlobCollection> {
+        let mut keep: HashSet<Digest> = self
+            .db(|s| s.images())
+            .await?
+            .into_iter()
+            .map(|i| i.digest)
+            .collect();
+        for digest in dropping {
+            keep.remove(digest);
+        }
+        let images = self.inner.images.clone();
+        let grace = self.inner.config.image_grace;
+        Ok(tokio::task::spawn_blocking(move || images.collect(&keep, grace, dry_run)).await??)
+    }
+
+    /// What GC looks at, read from the store in one go.
+    pub(crate) async fn gc_snapshot(&self) -> Result<Snapshot> {
+        let keep_releases = self.inner.config.keep_releases;
+        let image_grace_ms = self.inner.config.image_grace.as_millis() as u64;
+        self.db(move |s| {
+            let routed: HashSet<String> = s.routes()?.into_iter().map(|(_, e)| e).collect();
+            let deploying: HashSet<String> = s
+                .unfinished_deployments()?
+                .into_iter()
+                .filter_map(|d| d.env)
+                .collect();
+            let envs = s
+                .envs(None, false)?
+                .into_iter()
+                .map(|e| EnvFacts {
+                    routed: routed.contains(&e.id),
+                    deploying: deploying.contains(&e.id),
+                    id: e.id,
+                    app: e.app,
+                    release: e.release,
+                    warm_until_ms: e.warm_until_ms,
+                })
+                .collect();
+            let releases = s
+                .releases(None)?
+                .into_iter()
+                .map(|r| ReleaseFacts {
+                    app: r.app,
+                    number: r.number,
+                    image: r.image,
+                    pinned: r.pinned,
+                })
+                .collect();
+            let images = s
+                .images()?
+                .into_iter()
+                .map(|i| ImageFacts {
+                    tagged: !i.tags.is_empty(),
+                    digest: i.digest,
+                    created_ms: i.created_ms,
+                })
+                .collect();
+            Ok(Snapshot {
+                now_ms: now_ms(),
+                envs,
+                releases,
+                images,
+                keep_releases,
+                image_grace_ms,
+            })
+        })
+        .await
     }
 
     /// Retires an environment: no new traffic, in-flight requests finish (bounded by the
@@ -171,11 +223,20 @@ impl Controller {
                 _ = tokio::time::sleep(self.inner.config.gc_interval) => {}
             }
             match self.gc(false).await {
-                Ok(r) if !(r.envs.is_empty() && r.images.is_empty() && r.orphans.is_empty()) => {
+                Ok(r)
+                    if !(r.envs.is_empty()
+                        && r.images.is_empty()
+                        && r.orphans.is_empty()
+                        && r.store.blobs == 0
+                        && r.store.rootfs == 0) =>
+                {
                     tracing::info!(
                         envs = r.envs.len(),
                         images = r.images.len(),
                         orphans = r.orphans.len(),
+                        blobs = r.store.blobs,
+                        blob_bytes = r.store.blob_bytes,
+                        rootfs = r.store.rootfs,
                         "garbage collected"
                     );
                 }

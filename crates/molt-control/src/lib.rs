@@ -13,6 +13,7 @@ mod deploy;
 mod error;
 mod gc;
 mod health;
+mod images;
 mod instances;
 mod metrics;
 mod ops;
@@ -35,6 +36,10 @@ use tokio_util::task::TaskTracker;
 
 pub use error::{ControlError, Result};
 pub use gc::GcReport;
+pub use images::{
+    ImageExport, ImageInspect, ImageUse, ImportFormat, ImportOptions, ImportOutcome, RemoveOutcome,
+    TagOutcome,
+};
 pub use metrics::{EnvMetrics, MetricsSnapshot};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};

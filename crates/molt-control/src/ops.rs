@@ -96,32 +96,18 @@ pub struct Status {
 }
 
 impl Controller {
-    /// Imports an image archive (a tar stream already on disk) and optionally tags it.
+    /// Imports an image tar already on disk (a tree, OCI or Docker archive, told apart by its
+    /// members) and optionally tags it; a tag never moves here.
     pub async fn import_image(
         &self,
         archive: std::path::PathBuf,
         tag: Option<String>,
     ) -> Result<ImageRecord> {
-        let images = self.inner.images.clone();
-        let imported = tokio::task::spawn_blocking(move || {
-            let f = std::fs::File::open(&archive).map_err(|e| {
-                ControlError::Internal(format!("reading upload {}: {e}", archive.display()))
-            })?;
-            images
-                .import_tar(std::io::BufReader::new(f))
-                .map_err(ControlError::from)
-        })
-        .await??;
-        let digest = imported.digest.clone();
-        let size = imported.size;
-        self.db(move |s| {
-            s.put_image(&digest, size)?;
-            if let Some(t) = &tag {
-                s.tag_image(t, &digest)?;
-            }
-            s.image(&digest)
-        })
-        .await
+        let options = crate::ImportOptions {
+            tag,
+            ..Default::default()
+        };
+        Ok(self.import_image_file(archive, options).await?.image)
     }
 
     /// Every stored image.

@@ -89,6 +89,32 @@ impl Plan {
 
 /// Marks from the roots and sweeps the rest.
 pub fn plan(s: &Snapshot) -> Plan {
+    let (mut out, kept_releases) = mark(s);
+    let live_images: BTreeSet<&Digest> = s
+        .releases
+        .iter()
+        .filter(|r| kept_releases.contains(&(r.app.clone(), r.number)))
+        .map(|r| &r.image)
+        .collect();
+    for img in &s.images {
+        let young = s.now_ms.saturating_sub(img.created_ms) < s.image_grace_ms;
+        if !live_images.contains(&img.digest) && !img.tagged && !young {
+            out.images.push(img.digest.clone());
+        }
+    }
+    out.envs.sort();
+    out.images.sort();
+    out
+}
+
+/// The releases GC keeps, as (app, number): those of kept environments, pinned ones and the
+/// newest `keep_releases` of each app. Their images are never collected.
+pub fn kept_releases(s: &Snapshot) -> BTreeSet<(String, u64)> {
+    mark(s).1
+}
+
+/// Sorts environments into kept (with why) and collectable, and marks the kept releases.
+fn mark(s: &Snapshot) -> (Plan, BTreeSet<(String, u64)>) {
     let mut out = Plan::default();
     let mut kept_releases: BTreeSet<(String, u64)> = BTreeSet::new();
     for env in &s.envs {
@@ -126,21 +152,7 @@ pub fn plan(s: &Snapshot) -> Plan {
             kept_releases.insert((app.to_string(), n));
         }
     }
-    let live_images: BTreeSet<&Digest> = s
-        .releases
-        .iter()
-        .filter(|r| kept_releases.contains(&(r.app.clone(), r.number)))
-        .map(|r| &r.image)
-        .collect();
-    for img in &s.images {
-        let young = s.now_ms.saturating_sub(img.created_ms) < s.image_grace_ms;
-        if !live_images.contains(&img.digest) && !img.tagged && !young {
-            out.images.push(img.digest.clone());
-        }
-    }
-    out.envs.sort();
-    out.images.sort();
-    out
+    (out, kept_releases)
 }
 
 #[cfg(test)]

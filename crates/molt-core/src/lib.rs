@@ -10,9 +10,11 @@ pub mod error;
 pub mod gc;
 pub mod manifest;
 pub mod names;
+pub mod tag;
 
 pub use deployment::{DeployEvent, DeployState, InvalidTransition, Recovery};
 pub use duration::{format_duration, parse_duration};
 pub use error::InputError;
 pub use manifest::{DeployPolicy, HealthCheck, Manifest, RunConfig};
 pub use names::{AppName, Digest, EnvVarName, Hostname};
+pub use tag::ImageTag;

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use molt_core::Digest;
 use oci_spec::image::{Arch, Descriptor, ImageIndex, MediaType, Os};
@@ -18,10 +20,53 @@ use crate::{ImageError, ImageStore, ImportedImage};
 
 /// What an archive's members turned into while reading it.
 #[derive(Default)]
-struct ArchiveContents {
-    layout_marker: bool,
-    index: Option<Vec<u8>>,
-    blobs: HashMap<Digest, StagedBlob>,
+pub(crate) struct ArchiveContents {
+    /// An `oci-layout` marker was present (and valid).
+    pub(crate) layout_marker: bool,
+    /// `index.json`, if present.
+    pub(crate) index: Option<Vec<u8>>,
+    /// `blobs/sha256/<hex>` members, verified against their names.
+    pub(crate) blobs: HashMap<Digest, StagedBlob>,
+    /// Every other regular member (a Docker archive's `manifest.json`, configs, layer tars),
+    /// staged by its relative path.
+    pub(crate) others: HashMap<String, StagedBlob>,
+    /// Symlinks between members (skopeo's `docker-archive:` writes `<id>/layer.tar` links),
+    /// by relative path, to the member path they resolve to inside the archive.
+    pub(crate) links: HashMap<String, String>,
+}
+
+/// The two archive formats molt reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveFormat {
+    /// A tar of an OCI image layout (`skopeo copy … oci-archive:`).
+    Oci,
+    /// The `docker save` layout: `manifest.json`, a config JSON and one tar per layer
+    /// (`skopeo copy … docker-archive:`).
+    Docker,
+}
+
+impl std::str::FromStr for ArchiveFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ArchiveFormat, String> {
+        match s {
+            "oci" => Ok(ArchiveFormat::Oci),
+            "docker" => Ok(ArchiveFormat::Docker),
+            other => Err(format!(
+                "unknown archive format {other:?}: use \"oci\" or \"docker\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ArchiveFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ArchiveFormat::Oci => "oci",
+            ArchiveFormat::Docker => "docker",
+        })
+    }
 }
 
 impl ImageStore {
@@ -97,6 +142,50 @@ impl ImageStore {
                 "the archive has no oci-layout file".to_string(),
             ));
         }
+        self.import_oci_contents(contents, reference)
+    }
+
+    /// Imports an OCI or a Docker archive, telling them apart by their members.
+    ///
+    /// An archive with an `oci-layout` file is read as an OCI layout (Docker 25+ writes both
+    /// layouts at once; the OCI one wins); one with only a `manifest.json` as `docker save`
+    /// output. `reference` picks the image: a `ref.name` for OCI, a `RepoTags` entry for
+    /// Docker. The same validation applies to both.
+    pub fn import_archive(
+        &self,
+        reader: impl Read,
+        reference: Option<&str>,
+    ) -> Result<(ImportedImage, ArchiveFormat), ImageError> {
+        let contents = self.read_archive(reader)?;
+        if contents.layout_marker {
+            let image = self.import_oci_contents(contents, reference)?;
+            Ok((image, ArchiveFormat::Oci))
+        } else if contents.others.contains_key(DOCKER_MANIFEST) {
+            let image = self.import_docker_contents(contents, reference)?;
+            Ok((image, ArchiveFormat::Docker))
+        } else {
+            Err(ImageError::InvalidLayout(
+                "the archive has neither an oci-layout file nor a Docker manifest.json".to_string(),
+            ))
+        }
+    }
+
+    /// Imports the image of an archive already read as an OCI layout.
+    fn import_oci_contents(
+        &self,
+        contents: ArchiveContents,
+        reference: Option<&str>,
+    ) -> Result<ImportedImage, ImageError> {
+        if let Some(stray) = contents
+            .others
+            .keys()
+            .chain(contents.links.keys())
+            .find(|name| !DOCKER_COMPANIONS.contains(&name.as_str()))
+        {
+            return Err(ImageError::InvalidLayout(format!(
+                "{stray} does not belong in an OCI image layout"
+            )));
+        }
         let index_bytes = contents.index.as_deref().ok_or_else(|| {
             ImageError::InvalidLayout("the archive has no index.json".to_string())
         })?;
@@ -148,7 +237,7 @@ impl ImageStore {
     }
 
     /// Reads every member of an archive, staging blobs (verified against their names).
-    fn read_archive(&self, reader: impl Read) -> Result<ArchiveContents, ImageError> {
+    pub(crate) fn read_archive(&self, reader: impl Read) -> Result<ArchiveContents, ImageError> {
         let mut contents = ArchiveContents::default();
         let mut archive = tar::Archive::new(reader);
         for entry in archive.entries().map_err(ImageError::Tar)? {
@@ -165,6 +254,16 @@ impl ImageStore {
                 tar::EntryType::Directory => continue,
                 tar::EntryType::Regular if raw.ends_with(b"/") => continue,
                 tar::EntryType::Regular | tar::EntryType::Continuous => {}
+                tar::EntryType::Symlink if !raw.starts_with(b"blobs/") => {
+                    let target = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| reject("symlink without a target"))?;
+                    let resolved = resolve_member_link(&rel, &target).map_err(reject)?;
+                    contents
+                        .links
+                        .insert(rel.to_string_lossy().into_owned(), resolved);
+                    continue;
+                }
                 _ => {
                     return Err(reject(
                         "only files and directories may appear in an OCI archive",
@@ -199,14 +298,46 @@ impl ImageStore {
                     "{shown}: only sha256 blobs are supported"
                 )));
             } else {
-                return Err(ImageError::InvalidLayout(format!(
-                    "{shown} does not belong in an OCI image layout"
-                )));
+                let mut writer = self.blobs.create()?;
+                io::copy(&mut entry, &mut writer).map_err(ImageError::Tar)?;
+                contents.others.insert(name.to_string(), writer.finish()?);
             }
         }
         Ok(contents)
     }
 }
+
+/// Where a symlink member at `rel` pointing at `target` lands, as a member path; refused if
+/// it is absolute or climbs out of the archive.
+fn resolve_member_link(rel: &Path, target: &[u8]) -> Result<String, &'static str> {
+    if target.starts_with(b"/") {
+        return Err("symlinks to absolute paths are not allowed");
+    }
+    let mut parts: Vec<&[u8]> = rel
+        .parent()
+        .map(|p| p.as_os_str().as_bytes().split(|b| *b == b'/').collect())
+        .unwrap_or_default();
+    parts.retain(|p| !p.is_empty());
+    for part in target.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts
+                    .pop()
+                    .ok_or("symlinks may not point outside the archive")?;
+            }
+            name => parts.push(name),
+        }
+    }
+    let joined = parts.join(&b'/');
+    String::from_utf8(joined).map_err(|_| "symlink target is not UTF-8")
+}
+
+/// The name of a Docker archive's manifest.
+pub(crate) const DOCKER_MANIFEST: &str = "manifest.json";
+
+/// Members Docker 25+ writes next to the OCI layout of `docker save`; ignored on OCI import.
+const DOCKER_COMPANIONS: &[&str] = &[DOCKER_MANIFEST, "repositories"];
 
 /// The index entry named `reference`, or the only one.
 fn select_manifest(index: &ImageIndex, reference: Option<&str>) -> Result<Descriptor, ImageError> {
@@ -271,7 +402,7 @@ fn check_size(
 }
 
 /// Reads a staged JSON blob.
-fn staged_bytes(
+pub(crate) fn staged_bytes(
     blobs: &HashMap<Digest, StagedBlob>,
     digest: &Digest,
 ) -> Result<Vec<u8>, ImageError> {
@@ -289,14 +420,37 @@ fn staged_bytes(
 /// Decompresses a staged layer, checks its diff id and counts its regular files.
 fn check_layer(blob: &StagedBlob, layer: &Descriptor, diff_id: &str) -> Result<u64, ImageError> {
     let compression = layer_compression(layer.media_type())?;
-    let expected: Digest = diff_id
-        .parse()
-        .map_err(|_| ImageError::InvalidLayout(format!("unsupported diff id {diff_id}")))?;
+    let expected = parse_diff_id(diff_id)?;
     let file = fs::File::open(blob.path()).map_err(ImageError::io(blob.path()))?;
     let mut tar = HashingReader::new(decompress(io::BufReader::new(file), compression));
+    let files = count_files(&mut tar)?;
+    check_diff_id(tar.digest(), expected).map(|()| files)
+}
+
+/// Parses a config's diff id (sha256 only).
+pub(crate) fn parse_diff_id(diff_id: &str) -> Result<Digest, ImageError> {
+    diff_id
+        .parse()
+        .map_err(|_| ImageError::InvalidLayout(format!("unsupported diff id {diff_id}")))
+}
+
+/// `Corrupt` unless a layer's uncompressed tar hashes to its diff id.
+pub(crate) fn check_diff_id(actual: Digest, expected: Digest) -> Result<(), ImageError> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(ImageError::Corrupt {
+            digest: expected,
+            actual,
+        })
+    }
+}
+
+/// Reads a layer tar to its very end and counts its regular files (whiteouts excluded).
+pub(crate) fn count_files(tar: &mut impl Read) -> Result<u64, ImageError> {
     let mut files = 0;
     {
-        let mut archive = tar::Archive::new(LenientEnd::new(&mut tar));
+        let mut archive = tar::Archive::new(LenientEnd::new(&mut *tar));
         for entry in archive.entries().map_err(ImageError::Tar)? {
             let entry = entry.map_err(ImageError::Tar)?;
             let name = entry.path_bytes();
@@ -306,16 +460,8 @@ fn check_layer(blob: &StagedBlob, layer: &Descriptor, diff_id: &str) -> Result<u
             }
         }
     }
-    io::copy(&mut tar, &mut io::sink()).map_err(ImageError::Tar)?;
-    let actual = tar.digest();
-    if actual == expected {
-        Ok(files)
-    } else {
-        Err(ImageError::Corrupt {
-            digest: expected,
-            actual,
-        })
-    }
+    io::copy(tar, &mut io::sink()).map_err(ImageError::Tar)?;
+    Ok(files)
 }
 
 /// The digest a `blobs/sha256/<hex>` member is named by.
@@ -328,7 +474,7 @@ fn blob_name(hex: &str) -> Option<Digest> {
 }
 
 /// Reads a small member (a JSON document) whole.
-fn read_small(entry: &mut impl Read, shown: &str) -> Result<Vec<u8>, ImageError> {
+pub(crate) fn read_small(entry: &mut impl Read, shown: &str) -> Result<Vec<u8>, ImageError> {
     let mut bytes = Vec::new();
     entry
         .take(MAX_JSON_SIZE + 1)
@@ -341,7 +487,7 @@ fn read_small(entry: &mut impl Read, shown: &str) -> Result<Vec<u8>, ImageError>
 }
 
 /// A header for a regular member of a deterministic tar.
-fn file_header(size: u64) -> tar::Header {
+pub(crate) fn file_header(size: u64) -> tar::Header {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Regular);
     header.set_mode(0o644);
@@ -353,7 +499,7 @@ fn file_header(size: u64) -> tar::Header {
 }
 
 /// Appends a small regular member.
-fn append_bytes<W: Write>(
+pub(crate) fn append_bytes<W: Write>(
     builder: &mut tar::Builder<W>,
     name: &str,
     bytes: &[u8],

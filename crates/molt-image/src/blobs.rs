@@ -167,6 +167,11 @@ impl Blobs {
         Blobs { dir }
     }
 
+    /// The directory holding the blobs.
+    pub(crate) fn dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
     /// Where the blob of `digest` lives.
     pub(crate) fn path(&self, digest: &Digest) -> PathBuf {
         self.dir.join(digest.hex())

@@ -42,7 +42,8 @@ pub enum ImageError {
         actual: Digest,
     },
     /// An OCI layout, index, manifest or config is malformed or uses something molt does not
-    /// support (another digest algorithm, zstd layers, a nested index for another platform).
+    /// support (another digest algorithm, an unknown layer media type, a nested index for another
+    /// platform).
     #[error("invalid OCI image: {0}")]
     InvalidLayout(String),
     /// A manifest refers to a blob that is not there.

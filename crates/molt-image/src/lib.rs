@@ -13,6 +13,10 @@
 //! - `rootfs/<manifest hex>/` — the layers unpacked once, read-only, shared by every instance;
 //! - `tmp/` — scratch space for imports; anything named `.tmp-*` is a leftover and can go.
 //!
+//! Archives come in and go out as OCI archives (`archive.rs`) or Docker archives
+//! (`docker.rs`); layers may be plain, gzip or zstd tars. `collect` (`sweep.rs`) removes
+//! whatever the images to keep do not reach.
+//!
 //! One process owns a store (molt serve's `serve.lock`); inside it, index changes and blob
 //! sweeps are serialized by one lock per store root, whichever `ImageStore` value is used.
 //! Everything here blocks; async callers use `spawn_blocking`.
@@ -20,9 +24,12 @@
 mod archive;
 mod blobs;
 mod canonical;
+mod details;
+mod docker;
 mod error;
 mod fsutil;
 mod oci;
+mod sweep;
 mod unpack;
 
 use std::collections::HashMap;
@@ -45,7 +52,11 @@ use crate::oci::{
 };
 use crate::unpack::{unpack_layer, unpack_tar, LenientEnd};
 
+pub use crate::archive::ArchiveFormat;
+pub use crate::details::{ImageDetails, LayerDetails};
+pub use crate::docker::sniff_archive;
 pub use crate::error::ImageError;
+pub use crate::sweep::BlobCollection;
 
 /// A content-addressed store of OCI images on the local filesystem.
 #[derive(Debug, Clone)]

@@ -16,6 +16,8 @@ use oci_spec::image::{
     ANNOTATION_REF_NAME,
 };
 
+use ruzstd::decoding::FrameDecoder;
+
 use crate::fsutil::{fsync_dir, unique_name, TempPath};
 use crate::ImageError;
 
@@ -35,6 +37,8 @@ pub(crate) enum Compression {
     None,
     /// A gzipped tar.
     Gzip,
+    /// A zstd-compressed tar (one or more frames).
+    Zstd,
 }
 
 /// Converts an `oci-spec` digest into molt's (sha256 only).
@@ -60,6 +64,9 @@ pub(crate) fn layer_compression(media_type: &MediaType) -> Result<Compression, I
         MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
             Ok(Compression::Gzip)
         }
+        MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => {
+            Ok(Compression::Zstd)
+        }
         MediaType::Other(other) if other == DOCKER_LAYER_GZIP => Ok(Compression::Gzip),
         other => Err(ImageError::InvalidLayout(format!(
             "unsupported layer media type {other}"
@@ -75,6 +82,57 @@ pub(crate) fn decompress<'a, R: Read + 'a>(
     match compression {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        Compression::Zstd => Box::new(ZstdFrames::new(reader)),
+    }
+}
+
+/// The compression of a layer file, from its first bytes (Docker archives carry no media type).
+pub(crate) fn sniff_compression(head: &[u8]) -> Compression {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+/// Decodes a zstd stream of one or more concatenated frames (as `zstd` and `pzstd` write).
+struct ZstdFrames<R: Read> {
+    source: Option<io::BufReader<R>>,
+    decoder: Option<ruzstd::decoding::StreamingDecoder<io::BufReader<R>, FrameDecoder>>,
+}
+
+impl<R: Read> ZstdFrames<R> {
+    fn new(reader: R) -> ZstdFrames<R> {
+        ZstdFrames {
+            source: Some(io::BufReader::new(reader)),
+            decoder: None,
+        }
+    }
+}
+
+impl<R: Read> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(decoder) = &mut self.decoder {
+                let n = decoder.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                let finished = self.decoder.take().map(|d| d.into_inner());
+                self.source = finished;
+            }
+            let Some(mut source) = self.source.take() else {
+                return Ok(0);
+            };
+            if io::BufRead::fill_buf(&mut source)?.is_empty() {
+                return Ok(0);
+            }
+            let decoder = ruzstd::decoding::StreamingDecoder::new(source)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            self.decoder = Some(decoder);
+        }
     }
 }
 

@@ -143,28 +143,11 @@ impl Store {
         rows.into_iter().map(|r| self.image_record(r)).collect()
     }
 
-    /// Names an image with a tag. A tag names one digest forever: re-pointing it is refused.
+    /// Names an image with a tag. A tag names one digest forever: re-pointing it is refused
+    /// (see `set_tag` to move one on purpose).
     pub fn tag_image(&mut self, tag: &str, digest: &Digest) -> Result<()> {
-        self.image(digest)?;
-        let existing: Option<String> = self
-            .conn
-            .query_row("SELECT digest FROM tags WHERE name = ?1", [tag], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        match existing {
-            Some(d) if d == digest.as_str() => Ok(()),
-            Some(d) => Err(StoreError::Conflict(format!(
-                "tag '{tag}' already names {d}; tags never move: pick a new tag"
-            ))),
-            None => {
-                self.conn.execute(
-                    "INSERT INTO tags(name, digest, created_ms) VALUES (?1, ?2, ?3)",
-                    params![tag, digest.as_str(), now_ms()],
-                )?;
-                Ok(())
-            }
-        }
+        self.set_tag(tag, digest, TagMove::Refuse, "molt")
+            .map(|_| ())
     }
 
     /// Resolves a digest (full or `sha256:`-prefixed) or a tag to a stored image.
@@ -205,6 +188,11 @@ impl Store {
                 "image {digest} is used by a live environment"
             )));
         }
+        tx.execute(
+            "INSERT INTO tag_history(name, change, old_digest, new_digest, actor, at_ms)
+             SELECT name, 'removed', digest, NULL, 'molt', ?2 FROM tags WHERE digest = ?1",
+            params![digest.as_str(), now_ms() as i64],
+        )?;
         tx.execute("DELETE FROM tags WHERE digest = ?1", [digest.as_str()])?;
         tx.execute("DELETE FROM images WHERE digest = ?1", [digest.as_str()])?;
         tx.commit()?;

@@ -11,6 +11,7 @@ mod records;
 mod rows;
 mod runtime;
 mod schema;
+mod tags;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};

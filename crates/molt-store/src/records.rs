@@ -213,3 +213,31 @@ pub struct EventRecord {
     /// What happened, for people.
     pub message: String,
 }
+
+/// How a tag may change when it is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagMove {
+    /// A tag names one digest forever: pointing it elsewhere is refused.
+    Refuse,
+    /// Move it anyway (`--force`); the move is recorded in the tag history.
+    Force,
+}
+
+/// One change of a tag, as `molt images history` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagEvent {
+    /// Order of the change.
+    pub seq: u64,
+    /// The tag.
+    pub tag: String,
+    /// `created`, `moved` or `removed`.
+    pub change: String,
+    /// What the tag named before (none when created).
+    pub old_digest: Option<Digest>,
+    /// What it names after (none when removed).
+    pub new_digest: Option<Digest>,
+    /// Who made the change, as the client reported it.
+    pub actor: String,
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+}

@@ -88,6 +88,21 @@ CREATE TABLE events (
     "ALTER TABLE apps ADD COLUMN maintenance TEXT",
     // Shadow traffic of an app: the environment mirrored requests go to and their share, or NULL.
     "ALTER TABLE apps ADD COLUMN shadow TEXT",
+    // Every change of a tag: created, moved with --force, removed with its image.
+    r#"
+CREATE TABLE tag_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    change TEXT NOT NULL,
+    old_digest TEXT,
+    new_digest TEXT,
+    actor TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX tag_history_name ON tag_history(name);
+INSERT INTO tag_history(name, change, old_digest, new_digest, actor, at_ms)
+    SELECT name, 'created', NULL, digest, 'unknown (before tag history)', created_ms FROM tags;
+"#,
 ];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.

@@ -188,3 +188,90 @@ fn shadow_mode_is_set_and_cleared() {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+#[test]
+fn tags_never_move_unless_forced_and_every_change_is_recorded() {
+    let mut s = store_with_release();
+    s.put_image(&digest(2), 20).unwrap();
+    assert_eq!(
+        s.set_tag("shop:42", &digest(1), TagMove::Refuse, "ann")
+            .unwrap(),
+        None
+    );
+    // The same digest again is no change and no history line.
+    s.set_tag("shop:42", &digest(1), TagMove::Refuse, "ann")
+        .unwrap();
+    let err = s
+        .set_tag("shop:42", &digest(2), TagMove::Refuse, "bob")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Conflict(_)));
+    assert!(
+        msg.contains(digest(1).as_str()) && msg.contains(digest(2).as_str()),
+        "{msg}"
+    );
+    assert_eq!(s.resolve_image("shop:42").unwrap().digest, digest(1));
+
+    let old = s
+        .set_tag("shop:42", &digest(2), TagMove::Force, "bob")
+        .unwrap();
+    assert_eq!(old, Some(digest(1)));
+    assert_eq!(s.resolve_image("shop:42").unwrap().digest, digest(2));
+    s.tag_image("shop:43", &digest(2)).unwrap();
+
+    let history = s.tag_history(Some("shop:42")).unwrap();
+    let lines: Vec<_> = history
+        .iter()
+        .map(|e| {
+            (
+                e.change.as_str(),
+                e.old_digest.clone(),
+                e.new_digest.clone(),
+                e.actor.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("created", None, Some(digest(1)), "ann"),
+            ("moved", Some(digest(1)), Some(digest(2)), "bob"),
+        ]
+    );
+    assert_eq!(s.tag_history(None).unwrap().len(), 3);
+    assert_eq!(s.image_tag_history(&digest(1)).unwrap().len(), 2);
+
+    // Removing the image removes its tags, and says so in the history.
+    s.remove_image(&digest(2)).unwrap();
+    assert!(s.resolve_image("shop:42").is_err());
+    let last = s.tag_history(Some("shop:43")).unwrap().pop().unwrap();
+    assert_eq!(
+        (last.change.as_str(), last.old_digest, last.new_digest),
+        ("removed", Some(digest(2)), None)
+    );
+    // A tag cannot name an image the store does not have.
+    assert!(matches!(
+        s.set_tag("x", &digest(9), TagMove::Force, "ann"),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn image_releases_lists_every_release_that_runs_an_image() {
+    let mut s = store_with_release();
+    s.create_release("blog", &digest(1), &config(), "deploy")
+        .unwrap();
+    s.put_image(&digest(2), 20).unwrap();
+    s.create_release("shop", &digest(2), &config(), "deploy")
+        .unwrap();
+    let users: Vec<_> = s
+        .image_releases(&digest(1))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.app, r.number))
+        .collect();
+    assert_eq!(
+        users,
+        vec![("blog".to_string(), 1), ("shop".to_string(), 1)]
+    );
+}

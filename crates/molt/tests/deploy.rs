@@ -403,11 +403,12 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         let p = path
             .replace("{app}", "shop")
             .replace("{number}", "1")
-            .replace("{id}", "1");
-        let r = if *method == "get" {
-            anon.get(&p).await
-        } else {
-            anon.post(&p, &json!({})).await
+            .replace("{id}", "1")
+            .replace("{reference}", "shop%3A1");
+        let r = match *method {
+            "get" => anon.get(&p).await,
+            "delete" => anon.delete(&p).await,
+            _ => anon.post(&p, &json!({})).await,
         };
         let msg = err(r);
         assert!(msg.contains("API token"), "{method} {p}: {msg}");

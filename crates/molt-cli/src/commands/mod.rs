@@ -1,9 +1,11 @@
 //! The client commands.
 
 mod deploy;
+mod images;
 mod views;
 
 use deploy::*;
+use images::*;
 use views::*;
 
 use std::path::{Path, PathBuf};

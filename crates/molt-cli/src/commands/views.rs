@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::client::Client;
 use crate::output::{age, print_json, print_list, short_digest, table, text};
-use crate::ImageAction;
 
 pub(crate) async fn status(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
     let path = match &app {
@@ -173,9 +172,15 @@ pub(crate) async fn gc(client: &Client, dry_run: bool, json: bool) -> Result<i32
     let v = client
         .post("/v1/gc", &json!({ "dry_run": dry_run }))
         .await?;
+    print_gc(&v, dry_run, json);
+    Ok(0)
+}
+
+/// Prints a GC report (of `molt gc` or `molt images gc`).
+pub(crate) fn print_gc(v: &serde_json::Value, dry_run: bool, json: bool) {
     if json {
-        print_json(&v);
-        return Ok(0);
+        print_json(v);
+        return;
     }
     let verb = if dry_run {
         "would collect"
@@ -208,10 +213,36 @@ pub(crate) async fn gc(client: &Client, dry_run: bool, json: bool) -> Result<i32
     for o in orphans {
         println!("  orphan {o}");
     }
+    let store = &v["store"];
+    let n = |k: &str| store[k].as_u64().unwrap_or(0);
+    println!(
+        "  image store: {} blob(s) ({}), {} unpacked tree(s) ({}), {} leftover(s) ({})",
+        n("blobs"),
+        bytes(n("blob_bytes")),
+        n("rootfs"),
+        bytes(n("rootfs_bytes")),
+        n("temps"),
+        bytes(n("temp_bytes"))
+    );
     for (env, why) in v["kept"].as_object().into_iter().flatten() {
         println!("  kept {env}: {}", why.as_str().unwrap_or(""));
     }
-    Ok(0)
+}
+
+/// A byte count for people: B, KiB, MiB or GiB.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 pub(crate) async fn logs(
@@ -270,49 +301,6 @@ pub(crate) fn new_lines<'a>(before: &str, now: &'a str) -> &'a str {
         Some(i) => now[i + last.len()..].trim_start_matches('\n'),
         None => now,
     }
-}
-
-pub(crate) async fn images(client: &Client, action: ImageAction, json: bool) -> Result<i32> {
-    match action {
-        ImageAction::Ls => {
-            let v = client.get("/v1/images").await?;
-            print_list(&v, json, &["DIGEST", "SIZE", "CREATED", "TAGS"], |i| {
-                let tags: Vec<String> = i["tags"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(text)
-                    .collect();
-                vec![
-                    text(&i["digest"]),
-                    format!("{} KiB", i["size"].as_u64().unwrap_or(0).div_ceil(1024)),
-                    age(i["created_ms"].as_u64().unwrap_or(0)),
-                    tags.join(","),
-                ]
-            });
-        }
-        ImageAction::Import { path, tag } => {
-            let bytes = if path.is_dir() {
-                let mut tar = Vec::new();
-                molt_image::ImageStore::write_canonical_tar(&path, &mut tar)
-                    .with_context(|| format!("packing {}", path.display()))?;
-                tar
-            } else {
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
-            };
-            let q = match &tag {
-                Some(t) => format!("/v1/images?tag={}", urlencode(t)),
-                None => "/v1/images".to_string(),
-            };
-            let v = client.post_bytes(&q, bytes).await?;
-            if json {
-                print_json(&v);
-            } else {
-                println!("{}", v["digest"].as_str().unwrap_or(""));
-            }
-        }
-    }
-    Ok(0)
 }
 
 pub(crate) fn urlencode(s: &str) -> String {

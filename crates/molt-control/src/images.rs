@@ -1,0 +1,425 @@
+//! Image operations of the API: import (trees, OCI and Docker archives), inspect, tags and
+//! their history, removal and export.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use molt_core::gc::kept_releases;
+use molt_core::{Digest, ImageTag, InputError};
+use molt_image::{ArchiveFormat, ImageDetails, ImageStore};
+use molt_store::{ImageRecord, TagEvent, TagMove};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::{ControlError, Controller, Result};
+
+/// What an uploaded tar holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportFormat {
+    /// Tell from its members: `oci-layout` → OCI, a `docker save` `manifest.json` → Docker,
+    /// else a plain tree.
+    #[default]
+    Auto,
+    /// A plain tar of a root filesystem (one layer).
+    Tree,
+    /// An OCI archive.
+    Oci,
+    /// A Docker archive.
+    Docker,
+}
+
+/// How to import an upload.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImportOptions {
+    /// Tag to name the image with.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Move the tag even if it names another image (recorded in the tag history).
+    #[serde(default)]
+    pub force: bool,
+    /// Who asks, as the client reports it (for the tag history).
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// What the upload is.
+    #[serde(default)]
+    pub format: ImportFormat,
+    /// Which image of a multi-image archive (`ref.name` or a Docker `RepoTags` entry).
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportOutcome {
+    /// The stored image.
+    #[serde(flatten)]
+    pub image: ImageRecord,
+    /// `tree`, `oci` or `docker`.
+    pub format: ImportFormat,
+    /// Regular files in its layers.
+    pub files: u64,
+    /// The image the tag named before a forced move.
+    pub moved_from: Option<Digest>,
+}
+
+/// A release that runs an image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageUse {
+    /// The app.
+    pub app: String,
+    /// The release number.
+    pub release: u64,
+    /// True when GC keeps the release (live environment, pinned, or among the newest).
+    pub kept: bool,
+}
+
+/// Everything `molt images inspect` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageInspect {
+    /// The catalog record (size, import time, tags).
+    #[serde(flatten)]
+    pub image: ImageRecord,
+    /// Manifest, config and layers.
+    pub details: ImageDetails,
+    /// Releases that run it.
+    pub releases: Vec<ImageUse>,
+    /// Every change of a tag that named it.
+    pub tag_history: Vec<TagEvent>,
+}
+
+/// What a tag change did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagOutcome {
+    /// The tag.
+    pub tag: String,
+    /// What it names now.
+    pub digest: Digest,
+    /// What it named before a forced move.
+    pub moved_from: Option<Digest>,
+}
+
+/// What a removal did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveOutcome {
+    /// The removed image.
+    pub digest: Digest,
+    /// Tags that named it (now gone, recorded in the tag history).
+    pub tags: Vec<String>,
+    /// Releases that still name it (none of them kept); they cannot be redeployed any more.
+    pub orphaned_releases: Vec<ImageUse>,
+}
+
+/// An export being written by a blocking task: chunks of the archive, then the end.
+pub struct ImageExport {
+    /// The exported image.
+    pub digest: Digest,
+    /// The archive format.
+    pub format: ArchiveFormat,
+    /// The archive bytes in order; an `Err` means the export failed part way.
+    pub chunks: mpsc::Receiver<std::result::Result<Vec<u8>, String>>,
+}
+
+/// A `Write` that hands its bytes to an async receiver in chunks.
+struct ChannelWriter {
+    tx: mpsc::Sender<std::result::Result<Vec<u8>, String>>,
+    buf: Vec<u8>,
+}
+
+/// Bytes per chunk of an export.
+const EXPORT_CHUNK: usize = 256 * 1024;
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= EXPORT_CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.buf);
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Controller {
+    /// Imports an uploaded tar (already on disk) as `options.format` says, then tags it.
+    pub async fn import_image_file(
+        &self,
+        path: PathBuf,
+        options: ImportOptions,
+    ) -> Result<ImportOutcome> {
+        let tag = options
+            .tag
+            .as_deref()
+            .map(str::parse::<ImageTag>)
+            .transpose()?;
+        let actor = actor_name(options.actor.as_deref());
+        let images = self.inner.images.clone();
+        let (imported, format) = tokio::task::spawn_blocking(move || {
+            let open = || {
+                std::fs::File::open(&path)
+                    .map(io::BufReader::new)
+                    .map_err(|e| {
+                        ControlError::Internal(format!("reading upload {}: {e}", path.display()))
+                    })
+            };
+            let format = match options.format {
+                ImportFormat::Auto => match molt_image::sniff_archive(open()?)? {
+                    Some(ArchiveFormat::Oci) => ImportFormat::Oci,
+                    Some(ArchiveFormat::Docker) => ImportFormat::Docker,
+                    None => ImportFormat::Tree,
+                },
+                other => other,
+            };
+            let imported = match format {
+                ImportFormat::Tree | ImportFormat::Auto => images.import_tar(open()?)?,
+                ImportFormat::Oci | ImportFormat::Docker => {
+                    let (image, found) =
+                        images.import_archive(open()?, options.reference.as_deref())?;
+                    let wanted = if format == ImportFormat::Oci {
+                        ArchiveFormat::Oci
+                    } else {
+                        ArchiveFormat::Docker
+                    };
+                    if found != wanted {
+                        return Err(ControlError::Input(InputError::Invalid(format!(
+                            "the upload is a {found} archive, not {wanted} as requested; \
+                             import it with format {found} (or auto)"
+                        ))));
+                    }
+                    image
+                }
+            };
+            Ok::<_, ControlError>((imported, format))
+        })
+        .await??;
+        let (digest, size) = (imported.digest.clone(), imported.size);
+        let mode = if options.force {
+            TagMove::Force
+        } else {
+            TagMove::Refuse
+        };
+        let (image, moved_from) = self
+            .db(move |s| {
+                let new = s.image(&digest).is_err();
+                s.put_image(&digest, size)?;
+                let moved = match &tag {
+                    Some(t) => match s.set_tag(t.as_str(), &digest, mode, &actor) {
+                        Ok(moved) => moved,
+                        Err(e) => {
+                            // A refused tag leaves the catalog as it was; the blobs are swept
+                            // by GC once the grace period is over.
+                            if new {
+                                s.remove_image(&digest)?;
+                            }
+                            return Err(e);
+                        }
+                    },
+                    None => None,
+                };
+                Ok((s.image(&digest)?, moved))
+            })
+            .await?;
+        Ok(ImportOutcome {
+            image,
+            format,
+            files: imported.files,
+            moved_from,
+        })
+    }
+
+    /// Points a tag at an image; moving it needs `force` and is recorded.
+    pub async fn tag_image(
+        &self,
+        reference: &str,
+        tag: &str,
+        force: bool,
+        actor: Option<&str>,
+    ) -> Result<TagOutcome> {
+        let tag: ImageTag = tag.parse()?;
+        let actor = actor_name(actor);
+        let reference = reference.to_string();
+        let mode = if force {
+            TagMove::Force
+        } else {
+            TagMove::Refuse
+        };
+        self.db(move |s| {
+            let image = s.resolve_image(&reference)?;
+            let moved_from = s.set_tag(tag.as_str(), &image.digest, mode, &actor)?;
+            Ok(TagOutcome {
+                tag: tag.to_string(),
+                digest: image.digest,
+                moved_from,
+            })
+        })
+        .await
+    }
+
+    /// Tag history: of one image (a digest), of one tag, or of every tag (`None`).
+    pub async fn image_history(&self, reference: Option<String>) -> Result<Vec<TagEvent>> {
+        self.db(move |s| match reference {
+            None => s.tag_history(None),
+            Some(r) => match r.parse::<Digest>() {
+                Ok(d) => {
+                    s.image(&d)?;
+                    s.image_tag_history(&d)
+                }
+                Err(_) => {
+                    let history = s.tag_history(Some(&r))?;
+                    if history.is_empty() {
+                        return Err(molt_store::StoreError::NotFound {
+                            what: "tag",
+                            key: r,
+                        });
+                    }
+                    Ok(history)
+                }
+            },
+        })
+        .await
+    }
+
+    /// Config, layers, sizes, annotations, tags and the releases that use an image.
+    pub async fn inspect_image(&self, reference: &str) -> Result<ImageInspect> {
+        let image = self.resolve_image(reference).await?;
+        let uses = self.image_uses(&image.digest).await?;
+        let images = self.inner.images.clone();
+        let digest = image.digest.clone();
+        let details = tokio::task::spawn_blocking(move || images.inspect(&digest)).await??;
+        let digest = image.digest.clone();
+        let tag_history = self.db(move |s| s.image_tag_history(&digest)).await?;
+        Ok(ImageInspect {
+            image,
+            details,
+            releases: uses,
+            tag_history,
+        })
+    }
+
+    /// Removes an image, its tags, blobs and rootfs; refused while a kept release uses it.
+    pub async fn remove_image(&self, reference: &str) -> Result<RemoveOutcome> {
+        let image = self.resolve_image(reference).await?;
+        let uses = self.image_uses(&image.digest).await?;
+        let kept: Vec<String> = uses
+            .iter()
+            .filter(|u| u.kept)
+            .map(|u| format!("{} v{}", u.app, u.release))
+            .collect();
+        if !kept.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "image {} is used by {}, which molt keeps (live environment, pinned or among \
+                 the newest releases); deploy something else and unpin, then `molt gc` \
+                 collects it",
+                image.digest,
+                kept.join(", ")
+            )));
+        }
+        let digest = image.digest.clone();
+        self.db(move |s| s.remove_image(&digest)).await?;
+        let images = self.inner.images.clone();
+        let digest = image.digest.clone();
+        tokio::task::spawn_blocking(move || images.remove(&digest)).await??;
+        Ok(RemoveOutcome {
+            digest: image.digest,
+            tags: image.tags,
+            orphaned_releases: uses,
+        })
+    }
+
+    /// Starts exporting an image; the archive arrives in `chunks` while a blocking task
+    /// writes it. `name` is the OCI `ref.name` or the Docker `RepoTags` entry.
+    pub async fn export_image(
+        &self,
+        reference: &str,
+        format: ArchiveFormat,
+        name: Option<String>,
+    ) -> Result<ImageExport> {
+        let image = self.resolve_image(reference).await?;
+        if let Some(n) = &name {
+            n.parse::<ImageTag>()?;
+        }
+        let name = name.or_else(|| image.tags.first().cloned());
+        let images: ImageStore = self.inner.images.clone();
+        let (tx, rx) = mpsc::channel(4);
+        let digest = image.digest.clone();
+        if !self.inner.images.contains(&digest) {
+            return Err(ControlError::NotFound(format!(
+                "image {digest} is in the catalog but its blobs are gone; re-import it"
+            )));
+        }
+        let task_digest = digest.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChannelWriter {
+                tx: tx.clone(),
+                buf: Vec::new(),
+            };
+            let written = match format {
+                ArchiveFormat::Oci => images.export_oci_archive(
+                    &task_digest,
+                    name.as_deref().unwrap_or("latest"),
+                    &mut out,
+                ),
+                ArchiveFormat::Docker => {
+                    images.export_docker_archive(&task_digest, name.as_deref(), &mut out)
+                }
+            };
+            let ended = written
+                .map_err(|e| e.to_string())
+                .and_then(|()| out.flush().map_err(|e| e.to_string()));
+            if let Err(e) = ended {
+                tracing::warn!(image = %task_digest, "export failed: {e}");
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Ok(ImageExport {
+            digest,
+            format,
+            chunks: rx,
+        })
+    }
+
+    /// A digest or tag resolved to its catalog record.
+    async fn resolve_image(&self, reference: &str) -> Result<ImageRecord> {
+        let reference = reference.to_string();
+        self.db(move |s| s.resolve_image(&reference)).await
+    }
+
+    /// The releases that run an image, and whether GC keeps each.
+    async fn image_uses(&self, digest: &Digest) -> Result<Vec<ImageUse>> {
+        let kept = kept_releases(&self.gc_snapshot().await?);
+        let digest = digest.clone();
+        let releases = self.db(move |s| s.image_releases(&digest)).await?;
+        Ok(releases
+            .into_iter()
+            .map(|r| ImageUse {
+                kept: kept.contains(&(r.app.clone(), r.number)),
+                app: r.app,
+                release: r.number,
+            })
+            .collect())
+    }
+}
+
+/// The actor recorded in the tag history: what the client says, trimmed to something printable.
+fn actor_name(actor: Option<&str>) -> String {
+    let cleaned: String = actor
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
+    if cleaned.trim().is_empty() {
+        "api".to_string()
+    } else {
+        cleaned.trim().to_string()
+    }
+}
