@@ -18,11 +18,14 @@
 //! Everything here blocks; async callers use `spawn_blocking`.
 
 mod archive;
+mod bake;
 mod blobs;
 mod canonical;
 mod error;
+mod filelist;
 mod fsutil;
 mod oci;
+mod run;
 mod unpack;
 
 use std::collections::HashMap;
@@ -45,7 +48,13 @@ use crate::oci::{
 };
 use crate::unpack::{unpack_layer, unpack_tar, LenientEnd};
 
+pub use crate::bake::{
+    BakeOptions, BakeReport, ImageDiff, SourceInfo, StepOutcome, StepReport, PROVENANCE_ANNOTATION,
+    SBOM_ANNOTATION,
+};
 pub use crate::error::ImageError;
+pub use crate::filelist::FileInfo;
+pub use crate::run::{BuildSandbox, RunRequest};
 
 /// A content-addressed store of OCI images on the local filesystem.
 #[derive(Debug, Clone)]
@@ -345,6 +354,7 @@ impl ImageStore {
             for layer in manifest.layers() {
                 live.insert(to_molt_digest(layer.digest())?);
             }
+            live.extend(bake::attached_blobs(&manifest));
             live.insert(manifest_digest);
         }
         Ok(live)
