@@ -3,6 +3,7 @@
 //! Architecture invariant: every route except `/openapi.json` and `/v1/health` requires the
 //! admin token; handlers only translate HTTP to controller calls and errors to status codes.
 
+mod bake;
 mod metrics;
 mod openapi;
 
@@ -54,7 +55,9 @@ impl From<ControlError> for ApiError {
         let status = match &e {
             ControlError::Input(_) => StatusCode::BAD_REQUEST,
             ControlError::Image(molt_image::ImageError::UnsafeEntry { .. })
-            | ControlError::Image(molt_image::ImageError::Tar(_)) => StatusCode::BAD_REQUEST,
+            | ControlError::Image(molt_image::ImageError::Tar(_))
+            | ControlError::Image(molt_image::ImageError::Build(_)) => StatusCode::BAD_REQUEST,
+            ControlError::Image(molt_image::ImageError::NotFound(_)) => StatusCode::NOT_FOUND,
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -106,6 +109,11 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
                 .post(import_image)
                 .layer(DefaultBodyLimit::disable()),
         )
+        .route(
+            "/v1/bake",
+            post(bake::bake).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/images/diff", get(bake::diff))
         .route("/v1/gc", post(gc))
         .route("/metrics", get(prometheus))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));

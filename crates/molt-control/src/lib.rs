@@ -9,6 +9,7 @@
 //!   router (so a crash in between is repaired by the rebuild);
 //! - an instance is never repaired: a dead or unhealthy one is replaced by a new one.
 
+mod bake;
 mod deploy;
 mod error;
 mod gc;
@@ -32,6 +33,7 @@ use molt_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use bake::BakeRequest;
 pub use error::{ControlError, Result};
 pub use gc::GcReport;
 pub use metrics::{EnvMetrics, MetricsSnapshot};

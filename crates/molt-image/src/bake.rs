@@ -81,6 +81,8 @@ pub struct BakeReport {
     pub digest: Digest,
     /// The cache key of the last step: a digest of every input (base, steps, file contents).
     pub inputs: Digest,
+    /// The stored image the bake started from (a named image or an imported archive).
+    pub base: Option<Digest>,
     /// The base and each step, in order.
     pub steps: Vec<StepReport>,
     /// Regular files in the image.
@@ -129,6 +131,18 @@ pub struct ImageDiff {
     pub changed: Vec<String>,
 }
 
+/// An uploaded build context unpacked under the store's `tmp/`; removed when dropped.
+pub struct BuildContext {
+    temp: TempPath,
+}
+
+impl BuildContext {
+    /// The unpacked folder.
+    pub fn path(&self) -> &Path {
+        self.temp.path()
+    }
+}
+
 /// What `cache/<key>` remembers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CacheEntry {
@@ -149,6 +163,7 @@ struct Building {
     layer_files: Vec<LayerFiles>,
     reports: Vec<StepReport>,
     provenance_steps: Vec<serde_json::Value>,
+    base: Option<Digest>,
 }
 
 impl ImageStore {
@@ -177,6 +192,7 @@ impl ImageStore {
             layer_files: Vec::new(),
             reports: Vec::new(),
             provenance_steps: Vec::new(),
+            base: None,
         };
         let base_started = Instant::now();
         match &spec.base {
@@ -250,6 +266,15 @@ impl ImageStore {
             }
         }
         self.finish_bake(b, options, &created, started)
+    }
+
+    /// Unpacks an uploaded build context (a tar, validated like an import) into `tmp/`.
+    pub fn receive_context(&self, reader: impl io::Read) -> Result<BuildContext, ImageError> {
+        let temp = TempPath::new(self.root.join("tmp").join(unique_name("context")));
+        fs::create_dir(temp.path()).map_err(ImageError::io(temp.path()))?;
+        crate::unpack::unpack_tar(reader, temp.path())?;
+        collect_tree(temp.path(), Filter::Nothing)?;
+        Ok(BuildContext { temp })
     }
 
     /// Every regular file of a stored image (path → size and sha256), read from its layers.
@@ -337,6 +362,7 @@ impl ImageStore {
         b.config = config.config().clone().unwrap_or_default();
         b.history = config.history().clone().unwrap_or_default();
         b.key = chain(&b.key, &[b"base image", digest.as_str().as_bytes()]);
+        b.base = Some(digest.clone());
         Ok(())
     }
 
@@ -565,6 +591,7 @@ impl ImageStore {
             layer_files,
             reports,
             provenance_steps,
+            base,
         } = b;
         let inputs = Digest::from_sha256(&key);
         let files = filelist::merge(&layer_files);
@@ -576,6 +603,7 @@ impl ImageStore {
             "source": options.source,
             "source_date_epoch": options.source_date_epoch,
             "inputs": inputs,
+            "base": base,
             "steps": provenance_steps,
             "sbom": sbom_blob.digest,
             "files": files.len(),
@@ -626,6 +654,7 @@ impl ImageStore {
         Ok(BakeReport {
             digest,
             inputs,
+            base,
             steps: reports,
             files: files.len() as u64,
             size,

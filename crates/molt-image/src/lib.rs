@@ -49,8 +49,8 @@ use crate::oci::{
 use crate::unpack::{unpack_layer, unpack_tar, LenientEnd};
 
 pub use crate::bake::{
-    BakeOptions, BakeReport, ImageDiff, SourceInfo, StepOutcome, StepReport, PROVENANCE_ANNOTATION,
-    SBOM_ANNOTATION,
+    BakeOptions, BakeReport, BuildContext, ImageDiff, SourceInfo, StepOutcome, StepReport,
+    PROVENANCE_ANNOTATION, SBOM_ANNOTATION,
 };
 pub use crate::error::ImageError;
 pub use crate::filelist::FileInfo;

@@ -1,5 +1,6 @@
 //! The client commands.
 
+mod bake;
 mod deploy;
 mod views;
 
@@ -107,6 +108,7 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             });
             Ok(0)
         }
+        Command::Bake { dir, tag } => bake::bake(&client()?, &dir, tag, json).await,
         Command::Images { action } => images(&client()?, action, json).await,
         Command::Maintenance {
             app,

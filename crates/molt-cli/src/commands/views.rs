@@ -291,6 +291,7 @@ pub(crate) async fn images(client: &Client, action: ImageAction, json: bool) -> 
                 ]
             });
         }
+        ImageAction::Diff { a, b } => return super::bake::image_diff(client, &a, &b, json).await,
         ImageAction::Import { path, tag } => {
             let bytes = if path.is_dir() {
                 let mut tar = Vec::new();
