@@ -2,12 +2,44 @@
 //! always did) and the server bakes it into its image store, where base images, tags, the layer
 //! cache and the `run` sandbox are.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use molt_core::{BaseImage, Digest, ImageRef, InputError, Manifest};
-use molt_image::{BakeOptions, BakeReport, ImageDiff, SourceInfo};
+use molt_image::{BakeOptions, BakeReport, BuildSandbox, ImageDiff, RunRequest, SourceInfo};
+use molt_runtime::{BuildCommand, BuildRunner, ContainerUser};
 
 use crate::{ControlError, Controller, Result};
+
+/// Longest a `run` step may take.
+const RUN_STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// `run` steps in runc containers, or the reason they cannot run here.
+enum Sandbox {
+    Runc(BuildRunner),
+    Unavailable(String),
+}
+
+impl BuildSandbox for Sandbox {
+    fn run(&self, rootfs: &Path, request: &RunRequest<'_>) -> std::result::Result<(), String> {
+        match self {
+            Sandbox::Unavailable(why) => Err(why.clone()),
+            Sandbox::Runc(runner) => {
+                let (uid, gid) = request.user.unwrap_or((0, 0));
+                runner.run(
+                    rootfs,
+                    &BuildCommand {
+                        argv: request.argv,
+                        env: request.env.clone(),
+                        cwd: request.workdir.clone(),
+                        user: ContainerUser { uid, gid },
+                        network: request.network,
+                    },
+                )
+            }
+        }
+    }
+}
 
 /// A bake request: the uploaded context and what only the client knows.
 #[derive(Debug, Clone)]
@@ -62,7 +94,19 @@ impl Controller {
         };
         let images = self.inner.images.clone();
         let name = manifest.name.to_string();
+        let build_dir = self.inner.config.build_dir.clone();
         let report = tokio::task::spawn_blocking(move || {
+            let sandbox = match &build_dir {
+                Some(dir) => match BuildRunner::detect(dir, RUN_STEP_TIMEOUT) {
+                    Ok(runner) => Sandbox::Runc(runner),
+                    Err(why) => Sandbox::Unavailable(why),
+                },
+                None => Sandbox::Unavailable(
+                    "run steps need isolation: root and runc (this controller has no build \
+                     directory)"
+                        .to_string(),
+                ),
+            };
             let resolve = move |_: &ImageRef| -> std::result::Result<Digest, String> {
                 base.clone()
                     .ok_or_else(|| "the base image was not resolved".to_string())
@@ -73,7 +117,7 @@ impl Controller {
                 source_date_epoch: req.source_date_epoch,
                 name,
                 molt_version: env!("CARGO_PKG_VERSION").to_string(),
-                sandbox: None,
+                sandbox: Some(&sandbox),
             };
             let report = images.bake(context.path(), &spec, &options);
             drop(context);

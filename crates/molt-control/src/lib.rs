@@ -54,6 +54,8 @@ pub struct ControlConfig {
     pub image_grace: Duration,
     /// Test hook: deployments stop (and wait to be killed) when they reach this state.
     pub pause_at: Option<DeployState>,
+    /// Where bake `run` steps keep their runc state and bundles (no `run` steps without it).
+    pub build_dir: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -65,6 +67,7 @@ impl Default for ControlConfig {
             keep_releases: 5,
             image_grace: Duration::from_secs(3600),
             pause_at: None,
+            build_dir: None,
         }
     }
 }

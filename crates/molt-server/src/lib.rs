@@ -159,6 +159,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             gc_interval: cfg.gc_interval,
             stop_grace: cfg.stop_grace,
             pause_at: cfg.pause_at,
+            build_dir: Some(dir.join("build")),
             ..ControlConfig::default()
         },
     );

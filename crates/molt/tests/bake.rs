@@ -152,3 +152,108 @@ async fn bake_caches_layers_and_deploy_bakes_first() {
     assert!(text(&o).contains("has no [build]"), "{}", text(&o));
     serve.signal(nix::sys::signal::Signal::SIGTERM);
 }
+
+/// A busybox root filesystem (relative symlinks, as the store requires) in `dir`.
+fn busybox_rootfs(dir: &Path) {
+    for sub in ["bin", "etc", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "echo", "rm", "mkdir", "wc"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(dir.join("etc/gone"), "deleted by a run step").unwrap();
+    std::fs::write(dir.join("etc/kept"), "kept").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_steps_execute_in_a_container_and_their_changes_become_a_layer() {
+    let has_runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nix::unistd::geteuid().is_root() || !has_runc || !Path::new("/bin/busybox").exists() {
+        eprintln!("skipped: needs root, runc and busybox-static");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut serve = Serve::start(&data, None, true);
+    let d = data.as_path();
+    let app = tmp.path().join("app");
+    busybox_rootfs(&app.join("rootfs"));
+    std::fs::write(app.join("hello.txt"), "hello").unwrap();
+    std::fs::write(
+        app.join("molt.toml"),
+        r#"name = "runner"
+command = ["/bin/sh", "-c", "sleep 1000"]
+[build]
+base = { rootfs = "rootfs" }
+steps = [
+  { copy = "hello.txt", to = "/srv/hello.txt" },
+  { workdir = "/srv" },
+  { env = { GREETING = "hi" } },
+  { run = ["/bin/sh", "-c", "echo $GREETING > made.txt && cat /proc/net/dev | wc -l > /etc/netdev-lines && rm /etc/gone && mkdir -p /var/data"] },
+]
+"#,
+    )
+    .unwrap();
+    let first = json_of(&molt(d, &["--json", "bake", app.to_str().unwrap()]));
+    assert_eq!(
+        outcomes(&first),
+        ["built", "built", "config", "config", "built"]
+    );
+    let digest: Digest = first["digest"].as_str().unwrap().parse().unwrap();
+    let store = molt_image::ImageStore::open(&data.join("images")).unwrap();
+    let rootfs = store.rootfs(&digest).unwrap();
+    // The command ran in the image's workdir with its env, and its changes are in the image.
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("srv/made.txt")).unwrap(),
+        "hi\n"
+    );
+    assert!(rootfs.join("var/data").is_dir());
+    // The deletion is a whiteout in the run layer: gone from the image, the rest kept.
+    assert!(!rootfs.join("etc/gone").exists());
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/kept")).unwrap(),
+        "kept"
+    );
+    let files = store.files(&digest).unwrap();
+    assert!(!files.contains_key("etc/gone") && files.contains_key("srv/made.txt"));
+    // No network: a private namespace with only the loopback (2 header lines + lo).
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/netdev-lines"))
+            .unwrap()
+            .trim(),
+        "3"
+    );
+    // Nothing is left behind by the container.
+    let bundles = data.join("build/bundles");
+    assert_eq!(std::fs::read_dir(&bundles).unwrap().count(), 0);
+
+    // Unchanged: the run step comes from the cache (it is not run again), same digest.
+    let second = json_of(&molt(d, &["--json", "bake", app.to_str().unwrap()]));
+    assert_eq!(
+        outcomes(&second),
+        ["cached", "cached", "config", "config", "cached"]
+    );
+    assert_eq!(first["digest"], second["digest"]);
+
+    // A failing command fails the bake with its output, and stores no image.
+    let before = store.list().unwrap().len();
+    let manifest = std::fs::read_to_string(app.join("molt.toml")).unwrap();
+    std::fs::write(
+        app.join("molt.toml"),
+        manifest.replace("mkdir -p /var/data", "echo boom >&2; exit 7"),
+    )
+    .unwrap();
+    let o = molt(d, &["bake", app.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("boom") && text(&o).contains("7"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(store.list().unwrap().len(), before);
+    serve.signal(nix::sys::signal::Signal::SIGTERM);
+}
