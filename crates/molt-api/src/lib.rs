@@ -4,6 +4,7 @@
 //! admin token; handlers only translate HTTP to controller calls and errors to status codes.
 
 mod images;
+mod bake;
 mod metrics;
 mod openapi;
 
@@ -56,9 +57,10 @@ impl From<ControlError> for ApiError {
         let status = match &e {
             ControlError::Input(_) => StatusCode::BAD_REQUEST,
             ControlError::Image(molt_image::ImageError::UnsafeEntry { .. })
-            | ControlError::Image(molt_image::ImageError::Tar(_)) => StatusCode::BAD_REQUEST,
-            ControlError::NotFound(_)
-            | ControlError::Image(molt_image::ImageError::NotFound(_)) => StatusCode::NOT_FOUND,
+            | ControlError::Image(molt_image::ImageError::Tar(_))
+            | ControlError::Image(molt_image::ImageError::Build(_)) => StatusCode::BAD_REQUEST,
+            ControlError::Image(molt_image::ImageError::NotFound(_)) => StatusCode::NOT_FOUND,
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ if is_disk_full(&e.to_string()) => StatusCode::INSUFFICIENT_STORAGE,
@@ -119,6 +121,11 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
         .route("/v1/images/:reference/tags", post(tag_image))
         .route("/v1/images/:reference/export", get(export_image))
         .route("/v1/tags/history", get(tag_history))
+        .route(
+            "/v1/bake",
+            post(bake::bake).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/images/diff", get(bake::diff))
         .route("/v1/gc", post(gc))
         .route("/v1/tls", get(tls_status))
         .route("/v1/tls/reload", post(tls_reload))

@@ -144,6 +144,18 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
     ),
     (
         "post",
+        "/v1/bake",
+        "Bake the [build] of a build context (tar body of the app folder; ?commit=&dirty=&source_date_epoch=&tag=)",
+        Some("Tar"),
+    ),
+    (
+        "get",
+        "/v1/images/diff",
+        "Files added, removed and changed from image ?a= to image ?b=",
+        None,
+    ),
+    (
+        "post",
         "/v1/gc",
         "Collect unreachable environments and images (dry_run to preview)",
         Some("Gc"),

@@ -48,7 +48,7 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Deploy the app in a folder (image + molt.toml) blue/green, or redeploy a release.
+    /// Deploy the app in a folder (image + molt.toml) blue/green, baking [build] first if any.
     Deploy {
         /// The app folder holding molt.toml.
         #[arg(default_value = ".")]
@@ -59,6 +59,16 @@ pub enum Command {
         /// Return once the deployment is recorded instead of waiting for the cutover.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Bake the folder's [build] into an image on the server (unchanged steps come from the
+    /// layer cache); prints the digest and each step.
+    Bake {
+        /// The app folder holding molt.toml.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Name the image with an immutable tag, e.g. shop:42.
+        #[arg(long)]
+        tag: Option<String>,
     },
     /// What serves, for every app or one.
     Status {
@@ -284,6 +294,13 @@ pub enum ImageAction {
         /// Only print what would go.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Files added (+), removed (-) and changed (~) from image A to image B.
+    Diff {
+        /// An image digest or tag.
+        a: String,
+        /// An image digest or tag.
+        b: String,
     },
 }
 

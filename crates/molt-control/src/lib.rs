@@ -9,6 +9,7 @@
 //!   router (so a crash in between is repaired by the rebuild);
 //! - an instance is never repaired: a dead or unhealthy one is replaced by a new one.
 
+mod bake;
 mod deploy;
 mod error;
 mod gc;
@@ -34,6 +35,7 @@ use molt_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use bake::BakeRequest;
 pub use error::{ControlError, Result};
 pub use gc::GcReport;
 pub use images::{
@@ -63,6 +65,8 @@ pub struct ControlConfig {
     /// When set, each ready environment also answers on `<env>.<app>.<preview domain>`
     /// (e.g. with a wildcard DNS record `*.preview.example.com`).
     pub preview_domain: Option<molt_core::Hostname>,
+    /// Where bake `run` steps keep their runc state and bundles (no `run` steps without it).
+    pub build_dir: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -75,6 +79,7 @@ impl Default for ControlConfig {
             image_grace: Duration::from_secs(3600),
             pause_at: None,
             preview_domain: None,
+            build_dir: None,
         }
     }
 }

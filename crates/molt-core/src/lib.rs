@@ -4,6 +4,7 @@
 //! Architecture invariant: this crate does no I/O. It never touches the filesystem, the network,
 //! a clock or a process; callers pass in what it needs (text, timestamps, snapshots).
 
+pub mod build;
 pub mod deployment;
 pub mod duration;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod manifest;
 pub mod names;
 pub mod tag;
 
+pub use build::{BaseImage, BuildSpec, BuildStep, ImageRef};
 pub use deployment::{DeployEvent, DeployState, InvalidTransition, Recovery};
 pub use duration::{format_duration, parse_duration};
 pub use error::InputError;

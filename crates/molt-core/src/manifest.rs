@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::build::{parse_build, BuildSpec, RawBuild};
 use crate::duration::{parse_duration, serde_text};
 use crate::{AppName, EnvVarName, Hostname, InputError};
 
@@ -19,6 +20,8 @@ pub struct Manifest {
     pub name: AppName,
     /// Everything about how the app runs; becomes part of each release.
     pub config: RunConfig,
+    /// How the image is baked (`[build]`); without it the app folder is the image.
+    pub build: Option<BuildSpec>,
 }
 
 /// How instances of a release run and are checked: the config half of a release.
@@ -94,7 +97,7 @@ struct RawManifest {
     #[serde(default)]
     deploy: Option<RawDeploy>,
     #[serde(default)]
-    build: Option<Spanned<toml::Table>>,
+    build: Option<Spanned<RawBuild>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -247,14 +250,13 @@ impl Manifest {
                 .map_err(|e: InputError| at(k.span(), e.to_string()))?;
             env.insert(key, v);
         }
-        if let Some(b) = &raw.build {
-            return Err(at(
-                b.span(),
-                "[build] is not supported by this version: remove it and the app folder \
-                 itself becomes the image"
-                    .to_string(),
-            ));
-        }
+        let build = match raw.build {
+            Some(b) => {
+                let span = b.span();
+                Some(parse_build(b.into_inner(), span, &at)?)
+            }
+            None => None,
+        };
         Ok(Manifest {
             name,
             config: RunConfig {
@@ -266,6 +268,7 @@ impl Manifest {
                 env,
                 deploy,
             },
+            build,
         })
     }
 

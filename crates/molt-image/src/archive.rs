@@ -90,6 +90,7 @@ impl ImageStore {
         for layer in manifest.layers() {
             blobs.push(to_molt_digest(layer.digest())?);
         }
+        blobs.extend(crate::bake::attached_blobs(&manifest));
         blobs.sort();
         blobs.dedup();
         let index = image_index(vec![manifest_entry(

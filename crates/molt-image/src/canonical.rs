@@ -8,6 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use sha2::Digest as _;
+
 use crate::ImageError;
 
 /// Name of the per-app ignore file read from the top of an imported directory.
@@ -173,23 +175,87 @@ pub(crate) fn write_tree(
     entries: &[TreeEntry],
     out: &mut impl Write,
 ) -> Result<(u64, u64), ImageError> {
+    let style = TarStyle::default();
+    let (written, files) = write_tree_styled(root, entries, &style, out)?;
+    Ok((written, files.len() as u64))
+}
+
+/// Maps a path under the tree's root to its path in the tar.
+pub(crate) type Placement = Box<dyn Fn(&Path) -> PathBuf>;
+
+/// How `write_tree_styled` names and stamps entries.
+#[derive(Default)]
+pub(crate) struct TarStyle {
+    /// Directories written first, owned by root (each with a trailing `/`), e.g. the parents
+    /// of a copy target.
+    pub(crate) parents: Vec<PathBuf>,
+    /// The directory the root itself becomes, stamped like the entries (a copied folder).
+    pub(crate) root_entry: Option<PathBuf>,
+    /// Where an entry goes in the tar, from its path under the root (`None`: the same path).
+    pub(crate) place: Option<Placement>,
+    /// mtime of every entry.
+    pub(crate) mtime: u64,
+    /// Mode of every regular file (else 0o755 with an exec bit, 0o644 without).
+    pub(crate) file_mode: Option<u32>,
+    /// uid and gid of every entry (else 0:0).
+    pub(crate) owner: Option<(u32, u32)>,
+}
+
+/// A regular file written to a tar: its path there, its size and the sha256 of its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WrittenFile {
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
+    pub(crate) sha256: [u8; 32],
+}
+
+/// Writes `entries` as a tar stamped by `style`; returns the bytes written and every regular
+/// file with its hash. With the default style this is exactly `write_tree`'s stream.
+pub(crate) fn write_tree_styled(
+    root: &Path,
+    entries: &[TreeEntry],
+    style: &TarStyle,
+    out: &mut impl Write,
+) -> Result<(u64, Vec<WrittenFile>), ImageError> {
     let mut counter = CountingWriter {
         inner: out,
         written: 0,
     };
     let mut builder = tar::Builder::new(&mut counter);
-    let mut files = 0u64;
-    for entry in entries {
+    let mut files = Vec::new();
+    let (uid, gid) = style.owner.unwrap_or((0, 0));
+    let new_header = || {
         let mut header = tar::Header::new_gnu();
-        header.set_mtime(0);
-        header.set_uid(0);
-        header.set_gid(0);
+        header.set_mtime(style.mtime);
+        header.set_uid(u64::from(uid));
+        header.set_gid(u64::from(gid));
         header.set_size(0);
+        header
+    };
+    let parents = style.parents.iter().map(|p| (p, false));
+    for (parent, stamped) in parents.chain(style.root_entry.iter().map(|p| (p, true))) {
+        let mut header = new_header();
+        if !stamped {
+            header.set_uid(0);
+            header.set_gid(0);
+        }
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        let mut name = parent.clone().into_os_string();
+        name.push("/");
+        builder
+            .append_data(&mut header, Path::new(&name), io::empty())
+            .map_err(ImageError::Write)?;
+    }
+    for entry in entries {
+        let mut header = new_header();
+        let placed = style.place.as_ref().map(|place| place(&entry.rel));
+        let name = placed.as_deref().unwrap_or(&entry.rel);
         match &entry.kind {
             EntryKind::Dir => {
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_mode(0o755);
-                let mut name = entry.rel.clone().into_os_string();
+                let mut name = name.to_path_buf().into_os_string();
                 name.push("/");
                 builder
                     .append_data(&mut header, Path::new(&name), io::empty())
@@ -197,30 +263,35 @@ pub(crate) fn write_tree(
             }
             EntryKind::File { executable, len } => {
                 header.set_entry_type(tar::EntryType::Regular);
-                header.set_mode(if *executable { 0o755 } else { 0o644 });
+                let mode = if *executable { 0o755 } else { 0o644 };
+                header.set_mode(style.file_mode.unwrap_or(mode));
                 header.set_size(*len);
                 let path = root.join(&entry.rel);
                 let file = fs::File::open(&path).map_err(ImageError::io(&path))?;
                 let mut file_error = None;
-                let mut reader = FileReader {
+                let mut reader = crate::blobs::HashingReader::new(FileReader {
                     file,
                     remaining: *len,
                     error: &mut file_error,
-                };
-                let appended = builder.append_data(&mut header, &entry.rel, &mut reader);
+                });
+                let appended = builder.append_data(&mut header, name, &mut reader);
                 if let Err(e) = appended {
                     return Err(match file_error {
                         Some(source) => ImageError::Io { path, source },
                         None => ImageError::Write(e),
                     });
                 }
-                files += 1;
+                files.push(WrittenFile {
+                    path: name.to_path_buf(),
+                    size: *len,
+                    sha256: reader.hasher.finalize().into(),
+                });
             }
             EntryKind::Symlink(target) => {
                 header.set_entry_type(tar::EntryType::Symlink);
                 header.set_mode(0o777);
                 builder
-                    .append_link(&mut header, &entry.rel, target)
+                    .append_link(&mut header, name, target)
                     .map_err(ImageError::Write)?;
             }
         }

@@ -52,6 +52,10 @@ pub enum ImageError {
     /// The tar stream could not be parsed.
     #[error("malformed tar stream: {0}")]
     Tar(#[source] io::Error),
+    /// A bake could not be carried out (base not found, a step failed, run steps without a
+    /// sandbox); the message says what to do.
+    #[error("bake: {0}")]
+    Build(String),
     /// Writing the canonical tar to its destination failed.
     #[error("writing the image tar: {0}")]
     Write(#[source] io::Error),

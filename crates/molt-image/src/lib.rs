@@ -22,14 +22,17 @@
 //! Everything here blocks; async callers use `spawn_blocking`.
 
 mod archive;
+mod bake;
 mod blobs;
 mod canonical;
 mod details;
 mod docker;
 mod error;
+mod filelist;
 mod fsutil;
 mod oci;
 mod sweep;
+mod run;
 mod unpack;
 
 use std::collections::HashMap;
@@ -57,6 +60,12 @@ pub use crate::details::{ImageDetails, LayerDetails};
 pub use crate::docker::sniff_archive;
 pub use crate::error::ImageError;
 pub use crate::sweep::BlobCollection;
+pub use crate::bake::{
+    BakeOptions, BakeReport, BuildContext, ImageDiff, SourceInfo, StepOutcome, StepReport,
+    PROVENANCE_ANNOTATION, SBOM_ANNOTATION,
+};
+pub use crate::filelist::FileInfo;
+pub use crate::run::{BuildSandbox, RunRequest};
 
 /// A content-addressed store of OCI images on the local filesystem.
 #[derive(Debug, Clone)]
@@ -356,6 +365,7 @@ impl ImageStore {
             for layer in manifest.layers() {
                 live.insert(to_molt_digest(layer.digest())?);
             }
+            live.extend(bake::attached_blobs(&manifest));
             live.insert(manifest_digest);
         }
         Ok(live)

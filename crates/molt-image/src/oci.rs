@@ -155,7 +155,7 @@ pub(crate) fn created_timestamp() -> String {
 }
 
 /// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
-fn rfc3339(seconds: i64) -> String {
+pub(crate) fn rfc3339(seconds: i64) -> String {
     let days = seconds.div_euclid(86_400);
     let rem = seconds.rem_euclid(86_400);
     // Howard Hinnant's civil_from_days.
@@ -322,7 +322,7 @@ pub(crate) fn write_index(root: &Path, index: &ImageIndex) -> Result<(), ImageEr
 }
 
 /// Maps an `oci-spec` error (bad JSON, missing field) to a layout error.
-fn spec_error(e: oci_spec::OciSpecError) -> ImageError {
+pub(crate) fn spec_error(e: oci_spec::OciSpecError) -> ImageError {
     ImageError::InvalidLayout(e.to_string())
 }
 

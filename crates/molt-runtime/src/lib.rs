@@ -9,10 +9,12 @@
 //!
 //! Everything here blocks; async callers use `spawn_blocking`.
 
+mod build;
 mod bundle;
 mod ids;
 mod procfs;
 mod provider;
 mod runc;
 
+pub use crate::build::{BuildCommand, BuildRunner};
 pub use crate::provider::{ContainerUser, RuncConfig, RuncProvider};

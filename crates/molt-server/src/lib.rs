@@ -262,6 +262,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             stop_grace: cfg.stop_grace,
             pause_at: cfg.pause_at,
             preview_domain: cfg.preview_domain.clone(),
+            build_dir: Some(dir.join("build")),
             ..ControlConfig::default()
         },
     );

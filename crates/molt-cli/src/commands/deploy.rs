@@ -37,6 +37,23 @@ pub(crate) async fn deploy(
     let app = manifest.name.to_string();
     let image = match image {
         Some(i) => i,
+        None if manifest.build.is_some() => {
+            let started = Instant::now();
+            let report = super::bake::bake_dir(client, dir, None).await?;
+            let digest = report["digest"].as_str().unwrap_or_default().to_string();
+            for line in super::bake::step_lines(&report) {
+                progress(json, &line);
+            }
+            progress(
+                json,
+                &format!(
+                    "image {} baked in {} ms",
+                    short_digest(&digest),
+                    started.elapsed().as_millis()
+                ),
+            );
+            digest
+        }
         None => {
             let started = Instant::now();
             let mut tar = Vec::new();

@@ -163,6 +163,7 @@ pub(crate) async fn images(client: &Client, action: ImageAction, json: bool) -> 
                 .await?;
             print_gc(&v, dry_run, json);
         }
+        ImageAction::Diff { a, b } => return super::bake::image_diff(client, &a, &b, json).await,
     }
     Ok(0)
 }

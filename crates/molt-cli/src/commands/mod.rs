@@ -1,5 +1,6 @@
 //! The client commands.
 
+mod bake;
 mod deploy;
 mod images;
 mod views;
@@ -109,6 +110,7 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             });
             Ok(0)
         }
+        Command::Bake { dir, tag } => bake::bake(&client()?, &dir, tag, json).await,
         Command::Images { action } => images(&client()?, action, json).await,
         Command::Tls { action } => tls(&client()?, action, json).await,
         Command::Shadow {

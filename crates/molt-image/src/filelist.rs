@@ -1,0 +1,284 @@
+//! File listings of layers and images: what `images diff` compares and the SBOM lists.
+//!
+//! A layer's listing is read once from its tar (or recorded while a bake writes it) and kept in
+//! `cache/files-<diff id hex>.json`; an image's files are its layers' listings merged in order
+//! with OCI whiteouts applied.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::path::Path;
+
+use molt_core::Digest;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::canonical::WrittenFile;
+use crate::oci::write_atomically;
+use crate::ImageError;
+
+/// A regular file in an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// sha256 of the content, 64 hex digits.
+    pub sha256: String,
+}
+
+/// What one layer does to the tree, in tar order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LayerFiles {
+    pub(crate) entries: Vec<LayerEntry>,
+}
+
+/// One entry of a layer listing; paths are relative, without `./` or a trailing `/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LayerEntry {
+    /// A regular file.
+    File {
+        path: String,
+        size: u64,
+        sha256: String,
+    },
+    /// A directory, symlink or anything else that replaces a file of a lower layer.
+    Other { path: String },
+    /// `.wh.<name>`: removes `path` (and what is under it) from the lower layers.
+    Whiteout { path: String },
+    /// `.wh..wh..opq`: removes everything under `dir` from the lower layers.
+    Opaque { dir: String },
+}
+
+impl LayerFiles {
+    /// The listing of a tar written by `write_tree_styled` (files only; no whiteouts).
+    pub(crate) fn from_written(files: &[WrittenFile]) -> LayerFiles {
+        LayerFiles {
+            entries: files
+                .iter()
+                .map(|f| LayerEntry::File {
+                    path: normalize(&f.path.to_string_lossy()),
+                    size: f.size,
+                    sha256: hex(&f.sha256),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Reads a layer's uncompressed tar into a listing, hashing every regular file.
+pub(crate) fn read_layer(tar: impl Read) -> Result<LayerFiles, ImageError> {
+    let mut archive = tar::Archive::new(tar);
+    let mut entries = Vec::new();
+    for entry in archive.entries().map_err(ImageError::Tar)? {
+        let mut entry = entry.map_err(ImageError::Tar)?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let path = normalize(&raw);
+        if path.is_empty() {
+            continue;
+        }
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((p, n)) => (p.to_string(), n.to_string()),
+            None => (String::new(), path.clone()),
+        };
+        if name == ".wh..wh..opq" {
+            entries.push(LayerEntry::Opaque { dir: parent });
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let path = if parent.is_empty() {
+                hidden.to_string()
+            } else {
+                format!("{parent}/{hidden}")
+            };
+            entries.push(LayerEntry::Whiteout { path });
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_file() {
+            let mut hasher = Sha256::new();
+            let size = io::copy(&mut entry, &mut HashSink(&mut hasher)).map_err(ImageError::Tar)?;
+            entries.push(LayerEntry::File {
+                path,
+                size,
+                sha256: hex(&hasher.finalize().into()),
+            });
+        } else {
+            entries.push(LayerEntry::Other { path });
+        }
+    }
+    Ok(LayerFiles { entries })
+}
+
+/// The regular files of layers applied in order: whiteouts of a layer hide lower layers only.
+pub(crate) fn merge(layers: &[LayerFiles]) -> BTreeMap<String, FileInfo> {
+    let mut files: BTreeMap<String, FileInfo> = BTreeMap::new();
+    for layer in layers {
+        for entry in &layer.entries {
+            match entry {
+                LayerEntry::Whiteout { path } => remove_under(&mut files, path, true),
+                LayerEntry::Opaque { dir } => remove_under(&mut files, dir, false),
+                _ => {}
+            }
+        }
+        for entry in &layer.entries {
+            match entry {
+                LayerEntry::File { path, size, sha256 } => {
+                    files.insert(
+                        path.clone(),
+                        FileInfo {
+                            size: *size,
+                            sha256: sha256.clone(),
+                        },
+                    );
+                }
+                LayerEntry::Other { path } => {
+                    files.remove(path);
+                }
+                _ => {}
+            }
+        }
+    }
+    files
+}
+
+/// The CycloneDX 1.5 JSON SBOM of an image's files.
+pub(crate) fn cyclonedx(
+    files: &BTreeMap<String, FileInfo>,
+    name: &str,
+    molt_version: &str,
+    created: &str,
+) -> serde_json::Value {
+    let components: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(path, info)| {
+            serde_json::json!({
+                "type": "file",
+                "bom-ref": format!("file:/{path}"),
+                "name": format!("/{path}"),
+                "hashes": [{ "alg": "SHA-256", "content": info.sha256 }],
+                "properties": [{ "name": "molt:size", "value": info.size.to_string() }],
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "version": 1,
+        "metadata": {
+            "timestamp": created,
+            "tools": { "components": [{ "type": "application", "name": "molt", "version": molt_version }] },
+            "component": { "type": "container", "bom-ref": "image", "name": name },
+        },
+        "components": components,
+    })
+}
+
+/// The cached listing of the layer with this diff id, if any.
+pub(crate) fn load_listing(cache_dir: &Path, diff_id: &Digest) -> Option<LayerFiles> {
+    let bytes = fs::read(cache_dir.join(listing_name(diff_id))).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Caches the listing of the layer with this diff id (atomically; an existing one is kept).
+pub(crate) fn store_listing(
+    cache_dir: &Path,
+    diff_id: &Digest,
+    listing: &LayerFiles,
+) -> Result<(), ImageError> {
+    fs::create_dir_all(cache_dir).map_err(ImageError::io(cache_dir))?;
+    let name = listing_name(diff_id);
+    if cache_dir.join(&name).is_file() {
+        return Ok(());
+    }
+    let bytes =
+        serde_json::to_vec(listing).map_err(|e| ImageError::InvalidLayout(e.to_string()))?;
+    write_atomically(cache_dir, &name, &bytes)
+}
+
+fn listing_name(diff_id: &Digest) -> String {
+    format!("files-{}.json", diff_id.hex())
+}
+
+/// Drops `path` itself (if `itself`) and everything under it.
+fn remove_under(files: &mut BTreeMap<String, FileInfo>, path: &str, itself: bool) {
+    if itself {
+        files.remove(path);
+    }
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    };
+    files.retain(|p, _| !p.starts_with(&prefix));
+}
+
+/// `./a/b/` → `a/b`.
+fn normalize(raw: &str) -> String {
+    raw.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    Digest::from_sha256(bytes).hex().to_string()
+}
+
+/// Feeds written bytes to a hasher.
+struct HashSink<'a>(&'a mut Sha256);
+
+impl io::Write for HashSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, sha: &str) -> LayerEntry {
+        LayerEntry::File {
+            path: path.into(),
+            size: 1,
+            sha256: sha.into(),
+        }
+    }
+
+    #[test]
+    fn whiteouts_hide_lower_layers_only() {
+        let lower = LayerFiles {
+            entries: vec![
+                file("a", "1"),
+                file("d/x", "2"),
+                file("d/y", "3"),
+                file("e/z", "4"),
+            ],
+        };
+        let upper = LayerFiles {
+            entries: vec![
+                LayerEntry::Whiteout { path: "a".into() },
+                LayerEntry::Opaque { dir: "d".into() },
+                file("d/new", "5"),
+                LayerEntry::Other { path: "e/z".into() },
+                file("a", "6"),
+            ],
+        };
+        let merged = merge(&[lower, upper]);
+        let paths: Vec<&str> = merged.keys().map(String::as_str).collect();
+        assert_eq!(paths, ["a", "d/new"]);
+        assert_eq!(merged["a"].sha256, "6");
+    }
+
+    #[test]
+    fn normalizes_tar_paths() {
+        assert_eq!(normalize("./a//b/"), "a/b");
+        assert_eq!(normalize("/x"), "x");
+    }
+}
