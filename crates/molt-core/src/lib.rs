@@ -8,11 +8,13 @@ pub mod deployment;
 pub mod duration;
 pub mod error;
 pub mod gc;
+pub mod limits;
 pub mod manifest;
 pub mod names;
 
 pub use deployment::{DeployEvent, DeployState, InvalidTransition, Recovery};
 pub use duration::{format_duration, parse_duration};
 pub use error::InputError;
+pub use limits::Limits;
 pub use manifest::{DeployPolicy, HealthCheck, Manifest, RunConfig};
 pub use names::{AppName, Digest, EnvVarName, Hostname};

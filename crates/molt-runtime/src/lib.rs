@@ -13,6 +13,8 @@ mod bundle;
 mod ids;
 mod procfs;
 mod provider;
+mod rootfs;
 mod runc;
+mod seccomp;
 
 pub use crate::provider::{ContainerUser, RuncConfig, RuncProvider};
