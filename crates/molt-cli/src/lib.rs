@@ -227,4 +227,8 @@ pub struct ServeArgs {
     /// Stop every instance when molt serve exits (default: leave them for the next start).
     #[arg(long)]
     pub stop_instances_on_exit: bool,
+    /// How instances are isolated: auto (runc containers when root and runc are available,
+    /// else none), runc, or none (plain processes).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "runc", "none"], env = "MOLT_ISOLATION")]
+    pub isolation: String,
 }

@@ -8,7 +8,7 @@ use molt_core::Recovery;
 use molt_provider::InstanceStatus;
 use molt_store::{EnvState, InstanceRecord, InstanceState, ReleaseRecord};
 
-use crate::instances::{describe_exit, handle_of, instance_addr};
+use crate::instances::{handle_of, instance_addr};
 use crate::{Controller, Result};
 
 /// How often the reconciler looks at instances.
@@ -188,7 +188,7 @@ impl Controller {
     ) -> Result<Verdict> {
         let status = self.process_status(inst);
         if status != InstanceStatus::Running {
-            return Ok(Verdict::Replace(describe_exit(&status)));
+            return Ok(Verdict::Replace(self.describe_end(inst, &status)));
         }
         let health = &release.config.health;
         let streak = streaks.entry(inst.id.clone()).or_default();

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_readonly_paths, Capabilities, LinuxBuilder,
-    LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use oci_spec::OciSpecError;
 
@@ -211,21 +211,19 @@ impl BundleSpec<'_> {
                 .destination(bind.destination.as_str())
                 .typ("bind")
                 .source(bind.source.as_path())
-                .options(
-                    ["bind", "ro", "nosuid", "nodev"]
-                        .map(String::from)
-                        .to_vec(),
-                )
+                .options(["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec())
                 .build()
         });
-        let own = table.into_iter().map(|(destination, typ, source, options)| {
-            MountBuilder::default()
-                .destination(destination)
-                .typ(typ)
-                .source(source)
-                .options(options.into_iter().map(String::from).collect::<Vec<_>>())
-                .build()
-        });
+        let own = table
+            .into_iter()
+            .map(|(destination, typ, source, options)| {
+                MountBuilder::default()
+                    .destination(destination)
+                    .typ(typ)
+                    .source(source)
+                    .options(options.into_iter().map(String::from).collect::<Vec<_>>())
+                    .build()
+            });
         binds.chain(own).collect()
     }
 }

@@ -22,6 +22,9 @@ use crate::runc::{ContainerState, Runc};
 
 /// Environment variable naming the instance, as the local provider sets it.
 const INSTANCE_VAR: &str = "MOLT_INSTANCE";
+/// Environment variable carrying the owner marker, as the local provider sets it (tools that
+/// look for a data directory's instance processes find containers the same way).
+const OWNER_VAR: &str = "MOLT_OWNER";
 /// Parent of every instance's cgroup, in every hierarchy (never the hierarchy's root).
 const CGROUP_PARENT: &str = "/molt";
 /// Where cgroup hierarchies are mounted.
@@ -293,10 +296,11 @@ impl RuncProvider {
         let mut env: Vec<String> = spec
             .env
             .iter()
-            .filter(|(k, _)| k != INSTANCE_VAR)
+            .filter(|(k, _)| k != INSTANCE_VAR && k != OWNER_VAR)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         env.push(format!("{INSTANCE_VAR}={}", spec.id));
+        env.push(format!("{OWNER_VAR}={}", self.config.owner));
         let bundle = BundleSpec {
             rootfs: &root.skeleton,
             binds: &root.binds,
@@ -584,9 +588,10 @@ fn check_program(program: &str, image: &Path, layout: RootLayout) -> Result<(), 
             image.join(inside),
             format!("the image tree {}", image.display()),
         ),
-        (Some(_), RootLayout::HostSystem) => {
-            (PathBuf::from(program), "the host's system directories".into())
-        }
+        (Some(_), RootLayout::HostSystem) => (
+            PathBuf::from(program),
+            "the host's system directories".into(),
+        ),
         (None, _) if program.contains('/') => (
             image.join(program),
             format!("the image tree {}", image.display()),

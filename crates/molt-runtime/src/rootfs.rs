@@ -160,7 +160,10 @@ mod tests {
         assert_eq!(root.cwd, "/");
         let dests: Vec<&str> = root.binds.iter().map(|b| b.destination.as_str()).collect();
         assert_eq!(dests, ["/hello.txt", "/usr"]);
-        assert_eq!(fs::read_link(skeleton.join("bin")).unwrap(), Path::new("usr/bin"));
+        assert_eq!(
+            fs::read_link(skeleton.join("bin")).unwrap(),
+            Path::new("usr/bin")
+        );
         assert!(skeleton.join("usr").is_dir() && skeleton.join("proc").is_dir());
         assert_eq!(fs::read(skeleton.join("hello.txt")).unwrap(), b"");
         // The image itself is untouched: no mount points were added to it.

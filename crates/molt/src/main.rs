@@ -52,15 +52,17 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
     cfg.api_addr = args.api_listen;
     cfg.router_addr = args.router_listen;
     cfg.gc_interval = molt_core::parse_duration(&args.gc_interval)?;
+    cfg.isolation = args.isolation.parse()?;
     if let Ok(step) = std::env::var("MOLT_TEST_PAUSE_AT") {
         cfg.pause_at = Some(step.parse()?);
     }
     let running = molt_server::start(cfg).await?;
     eprintln!(
-        "molt serve: API on http://{} (token in {}), router on http://{}",
+        "molt serve: API on http://{} (token in {}), router on http://{}, isolation: {}",
         running.api_addr,
         running.data_dir.join("admin.token").display(),
-        running.router_addr
+        running.router_addr,
+        running.controller().isolation()
     );
     wait_for_signal().await?;
     eprintln!("molt serve: stopping (draining the router)");
