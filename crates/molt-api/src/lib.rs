@@ -107,6 +107,7 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/gc", post(gc))
+        .route("/v1/verify", post(verify))
         .route("/metrics", get(prometheus))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -421,6 +422,20 @@ struct GcBody {
 
 async fn gc(State(s): State<ApiState>, Json(body): Json<GcBody>) -> ApiResult {
     ok(s.controller.gc(body.dry_run).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    #[serde(default)]
+    app: Option<String>,
+}
+
+async fn verify(State(s): State<ApiState>, Json(body): Json<VerifyBody>) -> ApiResult {
+    if let Some(app) = &body.app {
+        s.controller.app(app).await?;
+    }
+    ok(s.controller.verify(body.app).await?)
 }
 
 #[cfg(test)]

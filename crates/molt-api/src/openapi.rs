@@ -99,6 +99,13 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
         "Collect unreachable environments and images (dry_run to preview)",
         Some("Gc"),
     ),
+    (
+        "post",
+        "/v1/verify",
+        "Verify the unpacked image trees of live environments (one app or all); drifted trees \
+         are re-unpacked and their instances replaced",
+        Some("Verify"),
+    ),
 ];
 
 /// Builds the document.
@@ -162,6 +169,7 @@ pub fn document() -> Value {
                     "unset": { "type": "array", "items": { "type": "string" } } } },
                 "Pin": { "type": "object", "required": ["pinned"], "properties": { "pinned": { "type": "boolean" } } },
                 "Gc": { "type": "object", "properties": { "dry_run": { "type": "boolean" } } },
+                "Verify": { "type": "object", "properties": { "app": { "type": "string" } } },
                 "Maintenance": { "type": "object", "required": ["enabled"], "properties": {
                     "enabled": { "type": "boolean" },
                     "message": { "type": "string" },

@@ -107,6 +107,12 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Verify that live instances' image trees are exactly as unpacked (drift is repaired:
+    /// the tree is unpacked again and the instances replaced).
+    Verify {
+        /// Only this app's environments.
+        app: Option<String>,
+    },
     /// Collect environments and images nothing reaches any more.
     Gc {
         /// Only print the plan.
@@ -227,6 +233,10 @@ pub struct ServeArgs {
     /// Stop every instance when molt serve exits (default: leave them for the next start).
     #[arg(long)]
     pub stop_instances_on_exit: bool,
+    /// How often live image trees are re-verified against their manifests (e.g. 5m; 0 = only
+    /// before first start and on `molt verify`).
+    #[arg(long, default_value = "5m")]
+    pub verify_interval: String,
     /// How instances are isolated: auto (runc containers when root and runc are available,
     /// else none), runc, or none (plain processes).
     #[arg(long, default_value = "auto", value_parser = ["auto", "runc", "none"], env = "MOLT_ISOLATION")]

@@ -29,6 +29,8 @@ impl Controller {
         let images = self.inner.images.clone();
         let digest = release.image.clone();
         let rootfs = tokio::task::spawn_blocking(move || images.rootfs(&digest)).await??;
+        self.verify_before_start(&release.app, &release.image)
+            .await?;
         let mut vars: BTreeMap<String, String> = release
             .config
             .env

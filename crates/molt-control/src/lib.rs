@@ -18,6 +18,7 @@ mod metrics;
 mod ops;
 mod reconcile;
 mod routes;
+mod verify;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ pub use error::{ControlError, Result};
 pub use gc::GcReport;
 pub use metrics::{EnvMetrics, MetricsSnapshot};
 pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
+pub use verify::{Attestation, VerifyReport};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -52,6 +54,9 @@ pub struct ControlConfig {
     pub image_grace: Duration,
     /// Test hook: deployments stop (and wait to be killed) when they reach this state.
     pub pause_at: Option<DeployState>,
+    /// How often every live image tree is re-verified (`None`: only before first start and
+    /// on demand).
+    pub verify_interval: Option<Duration>,
 }
 
 impl Default for ControlConfig {
@@ -63,6 +68,7 @@ impl Default for ControlConfig {
             keep_releases: 5,
             image_grace: Duration::from_secs(3600),
             pause_at: None,
+            verify_interval: None,
         }
     }
 }
@@ -88,6 +94,10 @@ struct Inner {
     /// Held by a reconcile pass and by retirements, so they never act on the same instances.
     reconcile_lock: tokio::sync::Mutex<()>,
     health: health::Checker,
+    /// Which image trees were verified, and which drifted.
+    verified: Mutex<verify::Verified>,
+    /// One verification pass at a time.
+    verify_lock: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -121,6 +131,8 @@ impl Controller {
                 publish_lock: tokio::sync::Mutex::new(()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 health: health::Checker::new(),
+                verified: Mutex::new(verify::Verified::default()),
+                verify_lock: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),

@@ -31,6 +31,10 @@ impl Controller {
         self.spawn(async move { this.reconcile_loop().await });
         let this = self.clone();
         self.spawn(async move { this.gc_loop().await });
+        if let Some(interval) = self.inner.config.verify_interval {
+            let this = self.clone();
+            self.spawn(async move { this.verify_loop(interval).await });
+        }
         Ok(())
     }
 

@@ -76,7 +76,9 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
 /// Parses a CPU share given in CPUs (`0.5`, `2`) into thousandths of a CPU.
 pub fn parse_cpu(cpus: f64) -> Result<u32, String> {
     if !cpus.is_finite() || cpus <= 0.0 {
-        return Err(format!("cpu = {cpus} must be a positive number of CPUs, e.g. 0.5"));
+        return Err(format!(
+            "cpu = {cpus} must be a positive number of CPUs, e.g. 0.5"
+        ));
     }
     let millis = (cpus * 1000.0).round();
     if millis < f64::from(MIN_CPU_MILLIS) {

@@ -448,7 +448,8 @@ rollback_window = "15m"
 
     #[test]
     fn limits_table() {
-        let text = "name = \"a\"\ncommand = [\"x\"]\n[limits]\nmemory = \"64M\"\ncpu = 0.5\npids = 32\n";
+        let text =
+            "name = \"a\"\ncommand = [\"x\"]\n[limits]\nmemory = \"64M\"\ncpu = 0.5\npids = 32\n";
         let limits = parse(text).unwrap().config.limits;
         assert_eq!(limits.memory, Some(64 << 20));
         assert_eq!(limits.cpu_millis, Some(500));

@@ -187,7 +187,9 @@ impl TreeManifest {
 impl ImageStore {
     /// Where the tree manifest of `digest`'s rootfs is kept (`trees/<hex>.json`).
     pub(crate) fn tree_manifest_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("trees").join(format!("{}.json", digest.hex()))
+        self.root
+            .join("trees")
+            .join(format!("{}.json", digest.hex()))
     }
 
     /// Records the manifest of a freshly unpacked tree (before it is renamed into place).
@@ -285,7 +287,9 @@ mod tests {
         fs::write(root.join("gone"), "x").unwrap();
         std::os::unix::fs::symlink("a/b/file", root.join("link")).unwrap();
         let before = TreeManifest::of_tree(root).unwrap();
-        assert!(before.compare(&TreeManifest::of_tree(root).unwrap()).is_intact());
+        assert!(before
+            .compare(&TreeManifest::of_tree(root).unwrap())
+            .is_intact());
         assert_eq!(before.entries["a/b/file"].size, 3);
         assert_eq!(before.entries["link"].kind, "symlink");
 
@@ -297,13 +301,19 @@ mod tests {
         assert_eq!(v.modified, ["/a/b/file"]);
         assert_eq!(v.added, ["/new"]);
         assert_eq!(v.removed, ["/gone"]);
-        assert!(v.summary().contains("modified /a/b/file"), "{}", v.summary());
+        assert!(
+            v.summary().contains("modified /a/b/file"),
+            "{}",
+            v.summary()
+        );
 
         // A mode change alone is drift too.
         fs::write(root.join("a/b/file"), "one").unwrap();
         fs::write(root.join("gone"), "x").unwrap();
         fs::remove_file(root.join("new")).unwrap();
-        assert!(before.compare(&TreeManifest::of_tree(root).unwrap()).is_intact());
+        assert!(before
+            .compare(&TreeManifest::of_tree(root).unwrap())
+            .is_intact());
         fs::set_permissions(root.join("gone"), fs::Permissions::from_mode(0o777)).unwrap();
         let v = before.compare(&TreeManifest::of_tree(root).unwrap());
         assert_eq!(v.modified, ["/gone"]);

@@ -38,7 +38,11 @@ fn a_tampered_tree_is_detected_and_reunpacked_cleanly() {
     fs::remove_file(root.join("lib/util.py")).unwrap();
     let v = store.verify_rootfs(&digest).unwrap();
     assert!(!v.is_intact());
-    assert_eq!(v.modified.iter().filter(|p| *p == "/server.py").count(), 1, "{v:?}");
+    assert_eq!(
+        v.modified.iter().filter(|p| *p == "/server.py").count(),
+        1,
+        "{v:?}"
+    );
     assert!(v.added.contains(&"/extra".to_string()), "{v:?}");
     assert_eq!(v.removed, ["/lib/util.py"]);
     assert_eq!(v.expected, recorded.digest);
@@ -47,7 +51,10 @@ fn a_tampered_tree_is_detected_and_reunpacked_cleanly() {
     let clean = store.reunpack(&digest).unwrap();
     assert_eq!(clean, root);
     assert!(store.verify_rootfs(&digest).unwrap().is_intact());
-    assert_eq!(fs::read_to_string(clean.join("server.py")).unwrap(), "print('hi')\n");
+    assert_eq!(
+        fs::read_to_string(clean.join("server.py")).unwrap(),
+        "print('hi')\n"
+    );
     store.discard_set_aside().unwrap();
     let leftovers: Vec<_> = fs::read_dir(root.parent().unwrap())
         .unwrap()
@@ -58,7 +65,10 @@ fn a_tampered_tree_is_detected_and_reunpacked_cleanly() {
 
     // Removing the image removes its manifest too.
     store.remove(&digest).unwrap();
-    assert!(fs::read_dir(root.parent().unwrap()).unwrap().next().is_none());
+    assert!(fs::read_dir(root.parent().unwrap())
+        .unwrap()
+        .next()
+        .is_none());
     let trees = tmp.path().join("store/trees");
     assert!(fs::read_dir(trees).unwrap().next().is_none());
 }

@@ -421,11 +421,13 @@ impl Provider for RuncProvider {
             Ok(Some(state)) if state.is_live() && state.pid != handle.pid => InstanceStatus::Gone,
             Ok(Some(state)) => match procfs::live_start_time(handle.pid) {
                 Some(t) if state.is_live() && t == handle.start_time => InstanceStatus::Running,
-                // runc does not keep the exit status of a detached container.
-                _ => InstanceStatus::Exited {
+                // It may have become a zombie since the first look: reap it now. Otherwise
+                // (not our child) the status is unknown: runc keeps none for detached
+                // containers.
+                _ => self.reap(handle).unwrap_or(InstanceStatus::Exited {
                     code: None,
                     signal: None,
-                },
+                }),
             },
             Err(e) => {
                 tracing::warn!(id, error = %e, "cannot ask runc for the state of the instance");

@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub stop_grace: Duration,
     /// How instances are isolated.
     pub isolation: Isolation,
+    /// How often live image trees are re-verified (`None`: before first start and on demand).
+    pub verify_interval: Option<Duration>,
 }
 
 /// How `molt serve` isolates instances (`--isolation`).
@@ -124,6 +126,7 @@ impl ServeConfig {
             pause_at: None,
             stop_grace: Duration::from_secs(5),
             isolation: Isolation::Auto,
+            verify_interval: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -190,6 +193,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             gc_interval: cfg.gc_interval,
             stop_grace: cfg.stop_grace,
             pause_at: cfg.pause_at,
+            verify_interval: cfg.verify_interval,
             ..ControlConfig::default()
         },
     );

@@ -53,6 +53,10 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
     cfg.router_addr = args.router_listen;
     cfg.gc_interval = molt_core::parse_duration(&args.gc_interval)?;
     cfg.isolation = args.isolation.parse()?;
+    cfg.verify_interval = match args.verify_interval.trim() {
+        "0" | "off" => None,
+        text => Some(molt_core::parse_duration(text)?),
+    };
     if let Ok(step) = std::env::var("MOLT_TEST_PAUSE_AT") {
         cfg.pause_at = Some(step.parse()?);
     }

@@ -390,3 +390,132 @@ watch = "1s"
     stop_keeping_data(&mut h).await;
     assert_eq!(leftovers(&data), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tampered_tree_is_detected_repaired_and_its_instances_replaced_under_load() {
+    // Verification does not depend on the provider: with containers where possible.
+    let isolation = if can_run() {
+        Isolation::Runc
+    } else {
+        Isolation::None
+    };
+    let mut h = Harness::start_with(|cfg: &mut ServeConfig| {
+        cfg.isolation = isolation;
+        cfg.verify_interval = None;
+    })
+    .await;
+    let d = h.deploy(&h.app("tamper", &[], FAST)).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let status = h.client.get("/v1/status?app=tamper").await.unwrap();
+    let env = &status["apps"][0]["envs"][0];
+    let before: Vec<String> = env["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(env["attestation"]["state"], "verified", "{env}");
+    assert_eq!(env["attestation"]["release"], 1);
+    let rootfs_digest = env["attestation"]["rootfs_digest"].clone();
+    assert!(rootfs_digest.as_str().unwrap().starts_with("sha256:"));
+
+    // Load: keep-alive GETs through the router until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let router = h.router;
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(router).await;
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok < 1_000_000 {
+                match conn.get("tamper.localhost", "/").await {
+                    Ok((200, _)) => ok += 1,
+                    Ok((status, body)) => failed.push(format!("{status} {body}")),
+                    Err(e) => {
+                        failed.push(e.to_string());
+                        conn = KeepAlive::connect(router).await;
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Tamper with the unpacked tree the instances run on.
+    let mut files = Vec::new();
+    find_files(&h.data_dir().join("images"), "app.py", &mut files);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut text = std::fs::read_to_string(&files[0]).unwrap();
+    text.push_str("\n# tampered\n");
+    std::fs::write(&files[0], text).unwrap();
+
+    let reports = h
+        .client
+        .post("/v1/verify", &serde_json::json!({ "app": "tamper" }))
+        .await
+        .unwrap();
+    let report = &reports[0];
+    assert_eq!(report["intact"], false, "{reports}");
+    assert!(
+        report["drift"]
+            .as_str()
+            .unwrap()
+            .contains("modified /app.py"),
+        "{reports}"
+    );
+    let mut replaced: Vec<String> = report["replaced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_string())
+        .collect();
+    replaced.sort();
+    let mut expected = before.clone();
+    expected.sort();
+    assert_eq!(replaced, expected);
+
+    // From now on only the new instances serve; the tree is clean again.
+    let status = h.client.get("/v1/status?app=tamper").await.unwrap();
+    let env = &status["apps"][0]["envs"][0];
+    let after: Vec<&str> = env["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(after.len(), 2, "{env}");
+    assert!(
+        after.iter().all(|id| !before.iter().any(|b| b == id)),
+        "{env}"
+    );
+    assert_eq!(env["attestation"]["state"], "verified", "{env}");
+    assert_eq!(env["attestation"]["rootfs_digest"], rootfs_digest);
+    assert!(!std::fs::read_to_string(&files[0])
+        .unwrap()
+        .contains("tampered"));
+    let again = h
+        .client
+        .post("/v1/verify", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(again[0]["intact"], true, "{again}");
+    let events = h.client.get("/v1/apps/tamper/events").await.unwrap();
+    assert!(events.to_string().contains("drifted"), "{events}");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for task in load {
+        let (ok, failed) = task.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        served += ok;
+    }
+    eprintln!("served {served} requests across the repair, none failed");
+    assert!(served > 0);
+    let data = stop_keeping_data(&mut h).await;
+    if isolation == Isolation::Runc {
+        assert_eq!(leftovers(&data), Vec::<String>::new());
+    }
+}
