@@ -129,6 +129,7 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
         .route("/v1/gc", post(gc))
         .route("/v1/tls", get(tls_status))
         .route("/v1/tls/reload", post(tls_reload))
+        .route("/v1/verify", post(verify))
         .route("/metrics", get(prometheus))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -460,6 +461,20 @@ async fn tls_reload(State(s): State<ApiState>) -> ApiResult {
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     ok(json!({ "hostnames": report.hostnames, "errors": report.errors }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    #[serde(default)]
+    app: Option<String>,
+}
+
+async fn verify(State(s): State<ApiState>, Json(body): Json<VerifyBody>) -> ApiResult {
+    if let Some(app) = &body.app {
+        s.controller.app(app).await?;
+    }
+    ok(s.controller.verify(body.app).await?)
 }
 
 #[cfg(test)]

@@ -172,6 +172,13 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
         "Reload TLS certificates from --tls-cert-dir now (bad files keep the old certificate)",
         None,
     ),
+    (
+        "post",
+        "/v1/verify",
+        "Verify the unpacked image trees of live environments (one app or all); drifted trees \
+         are re-unpacked and their instances replaced",
+        Some("Verify"),
+    ),
 ];
 
 /// Builds the document.
@@ -239,6 +246,7 @@ pub fn document() -> Value {
                     "tag": { "type": "string", "description": "e.g. shop:42" },
                     "force": { "type": "boolean", "description": "move a tag that names another image" },
                     "actor": { "type": "string", "description": "who, for the tag history" } } },
+                "Verify": { "type": "object", "properties": { "app": { "type": "string" } } },
                 "Maintenance": { "type": "object", "required": ["enabled"], "properties": {
                     "enabled": { "type": "boolean" },
                     "message": { "type": "string" },

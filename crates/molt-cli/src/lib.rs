@@ -117,6 +117,12 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Verify that live instances' image trees are exactly as unpacked (drift is repaired:
+    /// the tree is unpacked again and the instances replaced).
+    Verify {
+        /// Only this app's environments.
+        app: Option<String>,
+    },
     /// Collect environments and images nothing reaches any more.
     Gc {
         /// Only print the plan.
@@ -354,4 +360,12 @@ pub struct ServeArgs {
     /// record for `*.DOMAIN` at the router).
     #[arg(long, env = "MOLT_PREVIEW_DOMAIN")]
     pub preview_domain: Option<String>,
+    /// How often live image trees are re-verified against their manifests (e.g. 5m; 0 = only
+    /// before first start and on `molt verify`).
+    #[arg(long, default_value = "5m")]
+    pub verify_interval: String,
+    /// How instances are isolated: auto (runc containers when root and runc are available,
+    /// else none), runc, or none (plain processes).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "runc", "none"], env = "MOLT_ISOLATION")]
+    pub isolation: String,
 }

@@ -14,7 +14,7 @@ use molt_router::EnvStats;
 use molt_store::{now_ms, CutoverFigures, DeploymentRecord, EnvState, InstanceState};
 use tokio_util::sync::CancellationToken;
 
-use crate::instances::{describe_exit, instance_addr};
+use crate::instances::instance_addr;
 use crate::{ActiveDeployment, ControlError, Controller, Result};
 
 /// Why a wait inside a step ended early.
@@ -181,7 +181,8 @@ impl Controller {
             if status == InstanceStatus::Running {
                 live += 1;
             } else {
-                self.mark_stopped(&inst.id, &describe_exit(&status)).await?;
+                self.mark_stopped(&inst.id, &self.describe_end(&inst, &status))
+                    .await?;
             }
         }
         Ok(live)
@@ -223,7 +224,7 @@ impl Controller {
                 let status = self.process_status(inst);
                 if status != InstanceStatus::Running {
                     let msg = format!("instance {} {} before it became healthy", inst.id, {
-                        describe_exit(&status)
+                        self.describe_end(inst, &status)
                     });
                     return Err(Interrupted::Failed(self.with_log_tail(&inst.id, msg).await));
                 }

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use molt_provider::{InstanceSpec, InstanceStatus, ProcessHandle, StopSignal};
+use molt_provider::{InstanceSpec, InstanceStatus, ProcessHandle, RootLayout, StopSignal};
 use molt_store::{InstanceRecord, InstanceState, ReleaseRecord};
 
 use crate::{ControlError, Controller, Result};
@@ -29,6 +29,8 @@ impl Controller {
         let images = self.inner.images.clone();
         let digest = release.image.clone();
         let rootfs = tokio::task::spawn_blocking(move || images.rootfs(&digest)).await??;
+        self.verify_before_start(&release.app, &release.image)
+            .await?;
         let mut vars: BTreeMap<String, String> = release
             .config
             .env
@@ -50,12 +52,15 @@ impl Controller {
                 return Err(e.into());
             }
         };
+        let layout = root_layout(&command, &rootfs);
         let spec = InstanceSpec {
             id: inst.id.clone(),
             command,
             cwd: rootfs,
             env: vars.into_iter().collect(),
             log_path: self.log_path(&inst.id),
+            limits: release.config.limits,
+            layout,
         };
         let provider = self.inner.provider.clone();
         let started = tokio::task::spawn_blocking(move || provider.start(&spec)).await?;
@@ -83,6 +88,15 @@ impl Controller {
             Ok(())
         })
         .await
+    }
+
+    /// How an instance ended, with the provider's reason when it knows one (e.g. out of memory).
+    pub(crate) fn describe_end(&self, inst: &InstanceRecord, status: &InstanceStatus) -> String {
+        let exit = describe_exit(status);
+        match handle_of(inst).and_then(|h| self.inner.provider.exit_reason(&inst.id, h)) {
+            Some(reason) => format!("{exit}: {reason}"),
+            None => exit,
+        }
     }
 
     /// Where an instance's stdout and stderr go.
@@ -165,6 +179,22 @@ pub(crate) fn handle_of(inst: &InstanceRecord) -> Option<ProcessHandle> {
         pid: inst.pid?,
         start_time: inst.start_time?,
     })
+}
+
+/// How an isolating provider lays out the root of an instance of image tree `image`: an
+/// image whose program is an absolute path inside the image carries its own system (e.g. a
+/// static binary, or a baked base) and is the whole root; any other image is an app folder
+/// and runs on the host's read-only system directories, mounted at `/app`.
+pub(crate) fn root_layout(command: &[String], image: &std::path::Path) -> RootLayout {
+    let own = command
+        .first()
+        .and_then(|program| program.strip_prefix('/'))
+        .is_some_and(|inside| std::fs::symlink_metadata(image.join(inside)).is_ok());
+    if own {
+        RootLayout::OwnRoot
+    } else {
+        RootLayout::HostSystem
+    }
 }
 
 /// Describes how a process ended.

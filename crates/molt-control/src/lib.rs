@@ -21,6 +21,7 @@ mod ops;
 mod reconcile;
 mod routes;
 mod shadow;
+mod verify;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,6 +47,7 @@ pub use metrics::{EnvMetrics, MetricsSnapshot};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
 pub use shadow::{ShadowReport, TrafficSummary};
+pub use verify::{Attestation, VerifyReport};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -67,6 +69,9 @@ pub struct ControlConfig {
     pub preview_domain: Option<molt_core::Hostname>,
     /// Where bake `run` steps keep their runc state and bundles (no `run` steps without it).
     pub build_dir: Option<PathBuf>,
+    /// How often every live image tree is re-verified (`None`: only before first start and
+    /// on demand).
+    pub verify_interval: Option<Duration>,
 }
 
 impl Default for ControlConfig {
@@ -80,6 +85,7 @@ impl Default for ControlConfig {
             pause_at: None,
             preview_domain: None,
             build_dir: None,
+            verify_interval: None,
         }
     }
 }
@@ -105,6 +111,10 @@ struct Inner {
     /// Held by a reconcile pass and by retirements, so they never act on the same instances.
     reconcile_lock: tokio::sync::Mutex<()>,
     health: health::Checker,
+    /// Which image trees were verified, and which drifted.
+    verified: Mutex<verify::Verified>,
+    /// One verification pass at a time.
+    verify_lock: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -138,6 +148,8 @@ impl Controller {
                 publish_lock: tokio::sync::Mutex::new(()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 health: health::Checker::new(),
+                verified: Mutex::new(verify::Verified::default()),
+                verify_lock: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),

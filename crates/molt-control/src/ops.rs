@@ -84,6 +84,9 @@ pub struct EnvStatus {
     pub in_flight: u64,
     /// Router-made errors for it since molt started.
     pub failed: u64,
+    /// What its instances attest to (image, release, environment, rootfs digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<crate::Attestation>,
 }
 
 /// The whole picture for `molt status`.
@@ -402,6 +405,7 @@ impl Controller {
     /// Everything `molt status` shows.
     pub async fn status(&self, only: Option<String>) -> Result<Status> {
         let router = self.inner.router.clone();
+        let this = self.clone();
         let apps = self
             .db(move |s| {
                 let mut out = Vec::new();
@@ -412,12 +416,14 @@ impl Controller {
                     let mut envs = Vec::new();
                     for env in s.envs(Some(&app.name), false)? {
                         let stats = router.env_stats(&env.id);
+                        let release = s.release(&app.name, env.release)?;
                         envs.push(EnvStatus {
                             routed: app.routed_env.as_deref() == Some(env.id.as_str()),
                             instances: s.instances(Some(&env.id), false)?,
                             requests: stats.accepted,
                             in_flight: stats.in_flight,
                             failed: stats.failed,
+                            attestation: Some(this.attestation(&env, &release)),
                             env,
                         });
                     }

@@ -8,7 +8,7 @@ use molt_core::Recovery;
 use molt_provider::InstanceStatus;
 use molt_store::{EnvState, InstanceRecord, InstanceState, ReleaseRecord};
 
-use crate::instances::{describe_exit, handle_of, instance_addr};
+use crate::instances::{handle_of, instance_addr};
 use crate::{Controller, Result};
 
 /// How often the reconciler looks at instances.
@@ -31,6 +31,10 @@ impl Controller {
         self.spawn(async move { this.reconcile_loop().await });
         let this = self.clone();
         self.spawn(async move { this.gc_loop().await });
+        if let Some(interval) = self.inner.config.verify_interval {
+            let this = self.clone();
+            self.spawn(async move { this.verify_loop(interval).await });
+        }
         Ok(())
     }
 
@@ -188,7 +192,7 @@ impl Controller {
     ) -> Result<Verdict> {
         let status = self.process_status(inst);
         if status != InstanceStatus::Running {
-            return Ok(Verdict::Replace(describe_exit(&status)));
+            return Ok(Verdict::Replace(self.describe_end(inst, &status)));
         }
         let health = &release.config.health;
         let streak = streaks.entry(inst.id.clone()).or_default();

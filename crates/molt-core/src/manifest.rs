@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use crate::build::{parse_build, BuildSpec, RawBuild};
 use crate::duration::{parse_duration, serde_text};
+use crate::limits::{parse_cpu, parse_memory, Limits};
 use crate::{AppName, EnvVarName, Hostname, InputError};
 
 /// A parsed and validated `molt.toml`.
@@ -43,6 +44,9 @@ pub struct RunConfig {
     pub env: BTreeMap<EnvVarName, String>,
     /// How deployments of this app proceed.
     pub deploy: DeployPolicy,
+    /// Memory, CPU and task limits of each instance (`[limits]`).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// An HTTP health check.
@@ -97,7 +101,17 @@ struct RawManifest {
     #[serde(default)]
     deploy: Option<RawDeploy>,
     #[serde(default)]
+    limits: Option<RawLimits>,
+    #[serde(default)]
     build: Option<Spanned<RawBuild>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<Spanned<String>>,
+    cpu: Option<Spanned<f64>>,
+    pids: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -257,6 +271,29 @@ impl Manifest {
             }
             None => None,
         };
+        let rl = raw.limits.unwrap_or_default();
+        let limits = Limits {
+            memory: match &rl.memory {
+                Some(m) => Some(parse_memory(m.get_ref()).map_err(|e| at(m.span(), e))?),
+                None => None,
+            },
+            cpu_millis: match &rl.cpu {
+                Some(c) => Some(parse_cpu(*c.get_ref()).map_err(|e| at(c.span(), e))?),
+                None => None,
+            },
+            pids: match &rl.pids {
+                Some(p) => match u32::try_from(*p.get_ref()) {
+                    Ok(n) if n >= 1 => Some(n),
+                    _ => {
+                        return Err(at(
+                            p.span(),
+                            "pids must be a whole number from 1 to 4294967295".to_string(),
+                        ))
+                    }
+                },
+                None => None,
+            },
+        };
         Ok(Manifest {
             name,
             config: RunConfig {
@@ -267,6 +304,7 @@ impl Manifest {
                 health,
                 env,
                 deploy,
+                limits,
             },
             build,
         })
@@ -408,6 +446,22 @@ rollback_window = "15m"
         assert_eq!(m.config.port, None);
         let m = parse("name = \"a\"\ncommand = [\"x\"]\nport = 8000\n").unwrap();
         assert_eq!(m.config.port, Some(8000));
+        assert!(m.config.limits.is_unlimited());
+    }
+
+    #[test]
+    fn limits_table() {
+        let text =
+            "name = \"a\"\ncommand = [\"x\"]\n[limits]\nmemory = \"64M\"\ncpu = 0.5\npids = 32\n";
+        let limits = parse(text).unwrap().config.limits;
+        assert_eq!(limits.memory, Some(64 << 20));
+        assert_eq!(limits.cpu_millis, Some(500));
+        assert_eq!(limits.pids, Some(32));
+        // Releases stored before `[limits]` existed read back as unlimited.
+        let mut json = serde_json::to_value(parse(text).unwrap().config).unwrap();
+        json.as_object_mut().unwrap().remove("limits");
+        let old: RunConfig = serde_json::from_value(json).unwrap();
+        assert!(old.limits.is_unlimited());
     }
 
     #[test]
@@ -457,6 +511,26 @@ rollback_window = "15m"
                 "name = \"a\"\ncommand = [\"x\"]\n[health]\npath = \"x\"\n",
                 "line 4",
                 "path",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[limits]\nmemory = \"12X\"\n",
+                "line 4, column 10",
+                "unknown unit",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[limits]\ncpu = 0\n",
+                "line 4",
+                "positive",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[limits]\npids = 0\n",
+                "line 4",
+                "pids",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[limits]\nswap = \"1G\"\n",
+                "line 4",
+                "swap",
             ),
             ("name = \"a\"\ncommand = [\"x\"\n", "line", "TOML"),
             ("command = [\"x\"]\n", "missing field", "name"),

@@ -34,6 +34,7 @@ mod oci;
 mod sweep;
 mod run;
 mod unpack;
+mod verify;
 
 use std::collections::HashMap;
 use std::fs;
@@ -66,6 +67,7 @@ pub use crate::bake::{
 };
 pub use crate::filelist::FileInfo;
 pub use crate::run::{BuildSandbox, RunRequest};
+pub use crate::verify::{TreeEntry, TreeManifest, Verification};
 
 /// A content-addressed store of OCI images on the local filesystem.
 #[derive(Debug, Clone)]
@@ -245,6 +247,7 @@ impl ImageStore {
         }
         collect_tree(temp.path(), Filter::Nothing)?;
         make_read_only(temp.path())?;
+        self.record_tree(digest, temp.path())?;
         match fs::rename(temp.path(), &target) {
             Ok(()) => {
                 temp.keep();
@@ -264,6 +267,7 @@ impl ImageStore {
     pub fn remove(&self, digest: &Digest) -> Result<(), ImageError> {
         let _guard = self.lock_index();
         remove_tree(&self.rootfs_dir().join(digest.hex()))?;
+        remove_tree(&self.tree_manifest_path(digest))?;
         let mut index = read_index(&self.root)?;
         let mut manifests = index.manifests().clone();
         manifests.retain(|entry| to_molt_digest(entry.digest()).ok().as_ref() != Some(digest));

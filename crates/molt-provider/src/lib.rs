@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 pub use crate::error::ProviderError;
 pub use crate::local::LocalProvider;
+pub use molt_core::Limits;
 
 /// Everything needed to start one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +30,26 @@ pub struct InstanceSpec {
     pub env: Vec<(String, String)>,
     /// File that receives stdout and stderr, appended to.
     pub log_path: PathBuf,
+    /// Resource limits; providers that cannot enforce them (isolation `none`) ignore them.
+    pub limits: Limits,
+    /// What an isolating provider puts around the image tree (`cwd`).
+    pub layout: RootLayout,
 }
+
+/// How an isolating provider builds an instance's root filesystem from the image tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RootLayout {
+    /// The image carries its own system (e.g. a static binary, or a baked base): the image
+    /// tree is the whole root, the program runs in `/`.
+    #[default]
+    OwnRoot,
+    /// The image is an app folder without a system: the host's system directories are
+    /// mounted read-only and the image tree at [`APP_DIR`], where the program runs.
+    HostSystem,
+}
+
+/// Where the app tree of a [`RootLayout::HostSystem`] instance is mounted.
+pub const APP_DIR: &str = "/app";
 
 /// Identity of a running process that survives a restart of molt (pid + kernel start time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,6 +110,13 @@ pub trait Provider: Send + Sync {
     /// Every live instance process carrying this provider's owner marker, with its instance id:
     /// used to find orphans after a restart.
     fn scan(&self) -> Vec<(String, ProcessHandle)>;
+
+    /// Why instance `id` (started or adopted as `handle`) ended, beyond its exit status, when
+    /// the provider knows (e.g. "killed by the out-of-memory killer"). Asked before `forget`.
+    fn exit_reason(&self, id: &str, handle: ProcessHandle) -> Option<String> {
+        let _ = (id, handle);
+        None
+    }
 
     /// Forgets what the provider keeps about instance `id` once its exit has been recorded.
     fn forget(&self, id: &str) {

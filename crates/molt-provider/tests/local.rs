@@ -43,6 +43,8 @@ impl Harness {
             cwd: self.path().to_path_buf(),
             env: vec![("PATH".to_string(), "/usr/bin:/bin".to_string())],
             log_path: self.path().join("logs").join(format!("{id}.log")),
+            limits: Default::default(),
+            layout: Default::default(),
         }
     }
 

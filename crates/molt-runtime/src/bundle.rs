@@ -3,31 +3,42 @@
 //! The settings follow `runc spec`'s defaults (masked and read-only paths, `/dev` as a tmpfs
 //! with the default devices, every device denied in the device cgroup) and tighten them: no
 //! capabilities at all, an unprivileged user, `no_new_privileges`, a read-only root with
-//! per-instance tmpfs on `/tmp` and `/run`. The network is the host's for now (no netns).
+//! per-instance tmpfs on `/tmp` and `/run`, the default seccomp profile (`seccomp.rs`). The
+//! network is the host's (no netns): each instance listens on its own loopback address.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_readonly_paths, Capabilities, LinuxBuilder,
-    LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use oci_spec::OciSpecError;
 
 use crate::ids::{INSTANCE_ANNOTATION, OWNER_ANNOTATION};
+use crate::rootfs::Bind;
+use crate::seccomp;
 use crate::ContainerUser;
 
 /// Size of the `/dev`, `/tmp` and `/run` tmpfs mounts (they count against the memory limit).
 const DEV_SIZE: &str = "size=65536k";
 const SCRATCH_SIZE: &str = "size=65536k";
+/// CFS period for CPU limits, in microseconds (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
 
 /// Everything that goes into one instance's `config.json`.
 #[derive(Debug)]
 pub(crate) struct BundleSpec<'a> {
-    /// Absolute path of the unpacked root filesystem, mounted read-only.
+    /// Absolute path of the root directory (the skeleton), mounted read-only.
     pub(crate) rootfs: &'a Path,
+    /// Read-only binds into the root (the image tree, host system directories).
+    pub(crate) binds: &'a [Bind],
+    /// Working directory of the program inside the container.
+    pub(crate) cwd: &'a str,
+    /// Paths masked besides the OCI defaults (secrets of the host, molt's data directory).
+    pub(crate) masked: Vec<String>,
     /// Program and arguments, resolved inside the container.
     pub(crate) args: &'a [String],
     /// The complete environment, `NAME=value`.
@@ -42,6 +53,8 @@ pub(crate) struct BundleSpec<'a> {
     pub(crate) memory_limit: Option<u64>,
     /// Largest number of tasks (processes and threads).
     pub(crate) pids_limit: Option<u64>,
+    /// CPU time in thousandths of a CPU.
+    pub(crate) cpu_millis: Option<u32>,
     /// Owner annotation value.
     pub(crate) owner: &'a str,
     /// Instance annotation value.
@@ -68,7 +81,7 @@ impl BundleSpec<'_> {
             .user(user)
             .args(self.args.to_vec())
             .env(self.env.clone())
-            .cwd("/")
+            .cwd(self.cwd)
             .capabilities(capabilities)
             .no_new_privileges(true)
             .build()?;
@@ -98,6 +111,15 @@ impl BundleSpec<'_> {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build()?);
         }
+        if let Some(millis) = self.cpu_millis {
+            let quota = i64::from(millis) * CPU_PERIOD_US as i64 / 1000;
+            resources = resources.cpu(
+                LinuxCpuBuilder::default()
+                    .quota(quota)
+                    .period(CPU_PERIOD_US)
+                    .build()?,
+            );
+        }
         if let Some(limit) = self.pids_limit {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build()?);
@@ -106,7 +128,13 @@ impl BundleSpec<'_> {
             .namespaces(namespaces)
             .resources(resources.build()?)
             .cgroups_path(self.cgroups_path.clone())
-            .masked_paths(get_default_maskedpaths())
+            .masked_paths(
+                get_default_maskedpaths()
+                    .into_iter()
+                    .chain(self.masked.iter().cloned())
+                    .collect::<Vec<_>>(),
+            )
+            .seccomp(seccomp::default_profile()?)
             .readonly_paths(get_default_readonly_paths())
             .build()?;
 
@@ -125,7 +153,8 @@ impl BundleSpec<'_> {
             .build()
     }
 
-    /// `runc spec`'s mounts minus `/sys` (nothing the instances need), plus `/tmp` and `/run`.
+    /// The read-only binds, then `runc spec`'s mounts minus `/sys` (nothing the instances
+    /// need), plus `/tmp` and `/run`.
     ///
     /// `/tmp` and `/run` belong to the instance's user: runc gives a tmpfs the mode of the
     /// directory it covers (often 0755 in an image, or a directory runc had to create), so
@@ -177,7 +206,15 @@ impl BundleSpec<'_> {
                 vec!["nosuid", "nodev", "mode=755", &owned_by_user, SCRATCH_SIZE],
             ),
         ];
-        table
+        let binds = self.binds.iter().map(|bind| {
+            MountBuilder::default()
+                .destination(bind.destination.as_str())
+                .typ("bind")
+                .source(bind.source.as_path())
+                .options(["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec())
+                .build()
+        });
+        let own = table
             .into_iter()
             .map(|(destination, typ, source, options)| {
                 MountBuilder::default()
@@ -186,8 +223,8 @@ impl BundleSpec<'_> {
                     .source(source)
                     .options(options.into_iter().map(String::from).collect::<Vec<_>>())
                     .build()
-            })
-            .collect()
+            });
+        binds.chain(own).collect()
     }
 }
 
@@ -196,8 +233,18 @@ mod tests {
     use super::*;
 
     fn sample() -> BundleSpec<'static> {
+        static BINDS: std::sync::OnceLock<Vec<Bind>> = std::sync::OnceLock::new();
+        let binds = BINDS.get_or_init(|| {
+            vec![Bind {
+                source: PathBuf::from("/images/abc/rootfs"),
+                destination: "/app".to_string(),
+            }]
+        });
         BundleSpec {
-            rootfs: Path::new("/images/abc/rootfs"),
+            rootfs: Path::new("/bundles/m-web-1/rootfs"),
+            binds,
+            cwd: "/app",
+            masked: vec!["/etc/shadow".to_string()],
             args: &[],
             env: vec!["A=1".to_string()],
             hostname: "web-1".to_string(),
@@ -205,6 +252,7 @@ mod tests {
             user: ContainerUser::NOBODY,
             memory_limit: Some(64 << 20),
             pids_limit: Some(100),
+            cpu_millis: Some(250),
             owner: "m",
             instance: "web-1",
         }
@@ -215,9 +263,23 @@ mod tests {
         let spec = sample().to_spec().unwrap();
         let json: serde_json::Value = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["root"]["readonly"], true);
-        assert_eq!(json["root"]["path"], "/images/abc/rootfs");
+        assert_eq!(json["root"]["path"], "/bundles/m-web-1/rootfs");
         assert_eq!(json["process"]["noNewPrivileges"], true);
-        assert_eq!(json["process"]["cwd"], "/");
+        assert_eq!(json["process"]["cwd"], "/app");
+        assert_eq!(json["mounts"][0]["source"], "/images/abc/rootfs");
+        assert_eq!(json["mounts"][0]["destination"], "/app");
+        assert!(json["mounts"][0]["options"]
+            .as_array()
+            .unwrap()
+            .contains(&"ro".into()));
+        assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 25_000);
+        assert_eq!(json["linux"]["resources"]["cpu"]["period"], 100_000);
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        let denied = &json["linux"]["seccomp"]["syscalls"][0];
+        assert_eq!(denied["action"], "SCMP_ACT_ERRNO");
+        for call in ["mount", "unshare", "ptrace", "bpf", "init_module"] {
+            assert!(denied["names"].as_array().unwrap().contains(&call.into()));
+        }
         assert_eq!(json["process"]["user"]["uid"], 65534);
         assert_eq!(
             json["process"]["capabilities"]["bounding"],
@@ -242,6 +304,10 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&"/proc/kcore".into()));
+        assert!(json["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&"/etc/shadow".into()));
         let destinations: Vec<&str> = json["mounts"]
             .as_array()
             .unwrap()
@@ -259,8 +325,10 @@ mod tests {
         let mut bundle = sample();
         bundle.memory_limit = None;
         bundle.pids_limit = None;
+        bundle.cpu_millis = None;
         let json = serde_json::to_value(bundle.to_spec().unwrap()).unwrap();
         assert!(json["linux"]["resources"].get("memory").is_none());
         assert!(json["linux"]["resources"].get("pids").is_none());
+        assert!(json["linux"]["resources"].get("cpu").is_none());
     }
 }

@@ -14,7 +14,9 @@ mod bundle;
 mod ids;
 mod procfs;
 mod provider;
+mod rootfs;
 mod runc;
+mod seccomp;
 
 pub use crate::build::{BuildCommand, BuildRunner};
 pub use crate::provider::{ContainerUser, RuncConfig, RuncProvider};

@@ -10,6 +10,15 @@ pub(crate) fn live_start_time(pid: u32) -> Option<u64> {
     (!matches!(stat.0, b'Z' | b'X' | b'x')).then_some(stat.1)
 }
 
+/// True when `pid` is a zombie that started at `start_time`: the exited process itself, not
+/// a later process that reused its pid.
+pub(crate) fn is_zombie_of(pid: u32, start_time: u64) -> bool {
+    fs::read(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|text| parse_stat(&text))
+        .is_some_and(|(state, start)| state == b'Z' && start == start_time)
+}
+
 /// State letter (field 3) and start time (field 22) of a stat file. The command name (field 2)
 /// may hold spaces and parens, so fields are counted from the last `)`.
 fn parse_stat(text: &[u8]) -> Option<(u8, u64)> {

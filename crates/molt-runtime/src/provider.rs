@@ -7,21 +7,28 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use molt_provider::{
-    InstanceSpec, InstanceStatus, ProcessHandle, Provider, ProviderError, StopSignal,
+    InstanceSpec, InstanceStatus, ProcessHandle, Provider, ProviderError, RootLayout, StopSignal,
 };
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::bundle::BundleSpec;
 use crate::ids::{self, INSTANCE_ANNOTATION, OWNER_ANNOTATION};
 use crate::procfs;
+use crate::rootfs::{self, PreparedRoot, HOST_SECRETS};
 use crate::runc::{ContainerState, Runc};
 
 /// Environment variable naming the instance, as the local provider sets it.
 const INSTANCE_VAR: &str = "MOLT_INSTANCE";
+/// Environment variable carrying the owner marker, as the local provider sets it (tools that
+/// look for a data directory's instance processes find containers the same way).
+const OWNER_VAR: &str = "MOLT_OWNER";
 /// Parent of every instance's cgroup, in every hierarchy (never the hierarchy's root).
 const CGROUP_PARENT: &str = "/molt";
+/// Where cgroup hierarchies are mounted.
+const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 
 /// Who the container's process runs as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +56,9 @@ pub struct RuncConfig {
     pub memory_limit: Option<u64>,
     /// Largest number of tasks in each instance (none when `None`).
     pub pids_limit: Option<u64>,
+    /// Host paths masked in every instance (e.g. molt's data directory, which holds the admin
+    /// token), besides the OCI defaults and the host's secrets under `/etc`.
+    pub hidden: Vec<PathBuf>,
 }
 
 /// Runs instances as OCI containers through `runc`, each with a read-only root filesystem.
@@ -61,6 +71,8 @@ pub struct RuncProvider {
     runc: Runc,
     /// Container id of every handle started or adopted here, for `signal` (which gets no id).
     containers: Mutex<HashMap<ProcessHandle, String>>,
+    /// Exit statuses of container processes reaped here (molt is their subreaper).
+    exits: Mutex<HashMap<ProcessHandle, InstanceStatus>>,
 }
 
 impl ContainerUser {
@@ -86,6 +98,7 @@ impl RuncConfig {
             user: ContainerUser::NOBODY,
             memory_limit: None,
             pids_limit: None,
+            hidden: Vec::new(),
         }
     }
 }
@@ -98,7 +111,29 @@ impl RuncProvider {
             config,
             runc,
             containers: Mutex::new(HashMap::new()),
+            exits: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// True when `binary --version` runs: runc is installed and usable.
+    pub fn runc_available(binary: &Path) -> bool {
+        std::process::Command::new(binary)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Makes this process the reaper of its orphaned descendants (`PR_SET_CHILD_SUBREAPER`):
+    /// runc detaches each container's init process, which is then re-parented here rather
+    /// than to the host's init, so molt reaps it and learns its exit status.
+    pub fn become_subreaper() -> Result<(), ProviderError> {
+        nix::sys::prctl::set_child_subreaper(true).map_err(|source| ProviderError::Signal {
+            pid: std::process::id(),
+            source,
+        })
     }
 
     /// The runc container id of instance `id`.
@@ -121,6 +156,89 @@ impl RuncProvider {
         self.containers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn exits(&self) -> MutexGuard<'_, HashMap<ProcessHandle, InstanceStatus>> {
+        self.exits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The exit status of `handle` if it has ended and was (or now is) reaped here.
+    ///
+    /// Only a zombie with the handle's start time is waited for, so a reused pid (say, a
+    /// `runc` command molt is running) is never reaped by mistake.
+    fn reap(&self, handle: ProcessHandle) -> Option<InstanceStatus> {
+        if let Some(status) = self.exits().get(&handle) {
+            return Some(status.clone());
+        }
+        if !procfs::is_zombie_of(handle.pid, handle.start_time) {
+            return None;
+        }
+        let pid = Pid::from_raw(i32::try_from(handle.pid).ok()?);
+        let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => InstanceStatus::Exited {
+                code: Some(code),
+                signal: None,
+            },
+            Ok(WaitStatus::Signaled(_, signal, _)) => InstanceStatus::Exited {
+                code: None,
+                signal: Some(signal as i32),
+            },
+            // Not our child (adopted after a restart): its parent reaps it.
+            _ => return None,
+        };
+        self.exits().insert(handle, status.clone());
+        Some(status)
+    }
+
+    /// A value of the instance's cgroup: `file` in the `controller` hierarchy (cgroup v1), or in
+    /// the unified hierarchy (v2, also `unified/` in hybrid mode).
+    fn cgroup_file(&self, id: &str, controller: &str, file: &str) -> Option<String> {
+        let leaf = self.cgroup_path(id);
+        let leaf = leaf.strip_prefix("/").unwrap_or(&leaf);
+        [
+            Path::new(CGROUP_MOUNT).join(controller).join(leaf),
+            Path::new(CGROUP_MOUNT).join(leaf),
+            Path::new(CGROUP_MOUNT).join("unified").join(leaf),
+        ]
+        .iter()
+        .find_map(|dir| fs::read_to_string(dir.join(file)).ok())
+    }
+
+    /// How many times the kernel's OOM killer killed a process of instance `id` (cgroup v1
+    /// `memory.oom_control`, v2 `memory.events`), while its cgroup exists.
+    pub fn oom_kills(&self, id: &str) -> Option<u64> {
+        let text = self
+            .cgroup_file(id, "memory", "memory.oom_control")
+            .or_else(|| self.cgroup_file(id, "memory", "memory.events"))?;
+        keyed_value(&text, "oom_kill")
+    }
+
+    /// Builds the skeleton root of `spec` in `dir` (see `rootfs.rs`).
+    fn prepare_root(
+        &self,
+        spec: &InstanceSpec,
+        image: &Path,
+        dir: &Path,
+    ) -> Result<PreparedRoot, ProviderError> {
+        let skeleton = dir.join("rootfs");
+        rootfs::prepare(&skeleton, image, spec.layout, Path::new("/"))
+            .map_err(|e| io_error(&skeleton, e))
+    }
+
+    /// Paths masked in the instance besides the OCI defaults.
+    fn masked_paths(&self, layout: RootLayout) -> Vec<String> {
+        let mut masked: Vec<String> = self
+            .config
+            .hidden
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        if layout == RootLayout::HostSystem {
+            masked.extend(HOST_SECRETS.iter().map(|s| s.to_string()));
+        }
+        masked
     }
 
     /// Whether `state` is one of ours, carries instance `id` and is the process `handle`.
@@ -159,11 +277,12 @@ impl RuncProvider {
         }
     }
 
-    /// Writes the bundle of `spec` into `dir` (emptied first).
+    /// Writes the bundle of `spec` (image tree `image`) into `dir` (emptied first): the
+    /// skeleton root and `config.json`.
     fn write_bundle(
         &self,
         spec: &InstanceSpec,
-        rootfs: &Path,
+        image: &Path,
         dir: &Path,
     ) -> Result<(), ProviderError> {
         match fs::remove_dir_all(dir) {
@@ -172,22 +291,29 @@ impl RuncProvider {
             Err(source) => return Err(io_error(dir, source)),
         }
         fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let root = self.prepare_root(spec, image, dir)?;
+        let limit = |own: Option<u64>, default: Option<u64>| own.or(default);
         let mut env: Vec<String> = spec
             .env
             .iter()
-            .filter(|(k, _)| k != INSTANCE_VAR)
+            .filter(|(k, _)| k != INSTANCE_VAR && k != OWNER_VAR)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         env.push(format!("{INSTANCE_VAR}={}", spec.id));
+        env.push(format!("{OWNER_VAR}={}", self.config.owner));
         let bundle = BundleSpec {
-            rootfs,
+            rootfs: &root.skeleton,
+            binds: &root.binds,
+            cwd: root.cwd,
+            masked: self.masked_paths(spec.layout),
             args: &spec.command,
             env,
             hostname: ids::hostname(&spec.id),
             cgroups_path: self.cgroup_path(&spec.id),
             user: self.config.user,
-            memory_limit: self.config.memory_limit,
-            pids_limit: self.config.pids_limit,
+            memory_limit: limit(spec.limits.memory, self.config.memory_limit),
+            pids_limit: limit(spec.limits.pids.map(u64::from), self.config.pids_limit),
+            cpu_millis: spec.limits.cpu_millis,
             owner: &self.config.owner,
             instance: &spec.id,
         };
@@ -224,26 +350,21 @@ impl Provider for RuncProvider {
                 id: spec.id.clone(),
             });
         };
-        let rootfs = fs::canonicalize(&spec.cwd).map_err(|e| io_error(&spec.cwd, e))?;
-        if !rootfs.is_dir() {
+        let image = fs::canonicalize(&spec.cwd).map_err(|e| io_error(&spec.cwd, e))?;
+        if !image.is_dir() {
             return Err(io_error(
                 &spec.cwd,
-                io::Error::other("the root filesystem is not a directory"),
+                io::Error::other("the image tree is not a directory"),
             ));
         }
-        if let Some(inside) = program.strip_prefix('/') {
-            // Not followed: a symlink in the image points inside the image, not at the host.
-            if fs::symlink_metadata(rootfs.join(inside)).is_err() {
-                return Err(ProviderError::CommandNotFound {
-                    command: program.clone(),
-                    searched: format!("the root filesystem {}", rootfs.display()),
-                });
-            }
-        }
+        check_program(program, &image, spec.layout)?;
         let cid = self.container_id(&spec.id);
         let dir = self.bundle_dir(&spec.id);
         self.clear_stale(&spec.id, &cid)?;
-        self.write_bundle(spec, &rootfs, &dir)?;
+        if let Err(e) = self.write_bundle(spec, &image, &dir) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         let log = open_log(&spec.log_path)?;
 
         let runc_log = dir.join("runc.log");
@@ -291,17 +412,22 @@ impl Provider for RuncProvider {
     }
 
     fn status(&self, id: &str, handle: ProcessHandle) -> InstanceStatus {
+        if let Some(ended) = self.reap(handle) {
+            return ended;
+        }
         match self.runc.state(&self.container_id(id)) {
             Ok(None) => InstanceStatus::Gone,
             // Another container now has the id: ours is gone.
             Ok(Some(state)) if state.is_live() && state.pid != handle.pid => InstanceStatus::Gone,
             Ok(Some(state)) => match procfs::live_start_time(handle.pid) {
                 Some(t) if state.is_live() && t == handle.start_time => InstanceStatus::Running,
-                // runc does not keep the exit status of a detached container.
-                _ => InstanceStatus::Exited {
+                // It may have become a zombie since the first look: reap it now. Otherwise
+                // (not our child) the status is unknown: runc keeps none for detached
+                // containers.
+                _ => self.reap(handle).unwrap_or(InstanceStatus::Exited {
                     code: None,
                     signal: None,
-                },
+                }),
             },
             Err(e) => {
                 tracing::warn!(id, error = %e, "cannot ask runc for the state of the instance");
@@ -391,6 +517,21 @@ impl Provider for RuncProvider {
         found
     }
 
+    fn exit_reason(&self, id: &str, handle: ProcessHandle) -> Option<String> {
+        let kills = self.oom_kills(id).filter(|n| *n > 0)?;
+        let limit = self
+            .cgroup_file(id, "memory", "memory.limit_in_bytes")
+            .or_else(|| self.cgroup_file(id, "memory", "memory.max"))
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .map(|bytes| format!(" of {} MiB", bytes >> 20))
+            .unwrap_or_default();
+        let _ = handle;
+        Some(format!(
+            "out of memory: the kernel's OOM killer ended it at its memory limit{limit} \
+             (oom_kill {kills}); raise [limits] memory in molt.toml"
+        ))
+    }
+
     fn forget(&self, id: &str) {
         let cid = self.container_id(id);
         match self.runc.state(&cid) {
@@ -424,8 +565,56 @@ impl Provider for RuncProvider {
                 tracing::warn!(id, dir = %dir.display(), error = %e, "cannot remove the bundle")
             }
         }
+        let handles: Vec<ProcessHandle> = self
+            .containers()
+            .iter()
+            .filter(|(_, known)| **known == cid)
+            .map(|(h, _)| *h)
+            .collect();
+        let mut exits = self.exits();
+        for handle in &handles {
+            exits.remove(handle);
+        }
+        drop(exits);
         self.containers().retain(|_, known| *known != cid);
     }
+}
+
+/// Refuses a start whose program cannot exist in the container, with a clear error: an
+/// absolute path must be in the image (own root) or on the host (host system); a path with a
+/// slash is relative to the image tree. A bare name is looked up in `PATH` by runc.
+fn check_program(program: &str, image: &Path, layout: RootLayout) -> Result<(), ProviderError> {
+    let (candidate, searched) = match (program.strip_prefix('/'), layout) {
+        // Not followed: a symlink in the image points inside the image, not at the host.
+        (Some(inside), RootLayout::OwnRoot) => (
+            image.join(inside),
+            format!("the image tree {}", image.display()),
+        ),
+        (Some(_), RootLayout::HostSystem) => (
+            PathBuf::from(program),
+            "the host's system directories".into(),
+        ),
+        (None, _) if program.contains('/') => (
+            image.join(program),
+            format!("the image tree {}", image.display()),
+        ),
+        (None, _) => return Ok(()),
+    };
+    if fs::symlink_metadata(&candidate).is_err() {
+        return Err(ProviderError::CommandNotFound {
+            command: program.to_string(),
+            searched,
+        });
+    }
+    Ok(())
+}
+
+/// The number after `key` in a `key value` per line file (`memory.oom_control`, `memory.events`).
+fn keyed_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// An I/O error on `path`.
@@ -446,4 +635,18 @@ fn open_log(path: &Path) -> Result<fs::File, ProviderError> {
         .append(true)
         .open(path)
         .map_err(|e| io_error(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_counters_parse() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(keyed_value(v1, "oom_kill"), Some(2));
+        let v2 = "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(keyed_value(v2, "oom_kill"), Some(1));
+        assert_eq!(keyed_value("oom_kill_disable 0\n", "oom_kill"), None);
+    }
 }

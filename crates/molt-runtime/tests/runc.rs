@@ -80,6 +80,8 @@ impl Sandbox {
             cwd: self.rootfs(),
             env: vec![("PATH".to_string(), "/bin".to_string())],
             log_path: self.dir.path().join("logs").join(format!("{id}.log")),
+            limits: Default::default(),
+            layout: Default::default(),
         }
     }
 

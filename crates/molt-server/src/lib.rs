@@ -8,6 +8,8 @@
 //! - `serve.json` — where the running server listens, for the CLI;
 //! - `owner.id` — marks this data directory's instance processes (orphan detection);
 //! - `serve.lock` — held while a server uses the directory;
+//! - `runc/` — runc's state directory and `bundles/` — one OCI bundle per container
+//!   (isolation `runc` only).
 //! - `tls/acme/` — ACME account and issued certificates (0600), when ACME is on.
 //!
 //! With `--tls-listen`, a second router listener terminates TLS with the certificates of
@@ -31,9 +33,10 @@ use anyhow::{bail, Context, Result};
 use molt_control::{ControlConfig, Controller};
 use molt_core::DeployState;
 use molt_image::ImageStore;
-use molt_provider::LocalProvider;
+use molt_provider::{LocalProvider, Provider};
 use molt_router::tls::CertDir;
 use molt_router::{Router, RouterConfig};
+use molt_runtime::{RuncConfig, RuncProvider};
 use molt_store::Store;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -60,6 +63,10 @@ pub struct ServeConfig {
     pub preview_domain: Option<molt_core::Hostname>,
     /// TLS termination (off when `None`).
     pub tls: Option<TlsConfig>,
+    /// How instances are isolated.
+    pub isolation: Isolation,
+    /// How often live image trees are re-verified (`None`: before first start and on demand).
+    pub verify_interval: Option<Duration>,
 }
 
 /// The TLS listener of `molt serve` and where its certificates come from.
@@ -87,6 +94,31 @@ impl TlsConfig {
             https_redirect: false,
             poll_interval: Duration::from_secs(2),
             acme: None,
+        }
+    }
+}
+
+
+/// How `molt serve` isolates instances (`--isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// runc containers when molt runs as root and `runc` is installed, else plain processes.
+    Auto,
+    /// runc containers; refuse to start without root and `runc`.
+    Runc,
+    /// Plain processes (`isolation: none`, shown as such everywhere).
+    None,
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Isolation::Auto),
+            "runc" => Ok(Isolation::Runc),
+            "none" => Ok(Isolation::None),
+            other => bail!("unknown isolation '{other}': use auto, runc or none"),
         }
     }
 }
@@ -147,6 +179,8 @@ impl ServeConfig {
             stop_grace: Duration::from_secs(5),
             tls: None,
             preview_domain: None,
+            isolation: Isolation::Auto,
+            verify_interval: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -194,7 +228,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let store = Store::open(&dir.join("state.db"))
         .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
     let images = ImageStore::open(&dir.join("images")).context("opening the image store")?;
-    let provider = Arc::new(LocalProvider::new(owner[..16].to_string()));
+    let provider = make_provider(cfg.isolation, &dir, &owner[..16])?;
+    tracing::info!(isolation = provider.isolation(), "instances are isolated");
     let tls_listener = match &cfg.tls {
         Some(tls) => Some(TcpListener::bind(tls.listen).await.map_err(|e| {
             anyhow::anyhow!(
@@ -263,6 +298,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             pause_at: cfg.pause_at,
             preview_domain: cfg.preview_domain.clone(),
             build_dir: Some(dir.join("build")),
+            verify_interval: cfg.verify_interval,
             ..ControlConfig::default()
         },
     );
@@ -345,6 +381,41 @@ impl Running {
     pub fn controller(&self) -> &Controller {
         &self.controller
     }
+}
+
+/// The provider for `isolation`. With runc, molt becomes the subreaper of the containers'
+/// processes, and its data directory (admin token, state) is masked in every instance.
+fn make_provider(isolation: Isolation, dir: &Path, owner: &str) -> Result<Arc<dyn Provider>> {
+    let runc = PathBuf::from("runc");
+    let root = nix::unistd::geteuid().is_root();
+    let use_runc = match isolation {
+        Isolation::None => false,
+        Isolation::Runc if !root => {
+            bail!("--isolation runc needs root (runc creates namespaces and cgroups): run molt serve as root, or use --isolation none")
+        }
+        Isolation::Runc if !RuncProvider::runc_available(&runc) => {
+            bail!("--isolation runc needs the runc binary in PATH: `apt-get install runc`, or use --isolation none")
+        }
+        Isolation::Runc => true,
+        Isolation::Auto => {
+            let available = root && RuncProvider::runc_available(&runc);
+            if !available {
+                tracing::warn!(
+                    "isolation: none (auto needs root and runc; instances run as plain processes)"
+                );
+            }
+            available
+        }
+    };
+    if !use_runc {
+        return Ok(Arc::new(LocalProvider::new(owner.to_string())));
+    }
+    RuncProvider::become_subreaper().context("becoming the subreaper of instances")?;
+    let mut config = RuncConfig::new(owner, dir.join("runc"), dir.join("bundles"));
+    config.runc = runc;
+    let data_dir = fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    config.hidden = vec![data_dir];
+    Ok(Arc::new(RuncProvider::new(config)))
 }
 
 /// Reads a secret file, or creates it (0600) with 32 random bytes in hex.

@@ -84,19 +84,25 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
         ),
         None => None,
     };
+    cfg.isolation = args.isolation.parse()?;
+    cfg.verify_interval = match args.verify_interval.trim() {
+        "0" | "off" => None,
+        text => Some(molt_core::parse_duration(text)?),
+    };
     if let Ok(step) = std::env::var("MOLT_TEST_PAUSE_AT") {
         cfg.pause_at = Some(step.parse()?);
     }
     let running = molt_server::start(cfg).await?;
     eprintln!(
-        "molt serve: API on http://{} (token in {}), router on http://{}{}",
+        "molt serve: API on http://{} (token in {}), router on http://{}{}, isolation: {}",
         running.api_addr,
         running.data_dir.join("admin.token").display(),
         running.router_addr,
         running
             .router_tls_addr
             .map(|addr| format!(" and https://{addr}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        running.controller().isolation()
     );
     wait_for_signal().await?;
     eprintln!("molt serve: stopping (draining the router)");

@@ -68,7 +68,7 @@ async fn the_cli_drives_a_whole_lifecycle() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["apps"][0]["serving"]["number"], 2);
-    assert_eq!(v["isolation"], "none");
+    assert_eq!(v["isolation"], isolation_label());
     let o = molt(d, &["rollback", "cli"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(

@@ -83,6 +83,7 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
         Command::Rollback { app, to } => rollback(&client()?, app, to, json).await,
         Command::Config { action } => config(&client()?, action, json).await,
         Command::Gc { dry_run } => gc(&client()?, dry_run, json).await,
+        Command::Verify { app } => views::verify(&client()?, app, json).await,
         Command::Logs {
             app,
             instance,

@@ -79,10 +79,23 @@ pub(crate) async fn status(client: &Client, app: Option<String>, json: bool) -> 
                 format!("{healthy}/{}", instances.len()),
                 e["requests"].to_string(),
                 e["failed"].to_string(),
+                match e["attestation"]["rootfs_digest"].as_str() {
+                    Some(d) => format!(
+                        "{} {}",
+                        short_digest(d),
+                        e["attestation"]["state"].as_str().unwrap_or("")
+                    ),
+                    None => e["attestation"]["state"]
+                        .as_str()
+                        .unwrap_or("-")
+                        .to_string(),
+                },
             ]);
         }
         table(
-            &["ENV", "RELEASE", "ROLE", "HEALTHY", "REQUESTS", "FAILED"],
+            &[
+                "ENV", "RELEASE", "ROLE", "HEALTHY", "REQUESTS", "FAILED", "ROOTFS",
+            ],
             rows,
         );
     }
@@ -153,6 +166,10 @@ pub(crate) async fn envs(client: &Client, app: &str, all: bool, json: bool) -> R
         .get(&format!("/v1/apps/{app}/envs?all={all}"))
         .await?;
     let routed = client.get(&format!("/v1/apps/{app}")).await?["app"]["routed_env"].clone();
+    if !json {
+        let status = client.get(&format!("/v1/status?app={app}")).await?;
+        println!("isolation: {}", status["isolation"].as_str().unwrap_or("?"));
+    }
     print_list(&v, json, &["ENV", "RELEASE", "ROLE", "CREATED"], |e| {
         let id = text(&e["id"]);
         let role = if routed.as_str() == Some(id.as_str()) {
@@ -166,6 +183,47 @@ pub(crate) async fn envs(client: &Client, app: &str, all: bool, json: bool) -> R
         vec![id, format!("v{}", e["release"]), role, created]
     });
     Ok(0)
+}
+
+pub(crate) async fn verify(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
+    let v = client.post("/v1/verify", &json!({ "app": app })).await?;
+    if json {
+        print_json(&v);
+    } else {
+        let rows = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let state = match r["drift"].as_str() {
+                    Some(d) => format!(
+                        "DRIFTED ({d}); replaced {}",
+                        r["replaced"].as_array().map(|a| a.len()).unwrap_or(0)
+                    ),
+                    None => "intact".to_string(),
+                };
+                vec![
+                    short_digest(&text(&r["image"])),
+                    short_digest(&text(&r["rootfs_digest"])),
+                    r["envs"]
+                        .as_array()
+                        .map(|e| {
+                            e.iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default(),
+                    state,
+                ]
+            })
+            .collect();
+        table(&["IMAGE", "ROOTFS", "ENVS", "STATE"], rows);
+    }
+    let drifted = v
+        .as_array()
+        .is_some_and(|a| a.iter().any(|r| !r["drift"].is_null()));
+    Ok(if drifted { 3 } else { 0 })
 }
 
 pub(crate) async fn gc(client: &Client, dry_run: bool, json: bool) -> Result<i32> {

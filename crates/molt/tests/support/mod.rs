@@ -40,6 +40,7 @@ impl Harness {
         cfg.api_addr = "127.0.0.1:0".parse().unwrap();
         cfg.router_addr = "127.0.0.1:0".parse().unwrap();
         cfg.stop_grace = Duration::from_secs(2);
+        cfg.isolation = test_isolation().parse().expect("isolation");
         adjust(&mut cfg);
         let running = molt_server::start(cfg).await.expect("molt serve starts");
         let client = Client::new(&format!("http://{}", running.api_addr), &running.token);
@@ -82,6 +83,24 @@ impl Harness {
         conn.get(host, path)
             .await
             .expect("request through the router")
+    }
+}
+
+/// The isolation the shared tests run molt serve with: `$MOLT_TEST_ISOLATION`, else `none`
+/// (`MOLT_TEST_ISOLATION=runc` runs the whole suite with containers).
+pub fn test_isolation() -> &'static str {
+    match std::env::var("MOLT_TEST_ISOLATION").as_deref() {
+        Ok("runc") => "runc",
+        Ok("auto") => "auto",
+        _ => "none",
+    }
+}
+
+/// What `molt status` says about isolation under [`test_isolation`].
+pub fn isolation_label() -> &'static str {
+    match test_isolation() {
+        "none" => "none",
+        _ => "container (runc)",
     }
 }
 
@@ -296,6 +315,7 @@ impl Serve {
         ])
         .arg("--data-dir")
         .arg(data)
+        .args(["--isolation", test_isolation()])
         .env("MOLT_LOG", "info")
         .env_remove("MOLT_TEST_PAUSE_AT")
         .stdin(Stdio::null())

@@ -1,0 +1,521 @@
+//! `molt serve --isolation runc`: instances as runc containers, end to end.
+//!
+//! They need root, `runc`, `python3` and a static `/bin/busybox` (Debian's `busybox-static`);
+//! without them each test prints "skipped: needs root, runc and busybox-static" and passes.
+//! CI runs as root with all of them installed (`.ci/run`).
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use molt_server::{Isolation, OnExit, ServeConfig};
+use serde_json::Value;
+use support::*;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A small HTTP app that reports, from inside its instance, what it can and cannot do.
+const PROBE: &str = r#"
+import ctypes, json, os, socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+def attempt(f):
+    try:
+        return "ok: " + str(f())
+    except Exception as e:
+        return "error: " + type(e).__name__ + ": " + str(e)
+
+def write(path):
+    with open(path, "w") as f:
+        f.write("x")
+    return path
+
+def read(path):
+    with open(path) as f:
+        return repr(f.read())
+
+def unshare_user():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return "unshared"
+
+class Probe(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/eat":
+            hog = bytearray(512 << 20)
+            hog[::4096] = b"x" * len(hog[::4096])
+        st = os.stat("/app/probe.py")
+        report = {
+            "uid": os.getuid(),
+            "hostname": socket.gethostname(),
+            "instance": os.environ.get("MOLT_INSTANCE"),
+            "cwd": os.getcwd(),
+            "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+            "write_app": attempt(lambda: write("/app/new-file")),
+            "write_root": attempt(lambda: write("/new-file")),
+            "write_etc": attempt(lambda: write("/etc/new-file")),
+            "write_tmp": attempt(lambda: write("/tmp/scratch")),
+            "token": attempt(lambda: read(os.environ["TOKEN_FILE"])),
+            "shadow": attempt(lambda: read("/etc/shadow")),
+            "unshare": attempt(unshare_user),
+            "inode": [st.st_dev, st.st_ino],
+        }
+        body = json.dumps(report).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):
+        pass
+
+ThreadingHTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Probe).serve_forever()
+"#;
+
+/// True (after saying why not) when this machine can run the tests.
+fn can_run() -> bool {
+    let runc = std::process::Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ok = nix::unistd::geteuid().is_root() && runc && Path::new(BUSYBOX).exists();
+    if !ok {
+        eprintln!("skipped: needs root, runc and busybox-static");
+    }
+    ok
+}
+
+async fn isolated() -> Harness {
+    Harness::start_with(|cfg: &mut ServeConfig| cfg.isolation = Isolation::Runc).await
+}
+
+/// Stops the server and its instances, keeping the data directory to look at.
+async fn stop_keeping_data(h: &mut Harness) -> PathBuf {
+    let running = h.running.take().expect("running");
+    running.shutdown(OnExit::StopInstances).await.unwrap();
+    h.data_dir()
+}
+
+/// An app folder running [`PROBE`] in `instances` instances with `extra` manifest lines.
+fn probe_app(h: &Harness, name: &str, instances: u32, extra: &str) -> PathBuf {
+    let dir = h.tmp.path().join(format!("app-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("probe.py"), PROBE).unwrap();
+    let token_file = h.data_dir().join("admin.token");
+    std::fs::write(
+        dir.join("molt.toml"),
+        format!(
+            r#"name = "{name}"
+command = ["python3", "probe.py"]
+instances = {instances}
+{extra}
+[health]
+path = "/"
+interval = "200ms"
+timeout = "2s"
+healthy_threshold = 1
+unhealthy_threshold = 2
+start_deadline = "15s"
+[deploy]
+drain_timeout = "5s"
+watch = "1s"
+[env]
+PYTHONDONTWRITEBYTECODE = "1"
+TOKEN_FILE = "{}"
+"#,
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// The probe report of the instance that answers through the router.
+async fn probe(h: &Harness, host: &str) -> Value {
+    let (status, body) = h.get(host, "/").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Every regular file named `name` under `dir`.
+fn find_files(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            find_files(&path, name, out);
+        } else if meta.is_file() && entry.file_name() == name {
+            out.push(path);
+        }
+    }
+}
+
+/// runc containers, bundles, cgroups and mounts of a data directory's owner that are left.
+fn leftovers(data: &Path) -> Vec<String> {
+    let owner = owner_of(data);
+    let mut left = Vec::new();
+    let list = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(data.join("runc"))
+        .args(["list", "--quiet"])
+        .output()
+        .expect("runc list");
+    left.extend(
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .map(|l| format!("container {l}")),
+    );
+    for bundle in std::fs::read_dir(data.join("bundles"))
+        .into_iter()
+        .flatten()
+    {
+        left.push(format!("bundle {:?}", bundle.unwrap().path()));
+    }
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten() {
+        let parent = hierarchy.unwrap().path().join("molt");
+        for leaf in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            if leaf.file_name().to_string_lossy().starts_with(&owner) {
+                left.push(format!("cgroup {:?}", leaf.path()));
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let data_text = data.to_string_lossy().into_owned();
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(&data_text))
+            .map(|l| format!("mount {l}")),
+    );
+    left.extend(
+        processes_of(&owner)
+            .into_iter()
+            .map(|(id, pid)| format!("process {id} ({pid})")),
+    );
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_app_folder_runs_confined_on_the_host_system() {
+    if !can_run() {
+        return;
+    }
+    let mut h = isolated().await;
+    let d = h.deploy(&probe_app(&h, "probe", 2, "")).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let status = h.client.get("/v1/status").await.unwrap();
+    assert_eq!(status["isolation"], "container (runc)");
+
+    let mut reports = Vec::new();
+    for _ in 0..20 {
+        let r = probe(&h, "probe.localhost").await;
+        if !reports
+            .iter()
+            .any(|x: &Value| x["instance"] == r["instance"])
+        {
+            reports.push(r);
+        }
+        if reports.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(reports.len(), 2, "both instances answer: {reports:?}");
+    let token = std::fs::read_to_string(h.data_dir().join("admin.token")).unwrap();
+    for r in &reports {
+        eprintln!("{r:#}");
+        assert_eq!(r["uid"], 65534, "{r}");
+        assert_eq!(r["hostname"], r["instance"], "{r}");
+        assert_eq!(r["cwd"], "/app", "{r}");
+        for key in ["write_app", "write_root", "write_etc"] {
+            let what = r[key].as_str().unwrap();
+            assert!(what.contains("Read-only file system"), "{key}: {what}");
+        }
+        assert!(r["write_tmp"].as_str().unwrap().starts_with("ok"), "{r}");
+        // Its own pid namespace: python is pid 1, no host process is visible.
+        let pids: Vec<u64> = r["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect();
+        assert_eq!(pids.first(), Some(&1), "{pids:?}");
+        assert!(pids.iter().all(|p| *p < 64), "host processes: {pids:?}");
+        // The admin token is not there at all; /etc/shadow is masked.
+        let read = r["token"].as_str().unwrap();
+        assert!(read.starts_with("error"), "token readable: {read}");
+        assert!(!read.contains(token.trim()));
+        assert!(r["shadow"] == "ok: ''" || r["shadow"].as_str().unwrap().starts_with("error"));
+        // seccomp: unshare fails with EPERM even where unprivileged user namespaces work.
+        let unshare = r["unshare"].as_str().unwrap();
+        assert!(unshare.contains("Operation not permitted"), "{unshare}");
+    }
+    // Both instances read the same file of the one unpacked tree: same device and inode.
+    assert_eq!(reports[0]["inode"], reports[1]["inode"]);
+    let mut unpacked = Vec::new();
+    find_files(&h.data_dir().join("images"), "probe.py", &mut unpacked);
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    let host = std::fs::metadata(&unpacked[0]).unwrap();
+    assert_eq!(reports[0]["inode"][1], host.ino());
+    assert!(!unpacked[0].with_file_name("new-file").exists());
+
+    let data = stop_keeping_data(&mut h).await;
+    assert_eq!(leftovers(&data), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_memory_limit_kills_and_the_reason_says_oom() {
+    if !can_run() {
+        return;
+    }
+    let mut h = isolated().await;
+    let limits = "[limits]\nmemory = \"64M\"\npids = 50\ncpu = 0.5\n";
+    let d = h.deploy(&probe_app(&h, "hog", 1, limits)).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let owner = owner_of(&h.data_dir());
+    let victim = probe(&h, "hog.localhost").await["instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The limits are in the instance's cgroups.
+    let cgroup = |controller: &str, file: &str| {
+        std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/{controller}/molt/{owner}-{victim}/{file}"
+        ))
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default()
+    };
+    assert_eq!(cgroup("memory", "memory.limit_in_bytes"), "67108864");
+    assert_eq!(cgroup("pids", "pids.max"), "50");
+    assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
+
+    let (status, _) = h.get("hog.localhost", "/eat").await;
+    assert_ne!(status, 200, "a 512 MiB allocation under a 64 MiB limit");
+    eventually(Duration::from_secs(20), "the OOM recorded", || async {
+        let events = h.client.get("/v1/apps/hog/events").await.unwrap();
+        events.to_string().contains("out of memory")
+    })
+    .await;
+    let events = h.client.get("/v1/apps/hog/events").await.unwrap();
+    let text = events.to_string();
+    assert!(
+        text.contains(&format!("{victim} killed by signal 9")),
+        "{text}"
+    );
+    assert!(text.contains("memory limit of 64 MiB"), "{text}");
+    // … and it was replaced.
+    eventually(Duration::from_secs(20), "a replacement", || async {
+        let r = h.client.get("/v1/status?app=hog").await.unwrap();
+        r["apps"][0]["envs"][0]["instances"]
+            .as_array()
+            .is_some_and(|i| {
+                i.iter()
+                    .any(|x| x["state"] == "healthy" && x["id"] != victim.as_str())
+            })
+    })
+    .await;
+    let data = stop_keeping_data(&mut h).await;
+    assert_eq!(leftovers(&data), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scratch_busybox_image_serves_and_is_readopted_after_a_restart() {
+    if !can_run() {
+        return;
+    }
+    let mut h = isolated().await;
+    let dir = h.tmp.path().join("app-bb");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::copy(BUSYBOX, dir.join("bin/busybox")).unwrap();
+    std::fs::write(dir.join("www/index.html"), "busybox in a box\n").unwrap();
+    std::fs::write(
+        dir.join("molt.toml"),
+        r#"name = "bb"
+command = ["/bin/busybox", "httpd", "-f", "-p", "$HOST:$PORT", "-h", "/www"]
+instances = 2
+[health]
+path = "/index.html"
+interval = "200ms"
+healthy_threshold = 1
+start_deadline = "15s"
+[deploy]
+drain_timeout = "5s"
+watch = "1s"
+"#,
+    )
+    .unwrap();
+    let d = h.deploy(&dir).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let (status, body) = h.get("bb.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "busybox in a box\n"));
+    let before = h.client.get("/v1/status?app=bb").await.unwrap();
+    let ids = |v: &Value| -> Vec<(String, Value)> {
+        let mut out: Vec<(String, Value)> = v["apps"][0]["envs"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["id"].as_str().unwrap().to_string(), i["pid"].clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    };
+
+    // Restart molt serve on the same data directory: the containers are re-adopted.
+    let running = h.running.take().unwrap();
+    let data = h.data_dir();
+    running.shutdown(OnExit::KeepInstances).await.unwrap();
+    let mut cfg = ServeConfig::new(data.clone());
+    cfg.api_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.router_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.stop_grace = Duration::from_secs(1);
+    cfg.isolation = Isolation::Runc;
+    let running = molt_server::start(cfg).await.unwrap();
+    let mut h = Harness {
+        client: molt_cli::Client::new(&format!("http://{}", running.api_addr), &running.token),
+        router: running.router_addr,
+        running: Some(running),
+        tmp: h.tmp,
+    };
+    let after = h.client.get("/v1/status?app=bb").await.unwrap();
+    assert_eq!(ids(&before), ids(&after), "{before}\n{after}");
+    let (status, body) = h.get("bb.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "busybox in a box\n"));
+
+    stop_keeping_data(&mut h).await;
+    assert_eq!(leftovers(&data), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tampered_tree_is_detected_repaired_and_its_instances_replaced_under_load() {
+    // Verification does not depend on the provider: with containers where possible.
+    let isolation = if can_run() {
+        Isolation::Runc
+    } else {
+        Isolation::None
+    };
+    let mut h = Harness::start_with(|cfg: &mut ServeConfig| {
+        cfg.isolation = isolation;
+        cfg.verify_interval = None;
+    })
+    .await;
+    let d = h.deploy(&h.app("tamper", &[], FAST)).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let status = h.client.get("/v1/status?app=tamper").await.unwrap();
+    let env = &status["apps"][0]["envs"][0];
+    let before: Vec<String> = env["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(env["attestation"]["state"], "verified", "{env}");
+    assert_eq!(env["attestation"]["release"], 1);
+    let rootfs_digest = env["attestation"]["rootfs_digest"].clone();
+    assert!(rootfs_digest.as_str().unwrap().starts_with("sha256:"));
+
+    // Load: keep-alive GETs through the router until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let router = h.router;
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(router).await;
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok < 1_000_000 {
+                match conn.get("tamper.localhost", "/").await {
+                    Ok((200, _)) => ok += 1,
+                    Ok((status, body)) => failed.push(format!("{status} {body}")),
+                    Err(e) => {
+                        failed.push(e.to_string());
+                        conn = KeepAlive::connect(router).await;
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Tamper with the unpacked tree the instances run on.
+    let mut files = Vec::new();
+    find_files(&h.data_dir().join("images"), "app.py", &mut files);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut text = std::fs::read_to_string(&files[0]).unwrap();
+    text.push_str("\n# tampered\n");
+    std::fs::write(&files[0], text).unwrap();
+
+    let reports = h
+        .client
+        .post("/v1/verify", &serde_json::json!({ "app": "tamper" }))
+        .await
+        .unwrap();
+    let report = &reports[0];
+    assert_eq!(report["intact"], false, "{reports}");
+    assert!(
+        report["drift"]
+            .as_str()
+            .unwrap()
+            .contains("modified /app.py"),
+        "{reports}"
+    );
+    let mut replaced: Vec<String> = report["replaced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_string())
+        .collect();
+    replaced.sort();
+    let mut expected = before.clone();
+    expected.sort();
+    assert_eq!(replaced, expected);
+
+    // From now on only the new instances serve; the tree is clean again.
+    let status = h.client.get("/v1/status?app=tamper").await.unwrap();
+    let env = &status["apps"][0]["envs"][0];
+    let after: Vec<&str> = env["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(after.len(), 2, "{env}");
+    assert!(
+        after.iter().all(|id| !before.iter().any(|b| b == id)),
+        "{env}"
+    );
+    assert_eq!(env["attestation"]["state"], "verified", "{env}");
+    assert_eq!(env["attestation"]["rootfs_digest"], rootfs_digest);
+    assert!(!std::fs::read_to_string(&files[0])
+        .unwrap()
+        .contains("tampered"));
+    let again = h
+        .client
+        .post("/v1/verify", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(again[0]["intact"], true, "{again}");
+    let events = h.client.get("/v1/apps/tamper/events").await.unwrap();
+    assert!(events.to_string().contains("drifted"), "{events}");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for task in load {
+        let (ok, failed) = task.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        served += ok;
+    }
+    eprintln!("served {served} requests across the repair, none failed");
+    assert!(served > 0);
+    let data = stop_keeping_data(&mut h).await;
+    if isolation == Isolation::Runc {
+        assert_eq!(leftovers(&data), Vec::<String>::new());
+    }
+}
