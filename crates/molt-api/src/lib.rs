@@ -3,8 +3,8 @@
 //! Architecture invariant: every route except `/openapi.json` and `/v1/health` requires the
 //! admin token; handlers only translate HTTP to controller calls and errors to status codes.
 
-mod images;
 mod bake;
+mod images;
 mod metrics;
 mod openapi;
 

@@ -32,7 +32,6 @@ pub fn render_router(out: &mut String, router: &Router) {
     let _ = writeln!(out, "{name} {}", router.tls_handshake_failures());
 }
 
-
 /// Renders the snapshot as Prometheus text.
 pub fn render(m: &MetricsSnapshot) -> String {
     let mut out = String::new();

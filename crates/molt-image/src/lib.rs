@@ -31,8 +31,8 @@ mod error;
 mod filelist;
 mod fsutil;
 mod oci;
-mod sweep;
 mod run;
+mod sweep;
 mod unpack;
 mod verify;
 
@@ -57,16 +57,16 @@ use crate::oci::{
 use crate::unpack::{unpack_layer, unpack_tar, LenientEnd};
 
 pub use crate::archive::ArchiveFormat;
-pub use crate::details::{ImageDetails, LayerDetails};
-pub use crate::docker::sniff_archive;
-pub use crate::error::ImageError;
-pub use crate::sweep::BlobCollection;
 pub use crate::bake::{
     BakeOptions, BakeReport, BuildContext, ImageDiff, SourceInfo, StepOutcome, StepReport,
     PROVENANCE_ANNOTATION, SBOM_ANNOTATION,
 };
+pub use crate::details::{ImageDetails, LayerDetails};
+pub use crate::docker::sniff_archive;
+pub use crate::error::ImageError;
 pub use crate::filelist::FileInfo;
 pub use crate::run::{BuildSandbox, RunRequest};
+pub use crate::sweep::BlobCollection;
 pub use crate::verify::{TreeEntry, TreeManifest, Verification};
 
 /// A content-addressed store of OCI images on the local filesystem.

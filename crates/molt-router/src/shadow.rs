@@ -29,7 +29,7 @@ use crate::headers::{add_forwarding, strip_hop_by_hop};
 use crate::limits::LimitedBody;
 use crate::proxy::is_connection_failure;
 use crate::table::Route;
-use crate::EjectionPolicy;
+use crate::{ClientScheme, EjectionPolicy};
 
 /// Marks a mirrored request, so the shadow environment can tell it from live traffic.
 pub static X_MOLT_SHADOW: HeaderName = HeaderName::from_static("x-molt-shadow");
@@ -142,10 +142,11 @@ fn mirrored_request<B>(
     peer: IpAddr,
     host: &HeaderValue,
 ) -> Request<Either<LimitedBody, Empty<Bytes>>> {
+    let scheme = ClientScheme::of(head.extensions());
     let mut headers = head.headers().clone();
     strip_hop_by_hop(&mut headers);
-    add_forwarded(&mut headers, peer, host);
-    add_forwarding(&mut headers, peer, host.clone());
+    add_forwarded(&mut headers, peer, scheme, host);
+    add_forwarding(&mut headers, peer, scheme, host.clone());
     headers.insert(&X_MOLT_SHADOW, HeaderValue::from_static("1"));
     let mut uri = hyper::http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);

@@ -122,6 +122,9 @@ impl BuildRunner {
         let cgroups_path = PathBuf::from(format!("/molt/{id}"));
         let spec = BundleSpec {
             rootfs,
+            binds: &[],
+            cwd: &command.cwd,
+            masked: Vec::new(),
             args: command.argv,
             env,
             hostname: "molt-build".to_string(),
@@ -129,6 +132,7 @@ impl BuildRunner {
             user: command.user,
             memory_limit: Some(BUILD_MEMORY),
             pids_limit: Some(BUILD_PIDS),
+            cpu_millis: None,
             owner: "molt-build",
             instance: id,
         };

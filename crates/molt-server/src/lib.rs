@@ -98,7 +98,6 @@ impl TlsConfig {
     }
 }
 
-
 /// How `molt serve` isolates instances (`--isolation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
