@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use molt_cli::Client;
 use serde_json::{json, Value};
 
-use crate::load::{self, Connection, LoadResult, LoadSpec};
+use crate::load::{self, Connection, LoadResult, LoadSpec, Protocol};
 use crate::report::{print_table, to_json};
 use crate::serve::Serve;
 use crate::Output;
@@ -276,6 +276,7 @@ async fn measure_throughput(
         concurrency,
         duration,
         max_requests_per_connection: MAX_REQUESTS_PER_CONNECTION,
+        protocol: Protocol::Http1,
     };
     progress("warming up the load paths");
     load::run(&spec(instances.to_vec(), 16, WARMUP_DURATION)).await?;

@@ -1,14 +1,15 @@
 //! `xtask bench router`: molt's router side by side with nginx, HAProxy and Caddy, in one run
 //! on one machine, against one backend process, with one load generator and the same
-//! keep-alive settings (HTTP/1.1 both ways; h2 is not measured: the load generator speaks
-//! HTTP/1.1 only):
+//! keep-alive settings (HTTP/1.1 both ways):
 //!
 //! 1. requests/s and p50/p99/p99.9 latency for each target — the backend direct, molt's router
 //!    (`xtask router-server`, its own process), nginx, HAProxy, Caddy — at each concurrency and
 //!    response size, the targets interleaved within each cell so drift hits them alike;
 //! 2. swap under load: 100 route swaps blue <-> green while load runs through molt; every
 //!    request must succeed;
-//! 3. the cost of 10 000 hostnames in molt's table against 1 (goal: < 5 % throughput loss).
+//! 3. the cost of 10 000 hostnames in molt's table against 1 (goal: < 5 % throughput loss);
+//! 4. molt's router with clients speaking h2c (prior knowledge) against HTTP/1.1, alternating
+//!    runs (h2 over TLS is not measured: the load generator has no TLS client).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,7 +22,7 @@ use serde_json::Value;
 
 use crate::backend::{BIG_BODY_LEN, BIG_PATH};
 use crate::child::{group_cpu_time, ChildProcess};
-use crate::load::{self, LoadResult, LoadSpec};
+use crate::load::{self, LoadResult, LoadSpec, Protocol};
 use crate::peers::{Availability, Peer};
 use crate::router_report::{print_table, to_json};
 use crate::router_server::{RouterServerArgs, HOST};
@@ -124,6 +125,15 @@ pub(crate) struct RoutesRow {
     pub(crate) many_routes: Vec<f64>,
 }
 
+/// molt's throughput with HTTP/1.1 clients and with h2c clients, alternating runs.
+pub(crate) struct ProtocolRow {
+    pub(crate) http1: Vec<f64>,
+    pub(crate) h2c: Vec<f64>,
+    /// p99 latency of the last run of each.
+    pub(crate) http1_p99: Duration,
+    pub(crate) h2c_p99: Duration,
+}
+
 /// Everything one run measured.
 pub(crate) struct RouterFigures {
     pub(crate) plan: Plan,
@@ -132,6 +142,7 @@ pub(crate) struct RouterFigures {
     pub(crate) cells: Vec<Cell>,
     pub(crate) swap: SwapRow,
     pub(crate) routes: RoutesRow,
+    pub(crate) protocols: ProtocolRow,
 }
 
 /// The processes and addresses of one run; dropping it stops every process.
@@ -337,7 +348,7 @@ async fn measure(plan: Plan, dir: &Path) -> Result<RouterFigures> {
     let measured = measure_with(&plan, &exe, dir, &lineup).await;
     // Stopped before the figures are printed, error or not.
     lineup.stop().await;
-    let (cells, swap, routes) = measured?;
+    let (cells, swap, routes, protocols) = measured?;
     Ok(RouterFigures {
         plan,
         small_body_len: small_body().len(),
@@ -345,6 +356,7 @@ async fn measure(plan: Plan, dir: &Path) -> Result<RouterFigures> {
         cells,
         swap,
         routes,
+        protocols,
     })
 }
 
@@ -353,7 +365,7 @@ async fn measure_with(
     exe: &Path,
     dir: &Path,
     lineup: &Lineup,
-) -> Result<(Vec<Cell>, SwapRow, RoutesRow)> {
+) -> Result<(Vec<Cell>, SwapRow, RoutesRow, ProtocolRow)> {
     progress("warming up every target");
     for endpoint in &lineup.targets {
         for size in BodySize::ALL {
@@ -398,8 +410,9 @@ async fn measure_with(
         .address(Target::Molt)
         .ok_or_else(|| anyhow!("molt's router is not in the lineup"))?;
     let routes = measure_routes(plan, exe, dir, lineup.backend, molt).await?;
+    let protocols = measure_protocols(plan, molt).await?;
     let swap = measure_swaps(plan, exe, dir, lineup.backend).await?;
-    Ok((cells, swap, routes))
+    Ok((cells, swap, routes, protocols))
 }
 
 /// Starts the backend, molt's router and every ready peer, and waits until each answers.
@@ -539,6 +552,53 @@ async fn measure_routes(
     Ok(row)
 }
 
+/// molt's router with HTTP/1.1 clients against h2c clients (one stream in flight per
+/// connection), alternating, small answers, at the routes row's concurrency.
+async fn measure_protocols(plan: &Plan, molt: SocketAddr) -> Result<ProtocolRow> {
+    let run = |protocol, duration| {
+        let mut spec = spec(molt, BodySize::Small, ROUTES_CONCURRENCY, duration);
+        spec.protocol = protocol;
+        spec
+    };
+    load::run(&run(Protocol::H2c, plan.warmup)).await?;
+    let mut row = ProtocolRow {
+        http1: Vec::new(),
+        h2c: Vec::new(),
+        http1_p99: Duration::ZERO,
+        h2c_p99: Duration::ZERO,
+    };
+    for round in 1..=plan.routes_rounds {
+        let mut order = [Protocol::Http1, Protocol::H2c];
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for protocol in order {
+            tokio::time::sleep(PAUSE).await;
+            let result = load::run(&run(protocol, plan.cell)).await?;
+            if result.errors > 0 {
+                bail!("{} requests failed in the {protocol:?} run", result.errors);
+            }
+            match protocol {
+                Protocol::Http1 => {
+                    row.http1.push(result.per_second());
+                    row.http1_p99 = result.p99;
+                }
+                Protocol::H2c => {
+                    row.h2c.push(result.per_second());
+                    row.h2c_p99 = result.p99;
+                }
+            }
+        }
+        progress(&format!(
+            "protocols round {round}/{}: HTTP/1.1 {:.0} req/s, h2c {:.0} req/s",
+            plan.routes_rounds,
+            row.http1[round - 1],
+            row.h2c[round - 1]
+        ));
+    }
+    Ok(row)
+}
+
 /// A router-server that swaps `SWAPS` times on SIGUSR1, sent once load is flowing.
 async fn measure_swaps(
     plan: &Plan,
@@ -634,6 +694,7 @@ fn spec(addr: SocketAddr, size: BodySize, concurrency: usize, duration: Duration
         concurrency,
         duration,
         max_requests_per_connection: MAX_REQUESTS_PER_CONNECTION,
+        protocol: Protocol::Http1,
     }
 }
 

@@ -1,5 +1,6 @@
-//! A closed-loop HTTP/1.1 load generator: `concurrency` keep-alive connections, each with one
-//! request in flight at a time, for a fixed time and at most a fixed number of requests.
+//! A closed-loop load generator: `concurrency` keep-alive connections (HTTP/1.1, or h2c with
+//! prior knowledge), each with one request in flight at a time, for a fixed time and at most a
+//! fixed number of requests.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -7,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -31,6 +32,17 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Upper bound on requests per connection, whatever the duration.
     pub max_requests_per_connection: usize,
+    /// What each connection speaks.
+    pub protocol: Protocol,
+}
+
+/// The protocol of a load run's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 keep-alive.
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge, one stream in flight per connection.
+    H2c,
 }
 
 /// What a run measured.
@@ -49,9 +61,14 @@ pub struct LoadResult {
     pub p999: Duration,
 }
 
-/// One keep-alive HTTP/1.1 client connection.
+/// One keep-alive client connection.
 pub struct Connection {
-    sender: http1::SendRequest<Empty<Bytes>>,
+    sender: Sender,
+}
+
+enum Sender {
+    Http1(http1::SendRequest<Empty<Bytes>>),
+    H2c(http2::SendRequest<Empty<Bytes>>),
 }
 
 /// The request a worker sends and the answer it counts as a success.
@@ -78,17 +95,37 @@ impl LoadResult {
 impl Connection {
     /// Opens a connection (TCP_NODELAY, HTTP/1.1 handshake).
     pub async fn open(addr: SocketAddr) -> Result<Connection> {
+        Connection::open_with(addr, Protocol::Http1).await
+    }
+
+    /// Opens a connection speaking `protocol` (TCP_NODELAY, then its handshake).
+    pub async fn open_with(addr: SocketAddr, protocol: Protocol) -> Result<Connection> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true).context("setting TCP_NODELAY")?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .with_context(|| format!("HTTP/1.1 handshake with {addr}"))?;
-        // The connection task ends when `sender` is dropped or the peer closes.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        // Each connection task ends when its sender is dropped or the peer closes.
+        let sender = match protocol {
+            Protocol::Http1 => {
+                let (sender, connection) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .with_context(|| format!("HTTP/1.1 handshake with {addr}"))?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Sender::Http1(sender)
+            }
+            Protocol::H2c => {
+                let (sender, connection) =
+                    http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                        .await
+                        .with_context(|| format!("h2c handshake with {addr}"))?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Sender::H2c(sender)
+            }
+        };
         Ok(Connection { sender })
     }
 
@@ -98,12 +135,24 @@ impl Connection {
         host: &str,
         path: &str,
     ) -> Result<hyper::Response<hyper::body::Incoming>> {
-        self.sender.ready().await.context("connection closed")?;
-        let request = hyper::Request::get(path)
-            .header(hyper::header::HOST, host)
-            .body(Empty::new())
-            .context("building the request")?;
-        Ok(self.sender.send_request(request).await?)
+        match &mut self.sender {
+            Sender::Http1(sender) => {
+                sender.ready().await.context("connection closed")?;
+                let request = hyper::Request::get(path)
+                    .header(hyper::header::HOST, host)
+                    .body(Empty::new())
+                    .context("building the request")?;
+                Ok(sender.send_request(request).await?)
+            }
+            Sender::H2c(sender) => {
+                sender.ready().await.context("connection closed")?;
+                // HTTP/2 names the host in the URI's authority (`:authority`).
+                let request = hyper::Request::get(format!("http://{host}{path}"))
+                    .body(Empty::new())
+                    .context("building the request")?;
+                Ok(sender.send_request(request).await?)
+            }
+        }
     }
 
     /// GET `path` with `Host: host`; returns the status and the whole body.
@@ -138,7 +187,7 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadResult> {
     let mut connections = Vec::with_capacity(spec.concurrency);
     for k in 0..spec.concurrency {
         let addr = spec.targets[k % spec.targets.len()];
-        connections.push((addr, Connection::open(addr).await?));
+        connections.push((addr, Connection::open_with(addr, spec.protocol).await?));
     }
     let started = Instant::now();
     let deadline = started + spec.duration;
@@ -150,7 +199,14 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadResult> {
             body_len: spec.expected_body_len,
         };
         let limit = spec.max_requests_per_connection;
-        workers.spawn(drive(addr, connection, request, deadline, limit));
+        workers.spawn(drive(
+            addr,
+            spec.protocol,
+            connection,
+            request,
+            deadline,
+            limit,
+        ));
     }
     let mut latencies_us = Vec::new();
     let mut errors = 0;
@@ -174,6 +230,7 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadResult> {
 /// Sends requests one after the other on one connection until `deadline` or `limit`.
 async fn drive(
     addr: SocketAddr,
+    protocol: Protocol,
     mut connection: Connection,
     request: Expected,
     deadline: Instant,
@@ -199,7 +256,7 @@ async fn drive(
             Ok(Err(_)) | Err(_) => {
                 tally.errors += 1;
                 // The connection is gone or stuck: replace it, or give up for this run.
-                match Connection::open(addr).await {
+                match Connection::open_with(addr, protocol).await {
                     Ok(fresh) => connection = fresh,
                     Err(_) => break,
                 }

@@ -111,6 +111,24 @@ pub(crate) fn print_table(f: &RouterFigures) {
         median(&routes.many_routes),
         runs(&routes.many_routes)
     );
+    let protocols = &f.protocols;
+    println!(
+        "clients over h2c vs HTTP/1.1 (molt, c={ROUTES_CONCURRENCY} connections with one request \
+         in flight each, small, medians of {} alternating runs; h2 over TLS not measured):",
+        protocols.http1.len()
+    );
+    println!(
+        "  HTTP/1.1 {:>6.0} req/s, p99 {} (runs: {})",
+        median(&protocols.http1),
+        latency(protocols.http1_p99),
+        runs(&protocols.http1)
+    );
+    println!(
+        "  h2c      {:>6.0} req/s, p99 {} (runs: {})",
+        median(&protocols.h2c),
+        latency(protocols.h2c_p99),
+        runs(&protocols.h2c)
+    );
     println!();
     let ratio = |size: BodySize| {
         f.cells
@@ -211,6 +229,13 @@ pub(crate) fn to_json(f: &RouterFigures) -> Value {
             "many_routes_requests_per_s": f.routes.many_routes,
             "loss_percent": f.routes.loss_percent(),
             "goal_percent": ROUTES_LOSS_GOAL,
+        },
+        "client_protocols": {
+            "concurrency": ROUTES_CONCURRENCY,
+            "http1_requests_per_s": f.protocols.http1,
+            "h2c_requests_per_s": f.protocols.h2c,
+            "http1_p99_us": f.protocols.http1_p99.as_micros() as u64,
+            "h2c_p99_us": f.protocols.h2c_p99.as_micros() as u64,
         },
     })
 }

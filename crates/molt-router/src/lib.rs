@@ -33,6 +33,7 @@ pub mod host;
 mod limits;
 mod metrics;
 mod page;
+mod plain;
 mod proxy;
 mod reqid;
 mod server;
@@ -119,9 +120,9 @@ pub struct RouterConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientScheme {
     /// Plain TCP (HTTP/1.1 or h2c).
-    Http,
+    Http = 0,
     /// TLS (HTTP/1.1 or h2 by ALPN).
-    Https,
+    Https = 1,
 }
 
 impl ClientScheme {

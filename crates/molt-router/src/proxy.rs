@@ -32,7 +32,7 @@ use crate::shadow::{MirrorSettings, Shadows};
 use crate::shaping::{self, Source, STICKY_COOKIE};
 use crate::stats::{EnvStats, InFlight, StatsRegistry};
 use crate::table::{Picked, Route, RouteTable, Selector};
-use crate::tls::{AcmeChallenges, CertStore, ACME_CHALLENGE_PREFIX};
+use crate::tls::{AcmeChallenges, CertStore};
 use crate::upgrade::{mark_presence, requested_upgrade, Tunnels};
 use crate::{ClientScheme, RouterConfig, UpstreamProtocol};
 
@@ -65,7 +65,7 @@ pub struct Router {
     /// Certificates of the TLS listener, by SNI name.
     pub(crate) certs: Arc<CertStore>,
     /// Pending ACME http-01 challenges, answered on the plain listener.
-    challenges: Arc<AcmeChallenges>,
+    pub(crate) challenges: Arc<AcmeChallenges>,
     /// Requests received, by scheme: `[http, https]`.
     requests_by_scheme: [AtomicU64; 2],
     tls_handshake_failures: AtomicU64,
@@ -502,50 +502,6 @@ impl Router {
             };
             return (response, Some(index));
         }
-    }
-}
-
-impl Router {
-    /// What the plain listener answers itself: ACME http-01 challenges, and the redirect to
-    /// https for hosts with a certificate (challenge paths exempt).
-    fn plain_only(
-        &self,
-        request: &Request<Incoming>,
-        host: &str,
-    ) -> Option<Response<ResponseBody>> {
-        let path = request.uri().path();
-        if path.starts_with(ACME_CHALLENGE_PREFIX) {
-            let answer = self.challenges.answer(path)?;
-            debug!(host, path, "answering an ACME http-01 challenge");
-            let mut response = page::text(StatusCode::OK, answer);
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            return Some(response);
-        }
-        let port = self.config.https_redirect?;
-        if !self.certs.covers(host) {
-            return None;
-        }
-        let name = crate::host::lookup_key(host.trim()).ok()?;
-        let target = request
-            .uri()
-            .path_and_query()
-            .map_or("/", PathAndQuery::as_str);
-        let location = match port {
-            443 => format!("https://{name}{target}"),
-            port => format!("https://{name}:{port}{target}"),
-        };
-        let location = HeaderValue::from_str(&location).ok()?;
-        let mut response = page::text(
-            StatusCode::PERMANENT_REDIRECT,
-            "molt: this site is served over https\n",
-        );
-        response
-            .headers_mut()
-            .insert(hyper::header::LOCATION, location);
-        Some(response)
     }
 }
 

@@ -633,6 +633,7 @@ async fn access_log_has_one_line_per_request_when_enabled() {
     for field in [
         "request_id=\"",
         "client=127.0.0.1",
+        "scheme=\"http\"",
         "host=\"app.test\"",
         "method=GET",
         "path=/hello",

@@ -513,3 +513,31 @@ async fn plain_listener_redirects_hosts_with_certificates_except_acme_challenges
         (StatusCode::OK, "blue".into())
     );
 }
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_over_tls_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["app.test"]);
+    let h = TlsHarness::start(RouterConfig::default(), |dir| {
+        pki.install_combined(dir, "app.test", &leaf)
+    })
+    .await;
+    let blue = upstream(Reply::Name("blue")).await;
+    h.router
+        .publish(table(&[("app.test", "blue", &[blue])]))
+        .await;
+
+    let mut stream = h.connect(&pki, "app.test").await.expect("tls");
+    let request = "POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\n\
+                   Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    within(stream.write_all(request.as_bytes()))
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    // The router closes the connection after its refusal: read to the end.
+    let _ = within(stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+    assert_eq!(h.router.env_stats("blue").accepted, 0);
+}
