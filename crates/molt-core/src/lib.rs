@@ -10,9 +10,11 @@ pub mod error;
 pub mod gc;
 pub mod manifest;
 pub mod names;
+pub mod size;
 
 pub use deployment::{DeployEvent, DeployState, InvalidTransition, Recovery};
 pub use duration::{format_duration, parse_duration};
 pub use error::InputError;
-pub use manifest::{DeployPolicy, HealthCheck, Manifest, RunConfig};
+pub use manifest::{DeployPolicy, HealthCheck, Manifest, RouterLimits, RunConfig};
 pub use names::{AppName, Digest, EnvVarName, Hostname};
+pub use size::parse_size;
