@@ -1,6 +1,9 @@
 //! Deriving the router's table from the store.
 
-use molt_router::{Backend, Maintenance, RouteTable, Upstream};
+use std::time::Duration;
+
+use molt_core::RouterLimits;
+use molt_router::{Backend, Maintenance, RouteLimits, RouteTable, Upstream};
 use molt_store::{EnvState, InstanceState, ShadowMode, Store, StoreError};
 
 use crate::instances::instance_addr;
@@ -20,6 +23,14 @@ impl Controller {
             .await?;
         self.inner.router.publish(table).await;
         Ok(())
+    }
+}
+
+/// The router's form of a release's `[router]` limits.
+fn route_limits(limits: &RouterLimits) -> RouteLimits {
+    RouteLimits {
+        max_body_bytes: limits.max_body_bytes,
+        upstream_timeout: limits.request_timeout_ms.map(Duration::from_millis),
     }
 }
 
@@ -72,6 +83,7 @@ fn build_table(
         let app_backend = |store: &Store| -> std::result::Result<Backend, StoreError> {
             let mut b = backend(store, &env)?;
             b.maintenance = maintenance.clone();
+            b.limits = route_limits(&release.config.router);
             Ok(b)
         };
         for host in &release.config.hostnames {
@@ -92,15 +104,16 @@ fn build_table(
     }
     for env in store.envs(None, false)? {
         if env.state == EnvState::Ready {
-            table.insert(
-                &format!("{}.{LOCAL_SUFFIX}", env.id),
-                backend(store, &env.id)?,
-            );
+            let limits = route_limits(&store.release(&env.app, env.release)?.config.router);
+            let preview = |store: &Store| -> std::result::Result<Backend, StoreError> {
+                Ok(Backend {
+                    limits,
+                    ..backend(store, &env.id)?
+                })
+            };
+            table.insert(&format!("{}.{LOCAL_SUFFIX}", env.id), preview(store)?);
             if let Some(domain) = preview_domain {
-                table.insert(
-                    &format!("{}.{}.{domain}", env.id, env.app),
-                    backend(store, &env.id)?,
-                );
+                table.insert(&format!("{}.{}.{domain}", env.id, env.app), preview(store)?);
             }
         }
     }

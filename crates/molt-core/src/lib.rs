@@ -13,12 +13,14 @@ pub mod limits;
 pub mod manifest;
 pub mod names;
 pub mod tag;
+pub mod size;
 
 pub use build::{BaseImage, BuildSpec, BuildStep, ImageRef};
 pub use deployment::{DeployEvent, DeployState, InvalidTransition, Recovery};
 pub use duration::{format_duration, parse_duration};
 pub use error::InputError;
 pub use limits::Limits;
-pub use manifest::{DeployPolicy, HealthCheck, Manifest, RunConfig};
+pub use manifest::{DeployPolicy, HealthCheck, Manifest, RouterLimits, RunConfig};
 pub use names::{AppName, Digest, EnvVarName, Hostname};
 pub use tag::ImageTag;
+pub use size::parse_size;

@@ -47,6 +47,20 @@ pub struct RunConfig {
     /// Memory, CPU and task limits of each instance (`[limits]`).
     #[serde(default)]
     pub limits: Limits,
+    /// Limits the router applies to this app's requests (`[router]`).
+    #[serde(default, skip_serializing_if = "RouterLimits::is_unset")]
+    pub router: RouterLimits,
+}
+
+/// Per-app router limits; unset ones fall back to `molt serve`'s, and none can exceed them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterLimits {
+    /// Largest request body in bytes (`max_body = "10MiB"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// How long an instance may take to send response headers (`request_timeout = "30s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// An HTTP health check.
@@ -104,6 +118,7 @@ struct RawManifest {
     limits: Option<RawLimits>,
     #[serde(default)]
     build: Option<Spanned<RawBuild>>,
+    router: Option<RawRouter>,
 }
 
 #[derive(Deserialize, Default)]
@@ -112,6 +127,13 @@ struct RawLimits {
     memory: Option<Spanned<String>>,
     cpu: Option<Spanned<f64>>,
     pids: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouter {
+    max_body: Option<Spanned<String>>,
+    request_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -154,6 +176,13 @@ impl Default for DeployPolicy {
             watch: Duration::from_secs(300),
             rollback_window: Duration::from_secs(900),
         }
+    }
+}
+
+impl RouterLimits {
+    /// True when nothing is set (then it is left out of stored configs).
+    pub fn is_unset(&self) -> bool {
+        self == &RouterLimits::default()
     }
 }
 
@@ -256,6 +285,28 @@ impl Manifest {
             watch: duration(&rd.watch, dd.watch)?,
             rollback_window: duration(&rd.rollback_window, dd.rollback_window)?,
         };
+        let rr = raw.router.unwrap_or_default();
+        let router = RouterLimits {
+            max_body_bytes: match &rr.max_body {
+                Some(s) => {
+                    Some(crate::parse_size(s.get_ref()).map_err(|e| at(s.span(), e.to_string()))?)
+                }
+                None => None,
+            },
+            request_timeout_ms: match &rr.request_timeout {
+                Some(s) => match parse_duration(s.get_ref()) {
+                    Ok(d) if d.is_zero() => {
+                        return Err(at(
+                            s.span(),
+                            "request_timeout must be more than 0".to_string(),
+                        ))
+                    }
+                    Ok(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    Err(e) => return Err(at(s.span(), e.to_string())),
+                },
+                None => None,
+            },
+        };
         let mut env = BTreeMap::new();
         for (k, v) in raw.env {
             let key: EnvVarName = k
@@ -305,6 +356,7 @@ impl Manifest {
                 env,
                 deploy,
                 limits,
+                router,
             },
             build,
         })
@@ -540,6 +592,37 @@ rollback_window = "15m"
             assert!(err.contains(want_at), "{err:?} lacks {want_at:?}");
             assert!(err.contains(want_what), "{err:?} lacks {want_what:?}");
             assert!(err.starts_with("molt.toml: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn router_limits_parse_and_stay_out_of_configs_without_them() {
+        let base = "name = \"a\"\ncommand = [\"x\"]\n";
+        let m = parse(&format!(
+            "{base}[router]\nmax_body = \"10MiB\"\nrequest_timeout = \"30s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            m.config.router,
+            RouterLimits {
+                max_body_bytes: Some(10 << 20),
+                request_timeout_ms: Some(30_000),
+            }
+        );
+        let stored = toml::to_string(&m.config).unwrap();
+        assert_eq!(toml::from_str::<RunConfig>(&stored).unwrap(), m.config);
+        // Without [router] the stored config is what it was before [router] existed.
+        let plain = parse(base).unwrap().config;
+        assert!(!toml::to_string(&plain).unwrap().contains("router"));
+        for (text, what) in [
+            ("[router]\nmax_body = \"10 furlongs\"\n", "not a size"),
+            ("[router]\nrequest_timeout = \"0s\"\n", "more than 0"),
+            ("[router]\nrequest_timeout = \"soon\"\n", "soon"),
+            ("[router]\nmax_bodies = \"1MiB\"\n", "max_bodies"),
+        ] {
+            let err = parse(&format!("{base}{text}")).unwrap_err().to_string();
+            assert!(err.contains("line 4"), "{err}");
+            assert!(err.contains(what), "{err:?} lacks {what:?}");
         }
     }
 

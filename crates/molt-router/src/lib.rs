@@ -49,7 +49,7 @@ use std::time::Duration;
 
 pub use proxy::Router;
 pub use stats::EnvStats;
-pub use table::{Backend, Maintenance, Route, RouteTable, Upstream};
+pub use table::{Backend, Maintenance, Route, RouteLimits, RouteTable, Upstream};
 pub use traffic::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 
 /// The protocol the router speaks to upstream instances for ordinary requests.

@@ -75,6 +75,14 @@ pub struct Router {
     shadows: Shadows,
 }
 
+/// The body size and response-head time one request may use (the route's limits within the
+/// router's).
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    max_body: u64,
+    timeout: Duration,
+}
+
 /// The parts of a request needed to send it (again) to an upstream.
 struct Forward {
     head: request::Parts,
@@ -360,6 +368,17 @@ impl Router {
         if self.config.access_log {
             served.env = Some(route.env().to_owned());
         }
+        let max_body = self.allowance(&route).max_body;
+        if max_body < self.config.max_body_bytes && declared_length(&request) > Some(max_body) {
+            debug!(env = route.env(), "request body over the app's limit");
+            let live = &route.counters().traffic.live;
+            live.record(413, started.elapsed());
+            drop(in_flight);
+            return page::closing(page::text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "molt: the request body is larger than this app accepts\n",
+            ));
+        }
         if let Some(shadow) = mirror {
             let settings = MirrorSettings {
                 timeout: self.config.upstream_timeout,
@@ -402,6 +421,20 @@ impl Router {
         response
     }
 
+    /// The limits of one request on `route`: the route's own within the router's.
+    fn allowance(&self, route: &Route) -> Allowance {
+        let limits = route.backend().limits;
+        let config = &self.config;
+        Allowance {
+            max_body: limits
+                .max_body_bytes
+                .map_or(config.max_body_bytes, |max| max.min(config.max_body_bytes)),
+            timeout: limits
+                .upstream_timeout
+                .map_or(config.upstream_timeout, |t| t.min(config.upstream_timeout)),
+        }
+    }
+
     /// Sends the request to the route's upstreams starting at `start`, moving on to the next
     /// one only when the request can be replayed and the connection failed before a response.
     async fn forward(
@@ -413,6 +446,7 @@ impl Router {
         client: IpAddr,
         host: HeaderValue,
     ) -> (Response<ResponseBody>, Option<usize>) {
+        let allowance = self.allowance(route);
         let (mut head, body) = request.into_parts();
         let scheme = ClientScheme::of(&head.extensions);
         strip_hop_by_hop(&mut head.headers);
@@ -430,7 +464,7 @@ impl Router {
             1
         };
         let mut forward = Forward { head, path };
-        let (body, fault) = LimitedBody::new(body, self.config.max_body_bytes);
+        let (body, fault) = LimitedBody::new(body, allowance.max_body);
         let mut body = (!replayable).then_some(body);
 
         let counters = Arc::clone(route.counters());
@@ -448,11 +482,9 @@ impl Router {
             let instance = &route.upstreams()[index].instance;
             in_flight.sent_to(route.load_of(index));
 
-            let sent = tokio::time::timeout(
-                self.config.upstream_timeout,
-                self.client.request(upstream_request),
-            )
-            .await;
+            let sent =
+                tokio::time::timeout(allowance.timeout, self.client.request(upstream_request))
+                    .await;
             let response = match sent {
                 Ok(Ok(response)) => {
                     route.record_success(index);
@@ -593,6 +625,15 @@ fn host_from_authority(request: &mut Request<Incoming>) -> Option<HeaderValue> {
     let host = HeaderValue::from_str(authority.as_str()).ok()?;
     request.headers_mut().insert(HOST, host.clone());
     Some(host)
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok())
+        .and_then(|length| length.trim().parse().ok())
 }
 
 /// Methods whose bodiless requests can be sent to another upstream after a failed attempt.

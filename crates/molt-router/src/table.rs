@@ -34,6 +34,18 @@ pub struct Backend {
     pub upstreams: Vec<Upstream>,
     /// When set, every request is answered 503 by the router and no instance is asked.
     pub maintenance: Option<Maintenance>,
+    /// This backend's own limits, tighter than the router's.
+    pub limits: RouteLimits,
+}
+
+/// Limits of one backend; `None` (or a looser value) means the router's own
+/// ([`RouterConfig`](crate::RouterConfig)) applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// Largest request body in bytes (413 beyond).
+    pub max_body_bytes: Option<u64>,
+    /// How long an instance may take to send response headers (504 beyond).
+    pub upstream_timeout: Option<std::time::Duration>,
 }
 
 /// A backend taken out of service on purpose: what clients are told instead.
@@ -124,6 +136,7 @@ impl Backend {
             env: env.into(),
             upstreams,
             maintenance: None,
+            limits: RouteLimits::default(),
         }
     }
 }

@@ -118,3 +118,65 @@ async fn shadow_mirrors_to_a_kept_environment_and_previews_answer_on_the_domain(
     assert_eq!(report["shadow"], Value::Null, "{report}");
     h.stop().await;
 }
+
+/// Sends a POST with a `len`-byte body through the router on a fresh connection; returns the
+/// status code.
+async fn post_status(router: std::net::SocketAddr, host: &str, len: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(router)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    // The router may answer (and close) before taking the body: a failed write is fine.
+    let _ = stream.write_all(&vec![b'x'; len]).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut response),
+    )
+    .await
+    .expect("the router answers");
+    let text = String::from_utf8_lossy(&response);
+    text.get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_apps_router_limits_apply_to_its_hostnames_and_previews() {
+    let h = Harness::start().await;
+    let limited = h.app(
+        "shop",
+        &[],
+        &format!("{FAST}[router]\nmax_body = \"1KiB\"\nrequest_timeout = \"20s\"\n"),
+    );
+    let d = h.deploy(&limited).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let env = d["env"].as_str().expect("env");
+    // The example app has no POST handler: a body it gets is answered 501 by it.
+    assert_eq!(post_status(h.router, "shop.localhost", 1024).await, 501);
+    assert_eq!(post_status(h.router, "shop.localhost", 1025).await, 413);
+    assert_eq!(
+        post_status(h.router, &format!("{env}.localhost"), 1025).await,
+        413
+    );
+    // Another app without [router] keeps the server's limit.
+    let open = h.app("blog", &[], FAST);
+    h.deploy(&open).await;
+    assert_eq!(post_status(h.router, "blog.localhost", 4096).await, 501);
+    // A bad [router] value is refused with its line, and nothing changes.
+    let bad = h.app(
+        "shop",
+        &[],
+        &format!("{FAST}[router]\nmax_body = \"lots\"\n"),
+    );
+    let err = start_deploy(&h.client, &bad)
+        .await
+        .expect_err("a bad size is refused");
+    assert!(format!("{err}").contains("not a size"), "{err}");
+    assert_eq!(post_status(h.router, "shop.localhost", 1025).await, 413);
+    h.stop().await;
+}
