@@ -12,7 +12,9 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use molt_provider::{InstanceSpec, InstanceStatus, ProcessHandle, Provider, StopSignal};
+use molt_provider::{
+    InstanceSpec, InstanceStatus, ProcessHandle, Provider, RootLayout, StopSignal,
+};
 use molt_runtime::{RuncConfig, RuncProvider};
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -307,21 +309,107 @@ fn term_stops_an_instance_that_handles_it() {
 }
 
 #[test]
-fn ten_start_stop_cycles_leave_nothing_behind() {
+fn fifty_start_stop_cycles_leave_nothing_behind() {
     let Some(sandbox) = Sandbox::new("t-loop") else {
         return;
     };
     let provider = sandbox.provider();
-    for round in 0..10 {
+    for round in 0..50 {
         let id = format!("loop-{}", round % 3);
-        let handle = provider
-            .start(&sandbox.spec(&id, &["sleep", "600"]))
-            .expect("start");
+        let mut spec = sandbox.spec(&id, &["sleep", "600"]);
+        if round % 2 == 1 {
+            // The host-system layout: the host's busybox, the image tree at /app.
+            spec.layout = RootLayout::HostSystem;
+            spec.command = vec![BUSYBOX.to_string(), "sleep".into(), "600".into()];
+        }
+        let handle = provider.start(&spec).expect("start");
         assert_eq!(provider.status(&id, handle), InstanceStatus::Running);
         stop(&provider, &id, handle);
         sandbox.assert_nothing_left(&provider, &id);
     }
     assert!(sandbox.runc_containers().is_empty());
+    assert_eq!(processes_marked("t-loop"), Vec::<u32>::new());
+}
+
+#[test]
+fn host_system_layout_confines_an_app_folder() {
+    let Some(sandbox) = Sandbox::new("t-host") else {
+        return;
+    };
+    let provider = sandbox.provider();
+    let script = "echo cwd=$(pwd); ls /app/www/index.html && echo app=yes; \
+        echo x > /app/new 2>/dev/null || echo app-ro=yes; \
+        echo y > /usr/new 2>/dev/null || echo usr-ro=yes; \
+        echo shadow=[$(cat /etc/shadow 2>&1)]; \
+        test -e /home && echo home=yes || echo home=no; \
+        busybox unshare -U true 2>/dev/null && echo unshare=yes || echo unshare=no";
+    let mut spec = sandbox.spec("host-1", &["sh", "-c", script]);
+    spec.layout = RootLayout::HostSystem;
+    let handle = provider.start(&spec).expect("start");
+    let status = wait_not_running(&provider, "host-1", handle, Duration::from_secs(5));
+    assert!(
+        matches!(status, InstanceStatus::Exited { .. }),
+        "{status:?}"
+    );
+    let log = sandbox.log("host-1");
+    eprintln!("{log}");
+    for want in [
+        "cwd=/app\n",
+        "app=yes\n",
+        "app-ro=yes\n",
+        "usr-ro=yes\n",
+        "shadow=[]\n",
+        "home=no\n",
+        "unshare=no\n",
+    ] {
+        assert!(log.contains(want), "{want:?} missing from:\n{log}");
+    }
+    assert!(!sandbox.rootfs().join("new").exists());
+    provider.forget("host-1");
+    sandbox.assert_nothing_left(&provider, "host-1");
+}
+
+#[test]
+fn a_memory_limit_kill_is_reported_as_oom() {
+    let Some(sandbox) = Sandbox::new("t-oom") else {
+        return;
+    };
+    let provider = sandbox.provider();
+    let mut spec = sandbox.spec(
+        "hog",
+        &["sh", "-c", "x=$(yes | head -c 200000000); echo survived"],
+    );
+    spec.limits.memory = Some(16 << 20);
+    let handle = provider.start(&spec).expect("start");
+    let status = wait_not_running(&provider, "hog", handle, Duration::from_secs(30));
+    assert!(
+        matches!(status, InstanceStatus::Exited { .. }),
+        "{status:?}"
+    );
+    let reason = provider.exit_reason("hog", handle).expect("an exit reason");
+    assert!(reason.contains("out of memory"), "{reason}");
+    assert!(reason.contains("16 MiB"), "{reason}");
+    assert!(!sandbox.log("hog").contains("survived"));
+    provider.forget("hog");
+    sandbox.assert_nothing_left(&provider, "hog");
+}
+
+/// Live processes whose environment carries `MOLT_OWNER=<owner>`.
+fn processes_marked(owner: &str) -> Vec<u32> {
+    let marker = format!("MOLT_OWNER={owner}");
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 #[test]
