@@ -208,6 +208,13 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
                  --tls-listen"
             );
         }
+        if let Some(path) = tls.cert_dir.as_ref().filter(|path| !path.is_dir()) {
+            bail!(
+                "the certificate directory {} does not exist or is not a directory; pass an \
+                 existing directory to --tls-cert-dir",
+                path.display()
+            );
+        }
     }
     let dir = cfg.data_dir.clone();
     for sub in ["", "images", "logs", "uploads"] {
