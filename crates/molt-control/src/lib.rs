@@ -36,10 +36,11 @@ use tokio_util::task::TaskTracker;
 pub use error::{ControlError, Result};
 pub use gc::GcReport;
 pub use images::{
-    ImageExport, ImageInspect, ImageUse, ImportFormat, ImportOptions, ImportOutcome, RemoveOutcome,
-    TagOutcome,
+    credentials, ImageExport, ImageInspect, ImageUse, ImportFormat, ImportOptions, ImportOutcome,
+    PullRequest, RemoveOutcome, TagOutcome,
 };
 pub use metrics::{EnvMetrics, MetricsSnapshot};
+pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
 
 /// Settings of the controller.
