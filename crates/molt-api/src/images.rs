@@ -168,6 +168,36 @@ pub(crate) async fn export_image(
 }
 
 #[derive(Deserialize)]
+pub(crate) struct PushBody {
+    target: String,
+    mount_from: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// `POST /v1/images/{reference}/push`: push to a registry (credentials in the body, never
+/// logged).
+pub(crate) async fn push_image(
+    State(s): State<ApiState>,
+    Path(reference): Path<String>,
+    Json(body): Json<PushBody>,
+) -> ApiResult {
+    let credentials = molt_control::credentials(body.username, body.password);
+    ok(s.controller
+        .push_image(&reference, &body.target, credentials, body.mount_from)
+        .await?)
+}
+
+/// `POST /v1/images/pull`: pull from a registry into the store.
+pub(crate) async fn pull_image(
+    State(s): State<ApiState>,
+    Json(body): Json<molt_control::PullRequest>,
+) -> ApiResult {
+    let outcome = s.controller.pull_image(body).await?;
+    Ok((StatusCode::CREATED, Json(outcome)).into_response())
+}
+
+#[derive(Deserialize)]
 pub(crate) struct GcBody {
     #[serde(default)]
     dry_run: bool,

@@ -46,6 +46,7 @@ impl IntoResponse for ApiError {
             StatusCode::CONFLICT => "conflict",
             StatusCode::INSUFFICIENT_STORAGE => "disk_full",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::BAD_GATEWAY => "registry",
             _ => "internal",
         };
         (self.0, Json(json!({ "error": self.1, "kind": kind }))).into_response()
@@ -63,6 +64,7 @@ impl From<ControlError> for ApiError {
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Registry(_) => StatusCode::BAD_GATEWAY,
             _ if is_disk_full(&e.to_string()) => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -113,6 +115,8 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/images/gc", post(gc_images))
+        .route("/v1/images/pull", post(pull_image))
+        .route("/v1/images/:reference/push", post(push_image))
         .route(
             "/v1/images/:reference",
             get(inspect_image).delete(remove_image),

@@ -138,6 +138,18 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
     ("get", "/v1/tags/history", "Every tag change", None),
     (
         "post",
+        "/v1/images/{reference}/push",
+        "Push an image to a registry (chunked uploads, cross-repository mount with mount_from)",
+        Some("Push"),
+    ),
+    (
+        "post",
+        "/v1/images/pull",
+        "Pull an image from a registry, optionally tagging it",
+        Some("Pull"),
+    ),
+    (
+        "post",
         "/v1/images/gc",
         "Collect unkept images and sweep unreferenced blobs and rootfs dirs (dry_run to preview)",
         Some("Gc"),
@@ -242,6 +254,14 @@ pub fn document() -> Value {
                     "unset": { "type": "array", "items": { "type": "string" } } } },
                 "Pin": { "type": "object", "required": ["pinned"], "properties": { "pinned": { "type": "boolean" } } },
                 "Gc": { "type": "object", "properties": { "dry_run": { "type": "boolean" } } },
+                "Push": { "type": "object", "required": ["target"], "properties": {
+                    "target": { "type": "string", "description": "host[:port]/repository:tag" },
+                    "mount_from": { "type": "string", "description": "repository on the same registry to mount blobs from" },
+                    "username": { "type": "string" }, "password": { "type": "string" } } },
+                "Pull": { "type": "object", "required": ["source"], "properties": {
+                    "source": { "type": "string", "description": "host[:port]/repository:tag or @sha256:…" },
+                    "tag": { "type": "string" }, "force": { "type": "boolean" }, "actor": { "type": "string" },
+                    "username": { "type": "string" }, "password": { "type": "string" } } },
                 "Tag": { "type": "object", "required": ["tag"], "properties": {
                     "tag": { "type": "string", "description": "e.g. shop:42" },
                     "force": { "type": "boolean", "description": "move a tag that names another image" },

@@ -295,6 +295,28 @@ pub enum ImageAction {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Push an image to an OCI registry (credentials from MOLT_REGISTRY_USERNAME and
+    /// MOLT_REGISTRY_PASSWORD).
+    Push {
+        /// Digest or tag.
+        image: String,
+        /// host[:port]/repository:tag
+        target: String,
+        /// A repository on the same registry to mount shared blobs from.
+        #[arg(long)]
+        mount_from: Option<String>,
+    },
+    /// Pull an image from an OCI registry (credentials as for push).
+    Pull {
+        /// host[:port]/repository:tag or host[:port]/repository@sha256:…
+        source: String,
+        /// Name it with a tag, e.g. shop:42.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Move the tag if it names another image (recorded in the tag history).
+        #[arg(long, requires = "tag")]
+        force: bool,
+    },
     /// Collect images nothing keeps and sweep unreferenced blobs and unpacked trees.
     Gc {
         /// Only print what would go.

@@ -27,6 +27,9 @@ pub enum ControlError {
     /// Instances could not be started or stopped.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// A registry refused or failed a push or pull.
+    #[error("{0}")]
+    Registry(String),
     /// The server is shutting down.
     #[error("molt is shutting down")]
     ShuttingDown,
@@ -45,6 +48,17 @@ impl From<StoreError> for ControlError {
             StoreError::Conflict(m) => ControlError::Conflict(m),
             StoreError::Transition(t) => ControlError::Conflict(t.to_string()),
             other => ControlError::Store(other),
+        }
+    }
+}
+
+impl From<molt_registry::RegistryError> for ControlError {
+    fn from(e: molt_registry::RegistryError) -> Self {
+        use molt_registry::RegistryError as R;
+        match e {
+            R::Reference { .. } => ControlError::Input(InputError::Invalid(e.to_string())),
+            R::Image(i) => ControlError::Image(i),
+            other => ControlError::Registry(other.to_string()),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use molt_core::gc::kept_releases;
 use molt_core::{Digest, ImageTag, InputError};
 use molt_image::{ArchiveFormat, ImageDetails, ImageStore};
+use molt_registry::{Credentials, PushReport};
 use molt_store::{ImageRecord, TagEvent, TagMove};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -97,6 +98,42 @@ pub struct TagOutcome {
     pub digest: Digest,
     /// What it named before a forced move.
     pub moved_from: Option<Digest>,
+}
+
+/// A pull from a registry.
+#[derive(Clone, Default, Deserialize, Serialize)]
+pub struct PullRequest {
+    /// `host[:port]/repository:tag` or `…@sha256:…`.
+    pub source: String,
+    /// Tag to name the pulled image with.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Move the tag if it names another image.
+    #[serde(default)]
+    pub force: bool,
+    /// Who asks, for the tag history.
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// Registry user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Registry password or token (never logged or echoed).
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl PullRequest {
+    fn credentials(&self) -> Option<Credentials> {
+        credentials(self.username.clone(), self.password.clone())
+    }
+}
+
+/// Credentials from an optional user name and password (both needed).
+pub fn credentials(username: Option<String>, password: Option<String>) -> Option<Credentials> {
+    match (username, password) {
+        (Some(username), Some(password)) => Some(Credentials { username, password }),
+        _ => None,
+    }
 }
 
 /// What a removal did.
@@ -384,6 +421,64 @@ impl Controller {
             digest,
             format,
             chunks: rx,
+        })
+    }
+
+    /// Pushes an image to a registry reference (`host[:port]/repository:tag`).
+    pub async fn push_image(
+        &self,
+        reference: &str,
+        target: &str,
+        credentials: Option<Credentials>,
+        mount_from: Option<String>,
+    ) -> Result<PushReport> {
+        let image = self.resolve_image(reference).await?;
+        Ok(molt_registry::push(
+            &self.inner.images,
+            &image.digest,
+            target,
+            credentials.as_ref(),
+            mount_from.as_deref(),
+        )
+        .await?)
+    }
+
+    /// Pulls an image from a registry into the store and the catalog, optionally tagging it
+    /// (a tag moves only with `force`, as for an import).
+    pub async fn pull_image(&self, request: PullRequest) -> Result<ImportOutcome> {
+        let tag = request
+            .tag
+            .as_deref()
+            .map(str::parse::<ImageTag>)
+            .transpose()?;
+        let actor = actor_name(request.actor.as_deref());
+        let pulled = molt_registry::pull(
+            &self.inner.images,
+            &request.source,
+            request.credentials().as_ref(),
+        )
+        .await?;
+        let (digest, size) = (pulled.digest.clone(), pulled.size);
+        let mode = if request.force {
+            TagMove::Force
+        } else {
+            TagMove::Refuse
+        };
+        let (image, moved_from) = self
+            .db(move |s| {
+                s.put_image(&digest, size)?;
+                let moved = match &tag {
+                    Some(t) => s.set_tag(t.as_str(), &digest, mode, &actor)?,
+                    None => None,
+                };
+                Ok((s.image(&digest)?, moved))
+            })
+            .await?;
+        Ok(ImportOutcome {
+            image,
+            format: ImportFormat::Oci,
+            files: pulled.files,
+            moved_from,
         })
     }
 

@@ -40,11 +40,12 @@ pub use bake::BakeRequest;
 pub use error::{ControlError, Result};
 pub use gc::GcReport;
 pub use images::{
-    ImageExport, ImageInspect, ImageUse, ImportFormat, ImportOptions, ImportOutcome, RemoveOutcome,
-    TagOutcome,
+    credentials, ImageExport, ImageInspect, ImageUse, ImportFormat, ImportOptions, ImportOutcome,
+    PullRequest, RemoveOutcome, TagOutcome,
 };
 pub use metrics::{EnvMetrics, MetricsSnapshot};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
+pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
 pub use shadow::{ShadowReport, TrafficSummary};
 pub use verify::{Attestation, VerifyReport};

@@ -11,6 +11,7 @@ use oci_spec::image::{Arch, Descriptor, ImageIndex, MediaType, Os};
 
 use crate::blobs::{HashingReader, StagedBlob, MAX_JSON_SIZE};
 use crate::canonical::{MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
+use crate::fsutil::unique_name;
 use crate::oci::{
     check_layout_marker, decompress, image_index, layer_compression, layout_marker, manifest_entry,
     parse_config, parse_index, parse_manifest, ref_name, to_json, to_molt_digest,
@@ -519,4 +520,71 @@ fn append_dir<W: Write>(builder: &mut tar::Builder<W>, name: &str) -> Result<(),
     builder
         .append_data(&mut header, name, io::empty())
         .map_err(ImageError::Write)
+}
+
+impl ImageStore {
+    /// The manifest of a stored image, byte for byte (verified against its digest).
+    pub fn manifest_bytes(&self, digest: &Digest) -> Result<Vec<u8>, ImageError> {
+        if !self.contains(digest) {
+            return Err(ImageError::NotFound(digest.clone()));
+        }
+        self.blobs.read(digest)
+    }
+
+    /// A whole blob of the store (a layer or config), verified against its digest.
+    ///
+    /// Registry uploads need the bytes at hand; layers are read whole, so this is bounded by
+    /// memory like the upload itself.
+    pub fn blob_bytes(&self, digest: &Digest) -> Result<Vec<u8>, ImageError> {
+        let mut reader = self.blobs.open(digest)?;
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(ImageError::io(self.blobs.path(digest)))?;
+        reader.finish()?;
+        Ok(bytes)
+    }
+
+    /// Where a pulled blob may be downloaded before `import_pulled` (inside the store, so
+    /// nothing is written elsewhere; a leftover is swept by `collect`).
+    pub fn download_path(&self) -> std::path::PathBuf {
+        self.tmp_dir().join(unique_name("pull"))
+    }
+
+    /// Imports an image whose manifest and blobs were fetched from elsewhere (a registry):
+    /// `blobs` maps each digest to a downloaded file. Everything is checked exactly as for an
+    /// OCI archive (names, sizes, diff ids); the files are copied, not moved.
+    pub fn import_pulled(
+        &self,
+        manifest: &[u8],
+        blobs: &[(Digest, std::path::PathBuf)],
+    ) -> Result<ImportedImage, ImageError> {
+        let mut contents = ArchiveContents {
+            layout_marker: true,
+            ..ArchiveContents::default()
+        };
+        for (named, path) in blobs {
+            let mut file = fs::File::open(path).map_err(ImageError::io(path))?;
+            let mut writer = self.blobs.create()?;
+            io::copy(&mut file, &mut writer).map_err(ImageError::io(path))?;
+            let staged = writer.finish()?;
+            if staged.digest != *named {
+                return Err(ImageError::Corrupt {
+                    digest: named.clone(),
+                    actual: staged.digest,
+                });
+            }
+            contents.blobs.insert(named.clone(), staged);
+        }
+        let manifest_blob = self.blobs.stage_bytes(manifest)?;
+        let digest = manifest_blob.digest.clone();
+        contents.blobs.insert(digest.clone(), manifest_blob);
+        let index = image_index(vec![manifest_entry(
+            &digest,
+            manifest.len() as u64,
+            "pulled",
+        )])?;
+        contents.index = Some(to_json(&index)?);
+        self.import_oci_contents(contents, None)
+    }
 }

@@ -386,7 +386,7 @@ impl ImageStore {
         self.root.join("rootfs")
     }
 
-    fn tmp_dir(&self) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 }

@@ -247,3 +247,114 @@ async fn images_cli_tags_inspects_exports_imports_and_removes() {
 
     assert_eq!(serve.signal(Signal::SIGTERM).code(), Some(0));
 }
+
+/// A `docker-registry` on 127.0.0.1 with htpasswd auth (user molt, password s3cret).
+struct Registry {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry(dir: &Path) -> Registry {
+    let htpasswd = Command::new("htpasswd")
+        .args(["-Bbn", "molt", "s3cret"])
+        .output()
+        .unwrap();
+    std::fs::write(dir.join("htpasswd"), &htpasswd.stdout).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        dir.join("config.yml"),
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: t\n    path: {}\n",
+            dir.join("storage").display(),
+            dir.join("htpasswd").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let registry = Registry { child, addr };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "registry did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    registry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_push_and_pull_through_a_registry_from_the_cli() {
+    if !have("docker-registry") || !have("htpasswd") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = start_registry(tmp.path());
+    let data = tmp.path().join("data");
+    let mut serve = Serve::start(&data, None, true);
+    let d = data.as_path();
+    let app = tmp.path().join("site");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("index.html"), "pushed\n").unwrap();
+    let image = molt_json(
+        d,
+        &["images", "import", app.to_str().unwrap(), "--tag", "site:1"],
+    );
+    let target = format!("{}/team/site:1", registry.addr);
+
+    // Without credentials the registry refuses: a clear error (502, the registry's word).
+    let o = molt(d, &["--json", "images", "push", "site:1", &target]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(err["status"], 502, "{err}");
+
+    let with_creds = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_molt"))
+            .arg("--data-dir")
+            .arg(d)
+            .arg("--json")
+            .args(args)
+            .env("MOLT_REGISTRY_USERNAME", "molt")
+            .env("MOLT_REGISTRY_PASSWORD", "s3cret")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+        assert!(!text(&o).contains("s3cret"));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let pushed = with_creds(&["images", "push", "site:1", &target]);
+    assert_eq!(pushed["digest"], image["digest"]);
+    assert_eq!(pushed["uploaded"], 2);
+
+    // Remove it locally, pull it back under a new tag: same digest.
+    molt_json(d, &["images", "rm", "site:1"]);
+    let pulled = with_creds(&["images", "pull", &target, "--tag", "site:pulled"]);
+    assert_eq!(pulled["digest"], image["digest"]);
+    let inspected = molt_json(d, &["images", "inspect", "site:pulled"]);
+    assert_eq!(inspected["digest"], image["digest"]);
+    assert!(
+        !serve_log(d).contains("s3cret"),
+        "password in the server log"
+    );
+
+    assert_eq!(serve.signal(Signal::SIGTERM).code(), Some(0));
+    drop(registry);
+}

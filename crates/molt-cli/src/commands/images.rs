@@ -157,6 +157,46 @@ pub(crate) async fn images(client: &Client, action: ImageAction, json: bool) -> 
         } => {
             export(client, &image, &output, &format, name.as_deref(), json).await?;
         }
+        ImageAction::Push {
+            image,
+            target,
+            mount_from,
+        } => {
+            let (username, password) = registry_credentials();
+            let v = client
+                .post(
+                    &format!("/v1/images/{}/push", urlencode(&image)),
+                    &json!({ "target": target, "mount_from": mount_from,
+                             "username": username, "password": password }),
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "pushed {} to {target}: {} blob(s) uploaded ({}), {} mounted",
+                    text(&v["digest"]),
+                    v["uploaded"],
+                    bytes(v["bytes"].as_u64().unwrap_or(0)),
+                    v["mounted"]
+                );
+            }
+        }
+        ImageAction::Pull { source, tag, force } => {
+            let (username, password) = registry_credentials();
+            let v = client
+                .post(
+                    "/v1/images/pull",
+                    &json!({ "source": source, "tag": tag, "force": force, "actor": actor(),
+                             "username": username, "password": password }),
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", text(&v["digest"]));
+            }
+        }
         ImageAction::Gc { dry_run } => {
             let v = client
                 .post("/v1/images/gc", &json!({ "dry_run": dry_run }))
@@ -305,6 +345,12 @@ fn short_or_dash(v: &Value) -> String {
         Some(d) => short_digest(d),
         None => "-".into(),
     }
+}
+
+/// Registry credentials from the environment (never from arguments, which other users see).
+fn registry_credentials() -> (Option<String>, Option<String>) {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    (get("MOLT_REGISTRY_USERNAME"), get("MOLT_REGISTRY_PASSWORD"))
 }
 
 /// Who runs the CLI, for the tag history: `$USER@host`, as far as the environment says.

@@ -1,0 +1,187 @@
+//! Push and pull against Debian's real `docker-registry` (distribution 2.8) on 127.0.0.1, with
+//! htpasswd auth and filesystem storage in a temp dir. Skipped, with a message, when
+//! `docker-registry` or `htpasswd` (apache2-utils) is missing; CI installs both.
+
+use std::fs;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use molt_image::ImageStore;
+use molt_registry::{pull, push, Credentials, RegistryError};
+
+fn have(tool: &str) -> bool {
+    let found = Command::new("which")
+        .arg(tool)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        eprintln!("skipped: needs {tool}");
+    }
+    found
+}
+
+/// A registry process, killed (by its own pid) when dropped.
+struct Registry {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let htpasswd = Command::new("htpasswd")
+            .args(["-Bbn", "molt", "s3cret"])
+            .output()
+            .unwrap();
+        assert!(htpasswd.status.success());
+        fs::write(dir.join("htpasswd"), &htpasswd.stdout).unwrap();
+        // A free port: bind, note it, release it for the registry.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: molt-test\n    path: {}\n",
+            dir.join("storage").display(),
+            dir.join("htpasswd").display()
+        );
+        fs::write(dir.join("config.yml"), config).unwrap();
+        let log = fs::File::create(dir.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let registry = Registry { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start: {}",
+                fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+}
+
+fn creds() -> Credentials {
+    Credentials {
+        username: "molt".into(),
+        password: "s3cret".into(),
+    }
+}
+
+/// An app tree with a 5 MiB file that does not compress, so the layer needs two chunks.
+fn big_app(dir: &Path) {
+    let mut bytes = vec![0u8; 5 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in bytes.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    fs::File::create(dir.join("bin/blob"))
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+    fs::write(dir.join("index.html"), "hello\n").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_then_pull_through_a_real_registry_keeps_the_digest() {
+    if !have("docker-registry") || !have("htpasswd") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = Registry::start(tmp.path());
+    let app = tmp.path().join("app");
+    big_app(&app);
+    let one = ImageStore::open(&tmp.path().join("one")).unwrap();
+    let image = one.import_dir(&app).unwrap();
+    let target = format!("{}/shop/web:1", registry.addr);
+
+    // Wrong password: a clear error that does not echo the password.
+    let wrong = Credentials {
+        username: "molt".into(),
+        password: "nope-nope".into(),
+    };
+    let err = push(&one, &image.digest, &target, Some(&wrong), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Registry { .. }), "{err}");
+    assert!(!err.to_string().contains("nope-nope"), "{err}");
+
+    let pushed = push(&one, &image.digest, &target, Some(&creds()), None)
+        .await
+        .unwrap();
+    assert_eq!(pushed.digest, image.digest);
+    assert_eq!((pushed.uploaded, pushed.mounted), (2, 0));
+    assert!(pushed.bytes > 5 << 20, "{pushed:?}");
+
+    // A second repository on the same registry mounts the blobs instead of uploading them.
+    let copy = format!("{}/shop/copy:1", registry.addr);
+    let mounted = push(&one, &image.digest, &copy, Some(&creds()), Some("shop/web"))
+        .await
+        .unwrap();
+    assert_eq!((mounted.uploaded, mounted.mounted), (0, 2), "{mounted:?}");
+
+    // Pull into an empty store, by tag and by digest: the same image, unpacked the same.
+    let two = ImageStore::open(&tmp.path().join("two")).unwrap();
+    let pulled = pull(&two, &copy, Some(&creds())).await.unwrap();
+    assert_eq!(pulled.digest, image.digest);
+    assert_eq!(pulled.files, image.files);
+    let by_digest = format!("{}/shop/web@{}", registry.addr, image.digest);
+    assert_eq!(
+        pull(&two, &by_digest, Some(&creds())).await.unwrap().digest,
+        image.digest
+    );
+    let rootfs = two.rootfs(&pulled.digest).unwrap();
+    assert_eq!(
+        fs::read(rootfs.join("bin/blob")).unwrap(),
+        fs::read(app.join("bin/blob")).unwrap()
+    );
+    // Nothing is left in the store's scratch space.
+    assert_eq!(fs::read_dir(tmp.path().join("two/tmp")).unwrap().count(), 0);
+
+    // Unknown tag and anonymous access: clear errors, nothing stored.
+    let three = ImageStore::open(&tmp.path().join("three")).unwrap();
+    let missing = format!("{}/shop/web:404", registry.addr);
+    assert!(pull(&three, &missing, Some(&creds())).await.is_err());
+    assert!(pull(&three, &copy, None).await.is_err());
+    assert!(three.list().unwrap().is_empty());
+
+    // skopeo, when installed, reads what molt pushed.
+    if have("skopeo") {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--creds", "molt:s3cret"])
+            .arg(format!("docker://{target}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["Digest"], image.digest.as_str());
+    }
+    drop(registry);
+}
