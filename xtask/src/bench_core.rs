@@ -414,7 +414,7 @@ async fn import_image(client: &Client, dir: &Path) -> Result<String> {
 }
 
 /// Builds `molt` (release) with the cargo that runs us; returns the binary's path.
-fn build_molt() -> Result<PathBuf> {
+pub(crate) fn build_molt() -> Result<PathBuf> {
     let workspace = workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     progress("building molt (cargo build --release -p molt)");
@@ -458,7 +458,7 @@ fn progress(message: &str) {
 }
 
 /// Percentile of sorted samples with linear interpolation between closest ranks.
-fn interpolated_percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn interpolated_percentile(sorted: &[f64], p: f64) -> f64 {
     match sorted.len() {
         0 => 0.0,
         n => {

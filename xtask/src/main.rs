@@ -4,6 +4,7 @@
 //! cargo run --release -p xtask -- bench core          # deploy→swap, rollback, router vs direct, idle RSS
 //! cargo run --release -p xtask -- bench core --json   # the same figures as JSON on stdout
 //! cargo run --release -p xtask -- bench router        # molt's router vs nginx, HAProxy, Caddy
+//! cargo run --release -p xtask -- bench bake          # molt bake: unchanged, one file changed, cold
 //! cargo run --release -p xtask -- bench router --quick # the same, 1 s per cell, c=16 and 64
 //! cargo run --release -p xtask -- backend             # the fast test app `bench core` deploys
 //! ```
@@ -17,6 +18,7 @@
 //! as root), loads each in turn, and stops everything it started.
 
 mod backend;
+mod bench_bake;
 mod bench_core;
 mod bench_router;
 mod child;
@@ -39,6 +41,8 @@ tasks:
   bench router [--quick] [--json]
                         molt's router vs direct, nginx, HAProxy and Caddy; swaps under load;
                         the cost of 10 000 routes
+  bench bake [--json]   molt bake with nothing changed, after a one-file change and cold,
+                        next to importing the folder as one layer
   backend               serve `hello from $MOLT_APP $MOLT_RELEASE` on 127.0.0.1:$PORT
                         (and 64 KiB on /big)
   router-server --listen ADDR --backend ADDR... [--extra-routes N] [--swaps N]
@@ -49,6 +53,7 @@ tasks:
 /// What the command line asked for.
 enum Task {
     Backend,
+    BenchBake(Output),
     BenchCore(Output),
     BenchRouter(RunLength, Output),
     RouterServer(RouterServerArgs),
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
     };
     let result = match task {
         Task::Backend => runtime.block_on(backend::run()),
+        Task::BenchBake(output) => runtime.block_on(bench_bake::run(output)),
         Task::BenchCore(output) => runtime.block_on(bench_core::run(output)),
         Task::BenchRouter(length, output) => runtime.block_on(bench_router::run(length, output)),
         Task::RouterServer(args) => runtime.block_on(router_server::run(args)),
@@ -102,6 +108,8 @@ fn parse(args: &[String]) -> anyhow::Result<Task> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["backend"] => Ok(Task::Backend),
+        ["bench", "bake"] => Ok(Task::BenchBake(Output::Table)),
+        ["bench", "bake", "--json"] => Ok(Task::BenchBake(Output::Json)),
         ["bench", "core"] => Ok(Task::BenchCore(Output::Table)),
         ["bench", "core", "--json"] => Ok(Task::BenchCore(Output::Json)),
         ["bench", "router", flags @ ..] => {

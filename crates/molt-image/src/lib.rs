@@ -11,7 +11,12 @@
 //! - `blobs/sha256/<hex>` — manifests, configs and layers, written to a temp file, fsynced,
 //!   renamed, deduplicated, and checked against their digest on every read;
 //! - `rootfs/<manifest hex>/` — the layers unpacked once, read-only, shared by every instance;
-//! - `tmp/` — scratch space for imports; anything named `.tmp-*` is a leftover and can go.
+//! - `tmp/` — scratch space for imports and bakes; anything named `.tmp-*` is a leftover and can go;
+//! - `cache/` — the bake cache: `<key>` (a step's cache key → its layer) and
+//!   `files-<diff id>.json` (a layer's file listing); losing it only makes the next bake slower.
+//!
+//! `[build]` recipes are baked by [`ImageStore::bake`] (module `bake`): one layer per `copy` or
+//! `run` step, cached by key, with an SBOM and provenance attached to the manifest.
 //!
 //! Archives come in and go out as OCI archives (`archive.rs`) or Docker archives
 //! (`docker.rs`); layers may be plain, gzip or zstd tars. `collect` (`sweep.rs`) removes

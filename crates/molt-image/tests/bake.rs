@@ -394,3 +394,52 @@ fn diff_works_for_images_without_provenance() {
         .unwrap()
         .is_none());
 }
+
+#[test]
+fn copy_targets_modes_and_the_whole_folder() {
+    let (store_dir, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    app(ctx.path());
+    fs::write(ctx.path().join(".moltignore"), "notes.txt\n").unwrap();
+    fs::create_dir(ctx.path().join(".git")).unwrap();
+    fs::write(ctx.path().join(".git/HEAD"), "ref").unwrap();
+    let store = ImageStore::open(store_dir.path()).unwrap();
+    let report = store
+        .bake(
+            ctx.path(),
+            &spec(
+                r#"base = "scratch"
+steps = [
+  { copy = "target/server", to = "/opt/tools/" },
+  { copy = "static/index.html", to = "/index.html", mode = "0600" },
+  { copy = ".", to = "/app" },
+]
+"#,
+            ),
+            &options(0),
+        )
+        .unwrap();
+    let rootfs = store.rootfs(&report.digest).unwrap();
+    assert!(rootfs.join("opt/tools/server").is_file());
+    assert!(rootfs.join("app/static/css/site.css").is_file());
+    // The whole folder keeps the app's ignore rules.
+    assert!(!rootfs.join("app/notes.txt").exists());
+    assert!(!rootfs.join("app/.git").exists());
+    // mode is what the layer says (the store's rootfs strips write bits, so read the layer).
+    let (manifest, _) = support::read_image(store_dir.path(), &report.digest);
+    let layer = support::molt_digest(manifest.layers()[1].digest());
+    let tar = flate2::read::GzDecoder::new(
+        fs::File::open(support::blob_path(store_dir.path(), &layer)).unwrap(),
+    );
+    let modes: Vec<(String, u32)> = tar::Archive::new(tar)
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().to_string_lossy().into_owned(),
+                e.header().mode().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(modes, [("index.html".to_string(), 0o600)]);
+}
