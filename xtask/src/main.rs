@@ -6,6 +6,7 @@
 //! cargo run --release -p xtask -- bench router        # molt's router vs nginx, HAProxy, Caddy
 //! cargo run --release -p xtask -- bench bake          # molt bake: unchanged, one file changed, cold
 //! cargo run --release -p xtask -- bench router --quick # the same, 1 s per cell, c=16 and 64
+//! cargo run --release -p xtask -- bench sandbox       # container start -> first 200, density
 //! cargo run --release -p xtask -- backend             # the fast test app `bench core` deploys
 //! ```
 //!
@@ -21,6 +22,7 @@ mod backend;
 mod bench_bake;
 mod bench_core;
 mod bench_router;
+mod bench_sandbox;
 mod child;
 mod load;
 mod peers;
@@ -43,6 +45,9 @@ tasks:
                         the cost of 10 000 routes
   bench bake [--json]   molt bake with nothing changed, after a one-file change and cold,
                         next to importing the folder as one layer
+  bench sandbox [--json]
+                        runc instance start -> first successful GET (vs a plain process),
+                        and how many instances fit (needs root, runc, busybox-static)
   backend               serve `hello from $MOLT_APP $MOLT_RELEASE` on 127.0.0.1:$PORT
                         (and 64 KiB on /big)
   router-server --listen ADDR --backend ADDR... [--extra-routes N] [--swaps N]
@@ -56,6 +61,7 @@ enum Task {
     BenchBake(Output),
     BenchCore(Output),
     BenchRouter(RunLength, Output),
+    BenchSandbox(Output),
     RouterServer(RouterServerArgs),
 }
 
@@ -94,6 +100,7 @@ fn main() -> ExitCode {
         Task::BenchCore(output) => runtime.block_on(bench_core::run(output)),
         Task::BenchRouter(length, output) => runtime.block_on(bench_router::run(length, output)),
         Task::RouterServer(args) => runtime.block_on(router_server::run(args)),
+        Task::BenchSandbox(output) => bench_sandbox::run(output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,6 +119,8 @@ fn parse(args: &[String]) -> anyhow::Result<Task> {
         ["bench", "bake", "--json"] => Ok(Task::BenchBake(Output::Json)),
         ["bench", "core"] => Ok(Task::BenchCore(Output::Table)),
         ["bench", "core", "--json"] => Ok(Task::BenchCore(Output::Json)),
+        ["bench", "sandbox"] => Ok(Task::BenchSandbox(Output::Table)),
+        ["bench", "sandbox", "--json"] => Ok(Task::BenchSandbox(Output::Json)),
         ["bench", "router", flags @ ..] => {
             let (mut length, mut output) = (RunLength::Full, Output::Table);
             for flag in flags {

@@ -27,6 +27,8 @@ const INSTANCE_VAR: &str = "MOLT_INSTANCE";
 const OWNER_VAR: &str = "MOLT_OWNER";
 /// Parent of every instance's cgroup, in every hierarchy (never the hierarchy's root).
 const CGROUP_PARENT: &str = "/molt";
+/// File in the bundle where `runc create` writes the container's init pid.
+pub(crate) const PID_FILE: &str = "init.pid";
 /// Where cgroup hierarchies are mounted.
 const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 
@@ -264,6 +266,11 @@ impl RuncProvider {
 
     /// Removes a container runc still knows under `cid` before a new start reuses the id.
     fn clear_stale(&self, spec_id: &str, cid: &str) -> Result<(), ProviderError> {
+        // runc keeps one directory per container in its state root: without it there is
+        // nothing to clear, and one `runc state` call (~10 ms) is saved on every start.
+        if !self.config.state_root.join(cid).exists() {
+            return Ok(());
+        }
         match self.runc.state(cid)? {
             Some(state) if state.is_live() => Err(ProviderError::Spawn {
                 command: format!("runc run {cid}"),
@@ -374,20 +381,19 @@ impl Provider for RuncProvider {
         }
         // The created init process waits for `start`, so its pid and start time can be read
         // now, even for a program that exits at once; they stay the same across its exec.
-        let state = match self.runc.state(&cid) {
-            Ok(Some(state)) if state.is_live() => state,
-            Ok(_) => {
-                self.undo_start(&cid, &dir);
-                return Err(ProviderError::Spawn {
-                    command: program.clone(),
-                    source: io::Error::other("the created container has no process"),
-                });
-            }
-            Err(e) => {
-                self.undo_start(&cid, &dir);
-                return Err(e);
-            }
+        // `runc create --pid-file` wrote the pid.
+        let pid_file = dir.join(PID_FILE);
+        let pid = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok());
+        let Some(pid) = pid.filter(|p| *p > 0) else {
+            self.undo_start(&cid, &dir);
+            return Err(ProviderError::Spawn {
+                command: program.clone(),
+                source: io::Error::other("the created container has no process"),
+            });
         };
+        let state = ContainerStart { pid };
         let Some(start_time) = procfs::live_start_time(state.pid) else {
             self.undo_start(&cid, &dir);
             return Err(ProviderError::Spawn {
@@ -578,6 +584,11 @@ impl Provider for RuncProvider {
         drop(exits);
         self.containers().retain(|_, known| *known != cid);
     }
+}
+
+/// The init process of a created container.
+struct ContainerStart {
+    pid: u32,
 }
 
 /// Refuses a start whose program cannot exist in the container, with a clear error: an

@@ -67,7 +67,9 @@ impl Runc {
         command
             .arg("--log")
             .arg(runc_log)
-            .args(["create", "--bundle"])
+            .args(["create", "--pid-file"])
+            .arg(bundle.join(crate::provider::PID_FILE))
+            .arg("--bundle")
             .arg(bundle)
             .arg(id)
             .stdin(Stdio::null())
