@@ -55,6 +55,9 @@ impl Serve {
             .arg(&data)
             .args(["serve", "--api-listen", "127.0.0.1:0"])
             .args(["--router", "127.0.0.1:0", "--stop-instances-on-exit"])
+            // Plain processes, as in every earlier run, so figures stay comparable;
+            // `bench sandbox` measures containers.
+            .args(["--isolation", "none"])
             .env("MOLT_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().context("duplicating the log file")?)

@@ -501,6 +501,18 @@ async fn a_tampered_tree_is_detected_repaired_and_its_instances_replaced_under_l
         .await
         .unwrap();
     assert_eq!(again[0]["intact"], true, "{again}");
+    // The CLI: `molt verify` prints the table and exits 0 when intact.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_molt"))
+        .arg("--data-dir")
+        .arg(h.data_dir())
+        .args(["verify", "tamper"])
+        .env_remove("MOLT_API")
+        .env_remove("MOLT_TOKEN")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("intact") && text.contains("ROOTFS"), "{text}");
     let events = h.client.get("/v1/apps/tamper/events").await.unwrap();
     assert!(events.to_string().contains("drifted"), "{events}");
 
@@ -518,4 +530,31 @@ async fn a_tampered_tree_is_detected_repaired_and_its_instances_replaced_under_l
     if isolation == Isolation::Runc {
         assert_eq!(leftovers(&data), Vec::<String>::new());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn periodic_verification_finds_drift_by_itself() {
+    let mut h = Harness::start_with(|cfg: &mut ServeConfig| {
+        cfg.isolation = Isolation::None;
+        cfg.verify_interval = Some(Duration::from_millis(200));
+    })
+    .await;
+    let d = h.deploy(&h.app("watched", &[], FAST)).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let mut files = Vec::new();
+    find_files(&h.data_dir().join("images"), "app.py", &mut files);
+    assert_eq!(files.len(), 1, "{files:?}");
+    // An added file is drift too.
+    let root = files[0].parent().unwrap();
+    std::fs::write(root.join("backdoor.py"), "print('x')\n").unwrap();
+    eventually(Duration::from_secs(20), "drift repaired", || async {
+        let events = h.client.get("/v1/apps/watched/events").await.unwrap();
+        events.to_string().contains("added /backdoor.py")
+            && events.to_string().contains("(clean tree)")
+    })
+    .await;
+    assert!(!root.join("backdoor.py").exists());
+    let (status, body) = h.get("watched.localhost", "/").await;
+    assert_eq!(status, 200, "{body}");
+    stop_keeping_data(&mut h).await;
 }
