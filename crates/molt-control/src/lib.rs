@@ -44,8 +44,8 @@ pub use images::{
     PullRequest, RemoveOutcome, TagOutcome,
 };
 pub use metrics::{EnvMetrics, MetricsSnapshot};
-pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use molt_registry::{Credentials, PullReport, PushReport};
+pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
 pub use shadow::{ShadowReport, TrafficSummary};
 pub use verify::{Attestation, VerifyReport};

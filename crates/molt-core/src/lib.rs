@@ -12,8 +12,8 @@ pub mod gc;
 pub mod limits;
 pub mod manifest;
 pub mod names;
-pub mod tag;
 pub mod size;
+pub mod tag;
 
 pub use build::{BaseImage, BuildSpec, BuildStep, ImageRef};
 pub use deployment::{DeployEvent, DeployState, InvalidTransition, Recovery};
@@ -22,5 +22,5 @@ pub use error::InputError;
 pub use limits::Limits;
 pub use manifest::{DeployPolicy, HealthCheck, Manifest, RouterLimits, RunConfig};
 pub use names::{AppName, Digest, EnvVarName, Hostname};
-pub use tag::ImageTag;
 pub use size::parse_size;
+pub use tag::ImageTag;
