@@ -38,7 +38,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane, router and local provider.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a starter molt.toml in a folder.
     Init {
         /// The app folder.

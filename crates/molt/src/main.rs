@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     let code = match &cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args.clone(), data_dir)),
+        Command::Serve(args) => runtime.block_on(serve((**args).clone(), data_dir)),
         _ => runtime.block_on(molt_cli::run(cli, data_dir)),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
