@@ -467,7 +467,7 @@ impl Router {
         let (body, fault) = LimitedBody::new(body, allowance.max_body);
         let mut body = (!replayable).then_some(body);
 
-        let counters = Arc::clone(route.counters());
+        let counters = route.counters();
         counters.retry_tokens.deposit(&self.config.retry_budget);
         let mut tried = Vec::new();
         let mut index = start;
