@@ -5,6 +5,7 @@
 //! cargo run --release -p xtask -- bench core --json   # the same figures as JSON on stdout
 //! cargo run --release -p xtask -- bench router        # molt's router vs nginx, HAProxy, Caddy
 //! cargo run --release -p xtask -- bench router --quick # the same, 1 s per cell, c=16 and 64
+//! cargo run --release -p xtask -- bench images        # image import/export MB/s vs skopeo copy, dedup
 //! cargo run --release -p xtask -- backend             # the fast test app `bench core` deploys
 //! ```
 //!
@@ -18,6 +19,7 @@
 
 mod backend;
 mod bench_core;
+mod bench_images;
 mod bench_router;
 mod child;
 mod load;
@@ -39,6 +41,9 @@ tasks:
   bench router [--quick] [--json]
                         molt's router vs direct, nginx, HAProxy and Caddy; swaps under load;
                         the cost of 10 000 routes
+  bench images [--quick] [--json]
+                        image import/export MB/s next to `skopeo copy` of the same image;
+                        storage of 20 releases each changing one file
   backend               serve `hello from $MOLT_APP $MOLT_RELEASE` on 127.0.0.1:$PORT
                         (and 64 KiB on /big)
   router-server --listen ADDR --backend ADDR... [--extra-routes N] [--swaps N]
@@ -50,6 +55,7 @@ tasks:
 enum Task {
     Backend,
     BenchCore(Output),
+    BenchImages(bench_images::Size, Output),
     BenchRouter(RunLength, Output),
     RouterServer(RouterServerArgs),
 }
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
     let result = match task {
         Task::Backend => runtime.block_on(backend::run()),
         Task::BenchCore(output) => runtime.block_on(bench_core::run(output)),
+        Task::BenchImages(size, output) => runtime.block_on(bench_images::run(size, output)),
         Task::BenchRouter(length, output) => runtime.block_on(bench_router::run(length, output)),
         Task::RouterServer(args) => runtime.block_on(router_server::run(args)),
     };
@@ -114,6 +121,17 @@ fn parse(args: &[String]) -> anyhow::Result<Task> {
                 }
             }
             Ok(Task::BenchRouter(length, output))
+        }
+        ["bench", "images", flags @ ..] => {
+            let (mut size, mut output) = (bench_images::Size::Full, Output::Table);
+            for flag in flags {
+                match *flag {
+                    "--quick" => size = bench_images::Size::Quick,
+                    "--json" => output = Output::Json,
+                    other => anyhow::bail!("unknown bench images option {other:?}"),
+                }
+            }
+            Ok(Task::BenchImages(size, output))
         }
         ["router-server", rest @ ..] => Ok(Task::RouterServer(RouterServerArgs::parse(rest)?)),
         _ => anyhow::bail!("unknown task"),
