@@ -7,6 +7,7 @@
 //! cargo run --release -p xtask -- bench bake          # molt bake: unchanged, one file changed, cold
 //! cargo run --release -p xtask -- bench router --quick # the same, 1 s per cell, c=16 and 64
 //! cargo run --release -p xtask -- bench sandbox       # container start -> first 200, density
+//! cargo run --release -p xtask -- bench images        # image import/export MB/s vs skopeo copy, dedup
 //! cargo run --release -p xtask -- backend             # the fast test app `bench core` deploys
 //! ```
 //!
@@ -21,6 +22,7 @@
 mod backend;
 mod bench_bake;
 mod bench_core;
+mod bench_images;
 mod bench_router;
 mod bench_sandbox;
 mod child;
@@ -48,6 +50,9 @@ tasks:
   bench sandbox [--json]
                         runc instance start -> first successful GET (vs a plain process),
                         and how many instances fit (needs root, runc, busybox-static)
+  bench images [--quick] [--json]
+                        image import/export MB/s next to `skopeo copy` of the same image;
+                        storage of 20 releases each changing one file
   backend               serve `hello from $MOLT_APP $MOLT_RELEASE` on 127.0.0.1:$PORT
                         (and 64 KiB on /big)
   router-server --listen ADDR --backend ADDR... [--extra-routes N] [--swaps N]
@@ -60,6 +65,7 @@ enum Task {
     Backend,
     BenchBake(Output),
     BenchCore(Output),
+    BenchImages(bench_images::Size, Output),
     BenchRouter(RunLength, Output),
     BenchSandbox(Output),
     RouterServer(RouterServerArgs),
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
         Task::Backend => runtime.block_on(backend::run()),
         Task::BenchBake(output) => runtime.block_on(bench_bake::run(output)),
         Task::BenchCore(output) => runtime.block_on(bench_core::run(output)),
+        Task::BenchImages(size, output) => runtime.block_on(bench_images::run(size, output)),
         Task::BenchRouter(length, output) => runtime.block_on(bench_router::run(length, output)),
         Task::RouterServer(args) => runtime.block_on(router_server::run(args)),
         Task::BenchSandbox(output) => bench_sandbox::run(output),
@@ -131,6 +138,17 @@ fn parse(args: &[String]) -> anyhow::Result<Task> {
                 }
             }
             Ok(Task::BenchRouter(length, output))
+        }
+        ["bench", "images", flags @ ..] => {
+            let (mut size, mut output) = (bench_images::Size::Full, Output::Table);
+            for flag in flags {
+                match *flag {
+                    "--quick" => size = bench_images::Size::Quick,
+                    "--json" => output = Output::Json,
+                    other => anyhow::bail!("unknown bench images option {other:?}"),
+                }
+            }
+            Ok(Task::BenchImages(size, output))
         }
         ["router-server", rest @ ..] => Ok(Task::RouterServer(RouterServerArgs::parse(rest)?)),
         _ => anyhow::bail!("unknown task"),

@@ -363,6 +363,24 @@ fn hostile_or_broken_archives_are_refused_and_leave_nothing() {
             "stray file",
             with_member(b"notes.txt", tar::EntryType::Regular, b"x", b""),
         ),
+        (
+            "char device",
+            with_member(b"blobs/null", tar::EntryType::Char, b"", b""),
+        ),
+        (
+            "fifo",
+            with_member(b"blobs/pipe", tar::EntryType::Fifo, b"", b""),
+        ),
+        (
+            "symlink out of the archive",
+            with_member(
+                b"index2.json",
+                tar::EntryType::Symlink,
+                b"",
+                b"../../etc/passwd",
+            ),
+        ),
+        ("truncated", good_tar[..good_tar.len() / 2 + 700].to_vec()),
     ];
     for (what, bytes) in cases {
         let (dir, store) = store();
@@ -370,7 +388,17 @@ fn hostile_or_broken_archives_are_refused_and_leave_nothing() {
             .import_oci_archive(Cursor::new(&bytes), None)
             .unwrap_err();
         match (what, &err) {
-            ("dot-dot" | "absolute" | "symlink" | "hard link", ImageError::UnsafeEntry { .. }) => {}
+            (
+                "dot-dot"
+                | "absolute"
+                | "symlink"
+                | "hard link"
+                | "char device"
+                | "fifo"
+                | "symlink out of the archive",
+                ImageError::UnsafeEntry { .. },
+            ) => {}
+            ("truncated", ImageError::Tar(_) | ImageError::InvalidLayout(_)) => {}
             ("blob not matching its name", ImageError::Corrupt { .. }) => {}
             ("stray file", ImageError::InvalidLayout(_)) => {}
             _ => panic!("{what}: unexpected {err:?}"),

@@ -37,8 +37,14 @@ pub(crate) async fn images(client: &Client, action: ImageAction, json: bool) -> 
             format,
             reference,
         } => {
+            // A folder is always a tree, whatever files its root holds.
+            let sent = if path.is_dir() {
+                "tree"
+            } else {
+                format.as_str()
+            };
             let mut query = vec![
-                format!("format={format}"),
+                format!("format={sent}"),
                 format!("actor={}", urlencode(&actor())),
             ];
             if let Some(t) = &tag {
