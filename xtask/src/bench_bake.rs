@@ -99,7 +99,9 @@ async fn measure(serve: &Serve) -> Result<(Vec<Case>, usize, u64)> {
         let started = Instant::now();
         let report = bake(client, &app).await?;
         unchanged.client.push(ms(started.elapsed()));
-        unchanged.server.push(report["millis"].as_f64().unwrap_or(0.0));
+        unchanged
+            .server
+            .push(report["millis"].as_f64().unwrap_or(0.0));
         unchanged.built += built(&report);
         if report["digest"] != digest {
             return Err(anyhow!("an unchanged bake changed the digest: {report}"));
@@ -114,12 +116,17 @@ async fn measure(serve: &Serve) -> Result<(Vec<Case>, usize, u64)> {
         built: 0,
     };
     for i in 0..SAMPLES {
-        std::fs::write(app.join("static/file-007.txt"), format!("edit {i}\n").repeat(100))
-            .context("editing a static file")?;
+        std::fs::write(
+            app.join("static/file-007.txt"),
+            format!("edit {i}\n").repeat(100),
+        )
+        .context("editing a static file")?;
         let started = Instant::now();
         let report = bake(client, &app).await?;
         one_file.client.push(ms(started.elapsed()));
-        one_file.server.push(report["millis"].as_f64().unwrap_or(0.0));
+        one_file
+            .server
+            .push(report["millis"].as_f64().unwrap_or(0.0));
         one_file.built = built(&report);
     }
     cases.push(one_file);
