@@ -303,11 +303,20 @@ async fn a_memory_limit_kills_and_the_reason_says_oom() {
     .await;
     let events = h.client.get("/v1/apps/hog/events").await.unwrap();
     let text = events.to_string();
+    // The exit status itself may be lost when runc reaps the container's init before molt
+    // does ("exited"), so the test asks for what matters: the victim's event names the OOM kill.
+    let victim_event = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.starts_with(&format!("{victim} ")) && m.contains("out of memory"));
+    let message = victim_event.unwrap_or_else(|| panic!("no OOM event for {victim}: {text}"));
     assert!(
-        text.contains(&format!("{victim} killed by signal 9")),
-        "{text}"
+        message.contains("killed by signal 9") || message.contains(" exited"),
+        "{message}"
     );
-    assert!(text.contains("memory limit of 64 MiB"), "{text}");
+    assert!(message.contains("memory limit of 64 MiB"), "{message}");
     // … and it was replaced.
     eventually(Duration::from_secs(20), "a replacement", || async {
         let r = h.client.get("/v1/status?app=hog").await.unwrap();
