@@ -29,7 +29,7 @@ pub enum BaseImage {
     Scratch,
     /// An image already in the store, by digest (`sha256:…`) or `name:tag`.
     Image(ImageRef),
-    /// An OCI image archive (a tar of an OCI layout), relative to the app folder.
+    /// An OCI or Docker image archive, relative to the app folder.
     Archive(String),
     /// A root filesystem (a directory or a plain tar, e.g. made by debootstrap), relative to
     /// the app folder.

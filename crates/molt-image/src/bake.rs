@@ -204,7 +204,7 @@ impl ImageStore {
             BaseImage::Archive(rel) => {
                 let path = inside(&context, rel)?;
                 let file = fs::File::open(&path).map_err(ImageError::io(&path))?;
-                let imported = self.import_oci_archive(io::BufReader::new(file), None)?;
+                let (imported, _) = self.import_archive(io::BufReader::new(file), None)?;
                 self.start_from_image(&mut b, &imported.digest)?;
             }
             BaseImage::Rootfs(rel) => {

@@ -205,6 +205,71 @@ fn the_same_inputs_from_other_paths_times_and_modes_give_the_same_digest() {
 }
 
 #[test]
+fn a_docker_archive_base_bakes_the_same_tree_as_the_stored_image() {
+    let (store_dir, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    app(ctx.path());
+    let store = ImageStore::open(store_dir.path()).unwrap();
+    let base_tree = tempfile::tempdir().unwrap();
+    write(&base_tree.path().join("etc/os-release"), "ID=test\n", 0o644);
+    write(&base_tree.path().join("bin/tool"), "tool", 0o755);
+    let base = store.import_dir(base_tree.path()).unwrap();
+    let steps = "steps = [{ copy = \"target/server\", to = \"/bin/server\" }]\n";
+    let on_image = store
+        .bake(
+            ctx.path(),
+            &spec(&format!("base = \"{}\"\n{steps}", base.digest)),
+            &options(0),
+        )
+        .unwrap();
+    let (_, image_config) = support::read_image(store_dir.path(), &on_image.digest);
+
+    // molt's own Docker export of the base, baked on in a store that never saw it.
+    let mut archive = Vec::new();
+    store
+        .export_docker_archive(&base.digest, Some("base:1"), &mut archive)
+        .unwrap();
+    assert_eq!(
+        molt_image::sniff_archive(&archive[..]).unwrap(),
+        Some(molt_image::ArchiveFormat::Docker)
+    );
+    fs::write(ctx.path().join("base.tar"), archive).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = ImageStore::open(other_dir.path()).unwrap();
+    let on_archive = other
+        .bake(
+            ctx.path(),
+            &spec(&format!("base = {{ archive = \"base.tar\" }}\n{steps}")),
+            &options(0),
+        )
+        .unwrap();
+    // The same uncompressed layers (diff ids) and the same files as baking on the image.
+    let (manifest, config) = support::read_image(other_dir.path(), &on_archive.digest);
+    assert_eq!(manifest.layers().len(), 2);
+    assert_eq!(config.rootfs().diff_ids(), image_config.rootfs().diff_ids());
+    assert_eq!(
+        other.files(&on_archive.digest).unwrap(),
+        store.files(&on_image.digest).unwrap()
+    );
+    let rootfs = other.rootfs(&on_archive.digest).unwrap();
+    assert_eq!(fs::read_to_string(rootfs.join("bin/tool")).unwrap(), "tool");
+
+    // Something that is neither archive kind is refused with a clear error.
+    fs::write(
+        ctx.path().join("base.tar"),
+        support::tar_dir(base_tree.path()),
+    )
+    .unwrap();
+    let err = other
+        .bake(
+            ctx.path(),
+            &spec(&format!("base = {{ archive = \"base.tar\" }}\n{steps}")),
+            &options(0),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("neither an oci-layout"), "{err}");
+}
+
+#[test]
 fn bases_can_be_a_stored_image_an_oci_archive_or_a_rootfs_folder() {
     let (store_dir, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     app(ctx.path());
