@@ -12,24 +12,10 @@ use serde_json::Value;
 use support::*;
 
 fn molt(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_molt"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env_remove("MOLT_API")
-        .env_remove("MOLT_TOKEN")
+    molt_command(data, args)
         .env("USER", "tester")
         .output()
         .expect("molt runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Runs `molt --json …`, expects exit 0 and returns the JSON it printed.

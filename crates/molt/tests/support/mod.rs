@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -385,4 +385,26 @@ impl Drop for Serve {
 
 pub fn serve_log(data: &Path) -> String {
     std::fs::read_to_string(data.join("serve.log")).unwrap_or_default()
+}
+
+/// The `molt` binary as a client of the server whose data directory is `data`, with `args`;
+/// `MOLT_API` and `MOLT_TOKEN` from the test's environment are not passed on.
+pub fn molt_command(data: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_molt"));
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("MOLT_API")
+        .env_remove("MOLT_TOKEN");
+    cmd
+}
+
+/// Exit code, stdout and stderr of a finished command, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
