@@ -193,11 +193,7 @@ impl Controller {
         path: PathBuf,
         options: ImportOptions,
     ) -> Result<ImportOutcome> {
-        let tag = options
-            .tag
-            .as_deref()
-            .map(str::parse::<ImageTag>)
-            .transpose()?;
+        let tag = parse_tag(options.tag.as_deref())?;
         let actor = actor_name(options.actor.as_deref());
         let images = self.inner.images.clone();
         let (imported, format) = tokio::task::spawn_blocking(move || {
@@ -238,32 +234,14 @@ impl Controller {
             Ok::<_, ControlError>((imported, format))
         })
         .await??;
-        let (digest, size) = (imported.digest.clone(), imported.size);
-        let mode = if options.force {
-            TagMove::Force
-        } else {
-            TagMove::Refuse
-        };
         let (image, moved_from) = self
-            .db(move |s| {
-                let new = s.image(&digest).is_err();
-                s.put_image(&digest, size)?;
-                let moved = match &tag {
-                    Some(t) => match s.set_tag(t.as_str(), &digest, mode, &actor) {
-                        Ok(moved) => moved,
-                        Err(e) => {
-                            // A refused tag leaves the catalog as it was; the blobs are swept
-                            // by GC once the grace period is over.
-                            if new {
-                                s.remove_image(&digest)?;
-                            }
-                            return Err(e);
-                        }
-                    },
-                    None => None,
-                };
-                Ok((s.image(&digest)?, moved))
-            })
+            .catalog_image(
+                imported.digest.clone(),
+                imported.size,
+                tag,
+                tag_move(options.force),
+                actor,
+            )
             .await?;
         Ok(ImportOutcome {
             image,
@@ -284,11 +262,7 @@ impl Controller {
         let tag: ImageTag = tag.parse()?;
         let actor = actor_name(actor);
         let reference = reference.to_string();
-        let mode = if force {
-            TagMove::Force
-        } else {
-            TagMove::Refuse
-        };
+        let mode = tag_move(force);
         self.db(move |s| {
             let image = s.resolve_image(&reference)?;
             let moved_from = s.set_tag(tag.as_str(), &image.digest, mode, &actor)?;
@@ -446,11 +420,7 @@ impl Controller {
     /// Pulls an image from a registry into the store and the catalog, optionally tagging it
     /// (a tag moves only with `force`, as for an import).
     pub async fn pull_image(&self, request: PullRequest) -> Result<ImportOutcome> {
-        let tag = request
-            .tag
-            .as_deref()
-            .map(str::parse::<ImageTag>)
-            .transpose()?;
+        let tag = parse_tag(request.tag.as_deref())?;
         let actor = actor_name(request.actor.as_deref());
         let pulled = molt_registry::pull(
             &self.inner.images,
@@ -458,21 +428,14 @@ impl Controller {
             request.credentials().as_ref(),
         )
         .await?;
-        let (digest, size) = (pulled.digest.clone(), pulled.size);
-        let mode = if request.force {
-            TagMove::Force
-        } else {
-            TagMove::Refuse
-        };
         let (image, moved_from) = self
-            .db(move |s| {
-                s.put_image(&digest, size)?;
-                let moved = match &tag {
-                    Some(t) => s.set_tag(t.as_str(), &digest, mode, &actor)?,
-                    None => None,
-                };
-                Ok((s.image(&digest)?, moved))
-            })
+            .catalog_image(
+                pulled.digest.clone(),
+                pulled.size,
+                tag,
+                tag_move(request.force),
+                actor,
+            )
             .await?;
         Ok(ImportOutcome {
             image,
@@ -480,6 +443,37 @@ impl Controller {
             files: pulled.files,
             moved_from,
         })
+    }
+
+    /// Records a stored image in the catalog and points `tag` at it. A refused tag leaves the
+    /// catalog as it was (an image new to it is taken out again); the blobs are swept by GC
+    /// once the grace period is over.
+    async fn catalog_image(
+        &self,
+        digest: Digest,
+        size: u64,
+        tag: Option<ImageTag>,
+        mode: TagMove,
+        actor: String,
+    ) -> Result<(ImageRecord, Option<Digest>)> {
+        self.db(move |s| {
+            let new = s.image(&digest).is_err();
+            s.put_image(&digest, size)?;
+            let moved = match &tag {
+                Some(t) => match s.set_tag(t.as_str(), &digest, mode, &actor) {
+                    Ok(moved) => moved,
+                    Err(e) => {
+                        if new {
+                            s.remove_image(&digest)?;
+                        }
+                        return Err(e);
+                    }
+                },
+                None => None,
+            };
+            Ok((s.image(&digest)?, moved))
+        })
+        .await
     }
 
     /// A digest or tag resolved to its catalog record.
@@ -501,6 +495,20 @@ impl Controller {
                 release: r.number,
             })
             .collect())
+    }
+}
+
+/// A tag from a request, checked.
+fn parse_tag(tag: Option<&str>) -> Result<Option<ImageTag>> {
+    Ok(tag.map(str::parse::<ImageTag>).transpose()?)
+}
+
+/// Whether a tag that names another image may move.
+fn tag_move(force: bool) -> TagMove {
+    if force {
+        TagMove::Force
+    } else {
+        TagMove::Refuse
     }
 }
 

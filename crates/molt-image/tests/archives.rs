@@ -11,41 +11,13 @@ use std::time::Duration;
 use molt_image::{ArchiveFormat, ImageError, ImageStore};
 
 mod support;
-use support::tar_dir;
-
-fn store() -> (tempfile::TempDir, ImageStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(&dir.path().join("store")).unwrap();
-    (dir, store)
-}
+use support::{have, run, store, tar_dir};
 
 fn app_tree(dir: &Path, version: &str) {
     fs::create_dir_all(dir.join("bin")).unwrap();
     fs::write(dir.join("README"), "hello\n").unwrap();
     fs::write(dir.join("bin/version"), version).unwrap();
     std::os::unix::fs::symlink("../README", dir.join("bin/readme")).unwrap();
-}
-
-fn have(tool: &str) -> bool {
-    let found = Command::new("which")
-        .arg(tool)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        eprintln!("skipped: needs {tool}");
-    }
-    found
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Every file under `root` with its contents (symlinks as their targets), sorted.

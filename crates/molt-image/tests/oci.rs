@@ -11,13 +11,10 @@ use molt_core::Digest;
 use molt_image::{ImageError, ImageStore};
 
 mod support;
-use support::{blob_path, index_entries, molt_digest, read_image, tar_dir, write_layout, Layer};
-
-fn store() -> (tempfile::TempDir, ImageStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(&dir.path().join("store")).unwrap();
-    (dir, store)
-}
+use support::{
+    blob_path, have, index_entries, molt_digest, read_image, run, store, tar_dir, write_layout,
+    Layer,
+};
 
 fn write(path: &Path, contents: &str, mode: u32) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -78,28 +75,6 @@ fn snapshot(root: &Path) -> Vec<(PathBuf, String)> {
     }
     out.sort();
     out
-}
-
-fn have(tool: &str) -> bool {
-    let found = Command::new("which")
-        .arg(tool)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        eprintln!("skipped: needs {tool}");
-    }
-    found
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Extracts an archive into a fresh directory with the system tar.

@@ -49,34 +49,30 @@ impl Store {
         app: &str,
         mode: Option<&MaintenanceMode>,
     ) -> Result<AppRecord> {
-        let json = mode
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(corrupt)?;
-        let n = self.conn.execute(
+        self.set_app_mode(
+            app,
             "UPDATE apps SET maintenance = ?2 WHERE name = ?1",
-            params![app, json],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound {
-                what: "app",
-                key: app.to_string(),
-            });
-        }
-        self.app(app)
+            mode,
+        )
     }
 
     /// Mirrors a share of an app's requests to an environment (`Some`) or stops (`None`).
     pub fn set_shadow(&mut self, app: &str, mode: Option<&ShadowMode>) -> Result<AppRecord> {
+        self.set_app_mode(app, "UPDATE apps SET shadow = ?2 WHERE name = ?1", mode)
+    }
+
+    /// Stores `mode` as JSON (or NULL) in the column that `update` sets for `app`.
+    fn set_app_mode<T: serde::Serialize>(
+        &mut self,
+        app: &str,
+        update: &'static str,
+        mode: Option<&T>,
+    ) -> Result<AppRecord> {
         let json = mode
             .map(serde_json::to_string)
             .transpose()
             .map_err(corrupt)?;
-        let n = self.conn.execute(
-            "UPDATE apps SET shadow = ?2 WHERE name = ?1",
-            params![app, json],
-        )?;
-        if n == 0 {
+        if self.conn.execute(update, params![app, json])? == 0 {
             return Err(StoreError::NotFound {
                 what: "app",
                 key: app.to_string(),

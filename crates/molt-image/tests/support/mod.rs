@@ -6,9 +6,11 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+use std::process::Command;
 use std::str::FromStr;
 
 use molt_core::Digest;
+use molt_image::ImageStore;
 use oci_spec::image::{
     Descriptor, ImageConfiguration, ImageConfigurationBuilder, ImageIndexBuilder, ImageManifest,
     ImageManifestBuilder, MediaType, RootFsBuilder, ANNOTATION_REF_NAME,
@@ -157,4 +159,35 @@ pub fn index_entries(root: &Path) -> Vec<(Digest, Option<String>)> {
             )
         })
         .collect()
+}
+
+/// A fresh store in a temp dir (dropped with it).
+pub fn store() -> (tempfile::TempDir, ImageStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&dir.path().join("store")).unwrap();
+    (dir, store)
+}
+
+/// Whether a tool is installed; says which test part is skipped when not.
+pub fn have(tool: &str) -> bool {
+    let found = Command::new("which")
+        .arg(tool)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        eprintln!("skipped: needs {tool}");
+    }
+    found
+}
+
+/// Runs a command that must succeed; its stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
