@@ -22,6 +22,11 @@ pub enum DeployState {
     InstancesStarted,
     /// Every instance passed its health check.
     Healthy,
+    /// A shadow deployment: the new environment gets copies of a share of the live idempotent
+    /// requests (answers discarded); the route has not moved. Waits to be promoted or abandoned.
+    Shadowing,
+    /// The shadowed environment was promoted: the swap comes next, as for any deployment.
+    Promoted,
     /// The route points at the new environment.
     Swapped,
     /// The old environment has no request in flight; health is being watched.
@@ -34,6 +39,8 @@ pub enum DeployState {
     RolledBack,
     /// A newer deployment of the same app took over.
     Superseded,
+    /// The shadowed environment was abandoned and retired; traffic never moved.
+    Abandoned,
 }
 
 /// What happened, as reported by the controller.
@@ -46,6 +53,12 @@ pub enum DeployEvent {
     InstancesStarted,
     /// Every instance is healthy.
     BecameHealthy,
+    /// Mirroring to the new (healthy) environment started instead of the swap.
+    ShadowStarted,
+    /// The user promoted the shadowed environment.
+    Promoted,
+    /// The user abandoned the shadowed environment.
+    Abandoned,
     /// Instances did not become healthy before the start deadline (or failed to start).
     HealthFailed,
     /// The route now points at the new environment.
@@ -81,17 +94,20 @@ pub struct InvalidTransition {
 
 impl DeployState {
     /// Every state, in step order.
-    pub const ALL: [DeployState; 10] = [
+    pub const ALL: [DeployState; 13] = [
         DeployState::Pending,
         DeployState::EnvCreated,
         DeployState::InstancesStarted,
         DeployState::Healthy,
+        DeployState::Shadowing,
+        DeployState::Promoted,
         DeployState::Swapped,
         DeployState::Drained,
         DeployState::Succeeded,
         DeployState::Failed,
         DeployState::RolledBack,
         DeployState::Superseded,
+        DeployState::Abandoned,
     ];
 
     /// Applies an event, or refuses it.
@@ -102,10 +118,11 @@ impl DeployState {
             (S::Pending, E::EnvCreated) => S::EnvCreated,
             (S::EnvCreated, E::InstancesStarted) => S::InstancesStarted,
             (S::InstancesStarted, E::BecameHealthy) => S::Healthy,
-            (S::Pending | S::EnvCreated | S::InstancesStarted | S::Healthy, E::HealthFailed) => {
-                S::Failed
-            }
-            (S::Healthy, E::Swapped) => S::Swapped,
+            (S::Healthy, E::ShadowStarted) => S::Shadowing,
+            (S::Shadowing, E::Promoted) => S::Promoted,
+            (S::Shadowing, E::Abandoned) => S::Abandoned,
+            (s, E::HealthFailed) if s.is_before_swap() => S::Failed,
+            (S::Healthy | S::Promoted, E::Swapped) => S::Swapped,
             (S::Swapped, E::DrainFinished) => S::Drained,
             (S::Drained, E::WatchPassed) => S::Succeeded,
             (S::Swapped | S::Drained, E::WatchFailed) => S::RolledBack,
@@ -123,6 +140,7 @@ impl DeployState {
                 | DeployState::Failed
                 | DeployState::RolledBack
                 | DeployState::Superseded
+                | DeployState::Abandoned
         )
     }
 
@@ -142,6 +160,8 @@ impl DeployState {
                 | DeployState::EnvCreated
                 | DeployState::InstancesStarted
                 | DeployState::Healthy
+                | DeployState::Shadowing
+                | DeployState::Promoted
         )
     }
 
@@ -161,12 +181,15 @@ impl DeployState {
             DeployState::EnvCreated => "env_created",
             DeployState::InstancesStarted => "instances_started",
             DeployState::Healthy => "healthy",
+            DeployState::Shadowing => "shadowing",
+            DeployState::Promoted => "promoted",
             DeployState::Swapped => "swapped",
             DeployState::Drained => "drained",
             DeployState::Succeeded => "succeeded",
             DeployState::Failed => "failed",
             DeployState::RolledBack => "rolled_back",
             DeployState::Superseded => "superseded",
+            DeployState::Abandoned => "abandoned",
         }
     }
 }
@@ -192,10 +215,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const EVENTS: [DeployEvent; 9] = [
+    const EVENTS: [DeployEvent; 12] = [
         DeployEvent::EnvCreated,
         DeployEvent::InstancesStarted,
         DeployEvent::BecameHealthy,
+        DeployEvent::ShadowStarted,
+        DeployEvent::Promoted,
+        DeployEvent::Abandoned,
         DeployEvent::HealthFailed,
         DeployEvent::Swapped,
         DeployEvent::DrainFinished,
@@ -221,6 +247,33 @@ mod tests {
     }
 
     #[test]
+    fn a_shadow_deployment_swaps_only_once_promoted() {
+        let shadowing = DeployState::Pending
+            .next(DeployEvent::EnvCreated)
+            .and_then(|s| s.next(DeployEvent::InstancesStarted))
+            .and_then(|s| s.next(DeployEvent::BecameHealthy))
+            .and_then(|s| s.next(DeployEvent::ShadowStarted))
+            .unwrap();
+        assert_eq!(shadowing, DeployState::Shadowing);
+        assert!(shadowing.next(DeployEvent::Swapped).is_err());
+        assert!(shadowing.is_before_swap() && !shadowing.route_moved());
+        let promoted = shadowing.next(DeployEvent::Promoted).unwrap();
+        assert_eq!(
+            promoted.next(DeployEvent::Swapped).unwrap(),
+            DeployState::Swapped
+        );
+        assert!(promoted.next(DeployEvent::ShadowStarted).is_err());
+        let abandoned = shadowing.next(DeployEvent::Abandoned).unwrap();
+        assert!(abandoned.is_terminal());
+        assert_eq!(
+            shadowing.next(DeployEvent::Superseded).unwrap(),
+            DeployState::Superseded
+        );
+        assert_eq!(abandoned.recovery(), Recovery::Finished);
+        assert_eq!(shadowing.recovery(), Recovery::Resume);
+    }
+
+    #[test]
     fn names_round_trip() {
         for s in DeployState::ALL {
             assert_eq!(s.as_str().parse::<DeployState>().unwrap(), s);
@@ -230,9 +283,10 @@ mod tests {
     proptest! {
         /// Random event sequences: only legal transitions are taken, and the invariants hold.
         #[test]
-        fn transitions_keep_invariants(events in proptest::collection::vec(0usize..9, 0..40)) {
+        fn transitions_keep_invariants(events in proptest::collection::vec(0usize..12, 0..40)) {
             let mut state = DeployState::Pending;
             let mut was_healthy = false;
+            let mut was_shadowing = false;
             for i in events {
                 let event = EVENTS[i];
                 match state.next(event) {
@@ -251,7 +305,17 @@ mod tests {
                         if next == DeployState::Failed {
                             prop_assert!(state.is_before_swap());
                         }
+                        // Only a shadowed environment is promoted or abandoned, and an
+                        // abandoned one never had traffic.
+                        if next == DeployState::Promoted || next == DeployState::Abandoned {
+                            prop_assert_eq!(state, DeployState::Shadowing);
+                        }
+                        // A shadow deployment swaps only once promoted.
+                        if next == DeployState::Swapped && was_shadowing {
+                            prop_assert_eq!(state, DeployState::Promoted);
+                        }
                         was_healthy |= next == DeployState::Healthy;
+                        was_shadowing |= next == DeployState::Shadowing;
                         state = next;
                     }
                     Err(e) => {
@@ -264,7 +328,7 @@ mod tests {
 
         /// From any non-terminal state there is a path to a terminal one (no dead ends).
         #[test]
-        fn no_dead_ends(start in 0usize..10) {
+        fn no_dead_ends(start in 0usize..13) {
             let state = DeployState::ALL[start];
             if !state.is_terminal() {
                 prop_assert!(state.next(DeployEvent::Superseded).unwrap().is_terminal());

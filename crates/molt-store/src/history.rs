@@ -9,24 +9,31 @@ use crate::{corrupt, now_ms, Result, Store, StoreError};
 use rusqlite::Transaction;
 
 impl Store {
-    /// Records a new deployment in state `pending`.
+    /// Records a new deployment in state `pending`; with `shadow_share`, a shadow deployment
+    /// (mirrored to, not swapped to, until it is promoted).
     pub fn create_deployment(
         &mut self,
         app: &str,
         release: u64,
         prev_env: Option<&str>,
+        shadow_share: Option<u32>,
     ) -> Result<DeploymentRecord> {
         let now = now_ms() as i64;
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO deployments(app, release, prev_env, state, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
-            params![app, release as i64, prev_env, now],
+            "INSERT INTO deployments(app, release, prev_env, state, created_ms, updated_ms,
+                                     shadow_share)
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?5)",
+            params![app, release as i64, prev_env, now, shadow_share],
         )?;
         let id = tx.last_insert_rowid();
+        let detail = match shadow_share {
+            Some(share) => format!("deploy {app} v{release} (shadow {share} % before the swap)"),
+            None => format!("deploy {app} v{release}"),
+        };
         tx.execute(
             "INSERT INTO journal(deployment, at_ms, state, detail) VALUES (?1, ?2, 'pending', ?3)",
-            params![id, now, format!("deploy {app} v{release}")],
+            params![id, now, detail],
         )?;
         tx.commit()?;
         self.deployment(id as u64)
@@ -58,9 +65,14 @@ impl Store {
 
     /// Deployments not in a terminal state, oldest first.
     pub fn unfinished_deployments(&self) -> Result<Vec<DeploymentRecord>> {
+        let terminal: Vec<String> = DeployState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{s}'"))
+            .collect();
         let mut st = self.conn.prepare(&format!(
-            "{DEPLOYMENT_SELECT} WHERE state NOT IN
-               ('succeeded', 'failed', 'rolled_back', 'superseded') ORDER BY id"
+            "{DEPLOYMENT_SELECT} WHERE state NOT IN ({}) ORDER BY id",
+            terminal.join(", ")
         ))?;
         let rows = st.query_map([], deployment_row)?;
         rows.map(|r| r?).collect()
@@ -87,6 +99,62 @@ impl Store {
             DeployEvent::EnvCreated,
             &format!("environment {env}"),
         )?;
+        tx.commit()?;
+        Ok(state)
+    }
+
+    /// Starts a shadow deployment's mirroring: the app's shadow traffic goes to `mode.env`
+    /// and the deployment journals `shadowing`, in one transaction (so a restart finds both or
+    /// neither).
+    pub fn start_shadow(
+        &mut self,
+        id: u64,
+        mode: &ShadowMode,
+        detail: &str,
+    ) -> Result<DeployState> {
+        let json = serde_json::to_string(mode).map_err(corrupt)?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE apps SET shadow = ?2 WHERE name = (SELECT app FROM deployments WHERE id = ?1)",
+            params![id as i64, json],
+        )?;
+        let state = advance_in(&tx, id, DeployEvent::ShadowStarted, detail)?;
+        tx.commit()?;
+        Ok(state)
+    }
+
+    /// Ends a shadow deployment's mirroring with `event` (promoted, abandoned, superseded …):
+    /// records the comparison, stops the app's shadow traffic if it still goes to the
+    /// deployment's environment, and journals the step, in one transaction.
+    pub fn end_shadow(
+        &mut self,
+        id: u64,
+        event: DeployEvent,
+        detail: &str,
+        comparison: &ShadowComparison,
+    ) -> Result<DeployState> {
+        let json = serde_json::to_string(comparison).map_err(corrupt)?;
+        let tx = self.conn.transaction()?;
+        let (app, env): (String, Option<String>) = tx.query_row(
+            "SELECT app, env FROM deployments WHERE id = ?1",
+            [id as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mirrored: Option<String> =
+            tx.query_row("SELECT shadow FROM apps WHERE name = ?1", [&app], |r| {
+                r.get(0)
+            })?;
+        let mirrored_env = mirrored
+            .and_then(|m| serde_json::from_str::<ShadowMode>(&m).ok())
+            .map(|m| m.env);
+        if mirrored_env.is_some() && mirrored_env == env {
+            tx.execute("UPDATE apps SET shadow = NULL WHERE name = ?1", [&app])?;
+        }
+        tx.execute(
+            "UPDATE deployments SET shadow = ?2 WHERE id = ?1",
+            params![id as i64, json],
+        )?;
+        let state = advance_in(&tx, id, event, detail)?;
         tx.commit()?;
         Ok(state)
     }

@@ -1,5 +1,7 @@
 //! The records the store keeps, as the API shows them.
 
+use std::collections::BTreeMap;
+
 use molt_core::{DeployState, Digest, RunConfig};
 use serde::{Deserialize, Serialize};
 
@@ -163,8 +165,45 @@ pub struct CutoverFigures {
     pub deploy_failed: u64,
 }
 
+/// One environment's traffic of one kind (live or mirrored) over a span.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrafficSummary {
+    /// Environment id.
+    pub env: String,
+    /// Requests counted (answered or failed).
+    pub requests: u64,
+    /// Responses by status class (`"2xx"`, …).
+    pub classes: BTreeMap<String, u64>,
+    /// Requests that got no answer.
+    pub failed: u64,
+    /// Mean time to the response head, in milliseconds.
+    pub mean_ms: f64,
+    /// Upper bound of the histogram bucket holding the median, in milliseconds (`None` past
+    /// the last bucket, or with no request).
+    pub p50_ms: Option<f64>,
+    /// The same for the 99th percentile.
+    pub p99_ms: Option<f64>,
+}
+
+/// What a shadow deployment's phase showed: the live environment's traffic next to the copies
+/// its new environment answered, over the same span. Recorded when the phase ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowComparison {
+    /// Percentage of bodiless GET/HEAD/OPTIONS requests that were mirrored.
+    pub share_percent: u32,
+    /// When mirroring started, ms since the epoch (or when molt restarted, if it did since:
+    /// the router's counters start at zero then).
+    pub since_ms: u64,
+    /// When the phase ended (promoted, abandoned or superseded), ms since the epoch.
+    pub until_ms: u64,
+    /// The routed environment's live traffic in that span (`None` if nothing was routed).
+    pub live: Option<TrafficSummary>,
+    /// The new environment's answers to the mirrored copies (discarded, never seen by users).
+    pub shadow: TrafficSummary,
+}
+
 /// A deployment: the journaled steps from a release to a routed environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentRecord {
     /// Sequential id.
     pub id: u64,
@@ -186,6 +225,13 @@ pub struct DeploymentRecord {
     pub error: Option<String>,
     /// Cutover figures, once drained.
     pub figures: Option<CutoverFigures>,
+    /// For a shadow deployment (`molt deploy --shadow N`): the share of idempotent requests
+    /// mirrored to the new environment before it is promoted.
+    #[serde(default)]
+    pub shadow_share: Option<u32>,
+    /// For a shadow deployment whose shadow phase ended: live and shadow side by side.
+    #[serde(default)]
+    pub shadow: Option<ShadowComparison>,
 }
 
 /// One journal line of a deployment.

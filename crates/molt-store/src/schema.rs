@@ -103,6 +103,12 @@ CREATE INDEX tag_history_name ON tag_history(name);
 INSERT INTO tag_history(name, change, old_digest, new_digest, actor, at_ms)
     SELECT name, 'created', NULL, digest, 'unknown (before tag history)', created_ms FROM tags;
 "#,
+    // Shadow deployments: the share mirrored before promotion, and the live/shadow comparison
+    // recorded when the shadow phase ends.
+    r#"
+ALTER TABLE deployments ADD COLUMN shadow_share INTEGER;
+ALTER TABLE deployments ADD COLUMN shadow TEXT;
+"#,
 ];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.

@@ -67,7 +67,7 @@ fn tags_never_move() {
 #[test]
 fn deployment_journal_and_swap_are_atomic() {
     let mut s = store_with_release();
-    let d = s.create_deployment("shop", 1, None).unwrap();
+    let d = s.create_deployment("shop", 1, None, None).unwrap();
     let env = s.create_env("shop", 1).unwrap();
     assert_eq!(
         s.attach_env(d.id, &env.id).unwrap(),
@@ -274,4 +274,70 @@ fn image_releases_lists_every_release_that_runs_an_image() {
         users,
         vec![("blog".to_string(), 1), ("shop".to_string(), 1)]
     );
+}
+
+fn summary(env: &str, requests: u64) -> TrafficSummary {
+    TrafficSummary {
+        env: env.to_string(),
+        requests,
+        classes: [("2xx".to_string(), requests)].into_iter().collect(),
+        failed: 0,
+        mean_ms: 1.5,
+        p50_ms: Some(1.0),
+        p99_ms: None,
+    }
+}
+
+#[test]
+fn a_shadow_deployment_mirrors_and_records_its_comparison_atomically() {
+    let mut s = store_with_release();
+    let d = s.create_deployment("shop", 1, None, Some(25)).unwrap();
+    assert_eq!(d.shadow_share, Some(25));
+    let env = s.create_env("shop", 1).unwrap();
+    s.attach_env(d.id, &env.id).unwrap();
+    let mode = ShadowMode {
+        env: env.id.clone(),
+        share_percent: 25,
+    };
+    // Mirroring before the environment is healthy is refused and changes nothing.
+    assert!(matches!(
+        s.start_shadow(d.id, &mode, "mirror"),
+        Err(StoreError::Transition(_))
+    ));
+    assert_eq!(s.app("shop").unwrap().shadow, None);
+    s.advance(d.id, DeployEvent::InstancesStarted, "started")
+        .unwrap();
+    s.advance(d.id, DeployEvent::BecameHealthy, "healthy")
+        .unwrap();
+    assert_eq!(
+        s.start_shadow(d.id, &mode, "mirror").unwrap(),
+        DeployState::Shadowing
+    );
+    assert_eq!(s.app("shop").unwrap().shadow, Some(mode));
+    let comparison = ShadowComparison {
+        share_percent: 25,
+        since_ms: 1,
+        until_ms: 2,
+        live: Some(summary("live", 8)),
+        shadow: summary(&env.id, 2),
+    };
+    assert_eq!(
+        s.end_shadow(d.id, DeployEvent::Abandoned, "abandoned", &comparison)
+            .unwrap(),
+        DeployState::Abandoned
+    );
+    let done = s.deployment(d.id).unwrap();
+    assert_eq!(done.shadow, Some(comparison.clone()));
+    assert_eq!(s.app("shop").unwrap().shadow, None);
+    assert!(s.unfinished_deployments().unwrap().is_empty());
+    // A shadow setting that names another environment is left alone.
+    let d2 = s.create_deployment("shop", 1, None, Some(5)).unwrap();
+    let other = ShadowMode {
+        env: "elsewhere".into(),
+        share_percent: 5,
+    };
+    s.set_shadow("shop", Some(&other)).unwrap();
+    s.end_shadow(d2.id, DeployEvent::Superseded, "superseded", &comparison)
+        .unwrap();
+    assert_eq!(s.app("shop").unwrap().shadow, Some(other));
 }
