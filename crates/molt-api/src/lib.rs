@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use images::*;
-use molt_control::{ControlError, Controller, DeployRequest};
+use molt_control::{ControlError, Controller, DeployRequest, ShadowOutcome};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -106,6 +106,8 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
         .route("/v1/apps/:app/logs", get(logs))
         .route("/v1/apps/:app/maintenance", post(maintenance))
         .route("/v1/apps/:app/shadow", get(shadow_report).post(shadow))
+        .route("/v1/apps/:app/promote", post(promote))
+        .route("/v1/apps/:app/abandon", post(abandon))
         .route("/v1/apps/:app/events", get(events))
         .route("/v1/deployments/:id", get(deployment))
         .route(
@@ -349,6 +351,18 @@ async fn shadow(
 
 async fn shadow_report(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult {
     ok(s.controller.shadow_report(&app).await?)
+}
+
+async fn promote(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult {
+    ok(s.controller
+        .end_shadow_phase(&app, ShadowOutcome::Promote)
+        .await?)
+}
+
+async fn abandon(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult {
+    ok(s.controller
+        .end_shadow_phase(&app, ShadowOutcome::Abandon)
+        .await?)
 }
 
 #[derive(Deserialize)]

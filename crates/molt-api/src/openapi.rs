@@ -40,7 +40,8 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "post",
         "/v1/apps/{app}/deployments",
-        "Deploy an image with a manifest, or an existing release",
+        "Deploy an image with a manifest, or an existing release (with shadow: mirror to it \
+         instead of swapping, until promoted or abandoned)",
         Some("DeployRequest"),
     ),
     (
@@ -90,6 +91,20 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
         "get",
         "/v1/apps/{app}/shadow",
         "Live and shadow traffic side by side: status classes, mean and bucketed p50/p99 latency",
+        None,
+    ),
+    (
+        "post",
+        "/v1/apps/{app}/promote",
+        "Promote the app's shadowing deployment: it swaps, drains and watches like any \
+         deployment; the live/shadow comparison is recorded on it",
+        None,
+    ),
+    (
+        "post",
+        "/v1/apps/{app}/abandon",
+        "Abandon the app's shadowing deployment: its environment is retired, the route never \
+         moved; the live/shadow comparison is recorded on it",
         None,
     ),
     (
@@ -246,7 +261,9 @@ pub fn document() -> Value {
                 "DeployRequest": { "type": "object", "properties": {
                     "image": { "type": "string", "description": "digest or tag" },
                     "manifest": { "type": "string", "description": "text of molt.toml" },
-                    "release": { "type": "integer", "description": "redeploy this release" } } },
+                    "release": { "type": "integer", "description": "redeploy this release" },
+                    "shadow": { "type": "integer", "minimum": 1, "maximum": 100,
+                        "description": "percent of GET/HEAD/OPTIONS mirrored to the new environment once healthy, instead of swapping (state shadowing) until POST …/promote or …/abandon; needs a routed environment" } } },
                 "Swap": { "type": "object", "required": ["env"], "properties": { "env": { "type": "string" } } },
                 "Rollback": { "type": "object", "properties": { "to": { "type": "integer" } } },
                 "Config": { "type": "object", "properties": {

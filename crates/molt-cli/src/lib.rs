@@ -59,6 +59,22 @@ pub enum Command {
         /// Return once the deployment is recorded instead of waiting for the cutover.
         #[arg(long)]
         no_wait: bool,
+        /// Once healthy, mirror this percentage of GET/HEAD/OPTIONS requests to the new
+        /// environment instead of swapping; then `molt promote` or `molt abandon`.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
+        shadow: Option<u32>,
+    },
+    /// Promote a shadow deployment (`molt deploy --shadow`): swap to its environment, then
+    /// drain and watch like any deployment; prints live vs shadow of the shadow phase.
+    Promote {
+        /// The app (default: the one in ./molt.toml).
+        app: Option<String>,
+    },
+    /// Abandon a shadow deployment: retire its environment (the route never moved); prints
+    /// live vs shadow of the shadow phase.
+    Abandon {
+        /// The app (default: the one in ./molt.toml).
+        app: Option<String>,
     },
     /// Bake the folder's [build] into an image on the server (unchanged steps come from the
     /// layer cache); prints the digest and each step.

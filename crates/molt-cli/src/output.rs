@@ -76,3 +76,36 @@ pub fn short_digest(d: &str) -> String {
         _ => d.to_string(),
     }
 }
+
+/// Prints live and shadow traffic side by side (a shadow report, or a shadow deployment's
+/// recorded comparison): one row per `(kind, summary)` whose summary is an object.
+pub fn print_traffic(rows: &[(&str, &Value)]) {
+    let ms = |v: &Value| match v.as_f64() {
+        Some(ms) => format!("≤{ms} ms"),
+        None => "-".to_owned(),
+    };
+    let rows = rows
+        .iter()
+        .filter(|(_, t)| t.is_object())
+        .map(|(kind, t)| {
+            vec![
+                kind.to_string(),
+                text(&t["env"]),
+                t["requests"].to_string(),
+                t["classes"]["2xx"].to_string(),
+                t["classes"]["4xx"].to_string(),
+                t["classes"]["5xx"].to_string(),
+                t["failed"].to_string(),
+                format!("{:.1} ms", t["mean_ms"].as_f64().unwrap_or(0.0)),
+                ms(&t["p50_ms"]),
+                ms(&t["p99_ms"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TRAFFIC", "ENV", "REQUESTS", "2XX", "4XX", "5XX", "FAILED", "MEAN", "P50", "P99",
+        ],
+        rows,
+    );
+}

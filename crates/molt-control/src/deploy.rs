@@ -15,10 +15,11 @@ use molt_store::{now_ms, CutoverFigures, DeploymentRecord, EnvState, InstanceSta
 use tokio_util::sync::CancellationToken;
 
 use crate::instances::instance_addr;
+use crate::shadow::{ShadowBase, ShadowDecision};
 use crate::{ActiveDeployment, ControlError, Controller, Result};
 
 /// Why a wait inside a step ended early.
-enum Interrupted {
+pub(crate) enum Interrupted {
     /// A newer action on the app took over.
     Cancelled,
     /// The step failed, with a message for the user.
@@ -41,6 +42,7 @@ impl Controller {
         let cancel = self.inner.shutdown.child_token();
         let done = Arc::new(tokio::sync::Notify::new());
         let finished = Arc::new(AtomicBool::new(false));
+        let (decisions, mut decided) = tokio::sync::mpsc::channel(1);
         {
             let mut active = self.inner.active.lock().unwrap_or_else(|p| p.into_inner());
             active.insert(
@@ -50,13 +52,14 @@ impl Controller {
                     cancel: cancel.clone(),
                     done: done.clone(),
                     finished: finished.clone(),
+                    decisions,
                 },
             );
         }
         let this = self.clone();
         self.spawn(async move {
             let id = rec.id;
-            if let Err(e) = this.drive(id, &cancel).await {
+            if let Err(e) = this.drive(id, &mut decided, &cancel).await {
                 tracing::error!(deployment = id, "deployment stopped: {e}");
             }
             finished.store(true, Ordering::SeqCst);
@@ -83,8 +86,15 @@ impl Controller {
         }
     }
 
-    async fn drive(&self, id: u64, cancel: &CancellationToken) -> Result<()> {
+    async fn drive(
+        &self,
+        id: u64,
+        decisions: &mut tokio::sync::mpsc::Receiver<ShadowDecision>,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
         let mut baseline: Option<(EnvStats, EnvStats)> = None;
+        // Router counters when a shadow deployment started mirroring.
+        let mut shadow_base: Option<ShadowBase> = None;
         // Traffic of the previous environment when this task started the deployment (after a
         // restart the router's counters start from zero, which is the right baseline then).
         let mut at_start: Option<EnvStats> = None;
@@ -107,13 +117,22 @@ impl Controller {
                 if self.inner.shutdown.is_cancelled() {
                     return Ok(());
                 }
-                return self.step_aside(&d).await;
+                return self.step_aside(&d, shadow_base.as_ref()).await;
             }
             let outcome = match d.state {
                 DeployState::Pending => self.step_create_env(&d).await,
                 DeployState::EnvCreated => self.step_start_instances(&d).await,
                 DeployState::InstancesStarted => self.step_wait_healthy(&d, cancel).await,
-                DeployState::Healthy => self.step_swap(&d, &mut baseline).await,
+                DeployState::Healthy if d.shadow_share.is_some() => {
+                    self.step_start_shadow(&d, &mut shadow_base).await
+                }
+                DeployState::Shadowing => {
+                    self.step_shadow(&d, shadow_base.as_ref(), decisions, cancel)
+                        .await
+                }
+                DeployState::Healthy | DeployState::Promoted => {
+                    self.step_swap(&d, &mut baseline).await
+                }
                 DeployState::Swapped => {
                     self.step_drain(&d, baseline.take(), at_start.take(), cancel)
                         .await
@@ -124,10 +143,12 @@ impl Controller {
             match outcome {
                 Ok(()) => {}
                 Err(Interrupted::Cancelled) => continue,
-                Err(Interrupted::Failed(msg)) => return self.fail(&d, &msg).await,
+                Err(Interrupted::Failed(msg)) => {
+                    return self.fail(&d, &msg, shadow_base.as_ref()).await
+                }
                 Err(Interrupted::Error(e)) => {
                     if d.state.is_before_swap() {
-                        return self.fail(&d, &e.to_string()).await;
+                        return self.fail(&d, &e.to_string(), shadow_base.as_ref()).await;
                     }
                     return Err(e);
                 }
@@ -470,10 +491,10 @@ impl Controller {
 
     /// A cancelled deployment steps aside: before the swap its environment is torn down; after
     /// it, the environment stays (it serves) and only the watch ends.
-    async fn step_aside(&self, d: &DeploymentRecord) -> Result<()> {
+    async fn step_aside(&self, d: &DeploymentRecord, shadow: Option<&ShadowBase>) -> Result<()> {
         let id = d.id;
         let before_swap = d.state.is_before_swap();
-        self.db(move |s| s.advance(id, DeployEvent::Superseded, "superseded by a newer action"))
+        self.leave(d, DeployEvent::Superseded, "superseded by a newer action", shadow)
             .await?;
         if before_swap {
             if let Some(env) = &d.env {
@@ -486,16 +507,20 @@ impl Controller {
         Ok(())
     }
 
-    async fn fail(&self, d: &DeploymentRecord, msg: &str) -> Result<()> {
+    async fn fail(
+        &self,
+        d: &DeploymentRecord,
+        msg: &str,
+        shadow: Option<&ShadowBase>,
+    ) -> Result<()> {
         let (id, m) = (d.id, msg.to_string());
-        self.db(move |s| {
-            s.set_deployment_error(id, &m)?;
-            s.advance(
-                id,
-                DeployEvent::HealthFailed,
-                "failed before the swap; traffic untouched",
-            )
-        })
+        self.db(move |s| s.set_deployment_error(id, &m)).await?;
+        self.leave(
+            d,
+            DeployEvent::HealthFailed,
+            "failed before the swap; traffic untouched",
+            shadow,
+        )
         .await?;
         if let Some(env) = &d.env {
             self.retire_env(env, "its deployment failed").await?;
@@ -507,6 +532,24 @@ impl Controller {
             &format!("deployment {id} failed: {first}"),
         )
         .await;
+        Ok(())
+    }
+
+    /// Journals `event`; out of `shadowing`, the shadow phase's comparison is recorded and the
+    /// mirroring stopped in the same transaction.
+    pub(crate) async fn leave(
+        &self,
+        d: &DeploymentRecord,
+        event: DeployEvent,
+        detail: &str,
+        shadow: Option<&ShadowBase>,
+    ) -> Result<()> {
+        if d.state == DeployState::Shadowing {
+            self.leave_shadowing(d, event, detail, shadow).await?;
+        } else {
+            let (id, detail) = (d.id, detail.to_string());
+            self.db(move |s| s.advance(id, event, &detail)).await?;
+        }
         Ok(())
     }
 
@@ -525,7 +568,7 @@ fn delta(now: u64, base: u64) -> u64 {
     now.saturating_sub(base)
 }
 
-fn env_of(d: &DeploymentRecord) -> Result<String> {
+pub(crate) fn env_of(d: &DeploymentRecord) -> Result<String> {
     d.env.clone().ok_or_else(|| {
         ControlError::Internal(format!(
             "deployment {} is in state {} without an environment",

@@ -47,7 +47,8 @@ pub use metrics::{EnvMetrics, MetricsSnapshot};
 pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
-pub use shadow::{ShadowReport, TrafficSummary};
+pub use molt_store::{ShadowComparison, TrafficSummary};
+pub use shadow::{ShadowOutcome, ShadowReport};
 pub use verify::{Attestation, VerifyReport};
 
 /// Settings of the controller.
@@ -118,6 +119,8 @@ struct Inner {
     verify_lock: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// When this controller was built (ms since the epoch): the router's counters start here.
+    started_ms: u64,
 }
 
 struct ActiveDeployment {
@@ -125,6 +128,8 @@ struct ActiveDeployment {
     cancel: CancellationToken,
     done: Arc<tokio::sync::Notify>,
     finished: Arc<std::sync::atomic::AtomicBool>,
+    /// Promote/abandon decisions for a shadow deployment, taken by its task.
+    decisions: tokio::sync::mpsc::Sender<shadow::ShadowDecision>,
 }
 
 impl Controller {
@@ -153,6 +158,7 @@ impl Controller {
                 verify_lock: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                started_ms: molt_store::now_ms(),
             }),
         }
     }

@@ -24,6 +24,11 @@ pub struct DeployRequest {
     /// Redeploy an existing release number instead.
     #[serde(default)]
     pub release: Option<u64>,
+    /// A shadow deployment: once healthy, mirror this percentage (1–100) of the app's
+    /// GET/HEAD/OPTIONS requests to the new environment instead of swapping, until it is
+    /// promoted or abandoned.
+    #[serde(default)]
+    pub shadow: Option<u32>,
 }
 
 /// What a swap did.
@@ -122,6 +127,9 @@ impl Controller {
     /// (in state `pending`). A deployment of the same app still running is superseded.
     pub async fn deploy(&self, app: &str, req: DeployRequest) -> Result<DeploymentRecord> {
         let app = parse_app(app)?;
+        if let Some(share) = req.shadow {
+            self.check_shadow_deploy(&app, share).await?;
+        }
         let release = match (&req.manifest, req.release) {
             (Some(text), None) => {
                 let manifest = Manifest::parse(text, "molt.toml")?;
@@ -153,13 +161,35 @@ impl Controller {
                 .into())
             }
         };
-        self.start_deployment(&release).await
+        self.start_deployment(&release, req.shadow).await
     }
 
-    /// Records a deployment of `release` and launches it.
+    /// A shadow deployment needs a share in 1–100 and something serving to mirror from.
+    async fn check_shadow_deploy(&self, app: &AppName, share: u32) -> Result<()> {
+        if !(1..=100).contains(&share) {
+            return Err(InputError::Invalid(format!(
+                "shadow share must be 1 to 100 (percent), not {share}"
+            ))
+            .into());
+        }
+        let a = app.to_string();
+        let routed = self
+            .db(move |s| Ok(s.app(&a).ok().and_then(|a| a.routed_env)))
+            .await?;
+        if routed.is_none() {
+            return Err(ControlError::Conflict(format!(
+                "nothing serves {app} yet, so there is no traffic to mirror: deploy without --shadow first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records a deployment of `release` (a shadow deployment with `shadow_share`) and
+    /// launches it.
     pub(crate) async fn start_deployment(
         &self,
         release: &ReleaseRecord,
+        shadow_share: Option<u32>,
     ) -> Result<DeploymentRecord> {
         if self.inner.shutdown.is_cancelled() {
             return Err(ControlError::ShuttingDown);
@@ -169,7 +199,7 @@ impl Controller {
         let rec = self
             .db(move |s| {
                 let prev = s.app(&app).ok().and_then(|a| a.routed_env);
-                s.create_deployment(&app, number, prev.as_deref())
+                s.create_deployment(&app, number, prev.as_deref(), shadow_share)
             })
             .await?;
         self.event(
@@ -227,12 +257,26 @@ impl Controller {
                 s.create_release(&a, &latest.image, &config, &note)
             })
             .await?;
-        self.start_deployment(&release).await
+        self.start_deployment(&release, None).await
     }
 
     /// Points an app's route at one of its live, ready environments: one atomic route change.
     pub async fn swap(&self, app: &str, env: &str) -> Result<SwapOutcome> {
         let app = parse_app(app)?.to_string();
+        let a = app.clone();
+        let newest = self
+            .db(move |s| Ok(s.deployments(Some(&a), 1)?.into_iter().next()))
+            .await?;
+        if let Some(d) = newest.filter(|d| {
+            d.state == molt_core::DeployState::Shadowing && d.env.as_deref() == Some(env)
+        }) {
+            // Superseding it would retire the very environment asked for.
+            return Err(ControlError::Conflict(format!(
+                "{env} is the shadow environment of deployment {}: promote it with \
+                 `molt promote {app}` (it swaps, then drains and watches like any deployment)",
+                d.id
+            )));
+        }
         self.supersede_active(&app).await;
         self.swap_to(&app, env, "swap").await
     }
@@ -364,7 +408,7 @@ impl Controller {
                 image.short()
             )));
         }
-        let deployment = self.start_deployment(&release).await?;
+        let deployment = self.start_deployment(&release, None).await?;
         self.event(&app, "rollback", &format!("cold rollback to v{target_release}: nothing warm runs it, redeploying (deployment {})", deployment.id)).await;
         Ok(RollbackOutcome {
             kind: "cold".into(),

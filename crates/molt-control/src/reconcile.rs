@@ -81,14 +81,12 @@ impl Controller {
             }
             if newest.get(&d.app) != Some(&d.id) {
                 // An older deployment that a newer one had superseded when molt stopped.
-                let id = d.id;
-                self.db(move |s| {
-                    s.advance(
-                        id,
-                        molt_core::DeployEvent::Superseded,
-                        "superseded (found at restart)",
-                    )
-                })
+                self.leave(
+                    &d,
+                    molt_core::DeployEvent::Superseded,
+                    "superseded (found at restart)",
+                    None,
+                )
                 .await?;
                 if d.state.is_before_swap() {
                     if let Some(env) = &d.env {

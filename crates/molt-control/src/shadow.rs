@@ -1,13 +1,19 @@
 //! Shadow traffic: a share of an app's live idempotent requests mirrored to another of its
-//! environments (typically the next release, before the swap), and the two compared.
+//! environments (typically the next release, before the swap), and the two compared. A shadow
+//! deployment (`molt deploy --shadow N`) mirrors to its new environment instead of swapping,
+//! until it is promoted (then it swaps like any deployment) or abandoned (its environment is
+//! retired); the comparison is recorded on the deployment when the shadow phase ends.
 
-use std::collections::BTreeMap;
-
-use molt_core::InputError;
+use molt_core::{DeployEvent, DeployState, InputError};
 use molt_router::{TrafficStats, LATENCY_BUCKETS};
-use molt_store::{AppRecord, EnvState, ShadowMode};
+use molt_store::{
+    now_ms, AppRecord, DeploymentRecord, EnvState, ShadowComparison, ShadowMode, TrafficSummary,
+};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
+use crate::deploy::{env_of, Interrupted};
 use crate::{ControlError, Controller, Result};
 
 /// Live and shadow traffic of an app side by side.
@@ -23,24 +29,28 @@ pub struct ShadowReport {
     pub shadow: Option<TrafficSummary>,
 }
 
-/// One environment's traffic of one kind (live or mirrored), since the router started.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrafficSummary {
-    /// Environment id.
-    pub env: String,
-    /// Requests counted (answered or failed).
-    pub requests: u64,
-    /// Responses by status class (`"2xx"`, …).
-    pub classes: BTreeMap<String, u64>,
-    /// Requests that got no answer.
-    pub failed: u64,
-    /// Mean time to the response head, in milliseconds.
-    pub mean_ms: f64,
-    /// Upper bound of the histogram bucket holding the median, in milliseconds (`None` past
-    /// the last bucket).
-    pub p50_ms: Option<f64>,
-    /// The same for the 99th percentile.
-    pub p99_ms: Option<f64>,
+/// How a shadow deployment's shadow phase ends, by the user's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowOutcome {
+    /// Swap to the shadowed environment (then drain and watch as usual).
+    Promote,
+    /// Retire the shadowed environment; the route never moved.
+    Abandon,
+}
+
+/// A decision handed to the deployment's task, which alone moves its state; the caller waits
+/// for the journaled result.
+pub(crate) struct ShadowDecision {
+    outcome: ShadowOutcome,
+    reply: oneshot::Sender<Result<DeploymentRecord>>,
+}
+
+/// Router counters when mirroring started, so the comparison covers the shadow phase only.
+/// After a restart there is none: the router's counters started at zero with molt.
+pub(crate) struct ShadowBase {
+    live_env: Option<String>,
+    live: TrafficStats,
+    shadow: TrafficStats,
 }
 
 impl Controller {
@@ -62,6 +72,14 @@ impl Controller {
         let a = app.clone();
         let rec = self
             .db(move |s| {
+                if let Some(d) = shadowing_deployment(s, &a)? {
+                    return Ok(Err(ControlError::Conflict(format!(
+                        "deployment {} of {a} mirrors to {}: promote it (`molt promote {a}`) or \
+                         abandon it (`molt abandon {a}`) first",
+                        d.id,
+                        d.env.as_deref().unwrap_or("its environment")
+                    ))));
+                }
                 let mode = match target {
                     None => None,
                     Some((env, share_percent)) => {
@@ -121,6 +139,289 @@ impl Controller {
             shadow,
         })
     }
+}
+
+impl Controller {
+    /// Ends the shadow phase of the app's shadow deployment: `Promote` swaps to its
+    /// environment like any deployment (the returned record is in state `promoted`; the swap,
+    /// drain and watch follow), `Abandon` retires it. Either way live and shadow traffic of
+    /// the phase are recorded on the deployment.
+    pub async fn end_shadow_phase(
+        &self,
+        app: &str,
+        outcome: ShadowOutcome,
+    ) -> Result<DeploymentRecord> {
+        let app: String = app.parse::<molt_core::AppName>()?.to_string();
+        let a = app.clone();
+        let shadowing = self
+            .db(move |s| {
+                s.app(&a)?;
+                shadowing_deployment(s, &a)
+            })
+            .await?;
+        let Some(d) = shadowing else {
+            return Err(ControlError::Conflict(format!(
+                "no deployment of {app} is shadowing: start one with `molt deploy --shadow 10`"
+            )));
+        };
+        let sender = {
+            let active = self.inner.active.lock().unwrap_or_else(|p| p.into_inner());
+            active
+                .get(&app)
+                .filter(|a| a.id == d.id)
+                .map(|a| a.decisions.clone())
+        };
+        let (reply, answer) = oneshot::channel();
+        let sent = match sender {
+            Some(tx) => tx.send(ShadowDecision { outcome, reply }).await.is_ok(),
+            None => false,
+        };
+        let stopped = || {
+            ControlError::Conflict(format!(
+                "deployment {} of {app} is not running right now (molt is starting or stopping); \
+                 try again",
+                d.id
+            ))
+        };
+        if !sent {
+            return Err(stopped());
+        }
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// `healthy` of a shadow deployment: mirror its share of the app's idempotent requests to
+    /// the new environment instead of swapping (the route stays where it is).
+    pub(crate) async fn step_start_shadow(
+        &self,
+        d: &DeploymentRecord,
+        base: &mut Option<ShadowBase>,
+    ) -> std::result::Result<(), Interrupted> {
+        let env = env_of(d)?;
+        let share = d.shadow_share.unwrap_or(10);
+        let lock = self.app_lock(&d.app);
+        let _guard = lock.lock().await;
+        let a = d.app.clone();
+        let live = self.db(move |s| Ok(s.app(&a)?.routed_env)).await?;
+        let Some(live) = live.filter(|l| *l != env) else {
+            return Err(Interrupted::Failed(format!(
+                "nothing serves {} to mirror from: deploy without --shadow",
+                d.app
+            )));
+        };
+        let router = &self.inner.router;
+        *base = Some(ShadowBase {
+            live: router.env_traffic(&live).live,
+            shadow: router.env_traffic(&env).shadow,
+            live_env: Some(live.clone()),
+        });
+        let mode = ShadowMode {
+            env: env.clone(),
+            share_percent: share,
+        };
+        let detail = format!(
+            "mirroring {share} % of GET/HEAD/OPTIONS to {env}; the route stays on {live}"
+        );
+        let (id, text) = (d.id, detail.clone());
+        self.db(move |s| s.start_shadow(id, &mode, &text)).await?;
+        self.publish_routes().await?;
+        let msg = format!(
+            "deployment {} of v{}: {detail}; promote with `molt promote {}`",
+            d.id, d.release, d.app
+        );
+        self.event(&d.app, "shadow", &msg).await;
+        Ok(())
+    }
+
+    /// `shadowing`: wait for the user's decision (or a newer action, or shutdown). Mirroring
+    /// itself needs nothing from this task: the route table carries it, rebuilt from the
+    /// store after a restart.
+    pub(crate) async fn step_shadow(
+        &self,
+        d: &DeploymentRecord,
+        base: Option<&ShadowBase>,
+        decisions: &mut mpsc::Receiver<ShadowDecision>,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<(), Interrupted> {
+        loop {
+            let decision = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
+                decision = decisions.recv() => decision,
+            };
+            let Some(decision) = decision else {
+                // The sender goes away only when a newer action is about to cancel us.
+                cancel.cancelled().await;
+                return Err(Interrupted::Cancelled);
+            };
+            let result = match decision.outcome {
+                ShadowOutcome::Promote => self.promote_shadowed(d, base).await,
+                ShadowOutcome::Abandon => self.abandon_shadowed(d, base).await,
+            };
+            let done = result.is_ok();
+            let _ = decision.reply.send(result);
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn promote_shadowed(
+        &self,
+        d: &DeploymentRecord,
+        base: Option<&ShadowBase>,
+    ) -> Result<DeploymentRecord> {
+        let env = env_of(d)?;
+        let detail = format!("promoted: the route moves to {env} next");
+        let rec = self
+            .leave_shadowing(d, DeployEvent::Promoted, &detail, base)
+            .await?;
+        let msg = format!(
+            "deployment {} of v{} promoted after shadowing: {}",
+            d.id,
+            d.release,
+            comparison_line(rec.shadow.as_ref())
+        );
+        self.event(&d.app, "promote", &msg).await;
+        Ok(rec)
+    }
+
+    async fn abandon_shadowed(
+        &self,
+        d: &DeploymentRecord,
+        base: Option<&ShadowBase>,
+    ) -> Result<DeploymentRecord> {
+        let env = env_of(d)?;
+        let detail = format!("abandoned: {env} retired; the route never moved");
+        let rec = self
+            .leave_shadowing(d, DeployEvent::Abandoned, &detail, base)
+            .await?;
+        self.retire_env(&env, "its shadow deployment was abandoned")
+            .await?;
+        let msg = format!(
+            "deployment {} of v{} abandoned after shadowing: {}",
+            d.id,
+            d.release,
+            comparison_line(rec.shadow.as_ref())
+        );
+        self.event(&d.app, "abandon", &msg).await;
+        Ok(rec)
+    }
+
+    /// Takes `event` out of `shadowing`: snapshots the comparison, stops the mirroring and
+    /// journals the step in one transaction, then republishes the route table.
+    pub(crate) async fn leave_shadowing(
+        &self,
+        d: &DeploymentRecord,
+        event: DeployEvent,
+        detail: &str,
+        base: Option<&ShadowBase>,
+    ) -> Result<DeploymentRecord> {
+        let lock = self.app_lock(&d.app);
+        let _guard = lock.lock().await;
+        let comparison = self.shadow_comparison(d, base).await?;
+        let (id, detail) = (d.id, detail.to_string());
+        let rec = self
+            .db(move |s| {
+                s.end_shadow(id, event, &detail, &comparison)?;
+                s.deployment(id)
+            })
+            .await?;
+        self.publish_routes().await?;
+        Ok(rec)
+    }
+
+    /// Live and shadow traffic of `d`'s shadow phase so far, from the router's counters.
+    async fn shadow_comparison(
+        &self,
+        d: &DeploymentRecord,
+        base: Option<&ShadowBase>,
+    ) -> Result<ShadowComparison> {
+        let env = env_of(d)?;
+        let (a, id) = (d.app.clone(), d.id);
+        let (app, journal) = self.db(move |s| Ok((s.app(&a)?, s.journal(id)?))).await?;
+        let mirrored_since = journal
+            .iter()
+            .rev()
+            .find(|j| j.state == DeployState::Shadowing)
+            .map(|j| j.at_ms)
+            .unwrap_or(d.updated_ms);
+        let since_ms = match base {
+            Some(_) => mirrored_since,
+            None => mirrored_since.max(self.inner.started_ms),
+        };
+        let share_percent = match &app.shadow {
+            Some(m) if m.env == env => m.share_percent,
+            _ => d.shadow_share.unwrap_or(0),
+        };
+        let router = &self.inner.router;
+        let live = app.routed_env.as_ref().map(|l| {
+            let from = base.filter(|b| b.live_env.as_ref() == Some(l)).map(|b| &b.live);
+            summarize(l, &since(&router.env_traffic(l).live, from))
+        });
+        let shadow = summarize(
+            &env,
+            &since(&router.env_traffic(&env).shadow, base.map(|b| &b.shadow)),
+        );
+        Ok(ShadowComparison {
+            share_percent,
+            since_ms,
+            until_ms: now_ms(),
+            live,
+            shadow,
+        })
+    }
+}
+
+/// The app's newest deployment, if it is in its shadow phase.
+fn shadowing_deployment(
+    s: &molt_store::Store,
+    app: &str,
+) -> std::result::Result<Option<DeploymentRecord>, molt_store::StoreError> {
+    let newest = s.deployments(Some(app), 1)?.into_iter().next();
+    Ok(newest.filter(|d| d.state == DeployState::Shadowing))
+}
+
+/// One line for the history: requests and 2xx of each side.
+fn comparison_line(c: Option<&ShadowComparison>) -> String {
+    let Some(c) = c else {
+        return "no comparison recorded".into();
+    };
+    let side = |t: &TrafficSummary| {
+        format!(
+            "{} requests, {} 2xx, {} 5xx, p99 {}",
+            t.requests,
+            t.classes.get("2xx").copied().unwrap_or(0),
+            t.classes.get("5xx").copied().unwrap_or(0),
+            t.p99_ms
+                .map(|ms| format!("≤{ms} ms"))
+                .unwrap_or_else(|| "-".into())
+        )
+    };
+    let live = c.live.as_ref().map(side).unwrap_or_else(|| "none".into());
+    format!("live {live}; shadow {}", side(&c.shadow))
+}
+
+/// Counters grown since `base` (all of them without one; a counter that went backwards, after
+/// a restart, counts from zero).
+fn since(now: &TrafficStats, base: Option<&TrafficStats>) -> TrafficStats {
+    let Some(base) = base else {
+        return *now;
+    };
+    let mut out = *now;
+    for (n, b) in out.classes.iter_mut().zip(&base.classes) {
+        *n = n.saturating_sub(*b);
+    }
+    for (n, b) in out
+        .latency
+        .cumulative
+        .iter_mut()
+        .zip(&base.latency.cumulative)
+    {
+        *n = n.saturating_sub(*b);
+    }
+    out.latency.sum_seconds = (now.latency.sum_seconds - base.latency.sum_seconds).max(0.0);
+    out.failed = now.failed.saturating_sub(base.failed);
+    out
 }
 
 fn summarize(env: &str, stats: &TrafficStats) -> TrafficSummary {

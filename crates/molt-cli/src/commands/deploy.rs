@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::EXIT_DEPLOY_FAILED;
 use crate::client::Client;
-use crate::output::{print_json, short_digest};
+use crate::output::{print_json, print_traffic, short_digest};
 use crate::ConfigAction;
 use molt_core::Manifest;
 
@@ -30,6 +30,7 @@ pub(crate) async fn deploy(
     client: &Client,
     dir: &Path,
     image: Option<String>,
+    shadow: Option<u32>,
     no_wait: bool,
     json: bool,
 ) -> Result<i32> {
@@ -75,10 +76,78 @@ pub(crate) async fn deploy(
     let d = client
         .post(
             &format!("/v1/apps/{app}/deployments"),
-            &json!({ "image": image, "manifest": text }),
+            &json!({ "image": image, "manifest": text, "shadow": shadow }),
         )
         .await?;
     follow_deployment(client, &d, no_wait, json).await
+}
+
+/// The app named on the command line, else the one of `./molt.toml`.
+fn app_or_here(app: Option<String>, command: &str) -> Result<String> {
+    match app {
+        Some(a) => Ok(a),
+        None => Ok(read_manifest(Path::new("."))
+            .map_err(|e| {
+                anyhow!("name the app (`molt {command} <app>`), or run this in its folder: {e}")
+            })?
+            .0
+            .name
+            .to_string()),
+    }
+}
+
+/// `molt promote`: ends the shadow phase, then follows the swap, drain and watch.
+pub(crate) async fn promote(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
+    let app = app_or_here(app, "promote")?;
+    let d = client
+        .post(&format!("/v1/apps/{app}/promote"), &json!({}))
+        .await?;
+    if !json {
+        println!(
+            "{app}: deployment {} (v{}) promoted after shadowing",
+            d["id"], d["release"]
+        );
+        print_comparison(&d);
+    }
+    follow_deployment(client, &d, false, json).await
+}
+
+/// `molt abandon`: ends the shadow phase and retires the shadowed environment.
+pub(crate) async fn abandon(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
+    let app = app_or_here(app, "abandon")?;
+    let d = client
+        .post(&format!("/v1/apps/{app}/abandon"), &json!({}))
+        .await?;
+    if json {
+        print_json(&d);
+    } else {
+        println!(
+            "{app}: deployment {} (v{}) abandoned; {} retired, the route never moved",
+            d["id"],
+            d["release"],
+            d["env"].as_str().unwrap_or("its environment")
+        );
+        print_comparison(&d);
+    }
+    Ok(0)
+}
+
+/// Prints a deployment's recorded live/shadow comparison, if it has one.
+pub(crate) fn print_comparison(d: &Value) {
+    let c = &d["shadow"];
+    if !c.is_object() {
+        return;
+    }
+    println!(
+        "  shadow phase: {} % of GET/HEAD/OPTIONS mirrored for {:.1} s (shadow answers were discarded)",
+        c["share_percent"],
+        c["until_ms"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(c["since_ms"].as_u64().unwrap_or(0)) as f64
+            / 1000.0
+    );
+    print_traffic(&[("live", &c["live"]), ("shadow", &c["shadow"])]);
 }
 
 pub(crate) fn progress(json: bool, line: &str) {
@@ -136,6 +205,14 @@ pub(crate) async fn follow_deployment(
         let dep = &v["deployment"];
         let state = dep["state"].as_str().unwrap_or("");
         match state {
+            "shadowing" => {
+                if json {
+                    print_json(&v);
+                } else {
+                    print_shadowing(client, dep).await;
+                }
+                return Ok(0);
+            }
             "drained" | "succeeded" => {
                 if json {
                     print_json(&v);
@@ -144,7 +221,7 @@ pub(crate) async fn follow_deployment(
                 }
                 return Ok(0);
             }
-            "failed" | "rolled_back" | "superseded" => {
+            "failed" | "rolled_back" | "superseded" | "abandoned" => {
                 if json {
                     print_json(&v);
                 } else {
@@ -171,6 +248,27 @@ pub(crate) async fn follow_deployment(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// What a shadow deployment that reached `shadowing` does, and what comes next.
+async fn print_shadowing(client: &Client, dep: &Value) {
+    let app = dep["app"].as_str().unwrap_or("?");
+    let live = client
+        .get(&format!("/v1/apps/{app}"))
+        .await
+        .ok()
+        .and_then(|v| v["app"]["routed_env"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "the live environment".into());
+    println!(
+        "{app} v{} is healthy on {}: {} % of GET/HEAD/OPTIONS requests are mirrored to it; \
+         users still get {live}'s answers",
+        dep["release"],
+        dep["env"].as_str().unwrap_or("?"),
+        dep["shadow_share"]
+    );
+    println!("  compare live and shadow: molt shadow {app}");
+    println!("  promote (swap, drain, watch): molt promote {app}");
+    println!("  or abandon (retire it, nothing moves): molt abandon {app}");
 }
 
 pub(crate) async fn print_cutover(client: &Client, dep: &Value) {
@@ -211,16 +309,7 @@ pub(crate) async fn rollback(
     to: Option<String>,
     json: bool,
 ) -> Result<i32> {
-    let app = match app {
-        Some(a) => a,
-        None => read_manifest(Path::new("."))
-            .map_err(|e| {
-                anyhow!("name the app (`molt rollback <app>`), or run this in its folder: {e}")
-            })?
-            .0
-            .name
-            .to_string(),
-    };
+    let app = app_or_here(app, "rollback")?;
     let to = match to {
         Some(t) => Some(
             t.trim_start_matches('v')

@@ -16,7 +16,7 @@ use molt_core::{AppName, Manifest};
 use serde_json::{json, Value};
 
 use crate::client::{ApiError, Client, Unreachable};
-use crate::output::{age, print_json, print_list, text};
+use crate::output::{age, print_json, print_list, print_traffic, text};
 use crate::{Cli, Command, TlsAction};
 
 /// Exit code for a deployment that did not end serving the new release.
@@ -59,7 +59,10 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             dir,
             image,
             no_wait,
-        } => deploy(&client()?, &dir, image, no_wait, json).await,
+            shadow,
+        } => deploy(&client()?, &dir, image, shadow, no_wait, json).await,
+        Command::Promote { app } => promote(&client()?, app, json).await,
+        Command::Abandon { app } => abandon(&client()?, app, json).await,
         Command::Status { app } => status(&client()?, app, json).await,
         Command::Apps => apps(&client()?, json).await,
         Command::Releases { app, pin, unpin } => releases(&client()?, &app, pin, unpin, json).await,
@@ -184,33 +187,7 @@ async fn shadow(
             println!("{app}: no shadow traffic (start it with: molt shadow {app} <env> --share 10)")
         }
     }
-    let ms = |v: &Value| match v.as_f64() {
-        Some(ms) => format!("≤{ms} ms"),
-        None => "-".to_owned(),
-    };
-    let rows: Vec<(&str, &Value)> = [("live", &v["live"]), ("shadow", &v["shadow"])]
-        .into_iter()
-        .filter(|(_, t)| t.is_object())
-        .collect();
-    println!(
-        "{:<8} {:<28} {:>9} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>10}",
-        "TRAFFIC", "ENV", "REQUESTS", "2XX", "4XX", "5XX", "FAILED", "MEAN", "P50", "P99"
-    );
-    for (kind, t) in rows {
-        println!(
-            "{:<8} {:<28} {:>9} {:>7} {:>7} {:>7} {:>7} {:>10} {:>10} {:>10}",
-            kind,
-            t["env"].as_str().unwrap_or("?"),
-            t["requests"],
-            t["classes"]["2xx"],
-            t["classes"]["4xx"],
-            t["classes"]["5xx"],
-            t["failed"],
-            format!("{:.1} ms", t["mean_ms"].as_f64().unwrap_or(0.0)),
-            ms(&t["p50_ms"]),
-            ms(&t["p99_ms"]),
-        );
-    }
+    print_traffic(&[("live", &v["live"]), ("shadow", &v["shadow"])]);
     Ok(0)
 }
 

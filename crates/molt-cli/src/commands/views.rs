@@ -54,19 +54,31 @@ pub(crate) async fn status(client: &Client, app: Option<String>, json: bool) -> 
                 .filter(|f| !f.is_null())
                 .map(|f| format!(", cutover served {} failed {}", f["served"], f["failed"]))
                 .unwrap_or_default();
+            let shadowing = match d.get("state").and_then(|s| s.as_str()) {
+                Some("shadowing") => format!(
+                    ", mirroring {} % to {} (molt promote {name} | molt abandon {name})",
+                    d["shadow_share"],
+                    d["env"].as_str().unwrap_or("?")
+                ),
+                _ => String::new(),
+            };
             println!(
-                "  last deployment {}: v{} {}{figures}",
+                "  last deployment {}: v{} {}{figures}{shadowing}",
                 d["id"],
                 d["release"],
                 d["state"].as_str().unwrap_or("")
             );
+            super::deploy::print_comparison(&a["last_deployment"]);
         }
+        let shadow = &a["app"]["shadow"];
         let mut rows = Vec::new();
         for e in a["envs"].as_array().into_iter().flatten() {
             let instances = e["instances"].as_array().cloned().unwrap_or_default();
             let healthy = instances.iter().filter(|i| i["state"] == "healthy").count();
             let role = if e["routed"] == true {
                 "live".to_string()
+            } else if shadow["env"] == e["env"]["id"] {
+                format!("shadow ({} %)", shadow["share_percent"])
             } else if let Some(w) = e["env"]["warm_until_ms"].as_u64() {
                 format!("warm ({} left)", remaining(w))
             } else {
