@@ -160,6 +160,11 @@ pub async fn deploy_dir(client: &Client, dir: &Path) -> Value {
 
 /// Imports a folder and starts a deployment; returns the deployment record.
 pub async fn start_deploy(client: &Client, dir: &Path) -> anyhow::Result<Value> {
+    start_deploy_with(client, dir, json!({})).await
+}
+
+/// Like [`start_deploy`], with more fields of the deploy request (e.g. `{"shadow": 10}`).
+pub async fn start_deploy_with(client: &Client, dir: &Path, extra: Value) -> anyhow::Result<Value> {
     let mut tar = Vec::new();
     molt_image::ImageStore::write_canonical_tar(dir, &mut tar)?;
     let img = client.post_bytes("/v1/images", tar).await?;
@@ -170,15 +175,17 @@ pub async fn start_deploy(client: &Client, dir: &Path) -> anyhow::Result<Value> 
         .and_then(|l| l.strip_suffix('"'))
         .unwrap_or("hello")
         .to_string();
+    let mut body = json!({ "image": img["digest"], "manifest": manifest });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        body[k] = v.clone();
+    }
     client
-        .post(
-            &format!("/v1/apps/{app}/deployments"),
-            &json!({ "image": img["digest"], "manifest": manifest }),
-        )
+        .post(&format!("/v1/apps/{app}/deployments"), &body)
         .await
 }
 
-/// Waits (≤ 60 s) until a deployment reaches its cutover or ends; returns the record.
+/// Waits (≤ 60 s) until a deployment reaches its cutover (or, for a shadow deployment, its
+/// shadow phase) or ends; returns the record.
 pub async fn wait_deployment(client: &Client, id: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -189,7 +196,13 @@ pub async fn wait_deployment(client: &Client, id: u64) -> Value {
         let state = v["deployment"]["state"].as_str().unwrap_or("").to_string();
         if matches!(
             state.as_str(),
-            "drained" | "succeeded" | "failed" | "rolled_back" | "superseded"
+            "drained"
+                | "succeeded"
+                | "failed"
+                | "rolled_back"
+                | "superseded"
+                | "shadowing"
+                | "abandoned"
         ) {
             return v["deployment"].clone();
         }
