@@ -170,3 +170,98 @@ crash_tests! {
     killed_after_swap => "swapped",
     killed_after_drain => "drained",
 }
+
+/// Waits until deployment `id` is in `state`.
+async fn reach(client: &Client, id: u64, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = client.get(&format!("/v1/deployments/{id}")).await.unwrap();
+        if d["deployment"]["state"] == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never reached {state}: {d}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// GETs through the router until the shadow report counts `n` mirrored requests; every
+/// answer users get is v1's.
+async fn mirror(serve: &Serve, n: u64) {
+    for _ in 0..n {
+        let (status, body) = serve.get("crash.localhost").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("crash v1"), "users see only live answers: {body}");
+    }
+    eventually(Duration::from_secs(10), "mirrored requests", || async {
+        let r = serve.client.get("/v1/apps/crash/shadow").await.unwrap();
+        r["shadow"]["requests"] == n
+    })
+    .await;
+}
+
+/// Killed while shadowing, a restart keeps mirroring (the route table is rebuilt from the
+/// store) and the deployment waits for its decision; killed right after the promotion was
+/// journaled, a restart carries on with the swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_shadowing_and_after_promotion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data: PathBuf = tmp.path().join("data");
+    let v1 = make_app(tmp.path(), "crash", &[], FAST);
+    let v2 = make_app(tmp.path(), "crash", &[("GREETING", "two")], FAST);
+
+    let mut a = Serve::start(&data, None, false);
+    let owner = owner_of(&data);
+    assert_eq!(deploy_dir(&a.client, &v1).await["state"], "drained");
+    let d = start_deploy_with(&a.client, &v2, json!({ "shadow": 100 }))
+        .await
+        .unwrap();
+    let id = d["id"].as_u64().unwrap();
+    reach(&a.client, id, "shadowing").await;
+    mirror(&a, 4).await;
+    a.signal(Signal::SIGKILL);
+
+    // Restart: still shadowing, mirroring resumed; the next one pauses once promoted.
+    let mut b = Serve::start(&data, Some("promoted"), false);
+    reach(&b.client, id, "shadowing").await;
+    let history = b.client.get("/v1/apps/crash/events").await.unwrap();
+    assert!(
+        history.to_string().contains("resuming deployment"),
+        "{history}"
+    );
+    mirror(&b, 3).await;
+    let promoted = b
+        .client
+        .post("/v1/apps/crash/promote", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(promoted["state"], "promoted", "{promoted}");
+    // The router's counters restarted with molt: the comparison covers what this one saw.
+    assert_eq!(promoted["shadow"]["shadow"]["requests"], 3, "{promoted}");
+    assert_eq!(promoted["shadow"]["live"]["requests"], 3, "{promoted}");
+    let (_, body) = b.get("crash.localhost").await;
+    assert!(body.contains("crash v1"), "held before the swap: {body}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.signal(Signal::SIGKILL);
+
+    // Restart: the promoted deployment swaps, drains and keeps its comparison.
+    let mut c = Serve::start(&data, None, true);
+    let done = wait_deployment(&c.client, id).await;
+    assert_eq!(done["state"], "drained", "{done}");
+    assert_eq!(done["shadow"], promoted["shadow"], "{done}");
+    let (status, body) = c.get("crash.localhost").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("two from crash v2"), "{body}");
+    let app = c.client.get("/v1/apps/crash").await.unwrap();
+    assert_eq!(app["app"]["shadow"], serde_json::Value::Null, "{app}");
+    eventually(Duration::from_secs(10), "no orphaned instance", || async {
+        let live = live_instances(&c.client).await;
+        let running: BTreeSet<String> =
+            processes_of(&owner).into_iter().map(|(id, _)| id).collect();
+        running == live
+    })
+    .await;
+    assert_eq!(c.signal(Signal::SIGTERM).code(), Some(0));
+    let left = processes_of(&owner);
+    kill_all(&owner);
+    assert!(left.is_empty(), "instances left: {left:?}");
+}
