@@ -494,8 +494,13 @@ impl Controller {
     async fn step_aside(&self, d: &DeploymentRecord, shadow: Option<&ShadowBase>) -> Result<()> {
         let id = d.id;
         let before_swap = d.state.is_before_swap();
-        self.leave(d, DeployEvent::Superseded, "superseded by a newer action", shadow)
-            .await?;
+        self.leave(
+            d,
+            DeployEvent::Superseded,
+            "superseded by a newer action",
+            shadow,
+        )
+        .await?;
         if before_swap {
             if let Some(env) = &d.env {
                 self.retire_env(env, "its deployment was superseded")

@@ -46,8 +46,8 @@ pub use images::{
 pub use metrics::{EnvMetrics, MetricsSnapshot};
 pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
-pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
 pub use molt_store::{ShadowComparison, TrafficSummary};
+pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
 pub use shadow::{ShadowOutcome, ShadowReport};
 pub use verify::{Attestation, VerifyReport};
 

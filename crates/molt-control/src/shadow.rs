@@ -218,9 +218,8 @@ impl Controller {
             env: env.clone(),
             share_percent: share,
         };
-        let detail = format!(
-            "mirroring {share} % of GET/HEAD/OPTIONS to {env}; the route stays on {live}"
-        );
+        let detail =
+            format!("mirroring {share} % of GET/HEAD/OPTIONS to {env}; the route stays on {live}");
         let (id, text) = (d.id, detail.clone());
         self.db(move |s| s.start_shadow(id, &mode, &text)).await?;
         self.publish_routes().await?;
@@ -355,7 +354,9 @@ impl Controller {
         };
         let router = &self.inner.router;
         let live = app.routed_env.as_ref().map(|l| {
-            let from = base.filter(|b| b.live_env.as_ref() == Some(l)).map(|b| &b.live);
+            let from = base
+                .filter(|b| b.live_env.as_ref() == Some(l))
+                .map(|b| &b.live);
             summarize(l, &since(&router.env_traffic(l).live, from))
         });
         let shadow = summarize(
@@ -497,5 +498,25 @@ mod tests {
             ..TrafficStats::default()
         };
         assert_eq!(quantile_ms(&slow, 0.5), None);
+    }
+
+    #[test]
+    fn the_comparison_counts_only_what_grew_since_the_base() {
+        let at = |requests: u64, seconds: f64| TrafficStats {
+            classes: [0, requests, 0, 0, 0],
+            latency: LatencyHistogram {
+                cumulative: [requests; 13],
+                sum_seconds: seconds,
+            },
+            failed: 0,
+        };
+        let (base, now) = (at(15, 0.15), at(18, 0.18));
+        let grown = since(&now, Some(&base));
+        assert_eq!(grown.requests(), 3);
+        assert_eq!(grown.classes[1], 3);
+        assert!((grown.latency.sum_seconds - 0.03).abs() < 1e-9);
+        assert_eq!(since(&now, None), now);
+        // Counters that went backwards (a restart) count from zero, never underflow.
+        assert_eq!(since(&base, Some(&now)).requests(), 0);
     }
 }

@@ -145,3 +145,76 @@ async fn the_cli_drives_a_whole_lifecycle() {
 
     assert_eq!(serve.signal(Signal::SIGTERM).code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_a_shadow_deploy_to_promotion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut serve = Serve::start(&data, None, true);
+    let d = data.as_path();
+    let v1 = make_app(tmp.path(), "cli", &[], FAST);
+    let v2 = make_app(tmp.path(), "cli", &[("GREETING", "hey")], FAST);
+
+    // --shadow before anything serves is refused with what to do.
+    let o = molt(d, &["deploy", v1.to_str().unwrap(), "--shadow", "10"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("deploy without --shadow"), "{}", text(&o));
+    assert_eq!(
+        molt(d, &["deploy", v2.to_str().unwrap(), "--shadow", "0"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let o = molt(d, &["deploy", v1.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // The shadow deploy stops at shadowing and says what comes next.
+    let o = molt(d, &["deploy", v2.to_str().unwrap(), "--shadow", "100"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("100 % of GET/HEAD/OPTIONS requests are mirrored")
+            && text(&o).contains("molt promote cli"),
+        "{}",
+        text(&o)
+    );
+    for _ in 0..4 {
+        let (_, body) = serve.get("cli.localhost").await;
+        assert!(body.starts_with("hello from cli v1"), "{body}");
+    }
+    eventually(std::time::Duration::from_secs(10), "4 mirrors", || async {
+        let r = serve.client.get("/v1/apps/cli/shadow").await.unwrap();
+        r["shadow"]["requests"] == 4
+    })
+    .await;
+    let o = molt(d, &["status", "cli"]);
+    assert!(
+        text(&o).contains("shadow (100 %)") && text(&o).contains("shadowing, mirroring 100 %"),
+        "{}",
+        text(&o)
+    );
+
+    // Promote (from the app's folder): the comparison, then the usual cutover.
+    let o = molt_command(d, &["promote"])
+        .current_dir(&v2)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("promoted after shadowing"), "{out}");
+    assert!(out.contains("TRAFFIC") && out.contains("shadow"), "{out}");
+    assert!(out.contains("cli v2 is live"), "{out}");
+    let (_, body) = serve.get("cli.localhost").await;
+    assert!(body.starts_with("hey from cli v2"), "{body}");
+    let o = molt(d, &["--json", "releases", "cli"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = molt(d, &["--json", "status", "cli"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let last = &v["apps"][0]["last_deployment"];
+    assert_eq!(last["shadow"]["shadow"]["requests"], 4, "{last}");
+    assert_eq!(last["shadow"]["live"]["requests"], 4, "{last}");
+    // Nothing left to promote or abandon: exit 1 with the next step.
+    let o = molt(d, &["abandon", "cli"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("molt deploy --shadow"), "{}", text(&o));
+    assert_eq!(serve.signal(Signal::SIGTERM).code(), Some(0));
+}

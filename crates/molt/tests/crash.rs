@@ -190,7 +190,10 @@ async fn mirror(serve: &Serve, n: u64) {
     for _ in 0..n {
         let (status, body) = serve.get("crash.localhost").await;
         assert_eq!(status, 200, "{body}");
-        assert!(body.contains("crash v1"), "users see only live answers: {body}");
+        assert!(
+            body.contains("crash v1"),
+            "users see only live answers: {body}"
+        );
     }
     eventually(Duration::from_secs(10), "mirrored requests", || async {
         let r = serve.client.get("/v1/apps/crash/shadow").await.unwrap();

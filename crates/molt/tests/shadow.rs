@@ -255,12 +255,20 @@ async fn a_shadow_deploy_mirrors_to_its_env_without_moving_the_route_until_promo
         c.post("/v1/apps/shop/shadow", &json!({ "env": null }))
             .await,
     );
-    assert_eq!((status, msg.contains("molt promote shop")), (409, true), "{msg}");
+    assert_eq!(
+        (status, msg.contains("molt promote shop")),
+        (409, true),
+        "{msg}"
+    );
     let (status, msg) = refusal(
         c.post("/v1/apps/shop/swap", &json!({ "env": shadow_env }))
             .await,
     );
-    assert_eq!((status, msg.contains("molt promote shop")), (409, true), "{msg}");
+    assert_eq!(
+        (status, msg.contains("molt promote shop")),
+        (409, true),
+        "{msg}"
+    );
     assert_eq!(
         wait_deployment(c, id).await["state"],
         "shadowing",
@@ -307,7 +315,11 @@ async fn a_shadow_deploy_mirrors_to_its_env_without_moving_the_route_until_promo
     users_see(h.router, "shop.localhost", 5, "bonjour from shop v2").await;
     let app = c.get("/v1/apps/shop").await.expect("app");
     assert_eq!(app["app"]["routed_env"], shadow_env.as_str(), "{app}");
-    assert_eq!(app["app"]["shadow"], Value::Null, "mirroring stopped: {app}");
+    assert_eq!(
+        app["app"]["shadow"],
+        Value::Null,
+        "mirroring stopped: {app}"
+    );
     // What shows deployments shows the comparison.
     let listed = c.get("/v1/apps/shop/deployments").await.expect("list");
     assert_eq!(listed[0]["shadow"], *cmp, "{listed}");
@@ -315,7 +327,11 @@ async fn a_shadow_deploy_mirrors_to_its_env_without_moving_the_route_until_promo
     assert_eq!(status["apps"][0]["last_deployment"]["shadow"], *cmp);
     // Nothing is left to promote.
     let (status, msg) = refusal(c.post("/v1/apps/shop/promote", &json!({})).await);
-    assert_eq!((status, msg.contains("no deployment")), (409, true), "{msg}");
+    assert_eq!(
+        (status, msg.contains("no deployment")),
+        (409, true),
+        "{msg}"
+    );
     h.stop().await;
 }
 
@@ -399,7 +415,12 @@ async fn an_abandoned_or_superseded_shadow_deploy_retires_its_env_and_keeps_its_
         .await
         .expect("deployment");
     assert_eq!(old["deployment"]["state"], "superseded", "{old}");
-    assert_eq!(old["deployment"]["shadow"]["shadow"]["requests"], 3, "{old}");
+    assert_eq!(
+        old["deployment"]["shadow"]["shadow"]["requests"], 3,
+        "{old}"
+    );
+    // Live traffic of v1 before this shadow phase (15 requests) is not counted.
+    assert_eq!(old["deployment"]["shadow"]["live"]["requests"], 3, "{old}");
     let envs = c.get("/v1/apps/shop/envs?all=true").await.expect("envs");
     assert_eq!(state_of(&envs, &superseded_env), Some(json!("retired")));
     users_see(h.router, "shop.localhost", 3, "hej from shop v").await;

@@ -102,14 +102,27 @@ pub(crate) async fn promote(client: &Client, app: Option<String>, json: bool) ->
     let d = client
         .post(&format!("/v1/apps/{app}/promote"), &json!({}))
         .await?;
+    let id = d["id"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("the server returned no deployment id"))?;
+    progress(
+        json,
+        &format!(
+            "{app}: deployment {id} (v{}) promoted after shadowing",
+            d["release"]
+        ),
+    );
     if !json {
-        println!(
-            "{app}: deployment {} (v{}) promoted after shadowing",
-            d["id"], d["release"]
-        );
         print_comparison(&d);
     }
-    follow_deployment(client, &d, false, json).await
+    // Follow from the promotion on: the earlier steps were shown by `molt deploy --shadow`.
+    let v = client.get(&format!("/v1/deployments/{id}")).await?;
+    let journal = v["journal"].as_array().cloned().unwrap_or_default();
+    let seen = journal
+        .iter()
+        .rposition(|j| j["state"] == "promoted")
+        .unwrap_or(0);
+    follow_journal(client, id, &app, seen, json).await
 }
 
 /// `molt abandon`: ends the shadow phase and retires the shadowed environment.
@@ -184,7 +197,18 @@ pub(crate) async fn follow_deployment(
         json,
         &format!("deploying {app} v{} (deployment {id})", d["release"]),
     );
-    let mut seen = 0;
+    follow_journal(client, id, &app, 0, json).await
+}
+
+/// Prints deployment `id`'s journal from entry `seen` on, until its cutover (or its shadow
+/// phase, or its end).
+async fn follow_journal(
+    client: &Client,
+    id: u64,
+    app: &str,
+    mut seen: usize,
+    json: bool,
+) -> Result<i32> {
     let started = Instant::now();
     let mut last_wait_note = Instant::now();
     loop {
