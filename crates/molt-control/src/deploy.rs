@@ -540,8 +540,8 @@ impl Controller {
         Ok(())
     }
 
-    /// Journals `event`; out of `shadowing`, the shadow phase's comparison is recorded and the
-    /// mirroring stopped in the same transaction.
+    /// Journals `event`; for a shadow deployment, the mirroring is stopped in the same
+    /// transaction, and out of `shadowing` the shadow phase's comparison is recorded too.
     pub(crate) async fn leave(
         &self,
         d: &DeploymentRecord,
@@ -549,11 +549,16 @@ impl Controller {
         detail: &str,
         shadow: Option<&ShadowBase>,
     ) -> Result<()> {
+        let (id, text) = (d.id, detail.to_string());
         if d.state == DeployState::Shadowing {
             self.leave_shadowing(d, event, detail, shadow).await?;
+        } else if d.shadow_share.is_some() && d.state.is_before_swap() {
+            // Mirroring may have been set just before `shadowing` would have been journaled.
+            self.db(move |s| s.end_shadow(id, event, &text, None))
+                .await?;
+            self.publish_routes().await?;
         } else {
-            let (id, detail) = (d.id, detail.to_string());
-            self.db(move |s| s.advance(id, event, &detail)).await?;
+            self.db(move |s| s.advance(id, event, &text)).await?;
         }
         Ok(())
     }

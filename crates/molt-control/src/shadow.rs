@@ -7,7 +7,8 @@
 use molt_core::{DeployEvent, DeployState, InputError};
 use molt_router::{TrafficStats, LATENCY_BUCKETS};
 use molt_store::{
-    now_ms, AppRecord, DeploymentRecord, EnvState, ShadowComparison, ShadowMode, TrafficSummary,
+    now_ms, AppRecord, DeploymentRecord, EnvState, InstanceState, ShadowComparison, ShadowMode,
+    TrafficSummary,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -220,9 +221,15 @@ impl Controller {
         };
         let detail =
             format!("mirroring {share} % of GET/HEAD/OPTIONS to {env}; the route stays on {live}");
-        let (id, text) = (d.id, detail.clone());
-        self.db(move |s| s.start_shadow(id, &mode, &text)).await?;
+        // Mirroring is in force (stored, then published) before `shadowing` is journaled, so
+        // whoever sees that state can rely on it. A restart or a newer action in between finds
+        // `healthy`: this step runs again, or `leave` stops the mirroring.
+        let a = d.app.clone();
+        self.db(move |s| s.set_shadow(&a, Some(&mode))).await?;
         self.publish_routes().await?;
+        let (id, text) = (d.id, detail.clone());
+        self.db(move |s| s.advance(id, DeployEvent::ShadowStarted, &text))
+            .await?;
         let msg = format!(
             "deployment {} of v{}: {detail}; promote with `molt promote {}`",
             d.id, d.release, d.app
@@ -270,6 +277,20 @@ impl Controller {
         base: Option<&ShadowBase>,
     ) -> Result<DeploymentRecord> {
         let env = env_of(d)?;
+        // Mirroring went on for a while: the environment must still be able to take traffic.
+        let e = env.clone();
+        let (rec, instances) = self
+            .db(move |s| Ok((s.env(&e)?, s.instances(Some(&e), false)?)))
+            .await?;
+        if rec.state != EnvState::Ready
+            || !instances.iter().any(|i| i.state == InstanceState::Healthy)
+        {
+            return Err(ControlError::Conflict(format!(
+                "{env} has no healthy instance right now: wait for the replacements (`molt \
+                 status {}`) or abandon it (`molt abandon {}`)",
+                d.app, d.app
+            )));
+        }
         let detail = format!("promoted: the route moves to {env} next");
         let rec = self
             .leave_shadowing(d, DeployEvent::Promoted, &detail, base)
@@ -321,7 +342,7 @@ impl Controller {
         let (id, detail) = (d.id, detail.to_string());
         let rec = self
             .db(move |s| {
-                s.end_shadow(id, event, &detail, &comparison)?;
+                s.end_shadow(id, event, &detail, Some(&comparison))?;
                 s.deployment(id)
             })
             .await?;

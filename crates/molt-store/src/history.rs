@@ -103,37 +103,20 @@ impl Store {
         Ok(state)
     }
 
-    /// Starts a shadow deployment's mirroring: the app's shadow traffic goes to `mode.env`
-    /// and the deployment journals `shadowing`, in one transaction (so a restart finds both or
-    /// neither).
-    pub fn start_shadow(
-        &mut self,
-        id: u64,
-        mode: &ShadowMode,
-        detail: &str,
-    ) -> Result<DeployState> {
-        let json = serde_json::to_string(mode).map_err(corrupt)?;
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "UPDATE apps SET shadow = ?2 WHERE name = (SELECT app FROM deployments WHERE id = ?1)",
-            params![id as i64, json],
-        )?;
-        let state = advance_in(&tx, id, DeployEvent::ShadowStarted, detail)?;
-        tx.commit()?;
-        Ok(state)
-    }
-
     /// Ends a shadow deployment's mirroring with `event` (promoted, abandoned, superseded …):
-    /// records the comparison, stops the app's shadow traffic if it still goes to the
-    /// deployment's environment, and journals the step, in one transaction.
+    /// records the comparison (if given), stops the app's shadow traffic if it still goes to
+    /// the deployment's environment, and journals the step, in one transaction.
     pub fn end_shadow(
         &mut self,
         id: u64,
         event: DeployEvent,
         detail: &str,
-        comparison: &ShadowComparison,
+        comparison: Option<&ShadowComparison>,
     ) -> Result<DeployState> {
-        let json = serde_json::to_string(comparison).map_err(corrupt)?;
+        let json = comparison
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(corrupt)?;
         let tx = self.conn.transaction()?;
         let (app, env): (String, Option<String>) = tx.query_row(
             "SELECT app, env FROM deployments WHERE id = ?1",
@@ -150,10 +133,12 @@ impl Store {
         if mirrored_env.is_some() && mirrored_env == env {
             tx.execute("UPDATE apps SET shadow = NULL WHERE name = ?1", [&app])?;
         }
-        tx.execute(
-            "UPDATE deployments SET shadow = ?2 WHERE id = ?1",
-            params![id as i64, json],
-        )?;
+        if json.is_some() {
+            tx.execute(
+                "UPDATE deployments SET shadow = ?2 WHERE id = ?1",
+                params![id as i64, json],
+            )?;
+        }
         let state = advance_in(&tx, id, event, detail)?;
         tx.commit()?;
         Ok(state)

@@ -289,7 +289,7 @@ fn summary(env: &str, requests: u64) -> TrafficSummary {
 }
 
 #[test]
-fn a_shadow_deployment_mirrors_and_records_its_comparison_atomically() {
+fn a_shadow_deployment_records_its_comparison_as_it_stops_mirroring() {
     let mut s = store_with_release();
     let d = s.create_deployment("shop", 1, None, Some(25)).unwrap();
     assert_eq!(d.shadow_share, Some(25));
@@ -299,21 +299,18 @@ fn a_shadow_deployment_mirrors_and_records_its_comparison_atomically() {
         env: env.id.clone(),
         share_percent: 25,
     };
-    // Mirroring before the environment is healthy is refused and changes nothing.
-    assert!(matches!(
-        s.start_shadow(d.id, &mode, "mirror"),
-        Err(StoreError::Transition(_))
-    ));
-    assert_eq!(s.app("shop").unwrap().shadow, None);
     s.advance(d.id, DeployEvent::InstancesStarted, "started")
         .unwrap();
     s.advance(d.id, DeployEvent::BecameHealthy, "healthy")
         .unwrap();
+    // Mirroring is set first (the router must have it before the state says so), then
+    // journaled.
+    s.set_shadow("shop", Some(&mode)).unwrap();
     assert_eq!(
-        s.start_shadow(d.id, &mode, "mirror").unwrap(),
+        s.advance(d.id, DeployEvent::ShadowStarted, "mirror")
+            .unwrap(),
         DeployState::Shadowing
     );
-    assert_eq!(s.app("shop").unwrap().shadow, Some(mode));
     let comparison = ShadowComparison {
         share_percent: 25,
         since_ms: 1,
@@ -322,7 +319,7 @@ fn a_shadow_deployment_mirrors_and_records_its_comparison_atomically() {
         shadow: summary(&env.id, 2),
     };
     assert_eq!(
-        s.end_shadow(d.id, DeployEvent::Abandoned, "abandoned", &comparison)
+        s.end_shadow(d.id, DeployEvent::Abandoned, "abandoned", Some(&comparison))
             .unwrap(),
         DeployState::Abandoned
     );
@@ -337,7 +334,15 @@ fn a_shadow_deployment_mirrors_and_records_its_comparison_atomically() {
         share_percent: 5,
     };
     s.set_shadow("shop", Some(&other)).unwrap();
-    s.end_shadow(d2.id, DeployEvent::Superseded, "superseded", &comparison)
+    s.end_shadow(d2.id, DeployEvent::Superseded, "superseded", None)
         .unwrap();
     assert_eq!(s.app("shop").unwrap().shadow, Some(other));
+    assert_eq!(s.deployment(d2.id).unwrap().shadow, None);
+    // A shadow deployment cannot be promoted or abandoned before it shadows.
+    let d3 = s.create_deployment("shop", 1, None, Some(5)).unwrap();
+    assert!(matches!(
+        s.end_shadow(d3.id, DeployEvent::Promoted, "promoted", Some(&comparison)),
+        Err(StoreError::Transition(_))
+    ));
+    assert_eq!(s.deployment(d3.id).unwrap().shadow, None, "rolled back");
 }
