@@ -49,7 +49,7 @@ pub(crate) struct ShadowDecision {
 /// Router counters when mirroring started, so the comparison covers the shadow phase only.
 /// After a restart there is none: the router's counters started at zero with molt.
 pub(crate) struct ShadowBase {
-    live_env: Option<String>,
+    live_env: String,
     live: TrafficStats,
     shadow: TrafficStats,
 }
@@ -213,7 +213,7 @@ impl Controller {
         *base = Some(ShadowBase {
             live: router.env_traffic(&live).live,
             shadow: router.env_traffic(&env).shadow,
-            live_env: Some(live.clone()),
+            live_env: live.clone(),
         });
         let mode = ShadowMode {
             env: env.clone(),
@@ -375,9 +375,7 @@ impl Controller {
         };
         let router = &self.inner.router;
         let live = app.routed_env.as_ref().map(|l| {
-            let from = base
-                .filter(|b| b.live_env.as_ref() == Some(l))
-                .map(|b| &b.live);
+            let from = base.filter(|b| b.live_env == *l).map(|b| &b.live);
             summarize(l, &since(&router.env_traffic(l).live, from))
         });
         let shadow = summarize(
