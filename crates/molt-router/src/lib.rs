@@ -113,6 +113,9 @@ pub struct RouterConfig {
     /// Most mirrored (shadow) requests in flight at once; beyond it, mirrors are skipped and
     /// counted as dropped, never queued.
     pub shadow_concurrency: usize,
+    /// Most requests waiting at once for a held backend ([`Backend::held_until`]) to get an
+    /// upstream; beyond it, requests for a held backend are answered 503 at once.
+    pub max_held_requests: usize,
 }
 
 /// How a client reached the router: the scheme that `X-Forwarded-Proto`, `Forwarded` and
@@ -206,6 +209,7 @@ impl Default for RouterConfig {
             ejection: EjectionPolicy::default(),
             retry_budget: RetryBudget::default(),
             shadow_concurrency: 64,
+            max_held_requests: 1024,
         }
     }
 }
