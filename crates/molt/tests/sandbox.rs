@@ -461,9 +461,21 @@ async fn instance_ids(h: &Harness, app: &str) -> Vec<String> {
     ids
 }
 
-/// One answer under load: when its request was sent (ms since the epoch) and what came back
-/// (status and body, i.e. the answering instance's id), or the error.
-type Answer = (u64, Result<(u16, String), String>);
+/// One answer under load: when its request was sent and when the answer came (ms since the
+/// epoch), and what came back (status and body, i.e. the answering instance's id), or the
+/// error.
+type Answer = (u64, u64, Result<(u16, String), String>);
+
+/// What [`UnderLoad::check`] found, for the test's output.
+struct LoadReport {
+    answers: usize,
+    /// Answers to requests sent after the detection.
+    after_detection: usize,
+    /// Looks at the table that found the host's backend held.
+    held_looks: usize,
+    /// The longest time one request took (ms): a held request's wait shows here.
+    slowest_ms: u64,
+}
 
 /// One look at the router's table: when (ms since the epoch, taken before the look), the
 /// instances the host was routed to, and whether its backend was held.
@@ -495,9 +507,9 @@ impl UnderLoad {
                     {
                         let sent = now_ms();
                         match conn.get(host, "/").await {
-                            Ok(answer) => answers.push((sent, Ok(answer))),
+                            Ok(answer) => answers.push((sent, now_ms(), Ok(answer))),
                             Err(e) => {
-                                answers.push((sent, Err(e.to_string())));
+                                answers.push((sent, now_ms(), Err(e.to_string())));
                                 conn = KeepAlive::connect(router).await;
                             }
                         }
@@ -543,9 +555,8 @@ impl UnderLoad {
 
     /// Stops the load and checks it: every request answered 200; none sent after
     /// `detected_ms` was answered by one of `drifted`; no look at the table after
-    /// `detected_ms` found one of `drifted` routed. Returns (answers, answers after
-    /// detection, looks at a held table).
-    async fn check(self, drifted: &[String], detected_ms: u64) -> (usize, usize, usize) {
+    /// `detected_ms` found one of `drifted` routed.
+    async fn check(self, drifted: &[String], detected_ms: u64) -> LoadReport {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut answers = Vec::new();
         for client in self.clients {
@@ -553,13 +564,13 @@ impl UnderLoad {
         }
         let failed: Vec<&Answer> = answers
             .iter()
-            .filter(|(_, a)| !matches!(a, Ok((200, _))))
+            .filter(|(_, _, a)| !matches!(a, Ok((200, _))))
             .collect();
         assert!(failed.is_empty(), "failed requests: {failed:?}");
         let after: Vec<&str> = answers
             .iter()
-            .filter(|(sent, _)| *sent > detected_ms)
-            .filter_map(|(_, a)| a.as_ref().ok().map(|(_, body)| body.as_str()))
+            .filter(|(sent, _, _)| *sent > detected_ms)
+            .filter_map(|(_, _, a)| a.as_ref().ok().map(|(_, body)| body.as_str()))
             .collect();
         let from_drifted: Vec<&&str> = after
             .iter()
@@ -576,8 +587,16 @@ impl UnderLoad {
                 "the table routed {routed:?} at {at}, after the detection at {detected_ms}"
             );
         }
-        let held = samples.iter().filter(|(_, _, held)| *held).count();
-        (answers.len(), after.len(), held)
+        LoadReport {
+            answers: answers.len(),
+            after_detection: after.len(),
+            held_looks: samples.iter().filter(|(_, _, held)| *held).count(),
+            slowest_ms: answers
+                .iter()
+                .map(|(sent, answered, _)| answered.saturating_sub(*sent))
+                .max()
+                .unwrap_or(0),
+        }
     }
 }
 
@@ -711,13 +730,14 @@ async fn a_tampered_tree_is_detected_repaired_and_its_instances_replaced_under_l
         router.env_stats(&new_env).answered > answered + 100
     })
     .await;
-    let (served, after_detection, held) = load.check(&before, detected).await;
+    let report = load.check(&before, detected).await;
     eprintln!(
-        "served {served} requests across the repair ({after_detection} sent after the drifted \
-         instances left the table, none answered by one), none failed; {held} looks at the \
-         table found the environment held"
+        "served {} requests across the repair ({} sent after the drifted instances left the \
+         table, none answered by one), none failed; {} looks at the table found the \
+         environment held; the slowest request took {} ms ({isolation:?})",
+        report.answers, report.after_detection, report.held_looks, report.slowest_ms
     );
-    assert!(after_detection > 0);
+    assert!(report.after_detection > 0);
     let data = stop_keeping_data(&mut h).await;
     if isolation == Isolation::Runc {
         assert_eq!(leftovers(&data), Vec::<String>::new());
@@ -735,6 +755,12 @@ async fn periodic_verification_finds_drift_by_itself_under_load() {
     assert_eq!(d["state"], "drained", "{d}");
     let before = instance_ids(&h, "watched").await;
     let load = UnderLoad::start(&h, "watched.localhost");
+    let router = h.running.as_ref().unwrap().controller().router().clone();
+    let env = d["env"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(20), "load flowing", || async {
+        router.env_stats(&env).answered >= 100
+    })
+    .await;
     let mut files = Vec::new();
     find_files(&h.data_dir().join("images"), "app.py", &mut files);
     assert_eq!(files.len(), 1, "{files:?}");
@@ -758,8 +784,17 @@ async fn periodic_verification_finds_drift_by_itself_under_load() {
         },
     )
     .await;
-    let (served, after_detection, _) = load.check(&before, detected).await;
-    eprintln!("served {served} requests ({after_detection} after the detection), none failed");
+    let answered = router.env_stats(&env).answered;
+    eventually(Duration::from_secs(20), "load after the repair", || async {
+        router.env_stats(&env).answered > answered + 100
+    })
+    .await;
+    let report = load.check(&before, detected).await;
+    eprintln!(
+        "served {} requests ({} after the detection), none failed; the slowest took {} ms",
+        report.answers, report.after_detection, report.slowest_ms
+    );
+    assert!(report.after_detection > 0);
     let (status, body) = h.get("watched.localhost", "/").await;
     assert_eq!(status, 200, "{body}");
     assert!(!before.contains(&body), "{body}");
