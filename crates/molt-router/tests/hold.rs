@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use molt_router::{Backend, RouteLimits, RouteTable, RouterConfig, Upstream};
 use support::{eventually, read, table, upstream, within, Harness, Reply};
+use tokio::io::AsyncWriteExt;
 
 /// `app.test` -> env `app` with `addrs`, held until `held_until`.
 fn held(addrs: &[SocketAddr], held_until: Option<Instant>) -> RouteTable {
@@ -214,4 +215,23 @@ async fn an_upstream_drains_once_its_last_request_ends() {
     );
     assert!(eventually(|| harness.router.is_upstream_drained(slow)).await);
     assert!(!harness.router.is_upstream_drained(fresh));
+}
+
+/// hyper does not read from a connection while its request is being answered, so a client
+/// that closes its connection while it waits is not noticed: its place is freed when the hold
+/// ends (or the request timeout passes), like any waiting request's.
+#[tokio::test]
+async fn a_client_that_goes_away_keeps_its_place_only_until_the_hold_ends() {
+    let harness = Harness::start(RouterConfig::default()).await;
+    let soon = Some(Instant::now() + Duration::from_millis(300));
+    harness.router.publish(held(&[], soon)).await;
+    let mut socket = within(tokio::net::TcpStream::connect(harness.addr))
+        .await
+        .expect("connect");
+    within(socket.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n"))
+        .await
+        .expect("request sent");
+    assert!(eventually(|| harness.router.held_requests() == 1).await);
+    drop(socket);
+    assert!(eventually(|| harness.router.held_requests() == 0).await);
 }
