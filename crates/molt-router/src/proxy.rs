@@ -509,7 +509,7 @@ impl Router {
         if let Some(maintenance) = &backend.maintenance {
             return Ok(Choice::Maintenance(maintenance.clone()));
         }
-        if may_hold && backend.is_held(std::time::Instant::now()) {
+        if may_hold && backend.is_held() {
             return Err(Held {
                 until: backend.held_until.unwrap_or_else(std::time::Instant::now),
                 timeout: self.allowance(route).timeout,

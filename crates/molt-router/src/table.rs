@@ -148,9 +148,10 @@ impl Backend {
         }
     }
 
-    /// Whether requests for this backend wait (at `now`) for a table that gives it upstreams.
-    pub(crate) fn is_held(&self, now: Instant) -> bool {
-        self.upstreams.is_empty() && self.held_until.is_some_and(|until| until > now)
+    /// Whether requests for this backend wait (now) for a table that gives it upstreams. Reads
+    /// the clock only for a backend without upstreams.
+    pub(crate) fn is_held(&self) -> bool {
+        self.upstreams.is_empty() && self.held_until.is_some_and(|until| until > Instant::now())
     }
 }
 
