@@ -4,7 +4,10 @@
 //! to [`Router::publish`]; the router looks the table up once per request, so a publish moves
 //! even keep-alive connections to the new environment on their next request. Per-environment
 //! counters ([`Router::env_stats`], [`Router::is_drained`]) tell the controller when an old
-//! environment has finished its last response and its instances may stop.
+//! environment has finished its last response and its instances may stop;
+//! [`Router::is_upstream_drained`] tells the same of one instance. A backend without upstreams
+//! can be *held* ([`Backend::held_until`]): its requests wait, bounded, for the publish that
+//! brings its next instances instead of failing.
 //!
 //! Clients speak HTTP/1.1 or HTTP/2 with prior knowledge (h2c) on the same port; upstreams
 //! get HTTP/1.1 (or h2c, see [`UpstreamProtocol`]). HTTP/1.1 upgrades (WebSocket) are relayed
