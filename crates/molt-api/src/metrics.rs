@@ -5,7 +5,8 @@ use std::fmt::Write;
 use molt_control::{EnvMetrics, MetricsSnapshot, TrafficStats, LATENCY_BUCKETS};
 use molt_router::{ClientScheme, Router};
 
-/// Appends the router's own counters: requests by client scheme and failed TLS handshakes.
+/// Appends the router's own counters: requests by client scheme, failed TLS handshakes and
+/// requests waiting on held backends.
 pub fn render_router(out: &mut String, router: &Router) {
     let name = "molt_router_client_requests_total";
     family(
@@ -30,6 +31,14 @@ pub fn render_router(out: &mut String, router: &Router) {
         "TLS handshakes that failed or timed out (unknown SNI names included).",
     );
     let _ = writeln!(out, "{name} {}", router.tls_handshake_failures());
+    let name = "molt_router_held_requests";
+    family(
+        out,
+        name,
+        "gauge",
+        "Requests waiting for a held backend (every instance being replaced) to get one.",
+    );
+    let _ = writeln!(out, "{name} {}", router.held_requests());
 }
 
 /// Renders the snapshot as Prometheus text.
@@ -226,6 +235,19 @@ fn escape(v: &str) -> String {
 mod tests {
     use super::*;
     use molt_control::{EnvTraffic, LatencyHistogram};
+
+    #[test]
+    fn renders_the_router_s_own_counters() {
+        let router = Router::new(molt_router::RouterConfig::default());
+        let mut text = String::new();
+        render_router(&mut text, &router);
+        assert!(
+            text.contains("# TYPE molt_router_held_requests gauge"),
+            "{text}"
+        );
+        assert!(text.contains("\nmolt_router_held_requests 0\n"), "{text}");
+        assert!(text.contains("molt_router_client_requests_total{scheme=\"https\"} 0"));
+    }
 
     #[test]
     fn renders_families_and_labels() {

@@ -402,6 +402,11 @@ pub struct ServeArgs {
     /// before first start and on `molt verify`).
     #[arg(long, default_value = "5m")]
     pub verify_interval: String,
+    /// Longest time requests for an environment wait (instead of failing) while its drifted
+    /// instances are replaced, e.g. 10s; also bounded by the app's start_deadline and request
+    /// timeout (0 = answer 503 at once).
+    #[arg(long, default_value = "10s")]
+    pub drift_hold: String,
     /// How instances are isolated: auto (runc containers when root and runc are available,
     /// else none), runc, or none (plain processes).
     #[arg(long, default_value = "auto", value_parser = ["auto", "runc", "none"], env = "MOLT_ISOLATION")]

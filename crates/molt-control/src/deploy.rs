@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use molt_core::{DeployEvent, DeployState};
 use molt_provider::InstanceStatus;
 use molt_router::EnvStats;
-use molt_store::{now_ms, CutoverFigures, DeploymentRecord, EnvState, InstanceState};
+use molt_store::{
+    now_ms, CutoverFigures, DeploymentRecord, EnvState, InstanceRecord, InstanceState,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::instances::instance_addr;
@@ -429,7 +431,12 @@ impl Controller {
             }
             let env_id = env.clone();
             let instances = self.db(move |s| s.instances(Some(&env_id), false)).await?;
-            if instances.iter().any(|i| i.state == InstanceState::Healthy) {
+            // Drifted instances are being replaced (their requests wait for the replacements):
+            // not a reason to swap back.
+            let serving = |i: &InstanceRecord| {
+                matches!(i.state, InstanceState::Healthy | InstanceState::Drifted)
+            };
+            if instances.iter().any(serving) {
                 continue;
             }
             match self.warm_previous(d).await? {

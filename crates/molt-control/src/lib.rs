@@ -74,6 +74,10 @@ pub struct ControlConfig {
     /// How often every live image tree is re-verified (`None`: only before first start and
     /// on demand).
     pub verify_interval: Option<Duration>,
+    /// Longest time requests for an environment wait while its drifted instances are being
+    /// replaced (also bounded by the release's `start_deadline` and request timeout); then
+    /// they get a 503.
+    pub drift_hold: Duration,
 }
 
 impl Default for ControlConfig {
@@ -88,6 +92,7 @@ impl Default for ControlConfig {
             preview_domain: None,
             build_dir: None,
             verify_interval: None,
+            drift_hold: Duration::from_secs(10),
         }
     }
 }

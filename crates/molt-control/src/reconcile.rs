@@ -136,7 +136,14 @@ impl Controller {
             let mut live = 0usize;
             for inst in instances {
                 seen.push(inst.id.clone());
-                match self.check_instance(&inst, &release, streaks).await? {
+                // Left by a repair that failed or was cut short by a restart: it takes no
+                // traffic (the table never routes a drifted instance), so it is replaced.
+                let verdict = if inst.state == InstanceState::Drifted {
+                    Verdict::Replace("ran on a drifted image tree".into())
+                } else {
+                    self.check_instance(&inst, &release, streaks).await?
+                };
+                match verdict {
                     Verdict::Keep { state_changed } => {
                         live += 1;
                         changed |= state_changed;

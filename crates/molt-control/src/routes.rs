@@ -1,6 +1,7 @@
 //! Deriving the router's table from the store.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use molt_core::RouterLimits;
 use molt_router::{Backend, Maintenance, RouteLimits, RouteTable, Upstream};
@@ -18,8 +19,9 @@ impl Controller {
     pub(crate) async fn publish_routes(&self) -> Result<()> {
         let _guard = self.inner.publish_lock.lock().await;
         let domain = self.inner.config.preview_domain.clone();
+        let holds = self.holds();
         let table = self
-            .db(move |s| build_table(s, domain.as_ref().map(|d| d.as_str())))
+            .db(move |s| build_table(s, domain.as_ref().map(|d| d.as_str()), &holds))
             .await?;
         self.inner.router.publish(table).await;
         Ok(())
@@ -54,10 +56,12 @@ fn shadow_of(
 /// Routes: each app's hostnames (and `<app>.localhost`) to its routed environment; each live
 /// environment's preview hostname (`<env>.localhost`) to itself; an app's shadow environment
 /// gets its share of mirrored requests; with a preview domain, each ready environment also
-/// answers on `<env>.<app>.<domain>`. Only healthy instances take traffic.
+/// answers on `<env>.<app>.<domain>`. Only healthy instances take traffic (never a drifted
+/// one); an environment in `holds` makes requests wait, until then, for its next instances.
 fn build_table(
     store: &mut Store,
     preview_domain: Option<&str>,
+    holds: &HashMap<String, Instant>,
 ) -> std::result::Result<RouteTable, StoreError> {
     let mut table = RouteTable::new();
     let backend = |store: &Store, env: &str| -> std::result::Result<Backend, StoreError> {
@@ -70,7 +74,10 @@ fn build_table(
                 instance: i.id,
             })
             .collect();
-        Ok(Backend::new(env, upstreams))
+        Ok(Backend {
+            held_until: holds.get(env).copied(),
+            ..Backend::new(env, upstreams)
+        })
     };
     for (app, env) in store.routes()? {
         let rec = store.env(&env)?;

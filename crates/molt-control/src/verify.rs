@@ -1,8 +1,10 @@
 //! Verified immutability: every image tree is checked against the manifest recorded when it
 //! was unpacked — before its first instance starts, every `verify_interval`, and on demand
-//! (`molt verify`). A drifted tree is set aside and unpacked again from the verified blobs,
-//! and the instances that ran on it are replaced: new instances start on the clean tree, and
-//! once they are healthy the drifted ones leave the route table and are stopped.
+//! (`molt verify`). On drift, the instances that run on the tree are marked `drifted` in the
+//! store and leave the route table at once (their environment *held*: requests wait for the
+//! replacements, bounded, instead of failing); the tree is set aside and unpacked again from
+//! the verified blobs; new instances start on it and take traffic once healthy (ending the
+//! hold); the drifted ones are stopped once drained.
 //!
 //! Instances attest `{image digest, release, environment, rootfs digest}` (see
 //! [`Attestation`]); the rootfs digest is the one recorded at unpack, shown once verified.
@@ -11,7 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use molt_core::Digest;
-use molt_store::{EnvRecord, EnvState, InstanceState, ReleaseRecord};
+use molt_provider::InstanceStatus;
+use molt_store::{EnvRecord, EnvState, InstanceRecord, InstanceState, ReleaseRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::instances::instance_addr;
@@ -58,6 +61,17 @@ pub(crate) struct Verified {
     rootfs: HashMap<Digest, Digest>,
     /// Images whose tree drifted and whose instances are being replaced.
     drifted: HashMap<Digest, String>,
+    /// Environments whose instances all drifted and are being replaced: requests for them
+    /// wait (until this instant at most) for the replacements instead of failing.
+    holds: HashMap<String, Instant>,
+}
+
+/// One environment whose instances drifted.
+struct Repair<'a> {
+    env: &'a EnvRecord,
+    release: &'a ReleaseRecord,
+    /// Its instances, marked `drifted` in the store.
+    drifted: Vec<InstanceRecord>,
 }
 
 impl Controller {
@@ -119,23 +133,98 @@ impl Controller {
         }
         let summary = verification.summary();
         report.drift = Some(summary.clone());
-        self.verified().rootfs.remove(image);
-        self.verified()
-            .drifted
-            .insert(image.clone(), summary.clone());
-        let mut apps: Vec<&str> = users.iter().map(|(e, _)| e.app.as_str()).collect();
-        apps.dedup();
-        for app in &apps {
-            self.event(
-                app,
-                "drift",
-                &format!(
-                    "the unpacked tree of image {image} drifted ({summary}); re-unpacking it \
-                     and replacing its instances"
-                ),
-            )
-            .await;
+        {
+            let mut verified = self.verified();
+            verified.rootfs.remove(image);
+            verified.drifted.insert(image.clone(), summary.clone());
         }
+        // No reconcile pass acts on these instances while they are replaced.
+        let _guard = self.inner.reconcile_lock.lock().await;
+        let mut repairs = Vec::new();
+        let mut marked = Ok(());
+        for (env, release) in users.iter().filter(|(e, _)| e.state == EnvState::Ready) {
+            let id = env.id.clone();
+            let drifted = match self.db(move |s| s.mark_drifted(&id)).await {
+                Ok(drifted) => drifted,
+                Err(e) => {
+                    marked = Err(e);
+                    break;
+                }
+            };
+            let hold = (self.inner.config.drift_hold).min(release.config.health.start_deadline);
+            self.verified()
+                .holds
+                .insert(env.id.clone(), Instant::now() + hold);
+            repairs.push(Repair {
+                env,
+                release,
+                drifted,
+            });
+        }
+        let mut apps: Vec<&str> = users.iter().map(|(e, _)| e.app.as_str()).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        let outcome = async {
+            marked?;
+            // From here on the router sends nothing to a drifted instance.
+            self.publish_routes().await?;
+            for app in &apps {
+                self.event(
+                    app,
+                    "drift",
+                    &format!(
+                        "the unpacked tree of image {image} drifted ({summary}); its \
+                         instances take no more traffic; re-unpacking it and replacing them"
+                    ),
+                )
+                .await;
+            }
+            self.repair(image, &repairs, &summary).await
+        }
+        .await;
+        // Whatever happened, no hold outlives the repair.
+        let released = {
+            let mut verified = self.verified();
+            repairs
+                .iter()
+                .filter(|r| verified.holds.remove(&r.env.id).is_some())
+                .count()
+        };
+        let republished = match released {
+            0 => Ok(()),
+            _ => self.publish_routes().await,
+        };
+        if let (Err(e), true) = (&outcome, released > 0) {
+            for app in &apps {
+                self.event(
+                    app,
+                    "drift",
+                    &format!(
+                        "repairing image {image} failed: {e}; its drifted instances take no \
+                         traffic (503) until the reconciler replaces them"
+                    ),
+                )
+                .await;
+            }
+        }
+        self.verified().drifted.remove(image);
+        report.replaced = outcome?;
+        republished?;
+        Ok(report)
+    }
+
+    /// Replaces the drifted instances of `repairs` (marked `drifted` in the store and out of
+    /// the published table, their environments held): the tree is re-unpacked, replacements
+    /// start, each environment's are published as soon as they are healthy (ending its hold),
+    /// and the drifted instances are stopped once drained. Returns the instances stopped. An
+    /// environment whose replacements fail is released from its hold with an event; the
+    /// reconcile loop then replaces what is missing.
+    async fn repair(
+        &self,
+        image: &Digest,
+        repairs: &[Repair<'_>],
+        summary: &str,
+    ) -> Result<Vec<String>> {
         let images = self.inner.images.clone();
         let digest = image.clone();
         let repaired = tokio::task::spawn_blocking(move || {
@@ -152,41 +241,94 @@ impl Controller {
         self.verified()
             .rootfs
             .insert(image.clone(), repaired.expected.clone());
-        let mut failure = None;
-        for (env, release) in users {
-            if env.state != EnvState::Ready {
-                continue;
+        // Every replacement starts before any is waited for: environments sharing the image
+        // come back together.
+        let mut started = Vec::new();
+        for r in repairs {
+            let mut fresh = Vec::new();
+            let mut failure = None;
+            for _ in 0..r.release.config.instances {
+                match self.start_instance(&r.env.id, r.release).await {
+                    Ok(inst) => fresh.push(inst),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
             }
-            match self.replace_drifted(env, release, &summary).await {
-                Ok(replaced) => report.replaced.extend(replaced),
-                Err(e) => failure = Some(e),
+            started.push((fresh, failure));
+        }
+        let mut failure = None;
+        for (r, (fresh, start_failure)) in repairs.iter().zip(started) {
+            let outcome = match start_failure {
+                Some(e) => Err(e),
+                None => self.wait_healthy(&fresh, r.release).await,
+            };
+            self.verified().holds.remove(&r.env.id);
+            self.publish_routes().await?;
+            match outcome {
+                Ok(()) => {
+                    let names: Vec<&str> = fresh.iter().map(|i| i.id.as_str()).collect();
+                    let old: Vec<&str> = r.drifted.iter().map(|i| i.id.as_str()).collect();
+                    self.event(
+                        &r.env.app,
+                        "drift",
+                        &format!(
+                            "replaced {} in {} by {} (clean tree)",
+                            old.join(", "),
+                            r.env.id,
+                            names.join(", ")
+                        ),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    self.event(
+                        &r.env.app,
+                        "drift",
+                        &format!(
+                            "could not replace the drifted instances of {}: {e}; it has no \
+                             instance taking traffic (503) until new ones are healthy",
+                            r.env.id
+                        ),
+                    )
+                    .await;
+                    failure = Some(e);
+                }
             }
         }
-        self.verified().drifted.remove(image);
+        let mut replaced = Vec::new();
+        for r in repairs {
+            let drain_timeout = r.release.config.deploy.drain_timeout;
+            let deadline = Instant::now() + drain_timeout;
+            for inst in &r.drifted {
+                let addr = instance_addr(inst);
+                while !self.inner.router.is_upstream_drained(addr) {
+                    if Instant::now() >= deadline {
+                        tracing::warn!(
+                            instance = %inst.id,
+                            "still serving requests after {drain_timeout:?}; stopping it anyway"
+                        );
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                self.stop_instance(inst, &format!("its image tree drifted ({summary})"))
+                    .await?;
+                replaced.push(inst.id.clone());
+            }
+        }
         match failure {
             Some(e) => Err(e),
-            None => Ok(report),
+            None => Ok(replaced),
         }
     }
 
-    /// Replaces every instance of `env`: new ones start on the clean tree; once they pass a
-    /// health check the old ones leave the route table (published) and are stopped.
-    async fn replace_drifted(
-        &self,
-        env: &EnvRecord,
-        release: &ReleaseRecord,
-        summary: &str,
-    ) -> Result<Vec<String>> {
-        let _guard = self.inner.reconcile_lock.lock().await;
-        let env_id = env.id.clone();
-        let old = self.db(move |s| s.instances(Some(&env_id), false)).await?;
+    /// Waits until each of `fresh` passes a health check (within the release's
+    /// `start_deadline`), then records it healthy.
+    async fn wait_healthy(&self, fresh: &[InstanceRecord], release: &ReleaseRecord) -> Result<()> {
         let health = &release.config.health;
-        let mut fresh = Vec::new();
-        for _ in 0..release.config.instances {
-            let inst = self.start_instance(&env.id, release).await?;
-            fresh.push(inst);
-        }
-        for inst in &fresh {
+        for inst in fresh {
             let deadline = Instant::now() + health.start_deadline;
             loop {
                 let check = self
@@ -194,14 +336,25 @@ impl Controller {
                     .health
                     .check(instance_addr(inst), &health.path, health.timeout)
                     .await;
-                if check.is_ok() {
-                    break;
+                let why = match check {
+                    Ok(()) => break,
+                    Err(why) => why,
+                };
+                let status = self.process_status(inst);
+                if status != InstanceStatus::Running {
+                    let msg = format!(
+                        "replacement {} {} before it became healthy",
+                        inst.id,
+                        self.describe_end(inst, &status)
+                    );
+                    return Err(crate::ControlError::Internal(
+                        self.with_log_tail(&inst.id, msg).await,
+                    ));
                 }
                 if Instant::now() >= deadline {
                     return Err(crate::ControlError::Internal(format!(
-                        "replacement {} of a drifted instance did not become healthy: {}",
-                        inst.id,
-                        check.err().unwrap_or_default()
+                        "replacement {} did not become healthy within {:?}: {why}",
+                        inst.id, health.start_deadline
                     )));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -210,32 +363,7 @@ impl Controller {
             self.db(move |s| s.set_instance_state(&id, InstanceState::Healthy, None))
                 .await?;
         }
-        for inst in &old {
-            let id = inst.id.clone();
-            self.db(move |s| s.set_instance_state(&id, InstanceState::Stopping, None))
-                .await?;
-        }
-        // From here on the router sends nothing to the drifted instances.
-        self.publish_routes().await?;
-        let mut replaced = Vec::new();
-        for inst in &old {
-            self.stop_instance(inst, &format!("its image tree drifted ({summary})"))
-                .await?;
-            replaced.push(inst.id.clone());
-        }
-        let names: Vec<&str> = fresh.iter().map(|i| i.id.as_str()).collect();
-        self.event(
-            &env.app,
-            "drift",
-            &format!(
-                "replaced {} in {} by {} (clean tree)",
-                replaced.join(", "),
-                env.id,
-                names.join(", ")
-            ),
-        )
-        .await;
-        Ok(replaced)
+        Ok(())
     }
 
     /// Verifies `image`'s tree before its first instance starts (once per image and run of
@@ -312,6 +440,11 @@ impl Controller {
                 _ = tokio::time::sleep(interval) => {}
             }
         }
+    }
+
+    /// The environments held right now, for the route table.
+    pub(crate) fn holds(&self) -> HashMap<String, Instant> {
+        self.verified().holds.clone()
     }
 
     fn verified(&self) -> std::sync::MutexGuard<'_, Verified> {

@@ -4,7 +4,10 @@
 //! to [`Router::publish`]; the router looks the table up once per request, so a publish moves
 //! even keep-alive connections to the new environment on their next request. Per-environment
 //! counters ([`Router::env_stats`], [`Router::is_drained`]) tell the controller when an old
-//! environment has finished its last response and its instances may stop.
+//! environment has finished its last response and its instances may stop;
+//! [`Router::is_upstream_drained`] tells the same of one instance. A backend without upstreams
+//! can be *held* ([`Backend::held_until`]): its requests wait, bounded, for the publish that
+//! brings its next instances instead of failing.
 //!
 //! Clients speak HTTP/1.1 or HTTP/2 with prior knowledge (h2c) on the same port; upstreams
 //! get HTTP/1.1 (or h2c, see [`UpstreamProtocol`]). HTTP/1.1 upgrades (WebSocket) are relayed
@@ -113,6 +116,9 @@ pub struct RouterConfig {
     /// Most mirrored (shadow) requests in flight at once; beyond it, mirrors are skipped and
     /// counted as dropped, never queued.
     pub shadow_concurrency: usize,
+    /// Most requests waiting at once for a held backend ([`Backend::held_until`]) to get an
+    /// upstream; beyond it, requests for a held backend are answered 503 at once.
+    pub max_held_requests: usize,
 }
 
 /// How a client reached the router: the scheme that `X-Forwarded-Proto`, `Forwarded` and
@@ -206,6 +212,7 @@ impl Default for RouterConfig {
             ejection: EjectionPolicy::default(),
             retry_budget: RetryBudget::default(),
             shadow_concurrency: 64,
+            max_held_requests: 1024,
         }
     }
 }

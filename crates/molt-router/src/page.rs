@@ -70,6 +70,19 @@ pub(crate) fn unknown_host(host: &str, flavor: Flavor) -> Response<ResponseBody>
     }
 }
 
+/// 503 for a backend with no instance ready to serve (none at all, or a hold ran out), with
+/// `Retry-After: 1`: the controller is usually starting instances.
+pub(crate) fn no_instance() -> Response<ResponseBody> {
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "molt: no instance is ready to serve this host\n",
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// 503 for a backend in maintenance, with `Retry-After`.
 pub(crate) fn maintenance(maintenance: &Maintenance, flavor: Flavor) -> Response<ResponseBody> {
     let status = StatusCode::SERVICE_UNAVAILABLE;

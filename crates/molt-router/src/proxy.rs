@@ -1,8 +1,8 @@
 //! The request path: route lookup, upstream choice, forwarding, retries and accounting.
 
 use std::cell::Cell;
-use std::net::IpAddr;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::access::{AccessEntry, Served};
@@ -30,8 +31,8 @@ use crate::page::{self, Flavor};
 use crate::reqid::{RequestIds, X_REQUEST_ID};
 use crate::shadow::{MirrorSettings, Shadows};
 use crate::shaping::{self, Source, STICKY_COOKIE};
-use crate::stats::{EnvStats, InFlight, StatsRegistry};
-use crate::table::{Picked, Route, RouteTable, Selector};
+use crate::stats::{EnvStats, InFlight, LoadRegistry, StatsRegistry};
+use crate::table::{Maintenance, Picked, Route, RouteTable, Selector};
 use crate::tls::{AcmeChallenges, CertStore};
 use crate::upgrade::{mark_presence, requested_upgrade, Tunnels};
 use crate::{ClientScheme, RouterConfig, UpstreamProtocol};
@@ -71,9 +72,47 @@ pub struct Router {
     tls_handshake_failures: AtomicU64,
     /// Passive health of every routed upstream address, kept across publishes.
     health: HealthRegistry,
+    /// Requests in flight per upstream address, kept across publishes.
+    loads: LoadRegistry,
     /// Mirrored (shadow) requests in flight.
     shadows: Shadows,
+    /// Marks every publish, for requests waiting on a held backend.
+    published: watch::Sender<()>,
+    /// Requests waiting on a held backend right now.
+    held: AtomicUsize,
 }
+
+/// What the route table decided for one request.
+enum Choice {
+    /// No route answers to the host.
+    Unrouted,
+    /// The backend is in maintenance.
+    Maintenance(Maintenance),
+    /// The request is assigned to a route (and counted in flight on it).
+    Routed(Routed),
+}
+
+/// A request assigned to a route.
+struct Routed {
+    route: Arc<Route>,
+    /// The upstream to start with; `None` when the route has none.
+    start: Option<usize>,
+    in_flight: InFlight,
+    picked: Picked,
+    /// The hostname's shadow route, when this request is mirrored to it.
+    mirror: Option<Arc<Route>>,
+}
+
+/// The backend has no upstream and is held: the request may wait for a publish (nothing has
+/// been counted for it yet).
+struct Held {
+    until: std::time::Instant,
+    /// The route's request timeout, which the wait never outlasts.
+    timeout: Duration,
+}
+
+/// Counts one request among those waiting on a hold, until dropped.
+struct HoldSlot<'a>(&'a AtomicUsize);
 
 /// The body size and response-head time one request may use (the route's limits within the
 /// router's).
@@ -116,7 +155,10 @@ impl Router {
             requests_by_scheme: Default::default(),
             tls_handshake_failures: AtomicU64::new(0),
             health: HealthRegistry::default(),
+            loads: LoadRegistry::default(),
             shadows,
+            published: watch::channel(()).0,
+            held: AtomicUsize::new(0),
         })
     }
 
@@ -130,11 +172,13 @@ impl Router {
                 .publishing
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let new = Arc::new(table.bound_to(&self.stats, &self.health));
+            let new = Arc::new(table.bound_to(&self.stats, &self.health, &self.loads));
             let old = self.table.swap(Arc::clone(&new));
             mark_presence(&self.stats, &old, &new);
             old
         };
+        // Held requests look again.
+        self.published.send_replace(());
         let deadline = tokio::time::Instant::now() + CUTOVER_WAIT;
         let mut pause = Duration::from_millis(1);
         // Holders keep the table for microseconds: yield a few times before sleeping.
@@ -182,6 +226,18 @@ impl Router {
             Some(counters) => counters.in_flight() == 0,
             None => true,
         }
+    }
+
+    /// True when nothing is sent to the upstream at `addr` any more: the current table does
+    /// not name it and no request (nor mirror, nor upgraded connection) to it is in flight.
+    /// The controller stops an instance it took out of the table once this holds.
+    pub fn is_upstream_drained(&self, addr: SocketAddr) -> bool {
+        self.loads.is_released(addr)
+    }
+
+    /// Requests waiting on held backends right now (see [`crate::Backend::held_until`]).
+    pub fn held_requests(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// Forgets the counters of a drained environment, so retired environments do not pile
@@ -299,67 +355,70 @@ impl Router {
             }
         }
 
-        // The table is held only while choosing: a publish waits for exactly this window.
-        // A backend in maintenance takes no request, so nothing is counted for it.
+        // A held backend (no upstream while the controller replaces its instances) makes the
+        // request wait for the next publish, up to the hold's end and the request timeout;
+        // nothing is counted for it until it is assigned.
         let bucket_source = Cell::new(Source::Cookie);
         let mirrorable = is_idempotent_read(request.method())
             && request.body().is_end_stream()
             && requested_upgrade(&request).is_none();
-        let chosen = {
-            let table = self.table.load_full();
-            let headers = request.headers();
-            let selector = Selector {
-                pin: headers.get(&X_MOLT_ENV).and_then(|v| v.to_str().ok()),
-                bucket: || {
-                    let cookie = headers.get(COOKIE).map(HeaderValue::as_bytes);
-                    let (bucket, source) = shaping::bucket_of(cookie, &identity(client, headers));
-                    bucket_source.set(source);
-                    bucket
-                },
-            };
-            table
-                .select(host_name.trim(), request.uri().path(), selector)
-                .map(
-                    |(route, picked, shadow)| match &route.backend().maintenance {
-                        Some(maintenance) => Err(maintenance.clone()),
-                        None => {
-                            let in_flight = route.counters().accept();
-                            let mirror = shadow
-                                .filter(|shadow| {
-                                    mirrorable
-                                        && shadow.route().env() != route.env()
-                                        && shadow.sample()
-                                })
-                                .map(|shadow| Arc::clone(shadow.route()));
-                            Ok((
-                                Arc::clone(route),
-                                route.next_index(),
-                                in_flight,
-                                picked,
-                                mirror,
-                            ))
-                        }
-                    },
-                )
-        };
         let started = Instant::now();
+        let mut may_hold = true;
+        let mut waiting: Option<(HoldSlot<'_>, watch::Receiver<()>)> = None;
+        let chosen = loop {
+            let held = match self.choose(
+                &request,
+                host_name.trim(),
+                client,
+                &bucket_source,
+                mirrorable,
+                may_hold,
+            ) {
+                Ok(choice) => break choice,
+                Err(held) => held,
+            };
+            let Some((_, publishes)) = &mut waiting else {
+                match self.enter_hold() {
+                    // Subscribed: look again, so a publish in between is not missed.
+                    Some(slot) => waiting = Some((slot, self.published.subscribe())),
+                    None => {
+                        debug!(host = host_name, "too many held requests; not waiting");
+                        may_hold = false;
+                    }
+                }
+                continue;
+            };
+            debug!(host = host_name, "backend held; waiting for a publish");
+            let deadline = held.until.min(started + held.timeout);
+            let published = tokio::time::timeout_at(deadline.into(), publishes.changed()).await;
+            if !matches!(published, Ok(Ok(()))) {
+                debug!(host = host_name, "hold ran out");
+                may_hold = false;
+            }
+        };
+        drop(waiting);
         // A client bucketed by hash gets its bucket as a cookie, so it stays put even when its
         // address or agent changes.
         let sticky_cookie = match &chosen {
-            Some(Ok((_, _, _, Picked::Split(bucket), _)))
-                if bucket_source.get() == Source::Hash =>
-            {
-                Some(*bucket)
-            }
+            Choice::Routed(Routed {
+                picked: Picked::Split(bucket),
+                ..
+            }) if bucket_source.get() == Source::Hash => Some(*bucket),
             _ => None,
         };
-        let (route, start, in_flight, mirror) = match chosen {
-            Some(Ok((route, start, in_flight, _, mirror))) => (route, start, in_flight, mirror),
-            Some(Err(maintenance)) => {
+        let Routed {
+            route,
+            start,
+            in_flight,
+            mirror,
+            ..
+        } = match chosen {
+            Choice::Routed(routed) => routed,
+            Choice::Maintenance(maintenance) => {
                 debug!(host = host_name, "backend in maintenance");
                 return page::maintenance(&maintenance, Flavor::of(request.headers()));
             }
-            None => {
+            Choice::Unrouted => {
                 self.unrouted.fetch_add(1, Ordering::Relaxed);
                 debug!(host = host_name, "no route");
                 return page::unknown_host(host_name.trim(), Flavor::of(request.headers()));
@@ -392,10 +451,7 @@ impl Router {
             let traffic = &in_flight.counters().traffic.live;
             traffic.record(503, started.elapsed());
             debug!(env = route.env(), "environment has no upstreams");
-            return page::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "molt: no instance is ready to serve this host\n",
-            );
+            return page::no_instance();
         };
         if requested_upgrade(&request).is_some() {
             return self
@@ -419,6 +475,68 @@ impl Router {
             }
         }
         response
+    }
+
+    /// Looks the request up in the current table (held only for this call: a publish waits
+    /// for exactly this window). A routed request is counted in flight on its environment;
+    /// a held backend (when `may_hold`) gives `Err` and counts nothing. A backend in
+    /// maintenance takes no request, so nothing is counted for it either.
+    fn choose(
+        &self,
+        request: &Request<Incoming>,
+        host: &str,
+        client: IpAddr,
+        bucket_source: &Cell<Source>,
+        mirrorable: bool,
+        may_hold: bool,
+    ) -> Result<Choice, Held> {
+        let table = self.table.load_full();
+        let headers = request.headers();
+        let selector = Selector {
+            pin: headers.get(&X_MOLT_ENV).and_then(|v| v.to_str().ok()),
+            bucket: || {
+                let cookie = headers.get(COOKIE).map(HeaderValue::as_bytes);
+                let (bucket, source) = shaping::bucket_of(cookie, &identity(client, headers));
+                bucket_source.set(source);
+                bucket
+            },
+        };
+        let Some((route, picked, shadow)) = table.select(host, request.uri().path(), selector)
+        else {
+            return Ok(Choice::Unrouted);
+        };
+        let backend = route.backend();
+        if let Some(maintenance) = &backend.maintenance {
+            return Ok(Choice::Maintenance(maintenance.clone()));
+        }
+        if may_hold && backend.is_held() {
+            return Err(Held {
+                until: backend.held_until.unwrap_or_else(std::time::Instant::now),
+                timeout: self.allowance(route).timeout,
+            });
+        }
+        let in_flight = route.counters().accept();
+        let mirror = shadow
+            .filter(|shadow| mirrorable && shadow.route().env() != route.env() && shadow.sample())
+            .map(|shadow| Arc::clone(shadow.route()));
+        Ok(Choice::Routed(Routed {
+            route: Arc::clone(route),
+            start: route.next_index(),
+            in_flight,
+            picked,
+            mirror,
+        }))
+    }
+
+    /// A place among the requests waiting on holds, unless `max_held_requests` wait already.
+    fn enter_hold(&self) -> Option<HoldSlot<'_>> {
+        let max = self.config.max_held_requests;
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| HoldSlot(&self.held))
     }
 
     /// The limits of one request on `route`: the route's own within the router's.
@@ -573,6 +691,12 @@ pub(crate) fn relay(response: Response<Incoming>, in_flight: InFlight) -> Respon
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
     Response::from_parts(head, ResponseBody::upstream(body, in_flight))
+}
+
+impl Drop for HoldSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Pins a request to one environment of its hostname (for testers), e.g. `X-Molt-Env: shop-v8-1a2b`.

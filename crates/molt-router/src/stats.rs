@@ -4,7 +4,8 @@
 //! `in_flight` must be exact: it is raised while the request still holds the route table
 //! and lowered only when the response body is finished or dropped ([`InFlight`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -45,27 +46,67 @@ pub(crate) struct EnvCounters {
 #[derive(Debug)]
 pub(crate) struct InFlight(Arc<EnvCounters>, Option<UpstreamLoad>);
 
-/// One request counted against one upstream instance's load until dropped.
+/// One request counted against one upstream address's load until dropped.
 #[derive(Debug)]
-pub(crate) struct UpstreamLoad {
-    loads: Arc<[AtomicU64]>,
-    index: usize,
+pub(crate) struct UpstreamLoad(Arc<AtomicU64>);
+
+/// Upstream address -> requests in flight to it, shared by every route (of every table) that
+/// names the address, so picks weigh an instance's whole load and the controller can tell
+/// when one instance has drained. Locked only when publishing and when asked.
+///
+/// Invariant: an entry's `Arc` is cloned only from the map (under the lock) or from another
+/// clone, so an entry whose strong count is 1 is held by nothing else: no table, no route a
+/// request still uses, no request in flight.
+#[derive(Debug, Default)]
+pub(crate) struct LoadRegistry {
+    upstreams: Mutex<HashMap<SocketAddr, Arc<AtomicU64>>>,
 }
 
 impl UpstreamLoad {
-    /// Counts a request against `loads[index]`.
-    pub(crate) fn new(loads: &Arc<[AtomicU64]>, index: usize) -> Self {
-        loads[index].fetch_add(1, Ordering::Relaxed);
-        Self {
-            loads: Arc::clone(loads),
-            index,
-        }
+    /// Counts a request against `load`.
+    pub(crate) fn new(load: &Arc<AtomicU64>) -> Self {
+        load.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(load))
     }
 }
 
 impl Drop for UpstreamLoad {
     fn drop(&mut self) {
-        self.loads[self.index].fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl LoadRegistry {
+    /// The load counter of each address (in order), created on first use.
+    pub(crate) fn bind(&self, addrs: impl Iterator<Item = SocketAddr>) -> Arc<[Arc<AtomicU64>]> {
+        let mut upstreams = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        addrs
+            .map(|addr| Arc::clone(upstreams.entry(addr).or_default()))
+            .collect()
+    }
+
+    /// Forgets the addresses not in `keep` that nothing uses any more.
+    pub(crate) fn retain(&self, keep: &HashSet<SocketAddr>) {
+        let mut upstreams = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        upstreams.retain(|addr, load| keep.contains(addr) || Arc::strong_count(load) > 1);
+    }
+
+    /// True when no table, route in use or request holds `addr` any more: nothing is or can
+    /// still be sent to it.
+    pub(crate) fn is_released(&self, addr: SocketAddr) -> bool {
+        let upstreams = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        upstreams
+            .get(&addr)
+            .is_none_or(|load| Arc::strong_count(load) == 1)
     }
 }
 
@@ -204,5 +245,26 @@ mod tests {
         drop(guard);
         assert_eq!(counters.snapshot().in_flight, 0);
         assert!(registry.get("green").is_none());
+    }
+
+    #[test]
+    fn an_address_is_released_once_nothing_holds_its_load() {
+        let registry = LoadRegistry::default();
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let b = SocketAddr::from(([127, 0, 0, 1], 2));
+        assert!(registry.is_released(a), "never bound");
+        let routed = registry.bind([a, b].into_iter());
+        assert!(Arc::ptr_eq(&routed[0], &registry.bind([a].into_iter())[0]));
+        assert!(!registry.is_released(a));
+        let request = UpstreamLoad::new(&routed[0]);
+        assert_eq!(routed[0].load(Ordering::Relaxed), 1);
+        // The table stops naming `a`: the request still holds it.
+        drop(routed);
+        registry.retain(&HashSet::from([b]));
+        assert!(!registry.is_released(a));
+        drop(request);
+        assert!(registry.is_released(a));
+        registry.retain(&HashSet::from([b]));
+        assert_eq!(registry.upstreams.lock().unwrap().len(), 1);
     }
 }

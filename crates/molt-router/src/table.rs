@@ -8,12 +8,13 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use hyper::http::uri::Authority;
 
 use crate::eject::{now_ms, HealthRegistry, UpstreamHealth, Verdict};
 use crate::host::lookup_key;
-use crate::stats::{EnvCounters, StatsRegistry, UpstreamLoad};
+use crate::stats::{EnvCounters, LoadRegistry, StatsRegistry, UpstreamLoad};
 use crate::EjectionPolicy;
 
 /// One instance of an environment that can take traffic, and where it listens.
@@ -36,6 +37,11 @@ pub struct Backend {
     pub maintenance: Option<Maintenance>,
     /// This backend's own limits, tighter than the router's.
     pub limits: RouteLimits,
+    /// A hold: until this instant, while the backend has no upstream, requests wait for a
+    /// published table that gives it one instead of getting a 503 at once (bounded by the
+    /// route's request timeout and [`RouterConfig::max_held_requests`](crate::RouterConfig)).
+    /// The controller sets it while it replaces every instance of an environment at once.
+    pub held_until: Option<Instant>,
 }
 
 /// Limits of one backend; `None` (or a looser value) means the router's own
@@ -67,8 +73,9 @@ pub struct Route {
     authorities: Vec<Authority>,
     counters: Arc<EnvCounters>,
     cursor: AtomicUsize,
-    /// Requests in flight per upstream (same order as `authorities`), for least-loaded picks.
-    loads: Arc<[AtomicU64]>,
+    /// Requests in flight per upstream address (same order as `authorities`), shared with
+    /// every route to the same address: for least-loaded picks and per-instance draining.
+    loads: Arc<[Arc<AtomicU64>]>,
     /// Passive health per upstream (same order), shared with every route to the same address.
     health: Arc<[Arc<UpstreamHealth>]>,
 }
@@ -137,7 +144,14 @@ impl Backend {
             upstreams,
             maintenance: None,
             limits: RouteLimits::default(),
+            held_until: None,
         }
+    }
+
+    /// Whether requests for this backend wait (now) for a table that gives it upstreams. Reads
+    /// the clock only for a backend without upstreams.
+    pub(crate) fn is_held(&self) -> bool {
+        self.upstreams.is_empty() && self.held_until.is_some_and(|until| until > Instant::now())
     }
 }
 
@@ -148,11 +162,7 @@ impl Route {
             .iter()
             .map(|upstream| authority_of(upstream.addr))
             .collect();
-        let loads = backend
-            .upstreams
-            .iter()
-            .map(|_| AtomicU64::new(0))
-            .collect();
+        let loads = backend.upstreams.iter().map(|_| Arc::default()).collect();
         let health = backend.upstreams.iter().map(|_| Arc::default()).collect();
         Self {
             backend,
@@ -261,29 +271,39 @@ impl Route {
 
     /// Counts one request against upstream `index` until the guard is dropped.
     pub(crate) fn load_of(&self, index: usize) -> UpstreamLoad {
-        UpstreamLoad::new(&self.loads, index)
+        UpstreamLoad::new(&self.loads[index])
     }
 
-    /// The same route, counting into `counters` and sharing the upstreams' `health`.
-    fn rebound(&self, counters: Arc<EnvCounters>, health: Arc<[Arc<UpstreamHealth>]>) -> Self {
+    /// The same route, counting into `counters` and sharing the upstreams' `health` and
+    /// `loads`.
+    fn rebound(
+        &self,
+        counters: Arc<EnvCounters>,
+        health: Arc<[Arc<UpstreamHealth>]>,
+        loads: Arc<[Arc<AtomicU64>]>,
+    ) -> Self {
         Self {
             backend: self.backend.clone(),
             authorities: self.authorities.clone(),
             counters,
             cursor: AtomicUsize::new(self.cursor.load(Ordering::Relaxed)),
-            loads: Arc::clone(&self.loads),
+            loads,
             health,
         }
     }
 
-    fn is_bound(&self, counters: &Arc<EnvCounters>, health: &[Arc<UpstreamHealth>]) -> bool {
+    fn is_bound(
+        &self,
+        counters: &Arc<EnvCounters>,
+        health: &[Arc<UpstreamHealth>],
+        loads: &[Arc<AtomicU64>],
+    ) -> bool {
+        fn same<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
+        }
         Arc::ptr_eq(&self.counters, counters)
-            && self.health.len() == health.len()
-            && self
-                .health
-                .iter()
-                .zip(health)
-                .all(|(a, b)| Arc::ptr_eq(a, b))
+            && same(&self.health, health)
+            && same(&self.loads, loads)
     }
 }
 
@@ -440,21 +460,30 @@ impl RouteTable {
     }
 
     /// This table with every route counting into the registry's counters for its env and
-    /// sharing the health registry's state for its upstreams' addresses, so the hot path
-    /// reaches both without a lock. Forgets the health of addresses no longer routed.
-    pub(crate) fn bound_to(self, registry: &StatsRegistry, health: &HealthRegistry) -> Self {
+    /// sharing the health and load registries' state for its upstreams' addresses, so the hot
+    /// path reaches them without a lock. Forgets the health of addresses no longer routed
+    /// (and their loads once nothing holds them).
+    pub(crate) fn bound_to(
+        self,
+        registry: &StatsRegistry,
+        health: &HealthRegistry,
+        loads: &LoadRegistry,
+    ) -> Self {
         let addrs: HashSet<SocketAddr> = self
             .routes()
             .flat_map(|route| route.upstreams().iter().map(|upstream| upstream.addr))
             .collect();
         health.retain(&addrs);
+        loads.retain(&addrs);
         let bind = |route: Arc<Route>| {
             let counters = registry.counters(route.env());
-            let upstreams = health.bind(route.upstreams().iter().map(|upstream| upstream.addr));
-            if route.is_bound(&counters, &upstreams) {
+            let addrs = || route.upstreams().iter().map(|upstream| upstream.addr);
+            let upstreams = health.bind(addrs());
+            let load = loads.bind(addrs());
+            if route.is_bound(&counters, &upstreams, &load) {
                 route
             } else {
-                Arc::new(route.rebound(counters, upstreams))
+                Arc::new(route.rebound(counters, upstreams, load))
             }
         };
         let bind_all = |map: HashMap<String, HostRoutes>| {

@@ -101,7 +101,7 @@ impl Router {
         &self,
         route: &Route,
         start: usize,
-        in_flight: InFlight,
+        mut in_flight: InFlight,
         mut request: Request<Incoming>,
         client: IpAddr,
         host: HeaderValue,
@@ -136,6 +136,8 @@ impl Router {
             );
         };
         let instance = &route.upstreams()[index].instance;
+        // The tunnel counts against its instance until it closes, so the instance drains.
+        in_flight.sent_to(route.load_of(index));
         let abort = self.tunnels.abort.clone();
         let exchange = async {
             let (mut sender, connection) = hyper::client::conn::http1::Builder::new()

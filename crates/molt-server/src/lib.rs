@@ -67,6 +67,8 @@ pub struct ServeConfig {
     pub isolation: Isolation,
     /// How often live image trees are re-verified (`None`: before first start and on demand).
     pub verify_interval: Option<Duration>,
+    /// Longest time requests wait while drifted instances are replaced (then 503).
+    pub drift_hold: Duration,
 }
 
 /// The TLS listener of `molt serve` and where its certificates come from.
@@ -180,6 +182,7 @@ impl ServeConfig {
             preview_domain: None,
             isolation: Isolation::Auto,
             verify_interval: Some(Duration::from_secs(300)),
+            drift_hold: Duration::from_secs(10),
         }
     }
 }
@@ -305,6 +308,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             preview_domain: cfg.preview_domain.clone(),
             build_dir: Some(dir.join("build")),
             verify_interval: cfg.verify_interval,
+            drift_hold: cfg.drift_hold,
             ..ControlConfig::default()
         },
     );

@@ -113,6 +113,9 @@ pub enum InstanceState {
     Healthy,
     /// Failing its health check.
     Unhealthy,
+    /// Running on an image tree that no longer matches its manifest: never routed again,
+    /// replaced and stopped.
+    Drifted,
     /// Being stopped.
     Stopping,
     /// Gone: exited by itself or stopped.

@@ -77,6 +77,7 @@ pub(crate) fn instance_state_str(s: InstanceState) -> &'static str {
         InstanceState::Starting => "starting",
         InstanceState::Healthy => "healthy",
         InstanceState::Unhealthy => "unhealthy",
+        InstanceState::Drifted => "drifted",
         InstanceState::Stopping => "stopping",
         InstanceState::Stopped => "stopped",
     }
@@ -88,6 +89,7 @@ pub(crate) fn instance_row(r: &Row<'_>) -> rusqlite::Result<Result<InstanceRecor
         "starting" => InstanceState::Starting,
         "healthy" => InstanceState::Healthy,
         "unhealthy" => InstanceState::Unhealthy,
+        "drifted" => InstanceState::Drifted,
         "stopping" => InstanceState::Stopping,
         "stopped" => InstanceState::Stopped,
         other => return Ok(Err(corrupt(format!("instance state '{other}'")))),

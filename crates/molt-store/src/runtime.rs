@@ -138,6 +138,26 @@ impl Store {
         Ok(())
     }
 
+    /// Marks every running instance of `env` (starting, healthy or unhealthy) drifted, all in
+    /// one transaction, and returns them: a table rebuilt from the store never routes to one
+    /// of them again.
+    pub fn mark_drifted(&mut self, env: &str) -> Result<Vec<InstanceRecord>> {
+        let tx = self.conn.transaction()?;
+        let ids: Vec<String> = {
+            let mut st = tx.prepare(
+                "SELECT id FROM instances
+                 WHERE env = ?1 AND state IN ('starting', 'healthy', 'unhealthy')",
+            )?;
+            let rows = st.query_map([env], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for id in &ids {
+            tx.execute("UPDATE instances SET state = 'drifted' WHERE id = ?1", [id])?;
+        }
+        tx.commit()?;
+        ids.iter().map(|id| self.instance(id)).collect()
+    }
+
     /// Points an app's route at an environment and returns where it pointed before. With a
     /// deployment, its step is journaled in the same transaction, so a crash can never separate
     /// the two; with `previous_warm_for_ms`, the previous environment's rollback window starts

@@ -154,6 +154,47 @@ fn instances_and_images_in_use() {
 }
 
 #[test]
+fn drifted_instances_are_marked_together_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let (env, ids) = {
+        let mut s = Store::open(&path).unwrap();
+        s.put_image(&digest(1), 10).unwrap();
+        s.create_release("shop", &digest(1), &config(), "deploy")
+            .unwrap();
+        let env = s.create_env("shop", 1).unwrap();
+        let healthy = s.create_instance(&env.id, "127.0.0.1", 4000).unwrap();
+        s.set_instance_state(&healthy.id, InstanceState::Healthy, None)
+            .unwrap();
+        let starting = s.create_instance(&env.id, "127.0.0.1", 4001).unwrap();
+        let stopped = s.create_instance(&env.id, "127.0.0.1", 4002).unwrap();
+        s.set_instance_state(&stopped.id, InstanceState::Stopped, Some("gone"))
+            .unwrap();
+        let marked = s.mark_drifted(&env.id).unwrap();
+        let mut ids: Vec<String> = marked.iter().map(|i| i.id.clone()).collect();
+        ids.sort();
+        let mut want = vec![healthy.id, starting.id];
+        want.sort();
+        assert_eq!(ids, want);
+        assert!(marked.iter().all(|i| i.state == InstanceState::Drifted));
+        assert_eq!(
+            s.instance(&stopped.id).unwrap().state,
+            InstanceState::Stopped
+        );
+        (env, ids)
+    };
+    let s = Store::open(&path).unwrap();
+    let drifted: Vec<String> = s
+        .instances(Some(&env.id), false)
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.state == InstanceState::Drifted)
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(drifted.len(), ids.len());
+}
+
+#[test]
 fn survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");

@@ -89,6 +89,12 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
         "0" | "off" => None,
         text => Some(molt_core::parse_duration(text)?),
     };
+    cfg.drift_hold = match args.drift_hold.trim() {
+        "0" => std::time::Duration::ZERO,
+        text => {
+            molt_core::parse_duration(text).map_err(|e| anyhow::anyhow!("--drift-hold: {e}"))?
+        }
+    };
     if let Ok(step) = std::env::var("MOLT_TEST_PAUSE_AT") {
         cfg.pause_at = Some(step.parse()?);
     }

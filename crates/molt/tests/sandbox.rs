@@ -400,6 +400,236 @@ watch = "1s"
     assert_eq!(leftovers(&data), Vec::<String>::new());
 }
 
+/// An app whose every answer is the id of the instance that gave it (`MOLT_INSTANCE`).
+const WHOAMI: &str = r#"
+import os, signal, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ME = os.environ.get("MOLT_INSTANCE", "?").encode()
+if os.path.exists(os.environ.get("FAIL_IF_EXISTS", "/nonexistent")):
+    sys.exit("told to fail")
+
+class WhoAmI(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(ME)))
+        self.end_headers()
+        self.wfile.write(ME)
+
+    def log_message(self, fmt, *args):
+        pass
+
+server = ThreadingHTTPServer((os.environ["HOST"], int(os.environ["PORT"])), WhoAmI)
+server.daemon_threads = True
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+server.serve_forever()
+"#;
+
+/// An app folder running [`WHOAMI`] as `app.py` in two instances, with `env` lines.
+fn whoami_app(h: &Harness, name: &str, env: &str) -> PathBuf {
+    let dir = h.tmp.path().join(format!("app-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("app.py"), WHOAMI).unwrap();
+    std::fs::write(
+        dir.join("molt.toml"),
+        format!(
+            "name = \"{name}\"\ncommand = [\"python3\", \"app.py\"]\n{FAST}\n[env]\n\
+             PYTHONUNBUFFERED = \"1\"\nPYTHONDONTWRITEBYTECODE = \"1\"\n{env}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// The ids of the instances of `app`'s (first) environment.
+async fn instance_ids(h: &Harness, app: &str) -> Vec<String> {
+    let status = h
+        .client
+        .get(&format!("/v1/status?app={app}"))
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = status["apps"][0]["envs"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// One answer under load: when its request was sent and when the answer came (ms since the
+/// epoch), and what came back (status and body, i.e. the answering instance's id), or the
+/// error.
+type Answer = (u64, u64, Result<(u16, String), String>);
+
+/// What [`UnderLoad::check`] found, for the test's output.
+struct LoadReport {
+    answers: usize,
+    /// Answers to requests sent after the detection.
+    after_detection: usize,
+    /// Looks at the table that found the host's backend held.
+    held_looks: usize,
+    /// The longest time one request took (ms): a held request's wait shows here.
+    slowest_ms: u64,
+}
+
+/// One look at the router's table: when (ms since the epoch, taken before the look), the
+/// instances the host was routed to, and whether its backend was held.
+type Sample = (u64, Vec<String>, bool);
+
+/// Keep-alive GET load on a host and a watch on the router's table for it, until stopped.
+struct UnderLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<Vec<Answer>>>,
+    tables: tokio::task::JoinHandle<Vec<Sample>>,
+}
+
+impl UnderLoad {
+    /// Starts two load clients and the table watch (each bounded to 2 minutes and a count).
+    fn start(h: &Harness, host: &'static str) -> UnderLoad {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let router = h.router;
+        let clients = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut conn = KeepAlive::connect(router).await;
+                    let mut answers = Vec::new();
+                    while !stop.load(Relaxed)
+                        && answers.len() < 200_000
+                        && std::time::Instant::now() < deadline
+                    {
+                        let sent = now_ms();
+                        match conn.get(host, "/").await {
+                            Ok(answer) => answers.push((sent, now_ms(), Ok(answer))),
+                            Err(e) => {
+                                answers.push((sent, now_ms(), Err(e.to_string())));
+                                conn = KeepAlive::connect(router).await;
+                            }
+                        }
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let table_of = h.running.as_ref().unwrap().controller().router().clone();
+        let watching = stop.clone();
+        let tables = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !watching.load(Relaxed)
+                && samples.len() < 200_000
+                && std::time::Instant::now() < deadline
+            {
+                let at = now_ms();
+                let table = table_of.table();
+                let sample = match table.lookup(host) {
+                    Some(route) => (
+                        at,
+                        route
+                            .upstreams()
+                            .iter()
+                            .map(|u| u.instance.clone())
+                            .collect(),
+                        route.backend().held_until.is_some(),
+                    ),
+                    None => (at, Vec::new(), false),
+                };
+                drop(table);
+                samples.push(sample);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            samples
+        });
+        UnderLoad {
+            stop,
+            clients,
+            tables,
+        }
+    }
+
+    /// Stops the load and checks it: every request answered 200; none sent after
+    /// `detected_ms` was answered by one of `drifted`; no look at the table after
+    /// `detected_ms` found one of `drifted` routed.
+    async fn check(self, drifted: &[String], detected_ms: u64) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut answers = Vec::new();
+        for client in self.clients {
+            answers.extend(client.await.unwrap());
+        }
+        let failed: Vec<&Answer> = answers
+            .iter()
+            .filter(|(_, _, a)| !matches!(a, Ok((200, _))))
+            .collect();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        let after: Vec<&str> = answers
+            .iter()
+            .filter(|(sent, _, _)| *sent > detected_ms)
+            .filter_map(|(_, _, a)| a.as_ref().ok().map(|(_, body)| body.as_str()))
+            .collect();
+        let from_drifted: Vec<&&str> = after
+            .iter()
+            .filter(|id| drifted.iter().any(|d| d == **id))
+            .collect();
+        assert!(
+            from_drifted.is_empty(),
+            "answered by drifted instances after the detection: {from_drifted:?}"
+        );
+        let samples = self.tables.await.unwrap();
+        for (at, routed, _) in samples.iter().filter(|(at, _, _)| *at > detected_ms) {
+            assert!(
+                !routed.iter().any(|r| drifted.contains(r)),
+                "the table routed {routed:?} at {at}, after the detection at {detected_ms}"
+            );
+        }
+        LoadReport {
+            answers: answers.len(),
+            after_detection: after.len(),
+            held_looks: samples.iter().filter(|(_, _, held)| *held).count(),
+            slowest_ms: answers
+                .iter()
+                .map(|(sent, answered, _)| answered.saturating_sub(*sent))
+                .max()
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Milliseconds since the epoch, as the store stamps events.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// When the drift of `app`'s tree was acted on: the event written once its instances were
+/// out of the route table.
+async fn detected_at(h: &Harness, app: &str) -> u64 {
+    let events = h
+        .client
+        .get(&format!("/v1/apps/{app}/events"))
+        .await
+        .unwrap();
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["kind"] == "drift"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("take no more traffic"))
+        })
+        .and_then(|e| e["at_ms"].as_u64())
+        .unwrap_or_else(|| panic!("no drift event: {events}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tampered_tree_is_detected_repaired_and_its_instances_replaced_under_load() {
     // Verification does not depend on the provider: with containers where possible.
@@ -413,44 +643,25 @@ async fn a_tampered_tree_is_detected_repaired_and_its_instances_replaced_under_l
         cfg.verify_interval = None;
     })
     .await;
-    let d = h.deploy(&h.app("tamper", &[], FAST)).await;
+    let d = h.deploy(&whoami_app(&h, "tamper", "")).await;
     assert_eq!(d["state"], "drained", "{d}");
     let status = h.client.get("/v1/status?app=tamper").await.unwrap();
     let env = &status["apps"][0]["envs"][0];
-    let before: Vec<String> = env["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect();
+    let before = instance_ids(&h, "tamper").await;
     assert_eq!(env["attestation"]["state"], "verified", "{env}");
     assert_eq!(env["attestation"]["release"], 1);
     let rootfs_digest = env["attestation"]["rootfs_digest"].clone();
     assert!(rootfs_digest.as_str().unwrap().starts_with("sha256:"));
 
-    // Load: keep-alive GETs through the router until told to stop.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let router = h.router;
-    let mut load = Vec::new();
-    for _ in 0..2 {
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let mut conn = KeepAlive::connect(router).await;
-            let (mut ok, mut failed) = (0u64, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok < 1_000_000 {
-                match conn.get("tamper.localhost", "/").await {
-                    Ok((200, _)) => ok += 1,
-                    Ok((status, body)) => failed.push(format!("{status} {body}")),
-                    Err(e) => {
-                        failed.push(e.to_string());
-                        conn = KeepAlive::connect(router).await;
-                    }
-                }
-            }
-            (ok, failed)
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = UnderLoad::start(&h, "tamper.localhost");
+    eventually(Duration::from_secs(20), "load flowing", || async {
+        let router = h.running.as_ref().unwrap().controller().router();
+        router
+            .env_stats(env["env"]["id"].as_str().unwrap())
+            .answered
+            >= 100
+    })
+    .await;
 
     // Tamper with the unpacked tree the instances run on.
     let mut files = Vec::new();
@@ -481,24 +692,14 @@ async fn a_tampered_tree_is_detected_repaired_and_its_instances_replaced_under_l
         .map(|i| i.as_str().unwrap().to_string())
         .collect();
     replaced.sort();
-    let mut expected = before.clone();
-    expected.sort();
-    assert_eq!(replaced, expected);
+    assert_eq!(replaced, before);
 
     // From now on only the new instances serve; the tree is clean again.
     let status = h.client.get("/v1/status?app=tamper").await.unwrap();
     let env = &status["apps"][0]["envs"][0];
-    let after: Vec<&str> = env["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap())
-        .collect();
+    let after = instance_ids(&h, "tamper").await;
     assert_eq!(after.len(), 2, "{env}");
-    assert!(
-        after.iter().all(|id| !before.iter().any(|b| b == id)),
-        "{env}"
-    );
+    assert!(after.iter().all(|id| !before.contains(id)), "{env}");
     assert_eq!(env["attestation"]["state"], "verified", "{env}");
     assert_eq!(env["attestation"]["rootfs_digest"], rootfs_digest);
     assert!(!std::fs::read_to_string(&files[0])
@@ -511,12 +712,7 @@ async fn a_tampered_tree_is_detected_repaired_and_its_instances_replaced_under_l
         .unwrap();
     assert_eq!(again[0]["intact"], true, "{again}");
     // The CLI: `molt verify` prints the table and exits 0 when intact.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_molt"))
-        .arg("--data-dir")
-        .arg(h.data_dir())
-        .args(["verify", "tamper"])
-        .env_remove("MOLT_API")
-        .env_remove("MOLT_TOKEN")
+    let out = molt_command(&h.data_dir(), &["verify", "tamper"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -524,17 +720,24 @@ async fn a_tampered_tree_is_detected_repaired_and_its_instances_replaced_under_l
     assert!(text.contains("intact") && text.contains("ROOTFS"), "{text}");
     let events = h.client.get("/v1/apps/tamper/events").await.unwrap();
     assert!(events.to_string().contains("drifted"), "{events}");
+    let detected = detected_at(&h, "tamper").await;
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut served = 0;
-    for task in load {
-        let (ok, failed) = task.await.unwrap();
-        assert!(failed.is_empty(), "failed requests: {failed:?}");
-        served += ok;
-    }
-    eprintln!("served {served} requests across the repair, none failed");
-    assert!(served > 0);
+    // Some more load on the new instances, then the verdict on all of it.
+    let new_env = env["env"]["id"].as_str().unwrap().to_string();
+    let router = h.running.as_ref().unwrap().controller().router().clone();
+    let answered = router.env_stats(&new_env).answered;
+    eventually(Duration::from_secs(20), "load after the repair", || async {
+        router.env_stats(&new_env).answered > answered + 100
+    })
+    .await;
+    let report = load.check(&before, detected).await;
+    eprintln!(
+        "served {} requests across the repair ({} sent after the drifted instances left the \
+         table, none answered by one), none failed; {} looks at the table found the \
+         environment held; the slowest request took {} ms ({isolation:?})",
+        report.answers, report.after_detection, report.held_looks, report.slowest_ms
+    );
+    assert!(report.after_detection > 0);
     let data = stop_keeping_data(&mut h).await;
     if isolation == Isolation::Runc {
         assert_eq!(leftovers(&data), Vec::<String>::new());
@@ -542,14 +745,22 @@ async fn a_tampered_tree_is_detected_repaired_and_its_instances_replaced_under_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn periodic_verification_finds_drift_by_itself() {
+async fn periodic_verification_finds_drift_by_itself_under_load() {
     let mut h = Harness::start_with(|cfg: &mut ServeConfig| {
         cfg.isolation = Isolation::None;
         cfg.verify_interval = Some(Duration::from_millis(200));
     })
     .await;
-    let d = h.deploy(&h.app("watched", &[], FAST)).await;
+    let d = h.deploy(&whoami_app(&h, "watched", "")).await;
     assert_eq!(d["state"], "drained", "{d}");
+    let before = instance_ids(&h, "watched").await;
+    let load = UnderLoad::start(&h, "watched.localhost");
+    let router = h.running.as_ref().unwrap().controller().router().clone();
+    let env = d["env"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(20), "load flowing", || async {
+        router.env_stats(&env).answered >= 100
+    })
+    .await;
     let mut files = Vec::new();
     find_files(&h.data_dir().join("images"), "app.py", &mut files);
     assert_eq!(files.len(), 1, "{files:?}");
@@ -563,7 +774,155 @@ async fn periodic_verification_finds_drift_by_itself() {
     })
     .await;
     assert!(!root.join("backdoor.py").exists());
+    let detected = detected_at(&h, "watched").await;
+    eventually(
+        Duration::from_secs(20),
+        "the drifted instances stopped",
+        || async {
+            let now = instance_ids(&h, "watched").await;
+            now.len() == 2 && now.iter().all(|id| !before.contains(id))
+        },
+    )
+    .await;
+    let answered = router.env_stats(&env).answered;
+    eventually(Duration::from_secs(20), "load after the repair", || async {
+        router.env_stats(&env).answered > answered + 100
+    })
+    .await;
+    let report = load.check(&before, detected).await;
+    eprintln!(
+        "served {} requests ({} after the detection), none failed; the slowest took {} ms",
+        report.answers, report.after_detection, report.slowest_ms
+    );
+    assert!(report.after_detection > 0);
     let (status, body) = h.get("watched.localhost", "/").await;
     assert_eq!(status, 200, "{body}");
+    assert!(!before.contains(&body), "{body}");
+    stop_keeping_data(&mut h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replacements_that_fail_release_the_hold_with_an_event() {
+    let mut h = Harness::start_with(|cfg: &mut ServeConfig| {
+        cfg.isolation = Isolation::None;
+        cfg.verify_interval = None;
+    })
+    .await;
+    let marker = h.tmp.path().join("fail");
+    let env = format!("FAIL_IF_EXISTS = \"{}\"\n", marker.display());
+    let d = h.deploy(&whoami_app(&h, "doomed", &env)).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let before = instance_ids(&h, "doomed").await;
+    // From now on every new instance exits at once.
+    std::fs::write(&marker, "").unwrap();
+    let mut files = Vec::new();
+    find_files(&h.data_dir().join("images"), "app.py", &mut files);
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::write(files[0].with_file_name("added.py"), "# tampered\n").unwrap();
+
+    let verify = h
+        .client
+        .post("/v1/verify", &serde_json::json!({ "app": "doomed" }))
+        .await;
+    assert!(verify.is_err(), "{verify:?}");
+    let events = h.client.get("/v1/apps/doomed/events").await.unwrap();
+    assert!(
+        events
+            .to_string()
+            .contains("could not replace the drifted instances"),
+        "{events}"
+    );
+    // The hold is released: no instance, so a 503 at once (not a wait), and the drifted
+    // instances are gone.
+    let (status, body) = h.get("doomed.localhost", "/").await;
+    assert_eq!(status, 503, "{body}");
+    let now = instance_ids(&h, "doomed").await;
+    assert!(now.iter().all(|id| !before.contains(id)), "{now:?}");
+
+    // Once instances can start again, the reconcile loop brings the environment back.
+    std::fs::remove_file(&marker).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "a new healthy instance",
+        || async {
+            let (status, body) = h.get("doomed.localhost", "/").await;
+            status == 200 && !before.contains(&body)
+        },
+    )
+    .await;
+    stop_keeping_data(&mut h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drifted_instances_found_at_restart_are_never_routed_and_are_replaced() {
+    let mut h = Harness::start_with(|cfg: &mut ServeConfig| {
+        cfg.isolation = Isolation::None;
+        cfg.verify_interval = None;
+    })
+    .await;
+    let d = h.deploy(&whoami_app(&h, "crashy", "")).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let before = instance_ids(&h, "crashy").await;
+    let status = h.client.get("/v1/status?app=crashy").await.unwrap();
+    let env = status["apps"][0]["envs"][0]["env"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // molt stops right after a repair marked the instances drifted (they keep running).
+    let running = h.running.take().unwrap();
+    let data = h.data_dir();
+    running.shutdown(OnExit::KeepInstances).await.unwrap();
+    let mut store = molt_store::Store::open(&data.join("state.db")).unwrap();
+    let marked = store.mark_drifted(&env).unwrap();
+    assert_eq!(marked.len(), before.len());
+    drop(store);
+
+    let mut cfg = ServeConfig::new(data.clone());
+    cfg.api_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.router_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.stop_grace = Duration::from_secs(1);
+    cfg.isolation = Isolation::None;
+    cfg.verify_interval = None;
+    let running = molt_server::start(cfg).await.unwrap();
+    // The table rebuilt from the store routes none of them.
+    let table = running.controller().router().table();
+    let routed: Vec<String> = table
+        .lookup("crashy.localhost")
+        .map(|route| {
+            route
+                .upstreams()
+                .iter()
+                .map(|u| u.instance.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    drop(table);
+    assert!(
+        routed.iter().all(|id| !before.contains(id)),
+        "{routed:?} {before:?}"
+    );
+    let mut h = Harness {
+        client: molt_cli::Client::new(&format!("http://{}", running.api_addr), &running.token),
+        router: running.router_addr,
+        running: Some(running),
+        tmp: h.tmp,
+    };
+    // The reconcile loop replaces them.
+    eventually(Duration::from_secs(30), "replacements serving", || async {
+        let now = instance_ids(&h, "crashy").await;
+        let (status, body) = h.get("crashy.localhost", "/").await;
+        now.len() == 2
+            && now.iter().all(|id| !before.contains(id))
+            && status == 200
+            && !before.contains(&body)
+    })
+    .await;
+    let owner = owner_of(&data);
+    let left: Vec<(String, u32)> = processes_of(&owner)
+        .into_iter()
+        .filter(|(id, _)| before.contains(id))
+        .collect();
+    assert!(left.is_empty(), "drifted instances still running: {left:?}");
     stop_keeping_data(&mut h).await;
 }
