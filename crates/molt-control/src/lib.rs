@@ -73,6 +73,20 @@ pub struct ControlConfig {
     /// How often every live image tree is re-verified (`None`: only before first start and
     /// on demand).
     pub verify_interval: Option<Duration>,
+    /// Where instances listen: see [`InstanceNetwork`].
+    pub network: InstanceNetwork,
+}
+
+/// The network instances get, which decides the address molt allocates for each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InstanceNetwork {
+    /// The host's network: each instance listens on a loopback address of its own (or
+    /// 127.0.0.1 with a free port).
+    #[default]
+    Host,
+    /// A network namespace per instance on molt's bridge: each instance gets a free address
+    /// of this subnet (never the gateway), freed when it stops.
+    Bridge(molt_runtime::Subnet),
 }
 
 impl Default for ControlConfig {
@@ -87,6 +101,7 @@ impl Default for ControlConfig {
             preview_domain: None,
             build_dir: None,
             verify_interval: None,
+            network: InstanceNetwork::Host,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use molt_server::{Isolation, OnExit, ServeConfig};
+use molt_server::{BridgeNetwork, Isolation, OnExit, ServeConfig};
 use serde_json::Value;
 use support::*;
 
@@ -198,6 +198,26 @@ fn leftovers(data: &Path) -> Vec<String> {
             .into_iter()
             .map(|(id, pid)| format!("process {id} ({pid})")),
     );
+    for netns in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if netns.file_name().to_string_lossy().starts_with(&owner) {
+            left.push(format!("network namespace {:?}", netns.path()));
+        }
+    }
+    // A host-side veth carries its container id (`<owner>-<instance>`) as its alias.
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    left.extend(
+        String::from_utf8_lossy(&links.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("alias {owner}-")))
+            .map(|l| format!("veth {l}")),
+    );
     left
 }
 
@@ -338,6 +358,31 @@ async fn a_scratch_busybox_image_serves_and_is_readopted_after_a_restart() {
         return;
     }
     let mut h = isolated().await;
+    let dir = busybox_app(&h);
+    let d = h.deploy(&dir).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let (status, body) = h.get("bb.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "busybox in a box\n"));
+    let before = h.client.get("/v1/status?app=bb").await.unwrap();
+
+    // Restart molt serve on the same data directory: the containers are re-adopted.
+    let data = h.data_dir();
+    restart(&mut h, |cfg| cfg.isolation = Isolation::Runc).await;
+    let after = h.client.get("/v1/status?app=bb").await.unwrap();
+    assert_eq!(
+        instance_pids(&before),
+        instance_pids(&after),
+        "{before}\n{after}"
+    );
+    let (status, body) = h.get("bb.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "busybox in a box\n"));
+
+    stop_keeping_data(&mut h).await;
+    assert_eq!(leftovers(&data), Vec::<String>::new());
+}
+
+/// A scratch image holding only a static busybox that serves `/www` with httpd.
+fn busybox_app(h: &Harness) -> PathBuf {
     let dir = h.tmp.path().join("app-bb");
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::create_dir_all(dir.join("www")).unwrap();
@@ -359,45 +404,145 @@ watch = "1s"
 "#,
     )
     .unwrap();
+    dir
+}
+
+/// Each instance of the first environment of the app in `status`: id and pid.
+fn instance_pids(status: &Value) -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = status["apps"][0]["envs"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["id"].as_str().unwrap().to_string(), i["pid"].clone()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Stops the harness's server keeping its instances, and starts another on the same data
+/// directory with settings adjusted by `adjust` (as a restart of molt serve would).
+async fn restart(h: &mut Harness, adjust: impl FnOnce(&mut ServeConfig)) {
+    let running = h.running.take().expect("running");
+    running.shutdown(OnExit::KeepInstances).await.unwrap();
+    let mut cfg = ServeConfig::new(h.data_dir());
+    cfg.api_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.router_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.stop_grace = Duration::from_secs(1);
+    adjust(&mut cfg);
+    let running = molt_server::start(cfg).await.unwrap();
+    h.client = molt_cli::Client::new(&format!("http://{}", running.api_addr), &running.token);
+    h.router = running.router_addr;
+    h.running = Some(running);
+}
+
+/// Deletes its bridge when dropped, also after a failed assertion.
+struct BridgeGuard(BridgeNetwork);
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.remove() {
+            eprintln!("cannot remove bridge {}: {e}", self.0.bridge());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bridge_mode_serves_through_the_router_and_is_readopted_with_its_namespaces() {
+    if !can_run() {
+        return;
+    }
+    let network = BridgeNetwork::new("mtbe2e", "10.231.20.0/24".parse().unwrap()).unwrap();
+    let bridge = BridgeGuard(network.clone());
+    let bridged = |cfg: &mut ServeConfig| {
+        cfg.isolation = Isolation::Runc;
+        cfg.network = Some(network.clone());
+    };
+    let mut h = Harness::start_with(bridged).await;
+    let dir = busybox_app(&h);
     let d = h.deploy(&dir).await;
     assert_eq!(d["state"], "drained", "{d}");
     let (status, body) = h.get("bb.localhost", "/").await;
     assert_eq!((status, body.as_str()), (200, "busybox in a box\n"));
-    let before = h.client.get("/v1/status?app=bb").await.unwrap();
-    let ids = |v: &Value| -> Vec<(String, Value)> {
-        let mut out: Vec<(String, Value)> = v["apps"][0]["envs"][0]["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| (i["id"].as_str().unwrap().to_string(), i["pid"].clone()))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    };
 
-    // Restart molt serve on the same data directory: the containers are re-adopted.
-    let running = h.running.take().unwrap();
+    // Each instance has its own address of the subnet, port 8080, and its own namespace.
+    let before = h.client.get("/v1/status?app=bb").await.unwrap();
+    let owner = owner_of(&h.data_dir());
+    let instances = before["apps"][0]["envs"][0]["instances"]
+        .as_array()
+        .unwrap();
+    let mut hosts: Vec<&str> = instances
+        .iter()
+        .map(|i| i["host"].as_str().unwrap())
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["10.231.20.2", "10.231.20.3"], "{before}");
+    for inst in instances {
+        assert_eq!(inst["port"], 8080, "{inst}");
+        let netns =
+            Path::new("/run/netns").join(format!("{owner}-{}", inst["id"].as_str().unwrap()));
+        assert!(netns.exists(), "{} is missing", netns.display());
+    }
+
+    // A restart re-adopts the containers in their namespaces and routes to them again.
     let data = h.data_dir();
-    running.shutdown(OnExit::KeepInstances).await.unwrap();
-    let mut cfg = ServeConfig::new(data.clone());
-    cfg.api_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.router_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.stop_grace = Duration::from_secs(1);
-    cfg.isolation = Isolation::Runc;
-    let running = molt_server::start(cfg).await.unwrap();
-    let mut h = Harness {
-        client: molt_cli::Client::new(&format!("http://{}", running.api_addr), &running.token),
-        router: running.router_addr,
-        running: Some(running),
-        tmp: h.tmp,
-    };
+    restart(&mut h, bridged).await;
     let after = h.client.get("/v1/status?app=bb").await.unwrap();
-    assert_eq!(ids(&before), ids(&after), "{before}\n{after}");
+    assert_eq!(
+        instance_pids(&before),
+        instance_pids(&after),
+        "{before}\n{after}"
+    );
     let (status, body) = h.get("bb.localhost", "/").await;
     assert_eq!((status, body.as_str()), (200, "busybox in a box\n"));
 
+    // A redeploy gets fresh instances; the addresses of the stopped ones are free again.
+    std::fs::write(dir.join("www/index.html"), "busybox again\n").unwrap();
+    let d = h.deploy(&dir).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let (status, body) = h.get("bb.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "busybox again\n"));
+    let redeployed = h.client.get("/v1/status?app=bb").await.unwrap();
+    let envs = redeployed["apps"][0]["envs"].as_array().unwrap();
+    let live: Vec<&str> = envs
+        .iter()
+        .flat_map(|e| e["instances"].as_array().unwrap())
+        .map(|i| i["host"].as_str().unwrap())
+        .collect();
+    assert!(
+        live.iter().all(|h| h.starts_with("10.231.20.")),
+        "{redeployed}"
+    );
+
     stop_keeping_data(&mut h).await;
     assert_eq!(leftovers(&data), Vec::<String>::new());
+    drop(bridge);
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "mtbe2e"])
+        .output()
+        .unwrap();
+    assert!(!links.status.success(), "the bridge is left");
+}
+
+#[tokio::test]
+async fn bridge_mode_without_runc_is_refused_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = ServeConfig::new(tmp.path().join("data"));
+    cfg.api_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.router_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.isolation = Isolation::None;
+    cfg.network = Some(BridgeNetwork::new("mtbnone", "10.231.21.0/24".parse().unwrap()).unwrap());
+    let err = match molt_server::start(cfg).await {
+        Ok(_) => panic!("bridge mode without runc started"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("--network bridge needs the runc isolation"),
+        "{err}"
+    );
+    assert!(
+        !Path::new("/sys/class/net/mtbnone").exists(),
+        "a bridge was made anyway"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
