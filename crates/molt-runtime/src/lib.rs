@@ -10,6 +10,7 @@
 //!
 //! Everything here blocks; async callers use `spawn_blocking`.
 
+mod abandoned;
 mod build;
 mod bundle;
 mod ids;

@@ -15,6 +15,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::abandoned;
 use crate::bundle::BundleSpec;
 use crate::ids::{self, INSTANCE_ANNOTATION, OWNER_ANNOTATION};
 use crate::net::{self, BridgeNetwork, InstanceNet};
@@ -681,10 +682,13 @@ impl Provider for RuncProvider {
         self.containers().retain(|_, known| *known != cid);
     }
 
+    /// Also stops containers of any owner whose data directory was deleted under them
+    /// (`abandoned.rs`): no molt could ever stop them otherwise.
     fn sweep(&self) -> Vec<String> {
+        let mut removed = abandoned::sweep();
         let names = net::namespaces_with_prefix(&ids::owner_prefix(&self.config.owner));
         if names.is_empty() {
-            return Vec::new();
+            return removed;
         }
         let live: HashSet<String> = match self.runc.list() {
             Ok(list) => list
@@ -694,10 +698,9 @@ impl Provider for RuncProvider {
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list runc containers; sweeping nothing");
-                return Vec::new();
+                return removed;
             }
         };
-        let mut removed = Vec::new();
         for name in names.into_iter().filter(|n| !live.contains(n)) {
             // Held while removing, so a start of the same container waits for it.
             let starting = self.starting();

@@ -710,3 +710,46 @@ fn sweep_removes_the_network_of_a_container_that_is_gone() {
     provider.forget("lost");
     sandbox.assert_nothing_left(&provider, "lost");
 }
+
+#[test]
+fn sweep_stops_a_container_whose_data_directory_was_deleted() {
+    let Some(doomed) = Sandbox::new("t-doomed") else {
+        return;
+    };
+    let Some(survivor) = Sandbox::new("t-survivor") else {
+        return;
+    };
+    let provider = doomed.provider();
+    let handle = provider
+        .start(&doomed.spec("left", &["sleep", "600"]))
+        .expect("start");
+    let kept = survivor.provider();
+    let kept_handle = kept
+        .start(&survivor.spec("kept", &["sleep", "600"]))
+        .expect("start");
+    // The data directory goes away under the running container: runc state, bundle and all.
+    for sub in ["runc-state", "bundles", "rootfs"] {
+        fs::remove_dir_all(doomed.dir.path().join(sub)).expect("remove");
+    }
+    let removed = kept.sweep();
+    let cid = provider.container_id("left");
+    assert!(removed.iter().any(|r| r.contains(&cid)), "{removed:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{}", handle.pid)).exists() && Instant::now() < deadline {
+        sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !Path::new(&format!("/proc/{}", handle.pid)).exists(),
+        "the abandoned container still runs"
+    );
+    for hierarchy in fs::read_dir("/sys/fs/cgroup").expect("cgroups").flatten() {
+        let leaf = hierarchy.path().join("molt").join(&cid);
+        assert!(!leaf.exists(), "{} is left", leaf.display());
+    }
+    // A container whose data directory exists is not touched.
+    assert_eq!(kept.status("kept", kept_handle), InstanceStatus::Running);
+    kept.signal(kept_handle, StopSignal::Force).expect("KILL");
+    wait_not_running(&kept, "kept", kept_handle, Duration::from_secs(5));
+    kept.forget("kept");
+    survivor.assert_nothing_left(&kept, "kept");
+}

@@ -712,3 +712,51 @@ async fn periodic_verification_finds_drift_by_itself() {
     assert_eq!(status, 200, "{body}");
     stop_keeping_data(&mut h).await;
 }
+
+#[test]
+fn the_binary_refuses_bad_network_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let serve = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--router",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        molt_command(&data, &args).output().expect("molt runs")
+    };
+    let refused = |extra: &[&str], why: &str| {
+        let out = serve(extra);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{why:?} missing: {}",
+            text(&out)
+        );
+    };
+    refused(
+        &[
+            "--network",
+            "bridge",
+            "--isolation",
+            "none",
+            "--bridge",
+            "mtbflag",
+        ],
+        "--network bridge needs the runc isolation",
+    );
+    refused(
+        &["--network", "bridge", "--bridge-subnet", "10.231.22.1/24"],
+        "the network is 10.231.22.0/24",
+    );
+    refused(
+        &["--network", "bridge", "--bridge", "a-name-far-too-long"],
+        "not a valid interface name",
+    );
+    let out = serve(&["--network", "overlay"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!Path::new("/sys/class/net/mtbflag").exists());
+}
