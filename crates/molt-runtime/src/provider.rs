@@ -188,7 +188,7 @@ impl RuncProvider {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The network namespace and veth names of instance `id` (bridge mode).
+    /// The network namespace and veth names of container `cid` (bridge mode).
     fn instance_net(&self, cid: &str) -> InstanceNet {
         InstanceNet::of(&self.config.owner, cid)
     }
@@ -706,6 +706,14 @@ impl Provider for RuncProvider {
             let starting = self.starting();
             if starting.contains(&name) {
                 continue;
+            }
+            // A start may have ended after the list above: ask again (kept when unsure).
+            if self.config.state_root.join(&name).exists() {
+                match self.runc.state(&name) {
+                    Ok(None) => {}
+                    Ok(Some(state)) if !state.is_live() => {}
+                    _ => continue,
+                }
             }
             match self.instance_net(&name).remove() {
                 Ok(()) => removed.push(format!("network namespace {name}")),
