@@ -495,23 +495,60 @@ async fn bridge_mode_serves_through_the_router_and_is_readopted_with_its_namespa
     let (status, body) = h.get("bb.localhost", "/").await;
     assert_eq!((status, body.as_str()), (200, "busybox in a box\n"));
 
-    // A redeploy gets fresh instances; the addresses of the stopped ones are free again.
+    // A redeploy gets the next free addresses while the old environment stays warm; once GC
+    // retires it, its addresses are free and the next deployment gets them again, and the
+    // router reaches the new instances there.
+    let manifest = std::fs::read_to_string(dir.join("molt.toml")).unwrap();
+    std::fs::write(
+        dir.join("molt.toml"),
+        manifest.replace("watch = \"1s\"", "watch = \"1s\"\nrollback_window = \"1s\""),
+    )
+    .unwrap();
     std::fs::write(dir.join("www/index.html"), "busybox again\n").unwrap();
     let d = h.deploy(&dir).await;
     assert_eq!(d["state"], "drained", "{d}");
     let (status, body) = h.get("bb.localhost", "/").await;
     assert_eq!((status, body.as_str()), (200, "busybox again\n"));
-    let redeployed = h.client.get("/v1/status?app=bb").await.unwrap();
-    let envs = redeployed["apps"][0]["envs"].as_array().unwrap();
-    let live: Vec<&str> = envs
-        .iter()
-        .flat_map(|e| e["instances"].as_array().unwrap())
-        .map(|i| i["host"].as_str().unwrap())
-        .collect();
-    assert!(
-        live.iter().all(|h| h.starts_with("10.231.20.")),
-        "{redeployed}"
+    let hosts_of = |status: &Value, env: &str| -> Vec<String> {
+        let mut hosts: Vec<String> = status["apps"][0]["envs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["env"]["id"] == env)
+            .flat_map(|e| e["instances"].as_array().unwrap())
+            .map(|i| i["host"].as_str().unwrap().to_string())
+            .collect();
+        hosts.sort();
+        hosts
+    };
+    let second = h.client.get("/v1/status?app=bb").await.unwrap();
+    let env = d["env"].as_str().unwrap();
+    assert_eq!(
+        hosts_of(&second, env),
+        ["10.231.20.4", "10.231.20.5"],
+        "{second}"
     );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let gc = h
+        .client
+        .post("/v1/gc", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(gc["envs"].as_array().map(Vec::len), Some(1), "{gc}");
+    std::fs::write(dir.join("www/index.html"), "busybox reused\n").unwrap();
+    let d = h.deploy(&dir).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let third = h.client.get("/v1/status?app=bb").await.unwrap();
+    let env = d["env"].as_str().unwrap();
+    assert_eq!(
+        hosts_of(&third, env),
+        ["10.231.20.2", "10.231.20.3"],
+        "{third}"
+    );
+    for _ in 0..4 {
+        let (status, body) = h.get("bb.localhost", "/").await;
+        assert_eq!((status, body.as_str()), (200, "busybox reused\n"));
+    }
 
     stop_keeping_data(&mut h).await;
     assert_eq!(leftovers(&data), Vec::<String>::new());
