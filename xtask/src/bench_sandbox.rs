@@ -5,8 +5,10 @@
 //!
 //! - **start → first 200**: from the provider call to the first successful HTTP GET of busybox
 //!   `httpd` (what a health check would see), 20 starts, next to the same program started by the
-//!   plain-process `LocalProvider` (`isolation: none`) in the same run; Firecracker's 125 ms to
-//!   guest init is the reference bar;
+//!   plain-process `LocalProvider` (`isolation: none`) in the same run; runc in bridge mode
+//!   (`--network bridge`: a network namespace, veth and address per instance, on a bridge of
+//!   the benchmark's own, `moltbench0` with 10.231.250.0/24, removed at the end) is measured in
+//!   the same rounds; Firecracker's 125 ms to guest init is the reference bar;
 //! - **density**: instances started one after another until 200, or until a start takes 10× the
 //!   first ones, or less than 2 GiB of memory is left; the memory each one costs (drop of
 //!   `MemAvailable`, and its cgroup's `memory.usage_in_bytes`) and the start latency as the
@@ -16,7 +18,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use molt_provider::{
     InstanceSpec, InstanceStatus, LocalProvider, ProcessHandle, Provider, RootLayout, StopSignal,
 };
-use molt_runtime::{RuncConfig, RuncProvider};
+use molt_runtime::{BridgeNetwork, RuncConfig, RuncProvider};
 
 use crate::Output;
 
@@ -32,6 +34,19 @@ const BUSYBOX: &str = "/bin/busybox";
 const STARTS: usize = 20;
 const MAX_DENSITY: usize = 200;
 const MIN_AVAILABLE: u64 = 2 << 30;
+const BENCH_BRIDGE: &str = "moltbench0";
+const BENCH_SUBNET: &str = "10.231.250.0/24";
+
+/// Removes the benchmark's bridge when dropped (also after an error).
+struct BridgeGuard(BridgeNetwork);
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.remove() {
+            eprintln!("cannot remove bridge {}: {e}", self.0.bridge());
+        }
+    }
+}
 
 /// Runs the benchmark and prints its figures.
 pub fn run(output: Output) -> Result<()> {
@@ -53,17 +68,35 @@ pub fn run(output: Output) -> Result<()> {
         tmp.path().join("runc"),
         tmp.path().join("bundles"),
     ));
+    let network = BridgeNetwork::new(
+        BENCH_BRIDGE,
+        BENCH_SUBNET.parse().map_err(anyhow::Error::msg)?,
+    )
+    .map_err(anyhow::Error::msg)?;
+    network.ensure()?;
+    let _bridge = BridgeGuard(network.clone());
+    let mut bridged_config = RuncConfig::new(
+        "benchbr",
+        tmp.path().join("runc-bridge"),
+        tmp.path().join("bundles-bridge"),
+    );
+    bridged_config.network = Some(network.clone());
+    let bridged = RuncProvider::new(bridged_config);
     let local = LocalProvider::new("benchlocal".to_string());
     let logs = tmp.path().join("logs");
 
-    let spec = |id: &str| -> Result<(InstanceSpec, u16)> {
-        let port = free_port()?;
+    // Host network: 127.0.0.1 and a free port; bridge mode: the address given, port 8080.
+    let spec = |id: &str, bridge_address: Option<Ipv4Addr>| -> Result<(InstanceSpec, SocketAddr)> {
+        let addr = match bridge_address {
+            Some(ip) => SocketAddr::from((ip, 8080)),
+            None => SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
+        };
         let command = [
             BUSYBOX,
             "httpd",
             "-f",
             "-p",
-            &format!("127.0.0.1:{port}"),
+            &addr.to_string(),
             "-h",
             "/www",
         ];
@@ -76,29 +109,44 @@ pub fn run(output: Output) -> Result<()> {
                 log_path: logs.join(format!("{id}.log")),
                 limits: Default::default(),
                 layout: RootLayout::OwnRoot,
+                address: addr.ip(),
             },
-            port,
+            addr,
         ))
     };
+    let bridge_ip = |i: usize| -> Ipv4Addr {
+        let gateway = u32::from(network.subnet().gateway());
+        Ipv4Addr::from(gateway + 1 + (i % 200) as u32)
+    };
 
-    // Start latency, runc and plain processes interleaved so both see the same machine.
+    // Start latency, runc (host network and bridge) and plain processes interleaved so all
+    // see the same machine.
     let (mut runc_ms, mut call_ms, mut local_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bridge_ms, mut bridge_call_ms) = (Vec::new(), Vec::new());
     for i in 0..STARTS {
-        let (s, port) = spec(&format!("lat-{i}"))?;
+        let (s, addr) = spec(&format!("lat-{i}"), None)?;
         let started = Instant::now();
         let handle = runc.start(&s)?;
         call_ms.push(ms(started.elapsed()));
-        wait_ok(port)?;
+        wait_ok(addr)?;
         runc_ms.push(ms(started.elapsed()));
         stop(&runc, &s.id, handle)?;
 
-        let (mut s, port) = spec(&format!("plain-{i}"))?;
+        let (s, addr) = spec(&format!("br-{i}"), Some(bridge_ip(i)))?;
+        let started = Instant::now();
+        let handle = bridged.start(&s)?;
+        bridge_call_ms.push(ms(started.elapsed()));
+        wait_ok(addr)?;
+        bridge_ms.push(ms(started.elapsed()));
+        stop(&bridged, &s.id, handle)?;
+
+        let (mut s, addr) = spec(&format!("plain-{i}"), None)?;
         // The same program on the host: the page directory is the image's.
         let www = image.join("www").to_string_lossy().into_owned();
         s.command[6] = www;
         let started = Instant::now();
         let handle = local.start(&s)?;
-        wait_ok(port)?;
+        wait_ok(addr)?;
         local_ms.push(ms(started.elapsed()));
         stop(&local, &s.id, handle)?;
     }
@@ -111,11 +159,11 @@ pub fn run(output: Output) -> Result<()> {
     let mut stopped_because = format!("reached {MAX_DENSITY}");
     let mut cgroup_bytes = 0u64;
     for i in 0..MAX_DENSITY {
-        let (s, port) = spec(&format!("dense-{i}"))?;
+        let (s, addr) = spec(&format!("dense-{i}"), None)?;
         let started = Instant::now();
         let handle = runc.start(&s)?;
         running.push((s.id.clone(), handle));
-        wait_ok(port)?;
+        wait_ok(addr)?;
         let took = ms(started.elapsed());
         latencies.push(took);
         cgroup_bytes += cgroup_usage(&runc, &s.id);
@@ -152,6 +200,8 @@ pub fn run(output: Output) -> Result<()> {
         "start_to_first_ok_ms": {
             "runc": summary(&runc_ms),
             "runc_provider_call": summary(&call_ms),
+            "runc_bridge": summary(&bridge_ms),
+            "runc_bridge_provider_call": summary(&bridge_call_ms),
             "plain_process": summary(&local_ms),
         },
         "density": {
@@ -172,6 +222,8 @@ pub fn run(output: Output) -> Result<()> {
             for (name, values) in [
                 ("runc container (isolation runc)", &runc_ms),
                 ("  of which the provider call", &call_ms),
+                ("runc, --network bridge", &bridge_ms),
+                ("  of which the provider call", &bridge_call_ms),
                 ("plain process (isolation none)", &local_ms),
             ] {
                 let s = summary(values);
@@ -225,11 +277,11 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// GETs `/` until it answers 200 (polling every 0.5 ms, at most 10 s).
-fn wait_ok(port: u16) -> Result<()> {
+/// GETs `/` from `addr` until it answers 200 (polling every 0.5 ms, at most 10 s).
+fn wait_ok(addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
             stream.set_read_timeout(Some(Duration::from_secs(2)))?;
             if stream
                 .write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
@@ -243,7 +295,7 @@ fn wait_ok(port: u16) -> Result<()> {
         }
         std::thread::sleep(Duration::from_micros(500));
     }
-    bail!("nothing answered on port {port} within 10 s")
+    bail!("nothing answered on {addr} within 10 s")
 }
 
 /// KILL (busybox httpd as pid 1 ignores TERM), wait, forget.

@@ -411,4 +411,15 @@ pub struct ServeArgs {
     /// else none), runc, or none (plain processes).
     #[arg(long, default_value = "auto", value_parser = ["auto", "runc", "none"], env = "MOLT_ISOLATION")]
     pub isolation: String,
+    /// The instances' network: host (each listens on a loopback address of its own) or bridge
+    /// (a network namespace per instance on molt's bridge; needs runc and root).
+    #[arg(long, default_value = "host", value_parser = ["host", "bridge"], env = "MOLT_NETWORK")]
+    pub network: String,
+    /// The bridge of --network bridge (created if missing).
+    #[arg(long, default_value = "molt0", env = "MOLT_BRIDGE")]
+    pub bridge: String,
+    /// The subnet of --network bridge (CIDR); the bridge holds its first address. Pick another
+    /// private range if it collides with a network of this host.
+    #[arg(long, default_value = "10.213.0.0/16", env = "MOLT_BRIDGE_SUBNET")]
+    pub bridge_subnet: String,
 }

@@ -210,6 +210,15 @@ impl Controller {
             if !dry_run {
                 tracing::warn!(instance = %id, pid = handle.pid, "stopping orphaned instance");
                 self.terminate(&id, handle).await;
+                let provider = self.inner.provider.clone();
+                tokio::task::spawn_blocking(move || provider.forget(&id)).await?;
+            }
+        }
+        if !dry_run {
+            // What ended without a `forget` (e.g. while molt was down): network namespaces …
+            let provider = self.inner.provider.clone();
+            for what in tokio::task::spawn_blocking(move || provider.sweep()).await? {
+                tracing::warn!(removed = %what, "removed what an ended instance left");
             }
         }
         Ok(orphans)

@@ -1,17 +1,19 @@
 //! Starting, stopping and checking instances.
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use molt_provider::{InstanceSpec, InstanceStatus, ProcessHandle, RootLayout, StopSignal};
 use molt_store::{InstanceRecord, InstanceState, ReleaseRecord};
 
-use crate::{ControlError, Controller, Result};
+use crate::{ControlError, Controller, InstanceNetwork, Result};
 
 /// How many lines of an instance's log go into an error message.
 const LOG_TAIL_LINES: usize = 20;
+/// The port of an instance in a network namespace of its own when `molt.toml` fixes none.
+const BRIDGE_PORT: u16 = 8080;
 
 impl Controller {
     /// Starts one new instance of `env` running `release`, recorded before the process starts so
@@ -21,11 +23,8 @@ impl Controller {
         env: &str,
         release: &ReleaseRecord,
     ) -> Result<InstanceRecord> {
-        let (host, port) = free_address(release.config.port)?;
-        let env_id = env.to_string();
-        let inst = self
-            .db(move |s| s.create_instance(&env_id, &host.to_string(), port))
-            .await?;
+        let inst = self.create_instance(env, release.config.port).await?;
+        let port = inst.port;
         let images = self.inner.images.clone();
         let digest = release.image.clone();
         let rootfs = tokio::task::spawn_blocking(move || images.rootfs(&digest)).await??;
@@ -61,6 +60,7 @@ impl Controller {
             log_path: self.log_path(&inst.id),
             limits: release.config.limits,
             layout,
+            address: inst.host.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         };
         let provider = self.inner.provider.clone();
         let started = tokio::task::spawn_blocking(move || provider.start(&spec)).await?;
@@ -75,6 +75,43 @@ impl Controller {
             Err(e) => {
                 self.mark_stopped(&inst.id, &e.to_string()).await?;
                 Err(e.into())
+            }
+        }
+    }
+
+    /// Records a new instance of `env` with the address it will listen on. In bridge mode the
+    /// address is the first one of the subnet no live instance holds, chosen under the store's
+    /// lock so two starts never get the same one; a stopped instance's address is free again.
+    async fn create_instance(&self, env: &str, fixed_port: Option<u16>) -> Result<InstanceRecord> {
+        let env_id = env.to_string();
+        match self.inner.config.network {
+            InstanceNetwork::Host => {
+                let (host, port) = free_address(fixed_port)?;
+                self.db(move |s| s.create_instance(&env_id, &host.to_string(), port))
+                    .await
+            }
+            InstanceNetwork::Bridge(subnet) => {
+                let port = fixed_port.unwrap_or(BRIDGE_PORT);
+                let created = self
+                    .db(move |s| {
+                        let used: HashSet<String> = s
+                            .instances(None, false)?
+                            .into_iter()
+                            .map(|i| i.host)
+                            .collect();
+                        let free = subnet
+                            .instance_addresses()
+                            .find(|ip| !used.contains(&ip.to_string()));
+                        free.map(|ip| s.create_instance(&env_id, &ip.to_string(), port))
+                            .transpose()
+                    })
+                    .await?;
+                created.ok_or_else(|| {
+                    ControlError::Conflict(format!(
+                        "every address of the bridge subnet {subnet} is taken by a live \
+                         instance; give molt serve a larger --bridge-subnet"
+                    ))
+                })
             }
         }
     }

@@ -78,6 +78,20 @@ pub struct ControlConfig {
     /// replaced (also bounded by the release's `start_deadline` and request timeout); then
     /// they get a 503.
     pub drift_hold: Duration,
+    /// Where instances listen: see [`InstanceNetwork`].
+    pub network: InstanceNetwork,
+}
+
+/// The network instances get, which decides the address molt allocates for each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InstanceNetwork {
+    /// The host's network: each instance listens on a loopback address of its own (or
+    /// 127.0.0.1 with a free port).
+    #[default]
+    Host,
+    /// A network namespace per instance on molt's bridge: each instance gets a free address
+    /// of this subnet (never the gateway), freed when it stops.
+    Bridge(molt_runtime::Subnet),
 }
 
 impl Default for ControlConfig {
@@ -93,6 +107,7 @@ impl Default for ControlConfig {
             build_dir: None,
             verify_interval: None,
             drift_hold: Duration::from_secs(10),
+            network: InstanceNetwork::Host,
         }
     }
 }

@@ -44,6 +44,15 @@ pub enum ProviderError {
         #[source]
         source: io::Error,
     },
+    /// Setting up or removing an instance's network (bridge, namespace, veth, address) failed.
+    #[error("network: cannot {what}: {source}")]
+    Network {
+        /// What was being done, e.g. "create veth mv1234 for web-1".
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
     /// A handle names a pid that must never be signalled (0, 1, molt itself, out of range).
     #[error("refusing to signal pid {pid}: not an instance")]
     InvalidPid {

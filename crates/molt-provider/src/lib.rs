@@ -11,6 +11,7 @@ mod error;
 mod local;
 mod procfs;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub use crate::error::ProviderError;
@@ -34,6 +35,9 @@ pub struct InstanceSpec {
     pub limits: Limits,
     /// What an isolating provider puts around the image tree (`cwd`).
     pub layout: RootLayout,
+    /// The address the instance listens on (`$HOST`): a loopback address of the host, or
+    /// its own address on molt's bridge when the provider gives it a network namespace.
+    pub address: IpAddr,
 }
 
 /// How an isolating provider builds an instance's root filesystem from the image tree.
@@ -121,5 +125,12 @@ pub trait Provider: Send + Sync {
     /// Forgets what the provider keeps about instance `id` once its exit has been recorded.
     fn forget(&self, id: &str) {
         let _ = id;
+    }
+
+    /// Removes what the provider set up for instances of this owner that no longer run and
+    /// that `forget` never got to (e.g. the network namespace of a container that ended while
+    /// molt was down); returns what it removed, for the log.
+    fn sweep(&self) -> Vec<String> {
+        Vec::new()
     }
 }

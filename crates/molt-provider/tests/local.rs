@@ -45,6 +45,7 @@ impl Harness {
             log_path: self.path().join("logs").join(format!("{id}.log")),
             limits: Default::default(),
             layout: Default::default(),
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 

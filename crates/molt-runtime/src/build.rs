@@ -135,6 +135,7 @@ impl BuildRunner {
             cpu_millis: None,
             owner: "molt-build",
             instance: id,
+            netns: None,
         };
         let mut spec = spec.to_spec().map_err(|e| e.to_string())?;
         let root = RootBuilder::default()

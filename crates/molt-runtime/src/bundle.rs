@@ -4,7 +4,8 @@
 //! with the default devices, every device denied in the device cgroup) and tighten them: no
 //! capabilities at all, an unprivileged user, `no_new_privileges`, a read-only root with
 //! per-instance tmpfs on `/tmp` and `/run`, the default seccomp profile (`seccomp.rs`). The
-//! network is the host's (no netns): each instance listens on its own loopback address.
+//! network is the host's (each instance listens on its own loopback address), or in bridge
+//! mode the network namespace molt prepared for the instance (`net/`), joined by path.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,8 @@ pub(crate) struct BundleSpec<'a> {
     pub(crate) owner: &'a str,
     /// Instance annotation value.
     pub(crate) instance: &'a str,
+    /// The network namespace to join (bridge mode); the host's network when `None`.
+    pub(crate) netns: Option<&'a Path>,
 }
 
 impl BundleSpec<'_> {
@@ -98,6 +101,12 @@ impl BundleSpec<'_> {
         ]
         .into_iter()
         .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .chain(self.netns.map(|path| {
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path)
+                .build()
+        }))
         .collect::<Result<Vec<_>, _>>()?;
 
         let mut resources = LinuxResourcesBuilder::default().devices(vec![
@@ -255,6 +264,7 @@ mod tests {
             cpu_millis: Some(250),
             owner: "m",
             instance: "web-1",
+            netns: None,
         }
     }
 
@@ -330,5 +340,19 @@ mod tests {
         assert!(json["linux"]["resources"].get("memory").is_none());
         assert!(json["linux"]["resources"].get("pids").is_none());
         assert!(json["linux"]["resources"].get("cpu").is_none());
+    }
+
+    #[test]
+    fn bridge_mode_joins_the_prepared_network_namespace() {
+        let mut bundle = sample();
+        bundle.netns = Some(Path::new("/run/netns/m-web-1"));
+        let json = serde_json::to_value(bundle.to_spec().unwrap()).unwrap();
+        let network = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|ns| ns["type"] == "network")
+            .expect("a network namespace");
+        assert_eq!(network["path"], "/run/netns/m-web-1");
     }
 }

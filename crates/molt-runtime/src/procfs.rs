@@ -10,6 +10,13 @@ pub(crate) fn live_start_time(pid: u32) -> Option<u64> {
     (!matches!(stat.0, b'Z' | b'X' | b'x')).then_some(stat.1)
 }
 
+/// Start time of `pid` in clock ticks since boot, zombie or not; `None` when there is no
+/// such process.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let text = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text).map(|(_, start)| start)
+}
+
 /// True when `pid` is a zombie that started at `start_time`: the exited process itself, not
 /// a later process that reused its pid.
 pub(crate) fn is_zombie_of(pid: u32, start_time: u64) -> bool {

@@ -1,8 +1,9 @@
 //! `RuncProvider`: one instance is one runc container with its own bundle directory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -14,8 +15,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::abandoned;
 use crate::bundle::BundleSpec;
 use crate::ids::{self, INSTANCE_ANNOTATION, OWNER_ANNOTATION};
+use crate::net::{self, BridgeNetwork, InstanceNet};
 use crate::procfs;
 use crate::rootfs::{self, PreparedRoot, HOST_SECRETS};
 use crate::runc::{ContainerState, Runc};
@@ -27,7 +30,7 @@ const INSTANCE_VAR: &str = "MOLT_INSTANCE";
 const OWNER_VAR: &str = "MOLT_OWNER";
 /// Parent of every instance's cgroup, in every hierarchy (never the hierarchy's root).
 const CGROUP_PARENT: &str = "/molt";
-/// File in the bundle where `runc create` writes the container's init pid.
+/// File in the bundle where `runc run` writes the container's init pid.
 pub(crate) const PID_FILE: &str = "init.pid";
 /// Where cgroup hierarchies are mounted.
 const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
@@ -61,6 +64,9 @@ pub struct RuncConfig {
     /// Host paths masked in every instance (e.g. molt's data directory, which holds the admin
     /// token), besides the OCI defaults and the host's secrets under `/etc`.
     pub hidden: Vec<PathBuf>,
+    /// Bridge mode: each instance gets a network namespace on this bridge, with the address
+    /// of its spec. `None`: instances share the host's network.
+    pub network: Option<BridgeNetwork>,
 }
 
 /// Runs instances as OCI containers through `runc`, each with a read-only root filesystem.
@@ -75,6 +81,14 @@ pub struct RuncProvider {
     containers: Mutex<HashMap<ProcessHandle, String>>,
     /// Exit statuses of container processes reaped here (molt is their subreaper).
     exits: Mutex<HashMap<ProcessHandle, InstanceStatus>>,
+    /// Containers being started: `sweep` leaves their network namespaces alone.
+    starting: Mutex<HashSet<String>>,
+}
+
+/// Removes a container id from the provider's `starting` set when the start ends.
+struct Starting<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    cid: String,
 }
 
 impl ContainerUser {
@@ -101,6 +115,7 @@ impl RuncConfig {
             memory_limit: None,
             pids_limit: None,
             hidden: Vec::new(),
+            network: None,
         }
     }
 }
@@ -114,6 +129,7 @@ impl RuncProvider {
             runc,
             containers: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
+            starting: Mutex::new(HashSet::new()),
         }
     }
 
@@ -164,6 +180,91 @@ impl RuncProvider {
         self.exits
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn starting(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.starting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The network namespace and veth names of container `cid` (bridge mode).
+    fn instance_net(&self, cid: &str) -> InstanceNet {
+        InstanceNet::of(&self.config.owner, cid)
+    }
+
+    /// The path of instance `id`'s network namespace (`/run/netns/<container id>`), whether or
+    /// not it exists.
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        self.instance_net(&self.container_id(id))
+            .netns()
+            .to_path_buf()
+    }
+
+    /// The prefix of the names of every host-side veth of this provider's owner.
+    pub fn veth_prefix(&self) -> String {
+        net::veth_prefix(&self.config.owner)
+    }
+
+    /// The host-side veth of instance `id` (bridge mode), whether or not it exists.
+    pub fn veth_name(&self, id: &str) -> String {
+        self.instance_net(&self.container_id(id)).veth().to_string()
+    }
+
+    /// Bridge mode: creates the network namespace of `spec` with its address. `None` in host
+    /// network mode.
+    fn prepare_network(
+        &self,
+        spec: &InstanceSpec,
+        cid: &str,
+    ) -> Result<Option<InstanceNet>, ProviderError> {
+        let Some(network) = &self.config.network else {
+            return Ok(None);
+        };
+        let address = match spec.address {
+            IpAddr::V4(a) if network.subnet().contains(a) && a != network.subnet().gateway() => a,
+            other => {
+                return Err(ProviderError::Network {
+                    what: format!("give instance {} the address {other}", spec.id),
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "bridge {} serves {}: the address must be a host address in it \
+                             other than the gateway",
+                            network.bridge(),
+                            network.subnet()
+                        ),
+                    ),
+                })
+            }
+        };
+        network.forbid_forwarding()?;
+        let net = self.instance_net(cid);
+        net.create(network, address)?;
+        Ok(Some(net))
+    }
+
+    /// Removes the network namespace and veth of container `cid`, if there are any.
+    fn remove_network(&self, cid: &str) {
+        let net = self.instance_net(cid);
+        if self.config.network.is_none() && !net.exists() {
+            return;
+        }
+        if let Err(e) = net.remove() {
+            tracing::warn!(cid, error = %e, "cannot remove the instance's network namespace");
+        }
+    }
+
+    /// The kernel start time of the init process `pid` of container `cid`: what runc recorded
+    /// when it created the process (right even when the program has already exited and been
+    /// reaped), else `/proc/<pid>/stat` (a zombie counts).
+    fn init_start_time(&self, cid: &str, pid: u32) -> Option<u64> {
+        let recorded = fs::read(self.config.state_root.join(cid).join("state.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<RuncInitState>(&bytes).ok())
+            .filter(|state| state.init_process_pid == pid)
+            .map(|state| state.init_process_start);
+        recorded.or_else(|| procfs::start_time(pid))
     }
 
     /// The exit status of `handle` if it has ended and was (or now is) reaped here.
@@ -291,6 +392,7 @@ impl RuncProvider {
         spec: &InstanceSpec,
         image: &Path,
         dir: &Path,
+        netns: Option<&Path>,
     ) -> Result<(), ProviderError> {
         match fs::remove_dir_all(dir) {
             Ok(()) => {}
@@ -323,6 +425,7 @@ impl RuncProvider {
             cpu_millis: spec.limits.cpu_millis,
             owner: &self.config.owner,
             instance: &spec.id,
+            netns,
         };
         let config_path = dir.join("config.json");
         let oci = bundle
@@ -339,6 +442,7 @@ impl RuncProvider {
             tracing::warn!(cid, error = %e, "cannot delete the container of a failed start");
         }
         let _ = fs::remove_dir_all(dir);
+        self.remove_network(cid);
     }
 }
 
@@ -368,50 +472,42 @@ impl Provider for RuncProvider {
         let cid = self.container_id(&spec.id);
         let dir = self.bundle_dir(&spec.id);
         self.clear_stale(&spec.id, &cid)?;
-        if let Err(e) = self.write_bundle(spec, &image, &dir) {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-        let log = open_log(&spec.log_path)?;
+        let _starting = Starting::new(&self.starting, &cid);
+        let net = self.prepare_network(spec, &cid)?;
+        let netns = net.as_ref().map(InstanceNet::netns);
+        let prepared = self
+            .write_bundle(spec, &image, &dir, netns)
+            .and_then(|()| open_log(&spec.log_path));
+        let log = match prepared {
+            Ok(log) => log,
+            Err(e) => {
+                self.undo_start(&cid, &dir);
+                return Err(e);
+            }
+        };
 
+        // One `runc run --detach` (create + start in one runc process, about half the cost of
+        // `runc create` then `runc start`); it writes the pid file once the program runs.
         let runc_log = dir.join("runc.log");
-        if let Err(e) = self.runc.create(&dir, &cid, log, &runc_log) {
+        if let Err(e) = self.runc.run_detached(&dir, &cid, log, &runc_log) {
             self.undo_start(&cid, &dir);
             return Err(e);
         }
-        // The created init process waits for `start`, so its pid and start time can be read
-        // now, even for a program that exits at once; they stay the same across its exec.
-        // `runc create --pid-file` wrote the pid.
-        let pid_file = dir.join(PID_FILE);
-        let pid = fs::read_to_string(&pid_file)
+        let pid = fs::read_to_string(dir.join(PID_FILE))
             .ok()
-            .and_then(|text| text.trim().parse::<u32>().ok());
-        let Some(pid) = pid.filter(|p| *p > 0) else {
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .filter(|p| *p > 0);
+        // The identity holds even for a program that has already exited: runc recorded its
+        // start time, and as the subreaper molt keeps its zombie until `status` reaps it.
+        let identity = pid.and_then(|pid| Some((pid, self.init_start_time(&cid, pid)?)));
+        let Some((pid, start_time)) = identity else {
             self.undo_start(&cid, &dir);
             return Err(ProviderError::Spawn {
                 command: program.clone(),
-                source: io::Error::other("the created container has no process"),
+                source: io::Error::other("runc started the container but left no init pid"),
             });
         };
-        let state = ContainerStart { pid };
-        let Some(start_time) = procfs::live_start_time(state.pid) else {
-            self.undo_start(&cid, &dir);
-            return Err(ProviderError::Spawn {
-                command: program.clone(),
-                source: io::Error::other(format!(
-                    "the container's process {} ended before it started",
-                    state.pid
-                )),
-            });
-        };
-        if let Err(e) = self.runc.start(&cid, &runc_log) {
-            self.undo_start(&cid, &dir);
-            return Err(e);
-        }
-        let handle = ProcessHandle {
-            pid: state.pid,
-            start_time,
-        };
+        let handle = ProcessHandle { pid, start_time };
         tracing::debug!(id = %spec.id, cid, pid = handle.pid, "container started");
         self.containers().insert(handle, cid);
         Ok(handle)
@@ -563,6 +659,7 @@ impl Provider for RuncProvider {
                 return;
             }
         }
+        self.remove_network(&cid);
         let dir = self.bundle_dir(id);
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -584,11 +681,76 @@ impl Provider for RuncProvider {
         drop(exits);
         self.containers().retain(|_, known| *known != cid);
     }
+
+    /// Also stops containers of any owner whose data directory was deleted under them
+    /// (`abandoned.rs`): no molt could ever stop them otherwise.
+    fn sweep(&self) -> Vec<String> {
+        let mut removed = abandoned::sweep();
+        let names = net::namespaces_with_prefix(&ids::owner_prefix(&self.config.owner));
+        if names.is_empty() {
+            return removed;
+        }
+        let live: HashSet<String> = match self.runc.list() {
+            Ok(list) => list
+                .into_iter()
+                .filter(ContainerState::is_live)
+                .map(|c| c.id)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list runc containers; sweeping nothing");
+                return removed;
+            }
+        };
+        for name in names.into_iter().filter(|n| !live.contains(n)) {
+            // Held while removing, so a start of the same container waits for it.
+            let starting = self.starting();
+            if starting.contains(&name) {
+                continue;
+            }
+            // A start may have ended after the list above: ask again (kept when unsure).
+            if self.config.state_root.join(&name).exists() {
+                match self.runc.state(&name) {
+                    Ok(None) => {}
+                    Ok(Some(state)) if !state.is_live() => {}
+                    _ => continue,
+                }
+            }
+            match self.instance_net(&name).remove() {
+                Ok(()) => removed.push(format!("network namespace {name}")),
+                Err(e) => tracing::warn!(netns = name, error = %e, "cannot remove"),
+            }
+            drop(starting);
+        }
+        removed
+    }
 }
 
-/// The init process of a created container.
-struct ContainerStart {
-    pid: u32,
+/// The fields of runc's own `state.json` that name the container's init process.
+#[derive(serde::Deserialize)]
+struct RuncInitState {
+    init_process_pid: u32,
+    init_process_start: u64,
+}
+
+impl<'a> Starting<'a> {
+    fn new(set: &'a Mutex<HashSet<String>>, cid: &str) -> Starting<'a> {
+        set.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(cid.to_string());
+        Starting {
+            set,
+            cid: cid.to_string(),
+        }
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.cid);
+    }
 }
 
 /// Refuses a start whose program cannot exist in the container, with a clear error: an

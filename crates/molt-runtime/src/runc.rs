@@ -49,10 +49,10 @@ impl Runc {
         Runc { binary, root }
     }
 
-    /// `runc create`: sets up the container of `bundle`, whose init process then waits for
-    /// `start`; its stdout and stderr are `log`. runc's own messages go to `runc_log`, quoted in
-    /// the error when it fails.
-    pub(crate) fn create(
+    /// `runc run --detach`: sets up the container of `bundle` and starts its program, whose
+    /// stdout and stderr are `log`; the init pid goes to the bundle's pid file. runc's own
+    /// messages go to `runc_log`, quoted in the error when it fails.
+    pub(crate) fn run_detached(
         &self,
         bundle: &Path,
         id: &str,
@@ -67,7 +67,7 @@ impl Runc {
         command
             .arg("--log")
             .arg(runc_log)
-            .args(["create", "--pid-file"])
+            .args(["run", "--detach", "--pid-file"])
             .arg(bundle.join(crate::provider::PID_FILE))
             .arg("--bundle")
             .arg(bundle)
@@ -77,36 +77,11 @@ impl Runc {
             .stderr(log_for_stderr);
         let status = command
             .status()
-            .map_err(|source| self.spawn_error("create", source))?;
+            .map_err(|source| self.spawn_error("run", source))?;
         if status.success() {
             return Ok(());
         }
-        Err(self.failure("create", format!("{status}: {}", log_tail(runc_log))))
-    }
-
-    /// `runc start <id>`: lets the created container's init process exec the program.
-    pub(crate) fn start(&self, id: &str, runc_log: &Path) -> Result<(), ProviderError> {
-        let output = self
-            .command()
-            .arg("--log")
-            .arg(runc_log)
-            .args(["start", id])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| self.spawn_error("start", source))?;
-        if output.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(self.failure(
-            "start",
-            format!(
-                "{}: {} {}",
-                output.status,
-                stderr.trim(),
-                log_tail(runc_log)
-            ),
-        ))
+        Err(self.failure("run", format!("{status}: {}", log_tail(runc_log))))
     }
 
     /// `runc state <id>`; `None` when runc knows no such container.

@@ -9,7 +9,8 @@
 //! - `owner.id` — marks this data directory's instance processes (orphan detection);
 //! - `serve.lock` — held while a server uses the directory;
 //! - `runc/` — runc's state directory and `bundles/` — one OCI bundle per container
-//!   (isolation `runc` only).
+//!   (isolation `runc` only); in bridge mode each container's network namespace is bound at
+//!   `/run/netns/<owner>-<instance>` (outside the data directory).
 //! - `tls/acme/` — ACME account and issued certificates (0600), when ACME is on.
 //!
 //! With `--tls-listen`, a second router listener terminates TLS with the certificates of
@@ -19,6 +20,7 @@
 mod acme;
 
 pub use acme::AcmeConfig;
+pub use molt_runtime::{BridgeNetwork, Subnet};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -30,7 +32,7 @@ use std::time::Duration;
 
 use acme::AcmeManager;
 use anyhow::{bail, Context, Result};
-use molt_control::{ControlConfig, Controller};
+use molt_control::{ControlConfig, Controller, InstanceNetwork};
 use molt_core::DeployState;
 use molt_image::ImageStore;
 use molt_provider::{LocalProvider, Provider};
@@ -65,6 +67,9 @@ pub struct ServeConfig {
     pub tls: Option<TlsConfig>,
     /// How instances are isolated.
     pub isolation: Isolation,
+    /// Bridge mode (`--network bridge`): a network namespace per instance on this bridge.
+    /// `None`: the host's network (`--network host`, the default).
+    pub network: Option<BridgeNetwork>,
     /// How often live image trees are re-verified (`None`: before first start and on demand).
     pub verify_interval: Option<Duration>,
     /// Longest time requests wait while drifted instances are replaced (then 503).
@@ -181,6 +186,7 @@ impl ServeConfig {
             tls: None,
             preview_domain: None,
             isolation: Isolation::Auto,
+            network: None,
             verify_interval: Some(Duration::from_secs(300)),
             drift_hold: Duration::from_secs(10),
         }
@@ -237,7 +243,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let store = Store::open(&dir.join("state.db"))
         .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
     let images = ImageStore::open(&dir.join("images")).context("opening the image store")?;
-    let provider = make_provider(cfg.isolation, &dir, &owner[..16])?;
+    let provider = make_provider(cfg.isolation, cfg.network.as_ref(), &dir, &owner[..16])?;
     tracing::info!(isolation = provider.isolation(), "instances are isolated");
     let tls_listener = match &cfg.tls {
         Some(tls) => Some(TcpListener::bind(tls.listen).await.map_err(|e| {
@@ -309,6 +315,10 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             build_dir: Some(dir.join("build")),
             verify_interval: cfg.verify_interval,
             drift_hold: cfg.drift_hold,
+            network: match &cfg.network {
+                Some(network) => InstanceNetwork::Bridge(network.subnet()),
+                None => InstanceNetwork::Host,
+            },
             ..ControlConfig::default()
         },
     );
@@ -394,8 +404,14 @@ impl Running {
 }
 
 /// The provider for `isolation`. With runc, molt becomes the subreaper of the containers'
-/// processes, and its data directory (admin token, state) is masked in every instance.
-fn make_provider(isolation: Isolation, dir: &Path, owner: &str) -> Result<Arc<dyn Provider>> {
+/// processes, and its data directory (admin token, state) is masked in every instance. Bridge
+/// mode (`network`) needs runc; its bridge is created (or kept) here.
+fn make_provider(
+    isolation: Isolation,
+    network: Option<&BridgeNetwork>,
+    dir: &Path,
+    owner: &str,
+) -> Result<Arc<dyn Provider>> {
     let runc = PathBuf::from("runc");
     let root = nix::unistd::geteuid().is_root();
     let use_runc = match isolation {
@@ -418,13 +434,36 @@ fn make_provider(isolation: Isolation, dir: &Path, owner: &str) -> Result<Arc<dy
         }
     };
     if !use_runc {
+        if network.is_some() {
+            bail!(
+                "--network bridge needs the runc isolation (root and the runc binary), since a \
+                 plain process cannot be put in a network namespace: run molt serve as root with \
+                 runc installed (--isolation runc), or use --network host"
+            );
+        }
         return Ok(Arc::new(LocalProvider::new(owner.to_string())));
+    }
+    if let Some(network) = network {
+        network.ensure().with_context(|| {
+            format!(
+                "setting up bridge {} with subnet {}",
+                network.bridge(),
+                network.subnet()
+            )
+        })?;
+        tracing::info!(
+            bridge = network.bridge(),
+            subnet = %network.subnet(),
+            gateway = %network.subnet().gateway(),
+            "bridge mode: each instance in a network namespace of its own"
+        );
     }
     RuncProvider::become_subreaper().context("becoming the subreaper of instances")?;
     let mut config = RuncConfig::new(owner, dir.join("runc"), dir.join("bundles"));
     config.runc = runc;
     let data_dir = fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
     config.hidden = vec![data_dir];
+    config.network = network.cloned();
     Ok(Arc::new(RuncProvider::new(config)))
 }
 

@@ -85,6 +85,19 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
         None => None,
     };
     cfg.isolation = args.isolation.parse()?;
+    cfg.network = match args.network.as_str() {
+        "bridge" => {
+            let subnet = args
+                .bridge_subnet
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--bridge-subnet: {e}"))?;
+            Some(
+                molt_server::BridgeNetwork::new(&args.bridge, subnet)
+                    .map_err(|e| anyhow::anyhow!("--bridge: {e}"))?,
+            )
+        }
+        _ => None,
+    };
     cfg.verify_interval = match args.verify_interval.trim() {
         "0" | "off" => None,
         text => Some(molt_core::parse_duration(text)?),

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use molt_server::{Isolation, OnExit, ServeConfig};
+use molt_server::{BridgeNetwork, Isolation, OnExit, ServeConfig};
 use serde_json::Value;
 use support::*;
 
@@ -198,6 +198,26 @@ fn leftovers(data: &Path) -> Vec<String> {
             .into_iter()
             .map(|(id, pid)| format!("process {id} ({pid})")),
     );
+    for netns in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if netns.file_name().to_string_lossy().starts_with(&owner) {
+            left.push(format!("network namespace {:?}", netns.path()));
+        }
+    }
+    // A host-side veth carries its container id (`<owner>-<instance>`) as its alias.
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    left.extend(
+        String::from_utf8_lossy(&links.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("alias {owner}-")))
+            .map(|l| format!("veth {l}")),
+    );
     left
 }
 
@@ -338,6 +358,31 @@ async fn a_scratch_busybox_image_serves_and_is_readopted_after_a_restart() {
         return;
     }
     let mut h = isolated().await;
+    let dir = busybox_app(&h);
+    let d = h.deploy(&dir).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let (status, body) = h.get("bb.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "busybox in a box\n"));
+    let before = h.client.get("/v1/status?app=bb").await.unwrap();
+
+    // Restart molt serve on the same data directory: the containers are re-adopted.
+    let data = h.data_dir();
+    restart(&mut h, |cfg| cfg.isolation = Isolation::Runc).await;
+    let after = h.client.get("/v1/status?app=bb").await.unwrap();
+    assert_eq!(
+        instance_pids(&before),
+        instance_pids(&after),
+        "{before}\n{after}"
+    );
+    let (status, body) = h.get("bb.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "busybox in a box\n"));
+
+    stop_keeping_data(&mut h).await;
+    assert_eq!(leftovers(&data), Vec::<String>::new());
+}
+
+/// A scratch image holding only a static busybox that serves `/www` with httpd.
+fn busybox_app(h: &Harness) -> PathBuf {
     let dir = h.tmp.path().join("app-bb");
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::create_dir_all(dir.join("www")).unwrap();
@@ -359,45 +404,182 @@ watch = "1s"
 "#,
     )
     .unwrap();
+    dir
+}
+
+/// Each instance of the first environment of the app in `status`: id and pid.
+fn instance_pids(status: &Value) -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = status["apps"][0]["envs"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["id"].as_str().unwrap().to_string(), i["pid"].clone()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Stops the harness's server keeping its instances, and starts another on the same data
+/// directory with settings adjusted by `adjust` (as a restart of molt serve would).
+async fn restart(h: &mut Harness, adjust: impl FnOnce(&mut ServeConfig)) {
+    let running = h.running.take().expect("running");
+    running.shutdown(OnExit::KeepInstances).await.unwrap();
+    let mut cfg = ServeConfig::new(h.data_dir());
+    cfg.api_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.router_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.stop_grace = Duration::from_secs(1);
+    adjust(&mut cfg);
+    let running = molt_server::start(cfg).await.unwrap();
+    h.client = molt_cli::Client::new(&format!("http://{}", running.api_addr), &running.token);
+    h.router = running.router_addr;
+    h.running = Some(running);
+}
+
+/// Deletes its bridge when dropped, also after a failed assertion.
+struct BridgeGuard(BridgeNetwork);
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.remove() {
+            eprintln!("cannot remove bridge {}: {e}", self.0.bridge());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bridge_mode_serves_through_the_router_and_is_readopted_with_its_namespaces() {
+    if !can_run() {
+        return;
+    }
+    let network = BridgeNetwork::new("mtbe2e", "10.231.20.0/24".parse().unwrap()).unwrap();
+    let bridge = BridgeGuard(network.clone());
+    let bridged = |cfg: &mut ServeConfig| {
+        cfg.isolation = Isolation::Runc;
+        cfg.network = Some(network.clone());
+    };
+    let mut h = Harness::start_with(bridged).await;
+    let dir = busybox_app(&h);
     let d = h.deploy(&dir).await;
     assert_eq!(d["state"], "drained", "{d}");
     let (status, body) = h.get("bb.localhost", "/").await;
     assert_eq!((status, body.as_str()), (200, "busybox in a box\n"));
-    let before = h.client.get("/v1/status?app=bb").await.unwrap();
-    let ids = |v: &Value| -> Vec<(String, Value)> {
-        let mut out: Vec<(String, Value)> = v["apps"][0]["envs"][0]["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| (i["id"].as_str().unwrap().to_string(), i["pid"].clone()))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    };
 
-    // Restart molt serve on the same data directory: the containers are re-adopted.
-    let running = h.running.take().unwrap();
+    // Each instance has its own address of the subnet, port 8080, and its own namespace.
+    let before = h.client.get("/v1/status?app=bb").await.unwrap();
+    let owner = owner_of(&h.data_dir());
+    let instances = before["apps"][0]["envs"][0]["instances"]
+        .as_array()
+        .unwrap();
+    let mut hosts: Vec<&str> = instances
+        .iter()
+        .map(|i| i["host"].as_str().unwrap())
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["10.231.20.2", "10.231.20.3"], "{before}");
+    for inst in instances {
+        assert_eq!(inst["port"], 8080, "{inst}");
+        let netns =
+            Path::new("/run/netns").join(format!("{owner}-{}", inst["id"].as_str().unwrap()));
+        assert!(netns.exists(), "{} is missing", netns.display());
+    }
+
+    // A restart re-adopts the containers in their namespaces and routes to them again.
     let data = h.data_dir();
-    running.shutdown(OnExit::KeepInstances).await.unwrap();
-    let mut cfg = ServeConfig::new(data.clone());
-    cfg.api_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.router_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.stop_grace = Duration::from_secs(1);
-    cfg.isolation = Isolation::Runc;
-    let running = molt_server::start(cfg).await.unwrap();
-    let mut h = Harness {
-        client: molt_cli::Client::new(&format!("http://{}", running.api_addr), &running.token),
-        router: running.router_addr,
-        running: Some(running),
-        tmp: h.tmp,
-    };
+    restart(&mut h, bridged).await;
     let after = h.client.get("/v1/status?app=bb").await.unwrap();
-    assert_eq!(ids(&before), ids(&after), "{before}\n{after}");
+    assert_eq!(
+        instance_pids(&before),
+        instance_pids(&after),
+        "{before}\n{after}"
+    );
     let (status, body) = h.get("bb.localhost", "/").await;
     assert_eq!((status, body.as_str()), (200, "busybox in a box\n"));
 
+    // A redeploy gets the next free addresses while the old environment stays warm; once GC
+    // retires it, its addresses are free and the next deployment gets them again, and the
+    // router reaches the new instances there.
+    let manifest = std::fs::read_to_string(dir.join("molt.toml")).unwrap();
+    std::fs::write(
+        dir.join("molt.toml"),
+        manifest.replace("watch = \"1s\"", "watch = \"1s\"\nrollback_window = \"1s\""),
+    )
+    .unwrap();
+    std::fs::write(dir.join("www/index.html"), "busybox again\n").unwrap();
+    let d = h.deploy(&dir).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let (status, body) = h.get("bb.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "busybox again\n"));
+    let hosts_of = |status: &Value, env: &str| -> Vec<String> {
+        let mut hosts: Vec<String> = status["apps"][0]["envs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["env"]["id"] == env)
+            .flat_map(|e| e["instances"].as_array().unwrap())
+            .map(|i| i["host"].as_str().unwrap().to_string())
+            .collect();
+        hosts.sort();
+        hosts
+    };
+    let second = h.client.get("/v1/status?app=bb").await.unwrap();
+    let env = d["env"].as_str().unwrap();
+    assert_eq!(
+        hosts_of(&second, env),
+        ["10.231.20.4", "10.231.20.5"],
+        "{second}"
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let gc = h
+        .client
+        .post("/v1/gc", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(gc["envs"].as_array().map(Vec::len), Some(1), "{gc}");
+    std::fs::write(dir.join("www/index.html"), "busybox reused\n").unwrap();
+    let d = h.deploy(&dir).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    let third = h.client.get("/v1/status?app=bb").await.unwrap();
+    let env = d["env"].as_str().unwrap();
+    assert_eq!(
+        hosts_of(&third, env),
+        ["10.231.20.2", "10.231.20.3"],
+        "{third}"
+    );
+    for _ in 0..4 {
+        let (status, body) = h.get("bb.localhost", "/").await;
+        assert_eq!((status, body.as_str()), (200, "busybox reused\n"));
+    }
+
     stop_keeping_data(&mut h).await;
     assert_eq!(leftovers(&data), Vec::<String>::new());
+    drop(bridge);
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "mtbe2e"])
+        .output()
+        .unwrap();
+    assert!(!links.status.success(), "the bridge is left");
+}
+
+#[tokio::test]
+async fn bridge_mode_without_runc_is_refused_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = ServeConfig::new(tmp.path().join("data"));
+    cfg.api_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.router_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.isolation = Isolation::None;
+    cfg.network = Some(BridgeNetwork::new("mtbnone", "10.231.21.0/24".parse().unwrap()).unwrap());
+    let err = match molt_server::start(cfg).await {
+        Ok(_) => panic!("bridge mode without runc started"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("--network bridge needs the runc isolation"),
+        "{err}"
+    );
+    assert!(
+        !Path::new("/sys/class/net/mtbnone").exists(),
+        "a bridge was made anyway"
+    );
 }
 
 /// An app whose every answer is the id of the instance that gave it (`MOLT_INSTANCE`).
@@ -902,12 +1084,9 @@ async fn drifted_instances_found_at_restart_are_never_routed_and_are_replaced() 
         routed.iter().all(|id| !before.contains(id)),
         "{routed:?} {before:?}"
     );
-    let mut h = Harness {
-        client: molt_cli::Client::new(&format!("http://{}", running.api_addr), &running.token),
-        router: running.router_addr,
-        running: Some(running),
-        tmp: h.tmp,
-    };
+    h.client = molt_cli::Client::new(&format!("http://{}", running.api_addr), &running.token);
+    h.router = running.router_addr;
+    h.running = Some(running);
     // The reconcile loop replaces them.
     eventually(Duration::from_secs(30), "replacements serving", || async {
         let now = instance_ids(&h, "crashy").await;
@@ -925,4 +1104,52 @@ async fn drifted_instances_found_at_restart_are_never_routed_and_are_replaced() 
         .collect();
     assert!(left.is_empty(), "drifted instances still running: {left:?}");
     stop_keeping_data(&mut h).await;
+}
+
+#[test]
+fn the_binary_refuses_bad_network_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let serve = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--router",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        molt_command(&data, &args).output().expect("molt runs")
+    };
+    let refused = |extra: &[&str], why: &str| {
+        let out = serve(extra);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{why:?} missing: {}",
+            text(&out)
+        );
+    };
+    refused(
+        &[
+            "--network",
+            "bridge",
+            "--isolation",
+            "none",
+            "--bridge",
+            "mtbflag",
+        ],
+        "--network bridge needs the runc isolation",
+    );
+    refused(
+        &["--network", "bridge", "--bridge-subnet", "10.231.22.1/24"],
+        "the network is 10.231.22.0/24",
+    );
+    refused(
+        &["--network", "bridge", "--bridge", "a-name-far-too-long"],
+        "not a valid interface name",
+    );
+    let out = serve(&["--network", "overlay"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!Path::new("/sys/class/net/mtbflag").exists());
 }

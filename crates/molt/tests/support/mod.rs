@@ -86,6 +86,54 @@ impl Harness {
     }
 }
 
+impl Drop for Harness {
+    /// Runs after a panic too: every runc container of this data directory (they all carry
+    /// its owner marker) and their network namespaces are removed, so a failed test leaves
+    /// nothing running. After a clean [`Harness::stop`] there is nothing left to remove.
+    fn drop(&mut self) {
+        remove_containers(&self.data_dir());
+    }
+}
+
+/// Force-deletes the runc containers of data directory `data` and the network namespaces
+/// named after its owner (`/run/netns/<owner>-…`).
+pub fn remove_containers(data: &Path) {
+    let state = data.join("runc");
+    if !state.exists() {
+        return;
+    }
+    let list = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["list", "--quiet"])
+        .output();
+    for id in list
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+    {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["delete", "--force", id])
+            .status();
+    }
+    let Ok(owner) = std::fs::read_to_string(data.join("owner.id")) else {
+        return;
+    };
+    let prefix = format!("{}-", &owner.trim()[..16.min(owner.trim().len())]);
+    for entry in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
 /// The isolation the shared tests run molt serve with: `$MOLT_TEST_ISOLATION`, else `none`
 /// (`MOLT_TEST_ISOLATION=runc` runs the whole suite with containers).
 pub fn test_isolation() -> &'static str {
