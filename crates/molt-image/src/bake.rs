@@ -273,7 +273,6 @@ impl ImageStore {
         let temp = TempPath::new(self.root.join("tmp").join(unique_name("context")));
         fs::create_dir(temp.path()).map_err(ImageError::io(temp.path()))?;
         crate::unpack::unpack_tar(reader, temp.path())?;
-        collect_tree(temp.path(), Filter::Nothing)?;
         Ok(BuildContext { temp })
     }
 

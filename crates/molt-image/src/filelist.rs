@@ -103,6 +103,22 @@ pub(crate) fn read_layer(tar: impl Read) -> Result<LayerFiles, ImageError> {
                 size,
                 sha256: hex(&hasher.finalize().into()),
             });
+        } else if kind == tar::EntryType::Link {
+            // A hard link is one more name for a file of this layer, with its content.
+            let target = entry
+                .link_name_bytes()
+                .map(|t| normalize(&String::from_utf8_lossy(&t)))
+                .unwrap_or_default();
+            let linked = entries.iter().rev().find_map(|e| match e {
+                LayerEntry::File { path, size, sha256 } if *path == target => {
+                    Some((*size, sha256.clone()))
+                }
+                _ => None,
+            });
+            entries.push(match linked {
+                Some((size, sha256)) => LayerEntry::File { path, size, sha256 },
+                None => LayerEntry::Other { path },
+            });
         } else {
             entries.push(LayerEntry::Other { path });
         }
