@@ -18,5 +18,5 @@ mod rootfs;
 mod runc;
 mod seccomp;
 
-pub use crate::build::{BuildCommand, BuildRunner};
+pub use crate::build::{BuildCommand, BuildRunner, BUILD_CAPABILITIES};
 pub use crate::provider::{ContainerUser, RuncConfig, RuncProvider};
