@@ -711,8 +711,15 @@ impl ImageStore {
         Ok(listing)
     }
 
-    fn cache_dir(&self) -> PathBuf {
+    pub(crate) fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
+    }
+
+    /// The layer and diff id a `cache/<key>` file names, if it parses.
+    pub(crate) fn cache_entry_at(&self, path: &Path) -> Option<(Digest, Digest)> {
+        let bytes = fs::read(path).ok()?;
+        let entry: CacheEntry = serde_json::from_slice(&bytes).ok()?;
+        Some((entry.layer, entry.diff_id))
     }
 }
 

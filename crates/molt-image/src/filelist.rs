@@ -17,6 +17,9 @@ use crate::canonical::WrittenFile;
 use crate::oci::write_atomically;
 use crate::ImageError;
 
+/// Name prefix of a layer listing in the bake cache (`files-<diff id hex>.json`).
+pub(crate) const LISTING_PREFIX: &str = "files-";
+
 /// A regular file in an image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileInfo {
@@ -213,7 +216,7 @@ pub(crate) fn store_listing(
 }
 
 fn listing_name(diff_id: &Digest) -> String {
-    format!("files-{}.json", diff_id.hex())
+    format!("{LISTING_PREFIX}{}.json", diff_id.hex())
 }
 
 /// Drops `path` itself (if `itself`) and everything under it.

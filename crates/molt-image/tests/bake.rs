@@ -644,3 +644,71 @@ fn a_debootstrap_shaped_rootfs_is_a_base_and_bakes() {
     assert_eq!(store.files(&from_dir.digest).unwrap(), files);
     assert_eq!(from_dir.steps[0].layer, first.steps[0].layer);
 }
+
+/// Names of the files in the store's bake cache.
+fn cache_files(store_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store_dir.join("cache"))
+        .map(|items| {
+            items
+                .map(|i| i.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn swept_layers_leave_no_cache_entry_and_a_missing_blob_is_rebuilt() {
+    let (store_dir, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    app(ctx.path());
+    let store = ImageStore::open(store_dir.path()).unwrap();
+    let first = store.bake(ctx.path(), &spec(RECIPE), &options(0)).unwrap();
+    let layers: Vec<Digest> = first.steps.iter().filter_map(|s| s.layer.clone()).collect();
+    assert_eq!(layers.len(), 2);
+
+    // A layer blob lost behind the cache's back: the bake rebuilds that step (same bytes).
+    fs::remove_file(store_dir.path().join("blobs/sha256").join(layers[1].hex())).unwrap();
+    let rebuilt = store.bake(ctx.path(), &spec(RECIPE), &options(0)).unwrap();
+    assert_eq!(
+        outcomes(&rebuilt)
+            .into_iter()
+            .filter(|o| !matches!(o, StepOutcome::Config | StepOutcome::Base))
+            .collect::<Vec<_>>(),
+        [StepOutcome::Cached, StepOutcome::Built]
+    );
+    assert_eq!(rebuilt.digest, first.digest);
+    assert!(store
+        .rootfs(&rebuilt.digest)
+        .unwrap()
+        .join("srv/static/index.html")
+        .is_file());
+
+    // Kept: the sweep leaves the cache alone.
+    let keep = std::collections::HashSet::from([first.digest.clone()]);
+    let kept = store.collect(&keep, Duration::ZERO, false).unwrap();
+    assert_eq!(kept.cache_entries, 0);
+    let cached = cache_files(store_dir.path());
+    assert_eq!(cached.len(), 4, "two keys and two listings: {cached:?}");
+
+    // Not kept: the layers go, and so does every cache file naming them (the dry run counts
+    // the same and removes nothing).
+    let none = std::collections::HashSet::new();
+    let plan = store.collect(&none, Duration::ZERO, true).unwrap();
+    assert_eq!(plan.cache_entries, 4);
+    assert_eq!(cache_files(store_dir.path()), cached);
+    let swept = store.collect(&none, Duration::ZERO, false).unwrap();
+    assert_eq!(swept.cache_entries, 4);
+    assert!(swept.blobs >= 2);
+    assert!(cache_files(store_dir.path()).is_empty());
+
+    // The next bake builds every layer again and gives the same image.
+    let again = store.bake(ctx.path(), &spec(RECIPE), &options(0)).unwrap();
+    assert!(!outcomes(&again).contains(&StepOutcome::Cached));
+    assert_eq!(again.digest, first.digest);
+    assert!(store
+        .rootfs(&again.digest)
+        .unwrap()
+        .join("bin/server")
+        .is_file());
+}
