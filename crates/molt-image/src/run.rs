@@ -206,7 +206,10 @@ impl RunChanges {
                 builder
                     .append_link(&mut header, rel, &target)
                     .map_err(ImageError::Write)?;
-                listing.entries.push(LayerEntry::Other { path: shown });
+                listing.entries.push(LayerEntry::Symlink {
+                    path: shown,
+                    target: target.to_string_lossy().into_owned(),
+                });
             } else {
                 return Err(ImageError::Build(format!(
                     "run step left {shown}, which is neither a file, a folder nor a symlink"

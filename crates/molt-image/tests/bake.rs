@@ -586,13 +586,22 @@ fn a_debootstrap_shaped_rootfs_is_a_base_and_bakes() {
     app(ctx.path());
     fs::write(ctx.path().join("rootfs.tar"), debootstrap_like_tar()).unwrap();
     let store = ImageStore::open(store_dir.path()).unwrap();
+    // Copies through the base's links land behind them: `bin -> usr/bin` stays a link.
     let recipe = "base = { rootfs = \"rootfs.tar\" }\nsteps = [\n  \
         { copy = \"target/server\", to = \"/usr/local/bin/server\" },\n  \
+        { copy = \"target/server\", to = \"/bin/server\" },\n  \
+        { copy = \"static\", to = \"/lib64/static\" },\n  \
         { cmd = [\"/usr/local/bin/server\"] },\n]\n";
     let first = store.bake(ctx.path(), &spec(recipe), &options(0)).unwrap();
     assert_eq!(
         outcomes(&first),
-        [StepOutcome::Built, StepOutcome::Built, StepOutcome::Config]
+        [
+            StepOutcome::Built,
+            StepOutcome::Built,
+            StepOutcome::Built,
+            StepOutcome::Built,
+            StepOutcome::Config
+        ]
     );
     let rootfs = store.rootfs(&first.digest).unwrap();
     for (link, target) in [
@@ -618,9 +627,18 @@ fn a_debootstrap_shaped_rootfs_is_a_base_and_bakes() {
         .mode();
     assert_eq!(mode & 0o7777, 0o555);
     let files = store.files(&first.digest).unwrap();
-    for path in ["usr/bin/perl", "usr/bin/perl5.36.0", "usr/local/bin/server"] {
+    for path in [
+        "usr/bin/perl",
+        "usr/bin/perl5.36.0",
+        "usr/local/bin/server",
+        "usr/bin/server",
+        "usr/lib64/static/index.html",
+        "usr/lib64/ld-linux-x86-64.so.2",
+    ] {
         assert!(files.contains_key(path), "{path}: {:?}", files.keys());
     }
+    assert!(!files.contains_key("bin/server") && !files.contains_key("lib64/static/index.html"));
+    assert!(rootfs.join("usr/bin/server").is_file());
     assert!(store.verify_rootfs(&first.digest).unwrap().is_intact());
 
     // Unchanged: every layer from the cache, the same digest.
