@@ -658,12 +658,13 @@ impl ImageStore {
         let manifest_bytes = canonical_json(&manifest)?;
         let manifest_digest = Digest::from_sha256(&Sha256::digest(&manifest_bytes).into());
         // An unchanged bake: the very same image is already stored, nothing to write.
-        let (digest, size) = if staged.is_empty() && self.contains(&manifest_digest) {
-            let size = self.image_size(&manifest_digest)?;
-            (manifest_digest, size)
+        let digest = if staged.is_empty() && self.contains(&manifest_digest) {
+            manifest_digest
         } else {
-            self.commit_image(staged, &manifest_bytes)?
+            self.commit_image(staged, &manifest_bytes)?.0
         };
+        // The whole image (manifest, config, every layer), whether its blobs are new or not.
+        let size = self.image_size(&digest)?;
         let cache_dir = self.cache_dir();
         fs::create_dir_all(&cache_dir).map_err(ImageError::io(&cache_dir))?;
         for (key, entry) in new_cache {

@@ -696,6 +696,10 @@ fn swept_layers_leave_no_cache_entry_and_a_missing_blob_is_rebuilt() {
         [StepOutcome::Cached, StepOutcome::Built]
     );
     assert_eq!(rebuilt.digest, first.digest);
+    // The size is the whole image's, however many of its blobs this bake wrote.
+    assert_eq!(rebuilt.size, first.size);
+    let listed = store.list().unwrap();
+    assert_eq!(listed, [(first.digest.clone(), first.size)]);
     assert!(store
         .rootfs(&rebuilt.digest)
         .unwrap()
