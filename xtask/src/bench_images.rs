@@ -1,6 +1,7 @@
 //! `bench images`: throughput of the image store's import and export next to `skopeo copy`
 //! doing the same conversion on the same image in the same run, and the storage that 20
-//! releases each changing one file take.
+//! releases each changing one file take: as folder imports (one layer each) and as bakes of a
+//! `[build]` over a sizeable base (the base layer is shared, each release adds its app layer).
 //!
 //! molt is measured as a library (`molt_image::ImageStore`, release build, one thread), skopeo
 //! as the process it is; both read and write the same temp filesystem. MB/s is the size of the
@@ -148,6 +149,7 @@ fn run_blocking(size: Size, output: Output) -> Result<()> {
     });
 
     let dedup = releases_dedup(tmp.path(), files)?;
+    let baked = baked_releases_dedup(tmp.path(), files)?;
 
     match output {
         Output::Json => {
@@ -162,7 +164,8 @@ fn run_blocking(size: Size, output: Output) -> Result<()> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json!({ "tree_bytes": tree_bytes,
-                    "throughput": rows, "releases": dedup.to_json() }))?
+                    "throughput": rows, "releases": dedup.to_json(),
+                    "baked_releases": baked.to_json() }))?
             );
         }
         Output::Table => {
@@ -191,6 +194,8 @@ fn run_blocking(size: Size, output: Output) -> Result<()> {
             }
             println!();
             dedup.print();
+            println!();
+            baked.print();
         }
     }
     Ok(())
@@ -199,18 +204,20 @@ fn run_blocking(size: Size, output: Output) -> Result<()> {
 /// What 20 releases that each change one file cost in storage.
 struct Dedup {
     releases: usize,
+    /// What the releases are made of, for the heading.
+    shape: String,
     tree_bytes: u64,
     logical_bytes: u64,
     stored_bytes: u64,
     blobs: usize,
+    note: &'static str,
 }
 
 impl Dedup {
     fn print(&self) {
         println!(
-            "{} releases, each changing one file of a {:.1} MiB tree:",
-            self.releases,
-            mib(self.tree_bytes)
+            "{} releases, each changing one file of {}:",
+            self.releases, self.shape
         );
         println!(
             "  images' blobs counted per image {:.1} MiB, stored {:.1} MiB in {} blobs: dedup ratio {:.2}",
@@ -219,14 +226,11 @@ impl Dedup {
             self.blobs,
             self.logical_bytes as f64 / self.stored_bytes.max(1) as f64
         );
-        println!(
-            "  (a folder import is one layer, so a one-file change stores a new layer; only \
-             identical layers and configs are shared)"
-        );
+        println!("  ({})", self.note);
     }
 
     fn to_json(&self) -> serde_json::Value {
-        json!({ "releases": self.releases, "tree_bytes": self.tree_bytes,
+        json!({ "releases": self.releases, "shape": self.shape, "tree_bytes": self.tree_bytes,
                 "logical_bytes": self.logical_bytes, "stored_bytes": self.stored_bytes,
                 "blobs": self.blobs,
                 "dedup_ratio": self.logical_bytes as f64 / self.stored_bytes.max(1) as f64 })
@@ -259,10 +263,80 @@ fn releases_dedup(tmp: &Path, files: usize) -> Result<Dedup> {
     }
     Ok(Dedup {
         releases: RELEASES,
+        shape: format!("a {:.1} MiB folder, imported", mib(tree_bytes)),
         tree_bytes,
         logical_bytes: logical,
         stored_bytes: stored,
         blobs,
+        note: "a folder import is one layer, so a one-file change stores a new layer; only \
+               identical layers and configs are shared",
+    })
+}
+
+/// 20 bakes of `base = { rootfs = "base" }` (the benchmark tree, plus busybox when the host
+/// has it) and a `copy` of a 1 MiB app whose `version.txt` changes every release.
+fn baked_releases_dedup(tmp: &Path, files: usize) -> Result<Dedup> {
+    const RELEASES: usize = 20;
+    let context = tmp.join("baked");
+    let base_bytes = make_tree(&context.join("base"), files, 2)?;
+    let busybox = Path::new("/bin/busybox");
+    if busybox.is_file() {
+        fs::create_dir_all(context.join("base/bin"))?;
+        fs::copy(busybox, context.join("base/bin/busybox"))?;
+    }
+    let app_bytes = make_tree(&context.join("app"), 4, 3)?;
+    let text = "name = \"bench\"\ncommand = [\"/bin/busybox\", \"httpd\", \"-f\"]\n\
+                [build]\nbase = { rootfs = \"base\" }\nsteps = [\n  \
+                { copy = \"app\", to = \"/srv/app\" },\n  { workdir = \"/srv/app\" },\n]\n";
+    let spec = molt_core::Manifest::parse(text, "molt.toml")
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .build
+        .context("the recipe has a [build]")?;
+    let resolve = |r: &molt_core::ImageRef| -> std::result::Result<molt_core::Digest, String> {
+        Err(format!("no stored images in this benchmark ({r:?})"))
+    };
+    let options = molt_image::BakeOptions {
+        resolve: &resolve,
+        source: molt_image::SourceInfo::default(),
+        source_date_epoch: 0,
+        name: "bench".into(),
+        molt_version: env!("CARGO_PKG_VERSION").into(),
+        sandbox: None,
+    };
+    let store_dir = tmp.join("baked-releases");
+    let store = ImageStore::open(&store_dir)?;
+    let mut logical = 0;
+    let mut digests = HashSet::new();
+    for n in 0..RELEASES {
+        fs::write(context.join("app/version.txt"), format!("release {n}\n"))?;
+        let report = store.bake(&context, &spec, &options)?;
+        logical += report.size;
+        digests.insert(report.digest);
+    }
+    if digests.len() != RELEASES {
+        bail!("expected {RELEASES} distinct images, got {}", digests.len());
+    }
+    let mut stored = 0;
+    let mut blobs = 0;
+    for entry in fs::read_dir(store_dir.join("blobs/sha256"))? {
+        let entry = entry?;
+        stored += entry.metadata()?.len();
+        blobs += 1;
+    }
+    let tree_bytes = base_bytes + app_bytes;
+    Ok(Dedup {
+        releases: RELEASES,
+        shape: format!(
+            "a bake: {:.1} MiB rootfs base + copy of a {:.1} MiB app",
+            mib(base_bytes),
+            mib(app_bytes)
+        ),
+        tree_bytes,
+        logical_bytes: logical,
+        stored_bytes: stored,
+        blobs,
+        note: "the base layer comes from the bake cache and is stored once; each release stores \
+               its app layer, config, SBOM, provenance and manifest",
     })
 }
 

@@ -223,10 +223,12 @@ pub(crate) fn handle_of(inst: &InstanceRecord) -> Option<ProcessHandle> {
 /// static binary, or a baked base) and is the whole root; any other image is an app folder
 /// and runs on the host's read-only system directories, mounted at `/app`.
 pub(crate) fn root_layout(command: &[String], image: &std::path::Path) -> RootLayout {
+    // Looked up the container's way: an absolute symlink in the image (`bin -> /usr/bin`)
+    // points inside the image, not at the host.
     let own = command
         .first()
-        .and_then(|program| program.strip_prefix('/'))
-        .is_some_and(|inside| std::fs::symlink_metadata(image.join(inside)).is_ok());
+        .filter(|program| program.starts_with('/'))
+        .is_some_and(|program| molt_provider::lookup_in_root(image, program).is_some());
     if own {
         RootLayout::OwnRoot
     } else {

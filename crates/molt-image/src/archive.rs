@@ -533,8 +533,8 @@ impl ImageStore {
 
     /// A whole blob of the store (a layer or config), verified against its digest.
     ///
-    /// Registry uploads need the bytes at hand; layers are read whole, so this is bounded by
-    /// memory like the upload itself.
+    /// Read whole into memory: for small blobs, and for registries that refuse chunked
+    /// uploads (`blob_file` streams instead).
     pub fn blob_bytes(&self, digest: &Digest) -> Result<Vec<u8>, ImageError> {
         let mut reader = self.blobs.open(digest)?;
         let mut bytes = Vec::new();
@@ -543,6 +543,19 @@ impl ImageStore {
             .map_err(ImageError::io(self.blobs.path(digest)))?;
         reader.finish()?;
         Ok(bytes)
+    }
+
+    /// The file holding a stored blob and its size, for a caller that streams it elsewhere
+    /// (a registry upload) and checks it against `digest` on the way, as every reader must.
+    pub fn blob_file(&self, digest: &Digest) -> Result<(std::path::PathBuf, u64), ImageError> {
+        let path = self.blobs.path(digest);
+        match fs::metadata(&path) {
+            Ok(meta) => Ok((path, meta.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(ImageError::MissingBlob(digest.clone()))
+            }
+            Err(e) => Err(ImageError::io(&path)(e)),
+        }
     }
 
     /// Where a pulled blob may be downloaded before `import_pulled` (inside the store, so

@@ -241,8 +241,14 @@ impl ImageStore {
                     mode,
                     owner,
                 } => {
+                    let links = filelist::symlinks(&b.layer_files);
+                    let resolve = |rel: &Path| -> Result<PathBuf, ImageError> {
+                        filelist::resolve_in_image(&links, &rel.to_string_lossy())
+                            .map(PathBuf::from)
+                            .map_err(|why| ImageError::Build(format!("{text}: {why}")))
+                    };
                     let (root, entries, style) =
-                        copy_plan(&context, src, to, *mode, *owner, epoch)?;
+                        copy_plan(&context, src, to, *mode, *owner, epoch, &resolve)?;
                     self.tree_layer(&mut b, &root, &entries, &style, &text, &created)?;
                 }
                 BuildStep::Run { argv, network } => {
@@ -273,7 +279,6 @@ impl ImageStore {
         let temp = TempPath::new(self.root.join("tmp").join(unique_name("context")));
         fs::create_dir(temp.path()).map_err(ImageError::io(temp.path()))?;
         crate::unpack::unpack_tar(reader, temp.path())?;
-        collect_tree(temp.path(), Filter::Nothing)?;
         Ok(BuildContext { temp })
     }
 
@@ -398,7 +403,17 @@ impl ImageStore {
             &b.key,
             &[b"layer", text.as_bytes(), diff_id.as_str().as_bytes()],
         );
-        let listing = LayerFiles::from_written(&files);
+        let mut listing = LayerFiles::from_written(&files);
+        for entry in entries {
+            if let EntryKind::Symlink(target) = &entry.kind {
+                let placed = style.place.as_ref().map(|place| place(&entry.rel));
+                let path = placed.as_deref().unwrap_or(&entry.rel);
+                listing.entries.push(filelist::LayerEntry::Symlink {
+                    path: path.to_string_lossy().into_owned(),
+                    target: target.to_string_lossy().into_owned(),
+                });
+            }
+        }
         let (entry, outcome) = match self.cache_lookup(&key, &diff_id) {
             Some(entry) => (entry, StepOutcome::Cached),
             None => {
@@ -643,12 +658,13 @@ impl ImageStore {
         let manifest_bytes = canonical_json(&manifest)?;
         let manifest_digest = Digest::from_sha256(&Sha256::digest(&manifest_bytes).into());
         // An unchanged bake: the very same image is already stored, nothing to write.
-        let (digest, size) = if staged.is_empty() && self.contains(&manifest_digest) {
-            let size = self.image_size(&manifest_digest)?;
-            (manifest_digest, size)
+        let digest = if staged.is_empty() && self.contains(&manifest_digest) {
+            manifest_digest
         } else {
-            self.commit_image(staged, &manifest_bytes)?
+            self.commit_image(staged, &manifest_bytes)?.0
         };
+        // The whole image (manifest, config, every layer), whether its blobs are new or not.
+        let size = self.image_size(&digest)?;
         let cache_dir = self.cache_dir();
         fs::create_dir_all(&cache_dir).map_err(ImageError::io(&cache_dir))?;
         for (key, entry) in new_cache {
@@ -712,8 +728,15 @@ impl ImageStore {
         Ok(listing)
     }
 
-    fn cache_dir(&self) -> PathBuf {
+    pub(crate) fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
+    }
+
+    /// The layer and diff id a `cache/<key>` file names, if it parses.
+    pub(crate) fn cache_entry_at(&self, path: &Path) -> Option<(Digest, Digest)> {
+        let bytes = fs::read(path).ok()?;
+        let entry: CacheEntry = serde_json::from_slice(&bytes).ok()?;
+        Some((entry.layer, entry.diff_id))
     }
 }
 
@@ -819,6 +842,10 @@ fn ancestors(rel: &Path) -> Vec<PathBuf> {
 }
 
 /// What a copy step reads (root and entries) and how it names and stamps them.
+///
+/// `resolve` maps an image path through the symlinks of the image so far, so a copy to
+/// `/bin/server` in a merged-/usr base (`bin -> usr/bin`) lands in `usr/bin/server` instead of
+/// a `bin/` directory that would replace the link (and hide everything behind it).
 fn copy_plan(
     context: &Path,
     src: &str,
@@ -826,6 +853,7 @@ fn copy_plan(
     mode: Option<u32>,
     owner: Option<(u32, u32)>,
     epoch: u64,
+    resolve: &dyn Fn(&Path) -> Result<PathBuf, ImageError>,
 ) -> Result<(PathBuf, Vec<TreeEntry>, TarStyle), ImageError> {
     let path = inside(context, src)?;
     let meta = fs::metadata(&path).map_err(ImageError::io(&path))?;
@@ -845,6 +873,7 @@ fn copy_plan(
         };
         let entries = collect_tree(&path, filter)?;
         check_no_whiteouts(&entries)?;
+        let to_rel = resolve(&to_rel)?;
         style.parents = ancestors(&to_rel);
         if !to_rel.as_os_str().is_empty() {
             style.root_entry = Some(to_rel.clone());
@@ -871,9 +900,10 @@ fn copy_plan(
         ));
     }
     let target = if to.ends_with('/') || to_rel.as_os_str().is_empty() {
-        to_rel.join(&name)
+        resolve(&to_rel)?.join(&name)
     } else {
-        to_rel
+        let file_name = to_rel.file_name().map(PathBuf::from).unwrap_or_default();
+        resolve(to_rel.parent().unwrap_or(Path::new("")))?.join(file_name)
     };
     style.parents = ancestors(&target);
     style.place = Some(Box::new(move |_: &Path| target.clone()));

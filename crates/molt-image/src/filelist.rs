@@ -17,6 +17,13 @@ use crate::canonical::WrittenFile;
 use crate::oci::write_atomically;
 use crate::ImageError;
 
+/// Name prefix of a layer listing in the bake cache (`files-v2-<diff id hex>.json`; v2
+/// listings record symlinks with their targets).
+pub(crate) const LISTING_PREFIX: &str = "files-v2-";
+
+/// How many symlinks a path may pass through before it counts as a loop (Linux's own limit).
+const MAX_SYMLINK_HOPS: u32 = 40;
+
 /// A regular file in an image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileInfo {
@@ -42,7 +49,9 @@ pub(crate) enum LayerEntry {
         size: u64,
         sha256: String,
     },
-    /// A directory, symlink or anything else that replaces a file of a lower layer.
+    /// A symlink and its target, as stored (it may be absolute).
+    Symlink { path: String, target: String },
+    /// A directory or anything else that replaces a file of a lower layer.
     Other { path: String },
     /// `.wh.<name>`: removes `path` (and what is under it) from the lower layers.
     Whiteout { path: String },
@@ -103,6 +112,28 @@ pub(crate) fn read_layer(tar: impl Read) -> Result<LayerFiles, ImageError> {
                 size,
                 sha256: hex(&hasher.finalize().into()),
             });
+        } else if kind == tar::EntryType::Symlink {
+            let target = entry
+                .link_name_bytes()
+                .map(|t| String::from_utf8_lossy(&t).into_owned())
+                .unwrap_or_default();
+            entries.push(LayerEntry::Symlink { path, target });
+        } else if kind == tar::EntryType::Link {
+            // A hard link is one more name for a file of this layer, with its content.
+            let target = entry
+                .link_name_bytes()
+                .map(|t| normalize(&String::from_utf8_lossy(&t)))
+                .unwrap_or_default();
+            let linked = entries.iter().rev().find_map(|e| match e {
+                LayerEntry::File { path, size, sha256 } if *path == target => {
+                    Some((*size, sha256.clone()))
+                }
+                _ => None,
+            });
+            entries.push(match linked {
+                Some((size, sha256)) => LayerEntry::File { path, size, sha256 },
+                None => LayerEntry::Other { path },
+            });
         } else {
             entries.push(LayerEntry::Other { path });
         }
@@ -132,7 +163,7 @@ pub(crate) fn merge(layers: &[LayerFiles]) -> BTreeMap<String, FileInfo> {
                         },
                     );
                 }
-                LayerEntry::Other { path } => {
+                LayerEntry::Other { path } | LayerEntry::Symlink { path, .. } => {
                     files.remove(path);
                 }
                 _ => {}
@@ -174,6 +205,84 @@ pub(crate) fn cyclonedx(
     })
 }
 
+/// The symlinks of layers applied in order (path → target), whiteouts honoured.
+pub(crate) fn symlinks(layers: &[LayerFiles]) -> BTreeMap<String, String> {
+    let mut links: BTreeMap<String, String> = BTreeMap::new();
+    for layer in layers {
+        for entry in &layer.entries {
+            match entry {
+                LayerEntry::Whiteout { path } => remove_links_under(&mut links, path, true),
+                LayerEntry::Opaque { dir } => remove_links_under(&mut links, dir, false),
+                _ => {}
+            }
+        }
+        for entry in &layer.entries {
+            match entry {
+                LayerEntry::Symlink { path, target } => {
+                    links.insert(path.clone(), target.clone());
+                }
+                LayerEntry::File { path, .. } | LayerEntry::Other { path } => {
+                    links.remove(path);
+                }
+                _ => {}
+            }
+        }
+    }
+    links
+}
+
+/// Resolves the relative image path `rel` through `links` the way the kernel would with the
+/// image as the root (absolute targets restart at the root, `..` stops there); components
+/// that are not links are taken literally. Err on a symlink loop.
+pub(crate) fn resolve_in_image(
+    links: &BTreeMap<String, String>,
+    rel: &str,
+) -> Result<String, String> {
+    let mut pending: std::collections::VecDeque<String> =
+        rel.split('/').map(str::to_string).collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(name) = pending.pop_front() {
+        match name.as_str() {
+            "" | "." => {}
+            ".." => {
+                resolved.pop();
+            }
+            _ => {
+                resolved.push(name);
+                let here = resolved.join("/");
+                if let Some(target) = links.get(&here) {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err(format!("/{rel}: too many levels of symlinks"));
+                    }
+                    resolved.pop();
+                    if target.starts_with('/') {
+                        resolved.clear();
+                    }
+                    for part in target.split('/').rev() {
+                        pending.push_front(part.to_string());
+                    }
+                }
+            }
+        }
+    }
+    Ok(resolved.join("/"))
+}
+
+/// Drops the links at `path` (if `itself`) and under it.
+fn remove_links_under(links: &mut BTreeMap<String, String>, path: &str, itself: bool) {
+    if itself {
+        links.remove(path);
+    }
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    };
+    links.retain(|p, _| !p.starts_with(&prefix));
+}
+
 /// The cached listing of the layer with this diff id, if any.
 pub(crate) fn load_listing(cache_dir: &Path, diff_id: &Digest) -> Option<LayerFiles> {
     let bytes = fs::read(cache_dir.join(listing_name(diff_id))).ok()?;
@@ -197,7 +306,7 @@ pub(crate) fn store_listing(
 }
 
 fn listing_name(diff_id: &Digest) -> String {
-    format!("files-{}.json", diff_id.hex())
+    format!("{LISTING_PREFIX}{}.json", diff_id.hex())
 }
 
 /// Drops `path` itself (if `itself`) and everything under it.
@@ -274,6 +383,51 @@ mod tests {
         let paths: Vec<&str> = merged.keys().map(String::as_str).collect();
         assert_eq!(paths, ["a", "d/new"]);
         assert_eq!(merged["a"].sha256, "6");
+    }
+
+    #[test]
+    fn image_paths_resolve_through_the_image_links() {
+        let layers = [LayerFiles {
+            entries: vec![
+                LayerEntry::Symlink {
+                    path: "bin".into(),
+                    target: "usr/bin".into(),
+                },
+                LayerEntry::Symlink {
+                    path: "lib64".into(),
+                    target: "/usr/lib64".into(),
+                },
+                LayerEntry::Symlink {
+                    path: "usr/lib64/up".into(),
+                    target: "../../../../etc".into(),
+                },
+                LayerEntry::Symlink {
+                    path: "loop".into(),
+                    target: "loop/x".into(),
+                },
+                LayerEntry::Symlink {
+                    path: "gone".into(),
+                    target: "/etc".into(),
+                },
+            ],
+        }];
+        let mut links = symlinks(&layers);
+        assert_eq!(resolve_in_image(&links, "bin"), Ok("usr/bin".into()));
+        assert_eq!(
+            resolve_in_image(&links, "lib64/x"),
+            Ok("usr/lib64/x".into())
+        );
+        assert_eq!(resolve_in_image(&links, "lib64/up/a"), Ok("etc/a".into()));
+        assert_eq!(resolve_in_image(&links, "srv/app"), Ok("srv/app".into()));
+        assert!(resolve_in_image(&links, "loop").is_err());
+        assert_eq!(resolve_in_image(&links, "gone"), Ok("etc".into()));
+        let whiteout = LayerFiles {
+            entries: vec![LayerEntry::Whiteout {
+                path: "gone".into(),
+            }],
+        };
+        links = symlinks(&[layers[0].clone(), whiteout]);
+        assert_eq!(resolve_in_image(&links, "gone"), Ok("gone".into()));
     }
 
     #[test]

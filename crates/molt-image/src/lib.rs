@@ -119,8 +119,9 @@ impl ImageStore {
     ///
     /// Entries are sorted bytewise by path; only regular files, directories and symlinks are
     /// kept; mtime, uid and gid are 0 and user/group names empty; directories and files with
-    /// any exec bit get mode 0o755, other files 0o644. Symlink targets are kept as they are but
-    /// must resolve inside `dir` (else `UnsafeEntry`), so every image can be unpacked safely.
+    /// any exec bit get mode 0o755, other files 0o644. Symlink targets are kept as they are,
+    /// absolute ones included: they are data, read inside the image at run time (no writer of
+    /// the store ever follows a symlink). Hard-linked files are written once per name.
     /// `.git` is skipped at any depth, and so is every path listed in a top-level `.moltignore`
     /// (one relative path per line, `#` comments).
     pub fn write_canonical_tar(dir: &Path, out: &mut impl Write) -> Result<(u64, u64), ImageError> {
@@ -169,8 +170,9 @@ impl ImageStore {
 
     /// Imports a tar stream after validating every entry; nothing is left behind on error.
     ///
-    /// Absolute paths, `..` components, symlinks resolving outside the root, hard links,
-    /// devices, fifos and entries over 4 GiB are rejected with `UnsafeEntry`. Accepted trees are
+    /// Absolute paths, `..` components, entries written through a symlink, hard links to
+    /// anything but a regular file of the tree, devices, fifos and entries over 4 GiB are
+    /// rejected with `UnsafeEntry`; symlinks may point anywhere (see `unpack`). Accepted trees are
     /// unpacked into a temp dir inside the store and re-canonicalized, so the digest matches
     /// `import_dir` of the same tree.
     pub fn import_tar(&self, reader: impl io::Read) -> Result<ImportedImage, ImageError> {
@@ -250,7 +252,6 @@ impl ImageStore {
         for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
             self.apply_layer(layer, diff_id, temp.path())?;
         }
-        collect_tree(temp.path(), Filter::Nothing)?;
         make_read_only(temp.path())?;
         self.record_tree(digest, temp.path())?;
         match fs::rename(temp.path(), &target) {

@@ -2,14 +2,15 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use molt_core::Digest;
 use serde::{Deserialize, Serialize};
 
+use crate::filelist::LISTING_PREFIX;
 use crate::fsutil::{remove_tree, TEMP_PREFIX};
-use crate::oci::{read_index, to_molt_digest, write_index};
+use crate::oci::{parse_config, parse_manifest, read_index, to_molt_digest, write_index};
 use crate::{ImageError, ImageStore};
 
 /// What a blob collection removed (or, in a dry run, would remove).
@@ -31,6 +32,10 @@ pub struct BlobCollection {
     pub temps: u64,
     /// Their bytes.
     pub temp_bytes: u64,
+    /// Bake cache files (`cache/<key>` naming a layer, `cache/files-<diff id>.json` listing
+    /// one) whose layer no kept image uses and no blob holds any more.
+    #[serde(default)]
+    pub cache_entries: u64,
 }
 
 impl ImageStore {
@@ -39,9 +44,11 @@ impl ImageStore {
     /// Mark: the manifests of `keep` that are stored, with their configs and layers, plus
     /// images listed in `index.json` more recently than `grace` (an import whose catalog
     /// record is not written yet). Sweep: other index entries, blobs nothing marked uses,
-    /// unpacked rootfs dirs of unmarked images, and temp leftovers older than `grace`. If a
-    /// kept manifest cannot be read, nothing is swept (what it uses is unknown). Runs under
-    /// the index lock, so no import commits halfway through.
+    /// unpacked rootfs dirs of unmarked images, temp leftovers older than `grace`, and bake
+    /// cache files whose layer blob is swept (or already gone): a later bake rebuilds such a
+    /// step instead of finding a dangling entry. If a kept manifest cannot be read, nothing is
+    /// swept (what it uses is unknown). Runs under the index lock, so no import commits
+    /// halfway through.
     pub fn collect(
         &self,
         keep: &HashSet<Digest>,
@@ -113,6 +120,8 @@ impl ImageStore {
         }
         report.temps = temps.len() as u64;
         report.temp_bytes = temps.iter().map(|p| tree_size(p)).sum();
+        let dead_cache = self.dangling_cache_files(&index, &live)?;
+        report.cache_entries = dead_cache.len() as u64;
         report.images.sort();
         if dry_run {
             return Ok(report);
@@ -121,8 +130,8 @@ impl ImageStore {
         if !report.images.is_empty() {
             write_index(&self.root, &index)?;
         }
-        for dir in dead_rootfs.iter().chain(&temps) {
-            remove_tree(dir)?;
+        for path in dead_rootfs.iter().chain(&temps).chain(&dead_cache) {
+            remove_tree(path)?;
         }
         for blob in self.blobs.list()? {
             if !live.contains(&blob) {
@@ -131,6 +140,69 @@ impl ImageStore {
         }
         Ok(report)
     }
+}
+
+impl ImageStore {
+    /// Cache files that will point at nothing once the blobs outside `live` are swept: layer
+    /// keys whose layer is not live (or unreadable), and listings of diff ids that neither a
+    /// kept image's config nor a surviving key names.
+    fn dangling_cache_files(
+        &self,
+        index: &oci_spec::image::ImageIndex,
+        live: &HashSet<Digest>,
+    ) -> Result<Vec<PathBuf>, ImageError> {
+        let mut diff_ids: HashSet<String> = HashSet::new();
+        for manifest in index_manifests(index) {
+            let manifest = parse_manifest(&self.blobs.read(&manifest)?)?;
+            let config = parse_config(
+                &self
+                    .blobs
+                    .read(&to_molt_digest(manifest.config().digest())?)?,
+            )?;
+            for diff_id in config.rootfs().diff_ids() {
+                if let Ok(d) = diff_id.parse::<Digest>() {
+                    diff_ids.insert(d.hex().to_string());
+                }
+            }
+        }
+        let mut dead = Vec::new();
+        let mut listings = Vec::new();
+        for path in entries(&self.cache_dir())? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            if let Some(hex) = name
+                .strip_prefix(LISTING_PREFIX)
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                listings.push((path.clone(), hex.to_string()));
+                continue;
+            }
+            match self.cache_entry_at(&path) {
+                Some((layer, diff_id)) if live.contains(&layer) => {
+                    diff_ids.insert(diff_id.hex().to_string());
+                }
+                _ => dead.push(path),
+            }
+        }
+        for (path, hex) in listings {
+            if !diff_ids.contains(&hex) {
+                dead.push(path);
+            }
+        }
+        dead.sort();
+        Ok(dead)
+    }
+}
+
+/// Manifest digests listed in an index.
+fn index_manifests(index: &oci_spec::image::ImageIndex) -> Vec<Digest> {
+    index
+        .manifests()
+        .iter()
+        .filter_map(|entry| to_molt_digest(entry.digest()).ok())
+        .collect()
 }
 
 /// The entries of a directory (none if it does not exist).

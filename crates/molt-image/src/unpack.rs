@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::canonical::{check_symlink, MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
+use crate::canonical::{MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
 use crate::fsutil::remove_tree;
 use crate::ImageError;
 
@@ -26,16 +26,24 @@ pub(crate) struct LenientEnd<R> {
 /// What a validated entry will become on disk.
 enum Planned {
     Dir,
-    File { executable: bool },
+    File {
+        executable: bool,
+    },
     Symlink(PathBuf),
+    /// A hard link to the regular file at this path of the tree (relative, plain names).
+    HardLink(PathBuf),
 }
 
 /// Unpacks `reader` into the existing empty directory `dest`.
 ///
-/// Entries are validated one by one (relative paths without `..`, only files, directories and
-/// symlinks whose target stays inside lexically, at most 4 GiB each) and never written through
-/// a symlink, so nothing lands outside `dest` even for a hostile archive. Symlinks are checked
-/// once more against the finished tree by `collect_tree`, which callers run afterwards.
+/// Entries are validated one by one (relative paths without `..`; only files, directories,
+/// symlinks and hard links; at most 4 GiB each) and **never written through a symlink**: every
+/// parent of an entry must be a real directory already under `dest` (or is created as one), and
+/// files are created with `O_EXCL`, so nothing lands outside `dest` even for a hostile archive.
+/// That makes a symlink's target plain data: absolute targets (`/etc/alternatives/…`, `lib64 ->
+/// /usr/lib64`) and relative ones that climb above the root are kept as they are and mean a
+/// path inside the image once it is a container's root. A hard link names another member by
+/// its path in the tree, resolved without following any symlink, and must be a regular file.
 pub(crate) fn unpack_tar(reader: impl Read, dest: &Path) -> Result<(), ImageError> {
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(ImageError::Tar)? {
@@ -171,17 +179,23 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(
         tar::EntryType::Regular | tar::EntryType::Continuous => Planned::File {
             executable: entry.header().mode().map_err(ImageError::Tar)? & 0o111 != 0,
         },
-        tar::EntryType::Symlink => {
-            let target = match entry.link_name_bytes() {
-                Some(target) if !target.is_empty() => {
-                    PathBuf::from(std::ffi::OsStr::from_bytes(&target))
+        tar::EntryType::Symlink => match entry.link_name_bytes() {
+            Some(target) if !target.is_empty() => {
+                Planned::Symlink(PathBuf::from(std::ffi::OsStr::from_bytes(&target)))
+            }
+            _ => return Err(reject("symlink without a target")),
+        },
+        tar::EntryType::Link => match entry.link_name_bytes() {
+            Some(target) if !target.is_empty() => {
+                let target = safe_relative_path(&target)
+                    .map_err(|why| reject(&format!("hard link target: {why}")))?;
+                if target.as_os_str().is_empty() || target == rel {
+                    return Err(reject("hard link to itself or to the root"));
                 }
-                _ => return Err(reject("symlink without a target")),
-            };
-            check_symlink(None, &rel, &target).map_err(|why| reject(&why))?;
-            Planned::Symlink(target)
-        }
-        tar::EntryType::Link => return Err(reject("hard links are not allowed")),
+                Planned::HardLink(target)
+            }
+            _ => return Err(reject("hard link without a target")),
+        },
         tar::EntryType::Char | tar::EntryType::Block => {
             return Err(reject("device entries are not allowed"))
         }
@@ -198,6 +212,11 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(
     }
     create_parents(dest, &rel, &shown)?;
     let path = dest.join(&rel);
+    // Resolved before `clear_existing`, which may remove what an earlier entry put here.
+    let link_source = match &planned {
+        Planned::HardLink(target) => Some(existing_regular_file(dest, target, &shown)?),
+        _ => None,
+    };
     clear_existing(&path, matches!(planned, Planned::Dir))?;
     match planned {
         Planned::Dir => {
@@ -225,8 +244,42 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(
         Planned::Symlink(target) => {
             std::os::unix::fs::symlink(&target, &path).map_err(ImageError::io(&path))?;
         }
+        Planned::HardLink(_) => {
+            // linkat(2) without AT_SYMLINK_FOLLOW: the source is the checked file itself.
+            let source = link_source.expect("resolved above for hard links");
+            fs::hard_link(&source, &path).map_err(ImageError::io(&path))?;
+        }
     }
     Ok(())
+}
+
+/// `dest/rel` if it is a regular file reached through real directories only; a hard link
+/// target that is missing, a directory, a symlink or behind a symlink is refused.
+fn existing_regular_file(dest: &Path, rel: &Path, shown: &str) -> Result<PathBuf, ImageError> {
+    let reject = |why: &str| ImageError::unsafe_entry(shown, why);
+    let mut current = dest.to_path_buf();
+    let names: Vec<_> = rel.iter().collect();
+    for (i, name) in names.iter().enumerate() {
+        current.push(name);
+        let last = i + 1 == names.len();
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(reject(if last {
+                    "hard link to a symlink"
+                } else {
+                    "hard link target goes through a symlink"
+                }))
+            }
+            Ok(meta) if last && meta.is_file() => {}
+            Ok(meta) if !last && meta.is_dir() => {}
+            Ok(_) => return Err(reject("hard link target is not a regular file")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(reject("hard link target is not in the archive"))
+            }
+            Err(e) => return Err(ImageError::io(&current)(e)),
+        }
+    }
+    Ok(current)
 }
 
 /// Turns an archive path into a relative path of plain names (empty for the root itself).

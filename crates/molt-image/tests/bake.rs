@@ -508,3 +508,229 @@ steps = [
         .collect();
     assert_eq!(modes, [("index.html".to_string(), 0o600)]);
 }
+
+/// A root filesystem tarball shaped like `debootstrap`'s output: merged-/usr links, absolute
+/// links (`lib64`, `/etc/alternatives`, `/etc/localtime`), a hard-linked binary, a setuid
+/// file owned by root, a `/dev` without device nodes, a sticky `/tmp` and a directory owned by
+/// a system user.
+fn debootstrap_like_tar() -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut add =
+        |path: &str, kind: tar::EntryType, mode: u32, owner: u64, data: &[u8], link: &str| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(mode);
+            header.set_uid(owner);
+            header.set_gid(owner);
+            header.set_mtime(1_700_000_000);
+            header.set_size(data.len() as u64);
+            if link.is_empty() {
+                builder.append_data(&mut header, path, data).unwrap();
+            } else {
+                builder.append_link(&mut header, path, link).unwrap();
+            }
+        };
+    use tar::EntryType::{Directory as D, Link as H, Regular as F, Symlink as S};
+    for dir in [
+        "./",
+        "dev/",
+        "etc/",
+        "etc/alternatives/",
+        "usr/",
+        "usr/bin/",
+        "usr/lib64/",
+    ] {
+        add(dir, D, 0o755, 0, b"", "");
+    }
+    add("tmp/", D, 0o1777, 0, b"", "");
+    add("var/cache/apt/archives/partial/", D, 0o700, 42, b"", "");
+    add("bin", S, 0o777, 0, b"", "usr/bin");
+    add("lib64", S, 0o777, 0, b"", "/usr/lib64");
+    add(
+        "usr/lib64/ld-linux-x86-64.so.2",
+        F,
+        0o755,
+        0,
+        b"\x7fELF loader",
+        "",
+    );
+    add("usr/bin/mawk", F, 0o755, 0, b"mawk", "");
+    add("etc/alternatives/awk", S, 0o777, 0, b"", "/usr/bin/mawk");
+    add("usr/bin/awk", S, 0o777, 0, b"", "/etc/alternatives/awk");
+    add(
+        "etc/localtime",
+        S,
+        0o777,
+        0,
+        b"",
+        "/usr/share/zoneinfo/Etc/UTC",
+    );
+    add("etc/os-release", F, 0o644, 0, b"ID=debian\n", "");
+    add("usr/bin/perl", F, 0o755, 0, b"perl", "");
+    add("usr/bin/perl5.36.0", H, 0o755, 0, b"", "usr/bin/perl");
+    add("usr/bin/passwd", F, 0o4755, 0, b"passwd", "");
+    add(
+        "usr/share/doc/up",
+        S,
+        0o777,
+        0,
+        b"",
+        "../../../../../../outside",
+    );
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn a_debootstrap_shaped_rootfs_is_a_base_and_bakes() {
+    let (store_dir, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    app(ctx.path());
+    fs::write(ctx.path().join("rootfs.tar"), debootstrap_like_tar()).unwrap();
+    let store = ImageStore::open(store_dir.path()).unwrap();
+    // Copies through the base's links land behind them: `bin -> usr/bin` stays a link.
+    let recipe = "base = { rootfs = \"rootfs.tar\" }\nsteps = [\n  \
+        { copy = \"target/server\", to = \"/usr/local/bin/server\" },\n  \
+        { copy = \"target/server\", to = \"/bin/server\" },\n  \
+        { copy = \"static\", to = \"/lib64/static\" },\n  \
+        { cmd = [\"/usr/local/bin/server\"] },\n]\n";
+    let first = store.bake(ctx.path(), &spec(recipe), &options(0)).unwrap();
+    assert_eq!(
+        outcomes(&first),
+        [
+            StepOutcome::Built,
+            StepOutcome::Built,
+            StepOutcome::Built,
+            StepOutcome::Built,
+            StepOutcome::Config
+        ]
+    );
+    let rootfs = store.rootfs(&first.digest).unwrap();
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib64", "/usr/lib64"),
+        ("usr/bin/awk", "/etc/alternatives/awk"),
+        ("etc/alternatives/awk", "/usr/bin/mawk"),
+        ("etc/localtime", "/usr/share/zoneinfo/Etc/UTC"),
+        ("usr/share/doc/up", "../../../../../../outside"),
+    ] {
+        assert_eq!(fs::read_link(rootfs.join(link)).unwrap(), Path::new(target));
+    }
+    assert_eq!(
+        fs::read(rootfs.join("usr/bin/perl5.36.0")).unwrap(),
+        b"perl"
+    );
+    assert!(rootfs.join("dev").is_dir() && rootfs.join("tmp").is_dir());
+    assert!(rootfs.join("var/cache/apt/archives/partial").is_dir());
+    // Modes are the store's normalized ones: a setuid bit is not carried into the image.
+    let mode = fs::metadata(rootfs.join("usr/bin/passwd"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o555);
+    let files = store.files(&first.digest).unwrap();
+    for path in [
+        "usr/bin/perl",
+        "usr/bin/perl5.36.0",
+        "usr/local/bin/server",
+        "usr/bin/server",
+        "usr/lib64/static/index.html",
+        "usr/lib64/ld-linux-x86-64.so.2",
+    ] {
+        assert!(files.contains_key(path), "{path}: {:?}", files.keys());
+    }
+    assert!(!files.contains_key("bin/server") && !files.contains_key("lib64/static/index.html"));
+    assert!(rootfs.join("usr/bin/server").is_file());
+    assert!(store.verify_rootfs(&first.digest).unwrap().is_intact());
+
+    // Unchanged: every layer from the cache, the same digest.
+    let again = store.bake(ctx.path(), &spec(recipe), &options(0)).unwrap();
+    assert_eq!(again.digest, first.digest);
+    assert_eq!(again.steps[0].outcome, StepOutcome::Cached);
+
+    // The same tree as a folder (unpacked by the store, so with the same links) is the same base.
+    let unpacked = ctx.path().join("rootfs");
+    fs::create_dir(&unpacked).unwrap();
+    tar::Archive::new(&debootstrap_like_tar()[..])
+        .unpack(&unpacked)
+        .unwrap();
+    let from_dir = store
+        .bake(
+            ctx.path(),
+            &spec(&recipe.replace("rootfs.tar", "rootfs")),
+            &options(0),
+        )
+        .unwrap();
+    assert_eq!(store.files(&from_dir.digest).unwrap(), files);
+    assert_eq!(from_dir.steps[0].layer, first.steps[0].layer);
+}
+
+/// Names of the files in the store's bake cache.
+fn cache_files(store_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store_dir.join("cache"))
+        .map(|items| {
+            items
+                .map(|i| i.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn swept_layers_leave_no_cache_entry_and_a_missing_blob_is_rebuilt() {
+    let (store_dir, ctx) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    app(ctx.path());
+    let store = ImageStore::open(store_dir.path()).unwrap();
+    let first = store.bake(ctx.path(), &spec(RECIPE), &options(0)).unwrap();
+    let layers: Vec<Digest> = first.steps.iter().filter_map(|s| s.layer.clone()).collect();
+    assert_eq!(layers.len(), 2);
+
+    // A layer blob lost behind the cache's back: the bake rebuilds that step (same bytes).
+    fs::remove_file(store_dir.path().join("blobs/sha256").join(layers[1].hex())).unwrap();
+    let rebuilt = store.bake(ctx.path(), &spec(RECIPE), &options(0)).unwrap();
+    assert_eq!(
+        outcomes(&rebuilt)
+            .into_iter()
+            .filter(|o| !matches!(o, StepOutcome::Config | StepOutcome::Base))
+            .collect::<Vec<_>>(),
+        [StepOutcome::Cached, StepOutcome::Built]
+    );
+    assert_eq!(rebuilt.digest, first.digest);
+    // The size is the whole image's, however many of its blobs this bake wrote.
+    assert_eq!(rebuilt.size, first.size);
+    let listed = store.list().unwrap();
+    assert_eq!(listed, [(first.digest.clone(), first.size)]);
+    assert!(store
+        .rootfs(&rebuilt.digest)
+        .unwrap()
+        .join("srv/static/index.html")
+        .is_file());
+
+    // Kept: the sweep leaves the cache alone.
+    let keep = std::collections::HashSet::from([first.digest.clone()]);
+    let kept = store.collect(&keep, Duration::ZERO, false).unwrap();
+    assert_eq!(kept.cache_entries, 0);
+    let cached = cache_files(store_dir.path());
+    assert_eq!(cached.len(), 4, "two keys and two listings: {cached:?}");
+
+    // Not kept: the layers go, and so does every cache file naming them (the dry run counts
+    // the same and removes nothing).
+    let none = std::collections::HashSet::new();
+    let plan = store.collect(&none, Duration::ZERO, true).unwrap();
+    assert_eq!(plan.cache_entries, 4);
+    assert_eq!(cache_files(store_dir.path()), cached);
+    let swept = store.collect(&none, Duration::ZERO, false).unwrap();
+    assert_eq!(swept.cache_entries, 4);
+    assert!(swept.blobs >= 2);
+    assert!(cache_files(store_dir.path()).is_empty());
+
+    // The next bake builds every layer again and gives the same image.
+    let again = store.bake(ctx.path(), &spec(RECIPE), &options(0)).unwrap();
+    assert!(!outcomes(&again).contains(&StepOutcome::Cached));
+    assert_eq!(again.digest, first.digest);
+    assert!(store
+        .rootfs(&again.digest)
+        .unwrap()
+        .join("bin/server")
+        .is_file());
+}

@@ -331,13 +331,28 @@ fn import_dir_rejects_whiteout_names() {
 }
 
 #[test]
-fn import_dir_rejects_escaping_symlinks() {
+fn import_dir_keeps_absolute_and_climbing_symlinks_as_data() {
     let scratch = Scratch::new();
     let app = tempfile::tempdir().unwrap();
     write(&app.path().join("ok"), "ok\n", 0o644);
     symlink("/etc/passwd", app.path().join("passwd")).unwrap();
-    let err = scratch.store.import_dir(app.path()).unwrap_err();
-    assert!(matches!(err, ImageError::UnsafeEntry { .. }), "{err}");
+    symlink("../../../sentinel", app.path().join("up")).unwrap();
+    let image = scratch.store.import_dir(app.path()).unwrap();
+    let rootfs = scratch.store.rootfs(&image.digest).unwrap();
+    assert_eq!(
+        fs::read_link(rootfs.join("passwd")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(
+        fs::read_link(rootfs.join("up")).unwrap(),
+        Path::new("../../../sentinel")
+    );
+    assert!(scratch
+        .store
+        .verify_rootfs(&image.digest)
+        .unwrap()
+        .is_intact());
+    scratch.store.remove(&image.digest).unwrap();
     scratch.assert_untouched();
 }
 
@@ -454,12 +469,27 @@ fn hostile_tars_are_rejected_and_leave_nothing_behind() {
             vec![file(b"ok/../../../../sentinel/pwned", b"x")],
         ),
         ("dot-dot directory", vec![dir(b"../../../sentinel/d/")]),
-        ("absolute symlink", vec![link(b"etc", T::Symlink, b"/etc")]),
+        (
+            "absolute symlink then write through it",
+            vec![link(b"etc", T::Symlink, b"/etc"), file(b"etc/passwd", b"x")],
+        ),
+        (
+            "absolute symlink then a directory through it",
+            vec![link(b"etc", T::Symlink, b"/etc"), dir(b"etc/molt-pwned/")],
+        ),
         (
             "escaping symlink then write through it",
             vec![
                 link(b"out", T::Symlink, b"../../../sentinel"),
                 file(b"out/pwned", b"x"),
+            ],
+        ),
+        (
+            "symlink replacing a directory, then write through it",
+            vec![
+                dir(b"d/"),
+                link(b"d", T::Symlink, b"../../../sentinel"),
+                file(b"d/pwned", b"x"),
             ],
         ),
         (
@@ -471,20 +501,51 @@ fn hostile_tars_are_rejected_and_leave_nothing_behind() {
             ],
         ),
         (
-            "symlink chain that only escapes when followed",
+            "hard link outside",
+            vec![link(b"h", T::Link, b"/etc/passwd")],
+        ),
+        (
+            "hard link with dot-dot",
+            vec![link(b"h", T::Link, b"../../../sentinel/x")],
+        ),
+        (
+            "hard link through an absolute symlink",
             vec![
-                dir(b"p/q/"),
-                link(b"p/q/up", T::Symlink, b"../.."),
-                link(b"escape", T::Symlink, b"p/q/up/../../sentinel"),
+                link(b"etc", T::Symlink, b"/etc"),
+                link(b"h", T::Link, b"etc/passwd"),
             ],
         ),
         (
-            "hard link",
-            vec![file(b"a", b"x"), link(b"h", T::Link, b"a")],
+            "hard link through an inside symlink",
+            vec![
+                dir(b"real/"),
+                file(b"real/f", b"x"),
+                link(b"alias", T::Symlink, b"real"),
+                link(b"h", T::Link, b"alias/f"),
+            ],
         ),
         (
-            "hard link outside",
-            vec![link(b"h", T::Link, b"/etc/passwd")],
+            "hard link to a symlink",
+            vec![
+                link(b"s", T::Symlink, b"/etc/passwd"),
+                link(b"h", T::Link, b"s"),
+            ],
+        ),
+        (
+            "hard link to a missing member",
+            vec![link(b"h", T::Link, b"nothing")],
+        ),
+        (
+            "hard link to a directory",
+            vec![dir(b"d/"), link(b"h", T::Link, b"d")],
+        ),
+        (
+            "file under a hard link",
+            vec![
+                file(b"a", b"x"),
+                link(b"h", T::Link, b"a"),
+                file(b"h/f", b"x"),
+            ],
         ),
         ("char device", vec![special(b"null", T::Char)]),
         ("block device", vec![special(b"sda", T::Block)]),
@@ -499,8 +560,11 @@ fn hostile_tars_are_rejected_and_leave_nothing_behind() {
             vec![pax("path", b"../../../sentinel/pwned"), file(b"f", b"x")],
         ),
         (
-            "pax absolute linkpath",
-            vec![pax("linkpath", b"/etc"), link(b"l", T::Symlink, b"ok")],
+            "pax hard link path with dot-dot",
+            vec![
+                pax("linkpath", b"../../../sentinel/x"),
+                link(b"h", T::Link, b"ok"),
+            ],
         ),
     ];
     for (what, parts) in corpus {
@@ -516,11 +580,73 @@ fn hostile_tars_are_rejected_and_leave_nothing_behind() {
     }
 }
 
+/// Links real root filesystems hold (debootstrap's, a distribution image's): accepted, and
+/// kept as data that never touches the host.
+#[test]
+fn absolute_symlinks_and_inside_hard_links_are_kept() {
+    use hostile::*;
+    use tar::EntryType as T;
+    let scratch = Scratch::new();
+    let bytes = archive(vec![
+        dir(b"usr/"),
+        dir(b"usr/lib64/"),
+        dir(b"usr/bin/"),
+        file(b"usr/bin/perl", b"#!perl"),
+        link(b"usr/bin/perl5.36", T::Link, b"usr/bin/perl"),
+        link(b"lib64", T::Symlink, b"/usr/lib64"),
+        link(b"etc/localtime", T::Symlink, b"/usr/share/zoneinfo/Etc/UTC"),
+        link(b"etc/up", T::Symlink, b"../../../../sentinel"),
+        link(b"p/chain", T::Symlink, b"../p/../../sentinel"),
+        dir(b"dev/"),
+    ]);
+    let image = scratch.store.import_tar(Cursor::new(&bytes)).unwrap();
+    let rootfs = scratch.store.rootfs(&image.digest).unwrap();
+    assert_eq!(
+        fs::read_link(rootfs.join("lib64")).unwrap(),
+        Path::new("/usr/lib64")
+    );
+    assert_eq!(
+        fs::read_link(rootfs.join("etc/localtime")).unwrap(),
+        Path::new("/usr/share/zoneinfo/Etc/UTC")
+    );
+    assert_eq!(
+        fs::read(rootfs.join("usr/bin/perl5.36")).unwrap(),
+        b"#!perl"
+    );
+    assert!(rootfs.join("dev").is_dir() && rootfs.join("usr/lib64").is_dir());
+    let files = scratch.store.files(&image.digest).unwrap();
+    assert_eq!(files["usr/bin/perl5.36"], files["usr/bin/perl"]);
+    assert!(scratch
+        .store
+        .verify_rootfs(&image.digest)
+        .unwrap()
+        .is_intact());
+    // A layer that holds the hard link itself (not re-canonicalized) unpacks the same way.
+    let digest = write_layout(
+        &scratch.store_root(),
+        &[Layer {
+            tar: bytes,
+            gzip: true,
+        }],
+        "links",
+    );
+    let raw = scratch.store.rootfs(&digest).unwrap();
+    assert_eq!(fs::read(raw.join("usr/bin/perl5.36")).unwrap(), b"#!perl");
+    let listed = scratch.store.files(&digest).unwrap();
+    assert_eq!(listed["usr/bin/perl5.36"], listed["usr/bin/perl"]);
+    scratch.store.remove(&image.digest).unwrap();
+    scratch.store.remove(&digest).unwrap();
+    scratch.assert_untouched();
+}
+
 #[test]
 fn hostile_blob_is_rejected_by_rootfs() {
     use hostile::*;
     let scratch = Scratch::new();
-    let bytes = archive(vec![link(b"out", tar::EntryType::Symlink, b"../../x")]);
+    let bytes = archive(vec![
+        link(b"out", tar::EntryType::Symlink, b"/"),
+        file(b"out/pwned", b"x"),
+    ]);
     // The store root is an OCI layout: put a hostile image straight into it.
     let digest = write_layout(
         &scratch.store_root(),

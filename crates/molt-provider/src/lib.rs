@@ -8,6 +8,7 @@
 //! Everything here blocks; async callers use `spawn_blocking`.
 
 mod error;
+mod inroot;
 mod local;
 mod procfs;
 
@@ -15,6 +16,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub use crate::error::ProviderError;
+pub use crate::inroot::lookup_in_root;
 pub use crate::local::LocalProvider;
 pub use molt_core::Limits;
 

@@ -1,15 +1,18 @@
 //! molt-registry: pushing images of the store to an OCI registry and pulling them back, with
 //! the `oci-client` crate (rustls with ring; no OpenSSL).
 //!
-//! Push uploads the config and layers (chunked, 4 MiB per request, falling back to one
-//! request where a registry does not do chunks), trying a cross-repository mount first when
-//! given a source repository on the same registry, then the manifest byte for byte, so the
-//! image keeps its digest. Pull fetches the manifest and blobs into the store's scratch space
-//! and imports them with the same checks as an OCI archive (every blob against its digest,
-//! every layer against its diff id).
+//! Push uploads the config and layers streamed from the store (`upload.rs`: chunked, 4 MiB per
+//! request, one chunk in memory, falling back to `oci-client`'s single-request upload of the
+//! blob where a registry refuses chunks), trying a cross-repository mount first when given a
+//! source repository on the same registry, then the manifest byte for byte, so the image keeps
+//! its digest. Pull streams the manifest's blobs into files in the store's scratch space and
+//! imports them with the same checks as an OCI archive (every blob against its digest, every
+//! layer against its diff id).
 //!
 //! Architecture invariant: credentials are only handed to the client; they never appear in
 //! errors, logs or reports. Plain HTTP is used only for loopback registries.
+
+mod upload;
 
 use std::net::IpAddr;
 
@@ -19,6 +22,8 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
+
+use crate::upload::{UploadAuth, UploadError, Uploader};
 
 /// Registry credentials (HTTP basic auth, exchanged for a token where the registry wants one).
 #[derive(Clone, Deserialize, Serialize)]
@@ -49,6 +54,9 @@ pub struct PushReport {
     pub uploaded: u64,
     /// Blobs mounted from the source repository instead of uploaded.
     pub mounted: u64,
+    /// Uploaded blobs that were streamed from the store in chunks (the others went up in one
+    /// request, read whole, because the registry refused chunks).
+    pub streamed: u64,
     /// Bytes uploaded (manifest included).
     pub bytes: u64,
 }
@@ -141,6 +149,33 @@ impl Session {
         })
     }
 
+    /// A streaming uploader to this reference's repository; `token` is what `auth` returned
+    /// (a bearer token, or none for basic auth and anonymous registries).
+    fn uploader(&self, token: Option<String>) -> Result<Uploader, RegistryError> {
+        let registry = self.reference.resolve_registry().to_string();
+        let scheme = if is_loopback(&registry) {
+            "http"
+        } else {
+            "https"
+        };
+        let auth = match (token, &self.auth) {
+            (Some(token), _) => UploadAuth::Bearer(token),
+            (None, RegistryAuth::Basic(user, password)) => {
+                UploadAuth::Basic(user.clone(), password.clone())
+            }
+            (None, _) => UploadAuth::Anonymous,
+        };
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| RegistryError::Internal(format!("HTTP client: {e}")))?;
+        Ok(Uploader {
+            http,
+            base: format!("{scheme}://{registry}"),
+            repository: self.reference.repository().to_string(),
+            auth,
+        })
+    }
+
     fn error(&self, e: oci_client::errors::OciDistributionError) -> RegistryError {
         RegistryError::Registry {
             registry: self.reference.resolve_registry().to_string(),
@@ -184,7 +219,7 @@ pub async fn push(
         }
         None => None,
     };
-    session
+    let token = session
         .client
         .auth(
             &session.reference,
@@ -193,11 +228,13 @@ pub async fn push(
         )
         .await
         .map_err(|e| session.error(e))?;
+    let uploader = session.uploader(token)?;
     let mut report = PushReport {
         reference: target.to_string(),
         digest: digest.clone(),
         uploaded: 0,
         mounted: 0,
+        streamed: 0,
         bytes: 0,
     };
     let mut blobs = vec![details.config_digest.clone()];
@@ -214,18 +251,34 @@ pub async fn push(
                 continue;
             }
         }
-        let bytes = blocking({
-            let (store, blob) = (store.clone(), blob.clone());
-            move || store.blob_bytes(&blob)
-        })
-        .await?;
-        session
-            .client
-            .push_blob(&session.reference, &bytes, blob.as_str())
-            .await
-            .map_err(|e| session.error(e))?;
+        let (path, size) = store.blob_file(&blob)?;
+        match uploader.upload(&path, &blob).await {
+            Ok(()) => report.streamed += 1,
+            Err(UploadError::Corrupt { actual }) => {
+                return Err(RegistryError::Image(ImageError::Corrupt {
+                    digest: blob,
+                    actual,
+                }))
+            }
+            Err(UploadError::Io(e)) => {
+                return Err(RegistryError::Image(ImageError::Io { path, source: e }))
+            }
+            Err(UploadError::Refused(why)) => {
+                tracing::warn!(%blob, %why, "chunked upload refused; uploading in one request");
+                let bytes = blocking({
+                    let (store, blob) = (store.clone(), blob.clone());
+                    move || store.blob_bytes(&blob)
+                })
+                .await?;
+                session
+                    .client
+                    .push_blob(&session.reference, &bytes, blob.as_str())
+                    .await
+                    .map_err(|e| session.error(e))?;
+            }
+        }
         report.uploaded += 1;
-        report.bytes += bytes.len() as u64;
+        report.bytes += size;
     }
     let content_type = manifest_media_type(&manifest);
     report.bytes += manifest.len() as u64;
@@ -289,6 +342,16 @@ pub async fn pull(
             .pull_blob(&session.reference, descriptor, &mut out)
             .await
             .map_err(|e| session.error(e))?;
+        // tokio's File finishes its last write in the background: wait for it before the
+        // import reads the file.
+        tokio::io::AsyncWriteExt::flush(&mut out)
+            .await
+            .map_err(|e| {
+                RegistryError::Image(ImageError::Io {
+                    path: path.clone(),
+                    source: e,
+                })
+            })?;
         files.push((digest, path));
     }
     let imported = blocking({

@@ -134,6 +134,8 @@ async fn push_then_pull_through_a_real_registry_keeps_the_digest() {
         .unwrap();
     assert_eq!(pushed.digest, image.digest);
     assert_eq!((pushed.uploaded, pushed.mounted), (2, 0));
+    // Both blobs went up streamed from the store in 4 MiB chunks (the layer needs two).
+    assert_eq!(pushed.streamed, 2, "{pushed:?}");
     assert!(pushed.bytes > 5 << 20, "{pushed:?}");
 
     // A second repository on the same registry mounts the blobs instead of uploading them.
@@ -183,5 +185,26 @@ async fn push_then_pull_through_a_real_registry_keeps_the_digest() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["Digest"], image.digest.as_str());
     }
+
+    // A stored layer damaged on disk is caught while it streams: the upload is never closed,
+    // the push fails with the store's error and the registry gets no manifest.
+    let layer = one.inspect(&image.digest).unwrap().layers[0].digest.clone();
+    let (path, _) = one.blob_file(&layer).unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let bad = format!("{}/shop/bad:1", registry.addr);
+    let err = push(&one, &image.digest, &bad, Some(&creds()), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::Image(molt_image::ImageError::Corrupt { .. })
+        ),
+        "{err}"
+    );
+    assert!(pull(&three, &bad, Some(&creds())).await.is_err());
     drop(registry);
 }

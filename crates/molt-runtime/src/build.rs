@@ -1,11 +1,17 @@
 //! Build commands (`run` steps of a bake) in runc containers.
 //!
-//! The bundle is an instance's (private mount, pid, uts and ipc namespaces, no capabilities,
-//! `no_new_privileges`, masked and read-only kernel paths, device cgroup deny-all) with three
+//! The bundle is an instance's (private mount, pid, uts and ipc namespaces, `no_new_privileges`,
+//! the seccomp deny list, masked and read-only kernel paths, device cgroup deny-all) with four
 //! changes: the root is writable (it is a scratch copy of the image so far, whose changes become
-//! a layer), the process runs as the image's user (root by default, still without
-//! capabilities), and it gets a private network namespace holding only `lo` unless the step
-//! says `network = true`. The command runs in the foreground (`runc run`) under a deadline.
+//! a layer); the process runs as the image's user (root by default); root gets Docker's default
+//! capability set ([`BUILD_CAPABILITIES`]: what `apt-get`, `dpkg` and `chown` need to install
+//! packages as the image's root, without `NET_RAW`, `SYS_ADMIN` or anything else), while another
+//! user gets them only in the bounding set, as Docker does; and it gets a private network
+//! namespace holding only `lo` unless the step says `network = true`, which shares the host's
+//! network (for package mirrors). `no_new_privileges` stays on: apt drops to its `_apt` user
+//! with `setresuid` (CAP_SETUID), which it allows; only gaining privileges through a setuid
+//! binary (`su`, `sudo`) is refused. The command runs in the foreground (`runc run`) under a
+//! deadline.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,7 +19,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, RootBuilder};
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    RootBuilder,
+};
 
 use crate::bundle::BundleSpec;
 use crate::ContainerUser;
@@ -24,6 +33,23 @@ const BUILD_MEMORY: u64 = 2 << 30;
 const BUILD_PIDS: u64 = 4096;
 /// Default `PATH` when the image sets none.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Capabilities of a build command run as root: Docker's default set, without `NET_RAW`.
+pub const BUILD_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Mknod,
+    Capability::AuditWrite,
+    Capability::Setfcap,
+];
 
 /// Runs build commands in containers; made by [`BuildRunner::detect`].
 #[derive(Debug, Clone)]
@@ -146,6 +172,7 @@ impl BuildRunner {
         spec.set_root(Some(root));
         if let Some(process) = spec.process_mut() {
             process.set_cwd(PathBuf::from(&command.cwd));
+            process.set_capabilities(Some(build_capabilities(command.user)?));
         }
         if let Some(linux) = spec.linux_mut() {
             let mut namespaces = linux.namespaces().clone().unwrap_or_default();
@@ -209,6 +236,25 @@ impl BuildRunner {
     }
 }
 
+/// The capability sets of a build command: [`BUILD_CAPABILITIES`] for root; for another
+/// user only as the bounding set (it holds none, as after a plain `setuid`).
+fn build_capabilities(user: ContainerUser) -> Result<oci_spec::runtime::LinuxCapabilities, String> {
+    let granted: Capabilities = BUILD_CAPABILITIES.iter().copied().collect();
+    let held = if user.uid == 0 {
+        granted.clone()
+    } else {
+        Capabilities::new()
+    };
+    LinuxCapabilitiesBuilder::default()
+        .bounding(granted)
+        .effective(held.clone())
+        .permitted(held)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// The last 2 KiB of a log, on one line.
 fn tail(path: &Path) -> String {
     let text = fs::read(path).unwrap_or_default();
@@ -216,4 +262,44 @@ fn tail(path: &Path) -> String {
     String::from_utf8_lossy(&text[start..])
         .trim()
         .replace('\n', " | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_gets_the_default_set_and_others_only_a_bound() {
+        let root =
+            serde_json::to_value(build_capabilities(ContainerUser { uid: 0, gid: 0 }).unwrap())
+                .unwrap();
+        let effective = root["effective"].as_array().unwrap();
+        for cap in [
+            "CAP_CHOWN",
+            "CAP_SETUID",
+            "CAP_DAC_OVERRIDE",
+            "CAP_SYS_CHROOT",
+        ] {
+            assert!(effective.contains(&cap.into()), "{cap}: {effective:?}");
+        }
+        for cap in ["CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_NET_ADMIN"] {
+            assert!(!effective.contains(&cap.into()), "{cap}");
+        }
+        assert_eq!(effective.len(), BUILD_CAPABILITIES.len());
+        assert_eq!(root["ambient"], serde_json::json!([]));
+        let user = serde_json::to_value(
+            build_capabilities(ContainerUser {
+                uid: 1000,
+                gid: 1000,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(user["effective"], serde_json::json!([]));
+        assert_eq!(user["permitted"], serde_json::json!([]));
+        assert_eq!(
+            user["bounding"].as_array().unwrap().len(),
+            BUILD_CAPABILITIES.len()
+        );
+    }
 }

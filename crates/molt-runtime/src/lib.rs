@@ -21,6 +21,6 @@ mod rootfs;
 mod runc;
 mod seccomp;
 
-pub use crate::build::{BuildCommand, BuildRunner};
+pub use crate::build::{BuildCommand, BuildRunner, BUILD_CAPABILITIES};
 pub use crate::net::{BridgeNetwork, Subnet, DEFAULT_BRIDGE, DEFAULT_SUBNET, NETNS_DIR};
 pub use crate::provider::{ContainerUser, RuncConfig, RuncProvider};

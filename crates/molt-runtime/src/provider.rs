@@ -758,11 +758,17 @@ impl Drop for Starting<'_> {
 /// slash is relative to the image tree. A bare name is looked up in `PATH` by runc.
 fn check_program(program: &str, image: &Path, layout: RootLayout) -> Result<(), ProviderError> {
     let (candidate, searched) = match (program.strip_prefix('/'), layout) {
-        // Not followed: a symlink in the image points inside the image, not at the host.
-        (Some(inside), RootLayout::OwnRoot) => (
-            image.join(inside),
-            format!("the image tree {}", image.display()),
-        ),
+        // Resolved the container's way: a symlink in the image points inside the image (an
+        // absolute one too), never at the host.
+        (Some(_), RootLayout::OwnRoot) => {
+            if molt_provider::lookup_in_root(image, program).is_some() {
+                return Ok(());
+            }
+            return Err(ProviderError::CommandNotFound {
+                command: program.to_string(),
+                searched: format!("the image tree {}", image.display()),
+            });
+        }
         (Some(_), RootLayout::HostSystem) => (
             PathBuf::from(program),
             "the host's system directories".into(),

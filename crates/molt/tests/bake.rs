@@ -243,3 +243,120 @@ steps = [
     assert_eq!(store.list().unwrap().len(), before);
     serve.signal(nix::sys::signal::Signal::SIGTERM);
 }
+
+/// Answers `GET` requests on a loopback port with "mirror" until `stop` is set (bounded: at
+/// most 20 connections), like a package mirror the build reaches.
+fn loopback_http_server() -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u32>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut served = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while !stopped.load(Ordering::Relaxed)
+            && served < 20
+            && std::time::Instant::now() < deadline
+        {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    conn.set_nonblocking(false).unwrap();
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf);
+                    let _ = conn.write_all(
+                        b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nmirror\n",
+                    );
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        served
+    });
+    (port, stop, handle)
+}
+
+/// A run step runs as the image's root with Docker's default capabilities (it can chown, and
+/// the layer records the owner it set) and, with `network = true`, in the host's network,
+/// where it reaches a server on loopback that a step without network cannot reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_steps_can_chown_and_reach_the_network_when_asked() {
+    let has_runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nix::unistd::geteuid().is_root() || !has_runc || !Path::new("/bin/busybox").exists() {
+        eprintln!("skipped: needs root, runc and busybox-static");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut serve = Serve::start(&data, None, true);
+    let d = data.as_path();
+    let app = tmp.path().join("app");
+    busybox_rootfs(&app.join("rootfs"));
+    let (port, stop, server) = loopback_http_server();
+    let url = format!("http://127.0.0.1:{port}/");
+    std::fs::write(
+        app.join("molt.toml"),
+        format!(
+            r#"name = "installer"
+command = ["/bin/sh", "-c", "sleep 1000"]
+[build]
+base = {{ rootfs = "rootfs" }}
+steps = [
+  {{ run = ["/bin/sh", "-c", "mkdir -p /srv && echo data > /srv/owned && /bin/busybox chown 1000:1000 /srv/owned && /bin/busybox chmod 640 /srv/owned"] }},
+  {{ run = ["/bin/sh", "-c", "if /bin/busybox wget -q -O /srv/offline {url}; then echo reached > /srv/offline-result; else echo unreachable > /srv/offline-result; fi; rm -f /srv/offline"] }},
+  {{ run = ["/bin/busybox", "wget", "-q", "-O", "/srv/online", "{url}"], network = true }},
+]
+"#
+        ),
+    )
+    .unwrap();
+    let report = json_of(&molt(d, &["--json", "bake", app.to_str().unwrap()]));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served = server.join().unwrap();
+    assert_eq!(outcomes(&report), ["built", "built", "built", "built"]);
+    let digest: Digest = report["digest"].as_str().unwrap().parse().unwrap();
+    let store = molt_image::ImageStore::open(&data.join("images")).unwrap();
+    let rootfs = store.rootfs(&digest).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("srv/offline-result")).unwrap(),
+        "unreachable\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("srv/online")).unwrap(),
+        "mirror\n"
+    );
+    assert_eq!(served, 1, "only the step with network reached the server");
+
+    // The chown step's layer holds the file owned by 1000:1000 with the mode it set.
+    let layer: Digest = report["steps"][1]["layer"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let blob = data.join("images/blobs/sha256").join(layer.hex());
+    let listing = Command::new("tar")
+        .args(["--numeric-owner", "-tvzf"])
+        .arg(&blob)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let owned = listing
+        .lines()
+        .find(|l| l.ends_with("srv/owned"))
+        .unwrap_or_else(|| panic!("no srv/owned in {listing}"));
+    assert!(
+        owned.starts_with("-rw-r----- 1000/1000 "),
+        "{owned} (layer: {listing})"
+    );
+    serve.signal(nix::sys::signal::Signal::SIGTERM);
+}

@@ -286,13 +286,15 @@ pub(crate) fn print_gc(v: &serde_json::Value, dry_run: bool, json: bool) {
     let store = &v["store"];
     let n = |k: &str| store[k].as_u64().unwrap_or(0);
     println!(
-        "  image store: {} blob(s) ({}), {} unpacked tree(s) ({}), {} leftover(s) ({})",
+        "  image store: {} blob(s) ({}), {} unpacked tree(s) ({}), {} leftover(s) ({}), {} \
+         bake cache entr(ies)",
         n("blobs"),
         bytes(n("blob_bytes")),
         n("rootfs"),
         bytes(n("rootfs_bytes")),
         n("temps"),
-        bytes(n("temp_bytes"))
+        bytes(n("temp_bytes")),
+        n("cache_entries")
     );
     for (env, why) in v["kept"].as_object().into_iter().flatten() {
         println!("  kept {env}: {}", why.as_str().unwrap_or(""));
