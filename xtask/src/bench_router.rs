@@ -25,7 +25,7 @@ use crate::child::{group_cpu_time, ChildProcess};
 use crate::load::{self, LoadResult, LoadSpec, Protocol};
 use crate::peers::{Availability, Peer};
 use crate::router_report::{print_table, to_json};
-use crate::router_server::{RouterServerArgs, HOST};
+use crate::router_server::{RouterServerArgs, Serving, HOST};
 use crate::Output;
 
 /// The backend's small answer is `hello from {APP} {RELEASE}\n`: 32 bytes.
@@ -679,6 +679,7 @@ fn start_router(
         extra_routes,
         swaps: if swap_interval.is_some() { SWAPS } else { 0 },
         swap_interval: swap_interval.unwrap_or_default(),
+        serving: Serving::Threads,
     };
     let mut command = Command::new(exe);
     command.args(args.to_args());

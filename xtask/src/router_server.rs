@@ -1,7 +1,9 @@
-//! `xtask router-server`: molt's router (the `molt-router` library, as `molt serve` runs it)
-//! alone in its own process with two worker threads, so that `bench router` measures it the
-//! way it measures nginx: a separate server, not a library sharing the load generator's
-//! runtime.
+//! `xtask router-server`: molt's router (the `molt-router` library) alone in its own process
+//! with two serving threads, so that `bench router` measures it the way it measures nginx: a
+//! separate server, not a library sharing the load generator's runtime. By default each
+//! thread runs its own current-thread runtime on its own `SO_REUSEPORT` socket
+//! ([`Router::serve_on_threads`]); `--serve runtime` serves from one multi-thread runtime with
+//! two workers instead ([`Router::serve`], as `molt serve` does).
 //!
 //! It routes `bench.localhost` to the backends (environment "blue"), plus `--extra-routes`
 //! dummy hostnames. With `--swaps N`, SIGUSR1 starts N route swaps between environments
@@ -40,6 +42,17 @@ pub struct RouterServerArgs {
     pub swaps: usize,
     /// Pause between two swaps.
     pub swap_interval: Duration,
+    /// How the router's threads are organised.
+    pub serving: Serving,
+}
+
+/// How `router-server` runs the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// [`Router::serve_on_threads`]: one current-thread runtime per thread, SO_REUSEPORT.
+    Threads,
+    /// [`Router::serve`] on a multi-thread runtime with `WORKER_THREADS` workers.
+    Runtime,
 }
 
 /// What the swaps did, as reported on stdout.
@@ -56,6 +69,7 @@ impl RouterServerArgs {
         let mut listen = None;
         let mut backends = Vec::new();
         let (mut extra_routes, mut swaps, mut swap_interval_ms) = (0, 0, 20);
+        let mut serving = Serving::Threads;
         let mut rest = args.iter();
         while let Some(flag) = rest.next() {
             let value = rest.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
@@ -66,6 +80,13 @@ impl RouterServerArgs {
                 "--extra-routes" => extra_routes = value.parse().with_context(bad)?,
                 "--swaps" => swaps = value.parse().with_context(bad)?,
                 "--swap-interval-ms" => swap_interval_ms = value.parse().with_context(bad)?,
+                "--serve" => {
+                    serving = match *value {
+                        "threads" => Serving::Threads,
+                        "runtime" => Serving::Runtime,
+                        _ => bail!("{}", bad()),
+                    }
+                }
                 other => bail!("unknown router-server option {other:?}"),
             }
         }
@@ -79,6 +100,7 @@ impl RouterServerArgs {
             extra_routes,
             swaps,
             swap_interval: Duration::from_millis(swap_interval_ms),
+            serving,
         })
     }
 
@@ -99,6 +121,12 @@ impl RouterServerArgs {
             self.swaps.to_string(),
             "--swap-interval-ms".into(),
             self.swap_interval.as_millis().to_string(),
+            "--serve".into(),
+            match self.serving {
+                Serving::Threads => "threads",
+                Serving::Runtime => "runtime",
+            }
+            .into(),
         ]);
         args
     }
@@ -143,18 +171,29 @@ pub async fn run(args: RouterServerArgs) -> Result<()> {
     });
     let tables = ENVS.map(|env| args.table(env));
     router.publish(tables[0].clone()).await;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    let server = match args.serving {
+        Serving::Threads => {
+            let threads = Arc::clone(&router)
+                .serve_on_threads(args.listen, WORKER_THREADS, shutdown.clone())
+                .with_context(|| format!("binding {}", args.listen))?;
+            tokio::task::spawn_blocking(move || threads.join())
+        }
+        Serving::Runtime => {
+            let listener = TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            tokio::spawn(Arc::clone(&router).serve(listener, shutdown.clone()))
+        }
+    };
     eprintln!(
-        "router-server: molt-router on {} -> {:?}, {} routes",
+        "router-server: molt-router on {} ({:?}) -> {:?}, {} routes",
         args.listen,
+        args.serving,
         args.backends,
         tables[0].len()
     );
 
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(Arc::clone(&router).serve(listener, shutdown.clone()));
     let swapper = {
         let (router, shutdown) = (Arc::clone(&router), shutdown.clone());
         let (swaps, interval) = (args.swaps, args.swap_interval);
@@ -250,6 +289,7 @@ mod tests {
             extra_routes: 10_000,
             swaps: 100,
             swap_interval: Duration::from_millis(20),
+            serving: Serving::Runtime,
         };
         let line = args.to_args();
         let words: Vec<&str> = line[1..].iter().map(String::as_str).collect();

@@ -410,6 +410,18 @@ impl RouteTable {
             .into_iter()
     }
 
+    /// Every upstream address this table routes to.
+    pub(crate) fn addresses(&self) -> HashSet<SocketAddr> {
+        self.routes()
+            .flat_map(|route| route.upstreams().iter().map(|upstream| upstream.addr))
+            .collect()
+    }
+
+    /// The environment ids this table sends traffic to, as a set (for lookups in bulk).
+    pub(crate) fn env_set(&self) -> HashSet<&str> {
+        self.routes().map(|route| route.env()).collect()
+    }
+
     /// Whether any hostname in this table routes to `env`.
     pub fn references(&self, env: &str) -> bool {
         self.routes().any(|route| route.env() == env)
@@ -420,6 +432,18 @@ impl RouteTable {
         self.routes()
             .find(|route| route.env() == env)
             .map_or(0, |route| route.ejected_count())
+    }
+
+    /// How many upstreams are ejected right now, for every environment of the table (one
+    /// pass, so a scrape of every environment stays linear in the table's size).
+    pub(crate) fn ejected_by_env(&self) -> HashMap<&str, u64> {
+        let mut ejected = HashMap::new();
+        for route in self.routes() {
+            ejected
+                .entry(route.env())
+                .or_insert_with(|| route.ejected_count());
+        }
+        ejected
     }
 
     /// Number of entries (hostname or hostname + prefix, exact and wildcard).
@@ -443,11 +467,7 @@ impl RouteTable {
     /// sharing the health registry's state for its upstreams' addresses, so the hot path
     /// reaches both without a lock. Forgets the health of addresses no longer routed.
     pub(crate) fn bound_to(self, registry: &StatsRegistry, health: &HealthRegistry) -> Self {
-        let addrs: HashSet<SocketAddr> = self
-            .routes()
-            .flat_map(|route| route.upstreams().iter().map(|upstream| upstream.addr))
-            .collect();
-        health.retain(&addrs);
+        health.retain(&self.addresses());
         let bind = |route: Arc<Route>| {
             let counters = registry.counters(route.env());
             let upstreams = health.bind(route.upstreams().iter().map(|upstream| upstream.addr));
