@@ -119,10 +119,15 @@ pub(crate) struct SwapRow {
     pub(crate) router_accepted: u64,
 }
 
-/// molt's throughput with 1 route and with `EXTRA_ROUTES` more, alternating runs.
+/// molt's throughput with 1 route and with `EXTRA_ROUTES` more, alternating runs, and the
+/// router's CPU time per request in each run (steadier than req/s on a busy machine).
 pub(crate) struct RoutesRow {
     pub(crate) one_route: Vec<f64>,
     pub(crate) many_routes: Vec<f64>,
+    pub(crate) one_route_cpu_us: Vec<f64>,
+    pub(crate) many_routes_cpu_us: Vec<f64>,
+    /// How long publishing the big table took when the router started.
+    pub(crate) publish_big_table: Duration,
 }
 
 /// molt's throughput with HTTP/1.1 clients and with h2c clients, alternating runs.
@@ -176,7 +181,7 @@ impl Plan {
                 warmup: Duration::from_millis(300),
                 concurrencies: &[16, 64],
                 swap_interval: Duration::from_millis(5),
-                routes_rounds: 2,
+                routes_rounds: 4,
             },
         }
     }
@@ -256,6 +261,15 @@ impl RoutesRow {
     pub(crate) fn loss_percent(&self) -> f64 {
         let (one, many) = (median(&self.one_route), median(&self.many_routes));
         (one - many) / one.max(1e-9) * 100.0
+    }
+
+    /// CPU time per request added by `EXTRA_ROUTES` routes, in percent of the 1-route median.
+    pub(crate) fn cpu_added_percent(&self) -> f64 {
+        let (one, many) = (
+            median(&self.one_route_cpu_us),
+            median(&self.many_routes_cpu_us),
+        );
+        (many - one) / one.max(1e-9) * 100.0
     }
 }
 
@@ -409,7 +423,13 @@ async fn measure_with(
     let molt = lineup
         .address(Target::Molt)
         .ok_or_else(|| anyhow!("molt's router is not in the lineup"))?;
-    let routes = measure_routes(plan, exe, dir, lineup.backend, molt).await?;
+    let molt_pid = lineup
+        .targets
+        .iter()
+        .find(|e| e.target == Target::Molt)
+        .and_then(|e| e.proxy_group)
+        .ok_or_else(|| anyhow!("molt's router has no process"))?;
+    let routes = measure_routes(plan, exe, dir, lineup.backend, (molt, molt_pid)).await?;
     let protocols = measure_protocols(plan, molt).await?;
     let swap = measure_swaps(plan, exe, dir, lineup.backend).await?;
     Ok((cells, swap, routes, protocols))
@@ -497,7 +517,7 @@ async fn measure_routes(
     exe: &Path,
     dir: &Path,
     backend: SocketAddr,
-    one_route: SocketAddr,
+    (one_route, one_route_pid): (SocketAddr, u32),
 ) -> Result<RoutesRow> {
     let addr = free_port()?;
     let mut many = start_router(exe, dir, "molt-10k", addr, backend, EXTRA_ROUTES, None)?;
@@ -515,15 +535,19 @@ async fn measure_routes(
     let mut row = RoutesRow {
         one_route: Vec::new(),
         many_routes: Vec::new(),
+        one_route_cpu_us: Vec::new(),
+        many_routes_cpu_us: Vec::new(),
+        publish_big_table: Duration::ZERO,
     };
     for round in 1..=plan.routes_rounds {
         // A B, then B A: drift over the rounds hits both alike.
-        let mut order = [(one_route, false), (addr, true)];
+        let mut order = [(one_route, one_route_pid, false), (addr, many.pid(), true)];
         if round % 2 == 0 {
             order.reverse();
         }
-        for (target, many_routes) in order {
+        for (target, pid, many_routes) in order {
             tokio::time::sleep(PAUSE).await;
+            let cpu = group_cpu_time(pid);
             let result = load::run(&spec(
                 target,
                 BodySize::Small,
@@ -531,15 +555,18 @@ async fn measure_routes(
                 plan.cell,
             ))
             .await?;
+            let cpu_us = group_cpu_time(pid).saturating_sub(cpu).as_secs_f64() * 1e6
+                / result.ok.max(1) as f64;
             if result.errors > 0 {
                 bail!("{} requests failed in the 10 000 routes run", result.errors);
             }
-            let samples = if many_routes {
-                &mut row.many_routes
+            let (samples, cpu_samples) = if many_routes {
+                (&mut row.many_routes, &mut row.many_routes_cpu_us)
             } else {
-                &mut row.one_route
+                (&mut row.one_route, &mut row.one_route_cpu_us)
             };
             samples.push(result.per_second());
+            cpu_samples.push(cpu_us);
         }
         progress(&format!(
             "routes round {round}/{}: 1 route {:.0} req/s, {EXTRA_ROUTES} more {:.0} req/s",
@@ -549,6 +576,10 @@ async fn measure_routes(
         ));
     }
     many.stop().await?;
+    let report: Value = serde_json::from_str(many.stdout().trim())
+        .with_context(|| format!("reading the 10k router-server's report {:?}", many.stdout()))?;
+    row.publish_big_table =
+        Duration::from_micros(report["initial_publish_us"].as_u64().unwrap_or(0));
     Ok(row)
 }
 

@@ -101,15 +101,25 @@ pub(crate) fn print_table(f: &RouterFigures) {
         verdict(routes.loss_percent() < ROUTES_LOSS_GOAL)
     );
     println!(
-        "  1 route      {:>6.0} req/s (runs: {})",
+        "  1 route      {:>6.0} req/s, cpu/req {:.1} us (runs: {})",
         median(&routes.one_route),
+        median(&routes.one_route_cpu_us),
         runs(&routes.one_route)
     );
     println!(
-        "  {} routes {:>6.0} req/s (runs: {})",
+        "  {} routes {:>6.0} req/s, cpu/req {:.1} us (runs: {})",
         EXTRA_ROUTES + 1,
         median(&routes.many_routes),
+        median(&routes.many_routes_cpu_us),
         runs(&routes.many_routes)
+    );
+    println!(
+        "  cpu/req with {} routes: {:+.1} % (steadier than req/s on a busy machine); publishing \
+         the {}-route table: {:.1} ms",
+        EXTRA_ROUTES + 1,
+        routes.cpu_added_percent(),
+        EXTRA_ROUTES + 1,
+        routes.publish_big_table.as_secs_f64() * 1000.0
     );
     let protocols = &f.protocols;
     println!(
@@ -227,6 +237,10 @@ pub(crate) fn to_json(f: &RouterFigures) -> Value {
             "extra_routes": EXTRA_ROUTES,
             "one_route_requests_per_s": f.routes.one_route,
             "many_routes_requests_per_s": f.routes.many_routes,
+            "one_route_cpu_us_per_request": f.routes.one_route_cpu_us,
+            "many_routes_cpu_us_per_request": f.routes.many_routes_cpu_us,
+            "cpu_added_percent": f.routes.cpu_added_percent(),
+            "publish_big_table_ms": f.routes.publish_big_table.as_secs_f64() * 1000.0,
             "loss_percent": f.routes.loss_percent(),
             "goal_percent": ROUTES_LOSS_GOAL,
         },
