@@ -74,7 +74,7 @@ impl Router {
     /// This is how `xtask router-server` serves; [`Router::serve`] runs on the caller's
     /// runtime instead.
     ///
-    /// Every socket is bound before this returns (so `addr` may use port 0: the others join
+    /// Every thread is listening when this returns (so `addr` may use port 0: the others join
     /// the port the first one got). Each thread serves like [`Router::serve`] until
     /// `shutdown` is cancelled; [`ServerThreads::join`] waits for all of them.
     pub fn serve_on_threads(
@@ -82,6 +82,26 @@ impl Router {
         addr: SocketAddr,
         threads: usize,
         shutdown: CancellationToken,
+    ) -> io::Result<ServerThreads> {
+        self.spawn_threads(addr, threads, shutdown, false)
+    }
+
+    /// [`Router::serve_on_threads`] for TLS: each thread serves like [`Router::serve_tls`].
+    pub fn serve_tls_on_threads(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        threads: usize,
+        shutdown: CancellationToken,
+    ) -> io::Result<ServerThreads> {
+        self.spawn_threads(addr, threads, shutdown, true)
+    }
+
+    fn spawn_threads(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        threads: usize,
+        shutdown: CancellationToken,
+        tls: bool,
     ) -> io::Result<ServerThreads> {
         let mut sockets = Vec::with_capacity(threads.max(1));
         let mut bound = addr;
@@ -97,27 +117,74 @@ impl Router {
             bound = socket.local_addr()?;
             sockets.push(socket);
         }
+        // Each thread listens on its runtime, then reports; this returns once all listen.
+        let (listening, reports) = std::sync::mpsc::channel::<io::Result<()>>();
+        // Stops the threads already running when another fails to start.
+        let stop = shutdown.child_token();
         let mut handles = Vec::with_capacity(sockets.len());
+        let expected = sockets.len();
         for (i, socket) in sockets.into_iter().enumerate() {
             let router = Arc::clone(&self);
-            let shutdown = shutdown.clone();
+            let stop = stop.clone();
+            let report = listening.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("molt-router-{i}"))
                 .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
+                    let started = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
-                        .build()?;
+                        .build()
+                        .and_then(|runtime| {
+                            let listener =
+                                runtime.block_on(async { socket.listen(LISTEN_BACKLOG) })?;
+                            Ok((runtime, listener))
+                        });
+                    let (runtime, listener) = match started {
+                        Ok(started) => {
+                            let _ = report.send(Ok(()));
+                            started
+                        }
+                        Err(error) => {
+                            let _ =
+                                report.send(Err(io::Error::new(error.kind(), error.to_string())));
+                            return Err(error);
+                        }
+                    };
                     runtime.block_on(async move {
-                        let listener = socket.listen(LISTEN_BACKLOG)?;
-                        router.serve(listener, shutdown).await
+                        if tls {
+                            router.serve_tls(listener, stop).await
+                        } else {
+                            router.serve(listener, stop).await
+                        }
                     })
-                })?;
-            handles.push(handle);
+                });
+            match handle {
+                Ok(handle) => handles.push(handle),
+                Err(error) => {
+                    let _ = listening.send(Err(error));
+                }
+            }
         }
-        Ok(ServerThreads {
+        drop(listening);
+        let threads = ServerThreads {
             addr: bound,
             handles,
-        })
+        };
+        // One report per thread (or per thread that could not be spawned); a thread keeps
+        // its sender while it serves, so count instead of waiting for the channel to close.
+        let mut failure = None;
+        for report in reports.iter().take(expected) {
+            if let Err(error) = report {
+                failure.get_or_insert(error);
+            }
+        }
+        match failure {
+            None => Ok(threads),
+            Some(error) => {
+                stop.cancel();
+                let _ = threads.join();
+                Err(error)
+            }
+        }
     }
 
     async fn serve_with(

@@ -55,7 +55,7 @@ pub(crate) enum Upstreams {
     /// molt's own HTTP/1.1 pool.
     Http1(Arc<Pool>),
     /// hyper-util's client, speaking h2c with prior knowledge.
-    Http2(Client<HttpConnector, RequestBody>),
+    Http2(Box<Client<HttpConnector, RequestBody>>),
 }
 
 /// Why an upstream request got no response.
@@ -71,8 +71,16 @@ pub(crate) enum UpstreamError {
 
 /// Idle HTTP/1.1 connections, by worker thread and upstream address.
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<(usize, SocketAddr), VecDeque<Idle>>>,
+    idle: Mutex<IdleSet>,
     connect_timeout: Duration,
+}
+
+#[derive(Default)]
+struct IdleSet {
+    connections: HashMap<(usize, SocketAddr), VecDeque<Idle>>,
+    /// The addresses the published table routes to (`None` before the first publish): a
+    /// connection to any other address is closed instead of kept once its exchange ends.
+    routed: Option<HashSet<SocketAddr>>,
 }
 
 /// One upstream connection: the handle requests are sent with and the I/O side.
@@ -120,7 +128,7 @@ impl Upstreams {
                     .set_host(false)
                     .http2_only(true)
                     .build(connector);
-                Upstreams::Http2(client)
+                Upstreams::Http2(Box::new(client))
             }
         }
     }
@@ -151,13 +159,16 @@ impl Upstreams {
     /// Drops idle connections to addresses that are no longer routed.
     pub(crate) fn retain(&self, routed: &HashSet<SocketAddr>) {
         if let Upstreams::Http1(pool) = self {
-            pool.lock().retain(|(_, addr), _| routed.contains(addr));
+            let mut idle = pool.lock();
+            idle.connections
+                .retain(|(_, addr), _| routed.contains(addr));
+            idle.routed = Some(routed.clone());
         }
     }
 }
 
 impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, SocketAddr), VecDeque<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleSet> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -199,10 +210,10 @@ impl Pool {
         loop {
             let idle = {
                 let mut pool = self.lock();
-                let queue = pool.get_mut(&key)?;
+                let queue = pool.connections.get_mut(&key)?;
                 let idle = queue.pop_back();
                 if queue.is_empty() {
-                    pool.remove(&key);
+                    pool.connections.remove(&key);
                 }
                 idle?
             };
@@ -223,7 +234,17 @@ impl Pool {
     fn checkin(&self, connection: Connection) {
         let now = Instant::now();
         let mut pool = self.lock();
-        let queue = pool.entry((shard(), connection.addr)).or_default();
+        if pool
+            .routed
+            .as_ref()
+            .is_some_and(|routed| !routed.contains(&connection.addr))
+        {
+            return;
+        }
+        let queue = pool
+            .connections
+            .entry((shard(), connection.addr))
+            .or_default();
         // The oldest are at the front: drop those past the idle timeout.
         while queue
             .front()
