@@ -26,6 +26,7 @@ mod bench_images;
 mod bench_router;
 mod bench_sandbox;
 mod child;
+mod h2load;
 mod load;
 mod peers;
 mod report;
@@ -57,6 +58,7 @@ tasks:
                         (and 64 KiB on /big)
   router-server --listen ADDR --backend ADDR... [--extra-routes N] [--swaps N]
                 [--swap-interval-ms MS] [--serve threads|runtime]
+                [--tls-listen ADDR --tls-cert PEM --tls-key PEM]
                         molt's router alone in this process (2 serving threads); SIGUSR1
                         starts the swaps, SIGTERM stops it and prints a JSON report";
 

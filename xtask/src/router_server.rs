@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use molt_router::tls::{CertSource, HostCert};
 use molt_router::{Backend, EnvStats, RouteTable, Router, RouterConfig, Upstream};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -44,6 +45,18 @@ pub struct RouterServerArgs {
     pub swap_interval: Duration,
     /// How the router's threads are organised.
     pub serving: Serving,
+    /// A second listener terminating TLS (h2 or HTTP/1.1 by ALPN) for `HOST`.
+    pub tls: Option<TlsListener>,
+}
+
+/// Where `router-server` terminates TLS, and with which certificate for `HOST`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
 }
 
 /// How `router-server` runs the router.
@@ -70,6 +83,7 @@ impl RouterServerArgs {
         let mut backends = Vec::new();
         let (mut extra_routes, mut swaps, mut swap_interval_ms) = (0, 0, 20);
         let mut serving = Serving::Threads;
+        let (mut tls_listen, mut tls_cert, mut tls_key) = (None, None, None);
         let mut rest = args.iter();
         while let Some(flag) = rest.next() {
             let value = rest.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
@@ -80,6 +94,9 @@ impl RouterServerArgs {
                 "--extra-routes" => extra_routes = value.parse().with_context(bad)?,
                 "--swaps" => swaps = value.parse().with_context(bad)?,
                 "--swap-interval-ms" => swap_interval_ms = value.parse().with_context(bad)?,
+                "--tls-listen" => tls_listen = Some(value.parse().with_context(bad)?),
+                "--tls-cert" => tls_cert = Some(std::path::PathBuf::from(value)),
+                "--tls-key" => tls_key = Some(std::path::PathBuf::from(value)),
                 "--serve" => {
                     serving = match *value {
                         "threads" => Serving::Threads,
@@ -94,6 +111,11 @@ impl RouterServerArgs {
         if backends.is_empty() {
             bail!("router-server needs at least one --backend ADDR");
         }
+        let tls = match (tls_listen, tls_cert, tls_key) {
+            (None, None, None) => None,
+            (Some(listen), Some(cert), Some(key)) => Some(TlsListener { listen, cert, key }),
+            _ => bail!("--tls-listen, --tls-cert and --tls-key go together"),
+        };
         Ok(Self {
             listen,
             backends,
@@ -101,6 +123,7 @@ impl RouterServerArgs {
             swaps,
             swap_interval: Duration::from_millis(swap_interval_ms),
             serving,
+            tls,
         })
     }
 
@@ -128,6 +151,16 @@ impl RouterServerArgs {
             }
             .into(),
         ]);
+        if let Some(tls) = &self.tls {
+            args.extend([
+                "--tls-listen".into(),
+                tls.listen.to_string(),
+                "--tls-cert".into(),
+                tls.cert.display().to_string(),
+                "--tls-key".into(),
+                tls.key.display().to_string(),
+            ]);
+        }
         args
     }
 
@@ -174,6 +207,33 @@ pub async fn run(args: RouterServerArgs) -> Result<()> {
     router.publish(tables[0].clone()).await;
     let initial_publish = published.elapsed();
     let shutdown = CancellationToken::new();
+    let tls_server = match &args.tls {
+        None => None,
+        Some(tls) => {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+            };
+            let cert = HostCert::from_pem(HOST, &read(&tls.cert)?, &read(&tls.key)?)
+                .map_err(|e| anyhow!("the TLS certificate for {HOST}: {e}"))?;
+            router
+                .certificates()
+                .replace_source(CertSource::Directory, vec![cert]);
+            Some(match args.serving {
+                Serving::Threads => {
+                    let threads = Arc::clone(&router)
+                        .serve_tls_on_threads(tls.listen, WORKER_THREADS, shutdown.clone())
+                        .with_context(|| format!("binding {}", tls.listen))?;
+                    tokio::task::spawn_blocking(move || threads.join())
+                }
+                Serving::Runtime => {
+                    let listener = TcpListener::bind(tls.listen)
+                        .await
+                        .with_context(|| format!("binding {}", tls.listen))?;
+                    tokio::spawn(Arc::clone(&router).serve_tls(listener, shutdown.clone()))
+                }
+            })
+        }
+    };
     let server = match args.serving {
         Serving::Threads => {
             let threads = Arc::clone(&router)
@@ -221,6 +281,12 @@ pub async fn run(args: RouterServerArgs) -> Result<()> {
         .await
         .context("the router task panicked")?
         .context("the router failed")?;
+    if let Some(tls_server) = tls_server {
+        tls_server
+            .await
+            .context("the TLS router task panicked")?
+            .context("the TLS router failed")?;
+    }
     println!("{}", report(&router, swaps.as_ref(), initial_publish));
     Ok(())
 }
@@ -297,6 +363,11 @@ mod tests {
             swaps: 100,
             swap_interval: Duration::from_millis(20),
             serving: Serving::Runtime,
+            tls: Some(TlsListener {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+                cert: "/tmp/cert.pem".into(),
+                key: "/tmp/key.pem".into(),
+            }),
         };
         let line = args.to_args();
         let words: Vec<&str> = line[1..].iter().map(String::as_str).collect();
