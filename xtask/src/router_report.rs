@@ -35,7 +35,8 @@ pub(crate) fn print_table(f: &RouterFigures) {
     );
     println!(
         "{cpus} CPUs shared by the load generator, the proxy under test and the backend (one \
-         process each; molt {WORKER_THREADS} worker threads, nginx/HAProxy/Caddy 2 workers)"
+         process each; molt {WORKER_THREADS} threads with a runtime each, nginx/HAProxy/Caddy 2 \
+         workers)"
     );
     println!("{H2_NOTE}");
     println!(
