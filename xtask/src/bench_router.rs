@@ -9,7 +9,9 @@
 //!    request must succeed;
 //! 3. the cost of 10 000 hostnames in molt's table against 1 (goal: < 5 % throughput loss);
 //! 4. molt's router with clients speaking h2c (prior knowledge) against HTTP/1.1, alternating
-//!    runs (h2 over TLS is not measured: the load generator has no TLS client).
+//!    runs;
+//! 5. h2 over TLS and h2c cells for molt and the peers, loaded by h2load (installed from
+//!    Debian's nghttp2-client when missing), with a self-signed certificate the bench makes.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,10 +24,12 @@ use serde_json::Value;
 
 use crate::backend::{BIG_BODY_LEN, BIG_PATH};
 use crate::child::{group_cpu_time, ChildProcess};
+use crate::h2load::{self, H2Spec, H2};
 use crate::load::{self, LoadResult, LoadSpec, Protocol};
+use crate::peers::TlsFiles;
 use crate::peers::{Availability, Peer};
 use crate::router_report::{print_table, to_json};
-use crate::router_server::{RouterServerArgs, HOST};
+use crate::router_server::{RouterServerArgs, Serving, TlsListener, HOST};
 use crate::Output;
 
 /// The backend's small answer is `hello from {APP} {RELEASE}\n`: 32 bytes.
@@ -119,10 +123,15 @@ pub(crate) struct SwapRow {
     pub(crate) router_accepted: u64,
 }
 
-/// molt's throughput with 1 route and with `EXTRA_ROUTES` more, alternating runs.
+/// molt's throughput with 1 route and with `EXTRA_ROUTES` more, alternating runs, and the
+/// router's CPU time per request in each run (steadier than req/s on a busy machine).
 pub(crate) struct RoutesRow {
     pub(crate) one_route: Vec<f64>,
     pub(crate) many_routes: Vec<f64>,
+    pub(crate) one_route_cpu_us: Vec<f64>,
+    pub(crate) many_routes_cpu_us: Vec<f64>,
+    /// How long publishing the big table took when the router started.
+    pub(crate) publish_big_table: Duration,
 }
 
 /// molt's throughput with HTTP/1.1 clients and with h2c clients, alternating runs.
@@ -134,6 +143,20 @@ pub(crate) struct ProtocolRow {
     pub(crate) h2c_p99: Duration,
 }
 
+/// Every HTTP/2 target at one protocol and concurrency (small answers, h2load).
+pub(crate) struct H2Cell {
+    pub(crate) protocol: H2,
+    pub(crate) concurrency: usize,
+    pub(crate) runs: Vec<Run>,
+}
+
+/// The HTTP/2 cells, or why they were not measured.
+pub(crate) struct H2Figures {
+    pub(crate) cells: Vec<H2Cell>,
+    /// Why h2load, or a target, did not run.
+    pub(crate) skipped: Vec<String>,
+}
+
 /// Everything one run measured.
 pub(crate) struct RouterFigures {
     pub(crate) plan: Plan,
@@ -142,6 +165,8 @@ pub(crate) struct RouterFigures {
     pub(crate) cells: Vec<Cell>,
     pub(crate) swap: SwapRow,
     pub(crate) routes: RoutesRow,
+    /// h2 over TLS and h2c cells.
+    pub(crate) h2: H2Figures,
     pub(crate) protocols: ProtocolRow,
 }
 
@@ -176,7 +201,7 @@ impl Plan {
                 warmup: Duration::from_millis(300),
                 concurrencies: &[16, 64],
                 swap_interval: Duration::from_millis(5),
-                routes_rounds: 2,
+                routes_rounds: 4,
             },
         }
     }
@@ -237,6 +262,16 @@ impl Cell {
     }
 }
 
+impl H2Cell {
+    /// `target`'s requests/s over nginx's, when nginx ran.
+    pub(crate) fn vs_nginx(&self, result: &LoadResult) -> Option<f64> {
+        self.runs
+            .iter()
+            .find(|run| run.target == Target::Peer(Peer::Nginx))
+            .map(|nginx| result.per_second() / nginx.load.per_second().max(1e-9))
+    }
+}
+
 impl SwapRow {
     /// Every swap done, inside the load window, and no request failed.
     pub(crate) fn passed(&self, plan: &Plan) -> bool {
@@ -257,6 +292,15 @@ impl RoutesRow {
         let (one, many) = (median(&self.one_route), median(&self.many_routes));
         (one - many) / one.max(1e-9) * 100.0
     }
+
+    /// CPU time per request added by `EXTRA_ROUTES` routes, in percent of the 1-route median.
+    pub(crate) fn cpu_added_percent(&self) -> f64 {
+        let (one, many) = (
+            median(&self.one_route_cpu_us),
+            median(&self.many_routes_cpu_us),
+        );
+        (many - one) / one.max(1e-9) * 100.0
+    }
 }
 
 impl RouterFigures {
@@ -268,7 +312,15 @@ impl RouterFigures {
             .flat_map(|c| &c.runs)
             .map(|run| run.load.errors)
             .sum();
-        cells + self.swap.load.errors
+        let h2: u64 = self
+            .h2
+            .cells
+            .iter()
+            .flat_map(|c| &c.runs)
+            .filter(|run| run.target == Target::Molt)
+            .map(|run| run.load.errors)
+            .sum();
+        cells + h2 + self.swap.load.errors
     }
 }
 
@@ -345,10 +397,16 @@ async fn measure(plan: Plan, dir: &Path) -> Result<RouterFigures> {
 
     let exe = std::env::current_exe().context("locating the xtask executable")?;
     let lineup = start_lineup(&exe, dir, &ready, &mut peers).await?;
-    let measured = measure_with(&plan, &exe, dir, &lineup).await;
-    // Stopped before the figures are printed, error or not.
+    let measured = match measure_with(&plan, &exe, dir, &lineup).await {
+        Ok(measured) => Ok((
+            measured,
+            measure_h2(&plan, &exe, dir, lineup.backend, &ready).await,
+        )),
+        Err(e) => Err(e),
+    };
+    // Stopped before the figures (or the error) are printed.
     lineup.stop().await;
-    let (cells, swap, routes, protocols) = measured?;
+    let ((cells, swap, routes, protocols), h2) = measured?;
     Ok(RouterFigures {
         plan,
         small_body_len: small_body().len(),
@@ -357,6 +415,7 @@ async fn measure(plan: Plan, dir: &Path) -> Result<RouterFigures> {
         swap,
         routes,
         protocols,
+        h2: h2?,
     })
 }
 
@@ -409,7 +468,13 @@ async fn measure_with(
     let molt = lineup
         .address(Target::Molt)
         .ok_or_else(|| anyhow!("molt's router is not in the lineup"))?;
-    let routes = measure_routes(plan, exe, dir, lineup.backend, molt).await?;
+    let molt_pid = lineup
+        .targets
+        .iter()
+        .find(|e| e.target == Target::Molt)
+        .and_then(|e| e.proxy_group)
+        .ok_or_else(|| anyhow!("molt's router has no process"))?;
+    let routes = measure_routes(plan, exe, dir, lineup.backend, (molt, molt_pid)).await?;
     let protocols = measure_protocols(plan, molt).await?;
     let swap = measure_swaps(plan, exe, dir, lineup.backend).await?;
     Ok((cells, swap, routes, protocols))
@@ -497,7 +562,7 @@ async fn measure_routes(
     exe: &Path,
     dir: &Path,
     backend: SocketAddr,
-    one_route: SocketAddr,
+    (one_route, one_route_pid): (SocketAddr, u32),
 ) -> Result<RoutesRow> {
     let addr = free_port()?;
     let mut many = start_router(exe, dir, "molt-10k", addr, backend, EXTRA_ROUTES, None)?;
@@ -515,15 +580,19 @@ async fn measure_routes(
     let mut row = RoutesRow {
         one_route: Vec::new(),
         many_routes: Vec::new(),
+        one_route_cpu_us: Vec::new(),
+        many_routes_cpu_us: Vec::new(),
+        publish_big_table: Duration::ZERO,
     };
     for round in 1..=plan.routes_rounds {
         // A B, then B A: drift over the rounds hits both alike.
-        let mut order = [(one_route, false), (addr, true)];
+        let mut order = [(one_route, one_route_pid, false), (addr, many.pid(), true)];
         if round % 2 == 0 {
             order.reverse();
         }
-        for (target, many_routes) in order {
+        for (target, pid, many_routes) in order {
             tokio::time::sleep(PAUSE).await;
+            let cpu = group_cpu_time(pid);
             let result = load::run(&spec(
                 target,
                 BodySize::Small,
@@ -531,15 +600,18 @@ async fn measure_routes(
                 plan.cell,
             ))
             .await?;
+            let cpu_us = group_cpu_time(pid).saturating_sub(cpu).as_secs_f64() * 1e6
+                / result.ok.max(1) as f64;
             if result.errors > 0 {
                 bail!("{} requests failed in the 10 000 routes run", result.errors);
             }
-            let samples = if many_routes {
-                &mut row.many_routes
+            let (samples, cpu_samples) = if many_routes {
+                (&mut row.many_routes, &mut row.many_routes_cpu_us)
             } else {
-                &mut row.one_route
+                (&mut row.one_route, &mut row.one_route_cpu_us)
             };
             samples.push(result.per_second());
+            cpu_samples.push(cpu_us);
         }
         progress(&format!(
             "routes round {round}/{}: 1 route {:.0} req/s, {EXTRA_ROUTES} more {:.0} req/s",
@@ -549,6 +621,10 @@ async fn measure_routes(
         ));
     }
     many.stop().await?;
+    let report: Value = serde_json::from_str(many.stdout().trim())
+        .with_context(|| format!("reading the 10k router-server's report {:?}", many.stdout()))?;
+    row.publish_big_table =
+        Duration::from_micros(report["initial_publish_us"].as_u64().unwrap_or(0));
     Ok(row)
 }
 
@@ -663,6 +739,170 @@ async fn measure_swaps(
     Ok(row)
 }
 
+/// h2 over TLS and h2c through molt and every peer that starts with both listeners, loaded
+/// by h2load (small answers, one stream in flight per connection), targets interleaved within
+/// each cell. Nothing here fails the bench: a missing h2load or a peer that does not start is
+/// reported as skipped.
+async fn measure_h2(
+    plan: &Plan,
+    exe: &Path,
+    dir: &Path,
+    backend: SocketAddr,
+    ready: &[(Peer, std::path::PathBuf)],
+) -> Result<H2Figures> {
+    let mut figures = H2Figures {
+        cells: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let h2load = match h2load::ensure_installed().await {
+        Ok(path) => path,
+        Err(why) => {
+            progress(&format!("skipped: {why}"));
+            figures.skipped.push(why);
+            return Ok(figures);
+        }
+    };
+    let files = self_signed_certificate(dir)?;
+    // (target, TLS address, h2c address, process)
+    let mut targets: Vec<(Target, SocketAddr, SocketAddr, ChildProcess)> = Vec::new();
+    let (tls, h2c) = (free_port()?, free_port()?);
+    let args = RouterServerArgs {
+        listen: h2c,
+        backends: vec![backend],
+        extra_routes: 0,
+        swaps: 0,
+        swap_interval: Duration::ZERO,
+        serving: Serving::Threads,
+        tls: Some(TlsListener {
+            listen: tls,
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+        }),
+    };
+    let mut command = Command::new(exe);
+    command.args(args.to_args());
+    let child = ChildProcess::spawn("molt-h2", command, dir)?;
+    targets.push((Target::Molt, tls, h2c, child));
+    for (peer, path) in ready {
+        let (tls, h2c) = (free_port()?, free_port()?);
+        match peer.start_h2(path, dir, tls, h2c, backend, &files) {
+            Ok(child) => targets.push((Target::Peer(*peer), tls, h2c, child)),
+            Err(e) => figures.skipped.push(format!("{} (h2): {e:#}", peer.name())),
+        }
+    }
+    let mut up = Vec::new();
+    for (target, tls, h2c, mut child) in targets {
+        let mut answers = Ok(());
+        for (protocol, addr) in [(H2::Tls, tls), (H2::Cleartext, h2c)] {
+            if answers.is_ok() {
+                answers = h2load::wait_until_answers(&h2load, protocol, addr, HOST).await;
+            }
+        }
+        match answers {
+            Ok(()) => up.push((target, tls, h2c, child)),
+            Err(e) => {
+                let why = format!(
+                    "{} (h2): {e:#}; its log: {}",
+                    target.name(),
+                    child.stderr_tail()
+                );
+                progress(&format!("skipped: {why}"));
+                figures.skipped.push(why);
+                let _ = child.stop().await;
+            }
+        }
+    }
+    let log = dir.join("h2load.log");
+    let measured = async {
+        for (_, tls, h2c, _) in &up {
+            for (protocol, addr) in [(H2::Tls, *tls), (H2::Cleartext, *h2c)] {
+                h2load::run(&h2_spec(&h2load, protocol, addr, 16, plan.warmup, &log)).await?;
+            }
+        }
+        for protocol in [H2::Tls, H2::Cleartext] {
+            for &concurrency in plan.concurrencies {
+                let mut runs = Vec::new();
+                for (target, tls, h2c, child) in &up {
+                    tokio::time::sleep(PAUSE).await;
+                    let addr = if protocol == H2::Tls { *tls } else { *h2c };
+                    let before = group_cpu_time(child.pid());
+                    let spec = h2_spec(&h2load, protocol, addr, concurrency, plan.cell, &log);
+                    let load = h2load::run(&spec).await?;
+                    let cpu = group_cpu_time(child.pid()).saturating_sub(before);
+                    runs.push(Run {
+                        target: *target,
+                        proxy_cpu_per_request: Some(cpu / (load.ok.max(1) as u32)),
+                        load,
+                    });
+                }
+                progress(&format!(
+                    "{} small c={concurrency}: {}",
+                    protocol.label(),
+                    runs.iter()
+                        .map(|run| format!("{} {:.0}", run.target.name(), run.load.per_second()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                figures.cells.push(H2Cell {
+                    protocol,
+                    concurrency,
+                    runs,
+                });
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    for (_, _, _, mut child) in up {
+        let pid = child.pid();
+        if let Err(e) = child.stop().await {
+            progress(&format!("pid {pid}: {e:#}"));
+        }
+    }
+    measured?;
+    Ok(figures)
+}
+
+fn h2_spec<'a>(
+    h2load: &'a Path,
+    protocol: H2,
+    connect: SocketAddr,
+    concurrency: usize,
+    duration: Duration,
+    log: &'a Path,
+) -> H2Spec<'a> {
+    H2Spec {
+        h2load,
+        protocol,
+        connect,
+        host: HOST,
+        path: BodySize::Small.path(),
+        concurrency,
+        duration,
+        log,
+    }
+}
+
+/// A self-signed certificate for `HOST`, written as PEM files into `dir`.
+fn self_signed_certificate(dir: &Path) -> Result<TlsFiles> {
+    let certified = rcgen::generate_simple_self_signed(vec![HOST.to_string()])
+        .context("making a self-signed certificate")?;
+    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
+    let files = TlsFiles {
+        cert: dir.join("bench-cert.pem"),
+        key: dir.join("bench-key.pem"),
+        combined: dir.join("bench-combined.pem"),
+    };
+    for (path, text) in [
+        (&files.cert, cert.clone()),
+        (&files.key, key.clone()),
+        (&files.combined, format!("{cert}{key}")),
+    ] {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(files)
+}
+
 /// Starts `xtask router-server` on `listen`, swapping on SIGUSR1 when `swap_interval` is set.
 fn start_router(
     exe: &Path,
@@ -679,6 +919,8 @@ fn start_router(
         extra_routes,
         swaps: if swap_interval.is_some() { SWAPS } else { 0 },
         swap_interval: swap_interval.unwrap_or_default(),
+        serving: Serving::Threads,
+        tls: None,
     };
     let mut command = Command::new(exe);
     command.args(args.to_args());

@@ -101,6 +101,13 @@ impl ChildProcess {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// The last lines the child wrote to stderr, for an error message.
+    pub fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(3).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
+    }
+
     /// Sends `signal` to the child itself.
     pub fn signal(&self, signal: Signal) -> Result<()> {
         let pid = i32::try_from(self.child.id()).context("pid out of range")?;

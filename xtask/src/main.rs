@@ -26,6 +26,7 @@ mod bench_images;
 mod bench_router;
 mod bench_sandbox;
 mod child;
+mod h2load;
 mod load;
 mod peers;
 mod report;
@@ -56,8 +57,9 @@ tasks:
   backend               serve `hello from $MOLT_APP $MOLT_RELEASE` on 127.0.0.1:$PORT
                         (and 64 KiB on /big)
   router-server --listen ADDR --backend ADDR... [--extra-routes N] [--swaps N]
-                [--swap-interval-ms MS]
-                        molt's router alone in this process (2 worker threads); SIGUSR1
+                [--swap-interval-ms MS] [--serve threads|runtime]
+                [--tls-listen ADDR --tls-cert PEM --tls-key PEM]
+                        molt's router alone in this process (2 serving threads); SIGUSR1
                         starts the swaps, SIGTERM stops it and prints a JSON report";
 
 /// What the command line asked for.
@@ -90,8 +92,13 @@ fn main() -> ExitCode {
         }
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Task::RouterServer(_) = task {
-        builder.worker_threads(router_server::WORKER_THREADS);
+    if let Task::RouterServer(args) = &task {
+        // With `--serve threads` the router has threads of its own; this runtime only
+        // handles signals and swaps.
+        builder.worker_threads(match args.serving {
+            router_server::Serving::Threads => 1,
+            router_server::Serving::Runtime => router_server::WORKER_THREADS,
+        });
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,

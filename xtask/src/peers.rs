@@ -169,6 +169,168 @@ impl Peer {
     }
 }
 
+/// The self-signed certificate of the h2-over-TLS cells, as each peer wants it.
+pub struct TlsFiles {
+    /// PEM certificate.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Certificate and key in one PEM file (HAProxy's `crt`).
+    pub combined: PathBuf,
+}
+
+impl Peer {
+    /// Starts the peer with two HTTP/2 listeners proxying to `backend` over HTTP/1.1 like
+    /// [`Peer::start`]: h2 over TLS on `tls` (ALPN `h2`) and h2c with prior knowledge on
+    /// `h2c`.
+    pub fn start_h2(
+        self,
+        executable: &Path,
+        dir: &Path,
+        tls: SocketAddr,
+        h2c: SocketAddr,
+        backend: SocketAddr,
+        files: &TlsFiles,
+    ) -> Result<ChildProcess> {
+        let dir = dir.join(format!("{}-h2", self.name()));
+        std::fs::create_dir_all(dir.join("tmp"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let mut command = Command::new(executable);
+        match self {
+            Peer::Nginx => {
+                let config = dir.join("nginx.conf");
+                let servers = format!(
+                    "server {{\n        listen {tls} ssl http2;\n        ssl_certificate {};\n        \
+                     ssl_certificate_key {};\n{NGINX_LOCATION}    }}\n    server {{\n        \
+                     listen {h2c} http2;\n{NGINX_LOCATION}    }}",
+                    files.cert.display(),
+                    files.key.display()
+                );
+                write(&config, &nginx_http(&dir, backend, &servers))?;
+                command
+                    .arg("-e")
+                    .arg(dir.join("error.log"))
+                    .arg("-p")
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(&config)
+                    .args(["-g", "daemon off;"]);
+            }
+            Peer::Haproxy => {
+                let config = dir.join("haproxy.cfg");
+                let binds = [
+                    (
+                        "tls",
+                        format!("{tls} ssl crt {} alpn h2", files.combined.display()),
+                    ),
+                    ("h2c", format!("{h2c} proto h2")),
+                ];
+                write(&config, &haproxy_text(&binds, backend))?;
+                command.arg("-f").arg(&config).arg("-db");
+            }
+            Peer::Caddy => {
+                let config = dir.join("Caddyfile");
+                write(&config, &caddy_h2_config(tls, h2c, backend, files))?;
+                command
+                    .args(["run", "--adapter", "caddyfile", "--config"])
+                    .arg(&config)
+                    .env("HOME", &dir)
+                    .env("XDG_CONFIG_HOME", dir.join("config"))
+                    .env("XDG_DATA_HOME", dir.join("data"))
+                    .env("GOMAXPROCS", "2");
+            }
+        }
+        ChildProcess::spawn(&format!("{}-h2", self.name()), command, &dir)
+    }
+}
+
+/// nginx's proxying, the same in every server block.
+const NGINX_LOCATION: &str = r#"        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            # Room for a 64 KiB answer in memory: never spill to a temp file.
+            proxy_buffers 16 16k;
+        }
+"#;
+
+/// nginx's whole configuration around `servers`.
+fn nginx_http(dir: &Path, backend: SocketAddr, servers: &str) -> String {
+    let dir = dir.display();
+    format!(
+        r#"worker_processes 2;
+worker_rlimit_nofile 16384;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{
+    worker_connections 8192;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp/client_body;
+    proxy_temp_path {dir}/tmp/proxy;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    http2_max_requests 1000000;
+    upstream backend {{
+        server {backend};
+        keepalive {UPSTREAM_IDLE_CONNECTIONS};
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }}
+    {servers}
+}}
+"#
+    )
+}
+
+/// HAProxy's configuration with one frontend per `(name, bind line)`.
+fn haproxy_text(binds: &[(&str, String)], backend: SocketAddr) -> String {
+    let mut text = String::from(
+        "global\n    nbthread 2\n    # HAProxy raises its fd limit to about 2 x maxconn: stay \
+         below common hard limits.\n    maxconn 4096\n\ndefaults\n    mode http\n    option \
+         http-keep-alive\n    http-reuse always\n    timeout connect 5s\n    timeout client \
+         60s\n    timeout server 60s\n    timeout http-keep-alive 60s\n",
+    );
+    for (name, bind) in binds {
+        text.push_str(&format!(
+            "\nfrontend {name}\n    bind {bind}\n    option forwardfor\n    http-request \
+             set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]\n    http-request \
+             set-header X-Forwarded-Host %[req.hdr(host)]\n    default_backend app\n"
+        ));
+    }
+    text.push_str(&format!("\nbackend app\n    server b1 {backend}\n"));
+    text
+}
+
+fn caddy_h2_config(
+    tls: SocketAddr,
+    h2c: SocketAddr,
+    backend: SocketAddr,
+    files: &TlsFiles,
+) -> String {
+    let proxy = format!(
+        "\treverse_proxy {backend} {{\n\t\ttransport http {{\n\t\t\tkeepalive 60s\n\t\t\t\
+         keepalive_idle_conns {UPSTREAM_IDLE_CONNECTIONS}\n\t\t\tkeepalive_idle_conns_per_host \
+         {UPSTREAM_IDLE_CONNECTIONS}\n\t\t}}\n\t}}\n"
+    );
+    format!(
+        "{{\n\tadmin off\n\tauto_https off\n\tlog {{\n\t\toutput discard\n\t}}\n\tservers {{\n\t\t\
+         protocols h1 h2 h2c\n\t}}\n}}\n\nhttps://:{} {{\n\tbind {}\n\ttls {} {}\n{proxy}}}\n\n\
+         http://:{} {{\n\tbind {}\n{proxy}}}\n",
+        tls.port(),
+        tls.ip(),
+        files.cert.display(),
+        files.key.display(),
+        h2c.port(),
+        h2c.ip(),
+    )
+}
+
 fn nginx_config(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> String {
     let dir = dir.display();
     format!(
@@ -269,7 +431,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// `command -v name`, through the shell as an operator would type it.
-fn find_command(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_command(name: &str) -> Option<PathBuf> {
     let output = Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
         .stderr(Stdio::null())
@@ -280,7 +442,7 @@ fn find_command(name: &str) -> Option<PathBuf> {
 }
 
 /// `apt-get install -y package`, bounded in time.
-async fn apt_install(package: &str) -> Result<()> {
+pub(crate) async fn apt_install(package: &str) -> Result<()> {
     let install = tokio::process::Command::new("apt-get")
         .args(["install", "-y", package])
         .env("DEBIAN_FRONTEND", "noninteractive")

@@ -1,7 +1,9 @@
-//! `xtask router-server`: molt's router (the `molt-router` library, as `molt serve` runs it)
-//! alone in its own process with two worker threads, so that `bench router` measures it the
-//! way it measures nginx: a separate server, not a library sharing the load generator's
-//! runtime.
+//! `xtask router-server`: molt's router (the `molt-router` library) alone in its own process
+//! with two serving threads, so that `bench router` measures it the way it measures nginx: a
+//! separate server, not a library sharing the load generator's runtime. By default each
+//! thread runs its own current-thread runtime on its own `SO_REUSEPORT` socket
+//! ([`Router::serve_on_threads`]); `--serve runtime` serves from one multi-thread runtime with
+//! two workers instead ([`Router::serve`], as `molt serve` does).
 //!
 //! It routes `bench.localhost` to the backends (environment "blue"), plus `--extra-routes`
 //! dummy hostnames. With `--swaps N`, SIGUSR1 starts N route swaps between environments
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use molt_router::tls::{CertSource, HostCert};
 use molt_router::{Backend, EnvStats, RouteTable, Router, RouterConfig, Upstream};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -40,6 +43,29 @@ pub struct RouterServerArgs {
     pub swaps: usize,
     /// Pause between two swaps.
     pub swap_interval: Duration,
+    /// How the router's threads are organised.
+    pub serving: Serving,
+    /// A second listener terminating TLS (h2 or HTTP/1.1 by ALPN) for `HOST`.
+    pub tls: Option<TlsListener>,
+}
+
+/// Where `router-server` terminates TLS, and with which certificate for `HOST`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+}
+
+/// How `router-server` runs the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// [`Router::serve_on_threads`]: one current-thread runtime per thread, SO_REUSEPORT.
+    Threads,
+    /// [`Router::serve`] on a multi-thread runtime with `WORKER_THREADS` workers.
+    Runtime,
 }
 
 /// What the swaps did, as reported on stdout.
@@ -56,6 +82,8 @@ impl RouterServerArgs {
         let mut listen = None;
         let mut backends = Vec::new();
         let (mut extra_routes, mut swaps, mut swap_interval_ms) = (0, 0, 20);
+        let mut serving = Serving::Threads;
+        let (mut tls_listen, mut tls_cert, mut tls_key) = (None, None, None);
         let mut rest = args.iter();
         while let Some(flag) = rest.next() {
             let value = rest.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
@@ -66,6 +94,16 @@ impl RouterServerArgs {
                 "--extra-routes" => extra_routes = value.parse().with_context(bad)?,
                 "--swaps" => swaps = value.parse().with_context(bad)?,
                 "--swap-interval-ms" => swap_interval_ms = value.parse().with_context(bad)?,
+                "--tls-listen" => tls_listen = Some(value.parse().with_context(bad)?),
+                "--tls-cert" => tls_cert = Some(std::path::PathBuf::from(value)),
+                "--tls-key" => tls_key = Some(std::path::PathBuf::from(value)),
+                "--serve" => {
+                    serving = match *value {
+                        "threads" => Serving::Threads,
+                        "runtime" => Serving::Runtime,
+                        _ => bail!("{}", bad()),
+                    }
+                }
                 other => bail!("unknown router-server option {other:?}"),
             }
         }
@@ -73,12 +111,19 @@ impl RouterServerArgs {
         if backends.is_empty() {
             bail!("router-server needs at least one --backend ADDR");
         }
+        let tls = match (tls_listen, tls_cert, tls_key) {
+            (None, None, None) => None,
+            (Some(listen), Some(cert), Some(key)) => Some(TlsListener { listen, cert, key }),
+            _ => bail!("--tls-listen, --tls-cert and --tls-key go together"),
+        };
         Ok(Self {
             listen,
             backends,
             extra_routes,
             swaps,
             swap_interval: Duration::from_millis(swap_interval_ms),
+            serving,
+            tls,
         })
     }
 
@@ -99,7 +144,23 @@ impl RouterServerArgs {
             self.swaps.to_string(),
             "--swap-interval-ms".into(),
             self.swap_interval.as_millis().to_string(),
+            "--serve".into(),
+            match self.serving {
+                Serving::Threads => "threads",
+                Serving::Runtime => "runtime",
+            }
+            .into(),
         ]);
+        if let Some(tls) = &self.tls {
+            args.extend([
+                "--tls-listen".into(),
+                tls.listen.to_string(),
+                "--tls-cert".into(),
+                tls.cert.display().to_string(),
+                "--tls-key".into(),
+                tls.key.display().to_string(),
+            ]);
+        }
         args
     }
 
@@ -142,19 +203,59 @@ pub async fn run(args: RouterServerArgs) -> Result<()> {
         ..RouterConfig::default()
     });
     let tables = ENVS.map(|env| args.table(env));
+    let published = Instant::now();
     router.publish(tables[0].clone()).await;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let initial_publish = published.elapsed();
+    let shutdown = CancellationToken::new();
+    let tls_server = match &args.tls {
+        None => None,
+        Some(tls) => {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+            };
+            let cert = HostCert::from_pem(HOST, &read(&tls.cert)?, &read(&tls.key)?)
+                .map_err(|e| anyhow!("the TLS certificate for {HOST}: {e}"))?;
+            router
+                .certificates()
+                .replace_source(CertSource::Directory, vec![cert]);
+            Some(match args.serving {
+                Serving::Threads => {
+                    let threads = Arc::clone(&router)
+                        .serve_tls_on_threads(tls.listen, WORKER_THREADS, shutdown.clone())
+                        .with_context(|| format!("binding {}", tls.listen))?;
+                    tokio::task::spawn_blocking(move || threads.join())
+                }
+                Serving::Runtime => {
+                    let listener = TcpListener::bind(tls.listen)
+                        .await
+                        .with_context(|| format!("binding {}", tls.listen))?;
+                    tokio::spawn(Arc::clone(&router).serve_tls(listener, shutdown.clone()))
+                }
+            })
+        }
+    };
+    let server = match args.serving {
+        Serving::Threads => {
+            let threads = Arc::clone(&router)
+                .serve_on_threads(args.listen, WORKER_THREADS, shutdown.clone())
+                .with_context(|| format!("binding {}", args.listen))?;
+            tokio::task::spawn_blocking(move || threads.join())
+        }
+        Serving::Runtime => {
+            let listener = TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            tokio::spawn(Arc::clone(&router).serve(listener, shutdown.clone()))
+        }
+    };
     eprintln!(
-        "router-server: molt-router on {} -> {:?}, {} routes",
+        "router-server: molt-router on {} ({:?}) -> {:?}, {} routes",
         args.listen,
+        args.serving,
         args.backends,
         tables[0].len()
     );
 
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(Arc::clone(&router).serve(listener, shutdown.clone()));
     let swapper = {
         let (router, shutdown) = (Arc::clone(&router), shutdown.clone());
         let (swaps, interval) = (args.swaps, args.swap_interval);
@@ -180,7 +281,13 @@ pub async fn run(args: RouterServerArgs) -> Result<()> {
         .await
         .context("the router task panicked")?
         .context("the router failed")?;
-    println!("{}", report(&router, swaps.as_ref()));
+    if let Some(tls_server) = tls_server {
+        tls_server
+            .await
+            .context("the TLS router task panicked")?
+            .context("the TLS router failed")?;
+    }
+    println!("{}", report(&router, swaps.as_ref(), initial_publish));
     Ok(())
 }
 
@@ -194,6 +301,10 @@ async fn swap_routes(
 ) -> SwapRecord {
     let started = Instant::now();
     let mut publish = Vec::with_capacity(swaps);
+    // Ticks on a fixed schedule (a late tick is caught up, not skipped), so a busy machine
+    // that wakes this task late does not stretch the swaps past the load window.
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await;
     for i in 1..=swaps {
         let published = Instant::now();
         router.publish(tables[i % 2].clone()).await;
@@ -202,7 +313,7 @@ async fn swap_routes(
             break;
         }
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            _ = ticks.tick() => {}
             () = shutdown.cancelled() => break,
         }
     }
@@ -212,7 +323,7 @@ async fn swap_routes(
     }
 }
 
-fn report(router: &Router, swaps: Option<&SwapRecord>) -> Value {
+fn report(router: &Router, swaps: Option<&SwapRecord>, initial_publish: Duration) -> Value {
     let stats = |s: EnvStats| {
         json!({
             "accepted": s.accepted,
@@ -228,6 +339,7 @@ fn report(router: &Router, swaps: Option<&SwapRecord>) -> Value {
             s.publish.iter().map(|d| d.as_micros() as u64).collect()
         }),
         "unrouted": router.unrouted(),
+        "initial_publish_us": initial_publish.as_micros() as u64,
         "envs": {
             "blue": stats(router.env_stats(ENVS[0])),
             "green": stats(router.env_stats(ENVS[1])),
@@ -250,6 +362,12 @@ mod tests {
             extra_routes: 10_000,
             swaps: 100,
             swap_interval: Duration::from_millis(20),
+            serving: Serving::Runtime,
+            tls: Some(TlsListener {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+                cert: "/tmp/cert.pem".into(),
+                key: "/tmp/key.pem".into(),
+            }),
         };
         let line = args.to_args();
         let words: Vec<&str> = line[1..].iter().map(String::as_str).collect();

@@ -7,9 +7,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::stats::InFlight;
+use crate::upstream::UpstreamBody;
 
 /// Body of every response the router sends to a client.
 #[derive(Debug)]
@@ -17,7 +18,7 @@ pub(crate) enum ResponseBody {
     /// Streamed from an upstream; `in_flight` is released at the end of the stream (or when
     /// hyper drops the body, e.g. because the client went away).
     Upstream {
-        body: Incoming,
+        body: UpstreamBody,
         in_flight: Option<InFlight>,
     },
     /// Made by the router (errors, 404).
@@ -25,7 +26,7 @@ pub(crate) enum ResponseBody {
 }
 
 impl ResponseBody {
-    pub(crate) fn upstream(body: Incoming, in_flight: InFlight) -> Self {
+    pub(crate) fn upstream(body: UpstreamBody, in_flight: InFlight) -> Self {
         Self::Upstream {
             body,
             in_flight: Some(in_flight),

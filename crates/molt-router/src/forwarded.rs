@@ -18,10 +18,16 @@ pub(crate) fn add_forwarded(
 ) {
     let mut element = String::with_capacity(64);
     match client {
-        IpAddr::V4(ip) => write!(element, "for={ip}"),
-        IpAddr::V6(ip) => write!(element, "for=\"[{ip}]\""),
+        IpAddr::V4(_) => {
+            element.push_str("for=");
+            push_ip(&mut element, client);
+        }
+        IpAddr::V6(_) => {
+            element.push_str("for=\"[");
+            push_ip(&mut element, client);
+            element.push_str("]\"");
+        }
     }
-    .expect("writing to a String cannot fail");
     element.push_str(";proto=");
     element.push_str(scheme.as_str());
     if let Ok(host) = host.to_str() {
@@ -38,6 +44,27 @@ pub(crate) fn add_forwarded(
     joined.push_str(&element);
     if let Ok(value) = HeaderValue::from_str(&joined) {
         headers.insert(FORWARDED, value);
+    }
+}
+
+/// Appends `ip` in its usual text form. IPv4 addresses (the common case) are written digit
+/// by digit: `Display` costs several times more, and this runs twice per request.
+pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
+    let IpAddr::V4(v4) = ip else {
+        write!(out, "{ip}").expect("writing to a String cannot fail");
+        return;
+    };
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
     }
 }
 
@@ -62,6 +89,25 @@ fn push_token_or_quoted(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_like_display_does() {
+        let ips = [
+            "0.0.0.0",
+            "10.0.0.7",
+            "127.0.0.1",
+            "192.168.100.255",
+            "255.9.99.100",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ];
+        for text in ips {
+            let ip: IpAddr = text.parse().expect("ip");
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, text);
+        }
+    }
 
     #[test]
     fn forwarded_elements_are_appended_and_quoted() {

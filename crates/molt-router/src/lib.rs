@@ -47,10 +47,12 @@ mod table;
 pub mod tls;
 mod traffic;
 mod upgrade;
+mod upstream;
 
 use std::time::Duration;
 
 pub use proxy::Router;
+pub use server::ServerThreads;
 pub use stats::EnvStats;
 pub use table::{Backend, Maintenance, Route, RouteLimits, RouteTable, Upstream};
 pub use traffic::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};

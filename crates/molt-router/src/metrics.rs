@@ -25,13 +25,21 @@ impl Router {
     /// [`Router::env_traffic`] of every environment the router has routed to (and not
     /// forgotten), sorted by id.
     pub fn all_env_traffic(&self) -> Vec<(String, EnvTraffic)> {
-        let table = self.table();
+        let ejected: std::collections::HashMap<String, u64> = {
+            // Held only for one pass: a publish waits for every holder of the old table.
+            let table = self.table();
+            let by_env = table.ejected_by_env();
+            by_env
+                .into_iter()
+                .map(|(env, count)| (env.to_owned(), count))
+                .collect()
+        };
         self.stats
             .all()
             .into_iter()
             .map(|(env, counters)| {
                 let traffic = EnvTraffic {
-                    ejected: table.ejected_in(&env),
+                    ejected: ejected.get(&env).copied().unwrap_or(0),
                     ..counters.traffic.snapshot()
                 };
                 (env, traffic)

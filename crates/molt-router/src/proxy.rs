@@ -7,16 +7,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, COOKIE, HOST, SET_COOKIE, USER_AGENT};
 use hyper::http::request;
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -35,20 +31,14 @@ use crate::stats::{EnvStats, InFlight, LoadRegistry, StatsRegistry};
 use crate::table::{Maintenance, Picked, Route, RouteTable, Selector};
 use crate::tls::{AcmeChallenges, CertStore};
 use crate::upgrade::{mark_presence, requested_upgrade, Tunnels};
-use crate::{ClientScheme, RouterConfig, UpstreamProtocol};
+use crate::upstream::{RequestBody, UpstreamBody, Upstreams};
+use crate::{ClientScheme, RouterConfig};
 
 /// How long [`Router::publish`] waits for requests still holding the old table.
 const CUTOVER_WAIT: Duration = Duration::from_secs(5);
 /// Upper bound on establishing a TCP connection to an upstream, so a dead instance is
 /// skipped (for replayable requests) long before `upstream_timeout`.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long idle upstream connections stay in the pool.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Body of requests sent upstream: the client's body streamed through, or nothing (for
-/// replayable requests, which have none).
-type UpstreamBody = Either<LimitedBody, Empty<Bytes>>;
-
 /// The reverse proxy: a swappable route table, per-environment counters and an upstream
 /// connection pool.
 pub struct Router {
@@ -60,7 +50,8 @@ pub struct Router {
     publishing: Mutex<()>,
     unrouted: AtomicU64,
     request_ids: RequestIds,
-    client: Client<HttpConnector, UpstreamBody>,
+    /// Upstream connections (molt's HTTP/1.1 pool, or an h2c client).
+    upstreams: Arc<Upstreams>,
     /// Upgraded connections being relayed.
     pub(crate) tunnels: Tunnels,
     /// Certificates of the TLS listener, by SNI name.
@@ -131,15 +122,10 @@ struct Forward {
 impl Router {
     /// A router with an empty route table; start it with [`Router::serve`].
     pub fn new(config: RouterConfig) -> Arc<Router> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(config.upstream_timeout)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .set_host(false)
-            .http2_only(config.upstream_protocol == UpstreamProtocol::Http2PriorKnowledge)
-            .build(connector);
+        let upstreams = Arc::new(Upstreams::new(
+            config.upstream_protocol,
+            CONNECT_TIMEOUT.min(config.upstream_timeout),
+        ));
         let shadows = Shadows::new(config.shadow_concurrency);
         Arc::new(Router {
             config,
@@ -148,7 +134,7 @@ impl Router {
             publishing: Mutex::new(()),
             unrouted: AtomicU64::new(0),
             request_ids: RequestIds::new(),
-            client,
+            upstreams,
             tunnels: Tunnels::default(),
             certs: CertStore::new(),
             challenges: Arc::default(),
@@ -173,6 +159,7 @@ impl Router {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let new = Arc::new(table.bound_to(&self.stats, &self.health, &self.loads));
+            self.upstreams.retain(&new.addresses());
             let old = self.table.swap(Arc::clone(&new));
             mark_presence(&self.stats, &old, &new);
             old
@@ -444,7 +431,7 @@ impl Router {
                 ejection: self.config.ejection,
             };
             self.shadows
-                .mirror(&self.client, shadow, &request, client, &host, settings);
+                .mirror(&self.upstreams, shadow, &request, client, &host, settings);
         }
         let Some(start) = start else {
             in_flight.counters().record_failed();
@@ -596,19 +583,23 @@ impl Router {
             let body = body
                 .take()
                 .map_or_else(|| Either::Right(Empty::new()), Either::Left);
-            let upstream_request = forward.request_for(route, index, body, last);
-            let instance = &route.upstreams()[index].instance;
+            let absolute = self.upstreams.wants_absolute_uri();
+            let upstream_request = forward.request_for(route, index, body, last, absolute);
+            let upstream = &route.upstreams()[index];
+            let instance = &upstream.instance;
             in_flight.sent_to(route.load_of(index));
 
-            let sent =
-                tokio::time::timeout(allowance.timeout, self.client.request(upstream_request))
-                    .await;
+            let sent = tokio::time::timeout(
+                allowance.timeout,
+                self.upstreams.send(upstream.addr, upstream_request),
+            )
+            .await;
             let response = match sent {
                 Ok(Ok(response)) => {
                     route.record_success(index);
                     relay(response, in_flight)
                 }
-                Ok(Err(error)) if is_connection_failure(&error) => {
+                Ok(Err(error)) if error.is_connection_failure() => {
                     if let Verdict::Ejected(ms) = route.record_failure(index, &self.config.ejection)
                     {
                         warn!(
@@ -662,13 +653,10 @@ impl Forward {
         &mut self,
         route: &Route,
         index: usize,
-        body: UpstreamBody,
+        body: RequestBody,
         last: bool,
-    ) -> Request<UpstreamBody> {
-        let mut uri = hyper::http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(route.authority(index).clone());
-        uri.path_and_query = Some(self.path.clone());
+        absolute: bool,
+    ) -> Request<RequestBody> {
         let headers = if last {
             std::mem::take(&mut self.head.headers)
         } else {
@@ -676,17 +664,33 @@ impl Forward {
         };
         let mut request = Request::new(body);
         *request.method_mut() = self.head.method.clone();
-        *request.uri_mut() =
-            Uri::from_parts(uri).expect("scheme, authority and path form an absolute URI");
+        *request.uri_mut() = upstream_uri(route, index, self.path.clone(), absolute);
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         request
     }
 }
 
+/// The request target for upstream `index` of `route`: the origin form (`/path?query`) for
+/// HTTP/1.1 connections, the absolute form for the h2c client, which reads the authority
+/// from it.
+pub(crate) fn upstream_uri(route: &Route, index: usize, path: PathAndQuery, absolute: bool) -> Uri {
+    if !absolute {
+        return Uri::from(path);
+    }
+    let mut uri = hyper::http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(route.authority(index).clone());
+    uri.path_and_query = Some(path);
+    Uri::from_parts(uri).expect("scheme, authority and path form an absolute URI")
+}
+
 /// Passes an upstream response on to the client; the request stays in flight until its
 /// body has been streamed.
-pub(crate) fn relay(response: Response<Incoming>, in_flight: InFlight) -> Response<ResponseBody> {
+pub(crate) fn relay(
+    response: Response<UpstreamBody>,
+    in_flight: InFlight,
+) -> Response<ResponseBody> {
     in_flight.counters().record_answered();
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
@@ -763,38 +767,6 @@ fn declared_length<B>(request: &Request<B>) -> Option<u64> {
 /// Methods whose bodiless requests can be sent to another upstream after a failed attempt.
 fn is_idempotent_read(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-}
-
-/// True when the upstream connection failed before the upstream could have acted on the
-/// request: connect errors, and connections closed or reset before a response.
-pub(crate) fn is_connection_failure(error: &hyper_util::client::legacy::Error) -> bool {
-    if error.is_connect() {
-        return true;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
-            if hyper_error.is_incomplete_message()
-                || hyper_error.is_canceled()
-                || hyper_error.is_closed()
-            {
-                return true;
-            }
-        }
-        if let Some(io_error) = cause.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::{
-                BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset,
-            };
-            if matches!(
-                io_error.kind(),
-                BrokenPipe | ConnectionAborted | ConnectionRefused | ConnectionReset
-            ) {
-                return true;
-            }
-        }
-        source = cause.source();
-    }
-    false
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +28,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// before the connection is closed: dead peers do not hold connections forever.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pending connections each listening socket of [`Router::serve_on_threads`] queues.
+const LISTEN_BACKLOG: u32 = 1024;
 /// hyper's own limit on header fields; setting another moves its header array to the heap.
 const DEFAULT_MAX_HEADERS: usize = 100;
 
@@ -62,6 +64,127 @@ impl Router {
         let config = crate::tls::server_config(Arc::clone(&self.certs));
         let acceptor = TlsAcceptor::from(Arc::new(config));
         self.serve_with(listener, shutdown, Some(acceptor)).await
+    }
+
+    /// Serves `addr` from `threads` OS threads (at least one), each running its own
+    /// current-thread tokio runtime and accepting on its own socket bound to `addr` with
+    /// `SO_REUSEPORT`, so the kernel spreads connections over the threads. A client
+    /// connection, the upstream connections it borrows from the pool and the tasks it starts
+    /// stay on one thread from accept to close: no work stealing, no cross-thread wake-ups.
+    /// This is how `xtask router-server` serves; [`Router::serve`] runs on the caller's
+    /// runtime instead.
+    ///
+    /// Every thread is listening when this returns (so `addr` may use port 0: the others join
+    /// the port the first one got). Each thread serves like [`Router::serve`] until
+    /// `shutdown` is cancelled; [`ServerThreads::join`] waits for all of them.
+    pub fn serve_on_threads(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        threads: usize,
+        shutdown: CancellationToken,
+    ) -> io::Result<ServerThreads> {
+        self.spawn_threads(addr, threads, shutdown, false)
+    }
+
+    /// [`Router::serve_on_threads`] for TLS: each thread serves like [`Router::serve_tls`].
+    pub fn serve_tls_on_threads(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        threads: usize,
+        shutdown: CancellationToken,
+    ) -> io::Result<ServerThreads> {
+        self.spawn_threads(addr, threads, shutdown, true)
+    }
+
+    fn spawn_threads(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        threads: usize,
+        shutdown: CancellationToken,
+        tls: bool,
+    ) -> io::Result<ServerThreads> {
+        let mut sockets = Vec::with_capacity(threads.max(1));
+        let mut bound = addr;
+        for _ in 0..threads.max(1) {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(bound)?;
+            bound = socket.local_addr()?;
+            sockets.push(socket);
+        }
+        // Each thread listens on its runtime, then reports; this returns once all listen.
+        let (listening, reports) = std::sync::mpsc::channel::<io::Result<()>>();
+        // Stops the threads already running when another fails to start.
+        let stop = shutdown.child_token();
+        let mut handles = Vec::with_capacity(sockets.len());
+        let expected = sockets.len();
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let router = Arc::clone(&self);
+            let stop = stop.clone();
+            let report = listening.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("molt-router-{i}"))
+                .spawn(move || {
+                    let started = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .and_then(|runtime| {
+                            let listener =
+                                runtime.block_on(async { socket.listen(LISTEN_BACKLOG) })?;
+                            Ok((runtime, listener))
+                        });
+                    let (runtime, listener) = match started {
+                        Ok(started) => {
+                            let _ = report.send(Ok(()));
+                            started
+                        }
+                        Err(error) => {
+                            let _ =
+                                report.send(Err(io::Error::new(error.kind(), error.to_string())));
+                            return Err(error);
+                        }
+                    };
+                    runtime.block_on(async move {
+                        if tls {
+                            router.serve_tls(listener, stop).await
+                        } else {
+                            router.serve(listener, stop).await
+                        }
+                    })
+                });
+            match handle {
+                Ok(handle) => handles.push(handle),
+                Err(error) => {
+                    let _ = listening.send(Err(error));
+                }
+            }
+        }
+        drop(listening);
+        let threads = ServerThreads {
+            addr: bound,
+            handles,
+        };
+        // One report per thread (or per thread that could not be spawned); a thread keeps
+        // its sender while it serves, so count instead of waiting for the channel to close.
+        let mut failure = None;
+        for report in reports.iter().take(expected) {
+            if let Err(error) = report {
+                failure.get_or_insert(error);
+            }
+        }
+        match failure {
+            None => Ok(threads),
+            Some(error) => {
+                stop.cancel();
+                let _ = threads.join();
+                Err(error)
+            }
+        }
     }
 
     async fn serve_with(
@@ -191,6 +314,34 @@ impl Router {
         }
         info!(scheme = scheme.as_str(), "router stopped");
         Ok(())
+    }
+}
+
+/// The threads of [`Router::serve_on_threads`].
+#[derive(Debug)]
+pub struct ServerThreads {
+    addr: SocketAddr,
+    handles: Vec<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl ServerThreads {
+    /// The address every thread listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Blocks until every thread has stopped serving; the first error any of them had.
+    pub fn join(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for handle in self.handles {
+            let outcome = handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a router thread panicked")));
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        result
     }
 }
 

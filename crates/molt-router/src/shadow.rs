@@ -11,13 +11,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Empty};
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::http::uri::{PathAndQuery, Scheme};
-use hyper::{Request, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper::http::uri::PathAndQuery;
+use hyper::{Request, Version};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,9 +23,9 @@ use tracing::{debug, warn};
 use crate::eject::Verdict;
 use crate::forwarded::add_forwarded;
 use crate::headers::{add_forwarding, strip_hop_by_hop};
-use crate::limits::LimitedBody;
-use crate::proxy::is_connection_failure;
+use crate::proxy::upstream_uri;
 use crate::table::Route;
+use crate::upstream::{RequestBody, Upstreams};
 use crate::{ClientScheme, EjectionPolicy};
 
 /// Marks a mirrored request, so the shadow environment can tell it from live traffic.
@@ -61,7 +58,7 @@ impl Shadows {
     /// background.
     pub(crate) fn mirror<B>(
         &self,
-        client: &Client<HttpConnector, Either<LimitedBody, Empty<Bytes>>>,
+        upstreams: &Arc<Upstreams>,
         route: Arc<Route>,
         head: &Request<B>,
         peer: IpAddr,
@@ -77,8 +74,15 @@ impl Shadows {
             traffic.record_shadow_dropped();
             return;
         };
-        let request = mirrored_request(&route, index, head, peer, host);
-        let client = client.clone();
+        let request = mirrored_request(
+            &route,
+            index,
+            head,
+            peer,
+            host,
+            upstreams.wants_absolute_uri(),
+        );
+        let upstreams = Arc::clone(upstreams);
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
             let _permit = permit;
@@ -86,7 +90,7 @@ impl Shadows {
             let started = Instant::now();
             let shadow = &route.counters().traffic.shadow;
             let exchange = async {
-                match client.request(request).await {
+                match upstreams.send(route.upstreams()[index].addr, request).await {
                     Ok(response) => {
                         route.record_success(index);
                         shadow.record(response.status().as_u16(), started.elapsed());
@@ -99,7 +103,7 @@ impl Shadows {
                     }
                     Err(error) => {
                         debug!(env = route.env(), %error, "shadow request failed");
-                        if is_connection_failure(&error) {
+                        if error.is_connection_failure() {
                             if let Verdict::Ejected(ms) =
                                 route.record_failure(index, &settings.ejection)
                             {
@@ -141,26 +145,22 @@ fn mirrored_request<B>(
     head: &Request<B>,
     peer: IpAddr,
     host: &HeaderValue,
-) -> Request<Either<LimitedBody, Empty<Bytes>>> {
+    absolute: bool,
+) -> Request<RequestBody> {
     let scheme = ClientScheme::of(head.extensions());
     let mut headers = head.headers().clone();
     strip_hop_by_hop(&mut headers);
     add_forwarded(&mut headers, peer, scheme, host);
     add_forwarding(&mut headers, peer, scheme, host.clone());
     headers.insert(&X_MOLT_SHADOW, HeaderValue::from_static("1"));
-    let mut uri = hyper::http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(route.authority(index).clone());
-    uri.path_and_query = Some(
-        head.uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
+    let path = head
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut request = Request::new(Either::Right(Empty::new()));
     *request.method_mut() = head.method().clone();
-    *request.uri_mut() =
-        Uri::from_parts(uri).expect("scheme, authority and path form an absolute URI");
+    *request.uri_mut() = upstream_uri(route, index, path, absolute);
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
     request

@@ -430,6 +430,18 @@ impl RouteTable {
             .into_iter()
     }
 
+    /// Every upstream address this table routes to.
+    pub(crate) fn addresses(&self) -> HashSet<SocketAddr> {
+        self.routes()
+            .flat_map(|route| route.upstreams().iter().map(|upstream| upstream.addr))
+            .collect()
+    }
+
+    /// The environment ids this table sends traffic to, as a set (for lookups in bulk).
+    pub(crate) fn env_set(&self) -> HashSet<&str> {
+        self.routes().map(|route| route.env()).collect()
+    }
+
     /// Whether any hostname in this table routes to `env`.
     pub fn references(&self, env: &str) -> bool {
         self.routes().any(|route| route.env() == env)
@@ -440,6 +452,18 @@ impl RouteTable {
         self.routes()
             .find(|route| route.env() == env)
             .map_or(0, |route| route.ejected_count())
+    }
+
+    /// How many upstreams are ejected right now, for every environment of the table (one
+    /// pass, so a scrape of every environment stays linear in the table's size).
+    pub(crate) fn ejected_by_env(&self) -> HashMap<&str, u64> {
+        let mut ejected = HashMap::new();
+        for route in self.routes() {
+            ejected
+                .entry(route.env())
+                .or_insert_with(|| route.ejected_count());
+        }
+        ejected
     }
 
     /// Number of entries (hostname or hostname + prefix, exact and wildcard).
@@ -469,10 +493,7 @@ impl RouteTable {
         health: &HealthRegistry,
         loads: &LoadRegistry,
     ) -> Self {
-        let addrs: HashSet<SocketAddr> = self
-            .routes()
-            .flat_map(|route| route.upstreams().iter().map(|upstream| upstream.addr))
-            .collect();
+        let addrs = self.addresses();
         health.retain(&addrs);
         loads.retain(&addrs);
         let bind = |route: Arc<Route>| {

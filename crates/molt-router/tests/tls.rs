@@ -232,7 +232,17 @@ async fn curl_https(
     path: &str,
     protocol: &str,
 ) -> (String, String) {
-    let port = h.tls.port();
+    curl_https_at(h.tls.port(), pki, host, path, protocol).await
+}
+
+/// `curl` over https to `host` on 127.0.0.1:`port`: (http version, body).
+async fn curl_https_at(
+    port: u16,
+    pki: &Pki,
+    host: &str,
+    path: &str,
+    protocol: &str,
+) -> (String, String) {
     let out = within(
         tokio::process::Command::new("curl")
             .args(["-sS", "--max-time", "5", protocol, "--cacert"])
@@ -292,6 +302,42 @@ async fn curl_speaks_http1_and_h2_over_tls_and_upstreams_see_https() {
     let (_, echo) = plain.get(Some("app.test"), "/echo").await;
     assert!(echo.contains(" xfp=http "), "{echo}");
     assert!(echo.contains("proto=http;"), "{echo}");
+}
+
+#[tokio::test]
+async fn tls_on_threads_speaks_http1_and_h2_and_stops() {
+    if !curl_with_h2().await {
+        return;
+    }
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["app.test"]);
+    let cert_dir = tempfile::tempdir().expect("temp dir");
+    pki.install_combined(cert_dir.path(), "app.test", &leaf);
+    let router = Router::new(RouterConfig::default());
+    let (_certs, report) =
+        CertDir::open(cert_dir.path(), Arc::clone(router.certificates())).expect("cert dir");
+    assert!(report.errors.is_empty(), "{report:?}");
+    let blue = upstream(Reply::Name("blue")).await;
+    within(router.publish(table(&[("app.test", "blue", &[blue])]))).await;
+    let shutdown = CancellationToken::new();
+    let threads = Arc::clone(&router)
+        .serve_tls_on_threads("127.0.0.1:0".parse().expect("addr"), 2, shutdown.clone())
+        .expect("serving threads");
+    let port = threads.local_addr().port();
+
+    for _ in 0..3 {
+        let (version, body) = curl_https_at(port, &pki, "app.test", "/", "--http1.1").await;
+        assert_eq!((version.as_str(), body.as_str()), ("1.1", "blue"));
+        let (version, body) = curl_https_at(port, &pki, "app.test", "/", "--http2").await;
+        assert_eq!((version.as_str(), body.as_str()), ("2", "blue"));
+    }
+    assert_eq!(router.requests_over(ClientScheme::Https), 6);
+
+    shutdown.cancel();
+    within(tokio::task::spawn_blocking(move || threads.join()))
+        .await
+        .expect("join")
+        .expect("every thread stopped cleanly");
 }
 
 #[tokio::test]

@@ -1,0 +1,460 @@
+//! The upstream side of the proxy: molt's own pool of HTTP/1.1 keep-alive connections.
+//!
+//! Each pooled connection is a `hyper::client::conn::http1` pair: the `SendRequest` handle
+//! and the `Connection` that does the I/O. The connection is never spawned on a task of its
+//! own: whoever holds it drives it — the request future until the response head arrives,
+//! then the response body ([`UpstreamBody`]) while hyper streams it to the client. A request
+//! therefore runs on one task from the client's socket to the upstream's and back, with no
+//! channel hand-off to a connection task and no cross-thread wake-up. When the body ends
+//! the connection goes back to the pool; an idle connection nobody drives is checked on its
+//! way out (a poll that finds it closed, or not ready, drops it).
+//!
+//! Idle connections are kept per worker thread and upstream address, so a connection is only
+//! ever driven by the thread (and runtime) that opened it. They are dropped after
+//! [`POOL_IDLE_TIMEOUT`], and when a publish stops routing to their address.
+//!
+//! With [`UpstreamProtocol::Http2PriorKnowledge`](crate::UpstreamProtocol) the router uses
+//! hyper-util's pooled client instead: an h2 connection multiplexes many requests, so it
+//! needs a task of its own.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::limits::LimitedBody;
+
+/// Body of requests sent upstream: the client's body streamed through, or nothing (for
+/// replayable requests, which have none).
+pub(crate) type RequestBody = Either<LimitedBody, Empty<Bytes>>;
+
+/// How long idle upstream connections stay in the pool.
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most idle connections kept per thread and upstream address.
+const MAX_IDLE_PER_ADDRESS: usize = 1024;
+
+type Driver = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+
+/// How the router reaches instances.
+pub(crate) enum Upstreams {
+    /// molt's own HTTP/1.1 pool.
+    Http1(Arc<Pool>),
+    /// hyper-util's client, speaking h2c with prior knowledge.
+    Http2(Box<Client<HttpConnector, RequestBody>>),
+}
+
+/// Why an upstream request got no response.
+#[derive(Debug)]
+pub(crate) enum UpstreamError {
+    /// The TCP connection could not be made.
+    Connect(io::Error),
+    /// The connection failed during the exchange.
+    Http(hyper::Error),
+    /// hyper-util's client failed (h2c upstreams).
+    Client(hyper_util::client::legacy::Error),
+}
+
+/// Idle HTTP/1.1 connections, by worker thread and upstream address.
+pub(crate) struct Pool {
+    idle: Mutex<IdleSet>,
+    connect_timeout: Duration,
+}
+
+#[derive(Default)]
+struct IdleSet {
+    connections: HashMap<(usize, SocketAddr), VecDeque<Idle>>,
+    /// The addresses the published table routes to (`None` before the first publish): a
+    /// connection to any other address is closed instead of kept once its exchange ends.
+    routed: Option<HashSet<SocketAddr>>,
+}
+
+/// One upstream connection: the handle requests are sent with and the I/O side.
+struct Connection {
+    sender: http1::SendRequest<RequestBody>,
+    /// `None` once the connection has finished (closed, failed or shut down).
+    driver: Option<Pin<Box<Driver>>>,
+    addr: SocketAddr,
+}
+
+struct Idle {
+    connection: Connection,
+    since: Instant,
+}
+
+/// A connection on loan to one exchange; it goes back to its pool when the response body
+/// ends, or is closed when the body is dropped unfinished.
+struct Lease {
+    connection: Connection,
+    pool: Arc<Pool>,
+}
+
+/// An upstream's response body: streamed from the connection that the body itself drives.
+#[derive(Debug)]
+pub(crate) struct UpstreamBody {
+    body: Incoming,
+    lease: Option<Lease>,
+}
+
+impl Upstreams {
+    /// The client for `protocol`, connecting within `connect_timeout`.
+    pub(crate) fn new(protocol: crate::UpstreamProtocol, connect_timeout: Duration) -> Self {
+        match protocol {
+            crate::UpstreamProtocol::Http1 => Upstreams::Http1(Arc::new(Pool {
+                idle: Mutex::default(),
+                connect_timeout,
+            })),
+            crate::UpstreamProtocol::Http2PriorKnowledge => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(connect_timeout));
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .pool_timer(TokioTimer::new())
+                    .set_host(false)
+                    .http2_only(true)
+                    .build(connector);
+                Upstreams::Http2(Box::new(client))
+            }
+        }
+    }
+
+    /// Whether requests need an absolute URI (`http://addr/path`) rather than the origin
+    /// form (`/path`).
+    pub(crate) fn wants_absolute_uri(&self) -> bool {
+        matches!(self, Upstreams::Http2(_))
+    }
+
+    /// Sends `request` to `addr` and returns the response head; its body streams from the
+    /// connection afterwards.
+    pub(crate) async fn send(
+        &self,
+        addr: SocketAddr,
+        request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match self {
+            Upstreams::Http1(pool) => pool.send(addr, request).await,
+            Upstreams::Http2(client) => client
+                .request(request)
+                .await
+                .map(|response| response.map(UpstreamBody::detached))
+                .map_err(UpstreamError::Client),
+        }
+    }
+
+    /// Drops idle connections to addresses that are no longer routed.
+    pub(crate) fn retain(&self, routed: &HashSet<SocketAddr>) {
+        if let Upstreams::Http1(pool) = self {
+            let mut idle = pool.lock();
+            idle.connections
+                .retain(|(_, addr), _| routed.contains(addr));
+            idle.routed = Some(routed.clone());
+        }
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleSet> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        loop {
+            let (mut connection, reused) = match self.checkout(addr) {
+                Some(connection) => (connection, true),
+                None => (self.connect(addr).await?, false),
+            };
+            match connection.exchange(request).await {
+                Ok(response) => {
+                    let lease = Lease {
+                        connection,
+                        pool: Arc::clone(self),
+                    };
+                    return Ok(response.map(|body| UpstreamBody {
+                        body,
+                        lease: Some(lease),
+                    }));
+                }
+                // A kept-alive connection the upstream closed before the request was written:
+                // nothing was sent, so send it on another connection.
+                Err(mut error) if reused => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(UpstreamError::Http(error.into_error())),
+                },
+                Err(error) => return Err(UpstreamError::Http(error.into_error())),
+            }
+        }
+    }
+
+    /// The most recently used idle connection to `addr` of this thread that is still open.
+    fn checkout(&self, addr: SocketAddr) -> Option<Connection> {
+        let key = (shard(), addr);
+        loop {
+            let idle = {
+                let mut pool = self.lock();
+                let queue = pool.connections.get_mut(&key)?;
+                let idle = queue.pop_back();
+                if queue.is_empty() {
+                    pool.connections.remove(&key);
+                }
+                idle?
+            };
+            if idle.since.elapsed() >= POOL_IDLE_TIMEOUT {
+                continue;
+            }
+            let mut connection = idle.connection;
+            // Let the connection notice a close or stray bytes before it is used.
+            connection.drive(&mut Context::from_waker(
+                futures_util::task::noop_waker_ref(),
+            ));
+            if connection.is_reusable() {
+                return Some(connection);
+            }
+        }
+    }
+
+    fn checkin(&self, connection: Connection) {
+        let now = Instant::now();
+        let mut pool = self.lock();
+        if pool
+            .routed
+            .as_ref()
+            .is_some_and(|routed| !routed.contains(&connection.addr))
+        {
+            return;
+        }
+        let queue = pool
+            .connections
+            .entry((shard(), connection.addr))
+            .or_default();
+        // The oldest are at the front: drop those past the idle timeout.
+        while queue
+            .front()
+            .is_some_and(|idle| now.duration_since(idle.since) >= POOL_IDLE_TIMEOUT)
+        {
+            queue.pop_front();
+        }
+        if queue.len() >= MAX_IDLE_PER_ADDRESS {
+            queue.pop_front();
+        }
+        queue.push_back(Idle {
+            connection,
+            since: now,
+        });
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Connection, UpstreamError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_elapsed| {
+                UpstreamError::Connect(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out"),
+                ))
+            })?
+            .map_err(UpstreamError::Connect)?;
+        stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        let (sender, driver) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        Ok(Connection {
+            sender,
+            driver: Some(Box::pin(driver)),
+            addr,
+        })
+    }
+}
+
+impl Connection {
+    /// Sends `request` and drives the connection until the response head arrives.
+    async fn exchange(
+        &mut self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>> {
+        let response = self.sender.try_send_request(request);
+        let mut response = std::pin::pin!(response);
+        poll_fn(|cx| {
+            self.drive(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Lets the connection do the I/O it can; notes when it has finished.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(driver) = self.driver.as_mut() {
+            if driver.as_mut().poll(cx).is_ready() {
+                self.driver = None;
+            }
+        }
+    }
+
+    /// Open, and waiting for the next request.
+    fn is_reusable(&self) -> bool {
+        self.driver.is_some() && self.sender.is_ready()
+    }
+}
+
+impl Lease {
+    /// The exchange is over: back to the pool if the connection can take another request.
+    fn release(mut self, cx: &mut Context<'_>) {
+        // One more turn lets hyper finish the exchange and wait for the next request.
+        self.connection.drive(cx);
+        if self.connection.is_reusable() {
+            self.pool.checkin(self.connection);
+        }
+    }
+}
+
+impl UpstreamBody {
+    /// A body whose connection is driven elsewhere (h2c upstreams, upgrades).
+    pub(crate) fn detached(body: Incoming) -> Self {
+        Self { body, lease: None }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(lease) = this.lease.as_mut() {
+            lease.connection.drive(cx);
+        }
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some(lease) = this.lease.take() {
+                    lease.release(cx);
+                }
+            }
+            // A broken body leaves the connection in an unknown state: close it.
+            Some(Err(_)) => this.lease = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body it knows to be empty (HEAD, 204, 304, length 0): the
+        // exchange is complete, so the connection can still be reused.
+        if let Some(lease) = self.lease.take() {
+            if self.body.is_end_stream() {
+                lease.release(&mut Context::from_waker(
+                    futures_util::task::noop_waker_ref(),
+                ));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("addr", &self.connection.addr)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Connect(error) => write!(f, "connecting failed: {error}"),
+            UpstreamError::Http(error) => write!(f, "{error}"),
+            UpstreamError::Client(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UpstreamError::Connect(error) => Some(error),
+            UpstreamError::Http(error) => Some(error),
+            UpstreamError::Client(error) => Some(error),
+        }
+    }
+}
+
+impl UpstreamError {
+    /// True when the connection failed before the upstream could have acted on the request:
+    /// connect errors, and connections closed or reset before a response.
+    pub(crate) fn is_connection_failure(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_) => true,
+            UpstreamError::Client(error) if error.is_connect() => true,
+            _ => is_broken_connection(self),
+        }
+    }
+}
+
+/// Whether the error chain says the connection was closed, reset or canceled.
+fn is_broken_connection(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_incomplete_message()
+                || hyper_error.is_canceled()
+                || hyper_error.is_closed()
+            {
+                return true;
+            }
+        }
+        if let Some(io_error) = cause.downcast_ref::<io::Error>() {
+            use std::io::ErrorKind::{
+                BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset,
+            };
+            if matches!(
+                io_error.kind(),
+                BrokenPipe | ConnectionAborted | ConnectionRefused | ConnectionReset
+            ) {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// This thread's pool shard. A connection goes back to the shard of the thread that finished
+/// with it and is taken out by that thread only; with one current-thread runtime per thread
+/// (see `Router::serve_on_threads`) that is the runtime its socket is registered with.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SHARD.with(|shard| *shard)
+}
