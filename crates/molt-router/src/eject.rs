@@ -4,12 +4,13 @@
 //! republished table (the controller republishes on every instance change) does not forget
 //! that an address is failing. Every field is an atomic: the request path never locks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use crate::stats::PerAddress;
 use crate::EjectionPolicy;
 
 /// Passive health of one upstream address.
@@ -27,7 +28,7 @@ pub(crate) struct UpstreamHealth {
 /// Upstream address -> health, shared by every route to it. Locked only when publishing.
 #[derive(Debug, Default)]
 pub(crate) struct HealthRegistry {
-    upstreams: Mutex<HashMap<SocketAddr, Arc<UpstreamHealth>>>,
+    upstreams: PerAddress<UpstreamHealth>,
 }
 
 /// What a failure did to an upstream.
@@ -104,22 +105,12 @@ impl HealthRegistry {
         &self,
         addrs: impl Iterator<Item = SocketAddr>,
     ) -> Arc<[Arc<UpstreamHealth>]> {
-        let mut upstreams = self
-            .upstreams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        addrs
-            .map(|addr| Arc::clone(upstreams.entry(addr).or_default()))
-            .collect()
+        self.upstreams.bind(addrs)
     }
 
     /// Forgets every address not in `keep` (no longer routed: its state is stale).
     pub(crate) fn retain(&self, keep: &HashSet<SocketAddr>) {
-        let mut upstreams = self
-            .upstreams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        upstreams.retain(|addr, _| keep.contains(addr));
+        self.upstreams.retain(|addr, _| keep.contains(addr));
     }
 }
 

@@ -59,7 +59,38 @@ pub(crate) struct UpstreamLoad(Arc<AtomicU64>);
 /// request still uses, no request in flight.
 #[derive(Debug, Default)]
 pub(crate) struct LoadRegistry {
-    upstreams: Mutex<HashMap<SocketAddr, Arc<AtomicU64>>>,
+    upstreams: PerAddress<AtomicU64>,
+}
+
+/// State of each upstream address, created on first use and shared (one `Arc` per address)
+/// by every table and route that sends to it. Locked only when publishing (and by
+/// [`LoadRegistry::is_released`]), never per request.
+#[derive(Debug)]
+pub(crate) struct PerAddress<T>(Mutex<HashMap<SocketAddr, Arc<T>>>);
+
+impl<T> Default for PerAddress<T> {
+    fn default() -> Self {
+        PerAddress(Mutex::default())
+    }
+}
+
+impl<T: Default> PerAddress<T> {
+    /// The state of each address (in order), created on first use.
+    pub(crate) fn bind(&self, addrs: impl Iterator<Item = SocketAddr>) -> Arc<[Arc<T>]> {
+        let mut map = self.lock();
+        addrs
+            .map(|addr| Arc::clone(map.entry(addr).or_default()))
+            .collect()
+    }
+
+    /// Keeps the addresses for which `keep` is true.
+    pub(crate) fn retain(&self, keep: impl FnMut(&SocketAddr, &mut Arc<T>) -> bool) {
+        self.lock().retain(keep);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<T>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl UpstreamLoad {
@@ -79,32 +110,20 @@ impl Drop for UpstreamLoad {
 impl LoadRegistry {
     /// The load counter of each address (in order), created on first use.
     pub(crate) fn bind(&self, addrs: impl Iterator<Item = SocketAddr>) -> Arc<[Arc<AtomicU64>]> {
-        let mut upstreams = self
-            .upstreams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        addrs
-            .map(|addr| Arc::clone(upstreams.entry(addr).or_default()))
-            .collect()
+        self.upstreams.bind(addrs)
     }
 
     /// Forgets the addresses not in `keep` that nothing uses any more.
     pub(crate) fn retain(&self, keep: &HashSet<SocketAddr>) {
-        let mut upstreams = self
-            .upstreams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        upstreams.retain(|addr, load| keep.contains(addr) || Arc::strong_count(load) > 1);
+        self.upstreams
+            .retain(|addr, load| keep.contains(addr) || Arc::strong_count(load) > 1);
     }
 
     /// True when no table, route in use or request holds `addr` any more: nothing is or can
     /// still be sent to it.
     pub(crate) fn is_released(&self, addr: SocketAddr) -> bool {
-        let upstreams = self
-            .upstreams
+        self.upstreams
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        upstreams
             .get(&addr)
             .is_none_or(|load| Arc::strong_count(load) == 1)
     }
@@ -265,6 +284,6 @@ mod tests {
         drop(request);
         assert!(registry.is_released(a));
         registry.retain(&HashSet::from([b]));
-        assert_eq!(registry.upstreams.lock().unwrap().len(), 1);
+        assert_eq!(registry.upstreams.lock().len(), 1);
     }
 }
