@@ -30,11 +30,26 @@ pub(crate) struct Served {
 impl AccessEntry {
     /// Notes the request's method, host and path and starts the clock.
     pub(crate) fn start<B>(request: &Request<B>, scheme: ClientScheme) -> Self {
+        Self::begin(
+            request.method().clone(),
+            request.headers().get(HOST).cloned(),
+            request.uri().path(),
+            scheme,
+        )
+    }
+
+    /// An entry for a request read by the direct path (which has no `Request`).
+    pub(crate) fn begin(
+        method: Method,
+        host: Option<HeaderValue>,
+        path: &str,
+        scheme: ClientScheme,
+    ) -> Self {
         Self {
             started: Instant::now(),
-            method: request.method().clone(),
-            host: request.headers().get(HOST).cloned(),
-            path: request.uri().path().to_owned(),
+            method,
+            host,
+            path: path.to_owned(),
             scheme,
         }
     }

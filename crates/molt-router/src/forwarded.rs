@@ -16,6 +16,26 @@ pub(crate) fn add_forwarded(
     scheme: ClientScheme,
     host: &HeaderValue,
 ) {
+    let element = forwarded_element(client, scheme, host.to_str().ok());
+    let mut joined = String::new();
+    for prior in headers.get_all(FORWARDED) {
+        if let Ok(prior) = prior.to_str() {
+            joined.push_str(prior);
+            joined.push_str(", ");
+        }
+    }
+    joined.push_str(&element);
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(FORWARDED, value);
+    }
+}
+
+/// This proxy's element of the `Forwarded` header: `for=<client>;proto=<scheme>[;host=<host>]`.
+pub(crate) fn forwarded_element(
+    client: IpAddr,
+    scheme: ClientScheme,
+    host: Option<&str>,
+) -> String {
     let mut element = String::with_capacity(64);
     match client {
         IpAddr::V4(_) => {
@@ -30,21 +50,11 @@ pub(crate) fn add_forwarded(
     }
     element.push_str(";proto=");
     element.push_str(scheme.as_str());
-    if let Ok(host) = host.to_str() {
+    if let Some(host) = host {
         element.push_str(";host=");
         push_token_or_quoted(&mut element, host);
     }
-    let mut joined = String::new();
-    for prior in headers.get_all(FORWARDED) {
-        if let Ok(prior) = prior.to_str() {
-            joined.push_str(prior);
-            joined.push_str(", ");
-        }
-    }
-    joined.push_str(&element);
-    if let Ok(value) = HeaderValue::from_str(&joined) {
-        headers.insert(FORWARDED, value);
-    }
+    element
 }
 
 /// Appends `ip` in its usual text form. IPv4 addresses (the common case) are written digit

@@ -39,6 +39,11 @@ pub(crate) trait ClientSocket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Writes what it can of `bytes` without blocking (best effort, when the stream is
     /// dropped with a refusal still unsent).
     fn write_now(&mut self, bytes: &[u8]);
+
+    /// Whether the connection negotiated h2 (by ALPN) before its first byte.
+    fn negotiated_h2(&self) -> bool {
+        false
+    }
 }
 
 impl ClientSocket for TcpStream {
@@ -51,6 +56,10 @@ impl ClientSocket for tokio_rustls::server::TlsStream<TcpStream> {
     /// Nothing: a TLS record cannot be written without waiting on the socket, so a refusal
     /// not sent by shutdown is lost with the connection.
     fn write_now(&mut self, _bytes: &[u8]) {}
+
+    fn negotiated_h2(&self) -> bool {
+        self.get_ref().1.alpn_protocol() == Some(b"h2")
+    }
 }
 
 /// When a connection last moved a byte, and how many requests it is serving.
@@ -117,6 +126,81 @@ impl<S: ClientSocket> GuardedStream<S> {
             *written += n;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: ClientSocket> GuardedStream<S> {
+    pub(crate) fn negotiated_h2(&self) -> bool {
+        self.inner.negotiated_h2()
+    }
+}
+
+/// A guarded stream that first gives back bytes read from it before (by the direct path):
+/// how hyper takes over a connection mid-way.
+pub(crate) struct Prefixed<S: ClientSocket> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: GuardedStream<S>,
+}
+
+impl<S: ClientSocket> Prefixed<S> {
+    pub(crate) fn new(prefix: Vec<u8>, inner: GuardedStream<S>) -> Self {
+        Self {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: ClientSocket> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: ClientSocket> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

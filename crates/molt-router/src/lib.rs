@@ -27,6 +27,7 @@ mod access;
 mod admission;
 mod body;
 mod budget;
+mod direct;
 mod eject;
 mod forwarded;
 pub mod framing;
@@ -121,6 +122,11 @@ pub struct RouterConfig {
     /// Most requests waiting at once for a held backend ([`Backend::held_until`]) to get an
     /// upstream; beyond it, requests for a held backend are answered 503 at once.
     pub max_held_requests: usize,
+    /// Serve bodiless `GET`/`HEAD` requests of HTTP/1.1 clients on molt's own direct path
+    /// (no hyper state machines, same routing and accounting) when instances speak
+    /// HTTP/1.1; a connection moves to hyper at its first request the direct path does not
+    /// take. On by default; off, hyper serves everything.
+    pub direct_path: bool,
 }
 
 /// How a client reached the router: the scheme that `X-Forwarded-Proto`, `Forwarded` and
@@ -215,6 +221,7 @@ impl Default for RouterConfig {
             retry_budget: RetryBudget::default(),
             shadow_concurrency: 64,
             max_held_requests: 1024,
+            direct_path: true,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, COOKIE, HOST, SET_COOKIE, USER_AGENT};
+use hyper::header::{HeaderName, HeaderValue, COOKIE, HOST, SET_COOKIE, USER_AGENT};
 use hyper::http::request;
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -43,15 +43,15 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// connection pool.
 pub struct Router {
     pub(crate) config: RouterConfig,
-    table: ArcSwap<RouteTable>,
+    pub(crate) table: ArcSwap<RouteTable>,
     pub(crate) stats: StatsRegistry,
     /// Serializes binding a table to the registry with swapping it in, so
     /// [`Router::forget_env`] never drops counters a table is about to use.
     publishing: Mutex<()>,
-    unrouted: AtomicU64,
-    request_ids: RequestIds,
+    pub(crate) unrouted: AtomicU64,
+    pub(crate) request_ids: RequestIds,
     /// Upstream connections (molt's HTTP/1.1 pool, or an h2c client).
-    upstreams: Arc<Upstreams>,
+    pub(crate) upstreams: Arc<Upstreams>,
     /// Upgraded connections being relayed.
     pub(crate) tunnels: Tunnels,
     /// Certificates of the TLS listener, by SNI name.
@@ -59,14 +59,14 @@ pub struct Router {
     /// Pending ACME http-01 challenges, answered on the plain listener.
     pub(crate) challenges: Arc<AcmeChallenges>,
     /// Requests received, by scheme: `[http, https]`.
-    requests_by_scheme: [AtomicU64; 2],
+    pub(crate) requests_by_scheme: [AtomicU64; 2],
     tls_handshake_failures: AtomicU64,
     /// Passive health of every routed upstream address, kept across publishes.
     health: HealthRegistry,
     /// Requests in flight per upstream address, kept across publishes.
     loads: LoadRegistry,
     /// Mirrored (shadow) requests in flight.
-    shadows: Shadows,
+    pub(crate) shadows: Shadows,
     /// Marks every publish, for requests waiting on a held backend.
     published: watch::Sender<()>,
     /// Requests waiting on a held backend right now.
@@ -74,7 +74,7 @@ pub struct Router {
 }
 
 /// What the route table decided for one request.
-enum Choice {
+pub(crate) enum Choice {
     /// No route answers to the host.
     Unrouted,
     /// The backend is in maintenance.
@@ -84,19 +84,19 @@ enum Choice {
 }
 
 /// A request assigned to a route.
-struct Routed {
-    route: Arc<Route>,
+pub(crate) struct Routed {
+    pub(crate) route: Arc<Route>,
     /// The upstream to start with; `None` when the route has none.
-    start: Option<usize>,
-    in_flight: InFlight,
-    picked: Picked,
+    pub(crate) start: Option<usize>,
+    pub(crate) in_flight: InFlight,
+    pub(crate) picked: Picked,
     /// The hostname's shadow route, when this request is mirrored to it.
-    mirror: Option<Arc<Route>>,
+    pub(crate) mirror: Option<Arc<Route>>,
 }
 
 /// The backend has no upstream and is held: the request may wait for a publish (nothing has
 /// been counted for it yet).
-struct Held {
+pub(crate) struct Held {
     until: std::time::Instant,
     /// The route's request timeout, which the wait never outlasts.
     timeout: Duration,
@@ -108,9 +108,9 @@ struct HoldSlot<'a>(&'a AtomicUsize);
 /// The body size and response-head time one request may use (the route's limits within the
 /// router's).
 #[derive(Debug, Clone, Copy)]
-struct Allowance {
-    max_body: u64,
-    timeout: Duration,
+pub(crate) struct Allowance {
+    pub(crate) max_body: u64,
+    pub(crate) timeout: Duration,
 }
 
 /// The parts of a request needed to send it (again) to an upstream.
@@ -354,7 +354,7 @@ impl Router {
         let mut waiting: Option<(HoldSlot<'_>, watch::Receiver<()>)> = None;
         let chosen = loop {
             let held = match self.choose(
-                &request,
+                &Lookup::of(&request),
                 host_name.trim(),
                 client,
                 &bucket_source,
@@ -468,9 +468,9 @@ impl Router {
     /// for exactly this window). A routed request is counted in flight on its environment;
     /// a held backend (when `may_hold`) gives `Err` and counts nothing. A backend in
     /// maintenance takes no request, so nothing is counted for it either.
-    fn choose(
+    pub(crate) fn choose(
         &self,
-        request: &Request<Incoming>,
+        lookup: &Lookup<'_>,
         host: &str,
         client: IpAddr,
         bucket_source: &Cell<Source>,
@@ -478,18 +478,16 @@ impl Router {
         may_hold: bool,
     ) -> Result<Choice, Held> {
         let table = self.table.load_full();
-        let headers = request.headers();
         let selector = Selector {
-            pin: headers.get(&X_MOLT_ENV).and_then(|v| v.to_str().ok()),
+            pin: lookup.pin,
             bucket: || {
-                let cookie = headers.get(COOKIE).map(HeaderValue::as_bytes);
-                let (bucket, source) = shaping::bucket_of(cookie, &identity(client, headers));
+                let (bucket, source) =
+                    shaping::bucket_of(lookup.cookie, &identity(client, lookup.agent));
                 bucket_source.set(source);
                 bucket
             },
         };
-        let Some((route, picked, shadow)) = table.select(host, request.uri().path(), selector)
-        else {
+        let Some((route, picked, shadow)) = table.select(host, lookup.path, selector) else {
             return Ok(Choice::Unrouted);
         };
         let backend = route.backend();
@@ -527,7 +525,7 @@ impl Router {
     }
 
     /// The limits of one request on `route`: the route's own within the router's.
-    fn allowance(&self, route: &Route) -> Allowance {
+    pub(crate) fn allowance(&self, route: &Route) -> Allowance {
         let limits = route.backend().limits;
         let config = &self.config;
         Allowance {
@@ -600,31 +598,11 @@ impl Router {
                     relay(response, in_flight)
                 }
                 Ok(Err(error)) if error.is_connection_failure() => {
-                    if let Verdict::Ejected(ms) = route.record_failure(index, &self.config.ejection)
+                    if let Some(next) =
+                        self.retry_after_failure(route, index, &mut tried, last, &error)
                     {
-                        warn!(
-                            env = route.env(),
-                            instance,
-                            backoff_ms = ms,
-                            "upstream ejected after connection failures"
-                        );
-                    }
-                    tried.push(index);
-                    let next = (!last).then(|| route.retry_index(&tried)).flatten();
-                    if let Some(next) = next {
-                        if counters
-                            .retry_tokens
-                            .withdraw(&self.config.retry_budget, now_ms())
-                        {
-                            debug!(env = route.env(), instance, %error, "upstream unreachable, trying the next");
-                            counters.traffic.record_retry();
-                            index = next;
-                            continue;
-                        }
-                        counters.traffic.record_budget_exhausted();
-                        debug!(env = route.env(), instance, %error, "upstream unreachable, retry budget spent");
-                    } else {
-                        debug!(env = route.env(), instance, %error, "upstream failed");
+                        index = next;
+                        continue;
                     }
                     upstream_failure(&in_flight, &fault)
                 }
@@ -642,6 +620,49 @@ impl Router {
                 }
             };
             return (response, Some(index));
+        }
+    }
+}
+
+impl Router {
+    /// After the connection to upstream `index` failed before a response: counts the failure
+    /// (ejecting the upstream when it keeps failing) and returns the upstream to try next,
+    /// when another attempt is allowed (`!last`), one is left to try, and the environment's
+    /// retry budget pays for it.
+    pub(crate) fn retry_after_failure(
+        &self,
+        route: &Route,
+        index: usize,
+        tried: &mut Vec<usize>,
+        last: bool,
+        error: &dyn std::fmt::Display,
+    ) -> Option<usize> {
+        let instance = &route.upstreams()[index].instance;
+        if let Verdict::Ejected(ms) = route.record_failure(index, &self.config.ejection) {
+            warn!(
+                env = route.env(),
+                instance,
+                backoff_ms = ms,
+                "upstream ejected after connection failures"
+            );
+        }
+        tried.push(index);
+        let Some(next) = (!last).then(|| route.retry_index(tried)).flatten() else {
+            debug!(env = route.env(), instance, %error, "upstream failed");
+            return None;
+        };
+        let counters = route.counters();
+        if counters
+            .retry_tokens
+            .withdraw(&self.config.retry_budget, now_ms())
+        {
+            debug!(env = route.env(), instance, %error, "upstream unreachable, trying the next");
+            counters.traffic.record_retry();
+            Some(next)
+        } else {
+            counters.traffic.record_budget_exhausted();
+            debug!(env = route.env(), instance, %error, "upstream unreachable, retry budget spent");
+            None
         }
     }
 }
@@ -707,13 +728,34 @@ impl Drop for HoldSlot<'_> {
 pub static X_MOLT_ENV: HeaderName = HeaderName::from_static("x-molt-env");
 
 /// What identifies a client for sticky bucketing when it has no cookie yet.
-fn identity(client: IpAddr, headers: &HeaderMap) -> Vec<u8> {
+fn identity(client: IpAddr, agent: Option<&[u8]>) -> Vec<u8> {
     let mut id = client.to_string().into_bytes();
     id.push(b'|');
-    if let Some(agent) = headers.get(USER_AGENT) {
-        id.extend_from_slice(agent.as_bytes());
+    if let Some(agent) = agent {
+        id.extend_from_slice(agent);
     }
     id
+}
+
+/// What routing reads from a request besides its host: the path, the pinned environment
+/// (`X-Molt-Env`), and for sticky splits the `Cookie` and `User-Agent` headers.
+pub(crate) struct Lookup<'a> {
+    pub(crate) path: &'a str,
+    pub(crate) pin: Option<&'a str>,
+    pub(crate) cookie: Option<&'a [u8]>,
+    pub(crate) agent: Option<&'a [u8]>,
+}
+
+impl<'a> Lookup<'a> {
+    fn of<B>(request: &'a Request<B>) -> Self {
+        let headers = request.headers();
+        Lookup {
+            path: request.uri().path(),
+            pin: headers.get(&X_MOLT_ENV).and_then(|v| v.to_str().ok()),
+            cookie: headers.get(COOKIE).map(HeaderValue::as_bytes),
+            agent: headers.get(USER_AGENT).map(HeaderValue::as_bytes),
+        }
+    }
 }
 
 /// A short plain-text response made by the router itself.
@@ -765,7 +807,7 @@ fn declared_length<B>(request: &Request<B>) -> Option<u64> {
 }
 
 /// Methods whose bodiless requests can be sent to another upstream after a failed attempt.
-fn is_idempotent_read(method: &Method) -> bool {
+pub(crate) fn is_idempotent_read(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 

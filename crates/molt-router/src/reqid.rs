@@ -51,7 +51,7 @@ impl RequestIds {
         self.generate()
     }
 
-    fn generate(&self) -> HeaderValue {
+    pub(crate) fn generate(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 33];
         let mut len = write_hex(&mut buf, self.prefix, 16);

@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::direct::Ending;
 use crate::framing::FrameLimits;
-use crate::guard::{BusyBody, ClientSocket, GuardedStream};
+use crate::guard::{BusyBody, ClientSocket, GuardedStream, Prefixed};
 use crate::{ClientScheme, Router};
 
 /// Pause after an accept error that is not about one connection (e.g. out of file
@@ -367,7 +368,27 @@ impl ConnectionSetup {
         abort: CancellationToken,
     ) {
         let (stream, activity) = GuardedStream::new(stream, self.limits);
-        let requested = Arc::new(AtomicBool::new(false));
+        // The direct path serves what it can; hyper the rest, from the first request it
+        // leaves (see `crate::direct`).
+        let (prefix, stream, served) = if router.config.direct_path && !stream.negotiated_h2() {
+            let direct = crate::direct::serve(&router, stream, peer, scheme, &shutdown);
+            let ending = tokio::select! {
+                ending = direct => ending,
+                () = abort.cancelled() => return,
+            };
+            match ending {
+                Ending::Closed => return,
+                Ending::Handoff {
+                    stream,
+                    prefix,
+                    served,
+                } => (prefix, stream, served),
+            }
+        } else {
+            (Vec::new(), stream, 0)
+        };
+        let stream = Prefixed::new(prefix, stream);
+        let requested = Arc::new(AtomicBool::new(served > 0));
         let service = {
             let requested = Arc::clone(&requested);
             let requests = Arc::clone(&activity);
@@ -389,7 +410,7 @@ impl ConnectionSetup {
         // before it, and HTTP/2 connections that never send a request.
         let first_request = tokio::time::sleep(self.first_request_timeout);
         let mut first_request = std::pin::pin!(first_request);
-        let (mut awaiting_first, mut closing) = (true, false);
+        let (mut awaiting_first, mut closing) = (served == 0, false);
         // No request in progress and no byte moving for `idle_timeout`: close.
         let idle = activity.idle_for(self.idle_timeout);
         let mut idle = std::pin::pin!(idle);

@@ -52,8 +52,12 @@ type Driver = http1::Connection<TokioIo<TcpStream>, RequestBody>;
 
 /// How the router reaches instances.
 pub(crate) enum Upstreams {
-    /// molt's own HTTP/1.1 pool.
-    Http1(Arc<Pool>),
+    /// molt's own HTTP/1.1 pools: hyper connections for requests hyper serves, plain sockets
+    /// for the direct path ([`crate::direct`]).
+    Http1 {
+        pool: Arc<Pool<Connection>>,
+        sockets: Arc<Pool<Socket>>,
+    },
     /// hyper-util's client, speaking h2c with prior knowledge.
     Http2(Box<Client<HttpConnector, RequestBody>>),
 }
@@ -70,29 +74,51 @@ pub(crate) enum UpstreamError {
 }
 
 /// Idle HTTP/1.1 connections, by worker thread and upstream address.
-pub(crate) struct Pool {
-    idle: Mutex<IdleSet>,
+pub(crate) struct Pool<C> {
+    idle: Mutex<IdleSet<C>>,
     connect_timeout: Duration,
 }
 
-#[derive(Default)]
-struct IdleSet {
-    connections: HashMap<(usize, SocketAddr), VecDeque<Idle>>,
+/// What a pool keeps.
+pub(crate) trait Pooled: Sized {
+    /// The upstream address it is connected to.
+    fn addr(&self) -> SocketAddr;
+    /// Whether an idle connection can take a request: still open, nothing unexpected read.
+    fn is_usable(&mut self) -> bool;
+}
+
+/// A plain keep-alive socket to an upstream, for the direct path's own HTTP/1.1 exchange.
+pub(crate) struct Socket {
+    pub(crate) stream: TcpStream,
+    pub(crate) addr: SocketAddr,
+}
+
+struct IdleSet<C> {
+    connections: HashMap<(usize, SocketAddr), VecDeque<Idle<C>>>,
     /// The addresses the published table routes to (`None` before the first publish): a
     /// connection to any other address is closed instead of kept once its exchange ends.
     routed: Option<HashSet<SocketAddr>>,
 }
 
+impl<C> Default for IdleSet<C> {
+    fn default() -> Self {
+        Self {
+            connections: HashMap::new(),
+            routed: None,
+        }
+    }
+}
+
 /// One upstream connection: the handle requests are sent with and the I/O side.
-struct Connection {
+pub(crate) struct Connection {
     sender: http1::SendRequest<RequestBody>,
     /// `None` once the connection has finished (closed, failed or shut down).
     driver: Option<Pin<Box<Driver>>>,
     addr: SocketAddr,
 }
 
-struct Idle {
-    connection: Connection,
+struct Idle<C> {
+    connection: C,
     since: Instant,
 }
 
@@ -100,7 +126,7 @@ struct Idle {
 /// ends, or is closed when the body is dropped unfinished.
 struct Lease {
     connection: Connection,
-    pool: Arc<Pool>,
+    pool: Arc<Pool<Connection>>,
 }
 
 /// An upstream's response body: streamed from the connection that the body itself drives.
@@ -114,10 +140,10 @@ impl Upstreams {
     /// The client for `protocol`, connecting within `connect_timeout`.
     pub(crate) fn new(protocol: crate::UpstreamProtocol, connect_timeout: Duration) -> Self {
         match protocol {
-            crate::UpstreamProtocol::Http1 => Upstreams::Http1(Arc::new(Pool {
-                idle: Mutex::default(),
-                connect_timeout,
-            })),
+            crate::UpstreamProtocol::Http1 => Upstreams::Http1 {
+                pool: Arc::new(Pool::new(connect_timeout)),
+                sockets: Arc::new(Pool::new(connect_timeout)),
+            },
             crate::UpstreamProtocol::Http2PriorKnowledge => {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
@@ -147,7 +173,7 @@ impl Upstreams {
         request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match self {
-            Upstreams::Http1(pool) => pool.send(addr, request).await,
+            Upstreams::Http1 { pool, .. } => pool.send(addr, request).await,
             Upstreams::Http2(client) => client
                 .request(request)
                 .await
@@ -158,20 +184,110 @@ impl Upstreams {
 
     /// Drops idle connections to addresses that are no longer routed.
     pub(crate) fn retain(&self, routed: &HashSet<SocketAddr>) {
-        if let Upstreams::Http1(pool) = self {
-            let mut idle = pool.lock();
-            idle.connections
-                .retain(|(_, addr), _| routed.contains(addr));
-            idle.routed = Some(routed.clone());
+        if let Upstreams::Http1 { pool, sockets } = self {
+            pool.retain(routed);
+            sockets.retain(routed);
+        }
+    }
+
+    /// The pool of plain sockets, when instances speak HTTP/1.1.
+    pub(crate) fn sockets(&self) -> Option<&Arc<Pool<Socket>>> {
+        match self {
+            Upstreams::Http1 { sockets, .. } => Some(sockets),
+            Upstreams::Http2(_) => None,
         }
     }
 }
 
-impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, IdleSet> {
+impl<C: Pooled> Pool<C> {
+    fn new(connect_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::default(),
+            connect_timeout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleSet<C>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn retain(&self, routed: &HashSet<SocketAddr>) {
+        let mut idle = self.lock();
+        idle.connections
+            .retain(|(_, addr), _| routed.contains(addr));
+        idle.routed = Some(routed.clone());
+    }
+
+    /// The most recently used idle connection to `addr` of this thread that is still usable.
+    pub(crate) fn checkout(&self, addr: SocketAddr) -> Option<C> {
+        let key = (shard(), addr);
+        loop {
+            let idle = {
+                let mut pool = self.lock();
+                let queue = pool.connections.get_mut(&key)?;
+                let idle = queue.pop_back();
+                if queue.is_empty() {
+                    pool.connections.remove(&key);
+                }
+                idle?
+            };
+            if idle.since.elapsed() >= POOL_IDLE_TIMEOUT {
+                continue;
+            }
+            let mut connection = idle.connection;
+            if connection.is_usable() {
+                return Some(connection);
+            }
+        }
+    }
+
+    /// Keeps `connection` for the next request to its address (unless the table no longer
+    /// routes there).
+    pub(crate) fn checkin(&self, connection: C) {
+        let now = Instant::now();
+        let addr = connection.addr();
+        let mut pool = self.lock();
+        if pool
+            .routed
+            .as_ref()
+            .is_some_and(|routed| !routed.contains(&addr))
+        {
+            return;
+        }
+        let queue = pool.connections.entry((shard(), addr)).or_default();
+        // The oldest are at the front: drop those past the idle timeout.
+        while queue
+            .front()
+            .is_some_and(|idle| now.duration_since(idle.since) >= POOL_IDLE_TIMEOUT)
+        {
+            queue.pop_front();
+        }
+        if queue.len() >= MAX_IDLE_PER_ADDRESS {
+            queue.pop_front();
+        }
+        queue.push_back(Idle {
+            connection,
+            since: now,
+        });
+    }
+
+    /// A new TCP connection to `addr` (no delay), within the connect timeout.
+    pub(crate) async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_elapsed| {
+                UpstreamError::Connect(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out"),
+                ))
+            })?
+            .map_err(UpstreamError::Connect)?;
+        stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        Ok(stream)
+    }
+}
+
+impl Pool<Connection> {
     async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
@@ -204,74 +320,8 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection to `addr` of this thread that is still open.
-    fn checkout(&self, addr: SocketAddr) -> Option<Connection> {
-        let key = (shard(), addr);
-        loop {
-            let idle = {
-                let mut pool = self.lock();
-                let queue = pool.connections.get_mut(&key)?;
-                let idle = queue.pop_back();
-                if queue.is_empty() {
-                    pool.connections.remove(&key);
-                }
-                idle?
-            };
-            if idle.since.elapsed() >= POOL_IDLE_TIMEOUT {
-                continue;
-            }
-            let mut connection = idle.connection;
-            // Let the connection notice a close or stray bytes before it is used.
-            connection.drive(&mut Context::from_waker(
-                futures_util::task::noop_waker_ref(),
-            ));
-            if connection.is_reusable() {
-                return Some(connection);
-            }
-        }
-    }
-
-    fn checkin(&self, connection: Connection) {
-        let now = Instant::now();
-        let mut pool = self.lock();
-        if pool
-            .routed
-            .as_ref()
-            .is_some_and(|routed| !routed.contains(&connection.addr))
-        {
-            return;
-        }
-        let queue = pool
-            .connections
-            .entry((shard(), connection.addr))
-            .or_default();
-        // The oldest are at the front: drop those past the idle timeout.
-        while queue
-            .front()
-            .is_some_and(|idle| now.duration_since(idle.since) >= POOL_IDLE_TIMEOUT)
-        {
-            queue.pop_front();
-        }
-        if queue.len() >= MAX_IDLE_PER_ADDRESS {
-            queue.pop_front();
-        }
-        queue.push_back(Idle {
-            connection,
-            since: now,
-        });
-    }
-
     async fn connect(&self, addr: SocketAddr) -> Result<Connection, UpstreamError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_elapsed| {
-                UpstreamError::Connect(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connecting to {addr} timed out"),
-                ))
-            })?
-            .map_err(UpstreamError::Connect)?;
-        stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        let stream = self.connect_tcp(addr).await?;
         let (sender, driver) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;
@@ -280,6 +330,40 @@ impl Pool {
             driver: Some(Box::pin(driver)),
             addr,
         })
+    }
+}
+
+impl Pooled for Connection {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn is_usable(&mut self) -> bool {
+        // Let the connection notice a close or stray bytes before it is used.
+        self.drive(&mut Context::from_waker(
+            futures_util::task::noop_waker_ref(),
+        ));
+        self.is_reusable()
+    }
+}
+
+impl Pooled for Socket {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Open with nothing to read: a readable idle socket was closed by the upstream or holds
+    /// bytes nobody asked for.
+    fn is_usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
     }
 }
 
