@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderName, HeaderValue, COOKIE, HOST, SET_COOKIE, USER_AGENT};
+use hyper::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, HOST, SET_COOKIE, TRANSFER_ENCODING,
+    USER_AGENT,
+};
 use hyper::http::request;
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -714,6 +717,11 @@ pub(crate) fn relay(
 ) -> Response<ResponseBody> {
     in_flight.counters().record_answered();
     let (mut head, body) = response.into_parts();
+    // hyper read a body with both framings by its chunks (RFC 9112 §6.3): the length, which
+    // the client would believe instead, must not be passed on.
+    if head.headers.contains_key(TRANSFER_ENCODING) {
+        head.headers.remove(CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut head.headers);
     Response::from_parts(head, ResponseBody::upstream(body, in_flight))
 }

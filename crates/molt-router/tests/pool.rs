@@ -73,7 +73,10 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     };
     assert_eq!(requests_in_a_row(config, 5, true).await, 1);
     // The direct path alone (GET, HEAD, a 204): one connection too.
-    assert_eq!(requests_in_a_row(RouterConfig::default(), 5, false).await, 1);
+    assert_eq!(
+        requests_in_a_row(RouterConfig::default(), 5, false).await,
+        1
+    );
     // The POST of the first round hands the client connection to hyper, which keeps its
     // own upstream connection from then on: two in all.
     assert_eq!(requests_in_a_row(RouterConfig::default(), 5, true).await, 2);
