@@ -57,7 +57,7 @@ impl AccessEntry {
     /// Emits the line (INFO, target `molt_router::access`).
     pub(crate) fn finish(
         self,
-        request_id: &HeaderValue,
+        request_id: &str,
         client: IpAddr,
         status: StatusCode,
         served: &Served,
@@ -66,7 +66,7 @@ impl AccessEntry {
         let duration_us = self.started.elapsed().as_micros() as u64;
         info!(
             target: "molt_router::access",
-            request_id = request_id.to_str().unwrap_or("-"),
+            request_id,
             client = %client,
             scheme = self.scheme.as_str(),
             host = self.host.as_ref().and_then(|host| host.to_str().ok()).unwrap_or("-"),

@@ -36,11 +36,11 @@ use tracing::debug;
 
 use crate::access::{AccessEntry, Served};
 use crate::body::ResponseBody;
-use crate::forwarded::{forwarded_element, push_ip};
+use crate::forwarded::{self, push_forwarded_element, push_ip};
 use crate::guard::{ClientSocket, GuardedStream};
 use crate::page;
 use crate::proxy::{Choice, Lookup, Routed};
-use crate::reqid::is_sane_id;
+use crate::reqid::InlineId;
 use crate::shadow::MirrorSettings;
 use crate::shaping::{Source, STICKY_COOKIE};
 use crate::stats::InFlight;
@@ -101,13 +101,15 @@ enum HeadWait {
 }
 
 /// What the direct path decided for the request head at the start of `input`.
+// Lives for a moment on the stack; boxing the exchange would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Begin {
     /// hyper takes the connection from this request on.
     Handoff,
     /// Answered by the router itself (no upstream to send it to).
     Local(Box<Local>),
     /// Sent upstream with the head written to `Conn::request_head`.
-    Forward(Box<Exchange>),
+    Forward(Exchange),
 }
 
 /// A request the router answers itself.
@@ -115,7 +117,7 @@ struct Local {
     head_len: usize,
     response: Response<ResponseBody>,
     head_only: bool,
-    request_id: HeaderValue,
+    request_id: InlineId,
 }
 
 /// A request on its way upstream.
@@ -124,7 +126,7 @@ struct Exchange {
     head_only: bool,
     /// The client asked to close after this request.
     close: bool,
-    request_id: HeaderValue,
+    request_id: InlineId,
     route: Arc<Route>,
     start: usize,
     in_flight: InFlight,
@@ -242,7 +244,7 @@ pub(crate) async fn serve<S: ClientSocket>(
             Begin::Forward(exchange) => {
                 conn.input.drain(..exchange.head_len);
                 router
-                    .forward_direct(&mut conn, &sockets, *exchange, shutdown)
+                    .forward_direct(&mut conn, &sockets, exchange, shutdown)
                     .await
             }
         };
@@ -295,7 +297,7 @@ impl<S: ClientSocket> Conn<S> {
     async fn write_local(
         &mut self,
         response: Response<ResponseBody>,
-        request_id: &HeaderValue,
+        request_id: &InlineId,
         head_only: bool,
         close: bool,
     ) -> bool {
@@ -372,10 +374,8 @@ impl Router {
         let Ok(host_name) = std::str::from_utf8(head.host) else {
             return Begin::Handoff;
         };
+        // An invalid Host finds no route (the table validates it): hyper answers it 400.
         let host_name = host_name.trim();
-        if host_name.is_empty() || crate::host::lookup_key(host_name).is_err() {
-            return Begin::Handoff;
-        }
         if scheme == ClientScheme::Http
             && (self.config.https_redirect.is_some() || path.starts_with(ACME_CHALLENGE_PREFIX))
         {
@@ -397,14 +397,9 @@ impl Router {
             return Begin::Handoff;
         };
         self.requests_by_scheme[scheme as usize].fetch_add(1, Ordering::Relaxed);
-        let request_id = match head.request_id {
-            Some(id) if is_sane_id(id) => {
-                HeaderValue::from_bytes(id).unwrap_or_else(|_| self.request_ids.generate())
-            }
-            _ => self.request_ids.generate(),
-        };
+        let request_id = self.request_ids.assign_inline(head.request_id);
         debug!(
-            request_id = request_id.to_str().unwrap_or("-"),
+            request_id = request_id.as_str(),
             %client,
             %method,
             path,
@@ -432,9 +427,10 @@ impl Router {
                     timeout: self.config.upstream_timeout,
                     ejection: self.config.ejection,
                 };
-                let host = HeaderValue::from_bytes(head.host).expect("checked as a host");
-                self.shadows
-                    .mirror(&self.upstreams, shadow, &copy, client, &host, settings);
+                if let Ok(host) = HeaderValue::from_bytes(head.host) {
+                    self.shadows
+                        .mirror(&self.upstreams, shadow, &copy, client, &host, settings);
+                }
             }
         }
         let Some(start) = start else {
@@ -459,7 +455,7 @@ impl Router {
             client,
             scheme,
         );
-        Begin::Forward(Box::new(Exchange {
+        Begin::Forward(Exchange {
             head_len,
             head_only,
             close: head.close,
@@ -471,7 +467,7 @@ impl Router {
             started,
             access,
             client,
-        }))
+        })
     }
 
     /// Sends the exchange's head to its route's upstreams (moving on after connection
@@ -551,7 +547,8 @@ impl Router {
                         served.instance = Some(upstream.instance.clone());
                         let status =
                             StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                        entry.finish(&request_id, client, status, &served, answer.length);
+                        let id = request_id.as_str();
+                        entry.finish(id, client, status, &served, answer.length);
                     }
                     let keep = conn.relay_answer(socket, sockets, &answer).await;
                     drop(in_flight);
@@ -587,7 +584,7 @@ impl Router {
             .live
             .record(status.as_u16(), started.elapsed());
         if let Some(entry) = access {
-            entry.finish(&request_id, client, status, &served, None);
+            entry.finish(request_id.as_str(), client, status, &served, None);
         }
         let close = close || shutdown.is_cancelled();
         let keep = conn
@@ -712,7 +709,7 @@ impl<S: ClientSocket> Conn<S> {
 
 /// What the response head needs besides the upstream's fields.
 struct Extras<'a> {
-    request_id: &'a HeaderValue,
+    request_id: &'a InlineId,
     sticky: Option<u32>,
     head_only: bool,
 }
@@ -1006,7 +1003,7 @@ fn write_upstream_head(
     target: &str,
     fields: &[httparse::Header<'_>],
     head: &RequestHead<'_>,
-    request_id: &HeaderValue,
+    request_id: &InlineId,
     client: IpAddr,
     scheme: ClientScheme,
 ) {
@@ -1048,15 +1045,13 @@ fn write_upstream_head(
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(forwarded_element(client, scheme, host).as_bytes());
+    push_forwarded_element(&mut forwarded::Bytes(out), client, scheme, host);
     out.extend_from_slice(b"\r\nx-forwarded-for: ");
     for prior in forwarded_for {
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");
     }
-    let mut ip = String::with_capacity(16);
-    push_ip(&mut ip, client);
-    out.extend_from_slice(ip.as_bytes());
+    push_ip(&mut forwarded::Bytes(out), client);
     out.extend_from_slice(b"\r\n");
     push_field(out, b"x-forwarded-proto", scheme.as_str().as_bytes());
     push_field(out, b"x-forwarded-host", head.host);
@@ -1069,7 +1064,7 @@ fn mirror_head(
     target: &str,
     fields: &[httparse::Header<'_>],
     scheme: ClientScheme,
-    request_id: &HeaderValue,
+    request_id: &InlineId,
 ) -> Option<Request<()>> {
     let mut request = Request::new(());
     *request.method_mut() = method.clone();
@@ -1080,7 +1075,7 @@ fn mirror_head(
         let value = HeaderValue::from_bytes(field.value).ok()?;
         headers.append(name, value);
     }
-    headers.insert(&crate::reqid::X_REQUEST_ID, request_id.clone());
+    headers.insert(&crate::reqid::X_REQUEST_ID, request_id.header_value());
     request.extensions_mut().insert(scheme);
     Some(request)
 }
@@ -1148,8 +1143,14 @@ fn is_visible(value: &[u8]) -> bool {
 }
 
 fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
+    // Three digits: parsed and checked to be in 100..=999.
+    let digits = [
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ];
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    out.extend_from_slice(&digits);
     out.push(b' ');
     let reason = if reason.is_empty() {
         StatusCode::from_u16(status)
@@ -1312,6 +1313,7 @@ impl ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reqid::RequestIds;
 
     fn scan_all(body: &[u8], step: usize) -> Result<Option<usize>, &'static str> {
         let mut scanner = ChunkScanner::default();
@@ -1348,7 +1350,7 @@ mod tests {
     }
 
     fn rewrite(head: &str, head_only: bool) -> Result<(Option<Answer>, String), &'static str> {
-        let id = HeaderValue::from_static("id-1");
+        let id = RequestIds::new().assign_inline(Some(b"id-1"));
         let extras = Extras {
             request_id: &id,
             sticky: None,
@@ -1431,7 +1433,7 @@ mod tests {
         request.parse(raw.as_bytes()).expect("test head");
         let head = RequestHead::read(request.headers)?;
         let mut out = Vec::new();
-        let id = HeaderValue::from_static("rid");
+        let id = RequestIds::new().assign_inline(Some(b"rid"));
         write_upstream_head(
             &mut out,
             request.method.expect("method"),

@@ -1,6 +1,6 @@
 //! The RFC 7239 `Forwarded` header.
 
-use std::fmt::Write as _;
+use std::fmt::Write;
 use std::net::IpAddr;
 
 use hyper::header::{HeaderValue, FORWARDED};
@@ -37,63 +37,89 @@ pub(crate) fn forwarded_element(
     host: Option<&str>,
 ) -> String {
     let mut element = String::with_capacity(64);
-    match client {
-        IpAddr::V4(_) => {
-            element.push_str("for=");
-            push_ip(&mut element, client);
-        }
-        IpAddr::V6(_) => {
-            element.push_str("for=\"[");
-            push_ip(&mut element, client);
-            element.push_str("]\"");
-        }
-    }
-    element.push_str(";proto=");
-    element.push_str(scheme.as_str());
-    if let Some(host) = host {
-        element.push_str(";host=");
-        push_token_or_quoted(&mut element, host);
-    }
+    push_forwarded_element(&mut element, client, scheme, host);
     element
+}
+
+/// Writes [`forwarded_element`] to `out`.
+pub(crate) fn push_forwarded_element<W: Write>(
+    out: &mut W,
+    client: IpAddr,
+    scheme: ClientScheme,
+    host: Option<&str>,
+) {
+    // Writing to a `String` or a `Vec` cannot fail.
+    let opening = if client.is_ipv6() { "for=\"[" } else { "for=" };
+    out.write_str(opening).expect("infallible writer");
+    push_ip(out, client);
+    if client.is_ipv6() {
+        out.write_str("]\"").expect("infallible writer");
+    }
+    out.write_str(";proto=").expect("infallible writer");
+    out.write_str(scheme.as_str()).expect("infallible writer");
+    if let Some(host) = host {
+        out.write_str(";host=").expect("infallible writer");
+        push_token_or_quoted(out, host);
+    }
 }
 
 /// Appends `ip` in its usual text form. IPv4 addresses (the common case) are written digit
 /// by digit: `Display` costs several times more, and this runs twice per request.
-pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
+pub(crate) fn push_ip<W: Write>(out: &mut W, ip: IpAddr) {
     let IpAddr::V4(v4) = ip else {
-        write!(out, "{ip}").expect("writing to a String cannot fail");
+        write!(out, "{ip}").expect("infallible writer");
         return;
     };
+    let mut text = [0u8; 15];
+    let mut len = 0;
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            out.push('.');
+            text[len] = b'.';
+            len += 1;
         }
         if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
+            text[len] = b'0' + octet / 100;
+            len += 1;
         }
         if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
         }
-        out.push(char::from(b'0' + octet % 10));
+        text[len] = b'0' + octet % 10;
+        len += 1;
     }
+    let text = std::str::from_utf8(&text[..len]).expect("digits and dots");
+    out.write_str(text).expect("infallible writer");
 }
 
 /// RFC 7230 token characters may stand alone; anything else (e.g. the `:` of a port) is
 /// sent as a quoted string.
-fn push_token_or_quoted(out: &mut String, value: &str) {
+fn push_token_or_quoted<W: Write>(out: &mut W, value: &str) {
     let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if !value.is_empty() && value.chars().all(is_tchar) {
-        out.push_str(value);
+        out.write_str(value).expect("infallible writer");
         return;
     }
-    out.push('"');
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
     for c in value.chars() {
         if c == '"' || c == '\\' {
-            out.push('\\');
+            quoted.push('\\');
         }
-        out.push(c);
+        quoted.push(c);
     }
-    out.push('"');
+    quoted.push('"');
+    out.write_str(&quoted).expect("infallible writer");
+}
+
+/// A `fmt::Write` that appends to a byte buffer.
+pub(crate) struct Bytes<'a>(pub(crate) &'a mut Vec<u8>);
+
+impl Write for Bytes<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
 }
 
 #[cfg(test)]

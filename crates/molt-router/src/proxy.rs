@@ -301,7 +301,8 @@ impl Router {
         let mut response = self.route(request, client, &mut served).await;
         if let Some(entry) = entry {
             let bytes = response.body().size_hint().exact();
-            entry.finish(&request_id, client, response.status(), &served, bytes);
+            let id = request_id.to_str().unwrap_or("-");
+            entry.finish(id, client, response.status(), &served, bytes);
         }
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
         response

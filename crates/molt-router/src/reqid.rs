@@ -51,15 +51,64 @@ impl RequestIds {
         self.generate()
     }
 
-    pub(crate) fn generate(&self) -> HeaderValue {
+    fn generate(&self) -> HeaderValue {
+        let id = self.generate_inline();
+        HeaderValue::from_bytes(id.as_bytes()).expect("hex digits and '-' form a header value")
+    }
+
+    /// [`RequestIds::assign`] without allocating, for the direct path: the client's id when
+    /// it sent exactly one sane one, else a new one.
+    pub(crate) fn assign_inline(&self, supplied: Option<&[u8]>) -> InlineId {
+        match supplied {
+            Some(id) if is_sane_id(id) => {
+                let mut inline = InlineId {
+                    bytes: [0; MAX_CLIENT_ID],
+                    len: id.len() as u8,
+                };
+                inline.bytes[..id.len()].copy_from_slice(id);
+                inline
+            }
+            _ => self.generate_inline(),
+        }
+    }
+
+    fn generate_inline(&self) -> InlineId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut buf = [0u8; 33];
-        let mut len = write_hex(&mut buf, self.prefix, 16);
+        let mut id = InlineId {
+            bytes: [0; MAX_CLIENT_ID],
+            len: 0,
+        };
+        let buf = &mut id.bytes;
+        let mut len = write_hex(buf, self.prefix, 16);
         buf[len] = b'-';
         len += 1;
         let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
         len += write_hex(&mut buf[len..], n, digits);
-        HeaderValue::from_bytes(&buf[..len]).expect("hex digits and '-' form a header value")
+        id.len = len as u8;
+        id
+    }
+}
+
+/// A request id kept inline (at most [`MAX_CLIENT_ID`] sane bytes: ASCII letters, digits,
+/// `.`, `_`, `-`).
+#[derive(Clone, Copy)]
+pub(crate) struct InlineId {
+    bytes: [u8; MAX_CLIENT_ID],
+    len: u8,
+}
+
+impl InlineId {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
+
+    /// The id as a header value (allocates; for mirrors).
+    pub(crate) fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.as_bytes()).expect("a sane id is a header value")
     }
 }
 
