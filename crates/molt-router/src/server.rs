@@ -84,6 +84,20 @@ impl Router {
         threads: usize,
         shutdown: CancellationToken,
     ) -> io::Result<ServerThreads> {
+        let threads = self.spawn_threads(addr, threads, shutdown, false)?;
+        threads.start();
+        Ok(threads)
+    }
+
+    /// Like [`Router::serve_on_threads`], but the threads only listen (connections wait in
+    /// the kernel's queue) until [`ServerThreads::start`]: `molt serve` binds its port, then
+    /// recovers its state and publishes the table, then starts accepting.
+    pub fn listen_on_threads(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        threads: usize,
+        shutdown: CancellationToken,
+    ) -> io::Result<ServerThreads> {
         self.spawn_threads(addr, threads, shutdown, false)
     }
 
@@ -94,7 +108,9 @@ impl Router {
         threads: usize,
         shutdown: CancellationToken,
     ) -> io::Result<ServerThreads> {
-        self.spawn_threads(addr, threads, shutdown, true)
+        let threads = self.spawn_threads(addr, threads, shutdown, true)?;
+        threads.start();
+        Ok(threads)
     }
 
     fn spawn_threads(
@@ -122,12 +138,15 @@ impl Router {
         let (listening, reports) = std::sync::mpsc::channel::<io::Result<()>>();
         // Stops the threads already running when another fails to start.
         let stop = shutdown.child_token();
+        // Opened by `ServerThreads::start`.
+        let (gate, opened) = tokio::sync::watch::channel(false);
         let mut handles = Vec::with_capacity(sockets.len());
         let expected = sockets.len();
         for (i, socket) in sockets.into_iter().enumerate() {
             let router = Arc::clone(&self);
             let stop = stop.clone();
             let report = listening.clone();
+            let mut opened = opened.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("molt-router-{i}"))
                 .spawn(move || {
@@ -151,6 +170,15 @@ impl Router {
                         }
                     };
                     runtime.block_on(async move {
+                        tokio::select! {
+                            started = opened.wait_for(|open| *open) => {
+                                if started.is_err() {
+                                    // Dropped without being started.
+                                    return Ok(());
+                                }
+                            }
+                            () = stop.cancelled() => return Ok(()),
+                        }
                         if tls {
                             router.serve_tls(listener, stop).await
                         } else {
@@ -169,6 +197,7 @@ impl Router {
         let threads = ServerThreads {
             addr: bound,
             handles,
+            gate,
         };
         // One report per thread (or per thread that could not be spawned); a thread keeps
         // its sender while it serves, so count instead of waiting for the channel to close.
@@ -323,9 +352,16 @@ impl Router {
 pub struct ServerThreads {
     addr: SocketAddr,
     handles: Vec<std::thread::JoinHandle<io::Result<()>>>,
+    gate: tokio::sync::watch::Sender<bool>,
 }
 
 impl ServerThreads {
+    /// Lets the threads accept connections (those that arrived since they started listening
+    /// are waiting in the queue).
+    pub fn start(&self) {
+        self.gate.send_replace(true);
+    }
+
     /// The address every thread listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -333,8 +369,11 @@ impl ServerThreads {
 
     /// Blocks until every thread has stopped serving; the first error any of them had.
     pub fn join(self) -> io::Result<()> {
+        let ServerThreads { handles, gate, .. } = self;
+        // Threads never started stop waiting for it.
+        drop(gate);
         let mut result = Ok(());
-        for handle in self.handles {
+        for handle in handles {
             let outcome = handle
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("a router thread panicked")));

@@ -1,7 +1,7 @@
 //! molt's upstream connection pool and thread-per-core serving, against real sockets: kept-alive
 //! connections are reused (empty bodies included), a connection the upstream closed while idle
 //! is replaced without an error, connections to unrouted addresses are closed, and
-//! `serve_on_threads` serves and stops.
+//! `serve_on_threads` serves and stops, and `listen_on_threads` queues connections until started.
 
 mod support;
 
@@ -239,4 +239,57 @@ async fn serve_on_threads_serves_every_connection_and_stops() {
         .await
         .expect("join")
         .expect("every thread stopped cleanly");
+}
+
+#[tokio::test]
+async fn threads_that_only_listen_queue_connections_until_started() {
+    let addr = upstream(Reply::Name("late")).await;
+    let router = Router::new(RouterConfig::default());
+    let shutdown = CancellationToken::new();
+    let threads = Arc::clone(&router)
+        .listen_on_threads("127.0.0.1:0".parse().expect("addr"), 2, shutdown.clone())
+        .expect("listening threads");
+    // The port takes connections at once; nobody answers yet (the table is not even there).
+    let mut stream = within(tokio::net::TcpStream::connect(threads.local_addr()))
+        .await
+        .expect("connect while only listening");
+    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"))
+        .await
+        .expect("request while only listening");
+    let mut first = [0u8; 1];
+    let early = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        stream.read(&mut first),
+    )
+    .await;
+    assert!(early.is_err(), "answered before start: {early:?}");
+
+    within(router.publish(table(&[("app.test", "blue", &[addr])]))).await;
+    threads.start();
+    let mut response = Vec::new();
+    within(stream.read_to_end(&mut response))
+        .await
+        .expect("answer after start");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("late"), "{response}");
+
+    shutdown.cancel();
+    within(tokio::task::spawn_blocking(move || threads.join()))
+        .await
+        .expect("join")
+        .expect("every thread stopped cleanly");
+
+    // Never started: joining stops the threads all the same.
+    let threads = Arc::clone(&router)
+        .listen_on_threads(
+            "127.0.0.1:0".parse().expect("addr"),
+            2,
+            CancellationToken::new(),
+        )
+        .expect("listening threads");
+    within(tokio::task::spawn_blocking(move || threads.join()))
+        .await
+        .expect("join")
+        .expect("threads never started stop when joined");
 }

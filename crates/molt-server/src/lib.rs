@@ -74,6 +74,10 @@ pub struct ServeConfig {
     pub verify_interval: Option<Duration>,
     /// Longest time requests wait while drifted instances are replaced (then 503).
     pub drift_hold: Duration,
+    /// Threads serving the router's plain listener, each with its own runtime and
+    /// `SO_REUSEPORT` socket ([`Router::serve_on_threads`]); 0 serves it on the server's
+    /// shared runtime instead.
+    pub router_threads: usize,
 }
 
 /// The TLS listener of `molt serve` and where its certificates come from.
@@ -152,6 +156,12 @@ pub struct Endpoints {
     pub pid: u32,
 }
 
+/// The router's plain listener before it serves.
+enum RouterListener {
+    Runtime(TcpListener),
+    Threads(molt_router::ServerThreads),
+}
+
 /// A running server.
 pub struct Running {
     /// Where the API listens.
@@ -166,6 +176,8 @@ pub struct Running {
     pub data_dir: PathBuf,
     controller: Controller,
     stop: CancellationToken,
+    /// The router serving: a task on the shared runtime, or the join of its threads (on a
+    /// blocking thread, so shutting down never blocks the runtime).
     router_task: JoinHandle<std::io::Result<()>>,
     tls_task: Option<JoinHandle<std::io::Result<()>>>,
     background: Vec<JoinHandle<()>>,
@@ -189,8 +201,14 @@ impl ServeConfig {
             network: None,
             verify_interval: Some(Duration::from_secs(300)),
             drift_hold: Duration::from_secs(10),
+            router_threads: default_router_threads(),
         }
     }
+}
+
+/// One router thread per CPU (at most 16).
+pub fn default_router_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(16))
 }
 
 /// The default data directory: `$MOLT_DATA_DIR`, else `$XDG_DATA_HOME/molt`, else
@@ -265,6 +283,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         },
         ..RouterConfig::default()
     });
+    let stop = CancellationToken::new();
     let cert_dir = match cfg.tls.as_ref().and_then(|tls| tls.cert_dir.as_ref()) {
         Some(path) => {
             let (cert_dir, report) = CertDir::open(path, Arc::clone(router.certificates()))
@@ -287,19 +306,37 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         )?),
         None => None,
     };
-    let router_listener = TcpListener::bind(cfg.router_addr).await.map_err(|e| {
+    let cannot_listen = |e: std::io::Error| {
         anyhow::anyhow!(
             "cannot listen on {} for the router: {e}; pick another address with --router",
             cfg.router_addr
         )
-    })?;
+    };
+    // Listening from here on: connections wait in the queue until the state is recovered.
+    let router_listener = if cfg.router_threads == 0 {
+        RouterListener::Runtime(
+            TcpListener::bind(cfg.router_addr)
+                .await
+                .map_err(cannot_listen)?,
+        )
+    } else {
+        RouterListener::Threads(
+            router
+                .clone()
+                .listen_on_threads(cfg.router_addr, cfg.router_threads, stop.clone())
+                .map_err(cannot_listen)?,
+        )
+    };
     let api_listener = TcpListener::bind(cfg.api_addr).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {} for the API: {e}; pick another address with --api",
             cfg.api_addr
         )
     })?;
-    let router_addr = router_listener.local_addr()?;
+    let router_addr = match &router_listener {
+        RouterListener::Runtime(listener) => listener.local_addr()?,
+        RouterListener::Threads(threads) => threads.local_addr(),
+    };
     let api_addr = api_listener.local_addr()?;
     let controller = Controller::new(
         store,
@@ -322,9 +359,22 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             ..ControlConfig::default()
         },
     );
-    controller.start().await.context("recovering state")?;
-    let stop = CancellationToken::new();
-    let router_task = tokio::spawn(router.clone().serve(router_listener, stop.clone()));
+    if let Err(error) = controller.start().await {
+        stop.cancel();
+        if let RouterListener::Threads(threads) = router_listener {
+            let _ = tokio::task::spawn_blocking(move || threads.join()).await;
+        }
+        return Err(error).context("recovering state");
+    }
+    let router_task = match router_listener {
+        RouterListener::Runtime(listener) => {
+            tokio::spawn(router.clone().serve(listener, stop.clone()))
+        }
+        RouterListener::Threads(threads) => {
+            threads.start();
+            tokio::task::spawn_blocking(move || threads.join())
+        }
+    };
     let tls_task =
         tls_listener.map(|listener| tokio::spawn(router.clone().serve_tls(listener, stop.clone())));
     let mut background = Vec::new();

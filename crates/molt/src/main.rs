@@ -108,6 +108,9 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
             molt_core::parse_duration(text).map_err(|e| anyhow::anyhow!("--drift-hold: {e}"))?
         }
     };
+    if let Some(threads) = args.router_threads {
+        cfg.router_threads = threads;
+    }
     if let Ok(step) = std::env::var("MOLT_TEST_PAUSE_AT") {
         cfg.pause_at = Some(step.parse()?);
     }
