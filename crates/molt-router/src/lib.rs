@@ -27,7 +27,7 @@ mod access;
 mod admission;
 mod body;
 mod budget;
-mod direct;
+pub mod direct;
 mod eject;
 mod forwarded;
 pub mod framing;

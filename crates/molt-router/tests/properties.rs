@@ -131,3 +131,158 @@ proptest! {
         prop_assert!(input.starts_with(&released));
     }
 }
+
+mod direct_path {
+    use molt_router::direct::parsers::{chunked_length, client_head, upstream_head};
+    use proptest::prelude::*;
+
+    const HOP_BY_HOP: [&str; 7] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+
+    /// The field names of a head the router wrote, lowercased (and the head parses).
+    fn names(head: &[u8], response: bool) -> Vec<String> {
+        let mut fields = [httparse::EMPTY_HEADER; 256];
+        let parsed = if response {
+            httparse::Response::new(&mut fields)
+                .parse(head)
+                .map(|status| status.is_complete())
+        } else {
+            httparse::Request::new(&mut fields)
+                .parse(head)
+                .map(|status| status.is_complete())
+        };
+        assert_eq!(parsed, Ok(true), "{}", String::from_utf8_lossy(head));
+        fields
+            .iter()
+            .take_while(|field| !field.name.is_empty())
+            .map(|field| field.name.to_ascii_lowercase())
+            .collect()
+    }
+
+    fn field() -> impl Strategy<Value = (String, String)> {
+        let name = prop_oneof![
+            Just("Connection".to_owned()),
+            Just("Keep-Alive".to_owned()),
+            Just("TE".to_owned()),
+            Just("X-Forwarded-For".to_owned()),
+            Just("Forwarded".to_owned()),
+            Just("X-Request-Id".to_owned()),
+            Just("Content-Length".to_owned()),
+            Just("Transfer-Encoding".to_owned()),
+            Just("Trailer".to_owned()),
+            "[A-Za-z][A-Za-z0-9-]{0,12}",
+        ];
+        let value = prop_oneof![
+            Just("close".to_owned()),
+            Just("chunked".to_owned()),
+            Just("0".to_owned()),
+            Just("12".to_owned()),
+            Just("keep-alive, X-A".to_owned()),
+            "[ -~]{0,20}",
+        ];
+        (name, value)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn upstream_heads_parse_and_carry_no_hop_by_hop_fields(
+            fields in proptest::collection::vec(field(), 0..12),
+            method in prop_oneof![Just("GET"), Just("HEAD")],
+        ) {
+            let mut raw = format!("{method} /p?q=1 HTTP/1.1\r\nHost: app.test\r\n");
+            for (name, value) in &fields {
+                raw.push_str(&format!("{name}: {value}\r\n"));
+            }
+            raw.push_str("\r\n");
+            if let Some(head) = upstream_head(raw.as_bytes()) {
+                let names = names(&head, false);
+                for hop in HOP_BY_HOP {
+                    prop_assert!(!names.iter().any(|name| name == hop), "{hop} in {names:?}");
+                }
+                for added in ["x-request-id", "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+                    prop_assert_eq!(names.iter().filter(|name| *name == added).count(), 1, "{}", added);
+                }
+                prop_assert!(!names.iter().any(|name| name == "content-length"
+                    && !raw.to_ascii_lowercase().contains("content-length: 0")));
+            }
+        }
+
+        #[test]
+        fn client_heads_parse_and_are_framed_one_way(
+            status in prop_oneof![Just(200u16), Just(204), Just(304), Just(103), Just(404), 100u16..1000],
+            fields in proptest::collection::vec(field(), 0..12),
+            head_only: bool,
+        ) {
+            let mut raw = format!("HTTP/1.1 {status} Whatever\r\n");
+            for (name, value) in &fields {
+                raw.push_str(&format!("{name}: {value}\r\n"));
+            }
+            raw.push_str("\r\n");
+            if let Ok(Some(head)) = client_head(raw.as_bytes(), head_only) {
+                let names = names(&head, true);
+                prop_assert_eq!(names.iter().filter(|name| *name == "x-request-id").count(), 1);
+                let chunked = names.iter().filter(|name| *name == "transfer-encoding").count();
+                prop_assert!(chunked <= 1);
+                prop_assert!(chunked == 0 || !names.iter().any(|name| name == "content-length"),
+                    "both framings in {}", String::from_utf8_lossy(&head));
+                for hop in ["connection", "keep-alive", "te", "trailer", "upgrade"] {
+                    // `connection: close` is the router's own, when it closes.
+                    let own = hop == "connection" && String::from_utf8_lossy(&head).contains("\r\nconnection: close\r\n");
+                    prop_assert!(own || !names.iter().any(|name| name == hop), "{hop}");
+                }
+            }
+        }
+
+        #[test]
+        fn chunked_bodies_end_at_their_last_chunk_in_any_split(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..6),
+            extension in proptest::option::of("[a-z]{1,5}=[a-z0-9]{1,5}"),
+            trailers in proptest::collection::vec("[A-Za-z-]{1,8}: [a-z0-9]{0,8}", 0..3),
+            split in any::<prop::sample::Index>(),
+            garbage in proptest::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let mut body = Vec::new();
+            for chunk in &chunks {
+                body.extend_from_slice(format!("{:x}", chunk.len()).as_bytes());
+                if let Some(extension) = &extension {
+                    body.extend_from_slice(format!(";{extension}").as_bytes());
+                }
+                body.extend_from_slice(b"\r\n");
+                body.extend_from_slice(chunk);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n");
+            for trailer in &trailers {
+                body.extend_from_slice(trailer.as_bytes());
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"\r\n");
+            let end = body.len();
+            body.extend_from_slice(&garbage);
+            let at = split.index(body.len() + 1);
+            prop_assert_eq!(chunked_length(&[&body[..at], &body[at..]]), Ok(Some(end)));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_direct_parsers(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let _ = upstream_head(&bytes);
+            let _ = client_head(&bytes, false);
+            let at = split.index(bytes.len() + 1);
+            if let Ok(Some(end)) = chunked_length(&[&bytes[..at], &bytes[at..]]) {
+                prop_assert!(end <= bytes.len());
+            }
+        }
+    }
+}
