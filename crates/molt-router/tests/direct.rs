@@ -135,6 +135,17 @@ async fn router_for(config: RouterConfig, upstream: SocketAddr) -> Harness {
     harness
 }
 
+/// Writes `request` on a new connection and reads until the router closes it.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = within(TcpStream::connect(addr)).await.expect("connect");
+    within(stream.write_all(request)).await.expect("write");
+    let mut response = Vec::new();
+    within(stream.read_to_end(&mut response))
+        .await
+        .expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
 async fn get(client: &mut Client, path: &str) -> (StatusCode, String) {
     within(client.get(Some("app.test"), path)).await
 }
@@ -166,17 +177,11 @@ async fn chunked_close_delimited_and_informational_answers_are_relayed() {
 
     // A body delimited by the upstream's close reaches the client whole, and the client's
     // connection is closed after it (the router says so).
-    let mut stream = within(TcpStream::connect(harness.addr))
-        .await
-        .expect("connect");
-    within(stream.write_all(b"GET /close HTTP/1.1\r\nHost: app.test\r\n\r\n"))
-        .await
-        .expect("write");
-    let mut response = Vec::new();
-    within(stream.read_to_end(&mut response))
-        .await
-        .expect("read");
-    let response = String::from_utf8_lossy(&response);
+    let response = exchange(
+        harness.addr,
+        b"GET /close HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    )
+    .await;
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(response.contains("\r\nconnection: close\r\n"), "{response}");
     assert!(response.ends_with("\r\n\r\nuntil close"), "{response}");
@@ -212,21 +217,11 @@ async fn ambiguous_or_silent_upstream_answers_are_502_and_504() {
 async fn a_pipeline_moves_from_the_direct_path_to_hyper_in_order() {
     let upstream = Scripted::start().await;
     let harness = router_for(RouterConfig::default(), upstream.addr).await;
-    let mut stream = within(TcpStream::connect(harness.addr))
-        .await
-        .expect("connect");
     let pipeline = "GET /a HTTP/1.1\r\nHost: app.test\r\n\r\n\
                     HEAD /h HTTP/1.1\r\nHost: app.test\r\n\r\n\
                     POST /b HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n\r\nbody\
                     GET /c HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n";
-    within(stream.write_all(pipeline.as_bytes()))
-        .await
-        .expect("write");
-    let mut response = Vec::new();
-    within(stream.read_to_end(&mut response))
-        .await
-        .expect("read");
-    let response = String::from_utf8_lossy(&response);
+    let response = exchange(harness.addr, pipeline.as_bytes()).await;
     let a = response.find("path=/a").expect("answer to GET /a");
     let head = response[a..]
         .find("content-length: 5\r\n")
@@ -246,20 +241,10 @@ async fn a_pipeline_moves_from_the_direct_path_to_hyper_in_order() {
 async fn the_upstream_sees_forwarding_fields_and_the_client_its_request_id() {
     let upstream = Scripted::start().await;
     let harness = router_for(RouterConfig::default(), upstream.addr).await;
-    let mut stream = within(TcpStream::connect(harness.addr))
-        .await
-        .expect("connect");
     let request = "GET /fields?q=1 HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: trace-42\r\n\
                    Connection: close, X-Hop\r\nX-Hop: secret\r\nX-Forwarded-For: 192.0.2.1\r\n\
                    Keep-Alive: timeout=5\r\nAccept: text/plain\r\n\r\n";
-    within(stream.write_all(request.as_bytes()))
-        .await
-        .expect("write");
-    let mut response = Vec::new();
-    within(stream.read_to_end(&mut response))
-        .await
-        .expect("read");
-    let response = String::from_utf8_lossy(&response);
+    let response = exchange(harness.addr, request.as_bytes()).await;
     assert!(
         response.contains("\r\nx-request-id: trace-42\r\n"),
         "{response}"
