@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::direct::SocketBody;
 use crate::stats::InFlight;
 use crate::upstream::UpstreamBody;
 
@@ -23,7 +24,15 @@ pub(crate) enum ResponseBody {
     },
     /// Made by the router (errors, 404).
     Local(Full<Bytes>),
+    /// An upstream's body read from a plain socket (a bodiless request hyper serves).
+    Socket {
+        body: SocketBody,
+        in_flight: Option<InFlight>,
+    },
 }
+
+/// What a response body can fail with.
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ResponseBody {
     pub(crate) fn upstream(body: UpstreamBody, in_flight: InFlight) -> Self {
@@ -40,19 +49,26 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             Self::Upstream { body, in_flight } => {
                 let frame = Pin::new(body).poll_frame(cx);
                 if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
                     in_flight.take();
                 }
-                frame
+                frame.map_err(BodyError::from)
+            }
+            Self::Socket { body, in_flight } => {
+                let frame = Pin::new(body).poll_frame(cx);
+                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+                    in_flight.take();
+                }
+                frame.map_err(BodyError::from)
             }
             Self::Local(body) => Pin::new(body)
                 .poll_frame(cx)
@@ -63,6 +79,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Upstream { body, .. } => body.is_end_stream(),
+            Self::Socket { body, .. } => body.is_end_stream(),
             Self::Local(body) => body.is_end_stream(),
         }
     }
@@ -70,6 +87,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Upstream { body, .. } => body.size_hint(),
+            Self::Socket { body, .. } => body.size_hint(),
             Self::Local(body) => body.size_hint(),
         }
     }

@@ -24,9 +24,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use hyper::body::Frame;
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -162,7 +164,7 @@ struct Answer {
 }
 
 /// Why an upstream gave no usable answer.
-enum AskError {
+pub(crate) enum AskError {
     /// Connecting failed, or the connection broke before a whole response head: the request
     /// (bodiless and idempotent) may go to another upstream.
     Unreachable(io::Error),
@@ -517,17 +519,13 @@ impl Router {
             let last = attempt >= attempts;
             let upstream = &route.upstreams()[index];
             in_flight.sent_to(route.load_of(index));
+            let closing = close || shutdown.is_cancelled();
+            let out = &mut conn.out;
+            let rewrite = |head: &[u8]| rewrite_response(head, &extras, closing, out);
             let asked = tokio::select! {
                 biased;
-                asked = ask(
-                    sockets,
-                    upstream.addr,
-                    &conn.request_head,
-                    &mut conn.relay,
-                    &mut conn.out,
-                    &extras,
-                    close || shutdown.is_cancelled(),
-                ) => asked,
+                asked = ask(sockets, upstream.addr, &conn.request_head, &mut conn.relay, rewrite)
+                    => asked,
                 () = conn.timer.as_mut() => {
                     debug!(env = route.env(), instance = upstream.instance, "upstream timed out");
                     in_flight.counters().record_failed();
@@ -538,7 +536,8 @@ impl Router {
                 }
             };
             match asked {
-                Ok((socket, answer)) => {
+                Ok((socket, mut answer, head_len)) => {
+                    answer.head_len = head_len;
                     route.record_success(index);
                     in_flight.counters().record_answered();
                     let elapsed = started.elapsed();
@@ -715,17 +714,16 @@ struct Extras<'a> {
 }
 
 /// Sends `head` to `addr` on a pooled socket (a new one when the pooled socket turns out
-/// closed) and reads the response head into `relay`, rewriting it for the client into
-/// `out`. Informational (1xx) answers are skipped.
-async fn ask(
+/// closed) and reads the final response head into `relay` (informational answers are
+/// skipped), handing it to `read` (which gives `None` for a 1xx). Returns the socket, what
+/// `read` made of the head, and the head's length in `relay`.
+async fn ask<T>(
     sockets: &Pool<Socket>,
     addr: SocketAddr,
     head: &[u8],
     relay: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-    extras: &Extras<'_>,
-    close: bool,
-) -> Result<(Socket, Answer), AskError> {
+    mut read: impl FnMut(&[u8]) -> Result<Option<T>, AskError>,
+) -> Result<(Socket, T, usize), AskError> {
     loop {
         let (mut socket, reused) = match sockets.checkout(addr) {
             Some(socket) => (socket, true),
@@ -741,9 +739,8 @@ async fn ask(
             }
         };
         relay.clear();
-        let result = exchange_head(&mut socket, head, relay, out, extras, close).await;
-        match result {
-            Ok(answer) => return Ok((socket, answer)),
+        match exchange_head(&mut socket, head, relay, &mut read).await {
+            Ok((answer, head_len)) => return Ok((socket, answer, head_len)),
             // A kept-alive socket the upstream had closed: the request (bodiless and
             // idempotent) goes again on a new one.
             Err(AskError::Unreachable(_)) if reused && relay.is_empty() => continue,
@@ -757,14 +754,12 @@ fn socket_of(stream: tokio::net::TcpStream, addr: SocketAddr) -> Socket {
 }
 
 /// Writes `head` and reads one final response head.
-async fn exchange_head(
+async fn exchange_head<T>(
     socket: &mut Socket,
     head: &[u8],
     relay: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-    extras: &Extras<'_>,
-    close: bool,
-) -> Result<Answer, AskError> {
+    read: &mut impl FnMut(&[u8]) -> Result<Option<T>, AskError>,
+) -> Result<(T, usize), AskError> {
     socket
         .stream
         .write_all(head)
@@ -773,11 +768,8 @@ async fn exchange_head(
     let mut scanned = 0;
     loop {
         if let Some(end) = find_head_end(relay, scanned) {
-            match rewrite_response(&relay[..end], extras, close, out)? {
-                Some(mut answer) => {
-                    answer.head_len = end;
-                    return Ok(answer);
-                }
+            match read(&relay[..end])? {
+                Some(answer) => return Ok((answer, end)),
                 // 1xx: drop it and read on.
                 None => {
                     relay.drain(..end);
@@ -804,20 +796,27 @@ async fn exchange_head(
     }
 }
 
-/// Parses a complete response head and writes the client's version of it to `out`;
-/// `None` for an informational (1xx) response.
-fn rewrite_response(
-    bytes: &[u8],
-    extras: &Extras<'_>,
-    close: bool,
-    out: &mut Vec<u8>,
-) -> Result<Option<Answer>, AskError> {
-    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+/// A final response head, checked: its status, how its body is framed, whether the upstream
+/// keeps the connection, and the fields its `Connection` header lists.
+struct Checked<'a> {
+    status: u16,
+    framing: Framing,
+    keep_alive: bool,
+    listed: Listed<'a>,
+}
+
+/// Parses a complete response head into `fields` and checks it; `None` for an informational
+/// (1xx) response.
+fn check_response<'h, 'b>(
+    bytes: &'b [u8],
+    head_only: bool,
+    fields: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<(httparse::Response<'h, 'b>, Checked<'b>)>, AskError> {
     let mut response = httparse::Response::new(&mut []);
     match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut response,
         bytes,
-        &mut fields,
+        fields,
     ) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(AskError::Invalid("incomplete response head")),
@@ -866,7 +865,7 @@ fn rewrite_response(
             "ambiguous or unsupported transfer-encoding",
         ));
     }
-    let bodiless = extras.head_only || status == 204 || status == 304;
+    let bodiless = head_only || status == 204 || status == 304;
     let framing = match (bodiless, chunked, length) {
         (true, _, _) => Framing::None,
         (false, true, _) => Framing::Chunked,
@@ -874,6 +873,33 @@ fn rewrite_response(
         (false, false, Some(length)) => Framing::Length(length),
         (false, false, None) => Framing::UntilClose,
     };
+    let checked = Checked {
+        status,
+        framing,
+        keep_alive,
+        listed,
+    };
+    Ok(Some((response, checked)))
+}
+
+/// Parses a complete response head and writes the client's version of it to `out`;
+/// `None` for an informational (1xx) response.
+fn rewrite_response(
+    bytes: &[u8],
+    extras: &Extras<'_>,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<Answer>, AskError> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let Some((response, checked)) = check_response(bytes, extras.head_only, &mut fields)? else {
+        return Ok(None);
+    };
+    let Checked {
+        status,
+        framing,
+        keep_alive,
+        listed,
+    } = checked;
     let close = close || framing == Framing::UntilClose;
 
     out.clear();
@@ -1171,6 +1197,231 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A bodiless request hyper serves (an h2 stream, or a request after a connection moved to
+/// hyper), sent over a pooled plain socket like the direct path's instead of through hyper's
+/// client: `head` is the whole upstream head. Returns the response for hyper to write, its
+/// body streaming from the socket.
+pub(crate) async fn send_bodiless(
+    sockets: &Arc<Pool<Socket>>,
+    addr: SocketAddr,
+    head: &[u8],
+    head_only: bool,
+) -> Result<Response<SocketBody>, AskError> {
+    let mut relay = Vec::new();
+    let read = |bytes: &[u8]| response_head(bytes, head_only);
+    let (socket, (head, framing, keep_alive), head_len) =
+        ask(sockets, addr, head, &mut relay, read).await?;
+    // Bytes after a bodiless answer leave the socket in an unknown state.
+    let extra = relay.len() > head_len;
+    let reusable = keep_alive
+        && match framing {
+            Framing::None => !extra,
+            Framing::UntilClose => false,
+            Framing::Length(_) | Framing::Chunked => true,
+        };
+    let buf = match framing {
+        Framing::None => BytesMut::new(),
+        _ => BytesMut::from(&relay[head_len..]),
+    };
+    let body = SocketBody {
+        socket: Some(socket),
+        reusable,
+        remaining: match framing {
+            Framing::Length(length) => length,
+            _ => 0,
+        },
+        framing,
+        pool: Arc::clone(sockets),
+        buf,
+        chunks: ChunkScanner::default(),
+        done: false,
+    };
+    let mut response = Response::from_parts(head, body);
+    if response.body().framing == Framing::None {
+        response.body_mut().finish();
+    }
+    Ok(response)
+}
+
+/// The head hyper gets for an upstream response head: status and fields without hop-by-hop
+/// ones (hyper frames the body itself), and how the body is framed upstream.
+fn response_head(
+    bytes: &[u8],
+    head_only: bool,
+) -> Result<Option<(hyper::http::response::Parts, Framing, bool)>, AskError> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let Some((response, checked)) = check_response(bytes, head_only, &mut fields)? else {
+        return Ok(None);
+    };
+    let (mut head, ()) = Response::new(()).into_parts();
+    head.status = StatusCode::from_u16(checked.status)
+        .map_err(|_| AskError::Invalid("invalid status code"))?;
+    for field in response.headers.iter() {
+        let name = field.name.as_bytes();
+        if is_hop_by_hop(name) || checked.listed.has(name) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name)
+            .map_err(|_| AskError::Invalid("invalid header field name"))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| AskError::Invalid("invalid header field value"))?;
+        head.headers.append(name, value);
+    }
+    Ok(Some((head, checked.framing, checked.keep_alive)))
+}
+
+/// An upstream response body read from a pooled plain socket (see [`send_bodiless`]); the
+/// socket goes back to the pool when the body has been read to its end.
+pub(crate) struct SocketBody {
+    socket: Option<Socket>,
+    pool: Arc<Pool<Socket>>,
+    /// Bytes read and not yet handed on.
+    buf: BytesMut,
+    framing: Framing,
+    /// Body bytes still to come, for a body of known length.
+    remaining: u64,
+    chunks: ChunkScanner,
+    reusable: bool,
+    done: bool,
+}
+
+impl std::fmt::Debug for SocketBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketBody")
+            .field("framing", &self.framing)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl SocketBody {
+    /// The body has ended: the socket goes back to the pool if nothing is left on it.
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(socket) = self.socket.take() {
+            if self.reusable && self.buf.is_empty() {
+                self.pool.checkin(socket);
+            }
+        }
+    }
+
+    /// Reads more from the socket into `buf`; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(socket) = self.socket.as_ref() else {
+            return Poll::Ready(Ok(0));
+        };
+        self.buf.reserve(BODY_READ);
+        loop {
+            ready!(socket.stream.poll_read_ready(cx))?;
+            match socket.stream.try_read_buf(&mut self.buf) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for SocketBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.framing {
+                Framing::None => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(_) if this.remaining == 0 => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(_) if !this.buf.is_empty() => {
+                    let take = (this.buf.len() as u64).min(this.remaining) as usize;
+                    if this.buf.len() > take {
+                        // More than the length said: the socket is in an unknown state.
+                        this.reusable = false;
+                        this.buf.truncate(take);
+                    }
+                    this.remaining -= take as u64;
+                    let data = this.buf.split_to(take).freeze();
+                    if this.remaining == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked if !this.buf.is_empty() => {
+                    let mut data = BytesMut::new();
+                    let scanned = this
+                        .chunks
+                        .scan_with(&this.buf, |piece| data.extend_from_slice(piece))
+                        .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
+                    let _ = this.buf.split_to(scanned);
+                    if this.chunks.is_done() {
+                        if !this.buf.is_empty() {
+                            this.reusable = false;
+                            this.buf.clear();
+                        }
+                        this.finish();
+                    }
+                    if !data.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(data.freeze()))));
+                    }
+                    if this.done {
+                        return Poll::Ready(None);
+                    }
+                    // Only part of a chunk-size line: read on.
+                }
+                Framing::UntilClose if !this.buf.is_empty() => {
+                    let data = this.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                _ => {}
+            }
+            match ready!(this.poll_fill(cx)) {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection in the middle of the body",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.framing {
+            Framing::Length(_) => hyper::body::SizeHint::with_exact(self.remaining),
+            Framing::None => hyper::body::SizeHint::with_exact(0),
+            Framing::Chunked | Framing::UntilClose => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
 /// Where the head that starts `bytes` ends (just after its blank line), searching from
 /// `from` (bytes before it were searched already).
 fn find_head_end(bytes: &[u8], from: usize) -> Option<usize> {
@@ -1233,6 +1484,16 @@ impl ChunkScanner {
     /// pieces; returns how many bytes that was. A piece cut short is scanned again, longer,
     /// on the next call.
     fn scan(&mut self, bytes: &[u8]) -> Result<usize, &'static str> {
+        self.scan_with(bytes, |_| {})
+    }
+
+    /// [`ChunkScanner::scan`], handing every piece of chunk data (the body without its
+    /// framing) to `data`.
+    fn scan_with(
+        &mut self,
+        bytes: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, &'static str> {
         let mut at = 0;
         loop {
             let rest = &bytes[at..];
@@ -1251,6 +1512,7 @@ impl ChunkScanner {
                 },
                 ChunkState::Data(left) => {
                     let take = left.min(rest.len() as u64);
+                    data(&rest[..take as usize]);
                     at += take as usize;
                     if take == left {
                         self.state = ChunkState::DataEnd;

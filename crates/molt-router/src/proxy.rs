@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use crate::access::{AccessEntry, Served};
 use crate::admission::admit;
 use crate::body::ResponseBody;
+use crate::direct::{send_bodiless, AskError, SocketBody};
 use crate::eject::{now_ms, HealthRegistry, Verdict};
 use crate::forwarded::add_forwarded;
 use crate::headers::{add_forwarding, strip_hop_by_hop};
@@ -573,6 +574,15 @@ impl Router {
         let mut forward = Forward { head, path };
         let (body, fault) = LimitedBody::new(body, allowance.max_body);
         let mut body = (!replayable).then_some(body);
+        // Bodiless requests go over a pooled plain socket like the direct path's, not through
+        // hyper's client (HTTP/1.1 instances only).
+        let plain = match self.upstreams.sockets() {
+            Some(sockets) if replayable && self.config.direct_path => {
+                Some((sockets, forward.plain_head()))
+            }
+            _ => None,
+        };
+        let head_only = forward.head.method == Method::HEAD;
 
         let counters = route.counters();
         counters.retry_tokens.deposit(&self.config.retry_budget);
@@ -585,21 +595,33 @@ impl Router {
             let body = body
                 .take()
                 .map_or_else(|| Either::Right(Empty::new()), Either::Left);
-            let absolute = self.upstreams.wants_absolute_uri();
-            let upstream_request = forward.request_for(route, index, body, last, absolute);
             let upstream = &route.upstreams()[index];
             let instance = &upstream.instance;
             in_flight.sent_to(route.load_of(index));
 
-            let sent = tokio::time::timeout(
-                allowance.timeout,
-                self.upstreams.send(upstream.addr, upstream_request),
-            )
-            .await;
+            let sent = match &plain {
+                Some((sockets, head)) => {
+                    let send = send_bodiless(sockets, upstream.addr, head, head_only);
+                    tokio::time::timeout(allowance.timeout, send)
+                        .await
+                        .map(|sent| sent.map(Answer::Socket).map_err(SendError::Plain))
+                }
+                None => {
+                    let absolute = self.upstreams.wants_absolute_uri();
+                    let request = forward.request_for(route, index, body, last, absolute);
+                    let send = self.upstreams.send(upstream.addr, request);
+                    tokio::time::timeout(allowance.timeout, send)
+                        .await
+                        .map(|sent| sent.map(Answer::Hyper).map_err(SendError::Hyper))
+                }
+            };
             let response = match sent {
                 Ok(Ok(response)) => {
                     route.record_success(index);
-                    relay(response, in_flight)
+                    match response {
+                        Answer::Hyper(response) => relay(response, in_flight),
+                        Answer::Socket(response) => relay_socket(response, in_flight),
+                    }
                 }
                 Ok(Err(error)) if error.is_connection_failure() => {
                     if let Some(next) =
@@ -671,7 +693,68 @@ impl Router {
     }
 }
 
+/// An upstream's answer, from hyper's client or a plain socket.
+enum Answer {
+    Hyper(Response<UpstreamBody>),
+    Socket(Response<SocketBody>),
+}
+
+/// Why an upstream request got no answer.
+enum SendError {
+    Hyper(crate::upstream::UpstreamError),
+    Plain(AskError),
+}
+
+impl SendError {
+    fn is_connection_failure(&self) -> bool {
+        match self {
+            SendError::Hyper(error) => error.is_connection_failure(),
+            SendError::Plain(error) => matches!(error, AskError::Unreachable(_)),
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Hyper(error) => error.fmt(f),
+            SendError::Plain(error) => error.fmt(f),
+        }
+    }
+}
+
 impl Forward {
+    /// The whole HTTP/1.1 head for an instance: request line and fields (several `Cookie`
+    /// fields, as h2 clients send them, joined into one as RFC 9113 §8.2.3 asks).
+    fn plain_head(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(self.head.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.path.as_str().as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &self.head.headers {
+            if name == COOKIE {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let mut cookies = self.head.headers.get_all(COOKIE).iter();
+        if let Some(first) = cookies.next() {
+            out.extend_from_slice(b"cookie: ");
+            out.extend_from_slice(first.as_bytes());
+            for more in cookies {
+                out.extend_from_slice(b"; ");
+                out.extend_from_slice(more.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
     /// The request for upstream `index` of `route`. The last attempt takes the headers
     /// instead of copying them.
     fn request_for(
@@ -708,6 +791,15 @@ pub(crate) fn upstream_uri(route: &Route, index: usize, path: PathAndQuery, abso
     uri.authority = Some(route.authority(index).clone());
     uri.path_and_query = Some(path);
     Uri::from_parts(uri).expect("scheme, authority and path form an absolute URI")
+}
+
+/// [`relay`] for an answer read from a plain socket (its head has no hop-by-hop fields).
+fn relay_socket(response: Response<SocketBody>, in_flight: InFlight) -> Response<ResponseBody> {
+    in_flight.counters().record_answered();
+    response.map(|body| ResponseBody::Socket {
+        body,
+        in_flight: Some(in_flight),
+    })
 }
 
 /// Passes an upstream response on to the client; the request stays in flight until its

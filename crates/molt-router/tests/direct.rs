@@ -300,3 +300,74 @@ async fn hyper_serves_everything_when_the_direct_path_is_off() {
         (StatusCode::OK, "path=/after".to_owned())
     );
 }
+
+/// Streams of one h2c connection: hyper serves them, and their bodiless requests go to the
+/// instance over the same plain sockets as the direct path's.
+#[tokio::test]
+async fn h2_streams_get_answers_read_from_plain_upstream_sockets() {
+    use http_body_util::Empty;
+    use hyper::client::conn::http2 as client_http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let upstream = Scripted::start().await;
+    let config = RouterConfig {
+        upstream_timeout: Duration::from_millis(300),
+        ..RouterConfig::default()
+    };
+    let harness = router_for(config, upstream.addr).await;
+    let stream = within(TcpStream::connect(harness.addr))
+        .await
+        .expect("connect");
+    let (mut sender, connection) = within(client_http2::handshake(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    ))
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut ask = |method: &'static str, path: &'static str| {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://app.test{path}"))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let sent = sender.send_request(request);
+        async move {
+            let response = within(sent).await.expect("h2 response");
+            let id = response.headers().get("x-request-id").cloned();
+            assert!(id.is_some(), "{path}: no request id");
+            read(response).await
+        }
+    };
+    assert_eq!(
+        ask("GET", "/chunked").await,
+        (StatusCode::OK, "hello world".to_owned())
+    );
+    assert_eq!(
+        ask("GET", "/hints").await,
+        (StatusCode::OK, "ok".to_owned())
+    );
+    assert_eq!(
+        ask("GET", "/close").await,
+        (StatusCode::OK, "until close".to_owned())
+    );
+    assert_eq!(ask("HEAD", "/h").await, (StatusCode::OK, String::new()));
+    assert_eq!(ask("GET", "/smuggle").await.0, StatusCode::BAD_GATEWAY);
+    assert_eq!(ask("GET", "/silent").await.0, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        ask("GET", "/x").await,
+        (StatusCode::OK, "path=/x".to_owned())
+    );
+    // The upstream saw one Cookie field (h2 splits them; HTTP/1.1 wants one) and Host.
+    let heads = upstream.heads();
+    let head = heads.last().expect("heads").to_ascii_lowercase();
+    assert!(head.contains("\r\ncookie: a=1; b=2\r\n"), "{head}");
+    assert!(head.contains("\r\nhost: app.test\r\n"), "{head}");
+    // Kept alive across chunked, informational and HEAD answers; the close-delimited body,
+    // the refused answer and the silent upstream cost their connections.
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 4);
+    let stats = harness.router.env_stats("app");
+    assert_eq!((stats.failed, stats.in_flight), (2, 0));
+}
