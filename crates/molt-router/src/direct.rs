@@ -62,6 +62,8 @@ const MAX_TRAILERS: usize = 16 * 1024;
 /// How much is read from a socket at a time: heads, and body chunks.
 const HEAD_READ: usize = 8 * 1024;
 const BODY_READ: usize = 64 * 1024;
+/// Largest buffer a connection keeps between requests.
+const IDLE_BUFFER: usize = 16 * 1024;
 
 /// How the direct path left a client connection.
 pub(crate) enum Ending<S: ClientSocket> {
@@ -251,6 +253,7 @@ pub(crate) async fn serve<S: ClientSocket>(
             }
         };
         served += 1;
+        conn.trim();
         if !keep || (shutdown.is_cancelled() && conn.input.is_empty()) {
             conn.close().await;
             return Ending::Closed;
@@ -327,6 +330,17 @@ impl<S: ClientSocket> Conn<S> {
         out.extend_from_slice(b"\r\n");
         let body: &[u8] = if head_only { &[] } else { &body };
         write_two(&mut self.stream, &self.out, body).await.is_ok() && !close
+    }
+
+    /// Gives back buffers a large answer or head grew, so an idle keep-alive connection
+    /// holds a few KiB, not 64.
+    fn trim(&mut self) {
+        if self.relay.capacity() > IDLE_BUFFER {
+            self.relay = Vec::new();
+        }
+        if self.input.capacity() > IDLE_BUFFER && self.input.len() <= HEAD_READ {
+            self.input.shrink_to(HEAD_READ);
+        }
     }
 
     /// Ends the connection: sends what the frame checker still owes the client (a refusal)
