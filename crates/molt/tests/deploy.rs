@@ -12,7 +12,19 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deploy_config_and_rollback() {
-    let h = Harness::start().await;
+    // The router serves from its own threads (one per CPU), as `molt serve` does by default.
+    deploy_config_and_rollback_on(Harness::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_config_and_rollback_with_the_router_on_the_shared_runtime() {
+    let h = Harness::start_with(|cfg| cfg.router_threads = 0).await;
+    deploy_config_and_rollback_on(h).await;
+}
+
+/// Deploys, changes config (a second release, blue/green), rolls back, reaches a preview
+/// host, and reads the metrics and history, on the server `h`.
+async fn deploy_config_and_rollback_on(h: Harness) {
     let dir = h.app("shop", &[], FAST);
     let d1 = h.deploy(&dir).await;
     assert_eq!(d1["state"], "drained", "{d1}");
