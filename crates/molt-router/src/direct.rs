@@ -41,9 +41,8 @@ use crate::body::ResponseBody;
 use crate::forwarded::{self, push_forwarded_element, push_ip};
 use crate::guard::{ClientSocket, GuardedStream};
 use crate::page;
-use crate::proxy::{Choice, Lookup, Routed};
+use crate::proxy::{no_instance, Choice, Lookup, Routed};
 use crate::reqid::InlineId;
-use crate::shadow::MirrorSettings;
 use crate::shaping::{Source, STICKY_COOKIE};
 use crate::stats::InFlight;
 use crate::table::{Picked, Route};
@@ -438,22 +437,13 @@ impl Router {
             _ => None,
         };
         if let Some(shadow) = mirror {
-            if let Some(copy) = mirror_head(&method, target, request.headers, scheme, &request_id) {
-                let settings = MirrorSettings {
-                    timeout: self.config.upstream_timeout,
-                    ejection: self.config.ejection,
-                };
-                if let Ok(host) = HeaderValue::from_bytes(head.host) {
-                    self.shadows
-                        .mirror(&self.upstreams, shadow, &copy, client, &host, settings);
-                }
+            let copy = mirror_head(&method, target, request.headers, scheme, &request_id);
+            if let (Some(copy), Ok(host)) = (copy, HeaderValue::from_bytes(head.host)) {
+                self.mirror(shadow, &copy, client, &host);
             }
         }
         let Some(start) = start else {
-            in_flight.counters().record_failed();
-            let traffic = &in_flight.counters().traffic.live;
-            traffic.record(503, started.elapsed());
-            debug!(env = route.env(), "environment has no upstreams");
+            no_instance(&route, &in_flight, started);
             return Begin::Local(Box::new(Local {
                 head_len,
                 response: page::no_instance(),

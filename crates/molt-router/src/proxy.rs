@@ -431,18 +431,10 @@ impl Router {
             ));
         }
         if let Some(shadow) = mirror {
-            let settings = MirrorSettings {
-                timeout: self.config.upstream_timeout,
-                ejection: self.config.ejection,
-            };
-            self.shadows
-                .mirror(&self.upstreams, shadow, &request, client, &host, settings);
+            self.mirror(shadow, &request, client, &host);
         }
         let Some(start) = start else {
-            in_flight.counters().record_failed();
-            let traffic = &in_flight.counters().traffic.live;
-            traffic.record(503, started.elapsed());
-            debug!(env = route.env(), "environment has no upstreams");
+            no_instance(&route, &in_flight, started);
             return page::no_instance();
         };
         if requested_upgrade(&request).is_some() {
@@ -651,6 +643,22 @@ impl Router {
 }
 
 impl Router {
+    /// Starts a copy of `request` to the shadow environment `shadow` (fire and forget).
+    pub(crate) fn mirror<B>(
+        &self,
+        shadow: Arc<Route>,
+        request: &Request<B>,
+        client: IpAddr,
+        host: &HeaderValue,
+    ) {
+        let settings = MirrorSettings {
+            timeout: self.config.upstream_timeout,
+            ejection: self.config.ejection,
+        };
+        self.shadows
+            .mirror(&self.upstreams, shadow, request, client, host, settings);
+    }
+
     /// After the connection to upstream `index` failed before a response: counts the failure
     /// (ejecting the upstream when it keeps failing) and returns the upstream to try next,
     /// when another attempt is allowed (`!last`), one is left to try, and the environment's
@@ -800,6 +808,14 @@ fn relay_socket(response: Response<SocketBody>, in_flight: InFlight) -> Response
         body,
         in_flight: Some(in_flight),
     })
+}
+
+/// Counts a request routed to an environment that has no upstreams (answered 503).
+pub(crate) fn no_instance(route: &Route, in_flight: &InFlight, started: Instant) {
+    in_flight.counters().record_failed();
+    let traffic = &in_flight.counters().traffic.live;
+    traffic.record(503, started.elapsed());
+    debug!(env = route.env(), "environment has no upstreams");
 }
 
 /// Passes an upstream response on to the client; the request stays in flight until its
