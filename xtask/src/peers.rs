@@ -200,7 +200,7 @@ impl Peer {
             Peer::Nginx => {
                 let config = dir.join("nginx.conf");
                 let servers = format!(
-                    "server {{\n        listen {tls} ssl http2;\n        ssl_certificate {};\n        \
+                    "http2_max_requests 1000000;\n    server {{\n        listen {tls} ssl http2;\n        ssl_certificate {};\n        \
                      ssl_certificate_key {};\n{NGINX_LOCATION}    }}\n    server {{\n        \
                      listen {h2c} http2;\n{NGINX_LOCATION}    }}",
                     files.cert.display(),
@@ -275,7 +275,6 @@ http {{
     proxy_temp_path {dir}/tmp/proxy;
     keepalive_requests 1000000;
     keepalive_timeout 60s;
-    http2_max_requests 1000000;
     upstream backend {{
         server {backend};
         keepalive {UPSTREAM_IDLE_CONNECTIONS};
@@ -332,73 +331,12 @@ fn caddy_h2_config(
 }
 
 fn nginx_config(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> String {
-    let dir = dir.display();
-    format!(
-        r#"worker_processes 2;
-worker_rlimit_nofile 16384;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{
-    worker_connections 8192;
-}}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/tmp/client_body;
-    proxy_temp_path {dir}/tmp/proxy;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-    upstream backend {{
-        server {backend};
-        keepalive {UPSTREAM_IDLE_CONNECTIONS};
-        keepalive_requests 1000000;
-        keepalive_timeout 60s;
-    }}
-    server {{
-        listen {listen};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
-            # Room for a 64 KiB answer in memory: never spill to a temp file.
-            proxy_buffers 16 16k;
-        }}
-    }}
-}}
-"#
-    )
+    let server = format!("server {{\n        listen {listen};\n{NGINX_LOCATION}    }}");
+    nginx_http(dir, backend, &server)
 }
 
 fn haproxy_config(listen: SocketAddr, backend: SocketAddr) -> String {
-    format!(
-        r#"global
-    nbthread 2
-    # HAProxy raises its fd limit to about 2 x maxconn: stay below common hard limits.
-    maxconn 4096
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
-
-frontend bench
-    bind {listen}
-    option forwardfor
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    default_backend app
-
-backend app
-    server b1 {backend}
-"#
-    )
+    haproxy_text(&[("bench", listen.to_string())], backend)
 }
 
 fn caddy_config(listen: SocketAddr, backend: SocketAddr) -> String {

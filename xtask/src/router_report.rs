@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::bench_router::{
-    median, BodySize, Cell, H2Cell, RouterFigures, RunLength, SwapRow, Target, EXTRA_ROUTES,
+    median, BodySize, Cell, H2Cell, RouterFigures, Run, RunLength, SwapRow, Target, EXTRA_ROUTES,
     ROUTES_CONCURRENCY, ROUTES_LOSS_GOAL, SWAP_CONCURRENCY,
 };
 use crate::load::LoadResult;
@@ -66,23 +66,11 @@ pub(crate) fn print_table(f: &RouterFigures) {
             println!();
         }
         for run in &cell.runs {
-            let r = &run.load;
-            let vs_nginx = cell
-                .vs_nginx(r)
-                .map_or_else(|| "-".to_string(), |x| format!("{x:.2}"));
-            let cpu = run
-                .proxy_cpu_per_request
-                .map_or_else(|| "-".to_string(), latency);
-            println!(
-                "{:<6}{:>5}  {:<8}{:>9.0}{:>10}{:>10}{:>10}{:>8}{vs_nginx:>10}{cpu:>10}",
+            print_run(
                 cell.size.label(),
                 cell.concurrency,
-                run.target.name(),
-                r.per_second(),
-                latency(r.p50),
-                latency(r.p99),
-                latency(r.p999),
-                r.errors,
+                run,
+                cell.vs_nginx(&run.load),
             );
         }
     }
@@ -170,26 +158,34 @@ fn print_h2(f: &RouterFigures) {
     for cell in &f.h2.cells {
         println!();
         for run in &cell.runs {
-            let r = &run.load;
-            let vs_nginx = cell
-                .vs_nginx(r)
-                .map_or_else(|| "-".to_string(), |x| format!("{x:.2}"));
-            let cpu = run
-                .proxy_cpu_per_request
-                .map_or_else(|| "-".to_string(), latency);
-            println!(
-                "{:<6}{:>5}  {:<8}{:>9.0}{:>10}{:>10}{:>10}{:>8}{vs_nginx:>10}{cpu:>10}",
+            print_run(
                 cell.protocol.label(),
                 cell.concurrency,
-                run.target.name(),
-                r.per_second(),
-                latency(r.p50),
-                latency(r.p99),
-                latency(r.p999),
-                r.errors,
+                run,
+                cell.vs_nginx(&run.load),
             );
         }
     }
+}
+
+/// One row of a cell's table: `label` names the body size or the protocol.
+fn print_run(label: &str, concurrency: usize, run: &Run, vs_nginx: Option<f64>) {
+    let r = &run.load;
+    let vs_nginx = vs_nginx.map_or_else(|| "-".to_string(), |x| format!("{x:.2}"));
+    let cpu = run
+        .proxy_cpu_per_request
+        .map_or_else(|| "-".to_string(), latency);
+    println!(
+        "{:<6}{:>5}  {:<8}{:>9.0}{:>10}{:>10}{:>10}{:>8}{vs_nginx:>10}{cpu:>10}",
+        label,
+        concurrency,
+        run.target.name(),
+        r.per_second(),
+        latency(r.p50),
+        latency(r.p99),
+        latency(r.p999),
+        r.errors,
+    );
 }
 
 fn print_swap(swap: &SwapRow, f: &RouterFigures) {

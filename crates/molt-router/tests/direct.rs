@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 use molt_router::RouterConfig;
-use support::{read, table, within, Client, Harness};
+use support::{raw, read, within, Client, Harness};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -125,25 +125,7 @@ async fn serve_scripted(mut stream: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
 }
 
 async fn router_for(config: RouterConfig, upstream: SocketAddr) -> Harness {
-    let harness = Harness::start(config).await;
-    within(
-        harness
-            .router
-            .publish(table(&[("app.test", "app", &[upstream])])),
-    )
-    .await;
-    harness
-}
-
-/// Writes `request` on a new connection and reads until the router closes it.
-async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = within(TcpStream::connect(addr)).await.expect("connect");
-    within(stream.write_all(request)).await.expect("write");
-    let mut response = Vec::new();
-    within(stream.read_to_end(&mut response))
-        .await
-        .expect("read");
-    String::from_utf8_lossy(&response).into_owned()
+    Harness::routing(config, &[("app.test", "app", &[upstream])]).await
 }
 
 async fn get(client: &mut Client, path: &str) -> (StatusCode, String) {
@@ -177,7 +159,7 @@ async fn chunked_close_delimited_and_informational_answers_are_relayed() {
 
     // A body delimited by the upstream's close reaches the client whole, and the client's
     // connection is closed after it (the router says so).
-    let response = exchange(
+    let response = raw(
         harness.addr,
         b"GET /close HTTP/1.1\r\nHost: app.test\r\n\r\n",
     )
@@ -221,7 +203,7 @@ async fn a_pipeline_moves_from_the_direct_path_to_hyper_in_order() {
                     HEAD /h HTTP/1.1\r\nHost: app.test\r\n\r\n\
                     POST /b HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n\r\nbody\
                     GET /c HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n";
-    let response = exchange(harness.addr, pipeline.as_bytes()).await;
+    let response = raw(harness.addr, pipeline.as_bytes()).await;
     let a = response.find("path=/a").expect("answer to GET /a");
     let head = response[a..]
         .find("content-length: 5\r\n")
@@ -244,7 +226,7 @@ async fn the_upstream_sees_forwarding_fields_and_the_client_its_request_id() {
     let request = "GET /fields?q=1 HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: trace-42\r\n\
                    Connection: close, X-Hop\r\nX-Hop: secret\r\nX-Forwarded-For: 192.0.2.1\r\n\
                    Keep-Alive: timeout=5\r\nAccept: text/plain\r\n\r\n";
-    let response = exchange(harness.addr, request.as_bytes()).await;
+    let response = raw(harness.addr, request.as_bytes()).await;
     assert!(
         response.contains("\r\nx-request-id: trace-42\r\n"),
         "{response}"

@@ -18,7 +18,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use molt_router::{Backend, EnvStats, Maintenance, RouteTable, RouterConfig, Upstream};
-use support::{within, Harness};
+use support::{raw, within, Harness};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -100,16 +100,6 @@ async fn router_for(config: RouterConfig, addr: SocketAddr) -> Harness {
     table.insert("app.test", backend("app", addr));
     harness.router.publish(table).await;
     harness
-}
-
-/// Sends `request` on a fresh connection and reads until the router closes it.
-async fn raw(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = within(TcpStream::connect(addr)).await.expect("connect");
-    // The router may close before reading everything; a failed write is an answer too.
-    let _ = within(stream.write_all(request)).await;
-    let mut response = Vec::new();
-    let _ = within(stream.read_to_end(&mut response)).await;
-    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// The status code of a raw response, or `None` when the connection closed without one.

@@ -86,13 +86,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 /// connection; returns how many upstream connections that took.
 async fn requests_in_a_row(config: RouterConfig, rounds: usize, post: bool) -> usize {
     let (addr, tally) = counting_upstream().await;
-    let harness = Harness::start(config).await;
-    within(
-        harness
-            .router
-            .publish(table(&[("app.test", "blue", &[addr])])),
-    )
-    .await;
+    let harness = Harness::routing(config, &[("app.test", "blue", &[addr])]).await;
     let mut client = harness.client().await;
     for round in 0..rounds {
         assert_eq!(
@@ -147,13 +141,7 @@ async fn one_shot_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
 #[tokio::test]
 async fn an_idle_connection_the_upstream_closed_is_replaced_without_an_error() {
     let (addr, mut closes) = one_shot_upstream().await;
-    let harness = Harness::start(RouterConfig::default()).await;
-    within(
-        harness
-            .router
-            .publish(table(&[("app.test", "blue", &[addr])])),
-    )
-    .await;
+    let harness = Harness::routing(RouterConfig::default(), &[("app.test", "blue", &[addr])]).await;
     let mut client = harness.client().await;
     for round in 0..3 {
         // POST: never retried by the router, so only a fresh connection can answer it.
@@ -175,13 +163,7 @@ async fn an_idle_connection_the_upstream_closed_is_replaced_without_an_error() {
 async fn idle_connections_to_an_unrouted_address_are_closed() {
     let (old, tally) = counting_upstream().await;
     let new = upstream(Reply::Name("new")).await;
-    let harness = Harness::start(RouterConfig::default()).await;
-    within(
-        harness
-            .router
-            .publish(table(&[("app.test", "blue", &[old])])),
-    )
-    .await;
+    let harness = Harness::routing(RouterConfig::default(), &[("app.test", "blue", &[old])]).await;
     let mut client = harness.client().await;
     assert_eq!(client.get(Some("app.test"), "/").await.0, StatusCode::OK);
     assert_eq!(tally.closed.load(Ordering::SeqCst), 0, "kept alive");

@@ -178,6 +178,17 @@ impl Body for ChannelBody {
     }
 }
 
+/// Sends `request` on a fresh connection and reads until the router closes it.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = within(TcpStream::connect(addr)).await.expect("connect");
+    // The router may close before reading everything; a failed write is an answer too.
+    let _ = within(stream.write_all(request)).await;
+    let mut response = Vec::new();
+    let _ = within(stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
 /// A route table from `(hostname, env, upstream addresses)`.
 pub fn table(routes: &[(&str, &str, &[SocketAddr])]) -> RouteTable {
     let mut table = RouteTable::new();
@@ -216,6 +227,13 @@ impl Harness {
             shutdown,
             serving,
         }
+    }
+
+    /// A router serving on a fresh port with `routes` published (see [`table`]).
+    pub async fn routing(config: RouterConfig, routes: &[(&str, &str, &[SocketAddr])]) -> Self {
+        let harness = Self::start(config).await;
+        within(harness.router.publish(table(routes))).await;
+        harness
     }
 
     pub async fn client(&self) -> Client {
