@@ -9,8 +9,8 @@
 //! the connection goes back to the pool; an idle connection nobody drives is checked on its
 //! way out (a poll that finds it closed, or not ready, drops it).
 //!
-//! Idle connections are kept per worker thread and upstream address, so a connection is only
-//! ever driven by the thread (and runtime) that opened it. They are dropped after
+//! Idle connections are kept per tokio runtime and upstream address, so a connection is only
+//! ever driven by the runtime that opened it (see [`shard`]). They are dropped after
 //! [`POOL_IDLE_TIMEOUT`], and when a publish stops routing to their address.
 //!
 //! With [`UpstreamProtocol::Http2PriorKnowledge`](crate::UpstreamProtocol) the router uses
@@ -23,7 +23,6 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -95,7 +94,7 @@ pub(crate) struct Socket {
 }
 
 struct IdleSet<C> {
-    connections: HashMap<(usize, SocketAddr), VecDeque<Idle<C>>, BuildHasherDefault<AddrHasher>>,
+    connections: HashMap<(Shard, SocketAddr), VecDeque<Idle<C>>, BuildHasherDefault<AddrHasher>>,
     /// The addresses the published table routes to (`None` before the first publish): a
     /// connection to any other address is closed instead of kept once its exchange ends.
     routed: Option<HashSet<SocketAddr>>,
@@ -221,7 +220,7 @@ impl<C: Pooled> Pool<C> {
 
     /// The most recently used idle connection to `addr` of this thread that is still usable.
     pub(crate) fn checkout(&self, addr: SocketAddr) -> Option<C> {
-        let key = (shard(), addr);
+        let key = (shard()?, addr);
         loop {
             let idle = {
                 let mut pool = self.lock();
@@ -247,6 +246,9 @@ impl<C: Pooled> Pool<C> {
     pub(crate) fn checkin(&self, connection: C) {
         let now = Instant::now();
         let addr = connection.addr();
+        // Outside a runtime (a body dropped after its runtime stopped) the socket has no
+        // runtime left to drive it: close it.
+        let Some(shard) = shard() else { return };
         let mut pool = self.lock();
         if pool
             .routed
@@ -255,7 +257,7 @@ impl<C: Pooled> Pool<C> {
         {
             return;
         }
-        let queue = pool.connections.entry((shard(), addr)).or_default();
+        let queue = pool.connections.entry((shard, addr)).or_default();
         // The oldest are at the front: drop those past the idle timeout.
         while queue
             .front()
@@ -533,7 +535,7 @@ fn is_broken_connection(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The pool's hasher: its keys are a thread's shard and an upstream address from the route
+/// The pool's hasher: its keys are a runtime's id and an upstream address from the route
 /// table (never client input), so a multiply-rotate hash is enough and costs a fraction of
 /// SipHash on the request path.
 #[derive(Default)]
@@ -571,13 +573,20 @@ impl Hasher for AddrHasher {
     }
 }
 
-/// This thread's pool shard. A connection goes back to the shard of the thread that finished
-/// with it and is taken out by that thread only; with one current-thread runtime per thread
-/// (see `Router::serve_on_threads`) that is the runtime its socket is registered with.
-fn shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    SHARD.with(|shard| *shard)
+/// The pool's shard for the current task: its tokio runtime. A socket is registered with the
+/// reactor of the runtime that opened it and only that runtime's threads can drive it, so an
+/// idle connection is kept for, and taken out by, tasks of that runtime alone. With one
+/// current-thread runtime per thread (`Router::serve_on_threads`) that is one shard per
+/// thread; on a multi-thread runtime (`Router::serve` on `molt serve`'s shared runtime) all
+/// its workers share one shard. (Keying by OS thread there let work stealing move
+/// connections into shards that no later checkout looked at: a thread that returned more
+/// connections than it took filled its shard to the idle cap while the others kept opening
+/// new ones, over a thousand sockets to one instance for 64 clients.)
+fn shard() -> Option<Shard> {
+    tokio::runtime::Handle::try_current()
+        .ok()
+        .map(|runtime| runtime.id())
 }
+
+/// See [`shard`].
+type Shard = tokio::runtime::Id;
