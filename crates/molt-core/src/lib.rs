@@ -19,7 +19,7 @@ pub use build::{BaseImage, BuildSpec, BuildStep, ImageRef};
 pub use deployment::{DeployEvent, DeployState, InvalidTransition, Recovery};
 pub use duration::{format_duration, parse_duration};
 pub use error::InputError;
-pub use limits::Limits;
+pub use limits::{Limits, DEFAULT_NOFILE};
 pub use manifest::{DeployPolicy, HealthCheck, Manifest, RouterLimits, RunConfig};
 pub use names::{AppName, Digest, EnvVarName, Hostname};
 pub use size::parse_size;

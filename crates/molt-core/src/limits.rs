@@ -5,10 +5,14 @@
 //! memory = "256M"   # bytes, with K/M/G (powers of 1024, optional "i"/"B": "256MiB")
 //! cpu = 0.5         # CPUs (cores); 0.5 = half a core
 //! pids = 128        # processes and threads
+//! nofile = 65536    # open files (RLIMIT_NOFILE); this is the default
 //! ```
 //!
-//! A limit left out is no limit. Limits are enforced by isolating providers (runc's cgroups);
-//! the plain-process provider (`isolation: none`) cannot enforce them.
+//! A limit left out is no limit, but for open files: every instance gets
+//! [`DEFAULT_NOFILE`] unless `nofile` says otherwise (the kernel's default of 1024 is what a
+//! server behind a router that keeps connections to it runs out of). Memory, CPU and pids are
+//! enforced by isolating providers (runc's cgroups); the plain-process provider (`isolation:
+//! none`) cannot enforce them, but sets the open-files limit.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +20,13 @@ use serde::{Deserialize, Serialize};
 pub const MIN_MEMORY: u64 = 4 << 20;
 /// Smallest CPU share accepted, in thousandths of a CPU.
 pub const MIN_CPU_MILLIS: u32 = 10;
+/// Open files of an instance when `[limits] nofile` is not set (Docker's default is higher
+/// still; 64 Ki is plenty for a server and well under the kernel's `nr_open`).
+pub const DEFAULT_NOFILE: u64 = 65_536;
+/// Fewest open files `nofile` accepts: below this a program cannot even load its libraries.
+pub const MIN_NOFILE: u64 = 16;
+/// Most open files `nofile` accepts (the kernel's default `fs.nr_open`).
+pub const MAX_NOFILE: u64 = 1 << 20;
 
 /// Per-instance resource limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,12 +40,20 @@ pub struct Limits {
     /// Largest number of tasks (processes and threads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u32>,
+    /// Open files (RLIMIT_NOFILE, soft and hard); `None` is [`DEFAULT_NOFILE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nofile: Option<u64>,
 }
 
 impl Limits {
     /// True when no limit is set.
     pub fn is_unlimited(&self) -> bool {
         *self == Limits::default()
+    }
+
+    /// The open-files limit an instance gets.
+    pub fn open_files(&self) -> u64 {
+        self.nofile.unwrap_or(DEFAULT_NOFILE)
     }
 }
 

@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use crate::build::{parse_build, BuildSpec, RawBuild};
 use crate::duration::{parse_duration, serde_text};
-use crate::limits::{parse_cpu, parse_memory, Limits};
+use crate::limits::{parse_cpu, parse_memory, Limits, MAX_NOFILE, MIN_NOFILE};
 use crate::{AppName, EnvVarName, Hostname, InputError};
 
 /// A parsed and validated `molt.toml`.
@@ -127,6 +127,7 @@ struct RawLimits {
     memory: Option<Spanned<String>>,
     cpu: Option<Spanned<f64>>,
     pids: Option<Spanned<i64>>,
+    nofile: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -344,6 +345,20 @@ impl Manifest {
                 },
                 None => None,
             },
+            nofile: match &rl.nofile {
+                Some(n) => match u64::try_from(*n.get_ref()) {
+                    Ok(n) if (MIN_NOFILE..=MAX_NOFILE).contains(&n) => Some(n),
+                    _ => {
+                        return Err(at(
+                            n.span(),
+                            format!(
+                                "nofile must be a whole number from {MIN_NOFILE} to {MAX_NOFILE}"
+                            ),
+                        ))
+                    }
+                },
+                None => None,
+            },
         };
         Ok(Manifest {
             name,
@@ -504,11 +519,17 @@ rollback_window = "15m"
     #[test]
     fn limits_table() {
         let text =
-            "name = \"a\"\ncommand = [\"x\"]\n[limits]\nmemory = \"64M\"\ncpu = 0.5\npids = 32\n";
+            "name = \"a\"\ncommand = [\"x\"]\n[limits]\nmemory = \"64M\"\ncpu = 0.5\npids = 32\nnofile = 4096\n";
         let limits = parse(text).unwrap().config.limits;
         assert_eq!(limits.memory, Some(64 << 20));
         assert_eq!(limits.cpu_millis, Some(500));
         assert_eq!(limits.pids, Some(32));
+        assert_eq!(limits.nofile, Some(4096));
+        assert_eq!(limits.open_files(), 4096);
+        assert_eq!(
+            Limits::default().open_files(),
+            crate::limits::DEFAULT_NOFILE
+        );
         // Releases stored before `[limits]` existed read back as unlimited.
         let mut json = serde_json::to_value(parse(text).unwrap().config).unwrap();
         json.as_object_mut().unwrap().remove("limits");
@@ -578,6 +599,16 @@ rollback_window = "15m"
                 "name = \"a\"\ncommand = [\"x\"]\n[limits]\npids = 0\n",
                 "line 4",
                 "pids",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[limits]\nnofile = 8\n",
+                "line 4",
+                "nofile must be",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[limits]\nnofile = 99999999\n",
+                "line 4",
+                "nofile must be",
             ),
             (
                 "name = \"a\"\ncommand = [\"x\"]\n[limits]\nswap = \"1G\"\n",

@@ -2,11 +2,13 @@
 //!
 //! A [`Provider`] starts instances from an [`InstanceSpec`], reports their status, signals them,
 //! and after a restart of molt finds and re-adopts the ones still running. The [`LocalProvider`]
-//! runs each instance as a plain child process in its own process group; Docker or Kubernetes
-//! providers implement the same trait later.
+//! runs each instance as a plain child process in its own process group. Engines that run
+//! instances across machines (Docker Swarm, Kubernetes) implement [`Engine`] instead: whole
+//! environments, placed and restarted by the engine.
 //!
 //! Everything here blocks; async callers use `spawn_blocking`.
 
+mod engine;
 mod error;
 mod inroot;
 mod local;
@@ -15,10 +17,14 @@ mod procfs;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+pub use crate::engine::{
+    Engine, EngineEnvironment, EngineError, EngineFuture, EngineInstance, EngineInstanceState,
+    EnvironmentSpec,
+};
 pub use crate::error::ProviderError;
 pub use crate::inroot::lookup_in_root;
 pub use crate::local::LocalProvider;
-pub use molt_core::Limits;
+pub use molt_core::{Limits, DEFAULT_NOFILE};
 
 /// Everything needed to start one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,4 +141,31 @@ pub trait Provider: Send + Sync {
     fn sweep(&self) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// The open-files limit an instance can get for `wanted`: `wanted` when molt's own hard limit
+/// allows it or molt may raise limits (`CAP_SYS_RESOURCE`), else molt's own hard limit (a
+/// process without that capability, root in a container included, cannot give more).
+pub fn open_files_limit(wanted: u64) -> u64 {
+    use nix::sys::resource::{getrlimit, Resource};
+    let Ok((_, own_hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return wanted;
+    };
+    if wanted <= own_hard || may_raise_limits() {
+        wanted
+    } else {
+        own_hard
+    }
+}
+
+/// Whether this process holds `CAP_SYS_RESOURCE` in its effective set.
+fn may_raise_limits() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps >> CAP_SYS_RESOURCE & 1 == 1)
 }

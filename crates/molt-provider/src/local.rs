@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
 use nix::errno::Errno;
+use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
@@ -114,6 +115,14 @@ impl Provider for LocalProvider {
             .stderr(log_for_stderr)
             // Own group: `signal` reaches the whole tree, and molt's death does not.
             .process_group(0);
+        let open_files = crate::open_files_limit(spec.limits.open_files());
+        // SAFETY: setrlimit is a plain system call, safe between fork and exec; nothing is
+        // allocated or locked in the closure.
+        unsafe {
+            command.pre_exec(move || {
+                setrlimit(Resource::RLIMIT_NOFILE, open_files, open_files).map_err(io::Error::from)
+            });
+        }
         let mut child = command.spawn().map_err(|source| ProviderError::Spawn {
             command: program.clone(),
             source,

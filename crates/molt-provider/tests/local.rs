@@ -392,3 +392,31 @@ fn refuses_to_signal_special_pids() {
         ));
     }
 }
+
+#[test]
+fn instances_get_the_open_files_limit_of_their_release() {
+    let h = Harness::new("nofile");
+    // The default: 64 Ki, or molt's own hard limit when molt may not raise limits.
+    let spec = h.spec("nofile-default", &["sh", "-c", "ulimit -n"]);
+    let handle = h.start(&spec);
+    h.wait_exit(&h.provider, "nofile-default", handle);
+    let expected = molt_provider::open_files_limit(molt_provider::DEFAULT_NOFILE);
+    assert_eq!(h.log("nofile-default").trim(), expected.to_string());
+    let own_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap()
+        .1;
+    assert!(
+        expected == molt_provider::DEFAULT_NOFILE || expected == own_hard,
+        "{expected}"
+    );
+
+    // `[limits] nofile` sets it.
+    let mut spec = h.spec("nofile-set", &["sh", "-c", "ulimit -n; ulimit -Hn"]);
+    spec.limits.nofile = Some(512);
+    let handle = h.start(&spec);
+    h.wait_exit(&h.provider, "nofile-set", handle);
+    assert_eq!(
+        h.log("nofile-set").split_whitespace().collect::<Vec<_>>(),
+        ["512", "512"]
+    );
+}

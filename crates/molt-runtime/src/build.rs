@@ -159,6 +159,7 @@ impl BuildRunner {
             memory_limit: Some(BUILD_MEMORY),
             pids_limit: Some(BUILD_PIDS),
             cpu_millis: None,
+            open_files: molt_provider::open_files_limit(molt_provider::DEFAULT_NOFILE),
             owner: "molt-build",
             instance: id,
             netns: None,

@@ -14,7 +14,8 @@ use oci_spec::runtime::{
     get_default_maskedpaths, get_default_readonly_paths, Capabilities, LinuxBuilder,
     LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 use oci_spec::OciSpecError;
 
@@ -56,6 +57,8 @@ pub(crate) struct BundleSpec<'a> {
     pub(crate) pids_limit: Option<u64>,
     /// CPU time in thousandths of a CPU.
     pub(crate) cpu_millis: Option<u32>,
+    /// Open files (RLIMIT_NOFILE, soft and hard).
+    pub(crate) open_files: u64,
     /// Owner annotation value.
     pub(crate) owner: &'a str,
     /// Instance annotation value.
@@ -87,6 +90,11 @@ impl BundleSpec<'_> {
             .cwd(self.cwd)
             .capabilities(capabilities)
             .no_new_privileges(true)
+            .rlimits(vec![PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(self.open_files)
+                .soft(self.open_files)
+                .build()?])
             .build()?;
         let root = RootBuilder::default()
             .path(self.rootfs)
@@ -262,6 +270,7 @@ mod tests {
             memory_limit: Some(64 << 20),
             pids_limit: Some(100),
             cpu_millis: Some(250),
+            open_files: 4096,
             owner: "m",
             instance: "web-1",
             netns: None,
@@ -291,6 +300,10 @@ mod tests {
             assert!(denied["names"].as_array().unwrap().contains(&call.into()));
         }
         assert_eq!(json["process"]["user"]["uid"], 65534);
+        assert_eq!(
+            json["process"]["rlimits"],
+            serde_json::json!([{ "type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096 }])
+        );
         assert_eq!(
             json["process"]["capabilities"]["bounding"],
             serde_json::json!([])

@@ -423,6 +423,7 @@ impl RuncProvider {
             memory_limit: limit(spec.limits.memory, self.config.memory_limit),
             pids_limit: limit(spec.limits.pids.map(u64::from), self.config.pids_limit),
             cpu_millis: spec.limits.cpu_millis,
+            open_files: molt_provider::open_files_limit(spec.limits.open_files()),
             owner: &self.config.owner,
             instance: &spec.id,
             netns,

@@ -482,6 +482,26 @@ fn a_memory_limit_kill_is_reported_as_oom() {
     sandbox.assert_nothing_left(&provider, "hog");
 }
 
+#[test]
+fn instances_get_their_open_files_limit() {
+    let Some(sandbox) = Sandbox::new("t-nofile") else {
+        return;
+    };
+    let provider = sandbox.provider();
+    let mut spec = sandbox.spec("files", &["sh", "-c", "ulimit -n; ulimit -Hn"]);
+    spec.limits.nofile = Some(2048);
+    let handle = provider.start(&spec).expect("start");
+    wait_not_running(&provider, "files", handle, Duration::from_secs(30));
+    let log = sandbox.log("files");
+    assert_eq!(
+        log.split_whitespace().collect::<Vec<_>>(),
+        ["2048", "2048"],
+        "{log}"
+    );
+    provider.forget("files");
+    sandbox.assert_nothing_left(&provider, "files");
+}
+
 /// Live processes whose environment carries `MOLT_OWNER=<owner>`.
 fn processes_marked(owner: &str) -> Vec<u32> {
     let marker = format!("MOLT_OWNER={owner}");

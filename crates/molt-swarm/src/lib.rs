@@ -1,0 +1,17 @@
+//! molt-swarm: Docker Swarm as an engine molt runs environments on.
+//!
+//! [`Swarm`] implements [`molt_provider::Engine`] over the Docker Engine API ([`Docker`], on
+//! the engine's unix socket): one service per environment, pinned by image digest, on molt's
+//! attachable overlay network; and the fleet of routers as a global service
+//! ([`Swarm::ensure_routers`]). molt never schedules: Swarm places and restarts tasks, molt
+//! reads them.
+
+mod docker;
+mod model;
+mod swarm;
+
+pub use docker::{Docker, API_VERSION, DEFAULT_SOCKET};
+pub use swarm::{
+    service_name, NodeSummary, RouterServiceSpec, Swarm, SwarmConfig, LABEL_APP, LABEL_ENV,
+    LABEL_OWNER, LABEL_PORT, LABEL_RELEASE, LABEL_ROLE, ROUTER_SERVICE,
+};
