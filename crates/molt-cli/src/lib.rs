@@ -39,6 +39,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane, router and local provider.
     Serve(Box<ServeArgs>),
+    /// Run one more router of the fleet (on this machine or any other): it follows the
+    /// control plane's route table and keeps serving the last one while the control plane
+    /// is away.
+    Router(Box<RouterArgs>),
     /// Write a starter molt.toml in a folder.
     Init {
         /// The app folder.
@@ -346,6 +350,48 @@ pub enum ImageAction {
         /// An image digest or tag.
         b: String,
     },
+}
+
+/// `molt router` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// The control plane's API: http://127.0.0.1:7070 on the same machine, else
+    /// https://HOST:PORT (with --control-ca).
+    #[arg(long, value_name = "URL", env = "MOLT_CONTROL")]
+    pub control: String,
+    /// The router token (the control plane's <data dir>/router.token). Prefer the
+    /// environment variable or --token-file: a command line is visible to other users.
+    #[arg(
+        long,
+        env = "MOLT_ROUTER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the router token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate of the control plane (or of its CA) to trust over https.
+    #[arg(long, value_name = "FILE", env = "MOLT_CONTROL_CA")]
+    pub control_ca: Option<PathBuf>,
+    /// This router's name in the fleet (default: the machine's hostname).
+    #[arg(long, env = "MOLT_ROUTER_NAME")]
+    pub name: Option<String>,
+    /// Where clients connect (HTTP/1.1 and h2c).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "MOLT_ROUTER_LISTEN")]
+    pub listen: SocketAddr,
+    /// Threads serving --listen (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Terminate TLS on this address too, with certificates from --tls-cert-dir.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Directory of PEM certificates by hostname (as for molt serve).
+    #[arg(long, value_name = "DIR")]
+    pub tls_cert_dir: Option<PathBuf>,
+    /// Where the router keeps the last table it applied (default: <data dir>/router-<name>).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `molt serve` options.

@@ -18,8 +18,10 @@
 //! issued through ACME (`tls/acme/`, see [`AcmeConfig`]).
 
 mod acme;
+mod edge;
 
 pub use acme::AcmeConfig;
+pub use edge::{Edge, EdgeConfig};
 pub use molt_runtime::{BridgeNetwork, Subnet};
 
 use std::fs::{self, File, OpenOptions};

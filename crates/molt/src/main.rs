@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use molt_cli::{Cli, Command, ServeArgs};
+use molt_cli::{Cli, Command, RouterArgs, ServeArgs};
 use molt_server::{OnExit, ServeConfig};
 
 fn main() -> ExitCode {
@@ -24,12 +24,23 @@ fn main() -> ExitCode {
     };
     let code = match &cli.command {
         Command::Serve(args) => runtime.block_on(serve((**args).clone(), data_dir)),
+        Command::Router(args) => runtime.block_on(router((**args).clone(), data_dir)),
         _ => runtime.block_on(molt_cli::run(cli, data_dir)),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
 async fn serve(args: ServeArgs, data_dir: std::path::PathBuf) -> i32 {
+    init_logging();
+    exit_code(run_server(args, data_dir).await)
+}
+
+async fn router(args: RouterArgs, data_dir: std::path::PathBuf) -> i32 {
+    init_logging();
+    exit_code(run_router(args, data_dir).await)
+}
+
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MOLT_LOG")
@@ -37,13 +48,67 @@ async fn serve(args: ServeArgs, data_dir: std::path::PathBuf) -> i32 {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run_server(args, data_dir).await {
+}
+
+fn exit_code(outcome: anyhow::Result<()>) -> i32 {
+    match outcome {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
             1
         }
     }
+}
+
+async fn run_router(args: RouterArgs, data_dir: std::path::PathBuf) -> anyhow::Result<()> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => token.trim().to_owned(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", file.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => anyhow::bail!(
+            "molt router needs the router token: set MOLT_ROUTER_TOKEN or pass --token-file \
+             (the control plane keeps it in <data dir>/router.token)"
+        ),
+    };
+    let name = match args.name.clone() {
+        Some(name) => name,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_err(|e| anyhow::anyhow!("cannot read the hostname ({e}); pass --name"))?
+            .trim()
+            .to_owned(),
+    };
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join(format!("router-{name}")));
+    let edge = molt_server::Edge::start(molt_server::EdgeConfig {
+        control: args.control.clone(),
+        token,
+        control_ca: args.control_ca.clone(),
+        name: name.clone(),
+        listen: args.listen,
+        threads: args
+            .threads
+            .unwrap_or_else(molt_server::default_router_threads),
+        tls_listen: args.tls_listen,
+        tls_cert_dir: args.tls_cert_dir.clone(),
+        state_dir,
+    })
+    .await?;
+    eprintln!(
+        "molt router {name}: serving http://{}{} (table version {}), following {}",
+        edge.addr,
+        edge.tls_addr
+            .map(|addr| format!(" and https://{addr}"))
+            .unwrap_or_default(),
+        edge.version(),
+        args.control
+    );
+    wait_for_signal().await?;
+    eprintln!("molt router {name}: stopping");
+    edge.shutdown().await
 }
 
 async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Result<()> {

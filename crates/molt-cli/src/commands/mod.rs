@@ -54,6 +54,7 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
     let client = || Client::discover(cli.api.clone(), data_dir);
     match cli.command {
         Command::Serve(_) => bail!("`molt serve` is handled by the binary"),
+        Command::Router(_) => bail!("`molt router` is handled by the binary"),
         Command::Init { dir, name } => init(&dir, name, json),
         Command::Deploy {
             dir,
