@@ -14,8 +14,9 @@ use crate::canonical::{MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
 use crate::fsutil::unique_name;
 use crate::oci::{
     check_layout_marker, decompress, image_index, layer_compression, layout_marker, manifest_entry,
-    parse_config, parse_index, parse_manifest, ref_name, to_json, to_molt_digest,
+    parse_index, parse_manifest, ref_name, to_json, to_molt_digest,
 };
+use crate::parts::{check_diff_id, ImageParts};
 use crate::unpack::{safe_relative_path, LenientEnd};
 use crate::{ImageError, ImageStore, ImportedImage};
 
@@ -201,21 +202,13 @@ impl ImageStore {
         let manifest_digest = to_molt_digest(chosen.digest())?;
         check_size(&blobs, &chosen)?;
         let manifest_bytes = staged_bytes(&blobs, &manifest_digest)?;
-        let manifest = parse_manifest(&manifest_bytes)?;
-        let config_digest = to_molt_digest(manifest.config().digest())?;
-        check_size(&blobs, manifest.config())?;
-        let config = parse_config(&staged_bytes(&blobs, &config_digest)?)?;
-        let diff_ids = config.rootfs().diff_ids();
-        if diff_ids.len() != manifest.layers().len() {
-            return Err(ImageError::InvalidLayout(format!(
-                "the image has {} layers but {} diff ids",
-                manifest.layers().len(),
-                diff_ids.len()
-            )));
-        }
+        let image = ImageParts::load(&manifest_digest, &manifest_bytes, |config, descriptor| {
+            check_size(&blobs, descriptor)?;
+            staged_bytes(&blobs, config)
+        })?;
         let mut files = 0;
-        let mut keep = vec![config_digest];
-        for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
+        let mut keep = vec![image.config_digest.clone()];
+        for (layer, diff_id) in image.layers() {
             let digest = to_molt_digest(layer.digest())?;
             let blob = blobs
                 .get(&digest)
@@ -420,32 +413,12 @@ pub(crate) fn staged_bytes(
 }
 
 /// Decompresses a staged layer, checks its diff id and counts its regular files.
-fn check_layer(blob: &StagedBlob, layer: &Descriptor, diff_id: &str) -> Result<u64, ImageError> {
+fn check_layer(blob: &StagedBlob, layer: &Descriptor, diff_id: &Digest) -> Result<u64, ImageError> {
     let compression = layer_compression(layer.media_type())?;
-    let expected = parse_diff_id(diff_id)?;
     let file = fs::File::open(blob.path()).map_err(ImageError::io(blob.path()))?;
     let mut tar = HashingReader::new(decompress(io::BufReader::new(file), compression));
     let files = count_files(&mut tar)?;
-    check_diff_id(tar.digest(), expected).map(|()| files)
-}
-
-/// Parses a config's diff id (sha256 only).
-pub(crate) fn parse_diff_id(diff_id: &str) -> Result<Digest, ImageError> {
-    diff_id
-        .parse()
-        .map_err(|_| ImageError::InvalidLayout(format!("unsupported diff id {diff_id}")))
-}
-
-/// `Corrupt` unless a layer's uncompressed tar hashes to its diff id.
-pub(crate) fn check_diff_id(actual: Digest, expected: Digest) -> Result<(), ImageError> {
-    if actual == expected {
-        Ok(())
-    } else {
-        Err(ImageError::Corrupt {
-            digest: expected,
-            actual,
-        })
-    }
+    check_diff_id(tar.digest(), diff_id).map(|()| files)
 }
 
 /// Reads a layer tar to its very end and counts its regular files (whiteouts excluded).

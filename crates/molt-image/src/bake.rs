@@ -38,8 +38,8 @@ use crate::filelist::{self, LayerFiles};
 use crate::fsutil::make_writable;
 use crate::fsutil::{unique_name, TempPath};
 use crate::oci::{
-    deterministic_gzip, parse_config, parse_manifest, rfc3339, spec_error, to_molt_digest,
-    to_oci_digest, write_atomically,
+    deterministic_gzip, parse_manifest, rfc3339, spec_error, to_molt_digest, to_oci_digest,
+    write_atomically,
 };
 use crate::run::{numeric_user, BuildSandbox, RunRequest, Snapshot};
 use crate::{ImageError, ImageStore};
@@ -155,7 +155,7 @@ struct CacheEntry {
 struct Building {
     key: [u8; 32],
     layers: Vec<Descriptor>,
-    diff_ids: Vec<String>,
+    diff_ids: Vec<Digest>,
     config: Config,
     history: Vec<oci_spec::image::History>,
     staged: Vec<StagedBlob>,
@@ -292,14 +292,9 @@ impl ImageStore {
         if !self.contains(digest) {
             return Err(ImageError::NotFound(digest.clone()));
         }
-        let manifest = parse_manifest(&self.blobs.read(digest)?)?;
-        let config = parse_config(
-            &self
-                .blobs
-                .read(&to_molt_digest(manifest.config().digest())?)?,
-        )?;
+        let image = self.image_parts(digest)?;
         let mut layers = Vec::new();
-        for (layer, diff_id) in manifest.layers().iter().zip(config.rootfs().diff_ids()) {
+        for (layer, diff_id) in image.layers() {
             layers.push(self.layer_files(layer, diff_id)?);
         }
         Ok(filelist::merge(&layers))
@@ -353,19 +348,14 @@ impl ImageStore {
         if !self.contains(digest) {
             return Err(ImageError::NotFound(digest.clone()));
         }
-        let manifest = parse_manifest(&self.blobs.read(digest)?)?;
-        let config = parse_config(
-            &self
-                .blobs
-                .read(&to_molt_digest(manifest.config().digest())?)?,
-        )?;
-        b.layers = manifest.layers().clone();
-        b.diff_ids = config.rootfs().diff_ids().clone();
-        for (layer, diff_id) in b.layers.iter().zip(&b.diff_ids) {
+        let image = self.image_parts(digest)?;
+        for (layer, diff_id) in image.layers() {
             b.layer_files.push(self.layer_files(layer, diff_id)?);
         }
-        b.config = config.config().clone().unwrap_or_default();
-        b.history = config.history().clone().unwrap_or_default();
+        b.config = image.config.config().clone().unwrap_or_default();
+        b.history = image.config.history().clone().unwrap_or_default();
+        b.layers = image.manifest.layers().clone();
+        b.diff_ids = image.diff_ids;
         b.key = chain(&b.key, &[b"base image", digest.as_str().as_bytes()]);
         b.base = Some(digest.clone());
         Ok(())
@@ -464,7 +454,7 @@ impl ImageStore {
                 entry.size,
                 to_oci_digest(&entry.layer),
             );
-            let listing = self.layer_files(&descriptor, entry.diff_id.as_str())?;
+            let listing = self.layer_files(&descriptor, &entry.diff_id)?;
             return self.push_layer(
                 b,
                 key,
@@ -548,7 +538,7 @@ impl ImageStore {
             entry.size,
             to_oci_digest(&entry.layer),
         ));
-        b.diff_ids.push(entry.diff_id.to_string());
+        b.diff_ids.push(entry.diff_id.clone());
         b.layer_files.push(listing);
         b.history.push(history(created, text, false)?);
         b.reports.push(StepReport {
@@ -627,7 +617,7 @@ impl ImageStore {
 
         let rootfs = RootFsBuilder::default()
             .typ("layers")
-            .diff_ids(diff_ids)
+            .diff_ids(diff_ids.iter().map(Digest::to_string).collect::<Vec<_>>())
             .build()
             .map_err(spec_error)?;
         let image_config = ImageConfigurationBuilder::default()
@@ -711,11 +701,8 @@ impl ImageStore {
     }
 
     /// The file listing of one layer, from the cache or by reading the (verified) blob.
-    fn layer_files(&self, layer: &Descriptor, diff_id: &str) -> Result<LayerFiles, ImageError> {
-        let diff: Digest = diff_id
-            .parse()
-            .map_err(|_| ImageError::InvalidLayout(format!("unsupported diff id {diff_id}")))?;
-        if let Some(listing) = filelist::load_listing(&self.cache_dir(), &diff) {
+    fn layer_files(&self, layer: &Descriptor, diff_id: &Digest) -> Result<LayerFiles, ImageError> {
+        if let Some(listing) = filelist::load_listing(&self.cache_dir(), diff_id) {
             return Ok(listing);
         }
         let compression = crate::oci::layer_compression(layer.media_type())?;
@@ -724,7 +711,7 @@ impl ImageStore {
         let listing = filelist::read_layer(crate::oci::decompress(&mut blob, compression));
         blob.finish()?;
         let listing = listing?;
-        filelist::store_listing(&self.cache_dir(), &diff, &listing)?;
+        filelist::store_listing(&self.cache_dir(), diff_id, &listing)?;
         Ok(listing)
     }
 

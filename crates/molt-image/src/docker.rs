@@ -15,14 +15,15 @@ use oci_spec::image::{Descriptor, MediaType};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{
-    append_bytes, check_diff_id, count_files, file_header, parse_diff_id, read_small,
-    ArchiveContents, ArchiveFormat, DOCKER_MANIFEST,
+    append_bytes, count_files, file_header, read_small, ArchiveContents, ArchiveFormat,
+    DOCKER_MANIFEST,
 };
 use crate::blobs::{HashingReader, StagedBlob};
 use crate::oci::{
     decompress, deterministic_gzip, image_manifest, layer_compression, parse_config,
-    parse_manifest, sniff_compression, to_json, to_molt_digest, to_oci_digest,
+    sniff_compression, to_json, to_molt_digest, to_oci_digest,
 };
+use crate::parts::{check_diff_id, layer_diff_ids};
 use crate::{ImageError, ImageStore, ImportedImage};
 
 /// One image of a Docker archive's `manifest.json`.
@@ -68,31 +69,19 @@ impl ImageStore {
         if !self.contains(digest) {
             return Err(ImageError::NotFound(digest.clone()));
         }
-        let manifest = parse_manifest(&self.blobs.read(digest)?)?;
-        let config_digest = to_molt_digest(manifest.config().digest())?;
-        let config_bytes = self.blobs.read(&config_digest)?;
-        let config = parse_config(&config_bytes)?;
-        let diff_ids = config.rootfs().diff_ids();
-        if diff_ids.len() != manifest.layers().len() {
-            return Err(ImageError::InvalidLayout(format!(
-                "image {digest} has {} layers but {} diff ids",
-                manifest.layers().len(),
-                diff_ids.len()
-            )));
-        }
+        let image = self.image_parts(digest)?;
         let mut builder = tar::Builder::new(out);
-        let config_name = format!("{}.json", config_digest.hex());
-        append_bytes(&mut builder, &config_name, &config_bytes)?;
+        let config_name = format!("{}.json", image.config_digest.hex());
+        append_bytes(&mut builder, &config_name, &image.config_bytes)?;
         let mut layer_names = Vec::new();
         let mut written = BTreeSet::new();
-        for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
-            let expected = parse_diff_id(diff_id)?;
-            let name = format!("{}.tar", expected.hex());
+        for (layer, diff_id) in image.layers() {
+            let name = format!("{}.tar", diff_id.hex());
             layer_names.push(name.clone());
-            if !written.insert(expected.clone()) {
+            if !written.insert(diff_id) {
                 continue;
             }
-            let size = self.uncompressed_size(layer, &expected)?;
+            let size = self.uncompressed_size(layer, diff_id)?;
             let mut blob = self.blobs.open(&to_molt_digest(layer.digest())?)?;
             let compression = layer_compression(layer.media_type())?;
             let mut header = file_header(size);
@@ -136,20 +125,13 @@ impl ImageStore {
         let config_name = follow_links(&links, &image.config)?;
         let config_bytes = read_member_anywhere(&blobs, &others, &config_name)?;
         let config = parse_config(&config_bytes)?;
-        let diff_ids = config.rootfs().diff_ids();
-        if diff_ids.len() != image.layers.len() {
-            return Err(ImageError::InvalidLayout(format!(
-                "the image has {} layers but {} diff ids",
-                image.layers.len(),
-                diff_ids.len()
-            )));
-        }
+        let diff_ids = layer_diff_ids(&config, image.layers.len(), &"the image")?;
         let mut staged = Vec::new();
         let mut layers = Vec::new();
         let mut files = 0;
-        for (name, diff_id) in image.layers.iter().zip(diff_ids) {
+        for (name, diff_id) in image.layers.iter().zip(&diff_ids) {
             let member = member_anywhere(&blobs, &others, &follow_links(&links, name)?)?;
-            let (layer, layer_files) = self.recompress_layer(member, parse_diff_id(diff_id)?)?;
+            let (layer, layer_files) = self.recompress_layer(member, diff_id)?;
             files += layer_files;
             layers.push(Descriptor::new(
                 MediaType::ImageLayerGzip,
@@ -179,7 +161,7 @@ impl ImageStore {
     fn recompress_layer(
         &self,
         member: &StagedBlob,
-        expected: Digest,
+        diff_id: &Digest,
     ) -> Result<(StagedBlob, u64), ImageError> {
         let file = fs::File::open(member.path()).map_err(ImageError::io(member.path()))?;
         let mut source = io::BufReader::new(file);
@@ -191,7 +173,7 @@ impl ImageStore {
         };
         let mut tar = HashingReader::new(&mut tee);
         let files = count_files(&mut tar)?;
-        check_diff_id(tar.digest(), expected)?;
+        check_diff_id(tar.digest(), diff_id)?;
         // `import_dir` flushes the encoder once after the whole tar (a sync-flush block): the
         // same bytes in must give the same blob out.
         let out = tee
@@ -203,12 +185,12 @@ impl ImageStore {
     }
 
     /// The length of a stored layer's uncompressed tar, checked against its diff id.
-    fn uncompressed_size(&self, layer: &Descriptor, expected: &Digest) -> Result<u64, ImageError> {
+    fn uncompressed_size(&self, layer: &Descriptor, diff_id: &Digest) -> Result<u64, ImageError> {
         let mut blob = self.blobs.open(&to_molt_digest(layer.digest())?)?;
         let compression = layer_compression(layer.media_type())?;
         let mut tar = HashingReader::new(decompress(&mut blob, compression));
         let size = io::copy(&mut tar, &mut io::sink()).map_err(ImageError::Tar)?;
-        check_diff_id(tar.digest(), expected.clone())?;
+        check_diff_id(tar.digest(), diff_id)?;
         blob.finish()?;
         Ok(size)
     }

@@ -36,6 +36,7 @@ mod error;
 mod filelist;
 mod fsutil;
 mod oci;
+mod parts;
 mod run;
 mod sweep;
 mod unpack;
@@ -56,9 +57,10 @@ use crate::canonical::{collect_tree, write_tree, Filter};
 use crate::fsutil::{fsync_dir, make_read_only, remove_tree, unique_name, TempPath};
 use crate::oci::{
     decompress, deterministic_gzip, image_config, image_manifest, layer_compression,
-    manifest_entry, parse_config, parse_manifest, read_index, to_json, to_molt_digest,
-    to_oci_digest, write_atomically, write_index,
+    manifest_entry, parse_manifest, read_index, to_json, to_molt_digest, to_oci_digest,
+    write_atomically, write_index,
 };
+use crate::parts::check_diff_id;
 use crate::unpack::{unpack_layer, unpack_tar, LenientEnd};
 
 pub use crate::archive::ArchiveFormat;
@@ -236,20 +238,10 @@ impl ImageStore {
         if target.is_dir() {
             return Ok(target);
         }
-        let manifest = parse_manifest(&self.blobs.read(digest)?)?;
-        let config_digest = to_molt_digest(manifest.config().digest())?;
-        let config = parse_config(&self.blobs.read(&config_digest)?)?;
-        let diff_ids = config.rootfs().diff_ids();
-        if diff_ids.len() != manifest.layers().len() {
-            return Err(ImageError::InvalidLayout(format!(
-                "image {digest} has {} layers but {} diff ids",
-                manifest.layers().len(),
-                diff_ids.len()
-            )));
-        }
+        let image = self.image_parts(digest)?;
         let temp = TempPath::new(rootfs_dir.join(unique_name("rootfs")));
         fs::create_dir(temp.path()).map_err(ImageError::io(temp.path()))?;
-        for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
+        for (layer, diff_id) in image.layers() {
             self.apply_layer(layer, diff_id, temp.path())?;
         }
         make_read_only(temp.path())?;
@@ -326,14 +318,11 @@ impl ImageStore {
     fn apply_layer(
         &self,
         layer: &Descriptor,
-        diff_id: &str,
+        diff_id: &Digest,
         dest: &Path,
     ) -> Result<(), ImageError> {
         let compression = layer_compression(layer.media_type())?;
         let digest = to_molt_digest(layer.digest())?;
-        let expected: Digest = diff_id
-            .parse()
-            .map_err(|_| ImageError::InvalidLayout(format!("unsupported diff id {diff_id}")))?;
         let mut blob = self.blobs.open(&digest)?;
         let unpacked = (|| {
             let mut tar = HashingReader::new(decompress(&mut blob, compression));
@@ -343,15 +332,7 @@ impl ImageStore {
         })();
         // A damaged blob is reported as such, even when it also broke the tar or the gzip.
         blob.finish()?;
-        let actual = unpacked?;
-        if actual == expected {
-            Ok(())
-        } else {
-            Err(ImageError::Corrupt {
-                digest: expected,
-                actual,
-            })
-        }
+        check_diff_id(unpacked?, diff_id)
     }
 
     /// Manifest, config and layer sizes of a stored image.
