@@ -10,12 +10,13 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use molt_core::Digest;
+use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::canonical::WrittenFile;
-use crate::oci::write_atomically;
-use crate::ImageError;
+use crate::oci::{decompress, layer_compression, to_molt_digest, write_atomically};
+use crate::{ImageError, ImageStore};
 
 /// Name prefix of a layer listing in the bake cache (`files-v2-<diff id hex>.json`; v2
 /// listings record symlinks with their targets).
@@ -59,6 +60,17 @@ pub(crate) enum LayerEntry {
     Opaque { dir: String },
 }
 
+/// Files added, removed and changed between two images.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageDiff {
+    /// In the second image only.
+    pub added: Vec<String>,
+    /// In the first image only.
+    pub removed: Vec<String>,
+    /// In both, with another size or content.
+    pub changed: Vec<String>,
+}
+
 impl LayerFiles {
     /// The listing of a tar written by `write_tree_styled` (files only; no whiteouts).
     pub(crate) fn from_written(files: &[WrittenFile]) -> LayerFiles {
@@ -72,6 +84,61 @@ impl LayerFiles {
                 })
                 .collect(),
         }
+    }
+}
+
+impl ImageStore {
+    /// Every regular file of a stored image (path → size and sha256), read from its layers.
+    ///
+    /// Works for any image, baked or imported; layer listings are cached by diff id.
+    pub fn files(&self, digest: &Digest) -> Result<BTreeMap<String, FileInfo>, ImageError> {
+        if !self.contains(digest) {
+            return Err(ImageError::NotFound(digest.clone()));
+        }
+        let image = self.image_parts(digest)?;
+        let mut layers = Vec::new();
+        for (layer, diff_id) in image.layers() {
+            layers.push(self.layer_files(layer, diff_id)?);
+        }
+        Ok(merge(&layers))
+    }
+
+    /// Files added, removed and changed from image `a` to image `b`.
+    pub fn diff(&self, a: &Digest, b: &Digest) -> Result<ImageDiff, ImageError> {
+        let (old, new) = (self.files(a)?, self.files(b)?);
+        let mut diff = ImageDiff::default();
+        for (path, info) in &new {
+            match old.get(path) {
+                None => diff.added.push(path.clone()),
+                Some(before) if before != info => diff.changed.push(path.clone()),
+                Some(_) => {}
+            }
+        }
+        diff.removed = old
+            .keys()
+            .filter(|p| !new.contains_key(*p))
+            .cloned()
+            .collect();
+        Ok(diff)
+    }
+
+    /// The file listing of one layer, from the cache or by reading the (verified) blob.
+    pub(crate) fn layer_files(
+        &self,
+        layer: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<LayerFiles, ImageError> {
+        if let Some(listing) = load_listing(&self.cache_dir(), diff_id) {
+            return Ok(listing);
+        }
+        let compression = layer_compression(layer.media_type())?;
+        let digest = to_molt_digest(layer.digest())?;
+        let mut blob = self.blobs.open(&digest)?;
+        let listing = read_layer(decompress(&mut blob, compression));
+        blob.finish()?;
+        let listing = listing?;
+        store_listing(&self.cache_dir(), diff_id, &listing)?;
+        Ok(listing)
     }
 }
 
@@ -171,38 +238,6 @@ pub(crate) fn merge(layers: &[LayerFiles]) -> BTreeMap<String, FileInfo> {
         }
     }
     files
-}
-
-/// The CycloneDX 1.5 JSON SBOM of an image's files.
-pub(crate) fn cyclonedx(
-    files: &BTreeMap<String, FileInfo>,
-    name: &str,
-    molt_version: &str,
-    created: &str,
-) -> serde_json::Value {
-    let components: Vec<serde_json::Value> = files
-        .iter()
-        .map(|(path, info)| {
-            serde_json::json!({
-                "type": "file",
-                "bom-ref": format!("file:/{path}"),
-                "name": format!("/{path}"),
-                "hashes": [{ "alg": "SHA-256", "content": info.sha256 }],
-                "properties": [{ "name": "molt:size", "value": info.size.to_string() }],
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "bomFormat": "CycloneDX",
-        "specVersion": "1.5",
-        "version": 1,
-        "metadata": {
-            "timestamp": created,
-            "tools": { "components": [{ "type": "application", "name": "molt", "version": molt_version }] },
-            "component": { "type": "container", "bom-ref": "image", "name": name },
-        },
-        "components": components,
-    })
 }
 
 /// The symlinks of layers applied in order (path → target), whiteouts honoured.

@@ -65,13 +65,13 @@ use crate::unpack::{unpack_layer, unpack_tar, LenientEnd};
 
 pub use crate::archive::ArchiveFormat;
 pub use crate::bake::{
-    BakeOptions, BakeReport, BuildContext, ImageDiff, SourceInfo, StepOutcome, StepReport,
+    BakeOptions, BakeReport, BuildContext, SourceInfo, StepOutcome, StepReport,
     PROVENANCE_ANNOTATION, SBOM_ANNOTATION,
 };
 pub use crate::details::{ImageDetails, LayerDetails};
 pub use crate::docker::sniff_archive;
 pub use crate::error::ImageError;
-pub use crate::filelist::FileInfo;
+pub use crate::filelist::{FileInfo, ImageDiff};
 pub use crate::run::{BuildSandbox, RunRequest};
 pub use crate::sweep::BlobCollection;
 pub use crate::verify::{TreeEntry, TreeManifest, Verification};

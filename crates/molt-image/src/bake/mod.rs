@@ -1,25 +1,27 @@
 //! Baking: a `[build]` recipe applied to a build context, one layer per `copy`/`run` step.
 //!
-//! Every step has a **cache key**, sha256 over the parent's key, the step's canonical text and
-//! the content hash (the uncompressed layer's sha256) of its inputs. `cache/<key>` in the store
-//! remembers the layer a key produced, so a step whose key is known is not compressed or written
-//! again; an unchanged bake reuses every layer and yields the same image digest. Metadata steps
-//! (`env`, `workdir`, `user`, `cmd`, `port`) only change the image config and chain the key.
+//! Every step has a **cache key** (`cache.rs`), sha256 over the parent's key, the step's
+//! canonical text and the content hash (the uncompressed layer's sha256) of its inputs.
+//! `cache/<key>` in the store remembers the layer a key produced, so a step whose key is known
+//! is not compressed or written again; an unchanged bake reuses every layer and yields the same
+//! image digest. Metadata steps (`env`, `workdir`, `user`, `cmd`, `port`) only change the image
+//! config and chain the key.
 //!
 //! Reproducible: entries are sorted, every mtime is the given `SOURCE_DATE_EPOCH` (or 0),
 //! owners are 0:0 unless a step says `owner`, and the config and history hold no host name,
 //! clock time or local uid. JSON documents are written with sorted keys.
 //!
-//! Every baked image carries two attachments, blobs named by manifest annotations
-//! (`dev.molt.sbom`, `dev.molt.provenance`): a CycloneDX 1.5 SBOM of every file in the image
-//! and a provenance record (source commit and dirty flag, inputs digest, steps, molt version).
+//! This module runs the steps in order and commits the image; what the recipe may read and
+//! where a copy lands is `context.rs`, the SBOM and provenance every baked image carries are
+//! `attest.rs`, and `run` steps are `crate::run`.
 
-use std::collections::{BTreeMap, HashMap};
+mod attest;
+mod cache;
+mod context;
+
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use molt_core::{BaseImage, BuildSpec, BuildStep, Digest, ImageRef};
@@ -31,32 +33,19 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::blobs::{HashingWriter, StagedBlob};
-use crate::canonical::{
-    collect_tree, write_tree_styled, EntryKind, Filter, TarStyle, TreeEntry, WHITEOUT_PREFIX,
-};
+use crate::canonical::{collect_tree, write_tree_styled, EntryKind, Filter, TarStyle, TreeEntry};
 use crate::filelist::{self, LayerFiles};
-use crate::fsutil::make_writable;
-use crate::fsutil::{unique_name, TempPath};
-use crate::oci::{
-    deterministic_gzip, parse_manifest, rfc3339, spec_error, to_molt_digest, to_oci_digest,
-    write_atomically,
-};
+use crate::fsutil::{make_writable, unique_name, TempPath};
+use crate::oci::{deterministic_gzip, rfc3339, spec_error, to_oci_digest};
 use crate::run::{numeric_user, BuildSandbox, RunRequest, Snapshot};
 use crate::{ImageError, ImageStore};
 
-/// Manifest annotation naming the SBOM blob of a baked image.
-pub const SBOM_ANNOTATION: &str = "dev.molt.sbom";
-/// Manifest annotation naming the provenance blob of a baked image.
-pub const PROVENANCE_ANNOTATION: &str = "dev.molt.provenance";
-
-/// Where the source of a bake came from, as `git` reported it (the caller runs `git`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceInfo {
-    /// `git rev-parse HEAD` of the app folder, if it is in a repository.
-    pub commit: Option<String>,
-    /// Whether `git status --porcelain` listed anything.
-    pub dirty: bool,
-}
+pub(crate) use self::attest::attached_blobs;
+use self::attest::{Provenance, ProvenanceStep, PROVENANCE_SCHEMA};
+pub use self::attest::{SourceInfo, PROVENANCE_ANNOTATION, SBOM_ANNOTATION};
+use self::cache::{CacheEntry, CacheKey};
+pub use self::context::BuildContext;
+use self::context::{check_no_whiteouts, copy_plan, inside};
 
 /// What a bake needs besides the context and the recipe.
 pub struct BakeOptions<'a> {
@@ -120,49 +109,18 @@ pub enum StepOutcome {
     Config,
 }
 
-/// Files added, removed and changed between two images.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageDiff {
-    /// In the second image only.
-    pub added: Vec<String>,
-    /// In the first image only.
-    pub removed: Vec<String>,
-    /// In both, with another size or content.
-    pub changed: Vec<String>,
-}
-
-/// An uploaded build context unpacked under the store's `tmp/`; removed when dropped.
-pub struct BuildContext {
-    temp: TempPath,
-}
-
-impl BuildContext {
-    /// The unpacked folder.
-    pub fn path(&self) -> &Path {
-        self.temp.path()
-    }
-}
-
-/// What `cache/<key>` remembers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CacheEntry {
-    layer: Digest,
-    diff_id: Digest,
-    size: u64,
-}
-
 /// The image as it grows, step by step.
 struct Building {
-    key: [u8; 32],
+    key: CacheKey,
     layers: Vec<Descriptor>,
     diff_ids: Vec<Digest>,
     config: Config,
     history: Vec<oci_spec::image::History>,
     staged: Vec<StagedBlob>,
-    new_cache: Vec<([u8; 32], CacheEntry)>,
+    new_cache: Vec<(CacheKey, CacheEntry)>,
     layer_files: Vec<LayerFiles>,
     reports: Vec<StepReport>,
-    provenance_steps: Vec<serde_json::Value>,
+    provenance_steps: Vec<ProvenanceStep>,
     base: Option<Digest>,
 }
 
@@ -182,7 +140,7 @@ impl ImageStore {
         let epoch = options.source_date_epoch;
         let created = rfc3339(i64::try_from(epoch).unwrap_or(i64::MAX));
         let mut b = Building {
-            key: chain(&[0; 32], &[b"molt-bake-v1"]),
+            key: CacheKey::start(),
             layers: Vec::new(),
             diff_ids: Vec::new(),
             config: Config::default(),
@@ -227,10 +185,10 @@ impl ImageStore {
                 layer: None,
                 millis: millis(base_started),
             });
-            b.provenance_steps.push(serde_json::json!({
-                "step": spec.base.to_string(),
-                "key": Digest::from_sha256(&b.key).to_string(),
-            }));
+            b.provenance_steps.push(ProvenanceStep::without_layer(
+                &spec.base.to_string(),
+                b.key.digest(),
+            ));
         }
         for step in &spec.steps {
             let text = step.to_string();
@@ -256,7 +214,7 @@ impl ImageStore {
                 }
                 _ => {
                     apply_config_step(&mut b.config, step);
-                    b.key = chain(&b.key, &[b"config", text.as_bytes()]);
+                    b.key = b.key.config(&text);
                     b.history.push(history(&created, &text, true)?);
                     b.reports.push(StepReport {
                         step: text.clone(),
@@ -264,83 +222,12 @@ impl ImageStore {
                         layer: None,
                         millis: 0,
                     });
-                    b.provenance_steps.push(serde_json::json!({
-                        "step": text,
-                        "key": Digest::from_sha256(&b.key).to_string(),
-                    }));
+                    b.provenance_steps
+                        .push(ProvenanceStep::without_layer(&text, b.key.digest()));
                 }
             }
         }
         self.finish_bake(b, options, &created, started)
-    }
-
-    /// Unpacks an uploaded build context (a tar, validated like an import) into `tmp/`.
-    pub fn receive_context(&self, reader: impl io::Read) -> Result<BuildContext, ImageError> {
-        let temp = TempPath::new(self.root.join("tmp").join(unique_name("context")));
-        fs::create_dir(temp.path()).map_err(ImageError::io(temp.path()))?;
-        crate::unpack::unpack_tar(reader, temp.path())?;
-        Ok(BuildContext { temp })
-    }
-
-    /// Every regular file of a stored image (path → size and sha256), read from its layers.
-    ///
-    /// Works for any image, baked or imported; layer listings are cached by diff id.
-    pub fn files(
-        &self,
-        digest: &Digest,
-    ) -> Result<BTreeMap<String, filelist::FileInfo>, ImageError> {
-        if !self.contains(digest) {
-            return Err(ImageError::NotFound(digest.clone()));
-        }
-        let image = self.image_parts(digest)?;
-        let mut layers = Vec::new();
-        for (layer, diff_id) in image.layers() {
-            layers.push(self.layer_files(layer, diff_id)?);
-        }
-        Ok(filelist::merge(&layers))
-    }
-
-    /// Files added, removed and changed from image `a` to image `b`.
-    pub fn diff(&self, a: &Digest, b: &Digest) -> Result<ImageDiff, ImageError> {
-        let (old, new) = (self.files(a)?, self.files(b)?);
-        let mut diff = ImageDiff::default();
-        for (path, info) in &new {
-            match old.get(path) {
-                None => diff.added.push(path.clone()),
-                Some(before) if before != info => diff.changed.push(path.clone()),
-                Some(_) => {}
-            }
-        }
-        diff.removed = old
-            .keys()
-            .filter(|p| !new.contains_key(*p))
-            .cloned()
-            .collect();
-        Ok(diff)
-    }
-
-    /// The attachment (`dev.molt.sbom` or `dev.molt.provenance`) of an image, if it has one.
-    pub fn attachment(
-        &self,
-        digest: &Digest,
-        annotation: &str,
-    ) -> Result<Option<serde_json::Value>, ImageError> {
-        if !self.contains(digest) {
-            return Err(ImageError::NotFound(digest.clone()));
-        }
-        let manifest = parse_manifest(&self.blobs.read(digest)?)?;
-        let Some(blob) = manifest
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(annotation))
-            .and_then(|d| d.parse::<Digest>().ok())
-        else {
-            return Ok(None);
-        };
-        let bytes = self.blobs.read(&blob)?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| ImageError::InvalidLayout(format!("attachment {blob}: {e}")))
     }
 
     /// Takes over a stored image's layers, config and history as the start of a bake.
@@ -356,22 +243,9 @@ impl ImageStore {
         b.history = image.config.history().clone().unwrap_or_default();
         b.layers = image.manifest.layers().clone();
         b.diff_ids = image.diff_ids;
-        b.key = chain(&b.key, &[b"base image", digest.as_str().as_bytes()]);
+        b.key = b.key.base_image(digest);
         b.base = Some(digest.clone());
         Ok(())
-    }
-
-    /// A directory to read a tree from: `path` itself, or a plain tar unpacked into `tmp/`.
-    fn tree_root(&self, path: &Path) -> Result<(PathBuf, Option<TempPath>), ImageError> {
-        let meta = fs::metadata(path).map_err(ImageError::io(path))?;
-        if meta.is_dir() {
-            return Ok((path.to_path_buf(), None));
-        }
-        let temp = TempPath::new(self.root.join("tmp").join(unique_name("bake-rootfs")));
-        fs::create_dir(temp.path()).map_err(ImageError::io(temp.path()))?;
-        let file = fs::File::open(path).map_err(ImageError::io(path))?;
-        crate::unpack::unpack_tar(io::BufReader::new(file), temp.path())?;
-        Ok((temp.path().to_path_buf(), Some(temp)))
     }
 
     /// Adds the layer of a tree: from the cache if its key is known, else built and staged.
@@ -389,10 +263,7 @@ impl ImageStore {
         let mut hashing = HashingWriter::new(io::sink());
         let (_, files) = write_tree_styled(root, entries, style, &mut hashing)?;
         let diff_id = Digest::from_sha256(&hashing.hasher.finalize().into());
-        let key = chain(
-            &b.key,
-            &[b"layer", text.as_bytes(), diff_id.as_str().as_bytes()],
-        );
+        let key = b.key.layer(text, &diff_id);
         let mut listing = LayerFiles::from_written(&files);
         for entry in entries {
             if let EntryKind::Symlink(target) = &entry.kind {
@@ -447,7 +318,7 @@ impl ImageStore {
         options: &BakeOptions<'_>,
     ) -> Result<(), ImageError> {
         let step_started = Instant::now();
-        let key = chain(&b.key, &[b"run", text.as_bytes()]);
+        let key = b.key.run(text);
         if let Some(entry) = self.cache_get(&key) {
             let descriptor = Descriptor::new(
                 MediaType::ImageLayerGzip,
@@ -523,7 +394,7 @@ impl ImageStore {
     fn push_layer(
         &self,
         b: &mut Building,
-        key: [u8; 32],
+        key: CacheKey,
         entry: CacheEntry,
         listing: LayerFiles,
         text: &str,
@@ -547,12 +418,12 @@ impl ImageStore {
             layer: Some(entry.layer.clone()),
             millis: millis(step_started),
         });
-        b.provenance_steps.push(serde_json::json!({
-            "step": text,
-            "key": Digest::from_sha256(&key).to_string(),
-            "layer": entry.layer,
-            "diff_id": entry.diff_id,
-        }));
+        b.provenance_steps.push(ProvenanceStep::with_layer(
+            text,
+            key.digest(),
+            entry.layer,
+            entry.diff_id,
+        ));
         Ok(())
     }
 
@@ -598,21 +469,21 @@ impl ImageStore {
             provenance_steps,
             base,
         } = b;
-        let inputs = Digest::from_sha256(&key);
+        let inputs = key.digest();
         let files = filelist::merge(&layer_files);
-        let sbom = filelist::cyclonedx(&files, &options.name, &options.molt_version, created);
+        let sbom = attest::sbom(&files, &options.name, &options.molt_version, created);
         let sbom_blob = self.stage_json(&sbom, &mut staged)?;
-        let provenance = serde_json::json!({
-            "_type": "https://molt.dev/provenance/v1",
-            "molt_version": options.molt_version,
-            "source": options.source,
-            "source_date_epoch": options.source_date_epoch,
-            "inputs": inputs,
-            "base": base,
-            "steps": provenance_steps,
-            "sbom": sbom_blob.0,
-            "files": files.len(),
-        });
+        let provenance = Provenance {
+            schema: PROVENANCE_SCHEMA,
+            molt_version: &options.molt_version,
+            source: &options.source,
+            source_date_epoch: options.source_date_epoch,
+            inputs: &inputs,
+            base: base.as_ref(),
+            steps: &provenance_steps,
+            sbom: &sbom_blob.0,
+            files: files.len(),
+        };
         let provenance_blob = self.stage_json(&provenance, &mut staged)?;
 
         let rootfs = RootFsBuilder::default()
@@ -638,13 +509,7 @@ impl ImageStore {
             ),
             layers,
         )?;
-        manifest.set_annotations(Some(HashMap::from([
-            (SBOM_ANNOTATION.to_string(), sbom_blob.0.to_string()),
-            (
-                PROVENANCE_ANNOTATION.to_string(),
-                provenance_blob.0.to_string(),
-            ),
-        ])));
+        manifest.set_annotations(Some(attest::annotations(&sbom_blob.0, &provenance_blob.0)));
         let manifest_bytes = canonical_json(&manifest)?;
         let manifest_digest = Digest::from_sha256(&Sha256::digest(&manifest_bytes).into());
         // An unchanged bake: the very same image is already stored, nothing to write.
@@ -655,13 +520,7 @@ impl ImageStore {
         };
         // The whole image (manifest, config, every layer), whether its blobs are new or not.
         let size = self.image_size(&digest)?;
-        let cache_dir = self.cache_dir();
-        fs::create_dir_all(&cache_dir).map_err(ImageError::io(&cache_dir))?;
-        for (key, entry) in new_cache {
-            let bytes =
-                serde_json::to_vec(&entry).map_err(|e| ImageError::InvalidLayout(e.to_string()))?;
-            write_atomically(&cache_dir, &hex(&key), &bytes)?;
-        }
+        self.cache_put(&new_cache)?;
         Ok(BakeReport {
             digest,
             inputs,
@@ -686,73 +545,9 @@ impl ImageStore {
         }
         Ok((digest, bytes.len() as u64))
     }
-
-    /// The cached layer of `key` with this diff id, if its blob is still stored.
-    fn cache_lookup(&self, key: &[u8; 32], diff_id: &Digest) -> Option<CacheEntry> {
-        self.cache_get(key)
-            .filter(|entry| entry.diff_id == *diff_id)
-    }
-
-    /// The cached layer of `key`, if it is known and its blob is still stored.
-    fn cache_get(&self, key: &[u8; 32]) -> Option<CacheEntry> {
-        let bytes = fs::read(self.cache_dir().join(hex(key))).ok()?;
-        let entry: CacheEntry = serde_json::from_slice(&bytes).ok()?;
-        self.blobs.contains(&entry.layer).then_some(entry)
-    }
-
-    /// The file listing of one layer, from the cache or by reading the (verified) blob.
-    fn layer_files(&self, layer: &Descriptor, diff_id: &Digest) -> Result<LayerFiles, ImageError> {
-        if let Some(listing) = filelist::load_listing(&self.cache_dir(), diff_id) {
-            return Ok(listing);
-        }
-        let compression = crate::oci::layer_compression(layer.media_type())?;
-        let digest = to_molt_digest(layer.digest())?;
-        let mut blob = self.blobs.open(&digest)?;
-        let listing = filelist::read_layer(crate::oci::decompress(&mut blob, compression));
-        blob.finish()?;
-        let listing = listing?;
-        filelist::store_listing(&self.cache_dir(), diff_id, &listing)?;
-        Ok(listing)
-    }
-
-    pub(crate) fn cache_dir(&self) -> PathBuf {
-        self.root.join("cache")
-    }
-
-    /// The layer and diff id a `cache/<key>` file names, if it parses.
-    pub(crate) fn cache_entry_at(&self, path: &Path) -> Option<(Digest, Digest)> {
-        let bytes = fs::read(path).ok()?;
-        let entry: CacheEntry = serde_json::from_slice(&bytes).ok()?;
-        Some((entry.layer, entry.diff_id))
-    }
 }
 
-/// The blobs an image's manifest attaches through molt's annotations (SBOM, provenance).
-pub(crate) fn attached_blobs(manifest: &ImageManifest) -> Vec<Digest> {
-    manifest
-        .annotations()
-        .iter()
-        .flatten()
-        .filter(|(k, _)| k.as_str() == SBOM_ANNOTATION || k.as_str() == PROVENANCE_ANNOTATION)
-        .filter_map(|(_, v)| v.parse().ok())
-        .collect()
-}
-
-/// sha256 over the parent key and length-prefixed parts.
-fn chain(parent: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(parent);
-    for part in parts {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part);
-    }
-    hasher.finalize().into()
-}
-
-fn hex(bytes: &[u8; 32]) -> String {
-    Digest::from_sha256(bytes).hex().to_string()
-}
-
+/// Milliseconds since `since`, for the report.
 fn millis(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -776,133 +571,6 @@ fn history(
         builder = builder.empty_layer(true);
     }
     builder.build().map_err(spec_error)
-}
-
-/// `rel` under `context`, refusing anything that resolves outside it (through `..` or links).
-fn inside(context: &Path, rel: &str) -> Result<PathBuf, ImageError> {
-    let joined = context.join(rel);
-    let resolved = fs::canonicalize(&joined).map_err(ImageError::io(&joined))?;
-    if resolved.starts_with(context) {
-        Ok(resolved)
-    } else {
-        Err(ImageError::Build(format!(
-            "{rel} resolves outside the app folder"
-        )))
-    }
-}
-
-/// A name starting with `.wh.` would delete instead of add once in a layer.
-fn check_no_whiteouts(entries: &[TreeEntry]) -> Result<(), ImageError> {
-    for entry in entries {
-        let name = entry.rel.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
-        if name.starts_with(WHITEOUT_PREFIX) {
-            return Err(ImageError::unsafe_entry(
-                entry.rel.to_string_lossy(),
-                "names starting with `.wh.` are reserved for OCI whiteouts",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The image path `to` as a relative path of plain names.
-fn image_rel(to: &str) -> PathBuf {
-    Path::new(to)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(name) => Some(name),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Every proper ancestor of `rel` ("a/b/c" → "a", "a/b").
-fn ancestors(rel: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = rel
-        .ancestors()
-        .skip(1)
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .collect();
-    out.reverse();
-    out
-}
-
-/// What a copy step reads (root and entries) and how it names and stamps them.
-///
-/// `resolve` maps an image path through the symlinks of the image so far, so a copy to
-/// `/bin/server` in a merged-/usr base (`bin -> usr/bin`) lands in `usr/bin/server` instead of
-/// a `bin/` directory that would replace the link (and hide everything behind it).
-fn copy_plan(
-    context: &Path,
-    src: &str,
-    to: &str,
-    mode: Option<u32>,
-    owner: Option<(u32, u32)>,
-    epoch: u64,
-    resolve: &dyn Fn(&Path) -> Result<PathBuf, ImageError>,
-) -> Result<(PathBuf, Vec<TreeEntry>, TarStyle), ImageError> {
-    let path = inside(context, src)?;
-    let meta = fs::metadata(&path).map_err(ImageError::io(&path))?;
-    let to_rel = image_rel(to);
-    let mut style = TarStyle {
-        mtime: epoch,
-        file_mode: mode,
-        owner,
-        ..TarStyle::default()
-    };
-    if meta.is_dir() {
-        // The whole folder keeps the app's ignore rules; a subfolder is copied as it is.
-        let filter = if path == context {
-            Filter::AppIgnores
-        } else {
-            Filter::Nothing
-        };
-        let entries = collect_tree(&path, filter)?;
-        check_no_whiteouts(&entries)?;
-        let to_rel = resolve(&to_rel)?;
-        style.parents = ancestors(&to_rel);
-        if !to_rel.as_os_str().is_empty() {
-            style.root_entry = Some(to_rel.clone());
-        }
-        style.place = Some(Box::new(move |rel: &Path| to_rel.join(rel)));
-        return Ok((path, entries, style));
-    }
-    if !meta.is_file() {
-        return Err(ImageError::Build(format!(
-            "copy {src}: only files and folders can be copied"
-        )));
-    }
-    if meta.len() > crate::canonical::MAX_ENTRY_SIZE {
-        return Err(ImageError::unsafe_entry(src, "file is larger than 4 GiB"));
-    }
-    let name = path
-        .file_name()
-        .map(PathBuf::from)
-        .ok_or_else(|| ImageError::Build(format!("copy {src}: not a file name")))?;
-    if name.as_os_str().as_bytes().starts_with(WHITEOUT_PREFIX) {
-        return Err(ImageError::unsafe_entry(
-            src,
-            "names starting with `.wh.` are reserved for OCI whiteouts",
-        ));
-    }
-    let target = if to.ends_with('/') || to_rel.as_os_str().is_empty() {
-        resolve(&to_rel)?.join(&name)
-    } else {
-        let file_name = to_rel.file_name().map(PathBuf::from).unwrap_or_default();
-        resolve(to_rel.parent().unwrap_or(Path::new("")))?.join(file_name)
-    };
-    style.parents = ancestors(&target);
-    style.place = Some(Box::new(move |_: &Path| target.clone()));
-    let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let entries = vec![TreeEntry {
-        rel: name,
-        kind: EntryKind::File {
-            executable: meta.permissions().mode() & 0o111 != 0,
-            len: meta.len(),
-        },
-    }];
-    Ok((root, entries, style))
 }
 
 /// Applies a metadata step to the image config.
