@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use molt_provider::procfs::ProcStat;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
@@ -163,22 +164,10 @@ pub fn group_cpu_time(pgid: u32) -> Duration {
     };
     let ticks: u64 = entries
         .flatten()
-        .filter(|entry| {
-            entry
-                .file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name: state ppid pgrp ... utime (12th) stime (13th).
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            if fields.get(2)?.parse::<u32>().ok()? != pgid {
-                return None;
-            }
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(ProcStat::read)
+        .filter(|stat| stat.pgrp == i64::from(pgid))
+        .map(|stat| stat.utime + stat.stime)
         .sum();
     Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
 }

@@ -12,7 +12,7 @@ mod engine;
 mod error;
 mod inroot;
 mod local;
-mod procfs;
+pub mod procfs;
 
 use std::net::IpAddr;
 use std::path::PathBuf;

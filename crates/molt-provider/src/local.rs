@@ -15,7 +15,7 @@ use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::procfs::{self, INSTANCE_VAR, OWNER_VAR};
+use crate::procfs::{self, ProcStat, INSTANCE_VAR, OWNER_VAR};
 use crate::{InstanceSpec, InstanceStatus, ProcessHandle, Provider, ProviderError, StopSignal};
 
 /// PATH used when neither the spec nor molt's own environment has one.
@@ -129,7 +129,7 @@ impl Provider for LocalProvider {
         })?;
         let pid = child.id();
         // The child cannot be reaped before we wait for it, so its stat file exists.
-        let Some(stat) = procfs::read_stat(pid) else {
+        let Some(stat) = ProcStat::read(pid) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(ProviderError::Io {
@@ -168,7 +168,7 @@ impl Provider for LocalProvider {
             StopSignal::Graceful => Signal::SIGTERM,
             StopSignal::Force => Signal::SIGKILL,
         };
-        let leader = procfs::read_stat(handle.pid);
+        let leader = ProcStat::read(handle.pid);
         if leader.is_some_and(|s| s.start_time != handle.start_time) {
             // The pid was reused, so the instance's group (which kept the number reserved) is gone.
             return Ok(());
@@ -214,7 +214,7 @@ impl Provider for LocalProvider {
             let Some(instance) = marker.instance else {
                 continue;
             };
-            let Some(stat) = procfs::read_stat(pid) else {
+            let Some(stat) = ProcStat::read(pid) else {
                 continue;
             };
             if stat.is_dead() || !leads_or_is_orphaned(pid, stat.pgrp) {
@@ -250,7 +250,7 @@ fn leads_or_is_orphaned(pid: u32, pgrp: i64) -> bool {
     let Ok(leader) = u32::try_from(pgrp) else {
         return true;
     };
-    match procfs::read_stat(leader) {
+    match ProcStat::read(leader) {
         Some(stat) => stat.is_dead() || stat.pgrp != pgrp,
         None => true,
     }

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use molt_provider::procfs::ProcStat;
 use molt_provider::{
     InstanceSpec, InstanceStatus, LocalProvider, ProcessHandle, Provider, ProviderError, StopSignal,
 };
@@ -105,14 +106,10 @@ fn group_members(pgid: u32) -> Vec<u32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Some(stat) = ProcStat::read(pid) else {
             continue;
         };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if fields[0] != "Z" && fields[2] == pgid.to_string() {
+        if !stat.is_zombie() && stat.pgrp == i64::from(pgid) {
             members.push(pid);
         }
     }
