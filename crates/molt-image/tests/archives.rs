@@ -1,5 +1,5 @@
 //! Docker archives, zstd layers, `inspect` and blob GC, with the real skopeo where it matters
-//! (skipped, with a message, when it is missing).
+//! (skipped without it, a failure in CI: see molt-testkit).
 
 use std::collections::HashSet;
 use std::fs;
@@ -11,7 +11,8 @@ use std::time::Duration;
 use molt_image::{ArchiveFormat, ImageError, ImageStore};
 
 mod support;
-use support::{have, run, store, tar_dir};
+use molt_testkit::needs_command;
+use support::{run, store, tar_dir};
 
 fn app_tree(dir: &Path, version: &str) {
     fs::create_dir_all(dir.join("bin")).unwrap();
@@ -91,7 +92,7 @@ fn docker_archive_export_then_import_keeps_the_digest() {
 
 #[test]
 fn skopeo_reads_our_docker_archives_and_we_read_its() {
-    if !have("skopeo") {
+    if !needs_command("skopeo") {
         return;
     }
     let app = tempfile::tempdir().unwrap();
@@ -143,7 +144,7 @@ fn skopeo_reads_our_docker_archives_and_we_read_its() {
 
 #[test]
 fn zstd_layers_from_skopeo_import_and_unpack() {
-    if !have("skopeo") {
+    if !needs_command("skopeo") {
         return;
     }
     let app = tempfile::tempdir().unwrap();

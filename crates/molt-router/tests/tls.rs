@@ -209,19 +209,17 @@ impl TlsClient {
     }
 }
 
-/// Whether curl is here and speaks HTTP/2 (it prints why the test is skipped if not).
+/// Whether curl is here and speaks HTTP/2 (else the test is skipped, or fails in CI).
 async fn curl_with_h2() -> bool {
+    if !molt_testkit::needs_command("curl") {
+        return false;
+    }
     let version = tokio::process::Command::new("curl")
         .arg("--version")
         .output()
         .await;
-    match version {
-        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("HTTP2") => true,
-        _ => {
-            eprintln!("skipped: needs curl built with HTTP/2 (nghttp2)");
-            false
-        }
-    }
+    let speaks_h2 = version.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("HTTP2"));
+    molt_testkit::needs(speaks_h2, "curl built with HTTP/2 (nghttp2)")
 }
 
 /// `curl` over https to `host` on the harness's TLS port: (http version, body).

@@ -1,7 +1,7 @@
 //! End-to-end tests with the real `runc` and a scratch root filesystem holding only busybox.
 //!
 //! They need root, `runc` and a static `/bin/busybox` (Debian's `busybox-static`); without them
-//! each test prints "skipped: needs root and runc" and passes. Bridge-mode tests each use a
+//! each test is skipped, or fails in CI (molt-testkit). Bridge-mode tests each use a
 //! bridge and a 10.x subnet of their own, so they run in parallel, and remove them at the end.
 //! Whatever a test started is removed when its [`Sandbox`] is dropped, even after a panic.
 
@@ -33,12 +33,10 @@ struct Sandbox {
 impl Sandbox {
     /// `None` (after saying so) when the machine cannot run containers.
     fn new(owner: &str) -> Option<Sandbox> {
-        let has_runc = Command::new("which")
-            .arg("runc")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !nix::unistd::geteuid().is_root() || !has_runc || !Path::new(BUSYBOX).exists() {
-            eprintln!("skipped: needs root and runc");
+        let can_run = molt_testkit::needs_root()
+            && molt_testkit::needs_command("runc")
+            && molt_testkit::needs_file(BUSYBOX, "busybox-static");
+        if !can_run {
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");

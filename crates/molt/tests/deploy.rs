@@ -621,8 +621,8 @@ async fn a_new_deploy_supersedes_an_unfinished_one() {
 /// working once space is back. Needs root to mount a small tmpfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_gets_a_clear_error_and_loses_nothing() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root (to mount a small tmpfs)");
+    // Root, to mount a small tmpfs.
+    if !molt_testkit::needs_root() {
         return;
     }
     let mnt = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use molt_testkit::needs_command;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use support::*;
@@ -25,18 +26,6 @@ fn molt_json(data: &Path, args: &[&str]) -> Value {
     let o = molt(data, &all);
     assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&o)))
-}
-
-fn have(tool: &str) -> bool {
-    let found = Command::new("which")
-        .arg(tool)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        eprintln!("skipped part: needs {tool}");
-    }
-    found
 }
 
 fn image_count(data: &Path) -> usize {
@@ -153,7 +142,7 @@ async fn images_cli_tags_inspects_exports_imports_and_removes() {
             ],
         );
         assert_eq!(out["digest"], a.as_str());
-        if have("skopeo") {
+        if needs_command("skopeo") {
             let transport = if format == "oci" {
                 "oci-archive"
             } else {
@@ -289,7 +278,7 @@ fn start_registry(dir: &Path) -> Registry {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_push_and_pull_through_a_registry_from_the_cli() {
-    if !have("docker-registry") || !have("htpasswd") {
+    if !(needs_command("docker-registry") && needs_command("htpasswd")) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

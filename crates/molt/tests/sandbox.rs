@@ -1,8 +1,8 @@
 //! `molt serve --isolation runc`: instances as runc containers, end to end.
 //!
 //! They need root, `runc`, `python3` and a static `/bin/busybox` (Debian's `busybox-static`);
-//! without them each test prints "skipped: needs root, runc and busybox-static" and passes.
-//! CI runs as root with all of them installed (`.ci/run`).
+//! without them each test is skipped on a laptop and fails in CI, which runs as root with all
+//! of them installed (`.ci/run`, molt-testkit).
 
 mod support;
 
@@ -76,17 +76,11 @@ class Probe(BaseHTTPRequestHandler):
 ThreadingHTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Probe).serve_forever()
 "#;
 
-/// True (after saying why not) when this machine can run the tests.
+/// True when this machine can run the tests (else skipped, or a failure in CI).
 fn can_run() -> bool {
-    let runc = std::process::Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let ok = nix::unistd::geteuid().is_root() && runc && Path::new(BUSYBOX).exists();
-    if !ok {
-        eprintln!("skipped: needs root, runc and busybox-static");
-    }
-    ok
+    molt_testkit::needs_root()
+        && molt_testkit::needs_command("runc")
+        && molt_testkit::needs_file(BUSYBOX, "busybox-static")
 }
 
 async fn isolated() -> Harness {

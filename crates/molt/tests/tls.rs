@@ -7,10 +7,11 @@ mod support;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use molt_server::{AcmeConfig, ServeConfig, TlsConfig};
+use molt_testkit::needs_command;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
 };
@@ -53,14 +54,6 @@ impl Pki {
     }
 }
 
-fn has(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// A port nobody listens on right now (bound, then released).
 fn free_port() -> u16 {
     let listener = StdListener::bind("127.0.0.1:0").expect("bind");
@@ -92,8 +85,7 @@ fn curl_https(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployed_app_over_https_with_reload_and_redirect() {
-    if !has("curl") || !has("python3") {
-        eprintln!("skipped: needs curl and python3");
+    if !(needs_command("curl") && needs_command("python3")) {
         return;
     }
     let pki = Pki::new("molt e2e CA");
@@ -350,8 +342,7 @@ async fn wait_for_new_cert(h: &Harness, host: &str, old: Option<&[u8]>, log: &Pa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_certificate_issued_by_pebble_through_http01_kept_and_renewed() {
-    if !has("pebble") || !has("pebble-challtestsrv") || !has("curl") {
-        eprintln!("skipped: needs pebble, pebble-challtestsrv (Debian package pebble) and curl");
+    if !(needs_command("pebble") && needs_command("pebble-challtestsrv") && needs_command("curl")) {
         return;
     }
     let work = tempfile::tempdir().expect("temp dir");

@@ -168,19 +168,6 @@ pub fn store() -> (tempfile::TempDir, ImageStore) {
     (dir, store)
 }
 
-/// Whether a tool is installed; says which test part is skipped when not.
-pub fn have(tool: &str) -> bool {
-    let found = Command::new("which")
-        .arg(tool)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        eprintln!("skipped: needs {tool}");
-    }
-    found
-}
-
 /// Runs a command that must succeed; its stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
