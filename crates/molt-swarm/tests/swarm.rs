@@ -4,7 +4,8 @@
 //! errors come back in the engine's words and change nothing.
 //!
 //! Needs a running `dockerd` whose node is a swarm manager (`.ci/run` starts one and runs
-//! `docker swarm init`), `docker-registry` and busybox-static.
+//! `docker swarm init`), `docker-registry` and busybox-static: skipped without them, a failure
+//! in CI (molt-testkit).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -14,15 +15,7 @@ use std::time::{Duration, Instant};
 use molt_image::ImageStore;
 use molt_provider::{Engine, EngineError, EngineInstance, EngineInstanceState, EnvironmentSpec};
 use molt_swarm::{Docker, Swarm, SwarmConfig, DEFAULT_SOCKET};
-
-/// Whether a test may skip when something it needs is missing (never under CI).
-fn missing(what: &str) -> bool {
-    let strict = std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("MOLT_TEST_STRICT").is_ok_and(|v| v == "1");
-    assert!(!strict, "needs {what}");
-    eprintln!("skipped: needs {what}");
-    true
-}
+use molt_testkit::{needs, needs_command, needs_file};
 
 /// A `docker-registry` on a free loopback port, killed when dropped.
 struct Registry {
@@ -130,13 +123,11 @@ fn running(instances: &[EngineInstance]) -> Vec<&EngineInstance> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_per_environment_runs_scales_heals_and_goes() {
-    if !Path::new(DEFAULT_SOCKET).exists() && missing("a running dockerd") {
-        return;
-    }
-    if which("docker-registry").is_none() && missing("docker-registry") {
-        return;
-    }
-    if !Path::new("/bin/busybox").exists() && missing("busybox-static") {
+    let dockerd = Path::new(DEFAULT_SOCKET).exists();
+    if !(needs(dockerd, "a running dockerd (apt-get install docker.io)")
+        && needs_command("docker-registry")
+        && needs_file("/bin/busybox", "busybox-static"))
+    {
         return;
     }
     let owner = format!("molt-test-{}", std::process::id());
@@ -148,10 +139,8 @@ async fn a_service_per_environment_runs_scales_heals_and_goes() {
     let swarm = match Swarm::connect(config).await {
         Ok(swarm) => swarm,
         Err(error @ EngineError::NotReady(_)) => {
-            if missing(&format!("a swarm manager ({error})")) {
-                return;
-            }
-            unreachable!()
+            needs(false, &format!("a swarm manager ({error})"));
+            return;
         }
         Err(error) => panic!("{error}"),
     };
@@ -261,14 +250,6 @@ async fn task_container(docker: &Docker, task: &str) -> String {
         .as_str()
         .expect("a container id")
         .to_owned()
-}
-
-fn which(tool: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(tool))
-            .find(|candidate| candidate.is_file())
-    })
 }
 
 /// Removes the test's services and network however the test ends.
