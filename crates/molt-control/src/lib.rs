@@ -9,18 +9,18 @@
 //!   router (so a crash in between is repaired by the rebuild);
 //! - an instance is never repaired: a dead or unhealthy one is replaced by a new one.
 
-mod bake;
-mod deploy;
+mod deployment;
 mod error;
 mod gc;
 mod health;
 mod images;
 mod instances;
 mod metrics;
-mod ops;
+mod queries;
 mod reconcile;
-mod routes;
-mod shadow;
+mod route;
+mod table;
+mod traffic;
 mod verify;
 
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use molt_core::DeployState;
+use molt_core::{AppName, DeployState};
 use molt_image::ImageStore;
 use molt_provider::Provider;
 use molt_router::Router;
@@ -36,19 +36,20 @@ use molt_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use bake::BakeRequest;
+pub use deployment::shadow::ShadowOutcome;
+pub use deployment::start::DeployRequest;
 pub use error::{ControlError, Result};
 pub use gc::GcReport;
 pub use images::{
-    credentials, ImageExport, ImageInspect, ImageUse, ImportFormat, ImportOptions, ImportOutcome,
-    PullRequest, RemoveOutcome, TagOutcome,
+    credentials, BakeRequest, ImageExport, ImageInspect, ImageUse, ImportFormat, ImportOptions,
+    ImportOutcome, PullRequest, RemoveOutcome, TagOutcome,
 };
 pub use metrics::{EnvMetrics, MetricsSnapshot};
 pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use molt_store::{ShadowComparison, TrafficSummary};
-pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
-pub use shadow::{ShadowOutcome, ShadowReport};
+pub use queries::{AppStatus, ShadowReport, Status};
+pub use route::{RollbackOutcome, SwapOutcome};
 pub use verify::{Attestation, VerifyReport};
 
 /// Settings of the controller.
@@ -124,10 +125,10 @@ struct Inner {
     provider: Arc<dyn Provider>,
     router: Arc<Router>,
     config: ControlConfig,
-    /// One lock per app: route changes and deployment starts of an app are serialised.
+    /// One lock per app: route changes of an app are serialised.
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The running deployment task of each app.
-    active: Mutex<HashMap<String, ActiveDeployment>>,
+    active: deployment::active::ActiveDeployments,
     /// Serialises router table rebuilds so an older table never overwrites a newer one.
     publish_lock: tokio::sync::Mutex<()>,
     /// Held by a reconcile pass and by retirements, so they never act on the same instances.
@@ -143,14 +144,8 @@ struct Inner {
     started_ms: u64,
 }
 
-struct ActiveDeployment {
-    id: u64,
-    cancel: CancellationToken,
-    done: Arc<tokio::sync::Notify>,
-    finished: Arc<std::sync::atomic::AtomicBool>,
-    /// Promote/abandon decisions for a shadow deployment, taken by its task.
-    decisions: tokio::sync::mpsc::Sender<shadow::ShadowDecision>,
-}
+/// Proof that the holder has an app's lock (see [`Controller::lock_app`]).
+type AppGuard = tokio::sync::OwnedMutexGuard<()>;
 
 impl Controller {
     /// Builds a controller over its parts. Call [`Controller::start`] to recover and begin the
@@ -170,7 +165,7 @@ impl Controller {
                 router,
                 config,
                 app_locks: Mutex::new(HashMap::new()),
-                active: Mutex::new(HashMap::new()),
+                active: Default::default(),
                 publish_lock: tokio::sync::Mutex::new(()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 health: health::Checker::new(),
@@ -219,13 +214,31 @@ impl Controller {
         Ok(out)
     }
 
-    fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .inner
-            .app_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        locks.entry(app.to_string()).or_default().clone()
+    /// Takes the app's lock: route changes of one app never interleave.
+    async fn lock_app(&self, app: &str) -> AppGuard {
+        let lock = {
+            let mut locks = self
+                .inner
+                .app_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            locks.entry(app.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Now, in ms since the epoch.
+    fn now_ms(&self) -> u64 {
+        molt_store::now_ms()
+    }
+
+    /// Records a line of the app's history; failures to record are logged, not fatal.
+    async fn event(&self, app: &str, kind: &str, message: &str) {
+        tracing::info!(app, kind, "{message}");
+        let (a, k, m) = (app.to_string(), kind.to_string(), message.to_string());
+        if let Err(e) = self.db(move |s| s.record_event(&a, &k, &m)).await {
+            tracing::warn!("could not record event: {e}");
+        }
     }
 
     /// Spawns a task owned by the controller (stopped and awaited on shutdown).
@@ -235,4 +248,9 @@ impl Controller {
     {
         self.inner.tasks.spawn(fut);
     }
+}
+
+/// An app name from a request, checked.
+fn parse_app(app: &str) -> Result<AppName> {
+    Ok(app.parse::<AppName>()?)
 }

@@ -103,7 +103,8 @@ impl Controller {
                 &format!("resuming deployment {} from step {}", d.id, d.state),
             )
             .await;
-            self.launch_deployment(d).await;
+            let takeover = self.take_over(&d.app).await;
+            self.launch_deployment(&takeover, d);
         }
         Ok(())
     }
@@ -227,7 +228,7 @@ impl Controller {
                     return Ok(Verdict::Replace(format!("stayed unhealthy ({why})")));
                 }
                 let starting_too_long = inst.state == InstanceState::Starting
-                    && molt_store::now_ms().saturating_sub(inst.started_ms)
+                    && self.now_ms().saturating_sub(inst.started_ms)
                         > health.start_deadline.as_millis() as u64;
                 if starting_too_long {
                     return Ok(Verdict::Replace(format!(

@@ -1,5 +1,5 @@
-//! molt's domain: names, the app manifest, the deployment state machine and the
-//! garbage-collection plan.
+//! molt's domain: names, the app manifest, the deployment state machine and the decisions the
+//! controller carries out (the garbage-collection plan, rollback targets, the watch).
 //!
 //! Architecture invariant: this crate does no I/O. It never touches the filesystem, the network,
 //! a clock or a process; callers pass in what it needs (text, timestamps, snapshots).
@@ -12,6 +12,7 @@ pub mod gc;
 pub mod limits;
 pub mod manifest;
 pub mod names;
+pub mod rollback;
 pub mod size;
 pub mod tag;
 

@@ -63,6 +63,12 @@ impl Store {
         rows.map(|r| r?).collect()
     }
 
+    /// The app's newest deployment, if it is in its shadow phase.
+    pub fn shadowing_deployment(&self, app: &str) -> Result<Option<DeploymentRecord>> {
+        let newest = self.deployments(Some(app), 1)?.into_iter().next();
+        Ok(newest.filter(|d| d.state == DeployState::Shadowing))
+    }
+
     /// Deployments not in a terminal state, oldest first.
     pub fn unfinished_deployments(&self) -> Result<Vec<DeploymentRecord>> {
         let terminal: Vec<String> = DeployState::ALL

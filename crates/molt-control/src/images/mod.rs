@@ -1,5 +1,9 @@
-//! Image operations of the API: import (trees, OCI and Docker archives), inspect, tags and
-//! their history, removal and export.
+//! Image operations: import (trees, OCI and Docker archives), inspect, tags and their
+//! history, removal, export, registry push and pull; baking on the server (`bake.rs`).
+
+mod bake;
+
+pub use bake::BakeRequest;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -187,6 +191,16 @@ impl Write for ChannelWriter {
 }
 
 impl Controller {
+    /// Imports an image tar already on disk (a tree, OCI or Docker archive, told apart by its
+    /// members) and optionally tags it; a tag never moves here.
+    pub async fn import_image(&self, archive: PathBuf, tag: Option<String>) -> Result<ImageRecord> {
+        let options = ImportOptions {
+            tag,
+            ..Default::default()
+        };
+        Ok(self.import_image_file(archive, options).await?.image)
+    }
+
     /// Imports an uploaded tar (already on disk) as `options.format` says, then tags it.
     pub async fn import_image_file(
         &self,

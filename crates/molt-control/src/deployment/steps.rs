@@ -1,24 +1,18 @@
-//! The deployment task: drives one deployment through its journaled steps.
-//!
-//! Each step reads the journaled state, does its (idempotent) work and journals the next state,
-//! so a restarted controller resumes a deployment simply by running this task again.
+//! The steps of a deployment, one per journaled state: create the environment, start its
+//! instances, wait for health, swap, drain, watch. Each is idempotent and journals the next
+//! state (the shadow phase's steps are in `shadow.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use molt_core::{DeployEvent, DeployState};
 use molt_provider::InstanceStatus;
 use molt_router::EnvStats;
-use molt_store::{
-    now_ms, CutoverFigures, DeploymentRecord, EnvState, InstanceRecord, InstanceState,
-};
+use molt_store::{CutoverFigures, DeploymentRecord, EnvState, InstanceRecord, InstanceState};
 use tokio_util::sync::CancellationToken;
 
 use crate::instances::instance_addr;
-use crate::shadow::{ShadowBase, ShadowDecision};
-use crate::{ActiveDeployment, ControlError, Controller, Result};
+use crate::{ControlError, Controller, Result};
 
 /// Why a wait inside a step ended early.
 pub(crate) enum Interrupted {
@@ -37,128 +31,10 @@ impl From<ControlError> for Interrupted {
 }
 
 impl Controller {
-    /// Starts the task that drives deployment `rec`, after superseding whatever deployment of
-    /// the same app was still running.
-    pub(crate) async fn launch_deployment(&self, rec: DeploymentRecord) {
-        self.supersede_active(&rec.app).await;
-        let cancel = self.inner.shutdown.child_token();
-        let done = Arc::new(tokio::sync::Notify::new());
-        let finished = Arc::new(AtomicBool::new(false));
-        let (decisions, mut decided) = tokio::sync::mpsc::channel(1);
-        {
-            let mut active = self.inner.active.lock().unwrap_or_else(|p| p.into_inner());
-            active.insert(
-                rec.app.clone(),
-                ActiveDeployment {
-                    id: rec.id,
-                    cancel: cancel.clone(),
-                    done: done.clone(),
-                    finished: finished.clone(),
-                    decisions,
-                },
-            );
-        }
-        let this = self.clone();
-        self.spawn(async move {
-            let id = rec.id;
-            if let Err(e) = this.drive(id, &mut decided, &cancel).await {
-                tracing::error!(deployment = id, "deployment stopped: {e}");
-            }
-            finished.store(true, Ordering::SeqCst);
-            done.notify_waiters();
-            let mut active = this.inner.active.lock().unwrap_or_else(|p| p.into_inner());
-            if active.get(&rec.app).is_some_and(|a| a.id == id) {
-                active.remove(&rec.app);
-            }
-        });
-    }
-
-    /// Cancels the running deployment of `app`, if any, and waits until it has stepped aside.
-    pub(crate) async fn supersede_active(&self, app: &str) {
-        let previous = {
-            let mut active = self.inner.active.lock().unwrap_or_else(|p| p.into_inner());
-            active.remove(app)
-        };
-        if let Some(prev) = previous {
-            let notified = prev.done.notified();
-            prev.cancel.cancel();
-            if !prev.finished.load(Ordering::SeqCst) {
-                let _ = tokio::time::timeout(Duration::from_secs(30), notified).await;
-            }
-        }
-    }
-
-    async fn drive(
+    pub(crate) async fn step_create_env(
         &self,
-        id: u64,
-        decisions: &mut tokio::sync::mpsc::Receiver<ShadowDecision>,
-        cancel: &CancellationToken,
-    ) -> Result<()> {
-        let mut baseline: Option<(EnvStats, EnvStats)> = None;
-        // Router counters when a shadow deployment started mirroring.
-        let mut shadow_base: Option<ShadowBase> = None;
-        // Traffic of the previous environment when this task started the deployment (after a
-        // restart the router's counters start from zero, which is the right baseline then).
-        let mut at_start: Option<EnvStats> = None;
-        loop {
-            let d = self.db(move |s| s.deployment(id)).await?;
-            if at_start.is_none() && d.state == DeployState::Pending {
-                at_start = d
-                    .prev_env
-                    .as_deref()
-                    .map(|p| self.inner.router.env_stats(p));
-            }
-            if d.state.is_terminal() {
-                return Ok(());
-            }
-            if self.inner.config.pause_at == Some(d.state) {
-                tracing::warn!(deployment = id, state = %d.state, "paused by MOLT_TEST_PAUSE_AT");
-                cancel.cancelled().await;
-            }
-            if cancel.is_cancelled() {
-                if self.inner.shutdown.is_cancelled() {
-                    return Ok(());
-                }
-                return self.step_aside(&d, shadow_base.as_ref()).await;
-            }
-            let outcome = match d.state {
-                DeployState::Pending => self.step_create_env(&d).await,
-                DeployState::EnvCreated => self.step_start_instances(&d).await,
-                DeployState::InstancesStarted => self.step_wait_healthy(&d, cancel).await,
-                DeployState::Healthy if d.shadow_share.is_some() => {
-                    self.step_start_shadow(&d, &mut shadow_base).await
-                }
-                DeployState::Shadowing => {
-                    self.step_shadow(&d, shadow_base.as_ref(), decisions, cancel)
-                        .await
-                }
-                DeployState::Healthy | DeployState::Promoted => {
-                    self.step_swap(&d, &mut baseline).await
-                }
-                DeployState::Swapped => {
-                    self.step_drain(&d, baseline.take(), at_start.take(), cancel)
-                        .await
-                }
-                DeployState::Drained => self.step_watch(&d, cancel).await,
-                _ => return Ok(()),
-            };
-            match outcome {
-                Ok(()) => {}
-                Err(Interrupted::Cancelled) => continue,
-                Err(Interrupted::Failed(msg)) => {
-                    return self.fail(&d, &msg, shadow_base.as_ref()).await
-                }
-                Err(Interrupted::Error(e)) => {
-                    if d.state.is_before_swap() {
-                        return self.fail(&d, &e.to_string(), shadow_base.as_ref()).await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    async fn step_create_env(&self, d: &DeploymentRecord) -> std::result::Result<(), Interrupted> {
+        d: &DeploymentRecord,
+    ) -> std::result::Result<(), Interrupted> {
         let (app, release, id) = (d.app.clone(), d.release, d.id);
         self.db(move |s| {
             let env = s.create_env(&app, release)?;
@@ -168,7 +44,7 @@ impl Controller {
         Ok(())
     }
 
-    async fn step_start_instances(
+    pub(crate) async fn step_start_instances(
         &self,
         d: &DeploymentRecord,
     ) -> std::result::Result<(), Interrupted> {
@@ -211,7 +87,7 @@ impl Controller {
         Ok(live)
     }
 
-    async fn step_wait_healthy(
+    pub(crate) async fn step_wait_healthy(
         &self,
         d: &DeploymentRecord,
         cancel: &CancellationToken,
@@ -315,7 +191,9 @@ impl Controller {
         Ok(())
     }
 
-    async fn step_swap(
+    /// `healthy` (or `promoted`): the route moves to the new environment, the step journaled
+    /// with it; the router's counters at that moment are the cutover's baseline.
+    pub(crate) async fn step_swap(
         &self,
         d: &DeploymentRecord,
         baseline: &mut Option<(EnvStats, EnvStats)>,
@@ -323,24 +201,14 @@ impl Controller {
         let env = env_of(d)?;
         let (app, number) = (d.app.clone(), d.release);
         let release = self.db(move |s| s.release(&app, number)).await?;
-        let lock = self.app_lock(&d.app);
-        let _guard = lock.lock().await;
-        let (app, id, env_id) = (d.app.clone(), d.id, env.clone());
         let window = release.config.deploy.rollback_window;
+        let router = &self.inner.router;
         let previous = self
-            .db(move |s| {
-                let detail = format!("route {app} -> {env_id}");
-                let step = Some((id, DeployEvent::Swapped, detail.as_str()));
-                s.swap_route(&app, &env_id, step, Some(window.as_millis() as u64))
+            .swap_for_deployment(d, &env, window, |previous| {
+                let prev_stats = previous.map(|p| router.env_stats(p)).unwrap_or_default();
+                *baseline = Some((router.env_stats(&env), prev_stats));
             })
             .await?;
-        let router = &self.inner.router;
-        let prev_stats = previous
-            .as_deref()
-            .map(|p| router.env_stats(p))
-            .unwrap_or_default();
-        *baseline = Some((router.env_stats(&env), prev_stats));
-        self.publish_routes().await?;
         let msg = match &previous {
             Some(p) => format!("v{} is live: route moved from {p} to {env}", d.release),
             None => format!("v{} is live on {env}", d.release),
@@ -349,7 +217,7 @@ impl Controller {
         Ok(())
     }
 
-    async fn step_drain(
+    pub(crate) async fn step_drain(
         &self,
         d: &DeploymentRecord,
         baseline: Option<(EnvStats, EnvStats)>,
@@ -365,7 +233,7 @@ impl Controller {
             .rev()
             .find(|j| j.state == DeployState::Swapped)
             .map(|j| j.at_ms)
-            .unwrap_or_else(now_ms);
+            .unwrap_or_else(|| self.now_ms());
         let router = self.inner.router.clone();
         if let Some(prev) = d.prev_env.as_deref() {
             let deadline = Instant::now() + release.config.deploy.drain_timeout;
@@ -391,7 +259,7 @@ impl Controller {
                 + delta(now_prev.failed, base_prev.failed),
             swap_at_ms: swap_at,
             to_swap_ms: swap_at.saturating_sub(d.created_ms),
-            drain_ms: now_ms().saturating_sub(swap_at),
+            drain_ms: self.now_ms().saturating_sub(swap_at),
             deploy_served: now_new.answered + delta(now_prev.answered, start.answered),
             deploy_failed: now_new.failed + delta(now_prev.failed, start.failed),
         };
@@ -407,7 +275,7 @@ impl Controller {
         Ok(())
     }
 
-    async fn step_watch(
+    pub(crate) async fn step_watch(
         &self,
         d: &DeploymentRecord,
         cancel: &CancellationToken,
@@ -424,7 +292,7 @@ impl Controller {
             .health
             .interval
             .min(Duration::from_millis(50));
-        while now_ms() < watch_end {
+        while self.now_ms() < watch_end {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
                 _ = tokio::time::sleep(poll) => {}
@@ -440,7 +308,7 @@ impl Controller {
                 continue;
             }
             match self.warm_previous(d).await? {
-                Some(prev) => return self.swap_back(d, &env, &prev).await,
+                Some(prev) => return Ok(self.swap_back(d, &env, &prev).await?),
                 None if !warned => {
                     warned = true;
                     let msg = format!(
@@ -468,115 +336,6 @@ impl Controller {
             .await?;
         let healthy = instances.iter().any(|i| i.state == InstanceState::Healthy);
         Ok((env.state == EnvState::Ready && healthy).then_some(prev))
-    }
-
-    async fn swap_back(
-        &self,
-        d: &DeploymentRecord,
-        env: &str,
-        prev: &str,
-    ) -> std::result::Result<(), Interrupted> {
-        let lock = self.app_lock(&d.app);
-        let _guard = lock.lock().await;
-        let (app, id, prev_id) = (d.app.clone(), d.id, prev.to_string());
-        let why = format!("{env} turned unhealthy during the watch window; swapped back to {prev}");
-        let detail = why.clone();
-        self.db(move |s| {
-            s.swap_route(
-                &app,
-                &prev_id,
-                Some((id, DeployEvent::WatchFailed, &detail)),
-                None,
-            )?;
-            s.set_deployment_error(id, &detail)
-        })
-        .await?;
-        self.publish_routes().await?;
-        self.event(&d.app, "auto-rollback", &why).await;
-        Ok(())
-    }
-
-    /// A cancelled deployment steps aside: before the swap its environment is torn down; after
-    /// it, the environment stays (it serves) and only the watch ends.
-    async fn step_aside(&self, d: &DeploymentRecord, shadow: Option<&ShadowBase>) -> Result<()> {
-        let id = d.id;
-        let before_swap = d.state.is_before_swap();
-        self.leave(
-            d,
-            DeployEvent::Superseded,
-            "superseded by a newer action",
-            shadow,
-        )
-        .await?;
-        if before_swap {
-            if let Some(env) = &d.env {
-                self.retire_env(env, "its deployment was superseded")
-                    .await?;
-            }
-        }
-        self.event(&d.app, "superseded", &format!("deployment {id} superseded"))
-            .await;
-        Ok(())
-    }
-
-    async fn fail(
-        &self,
-        d: &DeploymentRecord,
-        msg: &str,
-        shadow: Option<&ShadowBase>,
-    ) -> Result<()> {
-        let (id, m) = (d.id, msg.to_string());
-        self.db(move |s| s.set_deployment_error(id, &m)).await?;
-        self.leave(
-            d,
-            DeployEvent::HealthFailed,
-            "failed before the swap; traffic untouched",
-            shadow,
-        )
-        .await?;
-        if let Some(env) = &d.env {
-            self.retire_env(env, "its deployment failed").await?;
-        }
-        let first = msg.lines().next().unwrap_or_default();
-        self.event(
-            &d.app,
-            "deploy-failed",
-            &format!("deployment {id} failed: {first}"),
-        )
-        .await;
-        Ok(())
-    }
-
-    /// Journals `event`; for a shadow deployment, the mirroring is stopped in the same
-    /// transaction, and out of `shadowing` the shadow phase's comparison is recorded too.
-    pub(crate) async fn leave(
-        &self,
-        d: &DeploymentRecord,
-        event: DeployEvent,
-        detail: &str,
-        shadow: Option<&ShadowBase>,
-    ) -> Result<()> {
-        let (id, text) = (d.id, detail.to_string());
-        if d.state == DeployState::Shadowing {
-            self.leave_shadowing(d, event, detail, shadow).await?;
-        } else if d.shadow_share.is_some() && d.state.is_before_swap() {
-            // Mirroring may have been set just before `shadowing` would have been journaled.
-            self.db(move |s| s.end_shadow(id, event, &text, None))
-                .await?;
-            self.publish_routes().await?;
-        } else {
-            self.db(move |s| s.advance(id, event, &text)).await?;
-        }
-        Ok(())
-    }
-
-    /// Records a line of the app's history; failures to record are logged, not fatal.
-    pub(crate) async fn event(&self, app: &str, kind: &str, message: &str) {
-        tracing::info!(app, kind, "{message}");
-        let (a, k, m) = (app.to_string(), kind.to_string(), message.to_string());
-        if let Err(e) = self.db(move |s| s.record_event(&a, &k, &m)).await {
-            tracing::warn!("could not record event: {e}");
-        }
     }
 }
 
