@@ -28,11 +28,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use molt_core::{AppName, DeployState};
+use molt_core::{AppName, Clock, DeployState};
 use molt_image::ImageStore;
 use molt_provider::Provider;
 use molt_router::Router;
-use molt_store::Store;
+use molt_store::{Store, SystemClock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -81,6 +81,10 @@ pub struct ControlConfig {
     pub drift_hold: Duration,
     /// Where instances listen: see [`InstanceNetwork`].
     pub network: InstanceNetwork,
+    /// What "now" is for every window the controller decides (the watch, rollback windows,
+    /// GC's grace periods, start deadlines of instances) and for the store's timestamps: the
+    /// system clock, or a [`molt_core::ManualClock`] a test moves instead of sleeping.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The network instances get, which decides the address molt allocates for each.
@@ -109,6 +113,7 @@ impl Default for ControlConfig {
             verify_interval: None,
             drift_hold: Duration::from_secs(10),
             network: InstanceNetwork::Host,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -148,15 +153,17 @@ struct Inner {
 type AppGuard = tokio::sync::OwnedMutexGuard<()>;
 
 impl Controller {
-    /// Builds a controller over its parts. Call [`Controller::start`] to recover and begin the
-    /// background loops.
+    /// Builds a controller over its parts; the store stamps its records with the config's
+    /// clock from now on. Call [`Controller::start`] to recover and begin the background loops.
     pub fn new(
-        store: Store,
+        mut store: Store,
         images: ImageStore,
         provider: Arc<dyn Provider>,
         router: Arc<Router>,
         config: ControlConfig,
     ) -> Controller {
+        store.set_clock(config.clock.clone());
+        let started_ms = config.clock.now_ms();
         Controller {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
@@ -173,7 +180,7 @@ impl Controller {
                 verify_lock: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
-                started_ms: molt_store::now_ms(),
+                started_ms,
             }),
         }
     }
@@ -227,9 +234,9 @@ impl Controller {
         lock.lock_owned().await
     }
 
-    /// Now, in ms since the epoch.
+    /// Now, in ms since the epoch, by the controller's clock.
     fn now_ms(&self) -> u64 {
-        molt_store::now_ms()
+        self.inner.config.clock.now_ms()
     }
 
     /// Records a line of the app's history; failures to record are logged, not fatal.

@@ -5,6 +5,7 @@
 //! a clock or a process; callers pass in what it needs (text, timestamps, snapshots).
 
 pub mod build;
+pub mod clock;
 pub mod deployment;
 pub mod duration;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod size;
 pub mod tag;
 
 pub use build::{BaseImage, BuildSpec, BuildStep, ImageRef};
+pub use clock::{Clock, ManualClock};
 pub use deployment::{DeployEvent, DeployState, InvalidTransition, Recovery};
 pub use duration::{format_duration, parse_duration};
 pub use error::InputError;
