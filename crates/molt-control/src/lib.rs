@@ -38,13 +38,14 @@ use tokio_util::task::TaskTracker;
 
 pub use deployment::shadow::ShadowOutcome;
 pub use deployment::start::DeployRequest;
-pub use error::{ControlError, Result};
+pub use error::{ControlError, ErrorKind, Result};
 pub use gc::GcReport;
 pub use images::{
     credentials, BakeRequest, ImageExport, ImageInspect, ImageUse, ImportFormat, ImportOptions,
     ImportOutcome, PullRequest, RemoveOutcome, TagOutcome,
 };
 pub use metrics::{EnvMetrics, MetricsSnapshot};
+pub use molt_image::{ArchiveFormat, SourceInfo};
 pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use molt_store::{ShadowComparison, TrafficSummary};

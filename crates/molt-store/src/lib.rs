@@ -48,6 +48,17 @@ pub enum StoreError {
     Transition(#[from] InvalidTransition),
 }
 
+impl StoreError {
+    /// True when SQLite could not write because the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 /// Result alias for the store.
 pub type Result<T> = std::result::Result<T, StoreError>;
 

@@ -143,6 +143,19 @@ fn records_are_stamped_by_the_store_clock() {
 }
 
 #[test]
+fn a_full_disk_is_told_apart_from_other_sqlite_failures() {
+    let failure = |code| {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    };
+    assert!(failure(rusqlite::ffi::SQLITE_FULL).is_disk_full());
+    assert!(!failure(rusqlite::ffi::SQLITE_BUSY).is_disk_full());
+    assert!(!StoreError::Conflict("database or disk is full".into()).is_disk_full());
+}
+
+#[test]
 fn retired_envs_cannot_be_routed() {
     let mut s = store_with_release();
     let env = s.create_env("shop", 1).unwrap();

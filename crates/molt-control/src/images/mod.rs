@@ -218,8 +218,9 @@ impl Controller {
                         ControlError::Internal(format!("reading upload {}: {e}", path.display()))
                     })
             };
+            let refused = ControlError::refused_upload;
             let format = match options.format {
-                ImportFormat::Auto => match molt_image::sniff_archive(open()?)? {
+                ImportFormat::Auto => match molt_image::sniff_archive(open()?).map_err(refused)? {
                     Some(ArchiveFormat::Oci) => ImportFormat::Oci,
                     Some(ArchiveFormat::Docker) => ImportFormat::Docker,
                     None => ImportFormat::Tree,
@@ -227,10 +228,13 @@ impl Controller {
                 other => other,
             };
             let imported = match format {
-                ImportFormat::Tree | ImportFormat::Auto => images.import_tar(open()?)?,
+                ImportFormat::Tree | ImportFormat::Auto => {
+                    images.import_tar(open()?).map_err(refused)?
+                }
                 ImportFormat::Oci | ImportFormat::Docker => {
-                    let (image, found) =
-                        images.import_archive(open()?, options.reference.as_deref())?;
+                    let (image, found) = images
+                        .import_archive(open()?, options.reference.as_deref())
+                        .map_err(refused)?;
                     let wanted = if format == ImportFormat::Oci {
                         ArchiveFormat::Oci
                     } else {
