@@ -41,11 +41,11 @@ pub use deployment::start::DeployRequest;
 pub use error::{ControlError, ErrorKind, Result};
 pub use gc::GcReport;
 pub use images::{
-    credentials, BakeRequest, ImageExport, ImageInspect, ImageUse, ImportFormat, ImportOptions,
-    ImportOutcome, PullRequest, RemoveOutcome, TagOutcome,
+    credentials, BakeRequest, BuildIsolation, ImageExport, ImageInspect, ImageUse, ImportFormat,
+    ImportOptions, ImportOutcome, PullRequest, RemoveOutcome, TagOutcome,
 };
 pub use metrics::{EnvMetrics, MetricsSnapshot};
-pub use molt_image::{ArchiveFormat, SourceInfo};
+pub use molt_image::{ArchiveFormat, BuildSandbox, RunRequest, SourceInfo};
 pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use molt_store::{ShadowComparison, TrafficSummary};
@@ -71,8 +71,9 @@ pub struct ControlConfig {
     /// When set, each ready environment also answers on `<env>.<app>.<preview domain>`
     /// (e.g. with a wildcard DNS record `*.preview.example.com`).
     pub preview_domain: Option<molt_core::Hostname>,
-    /// Where bake `run` steps keep their runc state and bundles (no `run` steps without it).
-    pub build_dir: Option<PathBuf>,
+    /// Where bake `run` steps run (no `run` steps without it): the seam to a container
+    /// runtime, filled by whoever assembles molt (`molt serve` hands in runc's).
+    pub build_isolation: Option<Arc<dyn BuildIsolation>>,
     /// How often every live image tree is re-verified (`None`: only before first start and
     /// on demand).
     pub verify_interval: Option<Duration>,
@@ -97,7 +98,7 @@ pub enum InstanceNetwork {
     Host,
     /// A network namespace per instance on molt's bridge: each instance gets a free address
     /// of this subnet (never the gateway), freed when it stops.
-    Bridge(molt_runtime::Subnet),
+    Bridge(molt_core::Subnet),
 }
 
 impl Default for ControlConfig {
@@ -110,7 +111,7 @@ impl Default for ControlConfig {
             image_grace: Duration::from_secs(3600),
             pause_at: None,
             preview_domain: None,
-            build_dir: None,
+            build_isolation: None,
             verify_interval: None,
             drift_hold: Duration::from_secs(10),
             network: InstanceNetwork::Host,

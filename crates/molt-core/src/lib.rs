@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod names;
 pub mod rollback;
 pub mod size;
+pub mod subnet;
 pub mod tag;
 
 pub use build::{BaseImage, BuildSpec, BuildStep, ImageRef};
@@ -26,4 +27,5 @@ pub use limits::Limits;
 pub use manifest::{DeployPolicy, HealthCheck, Manifest, RouterLimits, RunConfig};
 pub use names::{AppName, Digest, EnvVarName, Hostname};
 pub use size::parse_size;
+pub use subnet::Subnet;
 pub use tag::ImageTag;

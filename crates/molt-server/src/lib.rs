@@ -18,6 +18,7 @@
 //! issued through ACME (`tls/acme/`, see [`AcmeConfig`]).
 
 mod acme;
+mod build;
 
 pub use acme::AcmeConfig;
 pub use molt_runtime::{BridgeNetwork, Subnet};
@@ -353,7 +354,9 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             stop_grace: cfg.stop_grace,
             pause_at: cfg.pause_at,
             preview_domain: cfg.preview_domain.clone(),
-            build_dir: Some(dir.join("build")),
+            build_isolation: Some(Arc::new(build::RuncBuilds {
+                dir: dir.join("build"),
+            })),
             verify_interval: cfg.verify_interval,
             drift_hold: cfg.drift_hold,
             network: match &cfg.network {

@@ -3,7 +3,7 @@
 
 mod bake;
 
-pub use bake::BakeRequest;
+pub use bake::{BakeRequest, BuildIsolation};
 
 use std::io::{self, Write};
 use std::path::PathBuf;
