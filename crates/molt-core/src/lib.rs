@@ -17,6 +17,7 @@ pub mod rollback;
 pub mod size;
 pub mod subnet;
 pub mod tag;
+pub mod watch;
 
 pub use build::{BaseImage, BuildSpec, BuildStep, ImageRef};
 pub use clock::{Clock, ManualClock};

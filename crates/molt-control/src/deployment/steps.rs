@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use molt_core::watch::{self, Look, Verdict};
 use molt_core::{DeployEvent, DeployState};
 use molt_provider::InstanceStatus;
 use molt_router::EnvStats;
-use molt_store::{CutoverFigures, DeploymentRecord, EnvState, InstanceRecord, InstanceState};
+use molt_store::{CutoverFigures, DeploymentRecord, EnvState, InstanceState};
 use tokio_util::sync::CancellationToken;
 
 use crate::instances::instance_addr;
@@ -275,6 +276,8 @@ impl Controller {
         Ok(())
     }
 
+    /// `drained`: health is judged until the watch window ends (on the controller's clock);
+    /// an environment that serves nothing while the previous one is warm is swapped back.
     pub(crate) async fn step_watch(
         &self,
         d: &DeploymentRecord,
@@ -284,7 +287,7 @@ impl Controller {
         let (app, number, id) = (d.app.clone(), d.release, d.id);
         let release = self.db(move |s| s.release(&app, number)).await?;
         let swap_at = d.figures.map(|f| f.swap_at_ms).unwrap_or(d.updated_ms);
-        let watch_end = swap_at + release.config.deploy.watch.as_millis() as u64;
+        let watch_end = watch::window_end_ms(swap_at, release.config.deploy.watch);
         let mut warned = false;
         // The reconciler updates instance health; look often so a swap back is quick.
         let poll = release
@@ -297,26 +300,22 @@ impl Controller {
                 _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
                 _ = tokio::time::sleep(poll) => {}
             }
-            let env_id = env.clone();
-            let instances = self.db(move |s| s.instances(Some(&env_id), false)).await?;
-            // Drifted instances are being replaced (their requests wait for the replacements):
-            // not a reason to swap back.
-            let serving = |i: &InstanceRecord| {
-                matches!(i.state, InstanceState::Healthy | InstanceState::Drifted)
-            };
-            if instances.iter().any(serving) {
-                continue;
-            }
-            match self.warm_previous(d).await? {
-                Some(prev) => return Ok(self.swap_back(d, &env, &prev).await?),
-                None if !warned => {
+            let look = self.look_at(&env, d.prev_env.as_deref()).await?;
+            match look.verdict() {
+                Verdict::KeepWatching => {}
+                Verdict::SwapBack => {
+                    if let Some(prev) = d.prev_env.as_deref() {
+                        return Ok(self.swap_back(d, &env, prev).await?);
+                    }
+                }
+                Verdict::Stranded if !warned => {
                     warned = true;
                     let msg = format!(
                         "{env} has no healthy instance and no warm environment to swap back to"
                     );
                     self.event(&d.app, "unhealthy", &msg).await;
                 }
-                None => {}
+                Verdict::Stranded => {}
             }
         }
         let detail = format!("healthy through the watch window; {env} serves v{number}");
@@ -325,17 +324,36 @@ impl Controller {
         Ok(())
     }
 
-    /// The previous environment, if it is still warm and has a healthy instance.
-    async fn warm_previous(&self, d: &DeploymentRecord) -> Result<Option<String>> {
-        let Some(prev) = d.prev_env.clone() else {
-            return Ok(None);
-        };
-        let p = prev.clone();
-        let (env, instances) = self
-            .db(move |s| Ok((s.env(&p)?, s.instances(Some(&p), false)?)))
-            .await?;
-        let healthy = instances.iter().any(|i| i.state == InstanceState::Healthy);
-        Ok((env.state == EnvState::Ready && healthy).then_some(prev))
+    /// What the watch judges: the new environment's serving instances, and whether the
+    /// previous environment is still warm (ready, with a healthy instance).
+    async fn look_at(&self, env: &str, prev: Option<&str>) -> Result<Look> {
+        let (env, prev) = (env.to_string(), prev.map(str::to_string));
+        self.db(move |s| {
+            // Drifted instances are being replaced (their requests wait for the
+            // replacements): not a reason to swap back.
+            let serving_instances = s
+                .instances(Some(&env), false)?
+                .iter()
+                .filter(|i| matches!(i.state, InstanceState::Healthy | InstanceState::Drifted))
+                .count();
+            // The previous environment decides only when nothing serves: only then is it read.
+            let previous_warm = match &prev {
+                Some(p) if serving_instances == 0 => {
+                    let ready = s.env(p)?.state == EnvState::Ready;
+                    let healthy = s
+                        .instances(Some(p), false)?
+                        .iter()
+                        .any(|i| i.state == InstanceState::Healthy);
+                    ready && healthy
+                }
+                _ => false,
+            };
+            Ok(Look {
+                serving_instances,
+                previous_warm,
+            })
+        })
+        .await
     }
 }
 
