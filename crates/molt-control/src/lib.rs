@@ -263,3 +263,6 @@ impl Controller {
 fn parse_app(app: &str) -> Result<AppName> {
     Ok(app.parse::<AppName>()?)
 }
+
+#[cfg(test)]
+mod tests;
