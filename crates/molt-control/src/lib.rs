@@ -66,7 +66,8 @@ pub struct ControlConfig {
     pub keep_releases: usize,
     /// Images imported more recently than this are never collected.
     pub image_grace: Duration,
-    /// Test hook: deployments stop (and wait to be killed) when they reach this state.
+    /// Test hook: deployments stop (and wait to be killed) when they reach this state; a
+    /// `paused` event in the app's history says when one is held there.
     pub pause_at: Option<DeployState>,
     /// When set, each ready environment also answers on `<env>.<app>.<preview domain>`
     /// (e.g. with a wildcard DNS record `*.preview.example.com`).

@@ -34,6 +34,9 @@ impl Controller {
             }
             if self.inner.config.pause_at == Some(d.state) {
                 tracing::warn!(deployment = id, state = %d.state, "paused by MOLT_TEST_PAUSE_AT");
+                // Said in the history too, so a test knows the previous step has finished.
+                let held = format!("deployment {id} held at {} (test hook)", d.state);
+                self.event(&d.app, "paused", &held).await;
                 cancel.cancelled().await;
             }
             if cancel.is_cancelled() {

@@ -97,7 +97,10 @@ async fn a_rollback_says_why_it_cannot_happen() {
     let v1 = f.release(&image).await;
     let nothing = f.controller.rollback("shop", None).await.unwrap_err();
     assert_eq!(nothing.kind(), ErrorKind::Conflict);
-    assert!(nothing.to_string().contains("nothing deployed"), "{nothing}");
+    assert!(
+        nothing.to_string().contains("nothing deployed"),
+        "{nothing}"
+    );
     let blue = f.env(v1, InstanceState::Healthy).await;
     f.route(&blue).await;
     let first = f.controller.rollback("shop", None).await.unwrap_err();
