@@ -7,7 +7,14 @@
 //!   rebuilt from it after a restart;
 //! - a route changes only through [`Controller`] methods holding the app's lock, store first, then
 //!   router (so a crash in between is repaired by the rebuild);
-//! - an instance is never repaired: a dead or unhealthy one is replaced by a new one.
+//! - an instance is never repaired: a dead or unhealthy one is replaced by a new one;
+//! - time comes from the injected clock (`ControlConfig::clock`), never read directly.
+//!
+//! Layout, by concern: `deployment/` (a deployment's life: start, takeover, the task's loop,
+//! its steps, the shadow phase), `route.rs` (every move of a route, and maintenance and
+//! mirroring), `queries.rs` (read-only views), `images/` (image operations and baking),
+//! `instances.rs`/`health.rs`/`reconcile.rs` (what runs), `gc.rs`, `table.rs` (the route
+//! table), `verify.rs` (image trees). Decisions that need no I/O live in `molt-core`.
 
 mod deployment;
 mod error;
