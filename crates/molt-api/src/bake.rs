@@ -5,8 +5,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use molt_control::BakeRequest;
-use molt_image::SourceInfo;
+use molt_control::{BakeRequest, SourceInfo};
 use serde::Deserialize;
 
 use crate::{ok, rand_suffix, receive_to_file, ApiError, ApiResult, ApiState};

@@ -6,8 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use molt_control::{ControlError, ImportFormat, ImportOptions};
-use molt_image::{ArchiveFormat, ImageError};
+use molt_control::{ArchiveFormat, ImportFormat, ImportOptions};
 use serde::Deserialize;
 
 use crate::{ok, receive_to_file, upload_path, ApiError, ApiResult, ApiState};
@@ -42,10 +41,13 @@ pub(crate) async fn import_image(
             format: q.format,
             reference: q.reference,
         };
-        s.controller
-            .import_image_file(path.clone(), options)
-            .await
-            .map_err(refused_upload)
+        // An archive the image store refuses is the client's fault (400): the controller says
+        // so by the error's kind.
+        Ok::<_, ApiError>(
+            s.controller
+                .import_image_file(path.clone(), options)
+                .await?,
+        )
     }
     .await;
     let _ = tokio::fs::remove_file(&path).await;
@@ -60,16 +62,6 @@ pub(crate) async fn import_image(
             Ok(response)
         }
         Err(e) => Err(e),
-    }
-}
-
-/// An upload the image store refused is the client's fault (400), whatever the reason;
-/// only I/O on our side stays a server error.
-fn refused_upload(e: ControlError) -> ApiError {
-    match &e {
-        ControlError::Image(ImageError::Io { .. }) => ApiError::from(e),
-        ControlError::Image(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
-        _ => ApiError::from(e),
     }
 }
 

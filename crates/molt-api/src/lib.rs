@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use images::*;
-use molt_control::{ControlError, Controller, DeployRequest, ShadowOutcome};
+use molt_control::{ControlError, Controller, DeployRequest, ErrorKind, ShadowOutcome};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -54,26 +54,20 @@ impl IntoResponse for ApiError {
 }
 
 impl From<ControlError> for ApiError {
+    /// The status code comes from the error's kind alone: the API never looks into the layers
+    /// below the controller, nor at the words of a message.
     fn from(e: ControlError) -> Self {
-        let status = match &e {
-            ControlError::Input(_) => StatusCode::BAD_REQUEST,
-            ControlError::Image(molt_image::ImageError::UnsafeEntry { .. })
-            | ControlError::Image(molt_image::ImageError::Tar(_))
-            | ControlError::Image(molt_image::ImageError::Build(_)) => StatusCode::BAD_REQUEST,
-            ControlError::Image(molt_image::ImageError::NotFound(_)) => StatusCode::NOT_FOUND,
-            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
-            ControlError::Conflict(_) => StatusCode::CONFLICT,
-            ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            ControlError::Registry(_) => StatusCode::BAD_GATEWAY,
-            _ if is_disk_full(&e.to_string()) => StatusCode::INSUFFICIENT_STORAGE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        let status = match e.kind() {
+            ErrorKind::BadInput => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
     }
-}
-
-fn is_disk_full(msg: &str) -> bool {
-    msg.contains("disk is full") || msg.contains("No space left")
 }
 
 pub(crate) type ApiResult = std::result::Result<Response, ApiError>;

@@ -1,4 +1,5 @@
-//! Garbage collection by reachability, retirement of environments, and orphan hunting.
+//! Garbage collection by reachability (the plan is `molt_core::gc::plan`; this carries it
+//! out), pins, retirement of environments, and orphan hunting.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -6,10 +7,10 @@ use std::time::{Duration, Instant};
 use molt_core::gc::{plan, EnvFacts, ImageFacts, ReleaseFacts, Snapshot};
 use molt_core::Digest;
 use molt_image::BlobCollection;
-use molt_store::{now_ms, EnvState};
+use molt_store::EnvState;
 use serde::{Deserialize, Serialize};
 
-use crate::{Controller, Result};
+use crate::{parse_app, Controller, Result};
 
 /// What a collection did (or, with `dry_run`, would do).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -110,6 +111,7 @@ impl Controller {
     pub(crate) async fn gc_snapshot(&self) -> Result<Snapshot> {
         let keep_releases = self.inner.config.keep_releases;
         let image_grace_ms = self.inner.config.image_grace.as_millis() as u64;
+        let now_ms = self.now_ms();
         self.db(move |s| {
             let routed: HashSet<String> = s.routes()?.into_iter().map(|(_, e)| e).collect();
             let deploying: HashSet<String> = s
@@ -149,7 +151,7 @@ impl Controller {
                 })
                 .collect();
             Ok(Snapshot {
-                now_ms: now_ms(),
+                now_ms,
                 envs,
                 releases,
                 images,
@@ -257,6 +259,12 @@ impl Controller {
 }
 
 impl Controller {
+    /// Pins or unpins a release (pinned releases are never collected).
+    pub async fn pin(&self, app: &str, release: u64, pinned: bool) -> Result<()> {
+        let a = parse_app(app)?.to_string();
+        self.db(move |s| s.set_pinned(&a, release, pinned)).await
+    }
+
     /// Stops every instance this controller knows (used when molt is told to leave nothing
     /// running, e.g. by tests). The store keeps the environments; a restart replaces instances.
     pub async fn stop_all_instances(&self) -> Result<()> {

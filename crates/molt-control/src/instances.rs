@@ -99,9 +99,7 @@ impl Controller {
                             .into_iter()
                             .map(|i| i.host)
                             .collect();
-                        let free = subnet
-                            .instance_addresses()
-                            .find(|ip| !used.contains(&ip.to_string()));
+                        let free = subnet.first_free(|ip| used.contains(&ip.to_string()));
                         free.map(|ip| s.create_instance(&env_id, &ip.to_string(), port))
                             .transpose()
                     })

@@ -7,20 +7,27 @@
 //!   rebuilt from it after a restart;
 //! - a route changes only through [`Controller`] methods holding the app's lock, store first, then
 //!   router (so a crash in between is repaired by the rebuild);
-//! - an instance is never repaired: a dead or unhealthy one is replaced by a new one.
+//! - an instance is never repaired: a dead or unhealthy one is replaced by a new one;
+//! - time comes from the injected clock (`ControlConfig::clock`), never read directly.
+//!
+//! Layout, by concern: `deployment/` (a deployment's life: start, takeover, the task's loop,
+//! its steps, the shadow phase), `route.rs` (every move of a route, and maintenance and
+//! mirroring), `queries.rs` (read-only views), `images/` (image operations and baking),
+//! `instances.rs`/`health.rs`/`reconcile.rs` (what runs), `gc.rs`, `table.rs` (the route
+//! table), `verify.rs` (image trees). Decisions that need no I/O live in `molt-core`.
 
-mod bake;
-mod deploy;
+mod deployment;
 mod error;
 mod gc;
 mod health;
 mod images;
 mod instances;
 mod metrics;
-mod ops;
+mod queries;
 mod reconcile;
-mod routes;
-mod shadow;
+mod route;
+mod table;
+mod traffic;
 mod verify;
 
 use std::collections::HashMap;
@@ -28,27 +35,29 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use molt_core::DeployState;
+use molt_core::{AppName, Clock, DeployState};
 use molt_image::ImageStore;
 use molt_provider::Provider;
 use molt_router::Router;
-use molt_store::Store;
+use molt_store::{Store, SystemClock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use bake::BakeRequest;
-pub use error::{ControlError, Result};
+pub use deployment::shadow::ShadowOutcome;
+pub use deployment::start::DeployRequest;
+pub use error::{ControlError, ErrorKind, Result};
 pub use gc::GcReport;
 pub use images::{
-    credentials, ImageExport, ImageInspect, ImageUse, ImportFormat, ImportOptions, ImportOutcome,
-    PullRequest, RemoveOutcome, TagOutcome,
+    credentials, BakeRequest, BuildIsolation, ImageExport, ImageInspect, ImageUse, ImportFormat,
+    ImportOptions, ImportOutcome, PullRequest, RemoveOutcome, TagOutcome,
 };
 pub use metrics::{EnvMetrics, MetricsSnapshot};
+pub use molt_image::{ArchiveFormat, BuildSandbox, RunRequest, SourceInfo};
 pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use molt_store::{ShadowComparison, TrafficSummary};
-pub use ops::{AppStatus, DeployRequest, RollbackOutcome, Status, SwapOutcome};
-pub use shadow::{ShadowOutcome, ShadowReport};
+pub use queries::{AppStatus, ShadowReport, Status};
+pub use route::{RollbackOutcome, SwapOutcome};
 pub use verify::{Attestation, VerifyReport};
 
 /// Settings of the controller.
@@ -64,13 +73,15 @@ pub struct ControlConfig {
     pub keep_releases: usize,
     /// Images imported more recently than this are never collected.
     pub image_grace: Duration,
-    /// Test hook: deployments stop (and wait to be killed) when they reach this state.
+    /// Test hook: deployments stop (and wait to be killed) when they reach this state; a
+    /// `paused` event in the app's history says when one is held there.
     pub pause_at: Option<DeployState>,
     /// When set, each ready environment also answers on `<env>.<app>.<preview domain>`
     /// (e.g. with a wildcard DNS record `*.preview.example.com`).
     pub preview_domain: Option<molt_core::Hostname>,
-    /// Where bake `run` steps keep their runc state and bundles (no `run` steps without it).
-    pub build_dir: Option<PathBuf>,
+    /// Where bake `run` steps run (no `run` steps without it): the seam to a container
+    /// runtime, filled by whoever assembles molt (`molt serve` hands in runc's).
+    pub build_isolation: Option<Arc<dyn BuildIsolation>>,
     /// How often every live image tree is re-verified (`None`: only before first start and
     /// on demand).
     pub verify_interval: Option<Duration>,
@@ -80,6 +91,10 @@ pub struct ControlConfig {
     pub drift_hold: Duration,
     /// Where instances listen: see [`InstanceNetwork`].
     pub network: InstanceNetwork,
+    /// What "now" is for every window the controller decides (the watch, rollback windows,
+    /// GC's grace periods, start deadlines of instances) and for the store's timestamps: the
+    /// system clock, or a [`molt_core::ManualClock`] a test moves instead of sleeping.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The network instances get, which decides the address molt allocates for each.
@@ -91,7 +106,7 @@ pub enum InstanceNetwork {
     Host,
     /// A network namespace per instance on molt's bridge: each instance gets a free address
     /// of this subnet (never the gateway), freed when it stops.
-    Bridge(molt_runtime::Subnet),
+    Bridge(molt_core::Subnet),
 }
 
 impl Default for ControlConfig {
@@ -104,10 +119,11 @@ impl Default for ControlConfig {
             image_grace: Duration::from_secs(3600),
             pause_at: None,
             preview_domain: None,
-            build_dir: None,
+            build_isolation: None,
             verify_interval: None,
             drift_hold: Duration::from_secs(10),
             network: InstanceNetwork::Host,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -124,10 +140,10 @@ struct Inner {
     provider: Arc<dyn Provider>,
     router: Arc<Router>,
     config: ControlConfig,
-    /// One lock per app: route changes and deployment starts of an app are serialised.
+    /// One lock per app: route changes of an app are serialised.
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The running deployment task of each app.
-    active: Mutex<HashMap<String, ActiveDeployment>>,
+    active: deployment::active::ActiveDeployments,
     /// Serialises router table rebuilds so an older table never overwrites a newer one.
     publish_lock: tokio::sync::Mutex<()>,
     /// Held by a reconcile pass and by retirements, so they never act on the same instances.
@@ -143,25 +159,21 @@ struct Inner {
     started_ms: u64,
 }
 
-struct ActiveDeployment {
-    id: u64,
-    cancel: CancellationToken,
-    done: Arc<tokio::sync::Notify>,
-    finished: Arc<std::sync::atomic::AtomicBool>,
-    /// Promote/abandon decisions for a shadow deployment, taken by its task.
-    decisions: tokio::sync::mpsc::Sender<shadow::ShadowDecision>,
-}
+/// Proof that the holder has an app's lock (see [`Controller::lock_app`]).
+type AppGuard = tokio::sync::OwnedMutexGuard<()>;
 
 impl Controller {
-    /// Builds a controller over its parts. Call [`Controller::start`] to recover and begin the
-    /// background loops.
+    /// Builds a controller over its parts; the store stamps its records with the config's
+    /// clock from now on. Call [`Controller::start`] to recover and begin the background loops.
     pub fn new(
-        store: Store,
+        mut store: Store,
         images: ImageStore,
         provider: Arc<dyn Provider>,
         router: Arc<Router>,
         config: ControlConfig,
     ) -> Controller {
+        store.set_clock(config.clock.clone());
+        let started_ms = config.clock.now_ms();
         Controller {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
@@ -170,7 +182,7 @@ impl Controller {
                 router,
                 config,
                 app_locks: Mutex::new(HashMap::new()),
-                active: Mutex::new(HashMap::new()),
+                active: Default::default(),
                 publish_lock: tokio::sync::Mutex::new(()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 health: health::Checker::new(),
@@ -178,7 +190,7 @@ impl Controller {
                 verify_lock: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
-                started_ms: molt_store::now_ms(),
+                started_ms,
             }),
         }
     }
@@ -219,13 +231,31 @@ impl Controller {
         Ok(out)
     }
 
-    fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .inner
-            .app_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        locks.entry(app.to_string()).or_default().clone()
+    /// Takes the app's lock: route changes of one app never interleave.
+    async fn lock_app(&self, app: &str) -> AppGuard {
+        let lock = {
+            let mut locks = self
+                .inner
+                .app_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            locks.entry(app.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Now, in ms since the epoch, by the controller's clock.
+    fn now_ms(&self) -> u64 {
+        self.inner.config.clock.now_ms()
+    }
+
+    /// Records a line of the app's history; failures to record are logged, not fatal.
+    async fn event(&self, app: &str, kind: &str, message: &str) {
+        tracing::info!(app, kind, "{message}");
+        let (a, k, m) = (app.to_string(), kind.to_string(), message.to_string());
+        if let Err(e) = self.db(move |s| s.record_event(&a, &k, &m)).await {
+            tracing::warn!("could not record event: {e}");
+        }
     }
 
     /// Spawns a task owned by the controller (stopped and awaited on shutdown).
@@ -236,3 +266,11 @@ impl Controller {
         self.inner.tasks.spawn(fut);
     }
 }
+
+/// An app name from a request, checked.
+fn parse_app(app: &str) -> Result<AppName> {
+    Ok(app.parse::<AppName>()?)
+}
+
+#[cfg(test)]
+mod tests;

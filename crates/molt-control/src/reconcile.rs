@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use molt_core::deployment::resumed_at_restart;
 use molt_core::Recovery;
 use molt_provider::InstanceStatus;
 use molt_store::{EnvState, InstanceRecord, InstanceState, ReleaseRecord};
@@ -71,15 +72,12 @@ impl Controller {
         }
         self.publish_routes().await?;
         let unfinished = self.db(|s| s.unfinished_deployments()).await?;
-        let mut newest: HashMap<String, u64> = HashMap::new();
-        for d in &unfinished {
-            newest.insert(d.app.clone(), d.id);
-        }
+        let resumed = resumed_at_restart(unfinished.iter().map(|d| (d.app.as_str(), d.id)));
         for d in unfinished {
             if d.state.recovery() == Recovery::Finished {
                 continue;
             }
-            if newest.get(&d.app) != Some(&d.id) {
+            if !resumed.contains(&d.id) {
                 // An older deployment that a newer one had superseded when molt stopped.
                 self.leave(
                     &d,
@@ -103,7 +101,8 @@ impl Controller {
                 &format!("resuming deployment {} from step {}", d.id, d.state),
             )
             .await;
-            self.launch_deployment(d).await;
+            let takeover = self.take_over(&d.app).await;
+            self.launch_deployment(&takeover, d);
         }
         Ok(())
     }
@@ -227,7 +226,7 @@ impl Controller {
                     return Ok(Verdict::Replace(format!("stayed unhealthy ({why})")));
                 }
                 let starting_too_long = inst.state == InstanceState::Starting
-                    && molt_store::now_ms().saturating_sub(inst.started_ms)
+                    && self.now_ms().saturating_sub(inst.started_ms)
                         > health.start_deadline.as_millis() as u64;
                 if starting_too_long {
                     return Ok(Verdict::Replace(format!(

@@ -3,6 +3,7 @@
 //! The controller journals every transition; this module decides which transitions exist, so a
 //! deployment can never, say, swap before its environment was healthy.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -200,6 +201,20 @@ impl fmt::Display for DeployState {
     }
 }
 
+/// Of the deployments unfinished when molt stopped, as (app, id), the ones a restart resumes:
+/// the newest (highest id) of each app. Each older one had been superseded by a newer one
+/// before molt stopped, and is marked so.
+pub fn resumed_at_restart<'a>(
+    unfinished: impl IntoIterator<Item = (&'a str, u64)>,
+) -> BTreeSet<u64> {
+    let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+    for (app, id) in unfinished {
+        let n = newest.entry(app).or_insert(id);
+        *n = (*n).max(id);
+    }
+    newest.into_values().collect()
+}
+
 impl FromStr for DeployState {
     type Err = InputError;
     fn from_str(s: &str) -> Result<Self, InputError> {
@@ -274,6 +289,17 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_resumes_the_newest_deployment_of_each_app() {
+        let unfinished = [("shop", 3), ("blog", 4), ("shop", 7), ("shop", 5)];
+        assert_eq!(
+            resumed_at_restart(unfinished),
+            BTreeSet::from([4, 7]),
+            "shop's 3 and 5 were superseded by 7"
+        );
+        assert!(resumed_at_restart([]).is_empty());
+    }
+
+    #[test]
     fn names_round_trip() {
         for s in DeployState::ALL {
             assert_eq!(s.as_str().parse::<DeployState>().unwrap(), s);
@@ -323,6 +349,22 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(state.recovery() == Recovery::Finished, state.is_terminal());
+            }
+        }
+
+        /// Exactly one deployment per app resumes, and none newer of the same app is left.
+        #[test]
+        fn one_deployment_per_app_resumes(ids in proptest::collection::btree_map(0u64..50, 0usize..3, 0..12)) {
+            let apps = ["a", "b", "c"];
+            let unfinished: Vec<(&str, u64)> = ids.iter().map(|(id, app)| (apps[*app], *id)).collect();
+            let resumed = resumed_at_restart(unfinished.iter().copied());
+            for app in apps {
+                let of_app: Vec<u64> = unfinished.iter().filter(|(a, _)| *a == app).map(|(_, id)| *id).collect();
+                let kept: Vec<u64> = of_app.iter().copied().filter(|id| resumed.contains(id)).collect();
+                prop_assert_eq!(kept.len(), usize::from(!of_app.is_empty()));
+                if let Some(id) = kept.first() {
+                    prop_assert_eq!(Some(id), of_app.iter().max());
+                }
             }
         }
 

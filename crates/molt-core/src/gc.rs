@@ -219,6 +219,74 @@ mod tests {
         assert!(p.kept_envs["e2"].starts_with("rollback window"));
     }
 
+    #[test]
+    fn each_root_is_kept_and_says_why() {
+        let now = 100_000;
+        let mut deploying = env("e2", 2, false, None);
+        deploying.deploying = true;
+        let s = Snapshot {
+            now_ms: now,
+            envs: vec![
+                env("e1", 1, true, Some(now - 1)),
+                deploying,
+                // 1.5 s of its window left: said in whole seconds, rounded up.
+                env("e3", 3, false, Some(now + 1_500)),
+                // The window ends at `warm_until`: on the dot, it is over.
+                env("e4", 4, false, Some(now)),
+                env("e5", 5, false, None),
+            ],
+            releases: (1..=7).map(|n| release(n, n as u8, n == 6)).collect(),
+            images: vec![
+                image(1),
+                image(2),
+                image(3),
+                image(4),
+                image(5),
+                image(6),
+                image(7),
+                ImageFacts {
+                    tagged: true,
+                    ..image(8)
+                },
+                ImageFacts {
+                    created_ms: now - 10,
+                    ..image(9)
+                },
+            ],
+            keep_releases: 1,
+            image_grace_ms: 1_000,
+        };
+        let p = plan(&s);
+        let kept: Vec<(&str, &str)> = p
+            .kept_envs
+            .iter()
+            .map(|(e, why)| (e.as_str(), why.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("e1", "routed"),
+                ("e2", "deployment in progress"),
+                ("e3", "rollback window (2s left)")
+            ]
+        );
+        assert_eq!(p.envs, ["e4", "e5"]);
+        // Kept: releases 1-3 (kept environments), 6 (pinned), 7 (the newest); image 8 is
+        // tagged and image 9 younger than the grace period.
+        assert_eq!(p.images, [digest(4), digest(5)]);
+        let releases = kept_releases(&s);
+        assert_eq!(
+            releases.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            [1, 2, 3, 6, 7]
+        );
+        // Once the grace period is over, the untagged image nothing runs goes too.
+        let later = Snapshot {
+            now_ms: now + 2_000,
+            ..s
+        };
+        assert!(plan(&later).images.contains(&digest(9)));
+    }
+
     proptest! {
         /// Nothing routed, pinned or in use by a kept environment is ever collected.
         #[test]

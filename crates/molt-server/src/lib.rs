@@ -18,6 +18,7 @@
 //! issued through ACME (`tls/acme/`, see [`AcmeConfig`]).
 
 mod acme;
+mod build;
 mod edge;
 
 pub use acme::AcmeConfig;
@@ -35,13 +36,13 @@ use std::time::Duration;
 use acme::AcmeManager;
 use anyhow::{bail, Context, Result};
 use molt_control::{ControlConfig, Controller, InstanceNetwork};
-use molt_core::DeployState;
+use molt_core::{Clock, DeployState};
 use molt_image::ImageStore;
 use molt_provider::{LocalProvider, Provider};
 use molt_router::tls::CertDir;
 use molt_router::{Router, RouterConfig};
 use molt_runtime::{RuncConfig, RuncProvider};
-use molt_store::Store;
+use molt_store::{Store, SystemClock};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -80,6 +81,9 @@ pub struct ServeConfig {
     /// `SO_REUSEPORT` socket ([`Router::serve_on_threads`]); 0 serves it on the server's
     /// shared runtime instead.
     pub router_threads: usize,
+    /// The controller's clock (and the store's): the system clock; tests may hand in a
+    /// [`molt_core::ManualClock`] to move windows along instead of sleeping.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The TLS listener of `molt serve` and where its certificates come from.
@@ -204,6 +208,7 @@ impl ServeConfig {
             verify_interval: Some(Duration::from_secs(300)),
             drift_hold: Duration::from_secs(10),
             router_threads: default_router_threads(),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -351,13 +356,16 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             stop_grace: cfg.stop_grace,
             pause_at: cfg.pause_at,
             preview_domain: cfg.preview_domain.clone(),
-            build_dir: Some(dir.join("build")),
+            build_isolation: Some(Arc::new(build::RuncBuilds {
+                dir: dir.join("build"),
+            })),
             verify_interval: cfg.verify_interval,
             drift_hold: cfg.drift_hold,
             network: match &cfg.network {
                 Some(network) => InstanceNetwork::Bridge(network.subnet()),
                 None => InstanceNetwork::Host,
             },
+            clock: cfg.clock.clone(),
             ..ControlConfig::default()
         },
     );

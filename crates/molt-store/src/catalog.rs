@@ -5,14 +5,14 @@ use rusqlite::{params, OptionalExtension};
 
 use crate::records::*;
 use crate::rows::*;
-use crate::{corrupt, now_ms, Result, Store, StoreError};
+use crate::{corrupt, Result, Store, StoreError};
 
 impl Store {
     /// Creates the app if it does not exist yet.
     pub fn ensure_app(&mut self, name: &str) -> Result<AppRecord> {
         self.conn.execute(
             "INSERT OR IGNORE INTO apps(name, created_ms) VALUES (?1, ?2)",
-            params![name, now_ms()],
+            params![name, self.clock.now_ms()],
         )?;
         self.app(name)
     }
@@ -85,7 +85,7 @@ impl Store {
     pub fn put_image(&mut self, digest: &Digest, size: u64) -> Result<ImageRecord> {
         self.conn.execute(
             "INSERT OR IGNORE INTO images(digest, size, created_ms) VALUES (?1, ?2, ?3)",
-            params![digest.as_str(), size as i64, now_ms()],
+            params![digest.as_str(), size as i64, self.clock.now_ms()],
         )?;
         self.image(digest)
     }
@@ -187,7 +187,7 @@ impl Store {
         tx.execute(
             "INSERT INTO tag_history(name, change, old_digest, new_digest, actor, at_ms)
              SELECT name, 'removed', digest, NULL, 'molt', ?2 FROM tags WHERE digest = ?1",
-            params![digest.as_str(), now_ms() as i64],
+            params![digest.as_str(), self.clock.now_ms() as i64],
         )?;
         tx.execute("DELETE FROM tags WHERE digest = ?1", [digest.as_str()])?;
         tx.execute("DELETE FROM images WHERE digest = ?1", [digest.as_str()])?;
@@ -207,7 +207,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO apps(name, created_ms) VALUES (?1, ?2)",
-            params![app, now_ms()],
+            params![app, self.clock.now_ms()],
         )?;
         let next: i64 = tx.query_row(
             "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE app = ?1",
@@ -218,7 +218,14 @@ impl Store {
         tx.execute(
             "INSERT INTO releases(app, number, image, config, created_ms, pinned, note)
              VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
-            params![app, next, image.as_str(), config_json, now_ms(), note],
+            params![
+                app,
+                next,
+                image.as_str(),
+                config_json,
+                self.clock.now_ms(),
+                note
+            ],
         )?;
         tx.commit()?;
         self.release(app, next as u64)

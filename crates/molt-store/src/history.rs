@@ -5,7 +5,7 @@ use rusqlite::{params, OptionalExtension};
 
 use crate::records::*;
 use crate::rows::*;
-use crate::{corrupt, now_ms, Result, Store, StoreError};
+use crate::{corrupt, Result, Store, StoreError};
 use rusqlite::Transaction;
 
 impl Store {
@@ -18,7 +18,7 @@ impl Store {
         prev_env: Option<&str>,
         shadow_share: Option<u32>,
     ) -> Result<DeploymentRecord> {
-        let now = now_ms() as i64;
+        let now = self.clock.now_ms() as i64;
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO deployments(app, release, prev_env, state, created_ms, updated_ms,
@@ -63,6 +63,12 @@ impl Store {
         rows.map(|r| r?).collect()
     }
 
+    /// The app's newest deployment, if it is in its shadow phase.
+    pub fn shadowing_deployment(&self, app: &str) -> Result<Option<DeploymentRecord>> {
+        let newest = self.deployments(Some(app), 1)?.into_iter().next();
+        Ok(newest.filter(|d| d.state == DeployState::Shadowing))
+    }
+
     /// Deployments not in a terminal state, oldest first.
     pub fn unfinished_deployments(&self) -> Result<Vec<DeploymentRecord>> {
         let terminal: Vec<String> = DeployState::ALL
@@ -81,7 +87,7 @@ impl Store {
     /// Applies a state-machine event to a deployment and journals it, atomically.
     pub fn advance(&mut self, id: u64, event: DeployEvent, detail: &str) -> Result<DeployState> {
         let tx = self.conn.transaction()?;
-        let state = advance_in(&tx, id, event, detail)?;
+        let state = advance_in(&tx, id, event, detail, self.clock.now_ms())?;
         tx.commit()?;
         Ok(state)
     }
@@ -98,6 +104,7 @@ impl Store {
             id,
             DeployEvent::EnvCreated,
             &format!("environment {env}"),
+            self.clock.now_ms(),
         )?;
         tx.commit()?;
         Ok(state)
@@ -139,7 +146,7 @@ impl Store {
                 params![id as i64, json],
             )?;
         }
-        let state = advance_in(&tx, id, event, detail)?;
+        let state = advance_in(&tx, id, event, detail, self.clock.now_ms())?;
         tx.commit()?;
         Ok(state)
     }
@@ -190,7 +197,7 @@ impl Store {
     pub fn record_event(&mut self, app: &str, kind: &str, message: &str) -> Result<()> {
         self.conn.execute(
             "INSERT INTO events(app, at_ms, kind, message) VALUES (?1, ?2, ?3, ?4)",
-            params![app, now_ms(), kind, message],
+            params![app, self.clock.now_ms(), kind, message],
         )?;
         Ok(())
     }
@@ -214,11 +221,13 @@ impl Store {
     }
 }
 
+/// Applies `event` to deployment `id` inside `tx`, journaled at `now_ms`.
 pub(crate) fn advance_in(
     tx: &Transaction<'_>,
     id: u64,
     event: DeployEvent,
     detail: &str,
+    now_ms: u64,
 ) -> Result<DeployState> {
     let current: String = tx
         .query_row(
@@ -233,7 +242,7 @@ pub(crate) fn advance_in(
         })?;
     let from: DeployState = current.parse().map_err(corrupt)?;
     let to = from.next(event)?;
-    let now = now_ms() as i64;
+    let now = now_ms as i64;
     tx.execute(
         "UPDATE deployments SET state = ?2, updated_ms = ?3 WHERE id = ?1",
         params![id as i64, to.as_str(), now],

@@ -14,9 +14,10 @@ mod schema;
 mod tags;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use molt_core::InvalidTransition;
+use molt_core::{Clock, InvalidTransition};
 use rusqlite::Connection;
 use thiserror::Error;
 
@@ -47,20 +48,43 @@ pub enum StoreError {
     Transition(#[from] InvalidTransition),
 }
 
+impl StoreError {
+    /// True when SQLite could not write because the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 /// Result alias for the store.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The state database.
 pub struct Store {
     conn: Connection,
+    /// What stamps records (creation times, journal steps, rollback windows).
+    clock: Arc<dyn Clock>,
 }
 
-/// Milliseconds since the Unix epoch.
+/// The system's clock: what production runs on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+/// Milliseconds since the Unix epoch, by the system clock.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -76,14 +100,27 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&conn)?;
-        Ok(Store { conn })
+        Ok(Store::on(conn))
     }
 
     /// Opens a private in-memory database (tests).
     pub fn open_in_memory() -> Result<Store> {
         let conn = Connection::open_in_memory()?;
         schema::migrate(&conn)?;
-        Ok(Store { conn })
+        Ok(Store::on(conn))
+    }
+
+    /// Stamps records with `clock` from now on (the system clock until then): the controller
+    /// hands the store its own clock, so that every window is measured on one time.
+    pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    fn on(conn: Connection) -> Store {
+        Store {
+            conn,
+            clock: Arc::new(SystemClock),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use rusqlite::{params, OptionalExtension};
 use crate::history::advance_in;
 use crate::records::*;
 use crate::rows::*;
-use crate::{now_ms, Result, Store, StoreError};
+use crate::{Result, Store, StoreError};
 
 impl Store {
     /// Creates a new environment for a release, with a fresh id.
@@ -18,7 +18,7 @@ impl Store {
         tx.execute(
             "INSERT INTO environments(id, app, release, state, created_ms)
              VALUES (?1, ?2, ?3, 'starting', ?4)",
-            params![id, app, release as i64, now_ms()],
+            params![id, app, release as i64, self.clock.now_ms()],
         )?;
         tx.commit()?;
         self.env(&id)
@@ -47,7 +47,7 @@ impl Store {
 
     /// Sets an environment's lifecycle state (retiring stamps the time).
     pub fn set_env_state(&mut self, id: &str, state: EnvState) -> Result<()> {
-        let retired = (state == EnvState::Retired).then(now_ms);
+        let retired = (state == EnvState::Retired).then(|| self.clock.now_ms());
         let n = self.conn.execute(
             "UPDATE environments SET state = ?2,
                retired_ms = COALESCE(retired_ms, ?3) WHERE id = ?1",
@@ -84,7 +84,7 @@ impl Store {
         tx.execute(
             "INSERT INTO instances(id, env, app, state, host, port, started_ms)
              VALUES (?1, ?2, ?3, 'starting', ?4, ?5, ?6)",
-            params![id, env, e.app, host, port, now_ms()],
+            params![id, env, e.app, host, port, self.clock.now_ms()],
         )?;
         tx.commit()?;
         self.instance(&id)
@@ -197,7 +197,7 @@ impl Store {
         tx.execute(
             "INSERT INTO routes(app, env, updated_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT(app) DO UPDATE SET env = excluded.env, updated_ms = excluded.updated_ms",
-            params![app, env, now_ms()],
+            params![app, env, self.clock.now_ms()],
         )?;
         tx.execute(
             "UPDATE environments SET warm_until_ms = NULL WHERE id = ?1",
@@ -207,12 +207,12 @@ impl Store {
             if prev != env {
                 tx.execute(
                     "UPDATE environments SET warm_until_ms = ?2 WHERE id = ?1",
-                    params![prev, (now_ms() + window) as i64],
+                    params![prev, (self.clock.now_ms() + window) as i64],
                 )?;
             }
         }
         if let Some((id, event, detail)) = deployment {
-            advance_in(&tx, id, event, detail)?;
+            advance_in(&tx, id, event, detail, self.clock.now_ms())?;
             if event == DeployEvent::Swapped && previous.as_deref() != Some(env) {
                 tx.execute(
                     "UPDATE deployments SET prev_env = ?2 WHERE id = ?1",

@@ -4,7 +4,7 @@ use molt_core::Digest;
 use rusqlite::{params, OptionalExtension};
 
 use crate::records::*;
-use crate::{corrupt, now_ms, Result, Store, StoreError};
+use crate::{corrupt, Result, Store, StoreError};
 
 impl Store {
     /// Points `tag` at `digest`; returns the digest it named before, if it moved.
@@ -26,7 +26,7 @@ impl Store {
                 r.get(0)
             })
             .optional()?;
-        let now = now_ms() as i64;
+        let now = self.clock.now_ms() as i64;
         let moved = match existing {
             Some(old) if old == digest.as_str() => return Ok(None),
             Some(old) if mode == TagMove::Refuse => {

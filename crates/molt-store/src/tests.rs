@@ -120,6 +120,42 @@ fn deployment_journal_and_swap_are_atomic() {
 }
 
 #[test]
+fn records_are_stamped_by_the_store_clock() {
+    let clock = std::sync::Arc::new(molt_core::ManualClock::new(5_000));
+    let mut s = Store::open_in_memory().unwrap();
+    s.set_clock(clock.clone());
+    s.put_image(&digest(1), 10).unwrap();
+    s.create_release("shop", &digest(1), &config(), "deploy")
+        .unwrap();
+    assert_eq!(s.image(&digest(1)).unwrap().created_ms, 5_000);
+    let blue = s.create_env("shop", 1).unwrap();
+    let green = s.create_env("shop", 1).unwrap();
+    s.swap_route("shop", &blue.id, None, None).unwrap();
+    clock.advance(std::time::Duration::from_millis(250));
+    let d = s
+        .create_deployment("shop", 1, Some(&blue.id), None)
+        .unwrap();
+    assert_eq!(d.created_ms, 5_250);
+    // The rollback window of the environment the route leaves starts at the clock's now.
+    s.swap_route("shop", &green.id, None, Some(1_000)).unwrap();
+    assert_eq!(s.env(&blue.id).unwrap().warm_until_ms, Some(6_250));
+    assert_eq!(s.env(&green.id).unwrap().warm_until_ms, None);
+}
+
+#[test]
+fn a_full_disk_is_told_apart_from_other_sqlite_failures() {
+    let failure = |code| {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    };
+    assert!(failure(rusqlite::ffi::SQLITE_FULL).is_disk_full());
+    assert!(!failure(rusqlite::ffi::SQLITE_BUSY).is_disk_full());
+    assert!(!StoreError::Conflict("database or disk is full".into()).is_disk_full());
+}
+
+#[test]
 fn retired_envs_cannot_be_routed() {
     let mut s = store_with_release();
     let env = s.create_env("shop", 1).unwrap();

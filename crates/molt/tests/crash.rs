@@ -87,21 +87,8 @@ async fn crash_at(step: &str) {
         .await
         .unwrap();
     let id = d2["id"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let d = b
-            .client
-            .get(&format!("/v1/deployments/{id}"))
-            .await
-            .unwrap();
-        if d["deployment"]["state"] == step {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never reached {step}: {d}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Give the paused step a moment so any in-flight work has settled at the hook.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Held at the hook: the work of the step before has finished.
+    held(&b.client, id, step).await;
     b.signal(Signal::SIGKILL);
 
     // Restart: the deployment is resumed to its end (or rolled back) and nothing is orphaned.
@@ -184,6 +171,21 @@ async fn reach(client: &Client, id: u64, state: &str) {
     }
 }
 
+/// Waits until deployment `id` is held at `state` by the MOLT_TEST_PAUSE_AT hook (its history
+/// says so once the step before has finished).
+async fn held(client: &Client, id: u64, state: &str) {
+    let line = format!("deployment {id} held at {state} (test hook)");
+    eventually(Duration::from_secs(30), &line, || async {
+        let events = client.get("/v1/apps/crash/events").await.unwrap();
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "paused" && e["message"] == line.as_str())
+    })
+    .await;
+}
+
 /// GETs through the router until the shadow report counts `n` mirrored requests; every
 /// answer users get is v1's.
 async fn mirror(serve: &Serve, n: u64) {
@@ -243,7 +245,7 @@ async fn killed_while_shadowing_and_after_promotion() {
     assert_eq!(promoted["shadow"]["live"]["requests"], 3, "{promoted}");
     let (_, body) = b.get("crash.localhost").await;
     assert!(body.contains("crash v1"), "held before the swap: {body}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    held(&b.client, id, "promoted").await;
     b.signal(Signal::SIGKILL);
 
     // Restart: the promoted deployment swaps, drains and keeps its comparison.

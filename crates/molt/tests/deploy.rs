@@ -455,7 +455,8 @@ fn tar_header(name: &str, size: u64) -> [u8; 512] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_collects_what_nothing_reaches_and_stops_orphans() {
-    let h = Harness::start().await;
+    let clock = manual_clock();
+    let h = Harness::start_with(|cfg| cfg.clock = clock.clone()).await;
     let overrides = FAST.replace("rollback_window = \"15m\"", "rollback_window = \"1s\"");
     let d1 = h.deploy(&h.app("gc", &[], &overrides)).await;
     let d2 = h
@@ -486,7 +487,8 @@ async fn gc_collects_what_nothing_reaches_and_stops_orphans() {
             .starts_with("rollback window"),
         "{plan}"
     );
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The rollback window (1 s) passes.
+    clock.advance(Duration::from_millis(1300));
     let plan = h
         .client
         .post("/v1/gc", &json!({ "dry_run": true }))

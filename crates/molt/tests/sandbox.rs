@@ -447,9 +447,11 @@ async fn bridge_mode_serves_through_the_router_and_is_readopted_with_its_namespa
     }
     let network = BridgeNetwork::new("mtbe2e", "10.231.20.0/24".parse().unwrap()).unwrap();
     let bridge = BridgeGuard(network.clone());
+    let clock = manual_clock();
     let bridged = |cfg: &mut ServeConfig| {
         cfg.isolation = Isolation::Runc;
         cfg.network = Some(network.clone());
+        cfg.clock = clock.clone();
     };
     let mut h = Harness::start_with(bridged).await;
     let dir = busybox_app(&h);
@@ -522,7 +524,8 @@ async fn bridge_mode_serves_through_the_router_and_is_readopted_with_its_namespa
         ["10.231.20.4", "10.231.20.5"],
         "{second}"
     );
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The old environment's rollback window (1 s) passes.
+    clock.advance(Duration::from_millis(1300));
     let gc = h
         .client
         .post("/v1/gc", &serde_json::json!({}))

@@ -14,14 +14,13 @@
 
 mod netlink;
 
-use std::fmt;
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
+pub use molt_core::Subnet;
 use molt_provider::ProviderError;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::net::if_::if_nametoindex;
@@ -41,13 +40,6 @@ const INSIDE: &str = "eth0";
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
 
-/// An IPv4 network, `a.b.c.d/n` with no host bits set; between /8 and /30.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Subnet {
-    network: Ipv4Addr,
-    prefix: u8,
-}
-
 /// The bridge instances are attached to, and the subnet their addresses come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeNetwork {
@@ -64,77 +56,6 @@ pub(crate) struct InstanceNet {
     netns: PathBuf,
     /// The host-side veth.
     veth: String,
-}
-
-impl Subnet {
-    /// The first host address, which the bridge holds: the instances' gateway.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) + 1)
-    }
-
-    /// Prefix length.
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    /// Whether `ip` is inside the subnet.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.network)
-    }
-
-    /// Whether the two networks share any address.
-    pub fn overlaps(&self, other: &Subnet) -> bool {
-        let mask = self.mask() & other.mask();
-        u32::from(self.network) & mask == u32::from(other.network) & mask
-    }
-
-    /// The addresses instances may get: every host address but the gateway, in order.
-    pub fn instance_addresses(&self) -> impl Iterator<Item = Ipv4Addr> {
-        let first = u32::from(self.network) + 2;
-        let broadcast = u32::from(self.network) | !self.mask();
-        (first..broadcast).map(Ipv4Addr::from)
-    }
-
-    fn mask(&self) -> u32 {
-        u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0)
-    }
-}
-
-impl FromStr for Subnet {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Subnet, String> {
-        let (ip, prefix) = text.split_once('/').ok_or_else(|| {
-            format!("{text:?} is not a subnet: write it as CIDR, e.g. 10.213.0.0/16")
-        })?;
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("{ip:?} in {text:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| (8..=30).contains(p))
-            .ok_or_else(|| format!("the prefix of {text:?} must be between /8 and /30"))?;
-        let subnet = Subnet {
-            network: ip,
-            prefix,
-        };
-        let network = Ipv4Addr::from(u32::from(ip) & subnet.mask());
-        if network != ip {
-            return Err(format!(
-                "{text:?} has host bits set: the network is {network}/{prefix}"
-            ));
-        }
-        Ok(subnet)
-    }
-}
-
-impl fmt::Display for Subnet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
 }
 
 impl BridgeNetwork {
@@ -201,7 +122,7 @@ impl BridgeNetwork {
         }
         let index = if_nametoindex(self.bridge.as_str())
             .map_err(|e| net_error(format!("find bridge {}", self.bridge), e.into()))?;
-        match nl.add_address(index, self.subnet.gateway(), self.subnet.prefix) {
+        match nl.add_address(index, self.subnet.gateway(), self.subnet.prefix()) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => {
@@ -209,7 +130,7 @@ impl BridgeNetwork {
                     format!(
                         "add {}/{} to {}",
                         self.subnet.gateway(),
-                        self.subnet.prefix,
+                        self.subnet.prefix(),
                         self.bridge
                     ),
                     e,
@@ -366,8 +287,8 @@ impl InstanceNet {
         let index = if_nametoindex(INSIDE).map_err(|e| net_error(what("find eth0"), e.into()))?;
         let subnet = network.subnet;
         inside
-            .add_address(index, address, subnet.prefix)
-            .map_err(|e| net_error(what(&format!("add {address}/{}", subnet.prefix)), e))?;
+            .add_address(index, address, subnet.prefix())
+            .map_err(|e| net_error(what(&format!("add {address}/{}", subnet.prefix())), e))?;
         inside
             .add_default_route(subnet.gateway())
             .map_err(|e| net_error(what("add the default route"), e))
@@ -462,13 +383,9 @@ fn routes_overlapping(text: &str, subnet: &Subnet, bridge: &str) -> Option<(Stri
         if iface == bridge || prefix == 0 {
             return None;
         }
-        let route = Subnet {
-            network: dest,
-            prefix,
-        };
         subnet
-            .overlaps(&route)
-            .then(|| (route.to_string(), iface.to_string()))
+            .overlaps_network(dest, prefix)
+            .then(|| (format!("{dest}/{prefix}"), iface.to_string()))
     })
 }
 
@@ -482,31 +399,6 @@ fn net_error(what: impl Into<String>, source: io::Error) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subnets_parse_and_refuse_bad_input() {
-        let s: Subnet = "10.213.0.0/16".parse().unwrap();
-        assert_eq!(s.gateway(), Ipv4Addr::new(10, 213, 0, 1));
-        assert_eq!(s.to_string(), "10.213.0.0/16");
-        assert!(s.contains(Ipv4Addr::new(10, 213, 255, 1)));
-        assert!(!s.contains(Ipv4Addr::new(10, 214, 0, 1)));
-        for bad in [
-            "10.213.0.0",
-            "10.213.0.1/16",
-            "10.213.0.0/31",
-            "10.0.0.0/4",
-            "x/16",
-        ] {
-            assert!(bad.parse::<Subnet>().is_err(), "{bad}");
-        }
-        let small: Subnet = "10.9.8.0/29".parse().unwrap();
-        let addresses: Vec<Ipv4Addr> = small.instance_addresses().collect();
-        assert_eq!(addresses.first(), Some(&Ipv4Addr::new(10, 9, 8, 2)));
-        assert_eq!(addresses.last(), Some(&Ipv4Addr::new(10, 9, 8, 6)));
-        assert_eq!(addresses.len(), 5);
-        assert!(s.overlaps(&"10.0.0.0/8".parse().unwrap()));
-        assert!(!s.overlaps(&"10.214.0.0/16".parse().unwrap()));
-    }
 
     #[test]
     fn names_fit_the_kernel_and_carry_the_owner() {

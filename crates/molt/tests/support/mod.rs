@@ -27,6 +27,12 @@ pub struct Harness {
     pub tmp: TempDir,
 }
 
+/// A clock that stands still at the current time until the test moves it: windows (rollback,
+/// watch, GC grace) pass when the test says so instead of after a sleep.
+pub fn manual_clock() -> std::sync::Arc<molt_core::ManualClock> {
+    std::sync::Arc::new(molt_core::ManualClock::new(molt_store::now_ms()))
+}
+
 impl Harness {
     /// Starts molt serve on 127.0.0.1:0 for both listeners.
     pub async fn start() -> Harness {

@@ -1,4 +1,4 @@
-//! Deriving the router's table from the store.
+//! The route table, only ever derived from the store (`build_table`) and published whole.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

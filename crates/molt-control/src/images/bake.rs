@@ -2,21 +2,26 @@
 //! always did) and the server bakes it into its image store, where base images, tags, the layer
 //! cache and the `run` sandbox are.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use molt_core::{BaseImage, Digest, ImageRef, InputError, Manifest};
 use molt_image::{BakeOptions, BakeReport, BuildSandbox, ImageDiff, RunRequest, SourceInfo};
-use molt_runtime::{BuildCommand, BuildRunner, ContainerUser};
 
 use crate::{ControlError, Controller, Result};
 
-/// Longest a `run` step may take.
-const RUN_STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Where bake `run` steps run: molt-control's seam to a container runtime. Whoever assembles
+/// molt hands one in (`molt serve`: runc containers, through molt-runtime); asked once per
+/// bake, so a runtime that appears while molt runs is used from the next bake on.
+pub trait BuildIsolation: fmt::Debug + Send + Sync {
+    /// A sandbox for one bake's `run` steps, or why they cannot run on this machine (a
+    /// message for the user, saying what is missing).
+    fn sandbox(&self) -> std::result::Result<Box<dyn BuildSandbox + Send>, String>;
+}
 
-/// `run` steps in runc containers, or the reason they cannot run here.
+/// `run` steps in the sandbox handed in, or the reason they cannot run here.
 enum Sandbox {
-    Runc(BuildRunner),
+    Isolated(Box<dyn BuildSandbox + Send>),
     Unavailable(String),
 }
 
@@ -24,19 +29,7 @@ impl BuildSandbox for Sandbox {
     fn run(&self, rootfs: &Path, request: &RunRequest<'_>) -> std::result::Result<(), String> {
         match self {
             Sandbox::Unavailable(why) => Err(why.clone()),
-            Sandbox::Runc(runner) => {
-                let (uid, gid) = request.user.unwrap_or((0, 0));
-                runner.run(
-                    rootfs,
-                    &BuildCommand {
-                        argv: request.argv,
-                        env: request.env.clone(),
-                        cwd: request.workdir.clone(),
-                        user: ContainerUser { uid, gid },
-                        network: request.network,
-                    },
-                )
-            }
+            Sandbox::Isolated(sandbox) => sandbox.run(rootfs, request),
         }
     }
 }
@@ -94,16 +87,16 @@ impl Controller {
         };
         let images = self.inner.images.clone();
         let name = manifest.name.to_string();
-        let build_dir = self.inner.config.build_dir.clone();
+        let isolation = self.inner.config.build_isolation.clone();
         let report = tokio::task::spawn_blocking(move || {
-            let sandbox = match &build_dir {
-                Some(dir) => match BuildRunner::detect(dir, RUN_STEP_TIMEOUT) {
-                    Ok(runner) => Sandbox::Runc(runner),
+            let sandbox = match &isolation {
+                Some(isolation) => match isolation.sandbox() {
+                    Ok(sandbox) => Sandbox::Isolated(sandbox),
                     Err(why) => Sandbox::Unavailable(why),
                 },
                 None => Sandbox::Unavailable(
                     "run steps need isolation: root and runc (this controller has no build \
-                     directory)"
+                     sandbox)"
                         .to_string(),
                 ),
             };

@@ -1,34 +1,21 @@
-//! Shadow traffic: a share of an app's live idempotent requests mirrored to another of its
-//! environments (typically the next release, before the swap), and the two compared. A shadow
-//! deployment (`molt deploy --shadow N`) mirrors to its new environment instead of swapping,
-//! until it is promoted (then it swaps like any deployment) or abandoned (its environment is
-//! retired); the comparison is recorded on the deployment when the shadow phase ends.
+//! The shadow phase of a shadow deployment (`molt deploy --shadow N`): once healthy, its new
+//! environment gets a share of the app's live idempotent requests (mirrored, answers
+//! discarded) instead of the route, until it is promoted (then it swaps like any deployment) or
+//! abandoned (its environment is retired); live and shadow traffic of the phase are compared
+//! and the comparison recorded on the deployment when the phase ends. (Mirroring to any
+//! environment by hand, `molt shadow`, is a route change: `crate::route`.)
 
-use molt_core::{DeployEvent, DeployState, InputError};
-use molt_router::{TrafficStats, LATENCY_BUCKETS};
+use molt_core::{DeployEvent, DeployState};
+use molt_router::TrafficStats;
 use molt_store::{
-    now_ms, AppRecord, DeploymentRecord, EnvState, InstanceState, ShadowComparison, ShadowMode,
-    TrafficSummary,
+    DeploymentRecord, EnvState, InstanceState, ShadowComparison, ShadowMode, TrafficSummary,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::deploy::{env_of, Interrupted};
-use crate::{ControlError, Controller, Result};
-
-/// Live and shadow traffic of an app side by side.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShadowReport {
-    /// The app.
-    pub app: String,
-    /// What is mirrored where, if anything.
-    pub mode: Option<ShadowMode>,
-    /// The routed environment's live traffic.
-    pub live: Option<TrafficSummary>,
-    /// The shadow environment's mirrored traffic (answers were discarded).
-    pub shadow: Option<TrafficSummary>,
-}
+use super::steps::{env_of, Interrupted};
+use crate::traffic::{since, summarize};
+use crate::{parse_app, ControlError, Controller, Result};
 
 /// How a shadow deployment's shadow phase ends, by the user's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,94 +42,6 @@ pub(crate) struct ShadowBase {
 }
 
 impl Controller {
-    /// Mirrors `share_percent` % of the app's bodiless GET/HEAD/OPTIONS requests to `env`
-    /// (one of its ready environments other than the routed one), or stops mirroring
-    /// (`None`). Users always get the routed environment's answers.
-    pub async fn set_shadow(&self, app: &str, target: Option<(String, u32)>) -> Result<AppRecord> {
-        let app: String = app.parse::<molt_core::AppName>()?.to_string();
-        if let Some((_, share)) = &target {
-            if !(1..=100).contains(share) {
-                return Err(InputError::Invalid(format!(
-                    "shadow share must be 1 to 100 (percent), not {share}"
-                ))
-                .into());
-            }
-        }
-        let lock = self.app_lock(&app);
-        let _guard = lock.lock().await;
-        let a = app.clone();
-        let rec = self
-            .db(move |s| {
-                if let Some(d) = shadowing_deployment(s, &a)? {
-                    return Ok(Err(ControlError::Conflict(format!(
-                        "deployment {} of {a} mirrors to {}: promote it (`molt promote {a}`) or \
-                         abandon it (`molt abandon {a}`) first",
-                        d.id,
-                        d.env.as_deref().unwrap_or("its environment")
-                    ))));
-                }
-                let mode = match target {
-                    None => None,
-                    Some((env, share_percent)) => {
-                        let rec = s.env(&env)?;
-                        if rec.app != a {
-                            return Ok(Err(ControlError::NotFound(format!(
-                                "environment '{env}' is not one of {a}'s"
-                            ))));
-                        }
-                        if rec.state != EnvState::Ready {
-                            return Ok(Err(ControlError::Conflict(format!(
-                                "environment {env} is not ready (state {:?}): shadow a running environment",
-                                rec.state
-                            ))));
-                        }
-                        if s.app(&a)?.routed_env.as_deref() == Some(env.as_str()) {
-                            return Ok(Err(ControlError::Conflict(format!(
-                                "environment {env} already serves {a}'s route: shadow another environment"
-                            ))));
-                        }
-                        Some(ShadowMode { env, share_percent })
-                    }
-                };
-                Ok(s.set_shadow(&a, mode.as_ref()).map_err(ControlError::from))
-            })
-            .await??;
-        self.publish_routes().await?;
-        let msg = match &rec.shadow {
-            Some(m) => format!(
-                "{} % of idempotent requests mirrored to {}",
-                m.share_percent, m.env
-            ),
-            None => "shadow traffic off".to_owned(),
-        };
-        self.event(&app, "shadow", &msg).await;
-        Ok(rec)
-    }
-
-    /// The app's live traffic next to its shadow environment's mirrored traffic.
-    pub async fn shadow_report(&self, app: &str) -> Result<ShadowReport> {
-        let app: String = app.parse::<molt_core::AppName>()?.to_string();
-        let a = app.clone();
-        let rec = self.db(move |s| s.app(&a)).await?;
-        let router = &self.inner.router;
-        let live = rec
-            .routed_env
-            .as_ref()
-            .map(|env| summarize(env, &router.env_traffic(env).live));
-        let shadow = rec
-            .shadow
-            .as_ref()
-            .map(|m| summarize(&m.env, &router.env_traffic(&m.env).shadow));
-        Ok(ShadowReport {
-            app,
-            mode: rec.shadow,
-            live,
-            shadow,
-        })
-    }
-}
-
-impl Controller {
     /// Ends the shadow phase of the app's shadow deployment: `Promote` swaps to its
     /// environment like any deployment (the returned record is in state `promoted`; the swap,
     /// drain and watch follow), `Abandon` retires it. Either way live and shadow traffic of
@@ -152,12 +51,12 @@ impl Controller {
         app: &str,
         outcome: ShadowOutcome,
     ) -> Result<DeploymentRecord> {
-        let app: String = app.parse::<molt_core::AppName>()?.to_string();
+        let app: String = parse_app(app)?.to_string();
         let a = app.clone();
         let shadowing = self
             .db(move |s| {
                 s.app(&a)?;
-                shadowing_deployment(s, &a)
+                s.shadowing_deployment(&a)
             })
             .await?;
         let Some(d) = shadowing else {
@@ -165,13 +64,7 @@ impl Controller {
                 "no deployment of {app} is shadowing: start one with `molt deploy --shadow 10`"
             )));
         };
-        let sender = {
-            let active = self.inner.active.lock().unwrap_or_else(|p| p.into_inner());
-            active
-                .get(&app)
-                .filter(|a| a.id == d.id)
-                .map(|a| a.decisions.clone())
-        };
+        let sender = self.inner.active.decisions(&app, d.id);
         let (reply, answer) = oneshot::channel();
         let sent = match sender {
             Some(tx) => tx.send(ShadowDecision { outcome, reply }).await.is_ok(),
@@ -199,8 +92,7 @@ impl Controller {
     ) -> std::result::Result<(), Interrupted> {
         let env = env_of(d)?;
         let share = d.shadow_share.unwrap_or(10);
-        let lock = self.app_lock(&d.app);
-        let _guard = lock.lock().await;
+        let _locked = self.lock_app(&d.app).await;
         let a = d.app.clone();
         let live = self.db(move |s| Ok(s.app(&a)?.routed_env)).await?;
         let Some(live) = live.filter(|l| *l != env) else {
@@ -336,8 +228,7 @@ impl Controller {
         detail: &str,
         base: Option<&ShadowBase>,
     ) -> Result<DeploymentRecord> {
-        let lock = self.app_lock(&d.app);
-        let _guard = lock.lock().await;
+        let _locked = self.lock_app(&d.app).await;
         let comparison = self.shadow_comparison(d, base).await?;
         let (id, detail) = (d.id, detail.to_string());
         let rec = self
@@ -385,20 +276,11 @@ impl Controller {
         Ok(ShadowComparison {
             share_percent,
             since_ms,
-            until_ms: now_ms(),
+            until_ms: self.now_ms(),
             live,
             shadow,
         })
     }
-}
-
-/// The app's newest deployment, if it is in its shadow phase.
-fn shadowing_deployment(
-    s: &molt_store::Store,
-    app: &str,
-) -> std::result::Result<Option<DeploymentRecord>, molt_store::StoreError> {
-    let newest = s.deployments(Some(app), 1)?.into_iter().next();
-    Ok(newest.filter(|d| d.state == DeployState::Shadowing))
 }
 
 /// One line for the history: requests and 2xx of each side.
@@ -419,123 +301,4 @@ fn comparison_line(c: Option<&ShadowComparison>) -> String {
     };
     let live = c.live.as_ref().map(side).unwrap_or_else(|| "none".into());
     format!("live {live}; shadow {}", side(&c.shadow))
-}
-
-/// Counters grown since `base` (all of them without one; a counter that went backwards, after
-/// a restart, counts from zero).
-fn since(now: &TrafficStats, base: Option<&TrafficStats>) -> TrafficStats {
-    let Some(base) = base else {
-        return *now;
-    };
-    let mut out = *now;
-    for (n, b) in out.classes.iter_mut().zip(&base.classes) {
-        *n = n.saturating_sub(*b);
-    }
-    for (n, b) in out
-        .latency
-        .cumulative
-        .iter_mut()
-        .zip(&base.latency.cumulative)
-    {
-        *n = n.saturating_sub(*b);
-    }
-    out.latency.sum_seconds = (now.latency.sum_seconds - base.latency.sum_seconds).max(0.0);
-    out.failed = now.failed.saturating_sub(base.failed);
-    out
-}
-
-fn summarize(env: &str, stats: &TrafficStats) -> TrafficSummary {
-    let requests = stats.requests();
-    let classes = stats
-        .classes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (format!("{}xx", i + 1), *n))
-        .collect();
-    let mean_ms = if requests == 0 {
-        0.0
-    } else {
-        stats.latency.sum_seconds * 1000.0 / requests as f64
-    };
-    TrafficSummary {
-        env: env.to_owned(),
-        requests,
-        classes,
-        failed: stats.failed,
-        mean_ms,
-        p50_ms: quantile_ms(stats, 0.5),
-        p99_ms: quantile_ms(stats, 0.99),
-    }
-}
-
-/// The upper bound (ms) of the bucket where quantile `q` falls; `None` when no request was
-/// counted or it falls past the last bucket.
-fn quantile_ms(stats: &TrafficStats, q: f64) -> Option<f64> {
-    let requests = stats.requests();
-    if requests == 0 {
-        return None;
-    }
-    let rank = (q * requests as f64).ceil() as u64;
-    LATENCY_BUCKETS
-        .iter()
-        .zip(&stats.latency.cumulative)
-        .find(|(_, n)| **n >= rank)
-        .map(|(bound, _)| bound * 1000.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use molt_router::LatencyHistogram;
-
-    #[test]
-    fn quantiles_are_bucket_upper_bounds() {
-        let stats = TrafficStats {
-            classes: [0, 99, 0, 0, 1],
-            latency: LatencyHistogram {
-                // 50 requests ≤ 1 ms, 49 more ≤ 5 ms, one past 10 s.
-                cumulative: [50, 50, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 100],
-                sum_seconds: 20.0,
-            },
-            failed: 0,
-        };
-        let summary = summarize("e", &stats);
-        assert_eq!(summary.requests, 100);
-        assert_eq!(summary.p50_ms, Some(1.0));
-        assert_eq!(summary.p99_ms, Some(5.0));
-        assert_eq!(summary.classes["5xx"], 1);
-        assert!((summary.mean_ms - 200.0).abs() < 1e-9);
-        assert_eq!(quantile_ms(&TrafficStats::default(), 0.5), None);
-        // Every request past the last bucket.
-        let mut cumulative = [0; 13];
-        cumulative[12] = 3;
-        let slow = TrafficStats {
-            latency: LatencyHistogram {
-                cumulative,
-                sum_seconds: 60.0,
-            },
-            ..TrafficStats::default()
-        };
-        assert_eq!(quantile_ms(&slow, 0.5), None);
-    }
-
-    #[test]
-    fn the_comparison_counts_only_what_grew_since_the_base() {
-        let at = |requests: u64, seconds: f64| TrafficStats {
-            classes: [0, requests, 0, 0, 0],
-            latency: LatencyHistogram {
-                cumulative: [requests; 13],
-                sum_seconds: seconds,
-            },
-            failed: 0,
-        };
-        let (base, now) = (at(15, 0.15), at(18, 0.18));
-        let grown = since(&now, Some(&base));
-        assert_eq!(grown.requests(), 3);
-        assert_eq!(grown.classes[1], 3);
-        assert!((grown.latency.sum_seconds - 0.03).abs() < 1e-9);
-        assert_eq!(since(&now, None), now);
-        // Counters that went backwards (a restart) count from zero, never underflow.
-        assert_eq!(since(&base, Some(&now)).requests(), 0);
-    }
 }

@@ -1,5 +1,9 @@
-//! Image operations of the API: import (trees, OCI and Docker archives), inspect, tags and
-//! their history, removal and export.
+//! Image operations: import (trees, OCI and Docker archives), inspect, tags and their
+//! history, removal, export, registry push and pull; baking on the server (`bake.rs`).
+
+mod bake;
+
+pub use bake::{BakeRequest, BuildIsolation};
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -187,6 +191,16 @@ impl Write for ChannelWriter {
 }
 
 impl Controller {
+    /// Imports an image tar already on disk (a tree, OCI or Docker archive, told apart by its
+    /// members) and optionally tags it; a tag never moves here.
+    pub async fn import_image(&self, archive: PathBuf, tag: Option<String>) -> Result<ImageRecord> {
+        let options = ImportOptions {
+            tag,
+            ..Default::default()
+        };
+        Ok(self.import_image_file(archive, options).await?.image)
+    }
+
     /// Imports an uploaded tar (already on disk) as `options.format` says, then tags it.
     pub async fn import_image_file(
         &self,
@@ -204,8 +218,9 @@ impl Controller {
                         ControlError::Internal(format!("reading upload {}: {e}", path.display()))
                     })
             };
+            let refused = ControlError::refused_upload;
             let format = match options.format {
-                ImportFormat::Auto => match molt_image::sniff_archive(open()?)? {
+                ImportFormat::Auto => match molt_image::sniff_archive(open()?).map_err(refused)? {
                     Some(ArchiveFormat::Oci) => ImportFormat::Oci,
                     Some(ArchiveFormat::Docker) => ImportFormat::Docker,
                     None => ImportFormat::Tree,
@@ -213,10 +228,13 @@ impl Controller {
                 other => other,
             };
             let imported = match format {
-                ImportFormat::Tree | ImportFormat::Auto => images.import_tar(open()?)?,
+                ImportFormat::Tree | ImportFormat::Auto => {
+                    images.import_tar(open()?).map_err(refused)?
+                }
                 ImportFormat::Oci | ImportFormat::Docker => {
-                    let (image, found) =
-                        images.import_archive(open()?, options.reference.as_deref())?;
+                    let (image, found) = images
+                        .import_archive(open()?, options.reference.as_deref())
+                        .map_err(refused)?;
                     let wanted = if format == ImportFormat::Oci {
                         ArchiveFormat::Oci
                     } else {

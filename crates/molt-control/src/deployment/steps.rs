@@ -1,0 +1,372 @@
+//! The steps of a deployment, one per journaled state: create the environment, start its
+//! instances, wait for health, swap, drain, watch. Each is idempotent and journals the next
+//! state (the shadow phase's steps are in `shadow.rs`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use molt_core::watch::{self, Look, Verdict};
+use molt_core::{DeployEvent, DeployState};
+use molt_provider::InstanceStatus;
+use molt_router::EnvStats;
+use molt_store::{CutoverFigures, DeploymentRecord, EnvState, InstanceState};
+use tokio_util::sync::CancellationToken;
+
+use crate::instances::instance_addr;
+use crate::{ControlError, Controller, Result};
+
+/// Why a wait inside a step ended early.
+pub(crate) enum Interrupted {
+    /// A newer action on the app took over.
+    Cancelled,
+    /// The step failed, with a message for the user.
+    Failed(String),
+    /// A control-plane error.
+    Error(ControlError),
+}
+
+impl From<ControlError> for Interrupted {
+    fn from(e: ControlError) -> Self {
+        Interrupted::Error(e)
+    }
+}
+
+impl Controller {
+    pub(crate) async fn step_create_env(
+        &self,
+        d: &DeploymentRecord,
+    ) -> std::result::Result<(), Interrupted> {
+        let (app, release, id) = (d.app.clone(), d.release, d.id);
+        self.db(move |s| {
+            let env = s.create_env(&app, release)?;
+            s.attach_env(id, &env.id)
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn step_start_instances(
+        &self,
+        d: &DeploymentRecord,
+    ) -> std::result::Result<(), Interrupted> {
+        let env = env_of(d)?;
+        let (app, number) = (d.app.clone(), d.release);
+        let release = self.db(move |s| s.release(&app, number)).await?;
+        let live = self.live_instances(&env).await?;
+        let missing = (release.config.instances as usize).saturating_sub(live);
+        for _ in 0..missing {
+            if let Err(e) = self.start_instance(&env, &release).await {
+                return Err(Interrupted::Failed(format!(
+                    "could not start an instance: {e}"
+                )));
+            }
+        }
+        let id = d.id;
+        let detail = format!(
+            "{} instance(s) of v{number} started",
+            release.config.instances
+        );
+        self.db(move |s| s.advance(id, DeployEvent::InstancesStarted, &detail))
+            .await?;
+        Ok(())
+    }
+
+    /// Counts the environment's instances whose process runs; marks the others stopped.
+    async fn live_instances(&self, env: &str) -> Result<usize> {
+        let env_id = env.to_string();
+        let instances = self.db(move |s| s.instances(Some(&env_id), false)).await?;
+        let mut live = 0;
+        for inst in instances {
+            let status = self.process_status(&inst);
+            if status == InstanceStatus::Running {
+                live += 1;
+            } else {
+                self.mark_stopped(&inst.id, &self.describe_end(&inst, &status))
+                    .await?;
+            }
+        }
+        Ok(live)
+    }
+
+    pub(crate) async fn step_wait_healthy(
+        &self,
+        d: &DeploymentRecord,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<(), Interrupted> {
+        let env = env_of(d)?;
+        let (app, number) = (d.app.clone(), d.release);
+        let release = self.db(move |s| s.release(&app, number)).await?;
+        // After a restart some instances may have been lost: top the environment up first.
+        let live = self.live_instances(&env).await?;
+        for _ in live..release.config.instances as usize {
+            if let Err(e) = self.start_instance(&env, &release).await {
+                return Err(Interrupted::Failed(format!(
+                    "could not start an instance: {e}"
+                )));
+            }
+        }
+        let health = &release.config.health;
+        let poll = health.interval.min(Duration::from_millis(25));
+        let deadline = Instant::now() + health.start_deadline;
+        let mut streak: HashMap<String, u32> = HashMap::new();
+        let mut last_failure = String::from("no check has completed yet");
+        let mut last_instance = String::new();
+        loop {
+            let env_id = env.clone();
+            let instances = self.db(move |s| s.instances(Some(&env_id), false)).await?;
+            if instances.is_empty() {
+                return Err(Interrupted::Failed(
+                    "the environment has no instance left".into(),
+                ));
+            }
+            let mut healthy = 0;
+            for inst in &instances {
+                let status = self.process_status(inst);
+                if status != InstanceStatus::Running {
+                    let msg = format!("instance {} {} before it became healthy", inst.id, {
+                        self.describe_end(inst, &status)
+                    });
+                    return Err(Interrupted::Failed(self.with_log_tail(&inst.id, msg).await));
+                }
+                if inst.state == InstanceState::Healthy {
+                    healthy += 1;
+                    continue;
+                }
+                match self
+                    .inner
+                    .health
+                    .check(instance_addr(inst), &health.path, health.timeout)
+                    .await
+                {
+                    Ok(()) => {
+                        let n = streak.entry(inst.id.clone()).or_default();
+                        *n += 1;
+                        if *n >= health.healthy_threshold {
+                            let id = inst.id.clone();
+                            self.db(move |s| {
+                                s.set_instance_state(&id, InstanceState::Healthy, None)
+                            })
+                            .await?;
+                            healthy += 1;
+                        }
+                    }
+                    Err(why) => {
+                        streak.insert(inst.id.clone(), 0);
+                        last_failure = why;
+                        last_instance = inst.id.clone();
+                    }
+                }
+            }
+            if healthy >= release.config.instances as usize {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let msg = format!(
+                    "not healthy within the start deadline of {}: last health check failure: {last_failure}",
+                    molt_core::format_duration(health.start_deadline)
+                );
+                let msg = if last_instance.is_empty() {
+                    msg
+                } else {
+                    self.with_log_tail(&last_instance, msg).await
+                };
+                return Err(Interrupted::Failed(msg));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+        let (id, env_id) = (d.id, env.clone());
+        self.db(move |s| {
+            s.set_env_state(&env_id, EnvState::Ready)?;
+            s.advance(
+                id,
+                DeployEvent::BecameHealthy,
+                &format!("{env_id} is healthy"),
+            )
+        })
+        .await?;
+        // The preview hostname starts answering as soon as the environment is ready.
+        self.publish_routes().await?;
+        Ok(())
+    }
+
+    /// `healthy` (or `promoted`): the route moves to the new environment, the step journaled
+    /// with it; the router's counters at that moment are the cutover's baseline.
+    pub(crate) async fn step_swap(
+        &self,
+        d: &DeploymentRecord,
+        baseline: &mut Option<(EnvStats, EnvStats)>,
+    ) -> std::result::Result<(), Interrupted> {
+        let env = env_of(d)?;
+        let (app, number) = (d.app.clone(), d.release);
+        let release = self.db(move |s| s.release(&app, number)).await?;
+        let window = release.config.deploy.rollback_window;
+        let router = &self.inner.router;
+        let previous = self
+            .swap_for_deployment(d, &env, window, |previous| {
+                let prev_stats = previous.map(|p| router.env_stats(p)).unwrap_or_default();
+                *baseline = Some((router.env_stats(&env), prev_stats));
+            })
+            .await?;
+        let msg = match &previous {
+            Some(p) => format!("v{} is live: route moved from {p} to {env}", d.release),
+            None => format!("v{} is live on {env}", d.release),
+        };
+        self.event(&d.app, "swap", &msg).await;
+        Ok(())
+    }
+
+    pub(crate) async fn step_drain(
+        &self,
+        d: &DeploymentRecord,
+        baseline: Option<(EnvStats, EnvStats)>,
+        at_start: Option<EnvStats>,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<(), Interrupted> {
+        let env = env_of(d)?;
+        let (app, number, id) = (d.app.clone(), d.release, d.id);
+        let release = self.db(move |s| s.release(&app, number)).await?;
+        let journal = self.db(move |s| s.journal(id)).await?;
+        let swap_at = journal
+            .iter()
+            .rev()
+            .find(|j| j.state == DeployState::Swapped)
+            .map(|j| j.at_ms)
+            .unwrap_or_else(|| self.now_ms());
+        let router = self.inner.router.clone();
+        if let Some(prev) = d.prev_env.as_deref() {
+            let deadline = Instant::now() + release.config.deploy.drain_timeout;
+            while router.env_stats(prev).in_flight > 0 && Instant::now() < deadline {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+        }
+        let (base_new, base_prev) = baseline.unwrap_or_default();
+        let now_new = router.env_stats(&env);
+        let now_prev = d
+            .prev_env
+            .as_deref()
+            .map(|p| router.env_stats(p))
+            .unwrap_or_default();
+        let start = at_start.unwrap_or_default();
+        let figures = CutoverFigures {
+            served: delta(now_new.answered, base_new.answered)
+                + delta(now_prev.answered, base_prev.answered),
+            failed: delta(now_new.failed, base_new.failed)
+                + delta(now_prev.failed, base_prev.failed),
+            swap_at_ms: swap_at,
+            to_swap_ms: swap_at.saturating_sub(d.created_ms),
+            drain_ms: self.now_ms().saturating_sub(swap_at),
+            deploy_served: now_new.answered + delta(now_prev.answered, start.answered),
+            deploy_failed: now_new.failed + delta(now_prev.failed, start.failed),
+        };
+        let detail = format!(
+            "drained: served {}, failed {} during cutover",
+            figures.served, figures.failed
+        );
+        self.db(move |s| {
+            s.set_figures(id, &figures)?;
+            s.advance(id, DeployEvent::DrainFinished, &detail)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `drained`: health is judged until the watch window ends (on the controller's clock);
+    /// an environment that serves nothing while the previous one is warm is swapped back.
+    pub(crate) async fn step_watch(
+        &self,
+        d: &DeploymentRecord,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<(), Interrupted> {
+        let env = env_of(d)?;
+        let (app, number, id) = (d.app.clone(), d.release, d.id);
+        let release = self.db(move |s| s.release(&app, number)).await?;
+        let swap_at = d.figures.map(|f| f.swap_at_ms).unwrap_or(d.updated_ms);
+        let watch_end = watch::window_end_ms(swap_at, release.config.deploy.watch);
+        let mut warned = false;
+        // The reconciler updates instance health; look often so a swap back is quick.
+        let poll = release
+            .config
+            .health
+            .interval
+            .min(Duration::from_millis(50));
+        while self.now_ms() < watch_end {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
+                _ = tokio::time::sleep(poll) => {}
+            }
+            let look = self.look_at(&env, d.prev_env.as_deref()).await?;
+            match look.verdict() {
+                Verdict::KeepWatching => {}
+                Verdict::SwapBack => {
+                    if let Some(prev) = d.prev_env.as_deref() {
+                        return Ok(self.swap_back(d, &env, prev).await?);
+                    }
+                }
+                Verdict::Stranded if !warned => {
+                    warned = true;
+                    let msg = format!(
+                        "{env} has no healthy instance and no warm environment to swap back to"
+                    );
+                    self.event(&d.app, "unhealthy", &msg).await;
+                }
+                Verdict::Stranded => {}
+            }
+        }
+        let detail = format!("healthy through the watch window; {env} serves v{number}");
+        self.db(move |s| s.advance(id, DeployEvent::WatchPassed, &detail))
+            .await?;
+        Ok(())
+    }
+
+    /// What the watch judges: the new environment's serving instances, and whether the
+    /// previous environment is still warm (ready, with a healthy instance).
+    async fn look_at(&self, env: &str, prev: Option<&str>) -> Result<Look> {
+        let (env, prev) = (env.to_string(), prev.map(str::to_string));
+        self.db(move |s| {
+            // Drifted instances are being replaced (their requests wait for the
+            // replacements): not a reason to swap back.
+            let serving_instances = s
+                .instances(Some(&env), false)?
+                .iter()
+                .filter(|i| matches!(i.state, InstanceState::Healthy | InstanceState::Drifted))
+                .count();
+            // The previous environment decides only when nothing serves: only then is it read.
+            let previous_warm = match &prev {
+                Some(p) if serving_instances == 0 => {
+                    let ready = s.env(p)?.state == EnvState::Ready;
+                    let healthy = s
+                        .instances(Some(p), false)?
+                        .iter()
+                        .any(|i| i.state == InstanceState::Healthy);
+                    ready && healthy
+                }
+                _ => false,
+            };
+            Ok(Look {
+                serving_instances,
+                previous_warm,
+            })
+        })
+        .await
+    }
+}
+
+/// Growth of a monotonic counter since `base` (zero if the counter restarted).
+fn delta(now: u64, base: u64) -> u64 {
+    now.saturating_sub(base)
+}
+
+pub(crate) fn env_of(d: &DeploymentRecord) -> Result<String> {
+    d.env.clone().ok_or_else(|| {
+        ControlError::Internal(format!(
+            "deployment {} is in state {} without an environment",
+            d.id, d.state
+        ))
+    })
+}
