@@ -211,6 +211,19 @@ pub enum Command {
         #[command(subcommand)]
         action: TlsAction,
     },
+    /// The routers of the fleet and where instances run.
+    Cluster {
+        /// status
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+/// `molt cluster …`
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Routers (address, version of the route table applied, lag, fenced) and the provider.
+    Status,
 }
 
 /// `molt tls …`

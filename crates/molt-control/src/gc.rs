@@ -180,7 +180,7 @@ impl Controller {
             .await
             .unwrap_or(Duration::from_secs(30));
         let deadline = Instant::now() + drain;
-        while self.inner.router.env_stats(env).in_flight > 0 && Instant::now() < deadline {
+        while !self.is_drained(env) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         for inst in &instances {

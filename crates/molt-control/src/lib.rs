@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use molt_core::{AppName, Clock, DeployState};
+use molt_fleet::{Fleet, FleetConfig};
 use molt_image::ImageStore;
 use molt_provider::Provider;
 use molt_router::Router;
@@ -56,7 +57,7 @@ pub use molt_image::{ArchiveFormat, BuildSandbox, RunRequest, SourceInfo};
 pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use molt_store::{ShadowComparison, TrafficSummary};
-pub use queries::{AppStatus, ShadowReport, Status};
+pub use queries::{AppStatus, ClusterStatus, ShadowReport, Status};
 pub use route::{RollbackOutcome, SwapOutcome};
 pub use verify::{Attestation, VerifyReport};
 
@@ -91,10 +92,26 @@ pub struct ControlConfig {
     pub drift_hold: Duration,
     /// Where instances listen: see [`InstanceNetwork`].
     pub network: InstanceNetwork,
+    /// The routers beyond this process's own: every route change is published to them too and
+    /// is in force once each live one has acknowledged it (see [`molt_fleet::Fleet`]).
+    pub fleet: Arc<Fleet>,
+    /// How health checks reach instances: straight from this process, or through a router of
+    /// the fleet when instances live on a network only the routers reach.
+    pub health_checks: HealthChecks,
     /// What "now" is for every window the controller decides (the watch, rollback windows,
     /// GC's grace periods, start deadlines of instances) and for the store's timestamps: the
     /// system clock, or a [`molt_core::ManualClock`] a test moves instead of sleeping.
     pub clock: Arc<dyn Clock>,
+}
+
+/// How the controller's health checks reach instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HealthChecks {
+    /// From this process (instances on this machine).
+    #[default]
+    Direct,
+    /// Through a router of the fleet (instances on an engine's overlay network).
+    ThroughRouters,
 }
 
 /// The network instances get, which decides the address molt allocates for each.
@@ -123,6 +140,8 @@ impl Default for ControlConfig {
             verify_interval: None,
             drift_hold: Duration::from_secs(10),
             network: InstanceNetwork::Host,
+            fleet: Fleet::new(FleetConfig::default()),
+            health_checks: HealthChecks::Direct,
             clock: Arc::new(SystemClock),
         }
     }
@@ -198,6 +217,11 @@ impl Controller {
     /// The router this controller feeds.
     pub fn router(&self) -> &Arc<Router> {
         &self.inner.router
+    }
+
+    /// The fleet of routers this controller also feeds.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.inner.config.fleet
     }
 
     /// The provider's isolation level, shown in status output.

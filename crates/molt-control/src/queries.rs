@@ -67,15 +67,31 @@ pub struct ShadowReport {
     pub shadow: Option<TrafficSummary>,
 }
 
+/// What `molt cluster status` shows: the routers of the fleet and where instances run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The routers beyond `molt serve`'s own, with the version each applied.
+    pub routers: molt_fleet::FleetStatus,
+    /// Where instances run: `local`/`runc` on this machine, or an engine's name.
+    pub provider: String,
+}
+
 impl Controller {
     /// Every stored image.
     pub async fn images(&self) -> Result<Vec<ImageRecord>> {
         self.db(|s| s.images()).await
     }
 
+    /// The routers of the fleet and where instances run.
+    pub async fn cluster(&self) -> Result<ClusterStatus> {
+        Ok(ClusterStatus {
+            routers: self.inner.config.fleet.status(),
+            provider: self.inner.provider.name().to_owned(),
+        })
+    }
+
     /// Everything `molt status` shows.
     pub async fn status(&self, only: Option<String>) -> Result<Status> {
-        let router = self.inner.router.clone();
         let this = self.clone();
         let apps = self
             .db(move |s| {
@@ -86,7 +102,7 @@ impl Controller {
                     }
                     let mut envs = Vec::new();
                     for env in s.envs(Some(&app.name), false)? {
-                        let stats = router.env_stats(&env.id);
+                        let stats = this.env_stats(&env.id);
                         let release = s.release(&app.name, env.release)?;
                         envs.push(EnvStatus {
                             routed: app.routed_env.as_deref() == Some(env.id.as_str()),

@@ -208,9 +208,7 @@ impl Controller {
         }
         streak.next_check = Some(now + health.interval);
         let result = self
-            .inner
-            .health
-            .check(instance_addr(inst), &health.path, health.timeout)
+            .probe_instance(instance_addr(inst), &health.path, health.timeout)
             .await;
         let next_state = match result {
             Ok(()) => {

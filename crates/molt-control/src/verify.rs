@@ -332,9 +332,7 @@ impl Controller {
             let deadline = Instant::now() + health.start_deadline;
             loop {
                 let check = self
-                    .inner
-                    .health
-                    .check(instance_addr(inst), &health.path, health.timeout)
+                    .probe_instance(instance_addr(inst), &health.path, health.timeout)
                     .await;
                 let why = match check {
                     Ok(()) => break,

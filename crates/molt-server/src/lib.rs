@@ -5,6 +5,8 @@
 //! - `state.db` — the SQLite store (WAL);
 //! - `images/` — the image store; `logs/` — instance output; `uploads/` — image uploads;
 //! - `admin.token` (0600) — the API token the CLI reads;
+//! - `router.token` (0600) — the token of the fleet's routers (`molt router`): it opens only
+//!   the fleet's endpoints (the route stream, acknowledgements, reports, probe results);
 //! - `serve.json` — where the running server listens, for the CLI;
 //! - `owner.id` — marks this data directory's instance processes (orphan detection);
 //! - `serve.lock` — held while a server uses the directory;
@@ -264,6 +266,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         )
     })?;
     let token = read_or_create_secret(&dir.join("admin.token"))?;
+    let router_token = read_or_create_secret(&dir.join("router.token"))?;
     let owner = read_or_create_secret(&dir.join("owner.id"))?;
     let store = Store::open(&dir.join("state.db"))
         .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
@@ -396,7 +399,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     if let Some(acme) = acme {
         background.push(tokio::spawn(acme.run(stop.clone())));
     }
-    let app = molt_api::router(controller.clone(), token.clone(), dir.join("uploads"));
+    let app = molt_api::router(
+        controller.clone(),
+        molt_api::Tokens {
+            admin: token.clone(),
+            router: router_token,
+        },
+        dir.join("uploads"),
+    );
     let api_stop = stop.clone();
     let api_task = tokio::spawn(async move {
         axum::serve(api_listener, app)

@@ -386,6 +386,49 @@ pub(crate) fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// `molt cluster status`: the routers of the fleet and the provider.
+pub(crate) async fn cluster_status(client: &Client, json: bool) -> Result<i32> {
+    let v = client.get("/v1/cluster").await?;
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    let version = v["routers"]["version"].as_u64().unwrap_or(0);
+    println!(
+        "provider: {}    route table: version {version}",
+        v["provider"].as_str().unwrap_or("?")
+    );
+    let routers = v["routers"]["routers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if routers.is_empty() {
+        println!("no router of the fleet has connected (molt serve's own router serves alone)");
+        return Ok(0);
+    }
+    println!(
+        "{:<20} {:<22} {:>8} {:>5} {:<12} {:>10}",
+        "ROUTER", "LISTEN", "VERSION", "LAG", "STATE", "LAST SEEN"
+    );
+    for router in &routers {
+        let state = match (router["connected"].as_bool(), router["fenced"].as_bool()) {
+            (_, Some(true)) => "fenced",
+            (Some(true), _) => "in fleet",
+            _ => "disconnected",
+        };
+        println!(
+            "{:<20} {:<22} {:>8} {:>5} {:<12} {:>9}s",
+            router["name"].as_str().unwrap_or("?"),
+            router["listen"].as_str().unwrap_or(""),
+            router["acknowledged"].as_u64().unwrap_or(0),
+            router["lag"].as_u64().unwrap_or(0),
+            state,
+            router["last_seen_ms"].as_u64().unwrap_or(0) / 1000,
+        );
+    }
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

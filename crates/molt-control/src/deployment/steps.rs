@@ -133,9 +133,7 @@ impl Controller {
                     continue;
                 }
                 match self
-                    .inner
-                    .health
-                    .check(instance_addr(inst), &health.path, health.timeout)
+                    .probe_instance(instance_addr(inst), &health.path, health.timeout)
                     .await
                 {
                     Ok(()) => {
@@ -203,11 +201,10 @@ impl Controller {
         let (app, number) = (d.app.clone(), d.release);
         let release = self.db(move |s| s.release(&app, number)).await?;
         let window = release.config.deploy.rollback_window;
-        let router = &self.inner.router;
         let previous = self
             .swap_for_deployment(d, &env, window, |previous| {
-                let prev_stats = previous.map(|p| router.env_stats(p)).unwrap_or_default();
-                *baseline = Some((router.env_stats(&env), prev_stats));
+                let prev_stats = previous.map(|p| self.env_stats(p)).unwrap_or_default();
+                *baseline = Some((self.env_stats(&env), prev_stats));
             })
             .await?;
         let msg = match &previous {
@@ -235,10 +232,9 @@ impl Controller {
             .find(|j| j.state == DeployState::Swapped)
             .map(|j| j.at_ms)
             .unwrap_or_else(|| self.now_ms());
-        let router = self.inner.router.clone();
         if let Some(prev) = d.prev_env.as_deref() {
             let deadline = Instant::now() + release.config.deploy.drain_timeout;
-            while router.env_stats(prev).in_flight > 0 && Instant::now() < deadline {
+            while !self.is_drained(prev) && Instant::now() < deadline {
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
                     _ = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -246,11 +242,11 @@ impl Controller {
             }
         }
         let (base_new, base_prev) = baseline.unwrap_or_default();
-        let now_new = router.env_stats(&env);
+        let now_new = self.env_stats(&env);
         let now_prev = d
             .prev_env
             .as_deref()
-            .map(|p| router.env_stats(p))
+            .map(|p| self.env_stats(p))
             .unwrap_or_default();
         let start = at_start.unwrap_or_default();
         let figures = CutoverFigures {
