@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use hyper::http::uri::Authority;
 
+use crate::config::EjectionPolicy;
 use crate::eject::{now_ms, HealthRegistry, UpstreamHealth, Verdict};
 use crate::host::lookup_key;
 use crate::stats::{EnvCounters, LoadRegistry, StatsRegistry, UpstreamLoad};
-use crate::EjectionPolicy;
 
 /// One instance of an environment that can take traffic, and where it listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
