@@ -17,8 +17,8 @@ use tracing::{debug, warn};
 
 use crate::config::RouterConfig;
 use crate::eject::{now_ms, Verdict};
+use crate::route::{Route, Upstream};
 use crate::stats::InFlight;
-use crate::table::{Route, Upstream};
 
 /// Sends one request to one upstream.
 pub(crate) trait Attempt {

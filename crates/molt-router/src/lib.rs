@@ -44,6 +44,7 @@ mod page;
 mod plain;
 mod presence;
 mod reqid;
+mod route;
 mod router;
 mod routing;
 mod server;
@@ -58,8 +59,9 @@ mod upgrade;
 mod upstream;
 
 pub use config::{ClientScheme, EjectionPolicy, RetryBudget, RouterConfig, UpstreamProtocol};
+pub use route::{Backend, Maintenance, Route, RouteLimits, Upstream};
 pub use router::Router;
 pub use server::ServerThreads;
 pub use stats::EnvStats;
-pub use table::{Backend, Maintenance, Route, RouteLimits, RouteTable, Upstream};
+pub use table::RouteTable;
 pub use traffic::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};

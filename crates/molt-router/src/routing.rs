@@ -15,10 +15,11 @@ use hyper::Request;
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::route::{Maintenance, Route};
 use crate::router::Router;
 use crate::shaping::{self, Source};
 use crate::stats::InFlight;
-use crate::table::{Maintenance, Picked, Route, Selector};
+use crate::table::{Picked, Selector};
 
 /// Pins a request to one environment of its hostname (for testers), e.g. `X-Molt-Env: shop-v8-1a2b`.
 pub static X_MOLT_ENV: HeaderName = HeaderName::from_static("x-molt-env");

@@ -24,7 +24,7 @@ use crate::config::{ClientScheme, EjectionPolicy};
 use crate::eject::Verdict;
 use crate::forwarded::add_forwarded;
 use crate::headers::{add_forwarding, strip_hop_by_hop};
-use crate::table::Route;
+use crate::route::Route;
 use crate::upstream::{upstream_uri, RequestBody, Upstreams};
 
 /// Marks a mirrored request, so the shadow environment can tell it from live traffic.

@@ -21,9 +21,9 @@ use crate::config::ClientScheme;
 use crate::forwarded::add_forwarded;
 use crate::headers::{add_forwarding, strip_hop_by_hop};
 use crate::page;
+use crate::route::Route;
 use crate::router::{Router, CONNECT_TIMEOUT};
 use crate::stats::InFlight;
-use crate::table::Route;
 use crate::upstream::UpstreamBody;
 
 impl Router {

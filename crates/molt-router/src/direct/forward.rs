@@ -16,9 +16,9 @@ use crate::attempts::{self, Attempt, Attempted, Settled};
 use crate::body::ResponseBody;
 use crate::guard::ClientSocket;
 use crate::page;
+use crate::route::Upstream;
 use crate::router::Router;
 use crate::stats::InFlight;
-use crate::table::Upstream;
 use crate::upstream::{ask, AskError, Pool, Socket, UpstreamError};
 
 /// One attempt of a direct-path request: its head (in `Conn::request_head`) over a pooled

@@ -20,11 +20,12 @@ use crate::headers::{is_hop_by_hop, Listed};
 use crate::http1::{is_visible, parse_length, push_field, tokens, MAX_HEADERS};
 use crate::page;
 use crate::reqid::{InlineId, X_REQUEST_ID};
+use crate::route::Route;
 use crate::router::Router;
 use crate::routing::{no_instance, Choice, Lookup, Routed};
 use crate::shaping::Source;
 use crate::stats::InFlight;
-use crate::table::{Picked, Route};
+use crate::table::Picked;
 use crate::tls::ACME_CHALLENGE_PREFIX;
 
 /// What the direct path decided for the request head at the start of `input`.

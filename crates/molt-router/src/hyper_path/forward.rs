@@ -23,9 +23,9 @@ use crate::forwarded::add_forwarded;
 use crate::headers::{add_forwarding, strip_hop_by_hop};
 use crate::limits::{BodyFault, FaultProbe, LimitedBody};
 use crate::page;
+use crate::route::{Route, Upstream};
 use crate::router::Router;
 use crate::stats::InFlight;
-use crate::table::{Route, Upstream};
 use crate::upstream::{
     send_bodiless, upstream_uri, AskError, Pool, RequestBody, Socket, SocketBody, UpstreamBody,
     UpstreamError, Upstreams,

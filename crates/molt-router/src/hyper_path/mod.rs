@@ -31,10 +31,11 @@ use crate::body::ResponseBody;
 use crate::config::ClientScheme;
 use crate::page::{self, Flavor};
 use crate::reqid::X_REQUEST_ID;
+use crate::route::Route;
 use crate::router::Router;
 use crate::routing::{no_instance, Choice, Lookup, Routed};
 use crate::shaping::{Source, STICKY_COOKIE};
-use crate::table::{Picked, Route};
+use crate::table::Picked;
 use crate::upgrade::requested_upgrade;
 use forward::is_idempotent_read;
 
