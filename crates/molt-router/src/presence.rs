@@ -13,7 +13,7 @@ pub(crate) enum Presence {
     Unrouted,
 }
 
-/// The [`Presence`] of one environment, published by [`Router::publish`] and watched by the
+/// The [`Presence`] of one environment, published by [`Router::publish`](crate::Router::publish) and watched by the
 /// environment's upgraded connections. Lives in the environment's counters, so the request
 /// path reaches it without a lock.
 #[derive(Debug)]

@@ -7,7 +7,7 @@
 //! about 2.5× nginx's instructions per proxied request (callgrind; see docs/benchmarks.md).
 //! The direct path parses the head with httparse, routes it through the same table,
 //! counters, retries, retry budget, ejection and drain accounting as hyper's path
-//! ([`crate::hyper_path`]; both forward through one attempt loop, [`crate::attempts`]),
+//! (`hyper_path`; both forward through one attempt loop, `attempts.rs`),
 //! writes the upstream head straight from the client's bytes, and relays the response head
 //! and body (by length, chunks or close) as they come. It allocates nothing per request on
 //! its hot path: a connection's buffers are reused from one request to the next.
@@ -19,10 +19,10 @@
 //! under both: no byte reaches either parser before its request's framing is known to be
 //! unambiguous.
 //!
-//! The connection loop is here; [`conn`] holds the connection's buffers and client I/O,
-//! [`request`] reads a request head and decides, [`forward`] sends it upstream through the
-//! shared attempt loop, [`response`] writes the client's response head, [`relay`] relays the
-//! body. The upstream exchange itself is [`crate::upstream`]'s.
+//! The connection loop is here; `conn` holds the connection's buffers and client I/O,
+//! `request` reads a request head and decides, `forward` sends it upstream through the
+//! shared attempt loop, `response` writes the client's response head, `relay` relays the
+//! body. The upstream exchange itself is `upstream`'s.
 
 mod conn;
 mod forward;
