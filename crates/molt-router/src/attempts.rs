@@ -78,22 +78,19 @@ pub(crate) async fn run<A: Attempt>(
         let last = attempts >= limit;
         let upstream = &route.upstreams()[index];
         in_flight.sent_to(route.load_of(index));
-        let outcome = match attempt.send(upstream, index, last).await {
-            Attempted::Answered(answer) => {
-                route.record_success(index);
-                Attempted::Answered(answer)
-            }
+        let outcome = attempt.send(upstream, index, last).await;
+        match &outcome {
+            Attempted::Answered(_) => route.record_success(index),
             Attempted::Unreachable(error) => {
-                match retry_after_failure(config, route, index, &mut tried, last, &error) {
-                    Some(next) => {
-                        index = next;
-                        continue;
-                    }
-                    None => Attempted::Unreachable(error),
+                if let Some(next) =
+                    retry_after_failure(config, route, index, &mut tried, last, error)
+                {
+                    index = next;
+                    continue;
                 }
             }
-            other => other,
-        };
+            Attempted::Failed(_) | Attempted::TimedOut => {}
+        }
         return Settled { index, outcome };
     }
 }

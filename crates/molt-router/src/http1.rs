@@ -3,6 +3,10 @@
 //! is read at a time. Shared by the client side of the direct path ([`crate::direct`]) and the
 //! upstream exchange ([`crate::upstream`]); which fields are passed on is
 //! [`crate::headers`]'s business.
+//!
+//! The helpers are `#[inline]`: they run for every header field on the direct path, where
+//! they were inlined when they lived in its module; called out of line they cost it ~150
+//! instructions per request (callgrind).
 
 use hyper::StatusCode;
 
@@ -16,6 +20,7 @@ pub(crate) const BODY_READ: usize = 64 * 1024;
 
 /// Where the head that starts `bytes` ends (just after its blank line), searching from
 /// `from` (bytes before it were searched already).
+#[inline]
 pub(crate) fn find_head_end(bytes: &[u8], from: usize) -> Option<usize> {
     let start = from.min(bytes.len());
     bytes[start..]
@@ -25,6 +30,7 @@ pub(crate) fn find_head_end(bytes: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The comma-separated tokens of a field value, trimmed, empty ones left out.
+#[inline]
 pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
@@ -33,11 +39,13 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The last of a field value's [`tokens`] (empty when there is none).
+#[inline]
 pub(crate) fn last_token(value: &[u8]) -> &[u8] {
     tokens(value).last().unwrap_or_default()
 }
 
 /// A `Content-Length` value: digits only (surrounding spaces allowed).
+#[inline]
 pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
@@ -47,6 +55,7 @@ pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Visible ASCII, spaces and tabs: what `HeaderValue::to_str` accepts.
+#[inline]
 pub(crate) fn is_visible(value: &[u8]) -> bool {
     value
         .iter()
@@ -54,6 +63,7 @@ pub(crate) fn is_visible(value: &[u8]) -> bool {
 }
 
 /// Appends `HTTP/1.1 <status> <reason>` (the canonical reason when `reason` is empty).
+#[inline]
 pub(crate) fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
     // Three digits: parsed and checked to be in 100..=999.
     let digits = [
@@ -77,6 +87,7 @@ pub(crate) fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
 }
 
 /// Appends one `name: value` field line.
+#[inline]
 pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");

@@ -2,7 +2,7 @@
 //! loaded for exactly one lookup (a publish waits for that window), the route found by host,
 //! path, pinned environment or sticky split, the upstream to start with picked, and the
 //! request counted in flight on its environment. A held backend makes a request wait here
-//! for the next publish ([`Router::choose_waiting`]).
+//! for the next publish ([`Router::wait_out_hold`]).
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -123,13 +123,15 @@ impl Router {
         }))
     }
 
-    /// [`Router::choose`], waiting while the backend is held: for the next publish, up to
+    /// After [`Router::choose`] found the backend `held`: waits for the next publish, up to
     /// the hold's end and the route's request timeout from `started`, and only while fewer
     /// than `max_held_requests` wait (then, or once the wait is over, a held backend is
-    /// answered like one without upstreams). Nothing is counted for the request until it is
-    /// assigned. Also returns where the sticky bucket of a split came from.
-    pub(crate) async fn choose_waiting(
+    /// answered like one without upstreams), looking again after each. Nothing is counted
+    /// for the request until it is assigned. Also returns where the sticky bucket of a split
+    /// came from.
+    pub(crate) async fn wait_out_hold(
         &self,
+        mut held: Held,
         lookup: &Lookup<'_>,
         host_name: &str,
         client: IpAddr,
@@ -140,7 +142,27 @@ impl Router {
         let mut may_hold = true;
         let mut waiting: Option<(HoldSlot<'_>, watch::Receiver<()>)> = None;
         loop {
-            let held = match self.choose(
+            match &mut waiting {
+                None => match self.enter_hold() {
+                    // Subscribed: look again, so a publish in between is not missed.
+                    Some(slot) => waiting = Some((slot, self.published.subscribe())),
+                    None => {
+                        debug!(host = host_name, "too many held requests; not waiting");
+                        may_hold = false;
+                    }
+                },
+                Some((_, publishes)) => {
+                    debug!(host = host_name, "backend held; waiting for a publish");
+                    let deadline = held.until.min(started + held.timeout);
+                    let published =
+                        tokio::time::timeout_at(deadline.into(), publishes.changed()).await;
+                    if !matches!(published, Ok(Ok(()))) {
+                        debug!(host = host_name, "hold ran out");
+                        may_hold = false;
+                    }
+                }
+            }
+            held = match self.choose(
                 lookup,
                 host_name.trim(),
                 client,
@@ -151,24 +173,6 @@ impl Router {
                 Ok(choice) => return (choice, bucket_source.get()),
                 Err(held) => held,
             };
-            let Some((_, publishes)) = &mut waiting else {
-                match self.enter_hold() {
-                    // Subscribed: look again, so a publish in between is not missed.
-                    Some(slot) => waiting = Some((slot, self.published.subscribe())),
-                    None => {
-                        debug!(host = host_name, "too many held requests; not waiting");
-                        may_hold = false;
-                    }
-                }
-                continue;
-            };
-            debug!(host = host_name, "backend held; waiting for a publish");
-            let deadline = held.until.min(started + held.timeout);
-            let published = tokio::time::timeout_at(deadline.into(), publishes.changed()).await;
-            if !matches!(published, Ok(Ok(()))) {
-                debug!(host = host_name, "hold ran out");
-                may_hold = false;
-            }
         }
     }
 

@@ -41,7 +41,7 @@ struct Forward {
 struct UpstreamAttempt<'a> {
     upstreams: &'a Upstreams,
     route: &'a Route,
-    forward: Forward,
+    forward: &'a mut Forward,
     /// The client's body, for the single attempt a request with a body gets.
     body: Option<LimitedBody>,
     /// The plain-socket pool and the whole upstream head, for a bodiless request to
@@ -92,7 +92,7 @@ impl Router {
         } else {
             1
         };
-        let forward = Forward { head, path };
+        let mut forward = Forward { head, path };
         let (body, fault) = LimitedBody::new(body, allowance.max_body);
         let body = (!replayable).then_some(body);
         // Bodiless requests go over a pooled plain socket like the direct path's, not through
@@ -107,7 +107,7 @@ impl Router {
         let mut attempt = UpstreamAttempt {
             upstreams: &self.upstreams,
             route,
-            forward,
+            forward: &mut forward,
             body,
             plain,
             head_only,

@@ -6,7 +6,8 @@
 //! 1. admission — what the request must satisfy before it is routed (a valid Host, the body
 //!    limit; [`crate::admission`]), and what the plain listener answers itself
 //!    ([`crate::plain`]);
-//! 2. lookup — the route table, waiting out a held backend ([`crate::routing`]);
+//! 2. lookup — the route table ([`crate::routing`]), and for a held backend the wait for the
+//!    next publish;
 //! 3. assignment — the router's own answers for a backend in maintenance, an unknown host or
 //!    a body over the app's limit; otherwise the request is in flight on its route;
 //! 4. forward — the shadow copy, then the upgrade ([`crate::upgrade`]) or the attempts on
@@ -16,6 +17,7 @@
 
 mod forward;
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -33,7 +35,7 @@ use crate::page::{self, Flavor};
 use crate::reqid::X_REQUEST_ID;
 use crate::route::Route;
 use crate::router::Router;
-use crate::routing::{no_instance, Choice, Lookup, Routed};
+use crate::routing::{no_instance, Choice, Held, Lookup, Routed};
 use crate::shaping::{Source, STICKY_COOKIE};
 use crate::table::Picked;
 use crate::upgrade::requested_upgrade;
@@ -100,7 +102,13 @@ impl Router {
             }
         }
         let started = Instant::now();
-        let (choice, sticky) = self.lookup(&request, host_name, client, started).await;
+        let (choice, sticky) = match self.lookup(&request, host_name, client) {
+            Ok(found) => found,
+            Err(held) => {
+                self.lookup_after_hold(held, &request, host_name, client, started)
+                    .await
+            }
+        };
         let Routed {
             route,
             start,
@@ -122,10 +130,11 @@ impl Router {
                 .await;
             return Ok(upgraded);
         }
-        let (response, index) = self
+        let (mut response, index) = self
             .forward(&route, start, in_flight, request, client, host)
             .await;
-        Ok(self.account(response, &route, index, started, sticky, served))
+        self.account(&mut response, &route, index, started, sticky, served);
+        Ok(response)
     }
 
     /// Admission: the checks a request passes before it is routed ([`admit`]), and its Host
@@ -155,30 +164,44 @@ impl Router {
         })
     }
 
-    /// Lookup: the route for the request (waiting while its backend is held), and the sticky
-    /// bucket to hand the client as a cookie — a client bucketed by hash gets its bucket, so
-    /// it stays put even when its address or agent changes.
-    async fn lookup(
+    /// Lookup: the route for the request, and the sticky bucket to hand the client as a
+    /// cookie (see [`sticky_bucket`]). `Err` when its backend is held: then
+    /// [`Router::lookup_after_hold`] waits.
+    fn lookup(
         &self,
+        request: &Request<Incoming>,
+        host_name: &str,
+        client: IpAddr,
+    ) -> Result<(Choice, Option<u32>), Held> {
+        let bucket_source = Cell::new(Source::Cookie);
+        let choice = self.choose(
+            &Lookup::of(request),
+            host_name.trim(),
+            client,
+            &bucket_source,
+            is_mirrorable(request),
+            true,
+        )?;
+        let sticky = sticky_bucket(&choice, bucket_source.get());
+        Ok((choice, sticky))
+    }
+
+    /// The lookup of a request whose backend is held: it waits for the next publish (not on
+    /// [`Router::lookup`]'s path, so requests that do not wait do not carry the wait).
+    async fn lookup_after_hold(
+        &self,
+        held: Held,
         request: &Request<Incoming>,
         host_name: &str,
         client: IpAddr,
         started: Instant,
     ) -> (Choice, Option<u32>) {
-        let mirrorable = is_idempotent_read(request.method())
-            && request.body().is_end_stream()
-            && requested_upgrade(request).is_none();
         let lookup = Lookup::of(request);
+        let mirrorable = is_mirrorable(request);
         let (choice, bucket_source) = self
-            .choose_waiting(&lookup, host_name, client, mirrorable, started)
+            .wait_out_hold(held, &lookup, host_name, client, mirrorable, started)
             .await;
-        let sticky = match &choice {
-            Choice::Routed(Routed {
-                picked: Picked::Split(bucket),
-                ..
-            }) if bucket_source == Source::Hash => Some(*bucket),
-            _ => None,
-        };
+        let sticky = sticky_bucket(&choice, bucket_source);
         (choice, sticky)
     }
 
@@ -234,13 +257,13 @@ impl Router {
     /// instance that answered for the access log, and the sticky cookie.
     fn account(
         &self,
-        mut response: Response<ResponseBody>,
+        response: &mut Response<ResponseBody>,
         route: &Route,
         index: Option<usize>,
         started: Instant,
         sticky: Option<u32>,
         served: &mut Served,
-    ) -> Response<ResponseBody> {
+    ) {
         let live = &route.counters().traffic.live;
         live.record(response.status().as_u16(), started.elapsed());
         if self.config.access_log {
@@ -254,7 +277,26 @@ impl Router {
                 response.headers_mut().append(SET_COOKIE, value);
             }
         }
-        response
+    }
+}
+
+/// Whether a copy of the request may go to the hostname's shadow environment: a bodiless
+/// idempotent read, not an upgrade.
+fn is_mirrorable(request: &Request<Incoming>) -> bool {
+    is_idempotent_read(request.method())
+        && request.body().is_end_stream()
+        && requested_upgrade(request).is_none()
+}
+
+/// The bucket to hand out as the `molt-bucket` cookie: a client a split bucketed by hash
+/// gets its bucket, so it stays put even when its address or agent changes.
+fn sticky_bucket(choice: &Choice, source: Source) -> Option<u32> {
+    match choice {
+        Choice::Routed(Routed {
+            picked: Picked::Split(bucket),
+            ..
+        }) if source == Source::Hash => Some(*bucket),
+        _ => None,
     }
 }
 
