@@ -8,7 +8,10 @@
 //! caller's ([`Attempt`]); what the outcome means for the client is the caller's too.
 //!
 //! It is generic over the attempt, not boxed: the direct path allocates nothing per request
-//! on its hot path, and this loop keeps it so (`tried` allocates only after a failure).
+//! on its hot path, and this loop keeps it so (`tried` allocates only after a failure). What
+//! sharing it costs is the loop's own bookkeeping — the attempt's state, two more future
+//! states, the answer moved out through them: ~170 instructions per direct-path request,
+//! about 1 % (callgrind: 16.83 k against 16.66 k with the loop written out in the path).
 
 use std::fmt::Display;
 use std::future::Future;
