@@ -17,10 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::config::ClientScheme;
 use crate::direct::Ending;
 use crate::framing::FrameLimits;
 use crate::guard::{BusyBody, ClientSocket, GuardedStream, Prefixed};
-use crate::{ClientScheme, Router};
+use crate::router::Router;
+use crate::tls;
 
 /// Pause after an accept error that is not about one connection (e.g. out of file
 /// descriptors), so the loop does not spin.
@@ -62,7 +64,7 @@ impl Router {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> io::Result<()> {
-        let config = crate::tls::server_config(Arc::clone(&self.certs));
+        let config = tls::server_config(Arc::clone(&self.certs));
         let acceptor = TlsAcceptor::from(Arc::new(config));
         self.serve_with(listener, shutdown, Some(acceptor)).await
     }
