@@ -466,7 +466,7 @@ pub struct ServeArgs {
     /// timeout (0 = answer 503 at once).
     #[arg(long, default_value = "10s")]
     pub drift_hold: String,
-    /// Threads serving the router's plain listener, each with its own event loop and socket
+    /// Threads serving the router's listeners (plain and TLS), each with its own event loop and socket
     /// (SO_REUSEPORT); default: one per CPU. 0 serves it on the shared runtime instead.
     #[arg(long, value_name = "N")]
     pub router_threads: Option<usize>,

@@ -4,7 +4,7 @@
 //! [`crate::direct`] and [`crate::hyper_path`]; connections are accepted by [`crate::server`].
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -64,6 +64,9 @@ pub struct Router {
     pub(crate) published: watch::Sender<()>,
     /// Requests waiting on a held backend right now.
     pub(crate) held: AtomicUsize,
+    /// Set while the router turns new connections away (see
+    /// [`Router::refuse_new_connections`]).
+    refusing: AtomicBool,
 }
 
 impl Router {
@@ -92,6 +95,7 @@ impl Router {
             shadows,
             published: watch::channel(()).0,
             held: AtomicUsize::new(0),
+            refusing: AtomicBool::new(false),
         })
     }
 
@@ -250,6 +254,20 @@ fn mark_presence(registry: &StatsRegistry, old: &RouteTable, new: &RouteTable) {
         if let Some(counters) = registry.get(env) {
             counters.presence().mark(Presence::Unrouted);
         }
+    }
+}
+
+impl Router {
+    /// Turns new client connections away (closed as soon as accepted) while `refuse` holds;
+    /// connections already open are served as before. A router fenced out of a fleet does
+    /// this until it has caught up with the control plane's table.
+    pub fn refuse_new_connections(&self, refuse: bool) {
+        self.refusing.store(refuse, Ordering::Relaxed);
+    }
+
+    /// Whether new client connections are being turned away.
+    pub fn refuses_new_connections(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
     }
 }
 

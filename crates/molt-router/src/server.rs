@@ -103,6 +103,17 @@ impl Router {
         self.spawn_threads(addr, threads, shutdown, false)
     }
 
+    /// [`Router::listen_on_threads`] for TLS: listening at once, serving like
+    /// [`Router::serve_tls`] from [`ServerThreads::start`] on.
+    pub fn listen_tls_on_threads(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        threads: usize,
+        shutdown: CancellationToken,
+    ) -> io::Result<ServerThreads> {
+        self.spawn_threads(addr, threads, shutdown, true)
+    }
+
     /// [`Router::serve_on_threads`] for TLS: each thread serves like [`Router::serve_tls`].
     pub fn serve_tls_on_threads(
         self: Arc<Self>,
@@ -279,6 +290,13 @@ impl Router {
                     }
                 }
             };
+            if self.refuses_new_connections() {
+                // Fenced out of a fleet: open connections finish, new ones are turned away
+                // so that clients and load balancers go to a router that is up to date.
+                debug!(%peer, "refusing a new connection");
+                drop(stream);
+                continue;
+            }
             if let Err(error) = stream.set_nodelay(true) {
                 debug!(%peer, %error, "could not set TCP_NODELAY");
             }

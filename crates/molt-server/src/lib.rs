@@ -79,9 +79,9 @@ pub struct ServeConfig {
     pub verify_interval: Option<Duration>,
     /// Longest time requests wait while drifted instances are replaced (then 503).
     pub drift_hold: Duration,
-    /// Threads serving the router's plain listener, each with its own runtime and
-    /// `SO_REUSEPORT` socket ([`Router::serve_on_threads`]); 0 serves it on the server's
-    /// shared runtime instead.
+    /// Threads serving each of the router's listeners (plain and TLS), each with its own
+    /// runtime and `SO_REUSEPORT` socket ([`Router::serve_on_threads`]); 0 serves them on the
+    /// server's shared runtime instead.
     pub router_threads: usize,
     /// The controller's clock (and the store's): the system clock; tests may hand in a
     /// [`molt_core::ManualClock`] to move windows along instead of sleeping.
@@ -168,6 +168,43 @@ pub struct Endpoints {
 enum RouterListener {
     Runtime(TcpListener),
     Threads(molt_router::ServerThreads),
+}
+
+/// The TLS listener's port, taken before the router exists.
+enum TlsBind {
+    /// Served on the shared runtime (`--router-threads 0`).
+    Runtime(TcpListener),
+    /// Held (bound with SO_REUSEPORT, not listening) until the router's threads bind it.
+    Reserved(tokio::net::TcpSocket, SocketAddr),
+}
+
+impl TlsBind {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            TlsBind::Runtime(listener) => listener
+                .local_addr()
+                .expect("a bound listener has an address"),
+            TlsBind::Reserved(_, addr) => *addr,
+        }
+    }
+}
+
+/// Takes the TLS port: a listener when the router serves on the shared runtime (`threads`
+/// 0), else a reservation for its threads.
+async fn bind_tls(addr: SocketAddr, threads: usize) -> std::io::Result<TlsBind> {
+    if threads == 0 {
+        return Ok(TlsBind::Runtime(TcpListener::bind(addr).await?));
+    }
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    let bound = socket.local_addr()?;
+    Ok(TlsBind::Reserved(socket, bound))
 }
 
 /// A running server.
@@ -273,19 +310,22 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let images = ImageStore::open(&dir.join("images")).context("opening the image store")?;
     let provider = make_provider(cfg.isolation, cfg.network.as_ref(), &dir, &owner[..16])?;
     tracing::info!(isolation = provider.isolation(), "instances are isolated");
-    let tls_listener = match &cfg.tls {
-        Some(tls) => Some(TcpListener::bind(tls.listen).await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on {} for TLS: {e}; pick another address with --tls-listen",
-                tls.listen
-            )
-        })?),
+    // The TLS port is taken now (its number goes into the router's https redirect): a listener
+    // for the shared runtime, or a reservation the router's threads join with SO_REUSEPORT.
+    let tls_bind = match &cfg.tls {
+        Some(tls) => Some(
+            bind_tls(tls.listen, cfg.router_threads)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {} for TLS: {e}; pick another address with --tls-listen",
+                        tls.listen
+                    )
+                })?,
+        ),
         None => None,
     };
-    let router_tls_addr = match &tls_listener {
-        Some(listener) => Some(listener.local_addr()?),
-        None => None,
-    };
+    let router_tls_addr = tls_bind.as_ref().map(TlsBind::addr);
     let router = Router::new(RouterConfig {
         https_redirect: match (&cfg.tls, router_tls_addr) {
             (Some(tls), Some(addr)) if tls.https_redirect => Some(addr.port()),
@@ -337,6 +377,18 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
                 .map_err(cannot_listen)?,
         )
     };
+    let tls_listener = match tls_bind {
+        None => None,
+        Some(TlsBind::Runtime(listener)) => Some(RouterListener::Runtime(listener)),
+        Some(TlsBind::Reserved(reservation, addr)) => {
+            let threads = router
+                .clone()
+                .listen_tls_on_threads(addr, cfg.router_threads, stop.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for TLS: {e}"))?;
+            drop(reservation);
+            Some(RouterListener::Threads(threads))
+        }
+    };
     let api_listener = TcpListener::bind(cfg.api_addr).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {} for the API: {e}; pick another address with --api",
@@ -374,8 +426,10 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     );
     if let Err(error) = controller.start().await {
         stop.cancel();
-        if let RouterListener::Threads(threads) = router_listener {
-            let _ = tokio::task::spawn_blocking(move || threads.join()).await;
+        for listener in [Some(router_listener), tls_listener].into_iter().flatten() {
+            if let RouterListener::Threads(threads) = listener {
+                let _ = tokio::task::spawn_blocking(move || threads.join()).await;
+            }
         }
         return Err(error).context("recovering state");
     }
@@ -388,8 +442,15 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             tokio::task::spawn_blocking(move || threads.join())
         }
     };
-    let tls_task =
-        tls_listener.map(|listener| tokio::spawn(router.clone().serve_tls(listener, stop.clone())));
+    let tls_task = tls_listener.map(|listener| match listener {
+        RouterListener::Runtime(listener) => {
+            tokio::spawn(router.clone().serve_tls(listener, stop.clone()))
+        }
+        RouterListener::Threads(threads) => {
+            threads.start();
+            tokio::task::spawn_blocking(move || threads.join())
+        }
+    });
     let mut background = Vec::new();
     if let (Some(cert_dir), Some(tls)) = (cert_dir, &cfg.tls) {
         background.push(tokio::spawn(
