@@ -240,6 +240,7 @@ impl Follower {
                     if self.lock().version >= version {
                         self.fenced.send_replace(false);
                         self.router.refuse_new_connections(false);
+                        info!(version, "caught up; taking new connections again");
                         self.acknowledge().await;
                     }
                 }

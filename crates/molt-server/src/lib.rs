@@ -504,6 +504,9 @@ impl Running {
     /// kept or stopped as `on_exit` says.
     pub async fn shutdown(self, on_exit: OnExit) -> Result<()> {
         self.stop.cancel();
+        // The routers' streams end (they keep serving and reconnect to the next molt serve);
+        // the API's graceful shutdown would wait for them forever otherwise.
+        self.controller.fleet().close();
         let router_result = self.router_task.await;
         let tls_result = match self.tls_task {
             Some(task) => Some(task.await),
