@@ -17,6 +17,7 @@
 //! table), `verify.rs` (image trees). Decisions that need no I/O live in `molt-core`.
 
 mod deployment;
+mod engine;
 mod error;
 mod gc;
 mod health;
@@ -46,6 +47,7 @@ use tokio_util::task::TaskTracker;
 
 pub use deployment::shadow::ShadowOutcome;
 pub use deployment::start::DeployRequest;
+pub use engine::EngineSetup;
 pub use error::{ControlError, ErrorKind, Result};
 pub use gc::GcReport;
 pub use images::{
@@ -57,7 +59,7 @@ pub use molt_image::{ArchiveFormat, BuildSandbox, RunRequest, SourceInfo};
 pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 pub use molt_store::{ShadowComparison, TrafficSummary};
-pub use queries::{AppStatus, ClusterStatus, ShadowReport, Status};
+pub use queries::{AppStatus, ClusterStatus, EngineStatus, ShadowReport, Status};
 pub use route::{RollbackOutcome, SwapOutcome};
 pub use verify::{Attestation, VerifyReport};
 
@@ -98,6 +100,9 @@ pub struct ControlConfig {
     /// How health checks reach instances: straight from this process, or through a router of
     /// the fleet when instances live on a network only the routers reach.
     pub health_checks: HealthChecks,
+    /// An engine that runs environments across machines (Docker Swarm), instead of the
+    /// provider on this machine.
+    pub engine: Option<EngineSetup>,
     /// What "now" is for every window the controller decides (the watch, rollback windows,
     /// GC's grace periods, start deadlines of instances) and for the store's timestamps: the
     /// system clock, or a [`molt_core::ManualClock`] a test moves instead of sleeping.
@@ -142,6 +147,7 @@ impl Default for ControlConfig {
             network: InstanceNetwork::Host,
             fleet: Fleet::new(FleetConfig::default()),
             health_checks: HealthChecks::Direct,
+            engine: None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -224,9 +230,13 @@ impl Controller {
         &self.inner.config.fleet
     }
 
-    /// The provider's isolation level, shown in status output.
+    /// The provider's isolation level, shown in status output (on an engine, its name: the
+    /// engine's containers isolate instances).
     pub fn isolation(&self) -> &'static str {
-        self.inner.provider.isolation()
+        match self.engine() {
+            Some(setup) => setup.engine.name(),
+            None => self.inner.provider.isolation(),
+        }
     }
 
     /// Stops the background loops and deployment tasks (instances keep running: a restarted

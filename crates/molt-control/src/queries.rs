@@ -74,6 +74,18 @@ pub struct ClusterStatus {
     pub routers: molt_fleet::FleetStatus,
     /// Where instances run: `local`/`runc` on this machine, or an engine's name.
     pub provider: String,
+    /// The engine's machines and the environments it runs for this molt (on an engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineStatus>,
+}
+
+/// An engine as `molt cluster status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineStatus {
+    /// Its machines.
+    pub nodes: Vec<molt_provider::EngineNode>,
+    /// The environments it runs for this molt (one engine service each).
+    pub environments: Vec<molt_provider::EngineEnvironment>,
 }
 
 impl Controller {
@@ -84,9 +96,20 @@ impl Controller {
 
     /// The routers of the fleet and where instances run.
     pub async fn cluster(&self) -> Result<ClusterStatus> {
+        let (provider, engine) = match self.engine() {
+            Some(setup) => (
+                setup.engine.name().to_owned(),
+                Some(EngineStatus {
+                    nodes: setup.engine.nodes().await?,
+                    environments: setup.engine.environments().await?,
+                }),
+            ),
+            None => (self.inner.provider.name().to_owned(), None),
+        };
         Ok(ClusterStatus {
             routers: self.inner.config.fleet.status(),
-            provider: self.inner.provider.name().to_owned(),
+            provider,
+            engine,
         })
     }
 

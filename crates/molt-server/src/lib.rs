@@ -20,12 +20,17 @@
 //! issued through ACME (`tls/acme/`, see [`AcmeConfig`]).
 
 mod acme;
+mod api_tls;
 mod build;
 mod edge;
+mod swarm;
 
 pub use acme::AcmeConfig;
+pub use api_tls::{cert_path as api_cert_path, ApiTlsConfig};
 pub use edge::{Edge, EdgeConfig};
+pub use molt_control::Credentials as RegistryCredentials;
 pub use molt_runtime::{BridgeNetwork, Subnet};
+pub use swarm::{SwarmServeConfig, ROUTER_PORT};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -37,7 +42,7 @@ use std::time::Duration;
 
 use acme::AcmeManager;
 use anyhow::{bail, Context, Result};
-use molt_control::{ControlConfig, Controller, InstanceNetwork};
+use molt_control::{ControlConfig, Controller, HealthChecks, InstanceNetwork};
 use molt_core::{Clock, DeployState};
 use molt_image::ImageStore;
 use molt_provider::{LocalProvider, Provider};
@@ -86,6 +91,10 @@ pub struct ServeConfig {
     /// The controller's clock (and the store's): the system clock; tests may hand in a
     /// [`molt_core::ManualClock`] to move windows along instead of sleeping.
     pub clock: Arc<dyn Clock>,
+    /// The API over TLS too, on an address other machines reach (for `molt router`s).
+    pub api_tls: Option<ApiTlsConfig>,
+    /// Run environments on a Docker swarm instead of this machine.
+    pub swarm: Option<SwarmServeConfig>,
 }
 
 /// The TLS listener of `molt serve` and where its certificates come from.
@@ -160,6 +169,9 @@ pub struct Endpoints {
     /// The router's TLS address, when TLS is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_tls: Option<SocketAddr>,
+    /// The API's TLS address, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_tls: Option<SocketAddr>,
     /// The server's process id.
     pub pid: u32,
 }
@@ -215,6 +227,8 @@ pub struct Running {
     pub router_addr: SocketAddr,
     /// Where the router's TLS listener listens, when TLS is on.
     pub router_tls_addr: Option<SocketAddr>,
+    /// Where the API's TLS listener listens, when it is on.
+    pub api_tls_addr: Option<SocketAddr>,
     /// The admin API token.
     pub token: String,
     /// The data directory.
@@ -248,6 +262,8 @@ impl ServeConfig {
             drift_hold: Duration::from_secs(10),
             router_threads: default_router_threads(),
             clock: Arc::new(SystemClock),
+            api_tls: None,
+            swarm: None,
         }
     }
 }
@@ -308,6 +324,25 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let store = Store::open(&dir.join("state.db"))
         .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
     let images = ImageStore::open(&dir.join("images")).context("opening the image store")?;
+    let engine = match &cfg.swarm {
+        Some(swarm_cfg) => {
+            if cfg.api_tls.is_none() {
+                bail!(
+                    "--provider swarm runs routers on every node, which reach the control plane \
+                     over TLS: pass --api-tls-listen ADDR (an address the nodes reach)"
+                );
+            }
+            if !swarm::socket_exists(&swarm_cfg.socket) {
+                bail!(
+                    "--provider swarm: no Docker engine socket at {}; start dockerd (and `docker \
+                     swarm init`), or pass --docker-socket",
+                    swarm_cfg.socket.display()
+                );
+            }
+            Some(swarm::connect(swarm_cfg, &owner[..16]).await?)
+        }
+        None => None,
+    };
     let provider = make_provider(cfg.isolation, cfg.network.as_ref(), &dir, &owner[..16])?;
     tracing::info!(isolation = provider.isolation(), "instances are isolated");
     // The TLS port is taken now (its number goes into the router's https redirect): a listener
@@ -400,6 +435,21 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         RouterListener::Threads(threads) => threads.local_addr(),
     };
     let api_addr = api_listener.local_addr()?;
+    let api_tls_listener = match &cfg.api_tls {
+        Some(api_tls) => Some(TcpListener::bind(api_tls.listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} for the API over TLS: {e}; pick another address with \
+                 --api-tls-listen",
+                api_tls.listen
+            )
+        })?),
+        None => None,
+    };
+    let api_tls_addr = match &api_tls_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
+    let router_images = images.clone();
     let controller = Controller::new(
         store,
         images,
@@ -421,6 +471,12 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
                 None => InstanceNetwork::Host,
             },
             clock: cfg.clock.clone(),
+            health_checks: if engine.is_some() {
+                HealthChecks::ThroughRouters
+            } else {
+                HealthChecks::Direct
+            },
+            engine,
             ..ControlConfig::default()
         },
     );
@@ -464,10 +520,44 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         controller.clone(),
         molt_api::Tokens {
             admin: token.clone(),
-            router: router_token,
+            router: router_token.clone(),
         },
         dir.join("uploads"),
     );
+    if let (Some(listener), Some(api_tls)) = (api_tls_listener, &cfg.api_tls) {
+        let bound = listener.local_addr()?;
+        let (certs, key) = api_tls::certificate(&dir, api_tls, bound)?;
+        let (app, stop) = (app.clone(), stop.clone());
+        background.push(tokio::spawn(async move {
+            if let Err(error) = api_tls::serve(listener, certs, key, app, stop).await {
+                tracing::error!(%error, "the API's TLS listener failed");
+            }
+        }));
+    }
+    if let (Some(swarm_cfg), Some(api_tls_addr)) = (&cfg.swarm, api_tls_addr) {
+        if !swarm_cfg.router_ports.is_empty() {
+            let control_url = swarm_cfg
+                .control_url
+                .clone()
+                .unwrap_or_else(|| format!("https://{api_tls_addr}"));
+            let control_ca = fs::read_to_string(api_tls::cert_path(&dir))
+                .context("reading the API's certificate")?;
+            let fleet = swarm::run_router_fleet(
+                swarm_cfg.clone(),
+                owner[..16].to_owned(),
+                router_images,
+                dir.clone(),
+                control_url,
+                router_token.clone(),
+                control_ca,
+            );
+            background.push(tokio::spawn(async move {
+                if let Err(error) = fleet.await {
+                    tracing::error!("could not run the router fleet on the swarm: {error:#}");
+                }
+            }));
+        }
+    }
     let api_stop = stop.clone();
     let api_task = tokio::spawn(async move {
         axum::serve(api_listener, app)
@@ -478,6 +568,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         api: api_addr,
         router: router_addr,
         router_tls: router_tls_addr,
+        api_tls: api_tls_addr,
         pid: std::process::id(),
     };
     let json = serde_json::to_string_pretty(&endpoints)?;
@@ -487,6 +578,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         api_addr,
         router_addr,
         router_tls_addr,
+        api_tls_addr,
         token,
         data_dir: dir,
         controller,

@@ -52,6 +52,9 @@ impl Controller {
         let env = env_of(d)?;
         let (app, number) = (d.app.clone(), d.release);
         let release = self.db(move |s| s.release(&app, number)).await?;
+        if self.engine().is_some() {
+            return self.engine_started_step(d, &release).await;
+        }
         let live = self.live_instances(&env).await?;
         let missing = (release.config.instances as usize).saturating_sub(live);
         for _ in 0..missing {
@@ -96,10 +99,39 @@ impl Controller {
         let env = env_of(d)?;
         let (app, number) = (d.app.clone(), d.release);
         let release = self.db(move |s| s.release(&app, number)).await?;
+        if self.engine().is_some() {
+            self.engine_wait_healthy(&env, &release, cancel).await?;
+        } else {
+            self.wait_local_healthy(&env, &release, cancel).await?;
+        }
+        let (id, env_id) = (d.id, env.clone());
+        self.db(move |s| {
+            s.set_env_state(&env_id, EnvState::Ready)?;
+            s.advance(
+                id,
+                DeployEvent::BecameHealthy,
+                &format!("{env_id} is healthy"),
+            )
+        })
+        .await?;
+        // The preview hostname starts answering as soon as the environment is ready.
+        self.publish_routes().await?;
+        Ok(())
+    }
+
+    /// Starts what is missing of the environment on this machine and waits until the
+    /// release's count of instances is healthy, within its start deadline.
+    async fn wait_local_healthy(
+        &self,
+        env: &str,
+        release: &molt_store::ReleaseRecord,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<(), Interrupted> {
+        let env = env.to_string();
         // After a restart some instances may have been lost: top the environment up first.
         let live = self.live_instances(&env).await?;
         for _ in live..release.config.instances as usize {
-            if let Err(e) = self.start_instance(&env, &release).await {
+            if let Err(e) = self.start_instance(&env, release).await {
                 return Err(Interrupted::Failed(format!(
                     "could not start an instance: {e}"
                 )));
@@ -156,7 +188,7 @@ impl Controller {
                 }
             }
             if healthy >= release.config.instances as usize {
-                break;
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 let msg = format!(
@@ -175,19 +207,6 @@ impl Controller {
                 _ = tokio::time::sleep(poll) => {}
             }
         }
-        let (id, env_id) = (d.id, env.clone());
-        self.db(move |s| {
-            s.set_env_state(&env_id, EnvState::Ready)?;
-            s.advance(
-                id,
-                DeployEvent::BecameHealthy,
-                &format!("{env_id} is healthy"),
-            )
-        })
-        .await?;
-        // The preview hostname starts answering as soon as the environment is ready.
-        self.publish_routes().await?;
-        Ok(())
     }
 
     /// `healthy` (or `promoted`): the route moves to the new environment, the step journaled
