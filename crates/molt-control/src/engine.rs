@@ -21,6 +21,7 @@ use molt_store::{DeploymentRecord, EnvState, InstanceState, ReleaseRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::deployment::steps::Interrupted;
+use crate::health::CheckFailure;
 use crate::instances::{instance_addr, root_layout};
 use crate::{ControlError, Controller, Result};
 
@@ -227,7 +228,9 @@ impl Controller {
                             healthy += 1;
                         }
                     }
-                    Err(why) => {
+                    // No router ran the check: nothing learnt, the streak stands.
+                    Err(CheckFailure::Unknown(why)) => last_failure = why,
+                    Err(CheckFailure::Unhealthy(why)) => {
                         streak.insert(inst.id.clone(), 0);
                         last_failure = format!("{}: {why}", inst.id);
                     }

@@ -68,22 +68,50 @@ impl Checker {
 
 impl crate::Controller {
     /// Checks one instance the way the controller is configured to reach it; `Err` says why
-    /// it is not healthy, for the user.
+    /// it is not healthy, or that nothing could be learnt (no router ran the check).
     pub(crate) async fn probe_instance(
         &self,
         addr: SocketAddr,
         path: &str,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), CheckFailure> {
         match self.inner.config.health_checks {
-            crate::HealthChecks::Direct => self.inner.health.check(addr, path, timeout).await,
+            crate::HealthChecks::Direct => self
+                .inner
+                .health
+                .check(addr, path, timeout)
+                .await
+                .map_err(CheckFailure::Unhealthy),
             crate::HealthChecks::ThroughRouters => {
                 match self.inner.config.fleet.probe(addr, path, timeout).await {
                     Ok(status) if (200..400).contains(&status) => Ok(()),
-                    Ok(status) => Err(format!("GET {path} answered {status}")),
-                    Err(why) => Err(format!("GET {path}: {why}")),
+                    Ok(status) => Err(CheckFailure::Unhealthy(format!(
+                        "GET {path} answered {status}"
+                    ))),
+                    Err(why) if why.is_unknown() => {
+                        Err(CheckFailure::Unknown(format!("GET {path}: {why}")))
+                    }
+                    Err(why) => Err(CheckFailure::Unhealthy(format!("GET {path}: {why}"))),
                 }
             }
+        }
+    }
+}
+
+/// Why a health check did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CheckFailure {
+    /// The instance did not answer well: a failure that counts.
+    Unhealthy(String),
+    /// Nothing was learnt (no router of the fleet ran the check): it counts neither way, so a
+    /// control plane whose routers are still connecting never marks instances unhealthy.
+    Unknown(String),
+}
+
+impl std::fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckFailure::Unhealthy(why) | CheckFailure::Unknown(why) => f.write_str(why),
         }
     }
 }

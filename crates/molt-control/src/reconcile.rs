@@ -9,6 +9,7 @@ use molt_core::Recovery;
 use molt_provider::InstanceStatus;
 use molt_store::{EnvState, InstanceRecord, InstanceState, ReleaseRecord};
 
+use crate::health::CheckFailure;
 use crate::instances::{handle_of, instance_addr};
 use crate::{Controller, Result};
 
@@ -296,7 +297,11 @@ impl Controller {
                 streak.failures = 0;
                 (streak.successes >= health.healthy_threshold).then_some(InstanceState::Healthy)
             }
-            Err(why) => {
+            Err(CheckFailure::Unknown(why)) => {
+                tracing::debug!(instance = %inst.id, "health unknown: {why}");
+                None
+            }
+            Err(CheckFailure::Unhealthy(why)) => {
                 streak.successes = 0;
                 streak.failures += 1;
                 tracing::debug!(instance = %inst.id, "health check failed: {why}");

@@ -343,7 +343,7 @@ impl Controller {
                     .await;
                 let why = match check {
                     Ok(()) => break,
-                    Err(why) => why,
+                    Err(why) => why.to_string(),
                 };
                 let status = self.process_status(inst);
                 if status != InstanceStatus::Running {

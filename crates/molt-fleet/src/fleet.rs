@@ -132,6 +132,32 @@ pub struct RouterStatus {
     pub last_seen_ms: u64,
 }
 
+/// Why a health check run through the fleet has no status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// No router is connected (and in the fleet) to run it: nothing is known of the instance.
+    #[error("no router is connected to run the health check")]
+    NoRouter,
+    /// The router that was asked went away or never reported: nothing is known either.
+    #[error("router {0} did not report the health check")]
+    RouterLost(String),
+    /// The router ran it and the instance did not answer.
+    #[error("{why} (checked by router {router})")]
+    NoAnswer {
+        /// The router that ran the check.
+        router: String,
+        /// Why there was no answer.
+        why: String,
+    },
+}
+
+impl ProbeError {
+    /// Whether the check says nothing of the instance (no router ran it to the end).
+    pub fn is_unknown(&self) -> bool {
+        !matches!(self, ProbeError::NoAnswer { .. })
+    }
+}
+
 /// One router's open stream: the lines to send it.
 #[derive(Debug)]
 pub struct Subscription {
@@ -310,7 +336,7 @@ impl Fleet {
         addr: SocketAddr,
         path: &str,
         timeout: Duration,
-    ) -> Result<u16, String> {
+    ) -> Result<u16, ProbeError> {
         let (answer, waiting) = oneshot::channel();
         let (id, router) = {
             let mut state = self.lock();
@@ -320,7 +346,7 @@ impl Fleet {
                 .filter(|(_, m)| m.session.is_some() && !m.fenced)
                 .collect();
             if eligible.is_empty() {
-                return Err("no router is connected to run the health check".to_owned());
+                return Err(ProbeError::NoRouter);
             }
             let (name, member) = eligible[state.probe_cursor % eligible.len()];
             let name = name.clone();
@@ -341,7 +367,7 @@ impl Fleet {
             });
             if sender.send(probe).is_err() {
                 state.probes.remove(&id);
-                return Err(format!("router {name} went away"));
+                return Err(ProbeError::RouterLost(name));
             }
             (id, name)
         };
@@ -353,11 +379,11 @@ impl Fleet {
                 status: Some(status),
                 ..
             })) => Ok(status),
-            Ok(Ok(ProbeReport { error, .. })) => Err(format!(
-                "{} (checked by router {router})",
-                error.unwrap_or_else(|| "no answer".to_owned())
-            )),
-            Ok(Err(_)) | Err(_) => Err(format!("router {router} did not report the check")),
+            Ok(Ok(ProbeReport { error, .. })) => Err(ProbeError::NoAnswer {
+                router,
+                why: error.unwrap_or_else(|| "no answer".to_owned()),
+            }),
+            Ok(Err(_)) | Err(_) => Err(ProbeError::RouterLost(router)),
         }
     }
 

@@ -18,7 +18,9 @@ mod http;
 mod wire;
 
 pub use client::{ClientError, ControlClient};
-pub use fleet::{Fleet, FleetConfig, FleetStatus, Publication, RouterStatus, Subscription};
+pub use fleet::{
+    Fleet, FleetConfig, FleetStatus, ProbeError, Publication, RouterStatus, Subscription,
+};
 pub use follower::{http_status, Follower, FollowerConfig, RestoreError};
 pub use http::{check_name, routes};
 pub use wire::{

@@ -30,6 +30,8 @@ pub struct SwarmServeConfig {
     pub router_ports: Vec<(u16, u16)>,
     /// The name of the fleet's service.
     pub router_service: String,
+    /// The `molt` executable the router image is built from (default: this process's own).
+    pub router_executable: Option<PathBuf>,
 }
 
 /// The container port the fleet's routers listen on.
@@ -48,6 +50,7 @@ impl SwarmServeConfig {
             control_url: None,
             router_ports: vec![(80, ROUTER_PORT)],
             router_service: molt_swarm::ROUTER_SERVICE.into(),
+            router_executable: None,
         }
     }
 }
@@ -81,12 +84,16 @@ pub(crate) async fn run_router_fleet(
     control_ca: String,
 ) -> Result<()> {
     let tree = data_dir.join("tmp").join("router-image");
+    let executable = match &config.router_executable {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("finding molt's own executable")?,
+    };
     let imported = {
         let (images, tree) = (images.clone(), tree.clone());
         tokio::task::spawn_blocking(move || -> Result<_> {
             let _ = std::fs::remove_dir_all(&tree);
-            molt_swarm::write_router_tree(&tree)
-                .context("collecting molt's executable and libraries")?;
+            molt_swarm::write_router_tree(&tree, &executable)
+                .context("collecting molt's executable and the libraries it links")?;
             let imported = images
                 .import_dir(&tree)
                 .context("storing the router image")?;

@@ -182,7 +182,7 @@ impl Controller {
                     }
                     Err(why) => {
                         streak.insert(inst.id.clone(), 0);
-                        last_failure = why;
+                        last_failure = why.to_string();
                         last_instance = inst.id.clone();
                     }
                 }

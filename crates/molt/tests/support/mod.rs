@@ -25,6 +25,9 @@ pub struct Harness {
     pub client: Client,
     pub router: SocketAddr,
     pub tmp: TempDir,
+    data: PathBuf,
+    /// Whether dropping removes what runs (not after `stop_keeping_instances`).
+    remove_on_drop: bool,
 }
 
 /// A clock that stands still at the current time until the test moves it: windows (rollback,
@@ -42,7 +45,23 @@ impl Harness {
     /// Starts molt serve with settings adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> Harness {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let mut cfg = ServeConfig::new(tmp.path().join("data"));
+        let data = tmp.path().join("data");
+        Harness::start_in(tmp, data, adjust).await
+    }
+
+    /// Starts molt serve on the data directory `data` (kept by the caller: a restart of an
+    /// earlier harness's server), with settings adjusted by `adjust`.
+    pub async fn start_at(data: PathBuf, adjust: impl FnOnce(&mut ServeConfig)) -> Harness {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        Harness::start_in(tmp, data, adjust).await
+    }
+
+    async fn start_in(
+        tmp: TempDir,
+        data: PathBuf,
+        adjust: impl FnOnce(&mut ServeConfig),
+    ) -> Harness {
+        let mut cfg = ServeConfig::new(data.clone());
         cfg.api_addr = "127.0.0.1:0".parse().unwrap();
         cfg.router_addr = "127.0.0.1:0".parse().unwrap();
         cfg.stop_grace = Duration::from_secs(2);
@@ -55,12 +74,24 @@ impl Harness {
             client,
             running: Some(running),
             tmp,
+            data,
+            remove_on_drop: true,
         }
     }
 
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.tmp.path().join("data")
+        self.data.clone()
+    }
+
+    /// Stops the server and leaves its instances running (a restart adopts them).
+    pub async fn stop_keeping_instances(mut self) {
+        self.remove_on_drop = false;
+        if let Some(r) = self.running.take() {
+            r.shutdown(OnExit::KeepInstances)
+                .await
+                .expect("clean shutdown");
+        }
     }
 
     /// Stops the server and every instance it started.
@@ -97,7 +128,9 @@ impl Drop for Harness {
     /// its owner marker) and their network namespaces are removed, so a failed test leaves
     /// nothing running. After a clean [`Harness::stop`] there is nothing left to remove.
     fn drop(&mut self) {
-        remove_containers(&self.data_dir());
+        if self.remove_on_drop {
+            remove_containers(&self.data_dir());
+        }
     }
 }
 
