@@ -1,8 +1,8 @@
 //! molt-image: the image store, an OCI image layout on the local filesystem.
 //!
-//! An app tree becomes an OCI image with one layer: the canonical tar of the tree (sorted
-//! entries, zeroed times and owners, normalized modes) gzipped deterministically, an image
-//! config with a fixed `created` and a manifest. Images are named by their **manifest digest**,
+//! An app tree becomes an OCI image with one layer: the canonical tar of the tree (molt-pack's:
+//! sorted entries, zeroed times and owners, normalized modes) gzipped deterministically, an
+//! image config with a fixed `created` and a manifest. Images are named by their **manifest digest**,
 //! so the same tree always gets the same name whether it arrived as a directory or as a tar.
 //! Layout under the store root (readable by skopeo, umoci and friends):
 //!
