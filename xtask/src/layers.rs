@@ -35,7 +35,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("molt-swarm", &["molt-core", "molt-provider"]),
     ("molt-router", &[]),
     ("molt-fleet", &["molt-router"]),
-    // The controller over the adapters; the API over the controller alone.
+    // The controller over the adapters.
     (
         "molt-control",
         &[
@@ -45,10 +45,13 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "molt-image",
             "molt-registry",
             "molt-router",
+            "molt-fleet",
             "molt-provider",
         ],
     ),
-    ("molt-api", &["molt-control", "molt-wire"]),
+    // The API over the controller, plus the routers' endpoints molt-fleet defines, which it
+    // serves under `/v1/fleet`; never the store or the router.
+    ("molt-api", &["molt-control", "molt-wire", "molt-fleet"]),
     // The client: it reads the API's records and packs folders; it never opens a store.
     ("molt-cli", &["molt-core", "molt-wire", "molt-pack"]),
     // Assembly: `molt serve` and the binary.
@@ -61,6 +64,8 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "molt-router",
             "molt-provider",
             "molt-runtime",
+            "molt-swarm",
+            "molt-registry",
             "molt-fleet",
             "molt-control",
             "molt-api",

@@ -1,7 +1,9 @@
 //! The REST API (axum) over the controller: what the CLI, scripts and a future dashboard use.
 //!
-//! Architecture invariant: every route except `/openapi.json` and `/v1/health` requires the
-//! admin token; handlers only translate HTTP to controller calls and errors to status codes.
+//! Architecture invariant: every route except `/openapi.json` and `/v1/health` requires a
+//! token: the admin token for everything, or the router token for the fleet's endpoints
+//! (`/v1/fleet/…`) alone; handlers only translate HTTP to controller calls and errors to
+//! status codes.
 
 mod bake;
 mod images;
@@ -33,7 +35,18 @@ pub use openapi::{document, PATHS};
 pub struct ApiState {
     controller: Controller,
     token: Arc<str>,
+    router_token: Arc<str>,
     upload_dir: PathBuf,
+}
+
+/// The secrets the API accepts.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// Everything (`<data dir>/admin.token`).
+    pub admin: String,
+    /// Only the fleet's endpoints: what a `molt router` needs to follow the route table
+    /// (`<data dir>/router.token`).
+    pub router: String,
 }
 
 /// An error as the API returns it: a status code and `{"error": "...", "kind": "..."}`.
@@ -91,12 +104,21 @@ fn ok_sorted<T: Serialize>(value: T) -> ApiResult {
 }
 
 /// Builds the API router. `upload_dir` holds image uploads while they are imported.
-pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Router {
+pub fn router(controller: Controller, tokens: Tokens, upload_dir: PathBuf) -> Router {
+    let fleet = molt_fleet::routes(std::sync::Arc::clone(controller.fleet()));
     let state = ApiState {
         controller,
-        token: token.into(),
+        token: tokens.admin.into(),
+        router_token: tokens.router.into(),
         upload_dir,
     };
+    let fleet =
+        Router::new()
+            .nest_service("/v1/fleet", fleet)
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_router_token,
+            ));
     let protected = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/apps", get(apps))
@@ -144,12 +166,14 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
         .route("/v1/tls", get(tls_status))
         .route("/v1/tls/reload", post(tls_reload))
         .route("/v1/verify", post(verify))
+        .route("/v1/cluster", get(cluster))
         .route("/metrics", get(prometheus))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/openapi.json", get(|| async { Json(document()) }))
         .route("/v1/health", get(health))
         .merge(protected)
+        .merge(fleet)
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -160,13 +184,7 @@ pub fn router(controller: Controller, token: String, upload_dir: PathBuf) -> Rou
 }
 
 async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
+    if !constant_time_eq(bearer(&req).as_bytes(), state.token.as_bytes()) {
         return ApiError(
             StatusCode::UNAUTHORIZED,
             "missing or wrong API token: send 'Authorization: Bearer <token>' (the token is in \
@@ -176,6 +194,32 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
         .into_response();
     }
     next.run(req).await
+}
+
+/// The fleet's endpoints take the router token (or the admin token).
+async fn require_router_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let given = bearer(&req);
+    let router = constant_time_eq(given.as_bytes(), state.router_token.as_bytes());
+    let admin = constant_time_eq(given.as_bytes(), state.token.as_bytes());
+    if !(router || admin) {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API token: a router sends 'Authorization: Bearer <token>' with the \
+             router token (<data dir>/router.token)"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The bearer token of a request ("" when there is none).
+fn bearer(req: &Request) -> &str {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -473,6 +517,11 @@ struct GcBody {
 
 async fn gc(State(s): State<ApiState>, Json(body): Json<GcBody>) -> ApiResult {
     ok(s.controller.gc(body.dry_run).await?)
+}
+
+/// The routers of the fleet (and, on an engine, its nodes).
+async fn cluster(State(s): State<ApiState>) -> ApiResult {
+    ok(s.controller.cluster().await?)
 }
 
 /// The hostnames the TLS listener has certificates for.

@@ -189,6 +189,42 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
     ),
     (
         "get",
+        "/v1/cluster",
+        "The routers of the fleet (version applied, lag, fenced) and the engine's nodes",
+        None,
+    ),
+    (
+        "get",
+        "/v1/fleet/stream",
+        "A router's stream of route tables, probes and pings (newline-delimited JSON; router token)",
+        None,
+    ),
+    (
+        "post",
+        "/v1/fleet/acks",
+        "A router applied a version of the route table (router token)",
+        Some("Ack"),
+    ),
+    (
+        "post",
+        "/v1/fleet/reports",
+        "A router's counters per environment (router token)",
+        Some("RouterReport"),
+    ),
+    (
+        "post",
+        "/v1/fleet/probes/{id}",
+        "The result of a health check a router ran for the control plane (router token)",
+        Some("ProbeReport"),
+    ),
+    (
+        "get",
+        "/v1/fleet/status",
+        "The fleet's routers and the version in force (router token)",
+        None,
+    ),
+    (
+        "get",
         "/v1/tls",
         "Hostnames the TLS listener has certificates for",
         None,
@@ -253,7 +289,7 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": { "token": { "type": "http", "scheme": "bearer",
-                "description": "The admin token molt serve writes to <data dir>/admin.token" } },
+                "description": "The admin token molt serve writes to <data dir>/admin.token; the fleet's endpoints also take the router token (<data dir>/router.token)" } },
             "responses": { "Error": { "description": "An error", "content": { "application/json": {
                 "schema": { "type": "object", "required": ["error", "kind"], "properties": {
                     "error": { "type": "string" }, "kind": { "type": "string" } } } } } } },
@@ -290,7 +326,20 @@ pub fn document() -> Value {
                     "retry_after": { "type": "integer", "description": "seconds, default 120" } } },
                 "Shadow": { "type": "object", "properties": {
                     "env": { "type": ["string", "null"], "description": "environment to mirror to; null stops" },
-                    "share": { "type": "integer", "description": "percent 1-100, default 10" } } }
+                    "share": { "type": "integer", "description": "percent 1-100, default 10" } } },
+                "Ack": { "type": "object", "required": ["router", "generation", "version"], "properties": {
+                    "router": { "type": "string" },
+                    "generation": { "type": "integer", "description": "of the table event applied" },
+                    "version": { "type": "integer" } } },
+                "RouterReport": { "type": "object", "required": ["router", "generation", "version", "envs"], "properties": {
+                    "router": { "type": "string" }, "generation": { "type": "integer" }, "version": { "type": "integer" },
+                    "envs": { "type": "object", "additionalProperties": { "type": "object", "properties": {
+                        "accepted": { "type": "integer" }, "in_flight": { "type": "integer" },
+                        "answered": { "type": "integer" }, "failed": { "type": "integer" } } } } } },
+                "ProbeReport": { "type": "object", "required": ["router"], "properties": {
+                    "router": { "type": "string" },
+                    "status": { "type": "integer", "description": "what the instance answered" },
+                    "error": { "type": "string", "description": "why it did not answer" } } }
             }
         }
     })

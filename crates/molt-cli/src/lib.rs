@@ -211,6 +211,19 @@ pub enum Command {
         #[command(subcommand)]
         action: TlsAction,
     },
+    /// The routers of the fleet and where instances run.
+    Cluster {
+        /// status
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+/// `molt cluster …`
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Routers (address, version of the route table applied, lag, fenced) and the provider.
+    Status,
 }
 
 /// `molt tls …`
@@ -371,9 +384,10 @@ pub struct RouterArgs {
     /// A file holding the router token.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// PEM certificate of the control plane (or of its CA) to trust over https.
+    /// PEM certificate of the control plane (or of its CA) to trust over https: a file (the
+    /// control plane's <data dir>/api-tls/cert.pem), or the PEM text itself.
     #[arg(long, value_name = "FILE", env = "MOLT_CONTROL_CA")]
-    pub control_ca: Option<PathBuf>,
+    pub control_ca: Option<String>,
     /// This router's name in the fleet (default: the machine's hostname).
     #[arg(long, env = "MOLT_ROUTER_NAME")]
     pub name: Option<String>,
@@ -453,7 +467,7 @@ pub struct ServeArgs {
     /// timeout (0 = answer 503 at once).
     #[arg(long, default_value = "10s")]
     pub drift_hold: String,
-    /// Threads serving the router's plain listener, each with its own event loop and socket
+    /// Threads serving the router's listeners (plain and TLS), each with its own event loop and socket
     /// (SO_REUSEPORT); default: one per CPU. 0 serves it on the shared runtime instead.
     #[arg(long, value_name = "N")]
     pub router_threads: Option<usize>,
@@ -472,4 +486,35 @@ pub struct ServeArgs {
     /// private range if it collides with a network of this host.
     #[arg(long, default_value = "10.213.0.0/16", env = "MOLT_BRIDGE_SUBNET")]
     pub bridge_subnet: String,
+    /// Where environments run: local (this machine: plain processes or runc containers, see
+    /// --isolation) or swarm (one Docker Swarm service per environment; needs --registry and
+    /// --api-tls-listen, and a swarm manager's Docker socket).
+    #[arg(long, default_value = "local", value_parser = ["local", "swarm"], env = "MOLT_PROVIDER")]
+    pub provider: String,
+    /// The registry every swarm node pulls release images from, host[:port] (credentials
+    /// from MOLT_REGISTRY_USERNAME and MOLT_REGISTRY_PASSWORD).
+    #[arg(long, value_name = "HOST[:PORT]", env = "MOLT_REGISTRY")]
+    pub registry: Option<String>,
+    /// The Docker engine's socket (a swarm manager's).
+    #[arg(long, default_value = "/var/run/docker.sock", env = "DOCKER_SOCKET")]
+    pub docker_socket: PathBuf,
+    /// molt's attachable overlay network on the swarm (created if missing).
+    #[arg(long, default_value = "molt")]
+    pub swarm_network: String,
+    /// The URL the swarm's routers dial to follow the control plane (default:
+    /// https://<--api-tls-listen>).
+    #[arg(long, value_name = "URL")]
+    pub swarm_control_url: Option<String>,
+    /// A port the fleet's routers publish on every swarm node, NODE_PORT (to the router's
+    /// 8080); repeat for more, 0 for no router fleet. Default: 80.
+    #[arg(long = "swarm-router-port", value_name = "PORT")]
+    pub swarm_router_ports: Vec<u16>,
+    /// Serve the API over TLS on this address too (molt's own certificate in
+    /// <data dir>/api-tls/cert.pem): for routers and clients on other machines.
+    #[arg(long, value_name = "ADDR", env = "MOLT_API_TLS_LISTEN")]
+    pub api_tls_listen: Option<SocketAddr>,
+    /// A name or address the API's certificate covers besides the listen address, localhost
+    /// and the hostname (repeat for more).
+    #[arg(long = "api-tls-name", value_name = "NAME")]
+    pub api_tls_names: Vec<String>,
 }

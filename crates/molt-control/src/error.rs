@@ -38,6 +38,9 @@ pub enum ControlError {
     /// A registry refused or failed a push or pull.
     #[error("{0}")]
     Registry(String),
+    /// The engine environments run on refused or failed a request (its own words kept).
+    #[error(transparent)]
+    Engine(#[from] molt_provider::EngineError),
     /// The server is shutting down.
     #[error("molt is shutting down")]
     ShuttingDown,
@@ -81,6 +84,16 @@ impl ControlError {
             ControlError::Conflict(_) => ErrorKind::Conflict,
             ControlError::ShuttingDown => ErrorKind::Unavailable,
             ControlError::Registry(_) => ErrorKind::Upstream,
+            ControlError::Engine(molt_provider::EngineError::Refused { status, .. })
+                if (400..500).contains(status) =>
+            {
+                ErrorKind::BadInput
+            }
+            ControlError::Engine(
+                molt_provider::EngineError::Unreachable { .. }
+                | molt_provider::EngineError::NotReady(_),
+            ) => ErrorKind::Unavailable,
+            ControlError::Engine(_) => ErrorKind::Upstream,
             ControlError::Image(
                 ImageError::UnsafeEntry { .. } | ImageError::Tar(_) | ImageError::Build(_),
             ) => ErrorKind::BadInput,

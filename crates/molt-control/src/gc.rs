@@ -161,11 +161,15 @@ impl Controller {
             .await
             .unwrap_or(Duration::from_secs(30));
         let deadline = Instant::now() + drain;
-        while self.inner.router.env_stats(env).in_flight > 0 && Instant::now() < deadline {
+        while !self.is_drained(env) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        for inst in &instances {
-            self.stop_instance(inst, why).await?;
+        if self.engine().is_some() {
+            self.engine_stop(env, why).await?;
+        } else {
+            for inst in &instances {
+                self.stop_instance(inst, why).await?;
+            }
         }
         self.inner.router.forget_env(env);
         self.event(&rec.app, "retire", &format!("{env} retired: {why}"))
@@ -176,6 +180,9 @@ impl Controller {
     /// Finds processes carrying this molt's marker that the store does not count as live, and
     /// stops them (unless `dry_run`). Returns their instance ids.
     pub(crate) async fn stop_orphans(&self, dry_run: bool) -> Result<Vec<String>> {
+        if self.engine().is_some() {
+            return self.engine_orphans(dry_run).await;
+        }
         let provider = self.inner.provider.clone();
         let running = tokio::task::spawn_blocking(move || provider.scan()).await?;
         let known: HashSet<(String, u32)> = self
@@ -249,6 +256,19 @@ impl Controller {
     /// Stops every instance this controller knows (used when molt is told to leave nothing
     /// running, e.g. by tests). The store keeps the environments; a restart replaces instances.
     pub async fn stop_all_instances(&self) -> Result<()> {
+        if self.engine().is_some() {
+            let envs: std::collections::BTreeSet<String> = self
+                .db(|s| s.instances(None, false))
+                .await?
+                .into_iter()
+                .map(|i| i.env)
+                .collect();
+            for env in envs {
+                self.engine_stop(&env, "molt stopped with --stop-instances")
+                    .await?;
+            }
+            return Ok(());
+        }
         for inst in self.db(|s| s.instances(None, false)).await? {
             self.stop_instance(&inst, "molt stopped with --stop-instances")
                 .await?;

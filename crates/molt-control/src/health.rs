@@ -1,4 +1,5 @@
-//! HTTP health checks of instances.
+//! HTTP health checks of instances: from this process, or through a router of the fleet when
+//! instances live on a network only the routers reach (an engine's overlay network).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -61,6 +62,28 @@ impl Checker {
             Ok(Err(e)) => Err(format!("GET {path}: {e}")),
             Ok(Ok(s)) if s.is_success() || s.is_redirection() => Ok(()),
             Ok(Ok(s)) => Err(format!("GET {path} answered {s}")),
+        }
+    }
+}
+
+impl crate::Controller {
+    /// Checks one instance the way the controller is configured to reach it; `Err` says why
+    /// it is not healthy, for the user.
+    pub(crate) async fn probe_instance(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        match self.inner.config.health_checks {
+            crate::HealthChecks::Direct => self.inner.health.check(addr, path, timeout).await,
+            crate::HealthChecks::ThroughRouters => {
+                match self.inner.config.fleet.probe(addr, path, timeout).await {
+                    Ok(status) if (200..400).contains(&status) => Ok(()),
+                    Ok(status) => Err(format!("GET {path} answered {status}")),
+                    Err(why) => Err(format!("GET {path}: {why}")),
+                }
+            }
         }
     }
 }

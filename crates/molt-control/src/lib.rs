@@ -17,6 +17,7 @@
 //! table), `verify.rs` (image trees). Decisions that need no I/O live in `molt-core`.
 
 mod deployment;
+mod engine;
 mod error;
 mod gc;
 mod health;
@@ -37,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use molt_core::{AppName, Clock, DeployState};
+use molt_fleet::{Fleet, FleetConfig};
 use molt_image::ImageStore;
 use molt_provider::Provider;
 use molt_router::Router;
@@ -46,6 +48,7 @@ use tokio_util::task::TaskTracker;
 
 pub use deployment::shadow::ShadowOutcome;
 pub use deployment::start::DeployRequest;
+pub use engine::EngineSetup;
 pub use error::{ControlError, ErrorKind, Result};
 pub use images::{
     credentials, BakeRequest, BuildIsolation, ImageExport, ImportOptions, PullRequest,
@@ -62,6 +65,7 @@ pub use molt_wire::{
     ShadowComparison, ShadowReport, Status, SwapOutcome, TagEvent, TagOutcome, TrafficSummary,
     VerifyReport,
 };
+pub use queries::{ClusterStatus, EngineStatus};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -94,10 +98,29 @@ pub struct ControlConfig {
     pub drift_hold: Duration,
     /// Where instances listen: see [`InstanceNetwork`].
     pub network: InstanceNetwork,
+    /// The routers beyond this process's own: every route change is published to them too and
+    /// is in force once each live one has acknowledged it (see [`molt_fleet::Fleet`]).
+    pub fleet: Arc<Fleet>,
+    /// How health checks reach instances: straight from this process, or through a router of
+    /// the fleet when instances live on a network only the routers reach.
+    pub health_checks: HealthChecks,
+    /// An engine that runs environments across machines (Docker Swarm), instead of the
+    /// provider on this machine.
+    pub engine: Option<EngineSetup>,
     /// What "now" is for every window the controller decides (the watch, rollback windows,
     /// GC's grace periods, start deadlines of instances) and for the store's timestamps: the
     /// system clock, or a [`molt_core::ManualClock`] a test moves instead of sleeping.
     pub clock: Arc<dyn Clock>,
+}
+
+/// How the controller's health checks reach instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HealthChecks {
+    /// From this process (instances on this machine).
+    #[default]
+    Direct,
+    /// Through a router of the fleet (instances on an engine's overlay network).
+    ThroughRouters,
 }
 
 /// The network instances get, which decides the address molt allocates for each.
@@ -126,6 +149,9 @@ impl Default for ControlConfig {
             verify_interval: None,
             drift_hold: Duration::from_secs(10),
             network: InstanceNetwork::Host,
+            fleet: Fleet::new(FleetConfig::default()),
+            health_checks: HealthChecks::Direct,
+            engine: None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -203,9 +229,18 @@ impl Controller {
         &self.inner.router
     }
 
-    /// The provider's isolation level, shown in status output.
+    /// The fleet of routers this controller also feeds.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.inner.config.fleet
+    }
+
+    /// The provider's isolation level, shown in status output (on an engine, its name: the
+    /// engine's containers isolate instances).
     pub fn isolation(&self) -> &'static str {
-        self.inner.provider.isolation()
+        match self.engine() {
+            Some(setup) => setup.engine.name(),
+            None => self.inner.provider.isolation(),
+        }
     }
 
     /// Stops the background loops and deployment tasks (instances keep running: a restarted

@@ -6,9 +6,31 @@ use molt_store::{
     ReleaseRecord,
 };
 use molt_wire::{AppStatus, EnvStatus, ShadowReport, Status};
+use serde::{Deserialize, Serialize};
 
 use crate::traffic::summarize;
 use crate::{parse_app, ControlError, Controller, Result};
+
+/// What `molt cluster status` shows: the routers of the fleet and where instances run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The routers beyond `molt serve`'s own, with the version each applied.
+    pub routers: molt_fleet::FleetStatus,
+    /// Where instances run: `local`/`runc` on this machine, or an engine's name.
+    pub provider: String,
+    /// The engine's machines and the environments it runs for this molt (on an engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineStatus>,
+}
+
+/// An engine as `molt cluster status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineStatus {
+    /// Its machines.
+    pub nodes: Vec<molt_provider::EngineNode>,
+    /// The environments it runs for this molt (one engine service each).
+    pub environments: Vec<molt_provider::EngineEnvironment>,
+}
 
 impl Controller {
     /// Every stored image.
@@ -16,9 +38,27 @@ impl Controller {
         self.db(|s| s.images()).await
     }
 
+    /// The routers of the fleet and where instances run.
+    pub async fn cluster(&self) -> Result<ClusterStatus> {
+        let (provider, engine) = match self.engine() {
+            Some(setup) => (
+                setup.engine.name().to_owned(),
+                Some(EngineStatus {
+                    nodes: setup.engine.nodes().await?,
+                    environments: setup.engine.environments().await?,
+                }),
+            ),
+            None => (self.inner.provider.name().to_owned(), None),
+        };
+        Ok(ClusterStatus {
+            routers: self.inner.config.fleet.status(),
+            provider,
+            engine,
+        })
+    }
+
     /// Everything `molt status` shows.
     pub async fn status(&self, only: Option<String>) -> Result<Status> {
-        let router = self.inner.router.clone();
         let this = self.clone();
         let apps = self
             .db(move |s| {
@@ -29,7 +69,7 @@ impl Controller {
                     }
                     let mut envs = Vec::new();
                     for env in s.envs(Some(&app.name), false)? {
-                        let stats = router.env_stats(&env.id);
+                        let stats = this.env_stats(&env.id);
                         let release = s.release(&app.name, env.release)?;
                         envs.push(EnvStatus {
                             routed: app.routed_env.as_deref() == Some(env.id.as_str()),

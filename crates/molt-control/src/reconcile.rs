@@ -32,7 +32,9 @@ impl Controller {
         self.spawn(async move { this.reconcile_loop().await });
         let this = self.clone();
         self.spawn(async move { this.gc_loop().await });
-        if let Some(interval) = self.inner.config.verify_interval {
+        // Image trees are checked where instances run from them: on this machine only.
+        let local = self.engine().is_none();
+        if let Some(interval) = self.inner.config.verify_interval.filter(|_| local) {
             let this = self.clone();
             self.spawn(async move { this.verify_loop(interval).await });
         }
@@ -40,6 +42,21 @@ impl Controller {
     }
 
     async fn recover(&self) -> Result<()> {
+        if self.engine().is_some() {
+            // The engine's instances were never this process's children: look at them again,
+            // and remove what the engine runs for this molt that nothing reaches any more.
+            if let Err(e) = self.engine_recover().await {
+                tracing::warn!("could not look at the engine's environments at start: {e}");
+            }
+        } else {
+            self.recover_local().await?;
+        }
+        self.resume().await
+    }
+
+    /// Adopts the instance processes that still run, forgets the others, stops orphans and
+    /// what retired environments left.
+    async fn recover_local(&self) -> Result<()> {
         let instances = self.db(|s| s.instances(None, false)).await?;
         let mut adopted = 0;
         for inst in &instances {
@@ -70,6 +87,12 @@ impl Controller {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Rebuilds the route table from the store and resumes the newest unfinished deployment
+    /// of each app (older ones are superseded).
+    async fn resume(&self) -> Result<()> {
         self.publish_routes().await?;
         let unfinished = self.db(|s| s.unfinished_deployments()).await?;
         let resumed = resumed_at_restart(unfinished.iter().map(|d| (d.app.as_str(), d.id)));
@@ -128,6 +151,10 @@ impl Controller {
         let mut changed = false;
         let mut seen = Vec::new();
         for env in envs.into_iter().filter(|e| e.state == EnvState::Ready) {
+            if self.engine().is_some() {
+                changed |= self.reconcile_engine_env(&env, streaks, &mut seen).await?;
+                continue;
+            }
             let (app, number, id) = (env.app.clone(), env.release, env.id.clone());
             let (release, instances) = self
                 .db(move |s| Ok((s.release(&app, number)?, s.instances(Some(&id), false)?)))
@@ -188,6 +215,48 @@ impl Controller {
         Ok(())
     }
 
+    /// One pass over a ready environment on an engine: its instances as the engine reports
+    /// them, and their health (the engine starts and replaces tasks; an instance that stays
+    /// unhealthy is kept out of the route table). Whether the route table must change.
+    async fn reconcile_engine_env(
+        &self,
+        env: &molt_store::EnvRecord,
+        streaks: &mut HashMap<String, Streak>,
+        seen: &mut Vec<String>,
+    ) -> Result<bool> {
+        let look = self.engine_look(&env.id).await?;
+        let mut changed = look.changed;
+        let (app, number, id) = (env.app.clone(), env.release, env.id.clone());
+        let (release, instances) = self
+            .db(move |s| Ok((s.release(&app, number)?, s.instances(Some(&id), false)?)))
+            .await?;
+        for inst in instances {
+            seen.push(inst.id.clone());
+            match self.judge_health(&inst, &release, streaks).await? {
+                Verdict::Keep { state_changed } => changed |= state_changed,
+                Verdict::Replace(why) => {
+                    if inst.state != InstanceState::Unhealthy {
+                        let id = inst.id.clone();
+                        self.db(move |s| s.set_instance_state(&id, InstanceState::Unhealthy, None))
+                            .await?;
+                        self.event(
+                            &env.app,
+                            "instance",
+                            &format!(
+                                "{} {why}; out of the route table until it answers (the engine \
+                                 replaces it if its process ends)",
+                                inst.id
+                            ),
+                        )
+                        .await;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+
     async fn check_instance(
         &self,
         inst: &InstanceRecord,
@@ -198,6 +267,17 @@ impl Controller {
         if status != InstanceStatus::Running {
             return Ok(Verdict::Replace(self.describe_end(inst, &status)));
         }
+        self.judge_health(inst, release, streaks).await
+    }
+
+    /// Runs the instance's health check when it is due and judges the streak: keep (maybe with
+    /// a new state), or replace.
+    async fn judge_health(
+        &self,
+        inst: &InstanceRecord,
+        release: &ReleaseRecord,
+        streaks: &mut HashMap<String, Streak>,
+    ) -> Result<Verdict> {
         let health = &release.config.health;
         let streak = streaks.entry(inst.id.clone()).or_default();
         let now = Instant::now();
@@ -208,9 +288,7 @@ impl Controller {
         }
         streak.next_check = Some(now + health.interval);
         let result = self
-            .inner
-            .health
-            .check(instance_addr(inst), &health.path, health.timeout)
+            .probe_instance(instance_addr(inst), &health.path, health.timeout)
             .await;
         let next_state = match result {
             Ok(()) => {

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use molt_core::RouterLimits;
-use molt_router::{Backend, Maintenance, RouteLimits, RouteTable, Upstream};
+use molt_fleet::{BackendSpec, TableSpec};
+use molt_router::{Backend, Maintenance, RouteLimits, Upstream};
 use molt_store::{EnvState, InstanceState, ShadowMode, Store, StoreError};
 
 use crate::instances::instance_addr;
@@ -14,8 +15,10 @@ use crate::{Controller, Result};
 pub const LOCAL_SUFFIX: &str = "localhost";
 
 impl Controller {
-    /// Rebuilds the route table from the store and publishes it; returns once the new table is
-    /// in force for every connection.
+    /// Rebuilds the route table from the store and publishes it, to this process's router and
+    /// to the fleet; returns once the new table is in force for every connection of this router
+    /// and every live router of the fleet has acknowledged it (a router that misses the
+    /// deadline is fenced rather than waited for).
     pub(crate) async fn publish_routes(&self) -> Result<()> {
         let _guard = self.inner.publish_lock.lock().await;
         let domain = self.inner.config.preview_domain.clone();
@@ -23,7 +26,20 @@ impl Controller {
         let table = self
             .db(move |s| build_table(s, domain.as_ref().map(|d| d.as_str()), &holds))
             .await?;
-        self.inner.router.publish(table).await;
+        self.inner
+            .router
+            .publish(table.to_table(Instant::now()))
+            .await;
+        let publication = self.inner.config.fleet.publish(&table).await;
+        if !publication.acknowledged.is_empty() || !publication.fenced.is_empty() {
+            tracing::debug!(
+                version = publication.version,
+                acknowledged = ?publication.acknowledged,
+                fenced = ?publication.fenced,
+                elapsed_ms = publication.elapsed_ms,
+                "route table in force across the fleet"
+            );
+        }
         Ok(())
     }
 }
@@ -62,8 +78,10 @@ fn build_table(
     store: &mut Store,
     preview_domain: Option<&str>,
     holds: &HashMap<String, Instant>,
-) -> std::result::Result<RouteTable, StoreError> {
-    let mut table = RouteTable::new();
+) -> std::result::Result<TableSpec, StoreError> {
+    let now = Instant::now();
+    let mut table = TableSpec::new();
+    let spec = |backend: Backend| BackendSpec::of(&backend, now);
     let backend = |store: &Store, env: &str| -> std::result::Result<Backend, StoreError> {
         let upstreams = store
             .instances(Some(env), false)?
@@ -94,19 +112,23 @@ fn build_table(
             Ok(b)
         };
         for host in &release.config.hostnames {
-            table.insert(host.as_str(), app_backend(store)?);
+            table.insert(host.as_str(), spec(app_backend(store)?));
         }
-        table.insert(&format!("{app}.{LOCAL_SUFFIX}"), app_backend(store)?);
+        table.insert(&format!("{app}.{LOCAL_SUFFIX}"), spec(app_backend(store)?));
         if let Some(shadow) = shadow_of(store, &app, &env)? {
             for host in &release.config.hostnames {
                 table.insert_shadow(
                     host.as_str(),
-                    backend(store, &shadow.env)?,
+                    spec(backend(store, &shadow.env)?),
                     shadow.share_percent,
                 );
             }
             let host = format!("{app}.{LOCAL_SUFFIX}");
-            table.insert_shadow(&host, backend(store, &shadow.env)?, shadow.share_percent);
+            table.insert_shadow(
+                &host,
+                spec(backend(store, &shadow.env)?),
+                shadow.share_percent,
+            );
         }
     }
     for env in store.envs(None, false)? {
@@ -118,9 +140,12 @@ fn build_table(
                     ..backend(store, &env.id)?
                 })
             };
-            table.insert(&format!("{}.{LOCAL_SUFFIX}", env.id), preview(store)?);
+            table.insert(&format!("{}.{LOCAL_SUFFIX}", env.id), spec(preview(store)?));
             if let Some(domain) = preview_domain {
-                table.insert(&format!("{}.{}.{domain}", env.id, env.app), preview(store)?);
+                table.insert(
+                    &format!("{}.{}.{domain}", env.id, env.app),
+                    spec(preview(store)?),
+                );
             }
         }
     }

@@ -1,8 +1,32 @@
 //! Router counters as molt reports them: what grew since a baseline, and summaries with
 //! quantiles (for `molt shadow` and the comparison a shadow deployment records).
 
-use molt_router::{TrafficStats, LATENCY_BUCKETS};
+use molt_router::{EnvStats, TrafficStats, LATENCY_BUCKETS};
 use molt_store::TrafficSummary;
+
+use crate::Controller;
+
+impl Controller {
+    /// An environment's counters over every router: this process's own plus the fleet's
+    /// latest reports.
+    pub(crate) fn env_stats(&self, env: &str) -> EnvStats {
+        let local = self.inner.router.env_stats(env);
+        let fleet = self.inner.config.fleet.env_counts(env);
+        EnvStats {
+            accepted: local.accepted + fleet.accepted,
+            in_flight: local.in_flight + fleet.in_flight,
+            answered: local.answered + fleet.answered,
+            failed: local.failed + fleet.failed,
+        }
+    }
+
+    /// True when no router, this process's or the fleet's, still has a request of `env` in
+    /// flight (each fleet router counted by a report at the version in force or later).
+    pub(crate) fn is_drained(&self, env: &str) -> bool {
+        let fleet = &self.inner.config.fleet;
+        self.inner.router.env_stats(env).in_flight == 0 && fleet.is_drained(env, fleet.version())
+    }
+}
 
 /// Counters grown since `base` (all of them without one; a counter that went backwards, after
 /// a restart, counts from zero).

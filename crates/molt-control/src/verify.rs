@@ -18,7 +18,7 @@ use molt_store::{EnvRecord, EnvState, InstanceRecord, InstanceState, ReleaseReco
 use molt_wire::{Attestation, VerifyReport};
 
 use crate::instances::instance_addr;
-use crate::{Controller, Result};
+use crate::{ControlError, Controller, Result};
 
 /// In-memory verification state of image trees.
 #[derive(Default)]
@@ -44,6 +44,13 @@ impl Controller {
     /// Verifies the trees of every image a live environment runs (of `app`, or of all apps),
     /// repairing and replacing what drifted.
     pub async fn verify(&self, app: Option<String>) -> Result<Vec<VerifyReport>> {
+        if let Some(setup) = self.engine() {
+            return Err(ControlError::Conflict(format!(
+                "molt verify checks the image trees of instances on this machine; on {} the \
+                 nodes pull each image by its digest and the engine checks it",
+                setup.engine.name()
+            )));
+        }
         let _one_at_a_time = self.inner.verify_lock.lock().await;
         let envs = self.db(|s| s.envs(None, false)).await?;
         let mut by_image: BTreeMap<Digest, Vec<(EnvRecord, ReleaseRecord)>> = BTreeMap::new();
@@ -298,9 +305,7 @@ impl Controller {
             let deadline = Instant::now() + health.start_deadline;
             loop {
                 let check = self
-                    .inner
-                    .health
-                    .check(instance_addr(inst), &health.path, health.timeout)
+                    .probe_instance(instance_addr(inst), &health.path, health.timeout)
                     .await;
                 let why = match check {
                     Ok(()) => break,

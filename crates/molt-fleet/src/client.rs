@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,9 +69,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 impl ControlClient {
     /// A client of the control plane at `url` (`http://host:port` for a control plane on this
-    /// machine, `https://host:port` otherwise), sending `token`; `ca` is a PEM file of the
+    /// machine, `https://host:port` otherwise), sending `token`; `ca` holds the PEM
     /// certificates to trust for https (the control plane's own certificate, or its CA).
-    pub fn new(url: &str, token: &str, ca: Option<&Path>) -> Result<Self, ClientError> {
+    pub fn new(url: &str, token: &str, ca: Option<&[u8]>) -> Result<Self, ClientError> {
         let uri: Uri = url
             .parse()
             .map_err(|e| ClientError::Config(format!("control URL {url:?}: {e}")))?;
@@ -258,23 +257,20 @@ fn is_loopback(host: &str) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// A TLS connector trusting only the certificates in the PEM file `ca`.
-fn connector(ca: &Path) -> Result<TlsConnector, ClientError> {
-    let pem = std::fs::read(ca)
-        .map_err(|e| ClientError::Config(format!("reading {}: {e}", ca.display())))?;
+/// A TLS connector trusting only the certificates of the PEM text `pem`.
+fn connector(pem: &[u8]) -> Result<TlsConnector, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let mut found = 0;
-    for cert in rustls_pemfile_certs(&pem)? {
+    for cert in rustls_pemfile_certs(pem)? {
         roots
             .add(cert)
-            .map_err(|e| ClientError::Config(format!("{}: {e}", ca.display())))?;
+            .map_err(|e| ClientError::Config(format!("the control plane's certificate: {e}")))?;
         found += 1;
     }
     if found == 0 {
-        return Err(ClientError::Config(format!(
-            "{} holds no PEM certificate",
-            ca.display()
-        )));
+        return Err(ClientError::Config(
+            "--control-ca holds no PEM certificate".to_owned(),
+        ));
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

@@ -52,6 +52,8 @@ pub struct Fleet {
     state: Mutex<State>,
     /// Woken on every acknowledgement, report, connection and disconnection.
     changed: Notify,
+    /// Set when the control plane stops: every stream ends (routers reconnect to the next one).
+    closed: watch::Sender<bool>,
 }
 
 /// A version of the table, serialized once for every stream.
@@ -140,6 +142,7 @@ pub struct Subscription {
     events: mpsc::UnboundedReceiver<Event>,
     ping: tokio::time::Interval,
     sent_version: u64,
+    closed: watch::Receiver<bool>,
 }
 
 impl Fleet {
@@ -154,7 +157,14 @@ impl Fleet {
             current,
             state: Mutex::default(),
             changed: Notify::new(),
+            closed: watch::channel(false).0,
         })
+    }
+
+    /// Ends every router's stream, now and for streams opened later: the control plane is
+    /// stopping (its HTTP server waits for open responses, and a stream never ends by itself).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// This control plane's generation (changes with every start).
@@ -255,6 +265,7 @@ impl Fleet {
             events: receiver,
             ping,
             sent_version: 0,
+            closed: self.closed.subscribe(),
         }
     }
 
@@ -476,29 +487,32 @@ impl Published {
 }
 
 impl Subscription {
-    /// The next line for the router: a new table, a probe, a fence or a ping.
-    pub async fn next_line(&mut self) -> Bytes {
+    /// The next line for the router: a new table, a probe, a fence or a ping; `None` once
+    /// the control plane is stopping (the stream ends).
+    pub async fn next_line(&mut self) -> Option<Bytes> {
         loop {
+            if *self.closed.borrow() {
+                return None;
+            }
             tokio::select! {
                 biased;
+                _ = self.closed.changed() => {}
                 changed = self.table.changed() => {
                     if changed.is_err() {
-                        // The fleet is gone; ping until the stream is dropped.
-                        self.ping.tick().await;
-                        return ping_line();
+                        return None;
                     }
                     let published = Arc::clone(&self.table.borrow_and_update());
                     if published.version > self.sent_version || self.sent_version == 0 {
                         self.sent_version = published.version;
-                        return published.line.clone();
+                        return Some(published.line.clone());
                     }
                 }
                 Some(event) = self.events.recv() => {
                     let mut line = serde_json::to_vec(&event).expect("an event serializes");
                     line.push(b'\n');
-                    return Bytes::from(line);
+                    return Some(Bytes::from(line));
                 }
-                _ = self.ping.tick() => return ping_line(),
+                _ = self.ping.tick() => return Some(ping_line()),
             }
         }
     }

@@ -139,8 +139,8 @@ impl Follower {
         self.ready.subscribe()
     }
 
-    /// True while the control plane has fenced this router (it missed a deadline): it should
-    /// take no new connections until it has caught up.
+    /// True while the control plane has fenced this router (it missed a deadline): the router
+    /// takes no new connections until it has caught up.
     pub fn fenced(&self) -> watch::Receiver<bool> {
         self.fenced.subscribe()
     }
@@ -236,8 +236,11 @@ impl Follower {
                         "fenced by the control plane until version {version} is applied"
                     );
                     self.fenced.send_replace(true);
-                    // Catch up at once if that version is already here.
+                    // Caught up already if that version is here: say so, and take connections.
                     if self.lock().version >= version {
+                        self.fenced.send_replace(false);
+                        self.router.refuse_new_connections(false);
+                        info!(version, "caught up; taking new connections again");
                         self.acknowledge().await;
                     }
                 }
@@ -271,7 +274,10 @@ impl Follower {
             );
         }
         self.ready.send_replace(true);
-        self.fenced.send_replace(false);
+        if self.fenced.send_replace(false) {
+            info!(version, "caught up; taking new connections again");
+        }
+        self.router.refuse_new_connections(false);
         self.acknowledge().await;
         self.send_report().await;
     }

@@ -42,7 +42,7 @@ async fn stream(State(fleet): State<Arc<Fleet>>, Query(hello): Query<Hello>) -> 
     }
     let subscription = fleet.subscribe(&hello);
     let lines = futures_util::stream::unfold(subscription, |mut subscription| async move {
-        let line = subscription.next_line().await;
+        let line = subscription.next_line().await?;
         Some((Ok::<_, Infallible>(line), subscription))
     });
     Response::builder()

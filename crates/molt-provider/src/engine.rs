@@ -76,7 +76,7 @@ pub enum EngineInstanceState {
 }
 
 /// An environment the engine runs for this molt, found by its labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EngineEnvironment {
     /// Environment id.
     pub env: String,
@@ -88,6 +88,25 @@ pub struct EngineEnvironment {
     pub instances: u32,
     /// The image it runs.
     pub image: String,
+}
+
+/// A machine of the engine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EngineNode {
+    /// The engine's id of the node.
+    pub id: String,
+    /// Its hostname.
+    pub hostname: String,
+    /// `manager` or `worker` (Swarm's words).
+    pub role: String,
+    /// `ready`, `down`, …
+    pub state: String,
+    /// Whether it takes new instances: `active`, `pause` or `drain`.
+    pub availability: String,
+    /// Its address.
+    pub addr: String,
+    /// Whether it leads the managers.
+    pub leader: bool,
 }
 
 /// Why an engine could not do what was asked. The engine's own message is kept whole: it is
@@ -153,4 +172,7 @@ pub trait Engine: Send + Sync {
     /// Every environment the engine runs for this molt (by its owner label): what a restart
     /// adopts and what garbage collection looks at.
     fn environments(&self) -> EngineFuture<'_, Vec<EngineEnvironment>>;
+
+    /// The engine's machines.
+    fn nodes(&self) -> EngineFuture<'_, Vec<EngineNode>>;
 }

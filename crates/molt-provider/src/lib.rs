@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 pub use crate::engine::{
     Engine, EngineEnvironment, EngineError, EngineFuture, EngineInstance, EngineInstanceState,
-    EnvironmentSpec,
+    EngineNode, EnvironmentSpec,
 };
 pub use crate::error::ProviderError;
 pub use crate::inroot::lookup_in_root;

@@ -8,7 +8,7 @@ use hyper::header::{HeaderValue, HOST};
 use hyper::{Method, Request, StatusCode};
 use tracing::info;
 
-use crate::ClientScheme;
+use crate::config::ClientScheme;
 
 /// What the access log line says about the request, taken before it is forwarded.
 #[derive(Debug)]

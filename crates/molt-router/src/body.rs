@@ -1,5 +1,6 @@
 //! The response body the router hands to hyper: either an upstream's body, streamed through
-//! while its request is counted in flight, or a short body the router wrote itself.
+//! while its request is counted in flight, or a short body the router wrote itself; and the
+//! relay of an upstream's response to the client ([`relay`], [`relay_socket`]).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -8,10 +9,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::Response;
 
-use crate::direct::SocketBody;
+use crate::headers::strip_hop_by_hop;
 use crate::stats::InFlight;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{SocketBody, UpstreamBody};
 
 /// Body of every response the router sends to a client.
 #[derive(Debug)]
@@ -44,6 +47,18 @@ impl ResponseBody {
 
     pub(crate) fn text(text: String) -> Self {
         Self::Local(Full::new(Bytes::from(text)))
+    }
+
+    /// The bytes of a body the router wrote itself (`None` for an upstream's).
+    pub(crate) fn into_local_bytes(self) -> Option<Bytes> {
+        let ResponseBody::Local(mut body) = self else {
+            return None;
+        };
+        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
+            _ => Some(Bytes::new()),
+        }
     }
 }
 
@@ -91,4 +106,33 @@ impl Body for ResponseBody {
             Self::Local(body) => body.size_hint(),
         }
     }
+}
+
+/// Passes an upstream response on to the client; the request stays in flight until its
+/// body has been streamed.
+pub(crate) fn relay(
+    response: Response<UpstreamBody>,
+    in_flight: InFlight,
+) -> Response<ResponseBody> {
+    in_flight.counters().record_answered();
+    let (mut head, body) = response.into_parts();
+    // hyper read a body with both framings by its chunks (RFC 9112 §6.3): the length, which
+    // the client would believe instead, must not be passed on.
+    if head.headers.contains_key(TRANSFER_ENCODING) {
+        head.headers.remove(CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(&mut head.headers);
+    Response::from_parts(head, ResponseBody::upstream(body, in_flight))
+}
+
+/// [`relay`] for an answer read from a plain socket (its head has no hop-by-hop fields).
+pub(crate) fn relay_socket(
+    response: Response<SocketBody>,
+    in_flight: InFlight,
+) -> Response<ResponseBody> {
+    in_flight.counters().record_answered();
+    response.map(|body| ResponseBody::Socket {
+        body,
+        in_flight: Some(in_flight),
+    })
 }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::RetryBudget;
+use crate::config::RetryBudget;
 
 /// Hundredths of a retry: a request earns `ratio_percent` of them, a retry costs 100.
 const RETRY_COST: i64 = 100;

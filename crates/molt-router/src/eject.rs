@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use crate::config::EjectionPolicy;
 use crate::stats::PerAddress;
-use crate::EjectionPolicy;
 
 /// Passive health of one upstream address.
 #[derive(Debug, Default)]

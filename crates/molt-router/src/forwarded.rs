@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use hyper::header::{HeaderValue, FORWARDED};
 use hyper::HeaderMap;
 
-use crate::ClientScheme;
+use crate::config::ClientScheme;
 
 /// Appends this hop (`for=<client>;proto=<http|https>;host=<host>`) to the request's
 /// `Forwarded` header, joining earlier hops into one comma-separated value.

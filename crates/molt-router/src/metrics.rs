@@ -1,6 +1,6 @@
 //! What the router exposes for monitoring.
 
-use crate::proxy::Router;
+use crate::router::Router;
 use crate::stats::EnvStats;
 use crate::traffic::EnvTraffic;
 

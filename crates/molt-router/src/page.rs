@@ -5,7 +5,7 @@ use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CONNECTION, CONTENT_TYPE, RE
 use hyper::{Response, StatusCode};
 
 use crate::body::ResponseBody;
-use crate::table::Maintenance;
+use crate::route::Maintenance;
 
 /// How the client wants the router's own pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,9 +8,10 @@ use hyper::{Request, Response, StatusCode};
 use tracing::debug;
 
 use crate::body::ResponseBody;
+use crate::host::lookup_key;
 use crate::page;
+use crate::router::Router;
 use crate::tls::ACME_CHALLENGE_PREFIX;
-use crate::Router;
 
 impl Router {
     /// What the plain listener answers itself: ACME http-01 challenges, and the redirect to
@@ -35,7 +36,7 @@ impl Router {
         if !self.certs.covers(host) {
             return None;
         }
-        let name = crate::host::lookup_key(host.trim()).ok()?;
+        let name = lookup_key(host.trim()).ok()?;
         let target = request
             .uri()
             .path_and_query()

@@ -17,10 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::config::ClientScheme;
 use crate::direct::Ending;
 use crate::framing::FrameLimits;
 use crate::guard::{BusyBody, ClientSocket, GuardedStream, Prefixed};
-use crate::{ClientScheme, Router};
+use crate::router::Router;
+use crate::tls;
 
 /// Pause after an accept error that is not about one connection (e.g. out of file
 /// descriptors), so the loop does not spin.
@@ -62,7 +64,7 @@ impl Router {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> io::Result<()> {
-        let config = crate::tls::server_config(Arc::clone(&self.certs));
+        let config = tls::server_config(Arc::clone(&self.certs));
         let acceptor = TlsAcceptor::from(Arc::new(config));
         self.serve_with(listener, shutdown, Some(acceptor)).await
     }
@@ -99,6 +101,17 @@ impl Router {
         shutdown: CancellationToken,
     ) -> io::Result<ServerThreads> {
         self.spawn_threads(addr, threads, shutdown, false)
+    }
+
+    /// [`Router::listen_on_threads`] for TLS: listening at once, serving like
+    /// [`Router::serve_tls`] from [`ServerThreads::start`] on.
+    pub fn listen_tls_on_threads(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        threads: usize,
+        shutdown: CancellationToken,
+    ) -> io::Result<ServerThreads> {
+        self.spawn_threads(addr, threads, shutdown, true)
     }
 
     /// [`Router::serve_on_threads`] for TLS: each thread serves like [`Router::serve_tls`].
@@ -277,6 +290,13 @@ impl Router {
                     }
                 }
             };
+            if self.refuses_new_connections() {
+                // Fenced out of a fleet: open connections finish, new ones are turned away
+                // so that clients and load balancers go to a router that is up to date.
+                debug!(%peer, "refusing a new connection");
+                drop(stream);
+                continue;
+            }
             if let Err(error) = stream.set_nodelay(true) {
                 debug!(%peer, %error, "could not set TCP_NODELAY");
             }

@@ -20,13 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::config::{ClientScheme, EjectionPolicy};
 use crate::eject::Verdict;
 use crate::forwarded::add_forwarded;
 use crate::headers::{add_forwarding, strip_hop_by_hop};
-use crate::proxy::upstream_uri;
-use crate::table::Route;
-use crate::upstream::{RequestBody, Upstreams};
-use crate::{ClientScheme, EjectionPolicy};
+use crate::route::Route;
+use crate::upstream::{upstream_uri, RequestBody, Upstreams};
 
 /// Marks a mirrored request, so the shadow environment can tell it from live traffic.
 pub static X_MOLT_SHADOW: HeaderName = HeaderName::from_static("x-molt-shadow");
@@ -160,7 +159,7 @@ fn mirrored_request<B>(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut request = Request::new(Either::Right(Empty::new()));
     *request.method_mut() = head.method().clone();
-    *request.uri_mut() = upstream_uri(route, index, path, absolute);
+    *request.uri_mut() = upstream_uri(route.authority(index), path, absolute);
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
     request

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::budget::RetryTokens;
+use crate::presence::EnvPresence;
 use crate::traffic::TrafficCounters;
-use crate::upgrade::EnvPresence;
 
 /// Counters of one environment, snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -7,92 +7,24 @@
 //! environment, the tunnel is closed after [`RouterConfig::upgrade_grace`](crate::RouterConfig).
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::http::uri::PathAndQuery;
-use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::body::ResponseBody;
+use crate::body::{relay, ResponseBody};
+use crate::config::ClientScheme;
 use crate::forwarded::add_forwarded;
 use crate::headers::{add_forwarding, strip_hop_by_hop};
-use crate::proxy::{local_response, relay, CONNECT_TIMEOUT};
-use crate::stats::{InFlight, StatsRegistry};
-use crate::table::{Route, RouteTable};
+use crate::page;
+use crate::route::Route;
+use crate::router::{Router, CONNECT_TIMEOUT};
+use crate::stats::InFlight;
 use crate::upstream::UpstreamBody;
-use crate::ClientScheme;
-use crate::Router;
-
-/// Whether the published table routes to an environment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Presence {
-    Routed,
-    Unrouted,
-}
-
-/// The [`Presence`] of one environment, published by [`Router::publish`] and watched by the
-/// environment's upgraded connections. Lives in the environment's counters, so the request
-/// path reaches it without a lock.
-#[derive(Debug)]
-pub(crate) struct EnvPresence(watch::Sender<Presence>);
-
-/// The tasks relaying upgraded connections, owned by the router so that shutdown can wait for
-/// them and close the rest.
-#[derive(Debug, Default)]
-pub(crate) struct Tunnels {
-    tasks: TaskTracker,
-    abort: CancellationToken,
-}
-
-impl Default for EnvPresence {
-    fn default() -> Self {
-        Self(watch::Sender::new(Presence::Routed))
-    }
-}
-
-impl EnvPresence {
-    fn mark(&self, presence: Presence) {
-        self.0.send_if_modified(|current| {
-            let changed = *current != presence;
-            *current = presence;
-            changed
-        });
-    }
-
-    fn watch(&self) -> watch::Receiver<Presence> {
-        self.0.subscribe()
-    }
-}
-
-impl Tunnels {
-    /// Lets [`Tunnels::wait`] return once the open tunnels have closed.
-    pub(crate) fn close(&self) {
-        self.tasks.close();
-    }
-
-    /// Waits until closed and every tunnel has ended.
-    pub(crate) async fn wait(&self) {
-        self.tasks.wait().await;
-    }
-
-    /// Closes every open tunnel now.
-    pub(crate) fn abort(&self) {
-        self.abort.cancel();
-    }
-
-    /// Number of open tunnels (and of their upstream connections still being set up).
-    pub(crate) fn len(&self) -> usize {
-        self.tasks.len()
-    }
-}
 
 impl Router {
     /// Forwards an upgrade request over a fresh connection to one of the route's upstreams
@@ -131,7 +63,7 @@ impl Router {
 
         let Some((stream, index)) = self.connect_upstream(route, start).await else {
             in_flight.counters().record_failed();
-            return local_response(
+            return page::text(
                 StatusCode::BAD_GATEWAY,
                 "molt: the application could not be reached\n",
             );
@@ -139,13 +71,13 @@ impl Router {
         let instance = &route.upstreams()[index].instance;
         // The tunnel counts against its instance until it closes, so the instance drains.
         in_flight.sent_to(route.load_of(index));
-        let abort = self.tunnels.abort.clone();
+        let abort = self.tunnels.aborted();
         let exchange = async {
             let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
                 .handshake::<_, Incoming>(TokioIo::new(stream))
                 .await?;
             // Ends when the upgrade takes the connection over, or with the response.
-            self.tunnels.tasks.spawn(async move {
+            self.tunnels.spawn(async move {
                 tokio::select! {
                     result = connection.with_upgrades() => {
                         if let Err(error) = result {
@@ -169,15 +101,13 @@ impl Router {
                 if let Some(protocol) = protocol {
                     head.headers.insert(UPGRADE, protocol);
                 }
-                let tunnel = Tunnel {
-                    client: client_upgrade,
-                    upstream: upstream_upgrade,
+                self.tunnels.open(
+                    client_upgrade,
+                    upstream_upgrade,
                     in_flight,
                     presence,
-                    grace: self.config.upgrade_grace,
-                    abort: self.tunnels.abort.clone(),
-                };
-                self.tunnels.tasks.spawn(tunnel.relay());
+                    self.config.upgrade_grace,
+                );
                 Response::from_parts(head, ResponseBody::text(String::new()))
             }
             // The upstream declined the upgrade: an ordinary response.
@@ -185,7 +115,7 @@ impl Router {
             Ok(Err(error)) => {
                 debug!(env = route.env(), instance, %error, "upstream failed an upgrade");
                 in_flight.counters().record_failed();
-                local_response(
+                page::text(
                     StatusCode::BAD_GATEWAY,
                     "molt: the application could not be reached\n",
                 )
@@ -193,7 +123,7 @@ impl Router {
             Err(_elapsed) => {
                 debug!(env = route.env(), instance, "upstream upgrade timed out");
                 in_flight.counters().record_failed();
-                local_response(
+                page::text(
                     StatusCode::GATEWAY_TIMEOUT,
                     "molt: the application did not answer in time\n",
                 )
@@ -231,54 +161,6 @@ impl Router {
     }
 }
 
-/// One upgraded connection: both halves, the in-flight mark of its environment and what
-/// closes it early.
-struct Tunnel {
-    client: OnUpgrade,
-    upstream: OnUpgrade,
-    in_flight: InFlight,
-    presence: watch::Receiver<Presence>,
-    grace: Duration,
-    abort: CancellationToken,
-}
-
-impl Tunnel {
-    /// Copies bytes both ways until both sides are done, the environment has been unrouted
-    /// for longer than the grace period, or the router shuts down.
-    async fn relay(self) {
-        let Tunnel {
-            client,
-            upstream,
-            in_flight,
-            presence,
-            grace,
-            abort,
-        } = self;
-        let joined = async {
-            let (client, upstream) = match tokio::try_join!(client, upstream) {
-                Ok(both) => both,
-                Err(error) => {
-                    debug!(%error, "upgrade did not complete");
-                    return;
-                }
-            };
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                Ok((sent, received)) => debug!(sent, received, "upgraded connection closed"),
-                Err(error) => debug!(%error, "upgraded connection ended with an error"),
-            }
-        };
-        tokio::select! {
-            () = joined => {}
-            () = unrouted_for(presence, grace) => {
-                debug!("closing an upgraded connection: its environment is no longer routed");
-            }
-            () = abort.cancelled() => debug!("closing an upgraded connection: shutting down"),
-        }
-        drop(in_flight);
-    }
-}
-
 /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` plus an
 /// `Upgrade` header), if it is one the router relays. `h2c` is not relayed: the router speaks
 /// HTTP/2 itself, so such a request is answered as a plain HTTP/1.1 request.
@@ -298,50 +180,6 @@ pub(crate) fn requested_upgrade<B>(request: &Request<B>) -> Option<&HeaderValue>
         .to_str()
         .is_ok_and(|value| value.trim().eq_ignore_ascii_case("h2c"));
     (connection_upgrade && !h2c).then_some(protocol)
-}
-
-/// Marks the environments of `new` as routed and those only in `old` as unrouted, so their
-/// upgraded connections start their grace period.
-pub(crate) fn mark_presence(registry: &StatsRegistry, old: &RouteTable, new: &RouteTable) {
-    // Sets, not `references`: a table of 10 000 environments would otherwise cost 10 000²
-    // comparisons per publish.
-    let routed = new.env_set();
-    for env in &routed {
-        registry.counters(env).presence().mark(Presence::Routed);
-    }
-    for env in old
-        .env_set()
-        .into_iter()
-        .filter(|env| !routed.contains(env))
-    {
-        if let Some(counters) = registry.get(env) {
-            counters.presence().mark(Presence::Unrouted);
-        }
-    }
-}
-
-/// Completes once the environment has been unrouted for `grace` without being routed again.
-async fn unrouted_for(mut presence: watch::Receiver<Presence>, grace: Duration) {
-    loop {
-        // The sender lives in the environment's counters, which outlive every tunnel of the
-        // environment: a closed channel means nothing will change any more.
-        let unrouted = presence
-            .wait_for(|now| *now == Presence::Unrouted)
-            .await
-            .is_ok();
-        if !unrouted {
-            return std::future::pending().await;
-        }
-        let routed_again =
-            tokio::time::timeout(grace, presence.wait_for(|now| *now == Presence::Routed))
-                .await
-                .map(|routed| routed.is_ok());
-        match routed_again {
-            Ok(true) => continue,
-            Ok(false) => return std::future::pending().await,
-            Err(_elapsed) => return,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -388,43 +226,5 @@ mod tests {
             let got = requested_upgrade(&request).map(|value| value.to_str().expect("ascii"));
             assert_eq!(got, want, "{version:?} {headers:?}");
         }
-    }
-
-    async fn closes_within(presence: &watch::Receiver<Presence>, wait: Duration) -> bool {
-        tokio::time::timeout(wait, unrouted_for(presence.clone(), GRACE))
-            .await
-            .is_ok()
-    }
-
-    const GRACE: Duration = Duration::from_secs(30);
-
-    #[tokio::test(start_paused = true)]
-    async fn grace_starts_when_unrouted_and_resets_when_routed_again() {
-        let env = EnvPresence::default();
-        let presence = env.watch();
-        assert!(
-            !closes_within(&presence, GRACE * 4).await,
-            "routed: stays open"
-        );
-
-        env.mark(Presence::Unrouted);
-        let watcher = tokio::spawn(unrouted_for(env.watch(), GRACE));
-        tokio::time::sleep(GRACE / 2).await;
-        env.mark(Presence::Routed);
-        tokio::time::sleep(GRACE * 4).await;
-        assert!(
-            !watcher.is_finished(),
-            "routed again within the grace: stays open"
-        );
-
-        env.mark(Presence::Unrouted);
-        tokio::time::sleep(GRACE - Duration::from_secs(1)).await;
-        assert!(!watcher.is_finished(), "still within the grace");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(watcher.is_finished(), "closed once the grace is over");
-
-        // A watcher that starts while already unrouted gets the full grace too.
-        assert!(!closes_within(&presence, GRACE - Duration::from_secs(1)).await);
-        assert!(closes_within(&presence, GRACE + Duration::from_secs(1)).await);
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 use molt_router::{EnvStats, RouterConfig};
 use support::{
-    alternate_tables, closing_upstream, dead_addr, eventually, read, silent_upstream, table,
+    alternate_tables, closing_upstream, dead_addr, eventually, raw, read, silent_upstream, table,
     upstream, within, Client, Harness, Reply,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -431,4 +431,32 @@ async fn shutdown_closes_connections_left_after_the_grace_period() {
         .expect("serve result");
     assert!(within(pending).await.expect("client task").is_err());
     assert!(eventually(|| harness.router.env_stats("mute").in_flight == 0).await);
+}
+
+#[tokio::test]
+async fn a_router_refusing_new_connections_still_serves_open_ones() {
+    let addr = upstream(Reply::Name("blue")).await;
+    let harness = Harness::routing(RouterConfig::default(), &[("app.test", "blue", &[addr])]).await;
+    let mut open = harness.client().await;
+    assert_eq!(open.get(Some("app.test"), "/").await.1, "blue");
+
+    harness.router.refuse_new_connections(true);
+    assert!(harness.router.refuses_new_connections());
+    // A new connection is closed without an answer.
+    let answer = raw(
+        harness.addr,
+        b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer, "", "a refused connection gets no answer");
+    // The connection that was open keeps working.
+    assert_eq!(open.get(Some("app.test"), "/").await.1, "blue");
+
+    harness.router.refuse_new_connections(false);
+    let answer = raw(
+        harness.addr,
+        b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }

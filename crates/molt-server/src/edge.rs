@@ -22,8 +22,8 @@ pub struct EdgeConfig {
     pub control: String,
     /// The router token (`<data dir>/router.token` of the control plane).
     pub token: String,
-    /// PEM certificate(s) to trust for an https control plane.
-    pub control_ca: Option<PathBuf>,
+    /// PEM certificate(s) to trust for an https control plane: a file, or the PEM text itself.
+    pub control_ca: Option<String>,
     /// This router's name in the fleet.
     pub name: String,
     /// Where clients connect (plain HTTP/1.1 and h2c).
@@ -55,9 +55,17 @@ impl Edge {
     /// Starts the router: listening at once, serving once a table is in force.
     pub async fn start(config: EdgeConfig) -> Result<Edge> {
         molt_fleet::check_name(&config.name).map_err(anyhow::Error::msg)?;
-        let client =
-            ControlClient::new(&config.control, &config.token, config.control_ca.as_deref())
-                .context("--control")?;
+        let ca = match config.control_ca.as_deref() {
+            None => None,
+            Some(pem) if pem.trim_start().starts_with("-----BEGIN") => {
+                Some(pem.as_bytes().to_vec())
+            }
+            Some(path) => {
+                Some(std::fs::read(path).with_context(|| format!("reading --control-ca {path}"))?)
+            }
+        };
+        let client = ControlClient::new(&config.control, &config.token, ca.as_deref())
+            .context("--control")?;
         std::fs::create_dir_all(&config.state_dir).with_context(|| {
             format!(
                 "creating the state directory {}",

@@ -5,6 +5,8 @@
 //! - `state.db` — the SQLite store (WAL);
 //! - `images/` — the image store; `logs/` — instance output; `uploads/` — image uploads;
 //! - `admin.token` (0600) — the API token the CLI reads;
+//! - `router.token` (0600) — the token of the fleet's routers (`molt router`): it opens only
+//!   the fleet's endpoints (the route stream, acknowledgements, reports, probe results);
 //! - `serve.json` — where the running server listens, for the CLI;
 //! - `owner.id` — marks this data directory's instance processes (orphan detection);
 //! - `serve.lock` — held while a server uses the directory;
@@ -18,12 +20,17 @@
 //! issued through ACME (`tls/acme/`, see [`AcmeConfig`]).
 
 mod acme;
+mod api_tls;
 mod build;
 mod edge;
+mod swarm;
 
 pub use acme::AcmeConfig;
+pub use api_tls::{cert_path as api_cert_path, ApiTlsConfig};
 pub use edge::{Edge, EdgeConfig};
+pub use molt_control::Credentials as RegistryCredentials;
 pub use molt_runtime::{BridgeNetwork, Subnet};
+pub use swarm::{SwarmServeConfig, ROUTER_PORT};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -35,7 +42,7 @@ use std::time::Duration;
 
 use acme::AcmeManager;
 use anyhow::{bail, Context, Result};
-use molt_control::{ControlConfig, Controller, InstanceNetwork};
+use molt_control::{ControlConfig, Controller, HealthChecks, InstanceNetwork};
 use molt_core::{Clock, DeployState};
 use molt_image::ImageStore;
 use molt_provider::{LocalProvider, Provider};
@@ -77,13 +84,17 @@ pub struct ServeConfig {
     pub verify_interval: Option<Duration>,
     /// Longest time requests wait while drifted instances are replaced (then 503).
     pub drift_hold: Duration,
-    /// Threads serving the router's plain listener, each with its own runtime and
-    /// `SO_REUSEPORT` socket ([`Router::serve_on_threads`]); 0 serves it on the server's
-    /// shared runtime instead.
+    /// Threads serving each of the router's listeners (plain and TLS), each with its own
+    /// runtime and `SO_REUSEPORT` socket ([`Router::serve_on_threads`]); 0 serves them on the
+    /// server's shared runtime instead.
     pub router_threads: usize,
     /// The controller's clock (and the store's): the system clock; tests may hand in a
     /// [`molt_core::ManualClock`] to move windows along instead of sleeping.
     pub clock: Arc<dyn Clock>,
+    /// The API over TLS too, on an address other machines reach (for `molt router`s).
+    pub api_tls: Option<ApiTlsConfig>,
+    /// Run environments on a Docker swarm instead of this machine.
+    pub swarm: Option<SwarmServeConfig>,
 }
 
 /// The TLS listener of `molt serve` and where its certificates come from.
@@ -158,6 +169,9 @@ pub struct Endpoints {
     /// The router's TLS address, when TLS is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_tls: Option<SocketAddr>,
+    /// The API's TLS address, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_tls: Option<SocketAddr>,
     /// The server's process id.
     pub pid: u32,
 }
@@ -168,6 +182,43 @@ enum RouterListener {
     Threads(molt_router::ServerThreads),
 }
 
+/// The TLS listener's port, taken before the router exists.
+enum TlsBind {
+    /// Served on the shared runtime (`--router-threads 0`).
+    Runtime(TcpListener),
+    /// Held (bound with SO_REUSEPORT, not listening) until the router's threads bind it.
+    Reserved(tokio::net::TcpSocket, SocketAddr),
+}
+
+impl TlsBind {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            TlsBind::Runtime(listener) => listener
+                .local_addr()
+                .expect("a bound listener has an address"),
+            TlsBind::Reserved(_, addr) => *addr,
+        }
+    }
+}
+
+/// Takes the TLS port: a listener when the router serves on the shared runtime (`threads`
+/// 0), else a reservation for its threads.
+async fn bind_tls(addr: SocketAddr, threads: usize) -> std::io::Result<TlsBind> {
+    if threads == 0 {
+        return Ok(TlsBind::Runtime(TcpListener::bind(addr).await?));
+    }
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    let bound = socket.local_addr()?;
+    Ok(TlsBind::Reserved(socket, bound))
+}
+
 /// A running server.
 pub struct Running {
     /// Where the API listens.
@@ -176,6 +227,8 @@ pub struct Running {
     pub router_addr: SocketAddr,
     /// Where the router's TLS listener listens, when TLS is on.
     pub router_tls_addr: Option<SocketAddr>,
+    /// Where the API's TLS listener listens, when it is on.
+    pub api_tls_addr: Option<SocketAddr>,
     /// The admin API token.
     pub token: String,
     /// The data directory.
@@ -209,6 +262,8 @@ impl ServeConfig {
             drift_hold: Duration::from_secs(10),
             router_threads: default_router_threads(),
             clock: Arc::new(SystemClock),
+            api_tls: None,
+            swarm: None,
         }
     }
 }
@@ -264,25 +319,48 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         )
     })?;
     let token = read_or_create_secret(&dir.join("admin.token"))?;
+    let router_token = read_or_create_secret(&dir.join("router.token"))?;
     let owner = read_or_create_secret(&dir.join("owner.id"))?;
     let store = Store::open(&dir.join("state.db"))
         .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
     let images = ImageStore::open(&dir.join("images")).context("opening the image store")?;
+    let engine = match &cfg.swarm {
+        Some(swarm_cfg) => {
+            if cfg.api_tls.is_none() {
+                bail!(
+                    "--provider swarm runs routers on every node, which reach the control plane \
+                     over TLS: pass --api-tls-listen ADDR (an address the nodes reach)"
+                );
+            }
+            if !swarm::socket_exists(&swarm_cfg.socket) {
+                bail!(
+                    "--provider swarm: no Docker engine socket at {}; start dockerd (and `docker \
+                     swarm init`), or pass --docker-socket",
+                    swarm_cfg.socket.display()
+                );
+            }
+            Some(swarm::connect(swarm_cfg, &owner[..16]).await?)
+        }
+        None => None,
+    };
     let provider = make_provider(cfg.isolation, cfg.network.as_ref(), &dir, &owner[..16])?;
     tracing::info!(isolation = provider.isolation(), "instances are isolated");
-    let tls_listener = match &cfg.tls {
-        Some(tls) => Some(TcpListener::bind(tls.listen).await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on {} for TLS: {e}; pick another address with --tls-listen",
-                tls.listen
-            )
-        })?),
+    // The TLS port is taken now (its number goes into the router's https redirect): a listener
+    // for the shared runtime, or a reservation the router's threads join with SO_REUSEPORT.
+    let tls_bind = match &cfg.tls {
+        Some(tls) => Some(
+            bind_tls(tls.listen, cfg.router_threads)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {} for TLS: {e}; pick another address with --tls-listen",
+                        tls.listen
+                    )
+                })?,
+        ),
         None => None,
     };
-    let router_tls_addr = match &tls_listener {
-        Some(listener) => Some(listener.local_addr()?),
-        None => None,
-    };
+    let router_tls_addr = tls_bind.as_ref().map(TlsBind::addr);
     let router = Router::new(RouterConfig {
         https_redirect: match (&cfg.tls, router_tls_addr) {
             (Some(tls), Some(addr)) if tls.https_redirect => Some(addr.port()),
@@ -334,6 +412,18 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
                 .map_err(cannot_listen)?,
         )
     };
+    let tls_listener = match tls_bind {
+        None => None,
+        Some(TlsBind::Runtime(listener)) => Some(RouterListener::Runtime(listener)),
+        Some(TlsBind::Reserved(reservation, addr)) => {
+            let threads = router
+                .clone()
+                .listen_tls_on_threads(addr, cfg.router_threads, stop.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for TLS: {e}"))?;
+            drop(reservation);
+            Some(RouterListener::Threads(threads))
+        }
+    };
     let api_listener = TcpListener::bind(cfg.api_addr).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {} for the API: {e}; pick another address with --api",
@@ -345,6 +435,21 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         RouterListener::Threads(threads) => threads.local_addr(),
     };
     let api_addr = api_listener.local_addr()?;
+    let api_tls_listener = match &cfg.api_tls {
+        Some(api_tls) => Some(TcpListener::bind(api_tls.listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} for the API over TLS: {e}; pick another address with \
+                 --api-tls-listen",
+                api_tls.listen
+            )
+        })?),
+        None => None,
+    };
+    let api_tls_addr = match &api_tls_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
+    let router_images = images.clone();
     let controller = Controller::new(
         store,
         images,
@@ -366,13 +471,21 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
                 None => InstanceNetwork::Host,
             },
             clock: cfg.clock.clone(),
+            health_checks: if engine.is_some() {
+                HealthChecks::ThroughRouters
+            } else {
+                HealthChecks::Direct
+            },
+            engine,
             ..ControlConfig::default()
         },
     );
     if let Err(error) = controller.start().await {
         stop.cancel();
-        if let RouterListener::Threads(threads) = router_listener {
-            let _ = tokio::task::spawn_blocking(move || threads.join()).await;
+        for listener in [Some(router_listener), tls_listener].into_iter().flatten() {
+            if let RouterListener::Threads(threads) = listener {
+                let _ = tokio::task::spawn_blocking(move || threads.join()).await;
+            }
         }
         return Err(error).context("recovering state");
     }
@@ -385,8 +498,15 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             tokio::task::spawn_blocking(move || threads.join())
         }
     };
-    let tls_task =
-        tls_listener.map(|listener| tokio::spawn(router.clone().serve_tls(listener, stop.clone())));
+    let tls_task = tls_listener.map(|listener| match listener {
+        RouterListener::Runtime(listener) => {
+            tokio::spawn(router.clone().serve_tls(listener, stop.clone()))
+        }
+        RouterListener::Threads(threads) => {
+            threads.start();
+            tokio::task::spawn_blocking(move || threads.join())
+        }
+    });
     let mut background = Vec::new();
     if let (Some(cert_dir), Some(tls)) = (cert_dir, &cfg.tls) {
         background.push(tokio::spawn(
@@ -396,7 +516,48 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     if let Some(acme) = acme {
         background.push(tokio::spawn(acme.run(stop.clone())));
     }
-    let app = molt_api::router(controller.clone(), token.clone(), dir.join("uploads"));
+    let app = molt_api::router(
+        controller.clone(),
+        molt_api::Tokens {
+            admin: token.clone(),
+            router: router_token.clone(),
+        },
+        dir.join("uploads"),
+    );
+    if let (Some(listener), Some(api_tls)) = (api_tls_listener, &cfg.api_tls) {
+        let bound = listener.local_addr()?;
+        let (certs, key) = api_tls::certificate(&dir, api_tls, bound)?;
+        let (app, stop) = (app.clone(), stop.clone());
+        background.push(tokio::spawn(async move {
+            if let Err(error) = api_tls::serve(listener, certs, key, app, stop).await {
+                tracing::error!(%error, "the API's TLS listener failed");
+            }
+        }));
+    }
+    if let (Some(swarm_cfg), Some(api_tls_addr)) = (&cfg.swarm, api_tls_addr) {
+        if !swarm_cfg.router_ports.is_empty() {
+            let control_url = swarm_cfg
+                .control_url
+                .clone()
+                .unwrap_or_else(|| format!("https://{api_tls_addr}"));
+            let control_ca = fs::read_to_string(api_tls::cert_path(&dir))
+                .context("reading the API's certificate")?;
+            let fleet = swarm::run_router_fleet(
+                swarm_cfg.clone(),
+                owner[..16].to_owned(),
+                router_images,
+                dir.clone(),
+                control_url,
+                router_token.clone(),
+                control_ca,
+            );
+            background.push(tokio::spawn(async move {
+                if let Err(error) = fleet.await {
+                    tracing::error!("could not run the router fleet on the swarm: {error:#}");
+                }
+            }));
+        }
+    }
     let api_stop = stop.clone();
     let api_task = tokio::spawn(async move {
         axum::serve(api_listener, app)
@@ -407,6 +568,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         api: api_addr,
         router: router_addr,
         router_tls: router_tls_addr,
+        api_tls: api_tls_addr,
         pid: std::process::id(),
     };
     let json = serde_json::to_string_pretty(&endpoints)?;
@@ -416,6 +578,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         api_addr,
         router_addr,
         router_tls_addr,
+        api_tls_addr,
         token,
         data_dir: dir,
         controller,
@@ -433,6 +596,9 @@ impl Running {
     /// kept or stopped as `on_exit` says.
     pub async fn shutdown(self, on_exit: OnExit) -> Result<()> {
         self.stop.cancel();
+        // The routers' streams end (they keep serving and reconnect to the next molt serve);
+        // the API's graceful shutdown would wait for them forever otherwise.
+        self.controller.fleet().close();
         let router_result = self.router_task.await;
         let tls_result = match self.tls_task {
             Some(task) => Some(task.await),

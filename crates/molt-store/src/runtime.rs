@@ -90,6 +90,24 @@ impl Store {
         self.instance(&id)
     }
 
+    /// Records an instance an engine started (its id derived from the engine's, e.g. a Swarm
+    /// task's), listening on `host:port`; an instance already recorded is left as it is.
+    pub fn record_engine_instance(
+        &mut self,
+        env: &str,
+        id: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<InstanceRecord> {
+        let e = self.env(env)?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO instances(id, env, app, state, host, port, started_ms)
+             VALUES (?1, ?2, ?3, 'starting', ?4, ?5, ?6)",
+            params![id, env, e.app, host, port, self.clock.now_ms()],
+        )?;
+        self.instance(id)
+    }
+
     /// One instance.
     pub fn instance(&self, id: &str) -> Result<InstanceRecord> {
         self.conn

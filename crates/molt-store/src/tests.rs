@@ -423,3 +423,25 @@ fn a_shadow_deployment_records_its_comparison_as_it_stops_mirroring() {
     ));
     assert_eq!(s.deployment(d3.id).unwrap().shadow, None, "rolled back");
 }
+
+#[test]
+fn engine_instances_keep_the_engines_identity_and_are_recorded_once() {
+    let mut s = store_with_release();
+    let env = s.create_env("shop", 1).unwrap();
+    let a = s
+        .record_engine_instance(&env.id, "e1-task123", "10.0.1.7", 8080)
+        .unwrap();
+    assert_eq!(
+        (a.id.as_str(), a.host.as_str(), a.port, a.pid),
+        ("e1-task123", "10.0.1.7", 8080, None)
+    );
+    assert_eq!(a.state, InstanceState::Starting);
+    s.set_instance_state(&a.id, InstanceState::Healthy, None)
+        .unwrap();
+    // Seen again on the next look: nothing changes.
+    let again = s
+        .record_engine_instance(&env.id, "e1-task123", "10.0.1.7", 8080)
+        .unwrap();
+    assert_eq!(again.state, InstanceState::Healthy);
+    assert_eq!(s.instances(Some(&env.id), false).unwrap().len(), 1);
+}

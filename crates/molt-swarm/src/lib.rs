@@ -14,6 +14,6 @@ mod swarm;
 pub use docker::{Docker, API_VERSION, DEFAULT_SOCKET};
 pub use router_image::{write_router_tree, ROUTER_EXECUTABLE};
 pub use swarm::{
-    service_name, NodeSummary, RouterServiceSpec, Swarm, SwarmConfig, LABEL_APP, LABEL_ENV,
-    LABEL_OWNER, LABEL_PORT, LABEL_RELEASE, LABEL_ROLE, ROUTER_SERVICE,
+    service_name, RouterServiceSpec, Swarm, SwarmConfig, LABEL_APP, LABEL_ENV, LABEL_OWNER,
+    LABEL_PORT, LABEL_RELEASE, LABEL_ROLE, ROUTER_SERVICE,
 };

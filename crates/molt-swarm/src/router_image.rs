@@ -16,7 +16,7 @@ pub const ROUTER_EXECUTABLE: &str = "/molt";
 
 /// Writes the router image's tree into `dir` (which must be empty or missing): the running
 /// executable as [`ROUTER_EXECUTABLE`], the shared objects it has mapped at their own paths,
-/// `/tmp` and `/etc/passwd` with the unprivileged user. Returns the files copied.
+/// and `/etc/passwd` with the unprivileged user. Returns the files copied.
 pub fn write_router_tree(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let exe = fs::read_link("/proc/self/exe")?;
     let maps = fs::read_to_string("/proc/self/maps")?;
@@ -38,7 +38,8 @@ pub fn write_router_tree(dir: &Path) -> io::Result<Vec<PathBuf>> {
             copied.push(interpreter);
         }
     }
-    fs::create_dir_all(dir.join("tmp"))?;
+    // No /tmp: the engine mounts a tmpfs there, and a directory of the image under it would
+    // lend it its owner and mode (root, 0755: not writable by the router's user).
     fs::create_dir_all(dir.join("etc"))?;
     fs::write(
         dir.join("etc/passwd"),

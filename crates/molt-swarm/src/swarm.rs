@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use molt_provider::{
     Engine, EngineEnvironment, EngineError, EngineFuture, EngineInstance, EngineInstanceState,
-    EnvironmentSpec,
+    EngineNode, EnvironmentSpec,
 };
 use serde_json::json;
 use tracing::{debug, info};
@@ -67,28 +67,11 @@ pub struct Swarm {
     config: SwarmConfig,
 }
 
-/// A node of the swarm, as `molt cluster status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NodeSummary {
-    /// The node's id.
-    pub id: String,
-    /// Its hostname.
-    pub hostname: String,
-    /// `manager` or `worker`.
-    pub role: String,
-    /// `ready`, `down`, …
-    pub state: String,
-    /// `active`, `pause` or `drain`.
-    pub availability: String,
-    /// Its address.
-    pub addr: String,
-    /// Whether it leads the managers.
-    pub leader: bool,
-}
-
 /// The fleet of routers molt runs on the swarm: one task per node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterServiceSpec {
+    /// The service's name ([`ROUTER_SERVICE`] unless several molts share a swarm).
+    pub name: String,
     /// The router image, pinned by digest.
     pub image: String,
     /// The router's argv (`molt router --control … --listen …`).
@@ -99,7 +82,7 @@ pub struct RouterServiceSpec {
     pub ports: Vec<(u16, u16)>,
 }
 
-/// The name of the fleet's service.
+/// The usual name of the fleet's service.
 pub const ROUTER_SERVICE: &str = "molt-router";
 
 impl Swarm {
@@ -145,11 +128,11 @@ impl Swarm {
     }
 
     /// The swarm's nodes.
-    pub async fn nodes(&self) -> Result<Vec<NodeSummary>, EngineError> {
+    pub async fn swarm_nodes(&self) -> Result<Vec<EngineNode>, EngineError> {
         let nodes: Vec<Node> = self.docker.get("/nodes", "list its nodes").await?;
         Ok(nodes
             .into_iter()
-            .map(|node| NodeSummary {
+            .map(|node| EngineNode {
                 id: node.id,
                 hostname: node.description.hostname,
                 role: node.spec.role,
@@ -186,7 +169,7 @@ impl Swarm {
             labels: labels.clone(),
         };
         let service = ServiceSpec {
-            name: ROUTER_SERVICE.into(),
+            name: spec.name.clone(),
             labels,
             task_template: TaskTemplate {
                 container_spec: container,
@@ -211,41 +194,41 @@ impl Swarm {
                     .collect(),
             },
         };
-        let action = format!("run service {ROUTER_SERVICE}");
-        match self.service(ROUTER_SERVICE).await? {
+        let action = format!("run service {}", spec.name);
+        match self.service(&spec.name).await? {
             None => {
                 let created: Created = self
                     .docker
                     .post("/services/create", &service, &action)
                     .await?;
-                info!(service = ROUTER_SERVICE, id = %created.id, "router fleet created");
+                info!(service = %spec.name, id = %created.id, "router fleet created");
             }
             Some(existing) => {
-                let spec = serde_json::to_value(&service).map_err(|e| EngineError::Protocol {
+                let wanted = serde_json::to_value(&service).map_err(|e| EngineError::Protocol {
                     engine: self.docker.engine(),
                     action: action.clone(),
                     message: e.to_string(),
                 })?;
-                if spec_differs(&existing.spec, &spec) {
-                    self.update(&existing, spec, &action).await?;
-                    info!(service = ROUTER_SERVICE, "router fleet updated");
+                if spec_differs(&existing.spec, &wanted) {
+                    self.update(&existing, wanted, &action).await?;
+                    info!(service = %spec.name, "router fleet updated");
                 }
             }
         }
         Ok(())
     }
 
-    /// The tasks of the router fleet, as instances.
-    pub async fn router_tasks(&self) -> Result<Vec<EngineInstance>, EngineError> {
-        self.tasks(ROUTER_SERVICE, 0).await
+    /// The tasks of the router fleet `name`, as instances.
+    pub async fn router_tasks(&self, name: &str) -> Result<Vec<EngineInstance>, EngineError> {
+        self.tasks(name, 0).await
     }
 
-    /// Removes the router fleet.
-    pub async fn remove_routers(&self) -> Result<(), EngineError> {
+    /// Removes the router fleet `name`.
+    pub async fn remove_routers(&self, name: &str) -> Result<(), EngineError> {
         self.docker
             .delete(
-                &format!("/services/{ROUTER_SERVICE}"),
-                &format!("remove service {ROUTER_SERVICE}"),
+                &format!("/services/{}", query_escape(name)),
+                &format!("remove service {name}"),
             )
             .await
             .map(drop)
@@ -412,6 +395,10 @@ impl Engine for Swarm {
             }
             Ok(())
         })
+    }
+
+    fn nodes(&self) -> EngineFuture<'_, Vec<EngineNode>> {
+        Box::pin(self.swarm_nodes())
     }
 
     fn environments(&self) -> EngineFuture<'_, Vec<EngineEnvironment>> {

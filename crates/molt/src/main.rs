@@ -47,6 +47,7 @@ fn init_logging() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -176,13 +177,46 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
     if let Some(threads) = args.router_threads {
         cfg.router_threads = threads;
     }
+    cfg.api_tls = args.api_tls_listen.map(|listen| molt_server::ApiTlsConfig {
+        listen,
+        names: args.api_tls_names.clone(),
+    });
+    cfg.swarm = match args.provider.as_str() {
+        "swarm" => {
+            let registry = args.registry.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--provider swarm needs --registry HOST[:PORT]: the registry every node pulls \
+                     release images from"
+                )
+            })?;
+            let mut swarm = molt_server::SwarmServeConfig::new(registry);
+            swarm.socket = args.docker_socket.clone();
+            swarm.network = args.swarm_network.clone();
+            swarm.control_url = args.swarm_control_url.clone();
+            swarm.registry_credentials = molt_control_credentials();
+            if !args.swarm_router_ports.is_empty() {
+                swarm.router_ports = args
+                    .swarm_router_ports
+                    .iter()
+                    .filter(|port| **port != 0)
+                    .map(|port| (*port, molt_server::ROUTER_PORT))
+                    .collect();
+            }
+            Some(swarm)
+        }
+        _ => None,
+    };
     if let Ok(step) = std::env::var("MOLT_TEST_PAUSE_AT") {
         cfg.pause_at = Some(step.parse()?);
     }
     let running = molt_server::start(cfg).await?;
     eprintln!(
-        "molt serve: API on http://{} (token in {}), router on http://{}{}, isolation: {}",
+        "molt serve: API on http://{}{} (token in {}), router on http://{}{}, isolation: {}",
         running.api_addr,
+        running
+            .api_tls_addr
+            .map(|addr| format!(" and https://{addr}"))
+            .unwrap_or_default(),
         running.data_dir.join("admin.token").display(),
         running.router_addr,
         running
@@ -199,6 +233,19 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
         OnExit::KeepInstances
     };
     running.shutdown(on_exit).await
+}
+
+/// Registry credentials from `MOLT_REGISTRY_USERNAME` and `MOLT_REGISTRY_PASSWORD`.
+fn molt_control_credentials() -> Option<molt_server::RegistryCredentials> {
+    match (
+        std::env::var("MOLT_REGISTRY_USERNAME"),
+        std::env::var("MOLT_REGISTRY_PASSWORD"),
+    ) {
+        (Ok(username), Ok(password)) => {
+            Some(molt_server::RegistryCredentials { username, password })
+        }
+        _ => None,
+    }
 }
 
 /// The ACME settings of `molt serve`, when `--acme-directory` or `--acme-domain` is given.

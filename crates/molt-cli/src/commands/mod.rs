@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::client::{ApiError, Client, Unreachable};
 use crate::output::{age, print_json, print_list, print_traffic};
-use crate::{Cli, Command, TlsAction};
+use crate::{Cli, ClusterAction, Command, TlsAction};
 
 /// Exit code for a deployment that did not end serving the new release.
 pub const EXIT_DEPLOY_FAILED: i32 = 3;
@@ -84,6 +84,9 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
         Command::Bake { dir, tag } => bake::bake(&client()?, &dir, tag, json).await,
         Command::Images { action } => images(&client()?, action, json).await,
         Command::Tls { action } => tls(&client()?, action, json).await,
+        Command::Cluster {
+            action: ClusterAction::Status,
+        } => views::cluster_status(&client()?, json).await,
         Command::Shadow {
             app,
             env,

@@ -383,6 +383,86 @@ pub(crate) fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// The engine part of `molt cluster status`: its nodes and molt's services on it.
+fn print_engine(engine: &serde_json::Value) {
+    println!(
+        "{:<28} {:<16} {:<8} {:<8} {:<7} ADDRESS",
+        "NODE", "HOSTNAME", "ROLE", "STATE", "AVAIL"
+    );
+    for node in engine["nodes"].as_array().into_iter().flatten() {
+        let leader = if node["leader"].as_bool() == Some(true) {
+            " (leader)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<28} {:<16} {:<8} {:<8} {:<7} {}{leader}",
+            node["id"].as_str().unwrap_or("?"),
+            node["hostname"].as_str().unwrap_or("?"),
+            node["role"].as_str().unwrap_or("?"),
+            node["state"].as_str().unwrap_or("?"),
+            node["availability"].as_str().unwrap_or("?"),
+            node["addr"].as_str().unwrap_or(""),
+        );
+    }
+    for env in engine["environments"].as_array().into_iter().flatten() {
+        println!(
+            "service molt-{}: {} v{}, {} instance(s), {}",
+            env["env"].as_str().unwrap_or("?"),
+            env["app"].as_str().unwrap_or("?"),
+            env["release"].as_u64().unwrap_or(0),
+            env["instances"].as_u64().unwrap_or(0),
+            env["image"].as_str().unwrap_or("?"),
+        );
+    }
+}
+
+/// `molt cluster status`: the routers of the fleet and the provider.
+pub(crate) async fn cluster_status(client: &Client, json: bool) -> Result<i32> {
+    let v = client.get("/v1/cluster").await?;
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    let version = v["routers"]["version"].as_u64().unwrap_or(0);
+    println!(
+        "provider: {}    route table: version {version}",
+        v["provider"].as_str().unwrap_or("?")
+    );
+    if let Some(engine) = v.get("engine").filter(|e| !e.is_null()) {
+        print_engine(engine);
+    }
+    let routers = v["routers"]["routers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if routers.is_empty() {
+        println!("no router of the fleet has connected (molt serve's own router serves alone)");
+        return Ok(0);
+    }
+    println!(
+        "{:<20} {:<22} {:>8} {:>5} {:<12} {:>10}",
+        "ROUTER", "LISTEN", "VERSION", "LAG", "STATE", "LAST SEEN"
+    );
+    for router in &routers {
+        let state = match (router["connected"].as_bool(), router["fenced"].as_bool()) {
+            (_, Some(true)) => "fenced",
+            (Some(true), _) => "in fleet",
+            _ => "disconnected",
+        };
+        println!(
+            "{:<20} {:<22} {:>8} {:>5} {:<12} {:>9}s",
+            router["name"].as_str().unwrap_or("?"),
+            router["listen"].as_str().unwrap_or(""),
+            router["acknowledged"].as_u64().unwrap_or(0),
+            router["lag"].as_u64().unwrap_or(0),
+            state,
+            router["last_seen_ms"].as_u64().unwrap_or(0) / 1000,
+        );
+    }
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

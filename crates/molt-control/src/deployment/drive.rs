@@ -24,10 +24,7 @@ impl Controller {
         loop {
             let d = self.db(move |s| s.deployment(id)).await?;
             if at_start.is_none() && d.state == DeployState::Pending {
-                at_start = d
-                    .prev_env
-                    .as_deref()
-                    .map(|p| self.inner.router.env_stats(p));
+                at_start = d.prev_env.as_deref().map(|p| self.env_stats(p));
             }
             if d.state.is_terminal() {
                 return Ok(());

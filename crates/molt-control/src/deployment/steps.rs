@@ -52,6 +52,9 @@ impl Controller {
         let env = env_of(d)?;
         let (app, number) = (d.app.clone(), d.release);
         let release = self.db(move |s| s.release(&app, number)).await?;
+        if self.engine().is_some() {
+            return self.engine_started_step(d, &release).await;
+        }
         let live = self.live_instances(&env).await?;
         let missing = (release.config.instances as usize).saturating_sub(live);
         for _ in 0..missing {
@@ -96,10 +99,39 @@ impl Controller {
         let env = env_of(d)?;
         let (app, number) = (d.app.clone(), d.release);
         let release = self.db(move |s| s.release(&app, number)).await?;
+        if self.engine().is_some() {
+            self.engine_wait_healthy(&env, &release, cancel).await?;
+        } else {
+            self.wait_local_healthy(&env, &release, cancel).await?;
+        }
+        let (id, env_id) = (d.id, env.clone());
+        self.db(move |s| {
+            s.set_env_state(&env_id, EnvState::Ready)?;
+            s.advance(
+                id,
+                DeployEvent::BecameHealthy,
+                &format!("{env_id} is healthy"),
+            )
+        })
+        .await?;
+        // The preview hostname starts answering as soon as the environment is ready.
+        self.publish_routes().await?;
+        Ok(())
+    }
+
+    /// Starts what is missing of the environment on this machine and waits until the
+    /// release's count of instances is healthy, within its start deadline.
+    async fn wait_local_healthy(
+        &self,
+        env: &str,
+        release: &molt_store::ReleaseRecord,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<(), Interrupted> {
+        let env = env.to_string();
         // After a restart some instances may have been lost: top the environment up first.
         let live = self.live_instances(&env).await?;
         for _ in live..release.config.instances as usize {
-            if let Err(e) = self.start_instance(&env, &release).await {
+            if let Err(e) = self.start_instance(&env, release).await {
                 return Err(Interrupted::Failed(format!(
                     "could not start an instance: {e}"
                 )));
@@ -133,9 +165,7 @@ impl Controller {
                     continue;
                 }
                 match self
-                    .inner
-                    .health
-                    .check(instance_addr(inst), &health.path, health.timeout)
+                    .probe_instance(instance_addr(inst), &health.path, health.timeout)
                     .await
                 {
                     Ok(()) => {
@@ -158,7 +188,7 @@ impl Controller {
                 }
             }
             if healthy >= release.config.instances as usize {
-                break;
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 let msg = format!(
@@ -177,19 +207,6 @@ impl Controller {
                 _ = tokio::time::sleep(poll) => {}
             }
         }
-        let (id, env_id) = (d.id, env.clone());
-        self.db(move |s| {
-            s.set_env_state(&env_id, EnvState::Ready)?;
-            s.advance(
-                id,
-                DeployEvent::BecameHealthy,
-                &format!("{env_id} is healthy"),
-            )
-        })
-        .await?;
-        // The preview hostname starts answering as soon as the environment is ready.
-        self.publish_routes().await?;
-        Ok(())
     }
 
     /// `healthy` (or `promoted`): the route moves to the new environment, the step journaled
@@ -203,11 +220,10 @@ impl Controller {
         let (app, number) = (d.app.clone(), d.release);
         let release = self.db(move |s| s.release(&app, number)).await?;
         let window = release.config.deploy.rollback_window;
-        let router = &self.inner.router;
         let previous = self
             .swap_for_deployment(d, &env, window, |previous| {
-                let prev_stats = previous.map(|p| router.env_stats(p)).unwrap_or_default();
-                *baseline = Some((router.env_stats(&env), prev_stats));
+                let prev_stats = previous.map(|p| self.env_stats(p)).unwrap_or_default();
+                *baseline = Some((self.env_stats(&env), prev_stats));
             })
             .await?;
         let msg = match &previous {
@@ -235,10 +251,9 @@ impl Controller {
             .find(|j| j.state == DeployState::Swapped)
             .map(|j| j.at_ms)
             .unwrap_or_else(|| self.now_ms());
-        let router = self.inner.router.clone();
         if let Some(prev) = d.prev_env.as_deref() {
             let deadline = Instant::now() + release.config.deploy.drain_timeout;
-            while router.env_stats(prev).in_flight > 0 && Instant::now() < deadline {
+            while !self.is_drained(prev) && Instant::now() < deadline {
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
                     _ = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -246,11 +261,11 @@ impl Controller {
             }
         }
         let (base_new, base_prev) = baseline.unwrap_or_default();
-        let now_new = router.env_stats(&env);
+        let now_new = self.env_stats(&env);
         let now_prev = d
             .prev_env
             .as_deref()
-            .map(|p| router.env_stats(p))
+            .map(|p| self.env_stats(p))
             .unwrap_or_default();
         let start = at_start.unwrap_or_default();
         let figures = CutoverFigures {

@@ -8,7 +8,6 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::ReloadReport;
 use crate::host::lookup_key;
 
 /// Where a set of certificates came from. When two sources hold a certificate for the same
@@ -41,6 +40,18 @@ pub struct CertStore {
     current: ArcSwap<CertMap>,
     sources: Mutex<BTreeMap<CertSource, Vec<HostCert>>>,
     reloaders: Mutex<Vec<Reloader>>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Hostnames served after the reload (from the directory reloaded
+    /// ([`CertDir::reload`](super::CertDir::reload)), or, for [`CertStore::reload`], from every
+    /// source).
+    pub hostnames: Vec<String>,
+    /// One line per file that could not be used (its hostname keeps its previous
+    /// certificate, if it had one).
+    pub errors: Vec<String>,
 }
 
 /// Re-reads one source of certificates (see [`CertStore::add_reloader`]).

@@ -22,7 +22,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use super::certs::{CertSource, CertStore, HostCert};
+use super::certs::{CertSource, CertStore, HostCert, ReloadReport};
 use crate::host::lookup_key;
 
 /// A certificate directory feeding a [`CertStore`].
@@ -40,17 +40,6 @@ struct DirState {
     loaded: BTreeMap<String, HostCert>,
     /// Every file considered, with its modification time and length, to notice changes.
     stamps: BTreeMap<PathBuf, (SystemTime, u64)>,
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReloadReport {
-    /// Hostnames served after the reload (from this directory, or, for
-    /// [`CertStore::reload`], from every source).
-    pub hostnames: Vec<String>,
-    /// One line per file that could not be used (its hostname keeps its previous
-    /// certificate, if it had one).
-    pub errors: Vec<String>,
 }
 
 /// Why a certificate directory cannot be used at all.

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 
-pub use certs::{CertSource, CertStore, HostCert, Reloader};
+pub use certs::{CertSource, CertStore, HostCert, ReloadReport, Reloader};
 pub use challenge::{AcmeChallenges, ACME_CHALLENGE_PREFIX};
-pub use dir::{CertDir, CertDirError, ReloadReport};
+pub use dir::{CertDir, CertDirError};
 
 use certs::SniResolver;
 

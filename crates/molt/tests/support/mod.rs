@@ -366,6 +366,17 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(data: &Path, pause: Option<&str>, stop_instances_on_exit: bool) -> Serve {
+        Serve::start_at(data, pause, stop_instances_on_exit, None)
+    }
+
+    /// [`Serve::start`] with the API on `api` (a fresh port when `None`): a restarted
+    /// control plane on its old address, which `molt router`s follow.
+    pub fn start_at(
+        data: &Path,
+        pause: Option<&str>,
+        stop_instances_on_exit: bool,
+        api: Option<std::net::SocketAddr>,
+    ) -> Serve {
         std::fs::create_dir_all(data).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -373,21 +384,16 @@ impl Serve {
             .open(data.join("serve.log"))
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_molt"));
-        cmd.args([
-            "serve",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--router",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--isolation", test_isolation()])
-        .env("MOLT_LOG", "info")
-        .env_remove("MOLT_TEST_PAUSE_AT")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+        let api = api.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
+        cmd.args(["serve", "--api-listen", &api, "--router", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--isolation", test_isolation()])
+            .env("MOLT_LOG", "info")
+            .env_remove("MOLT_TEST_PAUSE_AT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         if stop_instances_on_exit {
             cmd.arg("--stop-instances-on-exit");
         }

@@ -1,0 +1,415 @@
+//! A request head on the direct path: parsed in place from the client's bytes, routed, and
+//! either left to hyper, answered by the router, or turned into the head its upstream gets.
+
+use std::cell::Cell;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, Uri};
+use tracing::debug;
+
+use crate::access::AccessEntry;
+use crate::body::ResponseBody;
+use crate::config::ClientScheme;
+use crate::forwarded::{self, push_forwarded_element, push_ip};
+use crate::headers::{is_hop_by_hop, Listed};
+use crate::http1::{is_visible, parse_length, push_field, tokens, MAX_HEADERS};
+use crate::page;
+use crate::reqid::{InlineId, X_REQUEST_ID};
+use crate::route::Route;
+use crate::router::Router;
+use crate::routing::{no_instance, Choice, Lookup, Routed};
+use crate::shaping::Source;
+use crate::stats::InFlight;
+use crate::table::Picked;
+use crate::tls::ACME_CHALLENGE_PREFIX;
+
+/// What the direct path decided for the request head at the start of `input`.
+// Lives for a moment on the stack; boxing the exchange would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Begin {
+    /// hyper takes the connection from this request on.
+    Handoff,
+    /// Answered by the router itself (no upstream to send it to).
+    Local(Box<Local>),
+    /// Sent upstream with the head written to `Conn::request_head`.
+    Forward(Exchange),
+}
+
+/// A request the router answers itself.
+pub(super) struct Local {
+    pub(super) head_len: usize,
+    pub(super) response: Response<ResponseBody>,
+    pub(super) head_only: bool,
+    pub(super) request_id: InlineId,
+}
+
+/// A request on its way upstream.
+pub(super) struct Exchange {
+    pub(super) head_len: usize,
+    pub(super) head_only: bool,
+    /// The client asked to close after this request.
+    pub(super) close: bool,
+    pub(super) request_id: InlineId,
+    pub(super) route: Arc<Route>,
+    pub(super) start: usize,
+    pub(super) in_flight: InFlight,
+    /// The sticky bucket to hand out as a cookie.
+    pub(super) sticky: Option<u32>,
+    pub(super) started: Instant,
+    pub(super) access: Option<AccessEntry>,
+    pub(super) client: IpAddr,
+}
+
+/// What the direct path reads from a request's header fields.
+pub(super) struct RequestHead<'a> {
+    host: &'a [u8],
+    pin: Option<&'a str>,
+    cookie: Option<&'a [u8]>,
+    agent: Option<&'a [u8]>,
+    request_id: Option<&'a [u8]>,
+    close: bool,
+    /// Field names the `Connection` header lists (dropped like hop-by-hop fields).
+    listed: Listed<'a>,
+}
+
+impl Router {
+    /// Reads the request head at the start of `input` and decides: hyper's, the router's own
+    /// answer, or forwarded (with the upstream head written to `upstream_head`).
+    pub(super) fn begin(
+        &self,
+        input: &[u8],
+        client: IpAddr,
+        scheme: ClientScheme,
+        upstream_head: &mut Vec<u8>,
+    ) -> Begin {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let head_len = match request.parse_with_uninit_headers(input, &mut fields) {
+            Ok(httparse::Status::Complete(len)) => len,
+            _ => return Begin::Handoff,
+        };
+        if request.version != Some(1) {
+            return Begin::Handoff;
+        }
+        let (method, head_only) = match request.method {
+            Some("GET") => (Method::GET, false),
+            Some("HEAD") => (Method::HEAD, true),
+            _ => return Begin::Handoff,
+        };
+        let Some(target) = request.path.filter(|target| target.starts_with('/')) else {
+            return Begin::Handoff;
+        };
+        let path = target.split_once('?').map_or(target, |(path, _)| path);
+        let Some(head) = RequestHead::read(request.headers) else {
+            return Begin::Handoff;
+        };
+        let Ok(host_name) = std::str::from_utf8(head.host) else {
+            return Begin::Handoff;
+        };
+        // An invalid Host finds no route (the table validates it): hyper answers it 400.
+        let host_name = host_name.trim();
+        if scheme == ClientScheme::Http
+            && (self.config.https_redirect.is_some() || path.starts_with(ACME_CHALLENGE_PREFIX))
+        {
+            return Begin::Handoff;
+        }
+
+        let bucket_source = Cell::new(Source::Cookie);
+        let lookup = Lookup {
+            path,
+            pin: head.pin,
+            cookie: head.cookie,
+            agent: head.agent,
+        };
+        // A held backend, an unknown host and maintenance are hyper's (nothing is counted
+        // for them here).
+        let Ok(Choice::Routed(routed)) =
+            self.choose(&lookup, host_name, client, &bucket_source, true, true)
+        else {
+            return Begin::Handoff;
+        };
+        self.requests_by_scheme[scheme as usize].fetch_add(1, Ordering::Relaxed);
+        let request_id = self.request_ids.assign_inline(head.request_id);
+        debug!(
+            request_id = request_id.as_str(),
+            %client,
+            %method,
+            path,
+            "request"
+        );
+        let started = Instant::now();
+        let access = self.config.access_log.then(|| {
+            let host = HeaderValue::from_bytes(head.host).ok();
+            AccessEntry::begin(method.clone(), host, path, scheme)
+        });
+        let Routed {
+            route,
+            start,
+            in_flight,
+            picked,
+            mirror,
+        } = routed;
+        let sticky = match picked {
+            Picked::Split(bucket) if bucket_source.get() == Source::Hash => Some(bucket),
+            _ => None,
+        };
+        if let Some(shadow) = mirror {
+            let copy = mirror_head(&method, target, request.headers, scheme, &request_id);
+            if let (Some(copy), Ok(host)) = (copy, HeaderValue::from_bytes(head.host)) {
+                self.mirror(shadow, &copy, client, &host);
+            }
+        }
+        let Some(start) = start else {
+            no_instance(&route, &in_flight, started);
+            return Begin::Local(Box::new(Local {
+                head_len,
+                response: page::no_instance(),
+                head_only,
+                request_id,
+            }));
+        };
+        write_upstream_head(
+            upstream_head,
+            request.method.unwrap_or("GET"),
+            target,
+            request.headers,
+            &head,
+            &request_id,
+            client,
+            scheme,
+        );
+        Begin::Forward(Exchange {
+            head_len,
+            head_only,
+            close: head.close,
+            request_id,
+            route,
+            start,
+            in_flight,
+            sticky,
+            started,
+            access,
+            client,
+        })
+    }
+}
+
+impl<'a> RequestHead<'a> {
+    /// The fields of a request the direct path takes; `None` for one it leaves to hyper
+    /// (a body, `Expect`, an upgrade, no single Host).
+    pub(super) fn read(fields: &[httparse::Header<'a>]) -> Option<Self> {
+        let mut host = None;
+        let mut head = RequestHead {
+            host: &[],
+            pin: None,
+            cookie: None,
+            agent: None,
+            request_id: None,
+            close: false,
+            listed: Listed::default(),
+        };
+        let (mut ids, mut hosts) = (0, 0);
+        for field in fields {
+            let name = field.name.as_bytes();
+            let value = field.value;
+            match name.len() {
+                4 if name.eq_ignore_ascii_case(b"host") => {
+                    hosts += 1;
+                    host = Some(value);
+                }
+                6 if name.eq_ignore_ascii_case(b"cookie") => {
+                    head.cookie.get_or_insert(value);
+                }
+                6 if name.eq_ignore_ascii_case(b"expect") => return None,
+                7 if name.eq_ignore_ascii_case(b"upgrade") => return None,
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    for token in tokens(value) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            head.close = true;
+                        } else if token.eq_ignore_ascii_case(b"upgrade") {
+                            return None;
+                        }
+                        head.listed.add(token);
+                    }
+                }
+                10 if name.eq_ignore_ascii_case(b"user-agent") => {
+                    head.agent.get_or_insert(value);
+                }
+                10 if name.eq_ignore_ascii_case(b"x-molt-env") && head.pin.is_none() => {
+                    head.pin = std::str::from_utf8(value)
+                        .ok()
+                        .filter(|v| is_visible(v.as_bytes()));
+                }
+                12 if name.eq_ignore_ascii_case(b"x-request-id") => {
+                    ids += 1;
+                    head.request_id = Some(value);
+                }
+                14 if name.eq_ignore_ascii_case(b"content-length")
+                    && parse_length(value) != Some(0) =>
+                {
+                    return None
+                }
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return None,
+                _ => {}
+            }
+        }
+        if ids > 1 {
+            head.request_id = None;
+        }
+        if hosts != 1 {
+            return None;
+        }
+        head.host = host?;
+        Some(head)
+    }
+}
+
+/// Writes the request head an upstream gets: the client's request line (as HTTP/1.1) and
+/// fields without hop-by-hop ones, then the request id and the forwarding fields.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write_upstream_head(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    fields: &[httparse::Header<'_>],
+    head: &RequestHead<'_>,
+    request_id: &InlineId,
+    client: IpAddr,
+    scheme: ClientScheme,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded = Vec::new();
+    let mut forwarded_for = Vec::new();
+    for field in fields {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"forwarded") {
+            if is_visible(field.value) {
+                forwarded.push(field.value);
+            }
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            forwarded_for.push(field.value);
+            continue;
+        }
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"x-request-id")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || name.eq_ignore_ascii_case(b"x-forwarded-host")
+            || head.listed.has(name)
+        {
+            continue;
+        }
+        push_field(out, name, field.value);
+    }
+    push_field(out, b"x-request-id", request_id.as_bytes());
+    let host = std::str::from_utf8(head.host)
+        .ok()
+        .filter(|host| is_visible(host.as_bytes()));
+    out.extend_from_slice(b"forwarded: ");
+    for prior in forwarded {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    push_forwarded_element(&mut forwarded::Bytes(out), client, scheme, host);
+    out.extend_from_slice(b"\r\nx-forwarded-for: ");
+    for prior in forwarded_for {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    push_ip(&mut forwarded::Bytes(out), client);
+    out.extend_from_slice(b"\r\n");
+    push_field(out, b"x-forwarded-proto", scheme.as_str().as_bytes());
+    push_field(out, b"x-forwarded-host", head.host);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request hyper would have built, for a mirror (only sampled requests pay for it).
+fn mirror_head(
+    method: &Method,
+    target: &str,
+    fields: &[httparse::Header<'_>],
+    scheme: ClientScheme,
+    request_id: &InlineId,
+) -> Option<Request<()>> {
+    let mut request = Request::new(());
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = Uri::try_from(target).ok()?;
+    let headers = request.headers_mut();
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(field.value).ok()?;
+        headers.append(name, value);
+    }
+    headers.insert(&X_REQUEST_ID, request_id.header_value());
+    request.extensions_mut().insert(scheme);
+    Some(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reqid::RequestIds;
+
+    fn head_of(raw: &str) -> Option<(String, bool)> {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut fields);
+        request.parse(raw.as_bytes()).expect("test head");
+        let head = RequestHead::read(request.headers)?;
+        let mut out = Vec::new();
+        let id = RequestIds::new().assign_inline(Some(b"rid"));
+        write_upstream_head(
+            &mut out,
+            request.method.expect("method"),
+            request.path.expect("path"),
+            request.headers,
+            &head,
+            &id,
+            IpAddr::from([10, 0, 0, 7]),
+            ClientScheme::Http,
+        );
+        Some((String::from_utf8(out).expect("ascii"), head.close))
+    }
+
+    #[test]
+    fn upstream_heads_carry_forwarding_fields_and_no_hop_by_hop_ones() {
+        let (head, close) = head_of(
+            "GET /a?b=1 HTTP/1.1\r\nHost: app.test\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\
+             TE: trailers\r\nX-Forwarded-For: 1.1.1.1\r\nForwarded: for=1.1.1.1\r\n\
+             X-Forwarded-Proto: https\r\nX-Request-Id: theirs\r\nAccept: */*\r\n\r\n",
+        )
+        .expect("direct");
+        assert!(close);
+        assert_eq!(
+            head,
+            "GET /a?b=1 HTTP/1.1\r\nHost: app.test\r\nAccept: */*\r\nx-request-id: rid\r\n\
+             forwarded: for=1.1.1.1, for=10.0.0.7;proto=http;host=app.test\r\n\
+             x-forwarded-for: 1.1.1.1, 10.0.0.7\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: app.test\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn requests_with_a_body_an_upgrade_or_two_hosts_are_left_to_hyper() {
+        for raw in [
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",
+        ] {
+            assert!(head_of(raw).is_none(), "{raw:?}");
+        }
+        assert!(head_of("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").is_some());
+    }
+}

@@ -1,0 +1,289 @@
+//! Forwarding a request hyper parsed: its head rewritten for upstreams (hop-by-hop fields
+//! out, forwarding fields in), then the shared attempt loop ([`crate::attempts`]) with one of
+//! two attempts — a bodiless request over a pooled plain socket, like the direct path's, or
+//! any request through hyper's client (and h2c upstreams) — and the answer relayed while the
+//! request stays in flight.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{Either, Empty};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{HeaderValue, COOKIE};
+use hyper::http::request;
+use hyper::http::uri::PathAndQuery;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tracing::debug;
+
+use crate::attempts::{self, Attempt, Attempted, Settled};
+use crate::body::{relay, relay_socket, ResponseBody};
+use crate::config::ClientScheme;
+use crate::forwarded::add_forwarded;
+use crate::headers::{add_forwarding, strip_hop_by_hop};
+use crate::limits::{BodyFault, FaultProbe, LimitedBody};
+use crate::page;
+use crate::route::{Route, Upstream};
+use crate::router::Router;
+use crate::stats::InFlight;
+use crate::upstream::{
+    send_bodiless, upstream_uri, AskError, Pool, RequestBody, Socket, SocketBody, UpstreamBody,
+    UpstreamError, Upstreams,
+};
+
+/// The parts of a request needed to send it (again) to an upstream.
+struct Forward {
+    head: request::Parts,
+    path: PathAndQuery,
+}
+
+/// One attempt of a request hyper parsed, on one upstream, within the route's timeout.
+struct UpstreamAttempt<'a> {
+    upstreams: &'a Upstreams,
+    route: &'a Route,
+    forward: &'a mut Forward,
+    /// The client's body, for the single attempt a request with a body gets.
+    body: Option<LimitedBody>,
+    /// The plain-socket pool and the whole upstream head, for a bodiless request to
+    /// HTTP/1.1 instances (unless the direct path is off).
+    plain: Option<(&'a Arc<Pool<Socket>>, Vec<u8>)>,
+    head_only: bool,
+    timeout: Duration,
+}
+
+/// An upstream's answer, from hyper's client or a plain socket.
+enum Answer {
+    Hyper(Response<UpstreamBody>),
+    Socket(Response<SocketBody>),
+}
+
+/// Why an upstream request got no answer.
+enum SendError {
+    Hyper(UpstreamError),
+    Plain(AskError),
+}
+
+impl Router {
+    /// Sends the request to the route's upstreams starting at `start`, moving on to the next
+    /// one only when the request can be replayed and the connection failed before a response.
+    pub(super) async fn forward(
+        &self,
+        route: &Route,
+        start: usize,
+        mut in_flight: InFlight,
+        request: Request<Incoming>,
+        client: IpAddr,
+        host: HeaderValue,
+    ) -> (Response<ResponseBody>, Option<usize>) {
+        let allowance = self.allowance(route);
+        let (mut head, body) = request.into_parts();
+        let scheme = ClientScheme::of(&head.extensions);
+        strip_hop_by_hop(&mut head.headers);
+        add_forwarded(&mut head.headers, client, scheme, &host);
+        add_forwarding(&mut head.headers, client, scheme, host);
+        let path = head
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let replayable = is_idempotent_read(&head.method) && body.is_end_stream();
+        let limit = if replayable {
+            route.upstreams().len()
+        } else {
+            1
+        };
+        let mut forward = Forward { head, path };
+        let (body, fault) = LimitedBody::new(body, allowance.max_body);
+        let body = (!replayable).then_some(body);
+        // Bodiless requests go over a pooled plain socket like the direct path's, not through
+        // hyper's client (HTTP/1.1 instances only).
+        let plain = match self.upstreams.sockets() {
+            Some(sockets) if replayable && self.config.direct_path => {
+                Some((sockets, forward.plain_head()))
+            }
+            _ => None,
+        };
+        let head_only = forward.head.method == Method::HEAD;
+        let mut attempt = UpstreamAttempt {
+            upstreams: &self.upstreams,
+            route,
+            forward: &mut forward,
+            body,
+            plain,
+            head_only,
+            timeout: allowance.timeout,
+        };
+
+        let Settled { index, outcome } = attempts::run(
+            &self.config,
+            route,
+            start,
+            limit,
+            &mut in_flight,
+            &mut attempt,
+        )
+        .await;
+        let instance = &route.upstreams()[index].instance;
+        let response = match outcome {
+            Attempted::Answered(Answer::Hyper(response)) => relay(response, in_flight),
+            Attempted::Answered(Answer::Socket(response)) => relay_socket(response, in_flight),
+            Attempted::Unreachable(_) => upstream_failure(&in_flight, &fault),
+            Attempted::Failed(error) => {
+                debug!(env = route.env(), instance, %error, "upstream failed");
+                upstream_failure(&in_flight, &fault)
+            }
+            Attempted::TimedOut => {
+                debug!(env = route.env(), instance, "upstream timed out");
+                in_flight.counters().record_failed();
+                page::text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "molt: the application did not answer in time\n",
+                )
+            }
+        };
+        (response, Some(index))
+    }
+}
+
+impl Attempt for UpstreamAttempt<'_> {
+    type Answer = Answer;
+    type Unreachable = SendError;
+    type Failure = SendError;
+
+    async fn send(
+        &mut self,
+        upstream: &Upstream,
+        index: usize,
+        last: bool,
+    ) -> Attempted<Answer, SendError, SendError> {
+        let body = self
+            .body
+            .take()
+            .map_or_else(|| Either::Right(Empty::new()), Either::Left);
+        let sent = match &self.plain {
+            Some((sockets, head)) => {
+                let send = send_bodiless(sockets, upstream.addr, head, self.head_only);
+                tokio::time::timeout(self.timeout, send)
+                    .await
+                    .map(|sent| sent.map(Answer::Socket).map_err(SendError::Plain))
+            }
+            None => {
+                let absolute = self.upstreams.wants_absolute_uri();
+                let request = self
+                    .forward
+                    .request_for(self.route, index, body, last, absolute);
+                let send = self.upstreams.send(upstream.addr, request);
+                tokio::time::timeout(self.timeout, send)
+                    .await
+                    .map(|sent| sent.map(Answer::Hyper).map_err(SendError::Hyper))
+            }
+        };
+        match sent {
+            Ok(Ok(answer)) => Attempted::Answered(answer),
+            Ok(Err(error)) if error.is_connection_failure() => Attempted::Unreachable(error),
+            Ok(Err(error)) => Attempted::Failed(error),
+            Err(_elapsed) => Attempted::TimedOut,
+        }
+    }
+}
+
+impl SendError {
+    fn is_connection_failure(&self) -> bool {
+        match self {
+            SendError::Hyper(error) => error.is_connection_failure(),
+            SendError::Plain(error) => matches!(error, AskError::Unreachable(_)),
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Hyper(error) => error.fmt(f),
+            SendError::Plain(error) => error.fmt(f),
+        }
+    }
+}
+
+impl Forward {
+    /// The whole HTTP/1.1 head for an instance: request line and fields (several `Cookie`
+    /// fields, as h2 clients send them, joined into one as RFC 9113 §8.2.3 asks).
+    fn plain_head(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(self.head.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.path.as_str().as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &self.head.headers {
+            if name == COOKIE {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let mut cookies = self.head.headers.get_all(COOKIE).iter();
+        if let Some(first) = cookies.next() {
+            out.extend_from_slice(b"cookie: ");
+            out.extend_from_slice(first.as_bytes());
+            for more in cookies {
+                out.extend_from_slice(b"; ");
+                out.extend_from_slice(more.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    /// The request for upstream `index` of `route`. The last attempt takes the headers
+    /// instead of copying them.
+    fn request_for(
+        &mut self,
+        route: &Route,
+        index: usize,
+        body: RequestBody,
+        last: bool,
+        absolute: bool,
+    ) -> Request<RequestBody> {
+        let headers = if last {
+            std::mem::take(&mut self.head.headers)
+        } else {
+            self.head.headers.clone()
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.head.method.clone();
+        *request.uri_mut() = upstream_uri(route.authority(index), self.path.clone(), absolute);
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        request
+    }
+}
+
+/// Methods whose bodiless requests can be sent to another upstream after a failed attempt.
+pub(super) fn is_idempotent_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The answer when the upstream request failed: the client's fault when its body was too
+/// large or broke off (not counted as failed), else a counted 502.
+fn upstream_failure(in_flight: &InFlight, fault: &FaultProbe) -> Response<ResponseBody> {
+    match fault.fault() {
+        Some(BodyFault::TooLarge) => page::text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "molt: the request body is larger than this server accepts\n",
+        ),
+        Some(BodyFault::Broken) => page::text(
+            StatusCode::BAD_REQUEST,
+            "molt: the request body broke off\n",
+        ),
+        None => {
+            in_flight.counters().record_failed();
+            page::text(
+                StatusCode::BAD_GATEWAY,
+                "molt: the application could not be reached\n",
+            )
+        }
+    }
+}
