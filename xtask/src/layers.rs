@@ -30,11 +30,11 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("molt-store", &["molt-core", "molt-wire"]),
     ("molt-image", &["molt-core", "molt-wire", "molt-pack"]),
     ("molt-registry", &["molt-core", "molt-wire", "molt-image"]),
-    ("molt-provider", &["molt-core"]),
+    ("molt-provider", &["molt-core", "molt-wire"]),
     ("molt-runtime", &["molt-core", "molt-provider"]),
     ("molt-swarm", &["molt-core", "molt-provider"]),
     ("molt-router", &[]),
-    ("molt-fleet", &["molt-router"]),
+    ("molt-fleet", &["molt-router", "molt-wire"]),
     // The controller over the adapters.
     (
         "molt-control",
@@ -380,7 +380,7 @@ mod tests {
     fn an_upper_crate_reaching_past_the_controller_fails() {
         let problems = check(&workspace_with(&[(
             "molt-api",
-            &["molt-control", "molt-wire", "molt-store"],
+            &["molt-control", "molt-wire", "molt-fleet", "molt-store"],
             false,
         )]));
         assert_eq!(problems.len(), 1, "{problems:?}");

@@ -59,13 +59,12 @@ pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 /// The records the controller takes and returns are the API's (`molt-wire`).
 pub use molt_wire::{
-    AppRecord, AppStatus, Attestation, BakeReport, DeploymentRecord, EnvRecord, EnvStatus,
-    EventRecord, GcReport, ImageDiff, ImageInspect, ImageRecord, ImageUse, ImportFormat,
-    ImportOutcome, JournalEntry, MaintenanceMode, ReleaseRecord, RemoveOutcome, RollbackOutcome,
-    ShadowComparison, ShadowReport, Status, SwapOutcome, TagEvent, TagOutcome, TrafficSummary,
-    VerifyReport,
+    AppRecord, AppStatus, Attestation, BakeReport, ClusterStatus, DeploymentRecord, EngineStatus,
+    EnvRecord, EnvStatus, EventRecord, GcReport, ImageDiff, ImageInspect, ImageRecord, ImageUse,
+    ImportFormat, ImportOutcome, JournalEntry, MaintenanceMode, ReleaseRecord, RemoveOutcome,
+    RollbackOutcome, ShadowComparison, ShadowReport, Status, SwapOutcome, TagEvent, TagOutcome,
+    TrafficSummary, VerifyReport,
 };
-pub use queries::{ClusterStatus, EngineStatus};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]

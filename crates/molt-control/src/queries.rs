@@ -5,32 +5,10 @@ use molt_store::{
     AppRecord, DeploymentRecord, EnvRecord, EventRecord, ImageRecord, InstanceState, JournalEntry,
     ReleaseRecord,
 };
-use molt_wire::{AppStatus, EnvStatus, ShadowReport, Status};
-use serde::{Deserialize, Serialize};
+use molt_wire::{AppStatus, ClusterStatus, EngineStatus, EnvStatus, ShadowReport, Status};
 
 use crate::traffic::summarize;
 use crate::{parse_app, ControlError, Controller, Result};
-
-/// What `molt cluster status` shows: the routers of the fleet and where instances run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    /// The routers beyond `molt serve`'s own, with the version each applied.
-    pub routers: molt_fleet::FleetStatus,
-    /// Where instances run: `local`/`runc` on this machine, or an engine's name.
-    pub provider: String,
-    /// The engine's machines and the environments it runs for this molt (on an engine).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub engine: Option<EngineStatus>,
-}
-
-/// An engine as `molt cluster status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EngineStatus {
-    /// Its machines.
-    pub nodes: Vec<molt_provider::EngineNode>,
-    /// The environments it runs for this molt (one engine service each).
-    pub environments: Vec<molt_provider::EngineEnvironment>,
-}
 
 impl Controller {
     /// Every stored image.

@@ -11,11 +11,15 @@
 //! - molt-wire depends on molt-core (names and digests), serde and serde_json, nothing else
 //!   (checked by `xtask/src/layers.rs`).
 
+mod cluster;
 mod images;
 mod records;
 mod server;
 mod views;
 
+pub use cluster::{
+    ClusterStatus, EngineEnvironment, EngineNode, EngineStatus, FleetStatus, RouterStatus,
+};
 pub use images::{
     BakeReport, BlobCollection, ImageDetails, ImageDiff, ImageInspect, ImageUse, ImportFormat,
     ImportOutcome, LayerDetails, PushReport, RemoveOutcome, StepOutcome, StepReport, TagOutcome,

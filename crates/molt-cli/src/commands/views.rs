@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use molt_core::DeployState;
 use molt_wire::{
-    AppStatus, EnvRecord, GcReport, InstanceLog, InstanceState, PinOutcome, ReleaseRecord, Status,
-    VerifyReport,
+    AppStatus, ClusterStatus, EngineStatus, EnvRecord, GcReport, InstanceLog, InstanceState,
+    PinOutcome, ReleaseRecord, Status, VerifyReport,
 };
 use serde_json::json;
 
@@ -384,58 +384,42 @@ pub(crate) fn urlencode(s: &str) -> String {
 }
 
 /// The engine part of `molt cluster status`: its nodes and molt's services on it.
-fn print_engine(engine: &serde_json::Value) {
+fn print_engine(engine: &EngineStatus) {
     println!(
         "{:<28} {:<16} {:<8} {:<8} {:<7} ADDRESS",
         "NODE", "HOSTNAME", "ROLE", "STATE", "AVAIL"
     );
-    for node in engine["nodes"].as_array().into_iter().flatten() {
-        let leader = if node["leader"].as_bool() == Some(true) {
-            " (leader)"
-        } else {
-            ""
-        };
+    for node in &engine.nodes {
+        let leader = if node.leader { " (leader)" } else { "" };
         println!(
             "{:<28} {:<16} {:<8} {:<8} {:<7} {}{leader}",
-            node["id"].as_str().unwrap_or("?"),
-            node["hostname"].as_str().unwrap_or("?"),
-            node["role"].as_str().unwrap_or("?"),
-            node["state"].as_str().unwrap_or("?"),
-            node["availability"].as_str().unwrap_or("?"),
-            node["addr"].as_str().unwrap_or(""),
+            node.id, node.hostname, node.role, node.state, node.availability, node.addr,
         );
     }
-    for env in engine["environments"].as_array().into_iter().flatten() {
+    for env in &engine.environments {
         println!(
             "service molt-{}: {} v{}, {} instance(s), {}",
-            env["env"].as_str().unwrap_or("?"),
-            env["app"].as_str().unwrap_or("?"),
-            env["release"].as_u64().unwrap_or(0),
-            env["instances"].as_u64().unwrap_or(0),
-            env["image"].as_str().unwrap_or("?"),
+            env.env, env.app, env.release, env.instances, env.image,
         );
     }
 }
 
 /// `molt cluster status`: the routers of the fleet and the provider.
 pub(crate) async fn cluster_status(client: &Client, json: bool) -> Result<i32> {
-    let v = client.get("/v1/cluster").await?;
+    let answer = client.get_answer("/v1/cluster").await?;
+    let cluster: ClusterStatus = answer.read()?;
     if json {
-        print_json(&v);
+        print_json(answer.json());
         return Ok(0);
     }
-    let version = v["routers"]["version"].as_u64().unwrap_or(0);
     println!(
-        "provider: {}    route table: version {version}",
-        v["provider"].as_str().unwrap_or("?")
+        "provider: {}    route table: version {}",
+        cluster.provider, cluster.routers.version
     );
-    if let Some(engine) = v.get("engine").filter(|e| !e.is_null()) {
+    if let Some(engine) = &cluster.engine {
         print_engine(engine);
     }
-    let routers = v["routers"]["routers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let routers = &cluster.routers.routers;
     if routers.is_empty() {
         println!("no router of the fleet has connected (molt serve's own router serves alone)");
         return Ok(0);
@@ -444,20 +428,22 @@ pub(crate) async fn cluster_status(client: &Client, json: bool) -> Result<i32> {
         "{:<20} {:<22} {:>8} {:>5} {:<12} {:>10}",
         "ROUTER", "LISTEN", "VERSION", "LAG", "STATE", "LAST SEEN"
     );
-    for router in &routers {
-        let state = match (router["connected"].as_bool(), router["fenced"].as_bool()) {
-            (_, Some(true)) => "fenced",
-            (Some(true), _) => "in fleet",
-            _ => "disconnected",
+    for router in routers {
+        let state = if router.fenced {
+            "fenced"
+        } else if router.connected {
+            "in fleet"
+        } else {
+            "disconnected"
         };
         println!(
             "{:<20} {:<22} {:>8} {:>5} {:<12} {:>9}s",
-            router["name"].as_str().unwrap_or("?"),
-            router["listen"].as_str().unwrap_or(""),
-            router["acknowledged"].as_u64().unwrap_or(0),
-            router["lag"].as_u64().unwrap_or(0),
+            router.name,
+            router.listen,
+            router.acknowledged,
+            router.lag,
             state,
-            router["last_seen_ms"].as_u64().unwrap_or(0) / 1000,
+            router.last_seen_ms / 1000,
         );
     }
     Ok(0)
