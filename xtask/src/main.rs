@@ -9,6 +9,7 @@
 //! cargo run --release -p xtask -- bench sandbox       # container start -> first 200, density
 //! cargo run --release -p xtask -- bench images        # image import/export MB/s vs skopeo copy, dedup
 //! cargo run --release -p xtask -- backend             # the fast test app `bench core` deploys
+//! cargo run -p xtask -- layers                        # the crates' dependencies vs the layering
 //! ```
 //!
 //! `bench core` builds `molt` in release mode, starts `molt serve` as a child process on
@@ -27,6 +28,7 @@ mod bench_router;
 mod bench_sandbox;
 mod child;
 mod h2load;
+mod layers;
 mod load;
 mod peers;
 mod report;
@@ -54,6 +56,8 @@ tasks:
   bench images [--quick] [--json]
                         image import/export MB/s next to `skopeo copy` of the same image;
                         storage of 20 releases each changing one file
+  layers                check every crate's dependencies against the layering (the table in
+                        xtask/src/layers.rs, drawn in ARCHITECTURE.md); also a test
   backend               serve `hello from $MOLT_APP $MOLT_RELEASE` on 127.0.0.1:$PORT
                         (and 64 KiB on /big)
   router-server --listen ADDR --backend ADDR... [--extra-routes N] [--swaps N]
@@ -70,6 +74,7 @@ enum Task {
     BenchImages(bench_images::Size, Output),
     BenchRouter(RunLength, Output),
     BenchSandbox(Output),
+    Layers,
     RouterServer(RouterServerArgs),
 }
 
@@ -115,6 +120,7 @@ fn main() -> ExitCode {
         Task::BenchRouter(length, output) => runtime.block_on(bench_router::run(length, output)),
         Task::RouterServer(args) => runtime.block_on(router_server::run(args)),
         Task::BenchSandbox(output) => bench_sandbox::run(output),
+        Task::Layers => layers::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +135,7 @@ fn parse(args: &[String]) -> anyhow::Result<Task> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["backend"] => Ok(Task::Backend),
+        ["layers"] => Ok(Task::Layers),
         ["bench", "bake"] => Ok(Task::BenchBake(Output::Table)),
         ["bench", "bake", "--json"] => Ok(Task::BenchBake(Output::Json)),
         ["bench", "core"] => Ok(Task::BenchCore(Output::Table)),

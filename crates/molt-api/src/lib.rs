@@ -22,9 +22,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use images::*;
-use molt_control::{ControlError, Controller, DeployRequest, ErrorKind, ShadowOutcome};
-use serde::Deserialize;
-use serde_json::json;
+use molt_control::{
+    ControlError, Controller, DeployRequest, ErrorKind, MaintenanceMode, ShadowOutcome,
+};
+use molt_wire::{DeploymentJournal, ErrorBody, Health, InstanceLog, PinOutcome, ReleaseConfig};
+use serde::{Deserialize, Serialize};
 
 pub use openapi::{document, PATHS};
 
@@ -62,7 +64,11 @@ impl IntoResponse for ApiError {
             StatusCode::BAD_GATEWAY => "registry",
             _ => "internal",
         };
-        (self.0, Json(json!({ "error": self.1, "kind": kind }))).into_response()
+        let body = ErrorBody {
+            error: self.1,
+            kind: kind.into(),
+        };
+        (self.0, Json(body)).into_response()
     }
 }
 
@@ -85,8 +91,16 @@ impl From<ControlError> for ApiError {
 
 pub(crate) type ApiResult = std::result::Result<Response, ApiError>;
 
-pub(crate) fn ok<T: serde::Serialize>(value: T) -> ApiResult {
+pub(crate) fn ok<T: Serialize>(value: T) -> ApiResult {
     Ok(Json(value).into_response())
+}
+
+/// Answers with `value`'s keys sorted in every object: how the answers that were first built
+/// as JSON values (a deployment with its journal) have always been sent, kept byte for byte.
+fn ok_sorted<T: Serialize>(value: T) -> ApiResult {
+    let value = serde_json::to_value(value)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    ok(value)
 }
 
 /// Builds the API router. `upload_dir` holds image uploads while they are imported.
@@ -216,7 +230,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn health() -> ApiResult {
-    ok(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
+    ok(Health {
+        ok: true,
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -253,7 +270,11 @@ async fn pin(
     Json(body): Json<PinBody>,
 ) -> ApiResult {
     s.controller.pin(&app, number, body.pinned).await?;
-    ok(json!({ "app": app, "release": number, "pinned": body.pinned }))
+    ok(PinOutcome {
+        app,
+        pinned: body.pinned,
+        release: number,
+    })
 }
 
 #[derive(Deserialize)]
@@ -297,7 +318,10 @@ async fn deploy(
 
 async fn deployment(State(s): State<ApiState>, Path(id): Path<u64>) -> ApiResult {
     let (deployment, journal) = s.controller.deployment(id).await?;
-    ok(json!({ "deployment": deployment, "journal": journal }))
+    ok_sorted(DeploymentJournal {
+        deployment,
+        journal,
+    })
 }
 
 #[derive(Deserialize)]
@@ -329,7 +353,10 @@ async fn rollback(
 
 async fn config_get(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult {
     let latest = s.controller.releases(&app).await?.into_iter().next();
-    ok(latest.map(|r| json!({ "release": r.number, "env": r.config.env })))
+    ok(latest.map(|r| ReleaseConfig {
+        env: r.config.env,
+        release: r.number,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -361,7 +388,7 @@ async fn maintenance(
     Path(app): Path<String>,
     Json(body): Json<MaintenanceBody>,
 ) -> ApiResult {
-    let mode = body.enabled.then(|| molt_store::MaintenanceMode {
+    let mode = body.enabled.then(|| MaintenanceMode {
         message: body
             .message
             .unwrap_or_else(|| format!("{app} is down for maintenance; please try again soon")),
@@ -418,7 +445,7 @@ async fn logs(
     let out = s.controller.logs(&app, q.instance, lines).await?;
     let out: Vec<_> = out
         .into_iter()
-        .map(|(instance, log)| json!({ "instance": instance, "log": log }))
+        .map(|(instance, log)| InstanceLog { instance, log })
         .collect();
     ok(out)
 }
@@ -478,7 +505,7 @@ fn rand_suffix() -> String {
 async fn prometheus(State(s): State<ApiState>) -> ApiResult {
     let snapshot = s.controller.metrics().await?;
     let mut text = metrics::render(&snapshot);
-    metrics::render_router(&mut text, s.controller.router());
+    metrics::render_router(&mut text, &snapshot.router);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
@@ -499,29 +526,13 @@ async fn cluster(State(s): State<ApiState>) -> ApiResult {
 
 /// The hostnames the TLS listener has certificates for.
 async fn tls_status(State(s): State<ApiState>) -> ApiResult {
-    let certs = s.controller.router().certificates();
-    ok(json!({
-        "reloadable": certs.is_reloadable(),
-        "hostnames": certs.hostnames(),
-    }))
+    ok(s.controller.tls_certificates())
 }
 
 /// Re-reads the certificate directory now; files that cannot be used keep their hostname's
 /// previous certificate and are listed in `errors`.
 async fn tls_reload(State(s): State<ApiState>) -> ApiResult {
-    let certs = Arc::clone(s.controller.router().certificates());
-    if !certs.is_reloadable() {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            "TLS certificates are not loaded from a directory: start molt serve with \
-             --tls-listen and --tls-cert-dir"
-                .into(),
-        ));
-    }
-    let report = tokio::task::spawn_blocking(move || certs.reload())
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    ok(json!({ "hostnames": report.hostnames, "errors": report.errors }))
+    ok(s.controller.reload_tls().await?)
 }
 
 #[derive(Deserialize)]

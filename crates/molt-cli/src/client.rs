@@ -1,4 +1,9 @@
 //! A small HTTP client for molt's API (the CLI's only way to talk to `molt serve`).
+//!
+//! Every answer comes back as an [`Answer`]: the JSON as the server sent it (what `--json`
+//! prints, untouched) and [`Answer::read`] into the API's records (`molt-wire`), which fails
+//! naming the request and the field when the answer lacks one the record requires or holds it
+//! with another type: the CLI never acts on a guessed default.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +16,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -31,6 +37,75 @@ impl std::fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+/// An answer the CLI cannot read into the record it expects: the server is of another version,
+/// or not molt.
+#[derive(Debug)]
+pub struct BadAnswer {
+    /// The request answered, e.g. `POST /v1/images`.
+    pub request: String,
+    /// Where in the answer, e.g. `journal[2].state` (empty for the answer itself).
+    pub at: String,
+    /// What is wrong there, e.g. ``missing field `digest` ``.
+    pub why: String,
+}
+
+impl std::fmt::Display for BadAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "molt serve's answer to {} is not what this molt expects: ",
+            self.request
+        )?;
+        if !self.at.is_empty() {
+            write!(f, "at {}: ", self.at)?;
+        }
+        write!(
+            f,
+            "{}; is molt serve the same version as this molt?",
+            self.why
+        )
+    }
+}
+
+impl std::error::Error for BadAnswer {}
+
+/// One answer of the API: its JSON as sent, and the request it answers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    request: String,
+    json: Value,
+}
+
+impl Answer {
+    /// The answer as the server sent it (what `--json` prints).
+    pub fn json(&self) -> &Value {
+        &self.json
+    }
+
+    /// The request answered, e.g. `POST /v1/images`.
+    pub fn request(&self) -> &str {
+        &self.request
+    }
+
+    /// The answer as the server sent it, owned.
+    pub fn into_json(self) -> Value {
+        self.json
+    }
+
+    /// The answer read as the API's record `T`. A field `T` requires that is absent, or of
+    /// another type, is a [`BadAnswer`] naming the request and the field.
+    pub fn read<T: DeserializeOwned>(&self) -> Result<T, BadAnswer> {
+        serde_path_to_error::deserialize(&self.json).map_err(|e| {
+            let at = e.path().to_string();
+            BadAnswer {
+                request: self.request.clone(),
+                at: if at == "." { String::new() } else { at },
+                why: e.into_inner().to_string(),
+            }
+        })
+    }
+}
 
 /// The molt server could not be reached at all.
 #[derive(Debug)]
@@ -97,11 +172,21 @@ impl Client {
 
     /// GET a JSON document.
     pub async fn get(&self, path: &str) -> Result<Value> {
+        Ok(self.get_answer(path).await?.into_json())
+    }
+
+    /// GET an answer.
+    pub async fn get_answer(&self, path: &str) -> Result<Answer> {
         self.send(Method::GET, path, None, "application/json").await
     }
 
     /// POST a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        Ok(self.post_answer(path, body).await?.into_json())
+    }
+
+    /// POST a JSON body; the answer.
+    pub async fn post_answer(&self, path: &str, body: &Value) -> Result<Answer> {
         let bytes = Bytes::from(serde_json::to_vec(body)?);
         self.send(Method::POST, path, Some(bytes), "application/json")
             .await
@@ -109,6 +194,11 @@ impl Client {
 
     /// POST raw bytes (an image tar).
     pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<Value> {
+        Ok(self.post_bytes_answer(path, body).await?.into_json())
+    }
+
+    /// POST raw bytes (an image tar or a build context); the answer.
+    pub async fn post_bytes_answer(&self, path: &str, body: Vec<u8>) -> Result<Answer> {
         self.send(
             Method::POST,
             path,
@@ -120,12 +210,17 @@ impl Client {
 
     /// DELETE a resource.
     pub async fn delete(&self, path: &str) -> Result<Value> {
+        Ok(self.delete_answer(path).await?.into_json())
+    }
+
+    /// DELETE a resource; the answer.
+    pub async fn delete_answer(&self, path: &str) -> Result<Answer> {
         self.send(Method::DELETE, path, None, "application/json")
             .await
     }
 
-    /// POST a tar streamed from `chunks` (never held in memory whole).
-    pub async fn post_stream(&self, path: &str, chunks: UploadChunks) -> Result<Value> {
+    /// POST a tar streamed from `chunks` (never held in memory whole); the answer.
+    pub async fn post_stream_answer(&self, path: &str, chunks: UploadChunks) -> Result<Answer> {
         let mut chunks = chunks;
         let stream = futures_util::stream::poll_fn(move |cx| {
             chunks
@@ -136,7 +231,7 @@ impl Client {
         let resp = self
             .request(Method::POST, path, body, "application/x-tar")
             .await?;
-        answer(resp).await
+        answer(request_name(&Method::POST, path), resp).await
     }
 
     /// GET a (large) body and stream it into `out`; returns the response headers.
@@ -153,7 +248,7 @@ impl Client {
             .request(Method::GET, path, empty, "application/json")
             .await?;
         if !resp.status().is_success() {
-            answer(resp).await?;
+            answer(request_name(&Method::GET, path), resp).await?;
             bail!("unexpected answer");
         }
         let headers = resp.headers().clone();
@@ -175,7 +270,7 @@ impl Client {
         path: &str,
         body: Option<Bytes>,
         content_type: &str,
-    ) -> Result<Value> {
+    ) -> Result<Answer> {
         let first = self
             .send_once(method.clone(), path, body.clone(), content_type)
             .await;
@@ -194,11 +289,12 @@ impl Client {
         path: &str,
         body: Option<Bytes>,
         content_type: &str,
-    ) -> Result<Value> {
+    ) -> Result<Answer> {
         let body =
             BodyExt::boxed(Full::new(body.unwrap_or_default()).map_err(|never| match never {}));
+        let request = request_name(&method, path);
         let resp = self.request(method, path, body, content_type).await?;
-        answer(resp).await
+        answer(request, resp).await
     }
 
     async fn request(
@@ -226,8 +322,14 @@ impl Client {
     }
 }
 
+/// `GET /v1/status`: how errors name a request (without its query).
+fn request_name(method: &Method, path: &str) -> String {
+    let path = path.split_once('?').map_or(path, |(path, _)| path);
+    format!("{method} {path}")
+}
+
 /// Reads a JSON answer; an error status becomes `ApiError` with the server's message.
-async fn answer(resp: hyper::Response<hyper::body::Incoming>) -> Result<Value> {
+async fn answer(request: String, resp: hyper::Response<hyper::body::Incoming>) -> Result<Answer> {
     let status = resp.status();
     let bytes = resp
         .into_body()
@@ -242,7 +344,10 @@ async fn answer(resp: hyper::Response<hyper::body::Incoming>) -> Result<Value> {
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
     };
     if status.is_success() {
-        Ok(value)
+        Ok(Answer {
+            request,
+            json: value,
+        })
     } else {
         let message = value["error"]
             .as_str()
@@ -262,4 +367,69 @@ fn read_token(path: &PathBuf) -> Result<String> {
                 path.display()
             )))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use molt_wire::{DeploymentJournal, ImportOutcome};
+    use serde_json::json;
+
+    use super::*;
+
+    fn answer(request: &str, json: Value) -> Answer {
+        Answer {
+            request: request.into(),
+            json,
+        }
+    }
+
+    #[test]
+    fn a_missing_field_is_named_with_the_request() {
+        let import = answer(
+            "POST /v1/images",
+            json!({ "size": 10, "created_ms": 1, "tags": [], "format": "tree", "files": 1,
+                    "moved_from": null }),
+        );
+        let e = import.read::<ImportOutcome>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "molt serve's answer to POST /v1/images is not what this molt expects: missing field \
+             `digest`; is molt serve the same version as this molt?"
+        );
+    }
+
+    #[test]
+    fn a_wrongly_typed_field_is_named_by_its_path() {
+        let deployment = json!({ "id": 7, "app": "shop", "release": 2, "env": null,
+            "prev_env": null, "state": "healthy", "created_ms": 1, "updated_ms": 2,
+            "error": null, "figures": null });
+        let journal = answer(
+            "GET /v1/deployments/7",
+            json!({ "deployment": deployment,
+                    "journal": [{ "at_ms": 1, "state": "pending", "detail": "" },
+                                { "at_ms": "soon", "state": "healthy", "detail": "" }] }),
+        );
+        let e = journal.read::<DeploymentJournal>().unwrap_err();
+        assert_eq!(e.at, "journal[1].at_ms");
+        assert!(e.why.starts_with("invalid type: string \"soon\""), "{e}");
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent() {
+        let deployment = answer(
+            "POST /v1/apps/shop/deployments",
+            json!({ "id": 7, "app": "shop", "release": 2, "state": "pending",
+                    "created_ms": 1, "updated_ms": 2 }),
+        );
+        let d = deployment.read::<molt_wire::DeploymentRecord>().unwrap();
+        assert_eq!((d.id, d.env, d.figures), (7, None, None));
+    }
+
+    #[test]
+    fn requests_are_named_without_their_query() {
+        assert_eq!(
+            request_name(&Method::GET, "/v1/status?app=shop"),
+            "GET /v1/status"
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! Plain-text output helpers: aligned tables, ages, short digests.
 
+use molt_wire::TrafficSummary;
+use serde::Serialize;
 use serde_json::Value;
 
 /// Prints a value as pretty JSON.
@@ -15,15 +17,27 @@ pub fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
-/// Prints a JSON array as pretty JSON, or as a table with one row per element.
-pub fn print_list(v: &Value, json: bool, header: &[&str], row: impl Fn(&Value) -> Vec<String>) {
+/// How the API names a value that it sends as a string (a state, a format, an outcome).
+pub fn wire_name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
+/// Prints `answer` (a JSON array as sent) as pretty JSON, or `records` (the same array, read)
+/// as a table with one row each.
+pub fn print_list<T>(
+    answer: &Value,
+    records: &[T],
+    json: bool,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) {
     if json {
-        print_json(v);
+        print_json(answer);
     } else {
-        table(
-            header,
-            v.as_array().into_iter().flatten().map(row).collect(),
-        );
+        table(header, records.iter().map(row).collect());
     }
 }
 
@@ -78,27 +92,32 @@ pub fn short_digest(d: &str) -> String {
 }
 
 /// Prints live and shadow traffic side by side (a shadow report, or a shadow deployment's
-/// recorded comparison): one row per `(kind, summary)` whose summary is an object.
-pub fn print_traffic(rows: &[(&str, &Value)]) {
-    let ms = |v: &Value| match v.as_f64() {
+/// recorded comparison): one row per `(kind, summary)` that has a summary.
+pub fn print_traffic(rows: &[(&str, Option<&TrafficSummary>)]) {
+    let ms = |v: Option<f64>| match v {
         Some(ms) => format!("≤{ms} ms"),
+        None => "-".to_owned(),
+    };
+    // The router counts every class (1xx to 5xx); a class it did not send shows as "-".
+    let class = |t: &TrafficSummary, class: &str| match t.classes.get(class) {
+        Some(n) => n.to_string(),
         None => "-".to_owned(),
     };
     let rows = rows
         .iter()
-        .filter(|(_, t)| t.is_object())
+        .filter_map(|(kind, t)| t.map(|t| (kind, t)))
         .map(|(kind, t)| {
             vec![
                 kind.to_string(),
-                text(&t["env"]),
-                t["requests"].to_string(),
-                t["classes"]["2xx"].to_string(),
-                t["classes"]["4xx"].to_string(),
-                t["classes"]["5xx"].to_string(),
-                t["failed"].to_string(),
-                format!("{:.1} ms", t["mean_ms"].as_f64().unwrap_or(0.0)),
-                ms(&t["p50_ms"]),
-                ms(&t["p99_ms"]),
+                t.env.clone(),
+                t.requests.to_string(),
+                class(t, "2xx"),
+                class(t, "4xx"),
+                class(t, "5xx"),
+                t.failed.to_string(),
+                format!("{:.1} ms", t.mean_ms),
+                ms(t.p50_ms),
+                ms(t.p99_ms),
             ]
         })
         .collect();

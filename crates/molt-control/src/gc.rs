@@ -1,35 +1,16 @@
 //! Garbage collection by reachability (the plan is `molt_core::gc::plan`; this carries it
 //! out), pins, retirement of environments, and orphan hunting.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use molt_core::gc::{plan, EnvFacts, ImageFacts, ReleaseFacts, Snapshot};
 use molt_core::Digest;
 use molt_image::BlobCollection;
 use molt_store::EnvState;
-use serde::{Deserialize, Serialize};
+use molt_wire::GcReport;
 
 use crate::{parse_app, Controller, Result};
-
-/// What a collection did (or, with `dry_run`, would do).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct GcReport {
-    /// True when nothing was changed.
-    pub dry_run: bool,
-    /// Environments retired (their instances stopped).
-    pub envs: Vec<String>,
-    /// Images deleted.
-    pub images: Vec<Digest>,
-    /// Processes found running for this molt that the store did not know, stopped.
-    pub orphans: Vec<String>,
-    /// Environments kept, with why.
-    pub kept: BTreeMap<String, String>,
-    /// What the image store's sweep removed (or would): index entries no stored image record
-    /// keeps, unreferenced blobs, unpacked rootfs dirs and temp leftovers, with bytes.
-    #[serde(default)]
-    pub store: BlobCollection,
-}
 
 impl Controller {
     /// Collects what nothing reaches any more; with `dry_run`, only reports it.

@@ -28,6 +28,7 @@ mod queries;
 mod reconcile;
 mod route;
 mod table;
+mod tls;
 mod traffic;
 mod verify;
 
@@ -49,19 +50,21 @@ pub use deployment::shadow::ShadowOutcome;
 pub use deployment::start::DeployRequest;
 pub use engine::EngineSetup;
 pub use error::{ControlError, ErrorKind, Result};
-pub use gc::GcReport;
 pub use images::{
-    credentials, BakeRequest, BuildIsolation, ImageExport, ImageInspect, ImageUse, ImportFormat,
-    ImportOptions, ImportOutcome, PullRequest, RemoveOutcome, TagOutcome,
+    credentials, BakeRequest, BuildIsolation, ImageExport, ImportOptions, PullRequest,
 };
-pub use metrics::{EnvMetrics, MetricsSnapshot};
+pub use metrics::{EnvMetrics, MetricsSnapshot, RouterCounters};
 pub use molt_image::{ArchiveFormat, BuildSandbox, RunRequest, SourceInfo};
 pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
-pub use molt_store::{ShadowComparison, TrafficSummary};
-pub use queries::{AppStatus, ClusterStatus, EngineStatus, ShadowReport, Status};
-pub use route::{RollbackOutcome, SwapOutcome};
-pub use verify::{Attestation, VerifyReport};
+/// The records the controller takes and returns are the API's (`molt-wire`).
+pub use molt_wire::{
+    AppRecord, AppStatus, Attestation, BakeReport, ClusterStatus, DeploymentRecord, EngineStatus,
+    EnvRecord, EnvStatus, EventRecord, GcReport, ImageDiff, ImageInspect, ImageRecord, ImageUse,
+    ImportFormat, ImportOutcome, JournalEntry, MaintenanceMode, ReleaseRecord, RemoveOutcome,
+    RollbackOutcome, ShadowComparison, ShadowReport, Status, SwapOutcome, TagEvent, TagOutcome,
+    TrafficSummary, VerifyReport,
+};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]

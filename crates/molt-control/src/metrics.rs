@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use molt_router::EnvTraffic;
+use molt_router::{ClientScheme, EnvTraffic};
 use serde::Serialize;
 
 use crate::{Controller, Result};
@@ -18,6 +18,21 @@ pub struct MetricsSnapshot {
     pub instances: BTreeMap<(String, String, String), u64>,
     /// Deployments by (app, state).
     pub deployments: BTreeMap<(String, String), u64>,
+    /// The router's own counters.
+    pub router: RouterCounters,
+}
+
+/// Counters of the router as a whole, not of one environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterCounters {
+    /// Requests received from clients over plain HTTP.
+    pub http_requests: u64,
+    /// Requests received from clients over HTTPS.
+    pub https_requests: u64,
+    /// TLS handshakes that failed or timed out (unknown SNI names included).
+    pub tls_handshake_failures: u64,
+    /// Requests waiting right now for a held backend (every instance being replaced).
+    pub held_requests: usize,
 }
 
 /// One environment's router counters.
@@ -89,11 +104,18 @@ impl Controller {
                 })
             })
             .collect();
+        let router = &self.inner.router;
         Ok(MetricsSnapshot {
             envs,
-            unrouted: self.inner.router.unrouted(),
+            unrouted: router.unrouted(),
             instances,
             deployments,
+            router: RouterCounters {
+                http_requests: router.requests_over(ClientScheme::Http),
+                https_requests: router.requests_over(ClientScheme::Https),
+                tls_handshake_failures: router.tls_handshake_failures(),
+                held_requests: router.held_requests(),
+            },
         })
     }
 }

@@ -2,91 +2,13 @@
 //! their journals, history, logs, and live next to shadow traffic. Nothing here changes state.
 
 use molt_store::{
-    AppRecord, DeploymentRecord, EnvRecord, EventRecord, ImageRecord, InstanceRecord,
-    InstanceState, JournalEntry, ReleaseRecord, ShadowMode, TrafficSummary,
+    AppRecord, DeploymentRecord, EnvRecord, EventRecord, ImageRecord, InstanceState, JournalEntry,
+    ReleaseRecord,
 };
-use serde::{Deserialize, Serialize};
+use molt_wire::{AppStatus, ClusterStatus, EngineStatus, EnvStatus, ShadowReport, Status};
 
 use crate::traffic::summarize;
 use crate::{parse_app, ControlError, Controller, Result};
-
-/// One app's state for `molt status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AppStatus {
-    /// The app record.
-    pub app: AppRecord,
-    /// The release being served, if routed.
-    pub serving: Option<ReleaseRecord>,
-    /// URLs that reach it through the router.
-    pub hostnames: Vec<String>,
-    /// Live environments with their instances.
-    pub envs: Vec<EnvStatus>,
-    /// The latest deployment.
-    pub last_deployment: Option<DeploymentRecord>,
-}
-
-/// An environment with its instances and traffic counters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EnvStatus {
-    /// The environment record.
-    pub env: EnvRecord,
-    /// True when the app's route points here.
-    pub routed: bool,
-    /// Its live instances.
-    pub instances: Vec<InstanceRecord>,
-    /// Requests accepted by the router for it since molt started.
-    pub requests: u64,
-    /// Requests currently in flight.
-    pub in_flight: u64,
-    /// Router-made errors for it since molt started.
-    pub failed: u64,
-    /// What its instances attest to (image, release, environment, rootfs digest).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attestation: Option<crate::Attestation>,
-}
-
-/// The whole picture for `molt status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Status {
-    /// Provider isolation level ("none" for plain processes).
-    pub isolation: String,
-    /// Every app.
-    pub apps: Vec<AppStatus>,
-}
-
-/// Live and shadow traffic of an app side by side.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShadowReport {
-    /// The app.
-    pub app: String,
-    /// What is mirrored where, if anything.
-    pub mode: Option<ShadowMode>,
-    /// The routed environment's live traffic.
-    pub live: Option<TrafficSummary>,
-    /// The shadow environment's mirrored traffic (answers were discarded).
-    pub shadow: Option<TrafficSummary>,
-}
-
-/// What `molt cluster status` shows: the routers of the fleet and where instances run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    /// The routers beyond `molt serve`'s own, with the version each applied.
-    pub routers: molt_fleet::FleetStatus,
-    /// Where instances run: `local`/`runc` on this machine, or an engine's name.
-    pub provider: String,
-    /// The engine's machines and the environments it runs for this molt (on an engine).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub engine: Option<EngineStatus>,
-}
-
-/// An engine as `molt cluster status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EngineStatus {
-    /// Its machines.
-    pub nodes: Vec<molt_provider::EngineNode>,
-    /// The environments it runs for this molt (one engine service each).
-    pub environments: Vec<molt_provider::EngineEnvironment>,
-}
 
 impl Controller {
     /// Every stored image.

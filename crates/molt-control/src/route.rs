@@ -13,37 +13,9 @@ use molt_core::{DeployEvent, InputError};
 use molt_store::{
     AppRecord, DeploymentRecord, EnvState, InstanceState, MaintenanceMode, ShadowMode,
 };
-use serde::{Deserialize, Serialize};
+use molt_wire::{RollbackOutcome, SwapOutcome};
 
 use crate::{parse_app, AppGuard, ControlError, Controller, Result};
-
-/// What a swap did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SwapOutcome {
-    /// The app.
-    pub app: String,
-    /// Where the route pointed before.
-    pub from: Option<String>,
-    /// Where it points now.
-    pub to: String,
-    /// The release now serving.
-    pub release: u64,
-    /// From the request to the route in force, in microseconds.
-    pub elapsed_us: u64,
-}
-
-/// What a rollback did: a warm swap, or a cold redeploy when nothing warm was left.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RollbackOutcome {
-    /// `warm` (one route change) or `cold` (a new deployment of an old release).
-    pub kind: String,
-    /// The release rolled back to.
-    pub release: u64,
-    /// The swap, for a warm rollback.
-    pub swap: Option<SwapOutcome>,
-    /// The deployment, for a cold rollback.
-    pub deployment: Option<DeploymentRecord>,
-}
 
 /// How a route move is recorded besides the route itself.
 struct RouteMove {

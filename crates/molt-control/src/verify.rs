@@ -15,44 +15,10 @@ use std::time::{Duration, Instant};
 use molt_core::Digest;
 use molt_provider::InstanceStatus;
 use molt_store::{EnvRecord, EnvState, InstanceRecord, InstanceState, ReleaseRecord};
-use serde::{Deserialize, Serialize};
+use molt_wire::{Attestation, VerifyReport};
 
 use crate::instances::instance_addr;
 use crate::{ControlError, Controller, Result};
-
-/// What an environment's instances attest to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attestation {
-    /// The image (OCI manifest digest) the instances booted from.
-    pub image: Digest,
-    /// The release number.
-    pub release: u64,
-    /// The environment.
-    pub env: String,
-    /// Digest of the unpacked tree as recorded at unpack; `None` until verified once.
-    pub rootfs_digest: Option<Digest>,
-    /// `verified`, `drifted` (being replaced) or `unverified`.
-    pub state: String,
-    /// How the instances are isolated.
-    pub isolation: String,
-}
-
-/// The outcome of verifying one image tree.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VerifyReport {
-    /// The image.
-    pub image: Digest,
-    /// The rootfs digest recorded at unpack.
-    pub rootfs_digest: Digest,
-    /// True when the tree is exactly as unpacked.
-    pub intact: bool,
-    /// What drifted (paths edited, added, removed), when not intact.
-    pub drift: Option<String>,
-    /// Environments (`app/env`) running this image.
-    pub envs: Vec<String>,
-    /// Instances replaced because they ran on the drifted tree.
-    pub replaced: Vec<String>,
-}
 
 /// In-memory verification state of image trees.
 #[derive(Default)]

@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
+/// What `molt cluster status` shows of the fleet is one of the API's records.
+pub use molt_wire::{FleetStatus, RouterStatus};
+
 use crate::wire::{Ack, EnvCounts, Event, Hello, Probe, ProbeReport, RouterReport, TableSpec};
 
 /// How the fleet waits.
@@ -102,34 +105,6 @@ pub struct Publication {
     pub fenced: Vec<String>,
     /// From publish to the last acknowledgement (or the deadline), in milliseconds.
     pub elapsed_ms: u64,
-}
-
-/// The fleet as `molt cluster status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FleetStatus {
-    /// The current version of the table.
-    pub version: u64,
-    /// Every router seen since the control plane started.
-    pub routers: Vec<RouterStatus>,
-}
-
-/// One router.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouterStatus {
-    /// Its name.
-    pub name: String,
-    /// Where it takes client connections.
-    pub listen: String,
-    /// Whether its stream is open.
-    pub connected: bool,
-    /// Out of the fleet until it catches up.
-    pub fenced: bool,
-    /// The version it applied.
-    pub acknowledged: u64,
-    /// Versions it is behind.
-    pub lag: u64,
-    /// Milliseconds since it was last heard from.
-    pub last_seen_ms: u64,
 }
 
 /// Why a health check run through the fleet has no status.

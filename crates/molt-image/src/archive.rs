@@ -10,7 +10,6 @@ use molt_core::Digest;
 use oci_spec::image::{Arch, Descriptor, ImageIndex, MediaType, Os};
 
 use crate::blobs::{HashingReader, StagedBlob, MAX_JSON_SIZE};
-use crate::canonical::{MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
 use crate::fsutil::unique_name;
 use crate::oci::{
     check_layout_marker, decompress, image_index, layer_compression, layout_marker, manifest_entry,
@@ -19,6 +18,7 @@ use crate::oci::{
 use crate::parts::{check_diff_id, ImageParts};
 use crate::unpack::{safe_relative_path, LenientEnd};
 use crate::{ImageError, ImageStore, ImportedImage};
+use molt_pack::{MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
 
 /// What an archive's members turned into while reading it.
 #[derive(Default)]

@@ -1,44 +1,10 @@
 //! What `molt images inspect` shows of a stored image: its manifest, config and layers.
 
-use std::collections::BTreeMap;
-
 use molt_core::Digest;
-use serde::{Deserialize, Serialize};
+use molt_wire::{ImageDetails, LayerDetails};
 
 use crate::oci::{parse_config, parse_manifest, to_molt_digest};
 use crate::{ImageError, ImageStore};
-
-/// A stored image as its manifest and config describe it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageDetails {
-    /// The manifest digest: the image's name.
-    pub digest: Digest,
-    /// Manifest, config and layer bytes as stored.
-    pub size: u64,
-    /// The config blob's digest.
-    pub config_digest: Digest,
-    /// The image config (platform, command, env, rootfs diff ids, history) as stored.
-    pub config: serde_json::Value,
-    /// The layers, lowest first.
-    pub layers: Vec<LayerDetails>,
-    /// The manifest's annotations.
-    pub annotations: BTreeMap<String, String>,
-    /// True once the image has been unpacked into its read-only rootfs.
-    pub unpacked: bool,
-}
-
-/// One layer of an image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerDetails {
-    /// Digest of the layer blob as stored (compressed).
-    pub digest: Digest,
-    /// Its media type (`…tar+gzip`, `…tar+zstd`, `…tar`).
-    pub media_type: String,
-    /// Bytes of the stored blob.
-    pub size: u64,
-    /// Digest of the uncompressed tar (the config's diff id), if the config lists it.
-    pub diff_id: Option<String>,
-}
 
 impl ImageStore {
     /// The manifest, config and layers of a stored image; the manifest and config are

@@ -61,6 +61,19 @@ pub enum ImageError {
     Write(#[source] io::Error),
 }
 
+impl From<molt_pack::PackError> for ImageError {
+    /// A tree that could not be packed fails an import the same way, with the same words.
+    fn from(e: molt_pack::PackError) -> ImageError {
+        match e {
+            molt_pack::PackError::Io { path, source } => ImageError::Io { path, source },
+            molt_pack::PackError::UnsafeEntry { path, why } => {
+                ImageError::UnsafeEntry { path, why }
+            }
+            molt_pack::PackError::Write(e) => ImageError::Write(e),
+        }
+    }
+}
+
 impl ImageError {
     /// Wraps an I/O error with the path it happened on.
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ImageError {

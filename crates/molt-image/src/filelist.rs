@@ -10,13 +10,14 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use molt_core::Digest;
+use molt_wire::ImageDiff;
 use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::canonical::WrittenFile;
 use crate::oci::{decompress, layer_compression, to_molt_digest, write_atomically};
 use crate::{ImageError, ImageStore};
+use molt_pack::WrittenFile;
 
 /// Name prefix of a layer listing in the bake cache (`files-v2-<diff id hex>.json`; v2
 /// listings record symlinks with their targets).
@@ -58,17 +59,6 @@ pub(crate) enum LayerEntry {
     Whiteout { path: String },
     /// `.wh..wh..opq`: removes everything under `dir` from the lower layers.
     Opaque { dir: String },
-}
-
-/// Files added, removed and changed between two images.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageDiff {
-    /// In the second image only.
-    pub added: Vec<String>,
-    /// In the first image only.
-    pub removed: Vec<String>,
-    /// In both, with another size or content.
-    pub changed: Vec<String>,
 }
 
 impl LayerFiles {

@@ -1,8 +1,8 @@
 //! molt-image: the image store, an OCI image layout on the local filesystem.
 //!
-//! An app tree becomes an OCI image with one layer: the canonical tar of the tree (sorted
-//! entries, zeroed times and owners, normalized modes) gzipped deterministically, an image
-//! config with a fixed `created` and a manifest. Images are named by their **manifest digest**,
+//! An app tree becomes an OCI image with one layer: the canonical tar of the tree (molt-pack's:
+//! sorted entries, zeroed times and owners, normalized modes) gzipped deterministically, an
+//! image config with a fixed `created` and a manifest. Images are named by their **manifest digest**,
 //! so the same tree always gets the same name whether it arrived as a directory or as a tar.
 //! Layout under the store root (readable by skopeo, umoci and friends):
 //!
@@ -29,7 +29,6 @@
 mod archive;
 mod bake;
 mod blobs;
-mod canonical;
 mod details;
 mod docker;
 mod error;
@@ -53,7 +52,6 @@ use oci_spec::image::{Descriptor, MediaType};
 use sha2::Digest as _;
 
 use crate::blobs::{Blobs, HashingReader, HashingWriter, StagedBlob};
-use crate::canonical::{collect_tree, write_tree, Filter};
 use crate::fsutil::{fsync_dir, make_read_only, remove_tree, unique_name, TempPath};
 use crate::oci::{
     decompress, deterministic_gzip, image_config, image_manifest, layer_compression,
@@ -62,19 +60,21 @@ use crate::oci::{
 };
 use crate::parts::check_diff_id;
 use crate::unpack::{unpack_layer, unpack_tar, LenientEnd};
+use molt_pack::{collect_tree, write_tree, Filter};
 
 pub use crate::archive::ArchiveFormat;
 pub use crate::bake::{
-    BakeOptions, BakeReport, BuildContext, SourceInfo, StepOutcome, StepReport,
-    PROVENANCE_ANNOTATION, SBOM_ANNOTATION,
+    BakeOptions, BuildContext, SourceInfo, PROVENANCE_ANNOTATION, SBOM_ANNOTATION,
 };
-pub use crate::details::{ImageDetails, LayerDetails};
 pub use crate::docker::sniff_archive;
 pub use crate::error::ImageError;
-pub use crate::filelist::{FileInfo, ImageDiff};
+pub use crate::filelist::FileInfo;
 pub use crate::run::{BuildSandbox, RunRequest};
-pub use crate::sweep::BlobCollection;
 pub use crate::verify::{TreeEntry, TreeManifest, Verification};
+/// The records the image store fills in are the API's.
+pub use molt_wire::{
+    BakeReport, BlobCollection, ImageDetails, ImageDiff, LayerDetails, StepOutcome, StepReport,
+};
 
 /// A content-addressed store of OCI images on the local filesystem.
 #[derive(Debug, Clone)]
@@ -117,18 +117,11 @@ impl ImageStore {
         Ok(store)
     }
 
-    /// Writes the canonical tar of `dir` to `out` and returns (bytes written, regular files).
-    ///
-    /// Entries are sorted bytewise by path; only regular files, directories and symlinks are
-    /// kept; mtime, uid and gid are 0 and user/group names empty; directories and files with
-    /// any exec bit get mode 0o755, other files 0o644. Symlink targets are kept as they are,
-    /// absolute ones included: they are data, read inside the image at run time (no writer of
-    /// the store ever follows a symlink). Hard-linked files are written once per name.
-    /// `.git` is skipped at any depth, and so is every path listed in a top-level `.moltignore`
-    /// (one relative path per line, `#` comments).
+    /// Writes the canonical tar of `dir` to `out` and returns (bytes written, regular files):
+    /// [`molt_pack::write_canonical_tar`], the stream [`ImageStore::import_dir`] makes the
+    /// layer of.
     pub fn write_canonical_tar(dir: &Path, out: &mut impl Write) -> Result<(u64, u64), ImageError> {
-        let entries = collect_tree(dir, Filter::AppIgnores)?;
-        write_tree(dir, &entries, out)
+        Ok(molt_pack::write_canonical_tar(dir, out)?)
     }
 
     /// Imports a directory as a one-layer OCI image; blobs already stored are kept.
@@ -324,7 +317,7 @@ impl ImageStore {
         let compression = layer_compression(layer.media_type())?;
         let digest = to_molt_digest(layer.digest())?;
         let mut blob = self.blobs.open(&digest)?;
-        let unpacked = (|| {
+        let unpacked = (|| -> Result<Digest, ImageError> {
             let mut tar = HashingReader::new(decompress(&mut blob, compression));
             unpack_layer(LenientEnd::new(&mut tar), dest)?;
             io::copy(&mut tar, &mut io::sink()).map_err(ImageError::Tar)?;

@@ -13,9 +13,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::canonical::WrittenFile;
 use crate::filelist::{LayerEntry, LayerFiles};
 use crate::ImageError;
+use molt_pack::WrittenFile;
 
 /// Runs one build command with a root filesystem; molt-image's seam to a container runtime.
 pub trait BuildSandbox {

@@ -6,37 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use molt_core::Digest;
-use serde::{Deserialize, Serialize};
+use molt_wire::BlobCollection;
 
 use crate::filelist::LISTING_PREFIX;
 use crate::fsutil::{remove_tree, TEMP_PREFIX};
 use crate::oci::{parse_config, parse_manifest, read_index, to_molt_digest, write_index};
 use crate::{ImageError, ImageStore};
-
-/// What a blob collection removed (or, in a dry run, would remove).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobCollection {
-    /// True when nothing was changed.
-    pub dry_run: bool,
-    /// Images dropped from `index.json` because nothing keeps them.
-    pub images: Vec<Digest>,
-    /// Blobs no kept image uses.
-    pub blobs: u64,
-    /// Their bytes.
-    pub blob_bytes: u64,
-    /// Unpacked root filesystems of images no longer kept.
-    pub rootfs: u64,
-    /// Their bytes.
-    pub rootfs_bytes: u64,
-    /// Leftover temp files and directories of interrupted work (older than the grace period).
-    pub temps: u64,
-    /// Their bytes.
-    pub temp_bytes: u64,
-    /// Bake cache files (`cache/<key>` naming a layer, `cache/files-<diff id>.json` listing
-    /// one) whose layer no kept image uses and no blob holds any more.
-    #[serde(default)]
-    pub cache_entries: u64,
-}
 
 impl ImageStore {
     /// Collects everything no image of `keep` reaches.

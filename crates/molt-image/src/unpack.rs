@@ -7,9 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::canonical::{MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
 use crate::fsutil::remove_tree;
 use crate::ImageError;
+use molt_pack::{MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
 
 /// A layer stream that may end without its last padding and end-of-archive blocks.
 ///

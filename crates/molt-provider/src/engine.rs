@@ -18,6 +18,9 @@ use std::pin::Pin;
 
 use molt_core::Limits;
 
+/// The engine as `molt cluster status` shows it: the API's records.
+pub use molt_wire::{EngineEnvironment, EngineNode};
+
 /// A future an engine returns.
 pub type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, EngineError>> + Send + 'a>>;
 
@@ -73,40 +76,6 @@ pub enum EngineInstanceState {
         /// Exit code, when the process exited.
         exit_code: Option<i32>,
     },
-}
-
-/// An environment the engine runs for this molt, found by its labels.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct EngineEnvironment {
-    /// Environment id.
-    pub env: String,
-    /// Its app.
-    pub app: String,
-    /// Its release.
-    pub release: u32,
-    /// Instances it asks for.
-    pub instances: u32,
-    /// The image it runs.
-    pub image: String,
-}
-
-/// A machine of the engine.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct EngineNode {
-    /// The engine's id of the node.
-    pub id: String,
-    /// Its hostname.
-    pub hostname: String,
-    /// `manager` or `worker` (Swarm's words).
-    pub role: String,
-    /// `ready`, `down`, …
-    pub state: String,
-    /// Whether it takes new instances: `active`, `pause` or `drain`.
-    pub availability: String,
-    /// Its address.
-    pub addr: String,
-    /// Whether it leads the managers.
-    pub leader: bool,
 }
 
 /// Why an engine could not do what was asked. The engine's own message is kept whole: it is

@@ -18,6 +18,8 @@ use std::net::IpAddr;
 
 use molt_core::Digest;
 use molt_image::{ImageError, ImageStore};
+/// What a push did is one of the API's records.
+pub use molt_wire::PushReport;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -41,24 +43,6 @@ impl std::fmt::Debug for Credentials {
             .field("password", &"<redacted>")
             .finish()
     }
-}
-
-/// What a push did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PushReport {
-    /// Where the image went (`registry/repository:tag`).
-    pub reference: String,
-    /// The manifest digest, the same as in the store.
-    pub digest: Digest,
-    /// Blobs uploaded.
-    pub uploaded: u64,
-    /// Blobs mounted from the source repository instead of uploaded.
-    pub mounted: u64,
-    /// Uploaded blobs that were streamed from the store in chunks (the others went up in one
-    /// request, read whole, because the registry refused chunks).
-    pub streamed: u64,
-    /// Bytes uploaded (manifest included).
-    pub bytes: u64,
 }
 
 /// What a pull did.

@@ -5,12 +5,12 @@ use std::process::Command as Process;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
+use molt_wire::{BakeReport, ImageDiff, StepOutcome};
 
 use super::deploy::read_manifest;
 use super::views::urlencode;
-use crate::client::Client;
-use crate::output::{print_json, short_digest};
+use crate::client::{Answer, Client};
+use crate::output::{print_json, short_digest, wire_name};
 
 /// `git` facts of the app folder: the commit and whether the folder has uncommitted changes.
 fn git_source(dir: &Path) -> (Option<String>, bool) {
@@ -42,11 +42,11 @@ fn source_date_epoch() -> Result<u64> {
     }
 }
 
-/// Uploads `dir` as a build context and returns the server's bake report.
-pub(crate) async fn bake_dir(client: &Client, dir: &Path, tag: Option<&str>) -> Result<Value> {
+/// Uploads `dir` as a build context and returns the server's answer, a [`BakeReport`].
+pub(crate) async fn bake_dir(client: &Client, dir: &Path, tag: Option<&str>) -> Result<Answer> {
     let epoch = source_date_epoch()?;
     let mut tar = Vec::new();
-    molt_image::ImageStore::write_canonical_tar(dir, &mut tar)
+    molt_pack::write_canonical_tar(dir, &mut tar)
         .with_context(|| format!("packing {}", dir.display()))?;
     let (commit, dirty) = git_source(dir);
     let mut query = format!("/v1/bake?dirty={dirty}&source_date_epoch={epoch}");
@@ -56,23 +56,16 @@ pub(crate) async fn bake_dir(client: &Client, dir: &Path, tag: Option<&str>) -> 
     if let Some(t) = tag {
         query.push_str(&format!("&tag={}", urlencode(t)));
     }
-    client.post_bytes(&query, tar).await
+    client.post_bytes_answer(&query, tar).await
 }
 
-/// One line per step: outcome, time, step.
-pub(crate) fn step_lines(report: &Value) -> Vec<String> {
-    report["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
-            format!(
-                "  {:<7} {:>6} ms  {}",
-                s["outcome"].as_str().unwrap_or("?"),
-                s["millis"],
-                s["step"].as_str().unwrap_or("")
-            )
-        })
+/// One line per step: outcome, time, step. (The time is not padded: these lines have always
+/// been printed so, and scripts may read them.)
+pub(crate) fn step_lines(report: &BakeReport) -> Vec<String> {
+    report
+        .steps
+        .iter()
+        .map(|s| format!("  {:<7} {} ms  {}", wire_name(&s.outcome), s.millis, s.step))
         .collect()
 }
 
@@ -91,52 +84,54 @@ pub(crate) async fn bake(
         );
     }
     let started = Instant::now();
-    let report = bake_dir(client, dir, tag.as_deref()).await?;
+    let answer = bake_dir(client, dir, tag.as_deref()).await?;
+    let report: BakeReport = answer.read()?;
     if json {
-        print_json(&report);
+        print_json(answer.json());
         return Ok(0);
     }
-    let built = report["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["outcome"] == "built")
+    let built = report
+        .steps
+        .iter()
+        .filter(|s| s.outcome == StepOutcome::Built)
         .count();
-    println!("{}", report["digest"].as_str().unwrap_or_default());
+    println!("{}", report.digest);
     for line in step_lines(&report) {
         println!("{line}");
     }
     println!(
         "baked in {} ms ({} on the server; {built} layer(s) built, {} files, {} KiB)",
         started.elapsed().as_millis(),
-        report["millis"],
-        report["files"],
-        report["size"].as_u64().unwrap_or(0).div_ceil(1024)
+        report.millis,
+        report.files,
+        report.size.div_ceil(1024)
     );
     if let Some(t) = &tag {
-        println!(
-            "tagged {t} → {}",
-            short_digest(report["digest"].as_str().unwrap_or(""))
-        );
+        println!("tagged {t} → {}", short_digest(report.digest.as_str()));
     }
     Ok(0)
 }
 
 pub(crate) async fn image_diff(client: &Client, a: &str, b: &str, json: bool) -> Result<i32> {
-    let v = client
-        .get(&format!(
+    let answer = client
+        .get_answer(&format!(
             "/v1/images/diff?a={}&b={}",
             urlencode(a),
             urlencode(b)
         ))
         .await?;
+    let diff: ImageDiff = answer.read()?;
     if json {
-        print_json(&v);
+        print_json(answer.json());
         return Ok(0);
     }
-    for (mark, key) in [("+", "added"), ("-", "removed"), ("~", "changed")] {
-        for path in v[key].as_array().into_iter().flatten() {
-            println!("{mark} /{}", path.as_str().unwrap_or(""));
+    for (mark, paths) in [
+        ("+", &diff.added),
+        ("-", &diff.removed),
+        ("~", &diff.changed),
+    ] {
+        for path in paths {
+            println!("{mark} /{path}");
         }
     }
     Ok(0)

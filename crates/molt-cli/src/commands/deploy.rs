@@ -5,13 +5,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use molt_core::{DeployState, Manifest};
+use molt_wire::{
+    AppStatus, BakeReport, DeploymentJournal, DeploymentRecord, ImportOutcome, ReleaseConfig,
+    RollbackOutcome,
+};
 use serde_json::{json, Value};
 
 use super::EXIT_DEPLOY_FAILED;
-use crate::client::Client;
+use crate::client::{Answer, Client};
 use crate::output::{print_json, print_traffic, short_digest};
 use crate::ConfigAction;
-use molt_core::Manifest;
 
 /// Reads and checks `molt.toml` in `dir`.
 pub(crate) fn read_manifest(dir: &Path) -> Result<(Manifest, String)> {
@@ -40,8 +44,7 @@ pub(crate) async fn deploy(
         Some(i) => i,
         None if manifest.build.is_some() => {
             let started = Instant::now();
-            let report = super::bake::bake_dir(client, dir, None).await?;
-            let digest = report["digest"].as_str().unwrap_or_default().to_string();
+            let report: BakeReport = super::bake::bake_dir(client, dir, None).await?.read()?;
             for line in super::bake::step_lines(&report) {
                 progress(json, &line);
             }
@@ -49,37 +52,38 @@ pub(crate) async fn deploy(
                 json,
                 &format!(
                     "image {} baked in {} ms",
-                    short_digest(&digest),
+                    short_digest(report.digest.as_str()),
                     started.elapsed().as_millis()
                 ),
             );
-            digest
+            report.digest.to_string()
         }
         None => {
             let started = Instant::now();
             let mut tar = Vec::new();
-            let (_, files) = molt_image::ImageStore::write_canonical_tar(dir, &mut tar)
+            let (_, files) = molt_pack::write_canonical_tar(dir, &mut tar)
                 .with_context(|| format!("packing {}", dir.display()))?;
-            let v = client.post_bytes("/v1/images", tar).await?;
-            let digest = v["digest"].as_str().unwrap_or_default().to_string();
+            let imported: ImportOutcome =
+                client.post_bytes_answer("/v1/images", tar).await?.read()?;
+            let digest = imported.image.digest;
             progress(
                 json,
                 &format!(
                     "image {} ({files} files) imported in {} ms",
-                    short_digest(&digest),
+                    short_digest(digest.as_str()),
                     started.elapsed().as_millis()
                 ),
             );
-            digest
+            digest.to_string()
         }
     };
-    let d = client
-        .post(
+    let answer = client
+        .post_answer(
             &format!("/v1/apps/{app}/deployments"),
             &json!({ "image": image, "manifest": text, "shadow": shadow }),
         )
         .await?;
-    follow_deployment(client, &d, no_wait, json).await
+    follow_deployment(client, &answer, no_wait, json).await
 }
 
 /// The app named on the command line, else the one of `./molt.toml`.
@@ -99,46 +103,48 @@ fn app_or_here(app: Option<String>, command: &str) -> Result<String> {
 /// `molt promote`: ends the shadow phase, then follows the swap, drain and watch.
 pub(crate) async fn promote(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
     let app = app_or_here(app, "promote")?;
-    let d = client
-        .post(&format!("/v1/apps/{app}/promote"), &json!({}))
-        .await?;
-    let id = d["id"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("the server returned no deployment id"))?;
+    let d: DeploymentRecord = client
+        .post_answer(&format!("/v1/apps/{app}/promote"), &json!({}))
+        .await?
+        .read()?;
     progress(
         json,
         &format!(
-            "{app}: deployment {id} (v{}) promoted after shadowing",
-            d["release"]
+            "{app}: deployment {} (v{}) promoted after shadowing",
+            d.id, d.release
         ),
     );
     if !json {
         print_comparison(&d);
     }
     // Follow from the promotion on: the earlier steps were shown by `molt deploy --shadow`.
-    let v = client.get(&format!("/v1/deployments/{id}")).await?;
-    let journal = v["journal"].as_array().cloned().unwrap_or_default();
-    let seen = journal
+    let v: DeploymentJournal = client
+        .get_answer(&format!("/v1/deployments/{}", d.id))
+        .await?
+        .read()?;
+    let seen = v
+        .journal
         .iter()
-        .rposition(|j| j["state"] == "promoted")
+        .rposition(|j| j.state == DeployState::Promoted)
         .unwrap_or(0);
-    follow_journal(client, id, &app, seen, json).await
+    follow_journal(client, d.id, &app, seen, json).await
 }
 
 /// `molt abandon`: ends the shadow phase and retires the shadowed environment.
 pub(crate) async fn abandon(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
     let app = app_or_here(app, "abandon")?;
-    let d = client
-        .post(&format!("/v1/apps/{app}/abandon"), &json!({}))
+    let answer = client
+        .post_answer(&format!("/v1/apps/{app}/abandon"), &json!({}))
         .await?;
+    let d: DeploymentRecord = answer.read()?;
     if json {
-        print_json(&d);
+        print_json(answer.json());
     } else {
         println!(
             "{app}: deployment {} (v{}) abandoned; {} retired, the route never moved",
-            d["id"],
-            d["release"],
-            d["env"].as_str().unwrap_or("its environment")
+            d.id,
+            d.release,
+            d.env.as_deref().unwrap_or("its environment")
         );
         print_comparison(&d);
     }
@@ -146,21 +152,16 @@ pub(crate) async fn abandon(client: &Client, app: Option<String>, json: bool) ->
 }
 
 /// Prints a deployment's recorded live/shadow comparison, if it has one.
-pub(crate) fn print_comparison(d: &Value) {
-    let c = &d["shadow"];
-    if !c.is_object() {
+pub(crate) fn print_comparison(d: &DeploymentRecord) {
+    let Some(c) = &d.shadow else {
         return;
-    }
+    };
     println!(
         "  shadow phase: {} % of GET/HEAD/OPTIONS mirrored for {:.1} s (shadow answers were discarded)",
-        c["share_percent"],
-        c["until_ms"]
-            .as_u64()
-            .unwrap_or(0)
-            .saturating_sub(c["since_ms"].as_u64().unwrap_or(0)) as f64
-            / 1000.0
+        c.share_percent,
+        c.until_ms.saturating_sub(c.since_ms) as f64 / 1000.0
     );
-    print_traffic(&[("live", &c["live"]), ("shadow", &c["shadow"])]);
+    print_traffic(&[("live", c.live.as_ref()), ("shadow", Some(&c.shadow))]);
 }
 
 pub(crate) fn progress(json: bool, line: &str) {
@@ -171,33 +172,43 @@ pub(crate) fn progress(json: bool, line: &str) {
     }
 }
 
-/// Waits for a deployment to reach its cutover (or its end), printing each journaled step.
+/// Waits for the deployment an answer names to reach its cutover (or its end), printing each
+/// journaled step.
 pub(crate) async fn follow_deployment(
     client: &Client,
-    d: &Value,
+    answer: &Answer,
     no_wait: bool,
     json: bool,
 ) -> Result<i32> {
-    let id = d["id"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("the server returned no deployment id"))?;
-    let app = d["app"].as_str().unwrap_or("?").to_string();
+    let d: DeploymentRecord = answer.read()?;
+    follow(client, &d, answer.json(), no_wait, json).await
+}
+
+/// [`follow_deployment`] of a deployment already read (`d`, sent as `sent`).
+async fn follow(
+    client: &Client,
+    d: &DeploymentRecord,
+    sent: &Value,
+    no_wait: bool,
+    json: bool,
+) -> Result<i32> {
+    let (id, app) = (d.id, &d.app);
     if no_wait {
         if json {
-            print_json(d);
+            print_json(sent);
         } else {
             println!(
                 "deployment {id} of {app} v{} started; follow it with `molt status {app}`",
-                d["release"]
+                d.release
             );
         }
         return Ok(0);
     }
     progress(
         json,
-        &format!("deploying {app} v{} (deployment {id})", d["release"]),
+        &format!("deploying {app} v{} (deployment {id})", d.release),
     );
-    follow_journal(client, id, &app, 0, json).await
+    follow_journal(client, id, app, 0, json).await
 }
 
 /// Prints deployment `id`'s journal from entry `seen` on, until its cutover (or its shadow
@@ -212,53 +223,55 @@ async fn follow_journal(
     let started = Instant::now();
     let mut last_wait_note = Instant::now();
     loop {
-        let v = client.get(&format!("/v1/deployments/{id}")).await?;
-        let journal = v["journal"].as_array().cloned().unwrap_or_default();
-        for entry in journal.iter().skip(seen) {
+        let answer = client.get_answer(&format!("/v1/deployments/{id}")).await?;
+        let v: DeploymentJournal = answer.read()?;
+        for entry in v.journal.iter().skip(seen) {
             progress(
                 json,
                 &format!(
                     "  {:>6} ms  {:<18} {}",
                     started.elapsed().as_millis(),
-                    entry["state"].as_str().unwrap_or(""),
-                    entry["detail"].as_str().unwrap_or("")
+                    entry.state.as_str(),
+                    entry.detail
                 ),
             );
         }
-        seen = journal.len();
-        let dep = &v["deployment"];
-        let state = dep["state"].as_str().unwrap_or("");
-        match state {
-            "shadowing" => {
+        seen = v.journal.len();
+        let dep = &v.deployment;
+        match dep.state {
+            DeployState::Shadowing => {
                 if json {
-                    print_json(&v);
+                    print_json(answer.json());
                 } else {
                     print_shadowing(client, dep).await;
                 }
                 return Ok(0);
             }
-            "drained" | "succeeded" => {
+            DeployState::Drained | DeployState::Succeeded => {
                 if json {
-                    print_json(&v);
+                    print_json(answer.json());
                 } else {
                     print_cutover(client, dep).await;
                 }
                 return Ok(0);
             }
-            "failed" | "rolled_back" | "superseded" | "abandoned" => {
+            DeployState::Failed
+            | DeployState::RolledBack
+            | DeployState::Superseded
+            | DeployState::Abandoned => {
                 if json {
-                    print_json(&v);
+                    print_json(answer.json());
                 } else {
                     eprintln!(
                         "deployment {id} {}: {}",
-                        state.replace('_', " "),
-                        dep["error"].as_str().unwrap_or("no detail recorded")
+                        dep.state.as_str().replace('_', " "),
+                        dep.error.as_deref().unwrap_or("no detail recorded")
                     );
                     eprintln!("traffic stays where it was; see `molt logs {app}` and `molt history {app}`");
                 }
                 return Ok(EXIT_DEPLOY_FAILED);
             }
-            "instances_started" if last_wait_note.elapsed() > Duration::from_secs(5) => {
+            DeployState::InstancesStarted if last_wait_note.elapsed() > Duration::from_secs(5) => {
                 progress(
                     json,
                     &format!(
@@ -274,55 +287,55 @@ async fn follow_journal(
     }
 }
 
+/// The app's status, for the hostnames and the live environment a summary mentions; a
+/// summary without them is still right, so a failure here only leaves them out.
+async fn app_status(client: &Client, app: &str) -> Option<AppStatus> {
+    let answer = client.get_answer(&format!("/v1/apps/{app}")).await.ok()?;
+    answer.read::<Option<AppStatus>>().ok().flatten()
+}
+
 /// What a shadow deployment that reached `shadowing` does, and what comes next.
-async fn print_shadowing(client: &Client, dep: &Value) {
-    let app = dep["app"].as_str().unwrap_or("?");
-    let live = client
-        .get(&format!("/v1/apps/{app}"))
+async fn print_shadowing(client: &Client, dep: &DeploymentRecord) {
+    let app = &dep.app;
+    let live = app_status(client, app)
         .await
-        .ok()
-        .and_then(|v| v["app"]["routed_env"].as_str().map(str::to_owned))
+        .and_then(|a| a.app.routed_env)
         .unwrap_or_else(|| "the live environment".into());
     println!(
         "{app} v{} is healthy on {}: {} % of GET/HEAD/OPTIONS requests are mirrored to it; \
          users still get {live}'s answers",
-        dep["release"],
-        dep["env"].as_str().unwrap_or("?"),
-        dep["shadow_share"]
+        dep.release,
+        dep.env.as_deref().unwrap_or("?"),
+        dep.shadow_share.unwrap_or_default()
     );
     println!("  compare live and shadow: molt shadow {app}");
     println!("  promote (swap, drain, watch): molt promote {app}");
     println!("  or abandon (retire it, nothing moves): molt abandon {app}");
 }
 
-pub(crate) async fn print_cutover(client: &Client, dep: &Value) {
-    let app = dep["app"].as_str().unwrap_or("?");
-    let f = &dep["figures"];
-    let router = client
-        .get(&format!("/v1/apps/{app}"))
+pub(crate) async fn print_cutover(client: &Client, dep: &DeploymentRecord) {
+    let app = &dep.app;
+    let hostnames = app_status(client, app)
         .await
-        .ok()
-        .and_then(|v| v["hostnames"].as_array().cloned())
+        .map(|a| a.hostnames)
         .unwrap_or_default();
     println!(
         "{app} v{} is live on {}",
-        dep["release"],
-        dep["env"].as_str().unwrap_or("?")
+        dep.release,
+        dep.env.as_deref().unwrap_or("?")
     );
-    println!(
-        "  cutover: served {}, failed {} from swap to end of drain ({} ms); served {}, failed {} \
-         during the whole deployment; deploy to swap {} ms",
-        f["served"],
-        f["failed"],
-        f["drain_ms"],
-        f["deploy_served"],
-        f["deploy_failed"],
-        f["to_swap_ms"]
-    );
-    if let Some(h) = router.first().and_then(|h| h.as_str()) {
+    match &dep.figures {
+        Some(f) => println!(
+            "  cutover: served {}, failed {} from swap to end of drain ({} ms); served {}, failed \
+             {} during the whole deployment; deploy to swap {} ms",
+            f.served, f.failed, f.drain_ms, f.deploy_served, f.deploy_failed, f.to_swap_ms
+        ),
+        None => println!("  cutover: no figures recorded"),
+    }
+    if let Some(h) = hostnames.first() {
         println!("  reach it through the router with Host: {h}");
     }
-    if let Some(prev) = dep["prev_env"].as_str() {
+    if let Some(prev) = &dep.prev_env {
         println!("  {prev} stays warm: roll back instantly with `molt rollback {app}`");
     }
 }
@@ -342,41 +355,60 @@ pub(crate) async fn rollback(
         ),
         None => None,
     };
-    let v = client
-        .post(&format!("/v1/apps/{app}/rollback"), &json!({ "to": to }))
+    let answer = client
+        .post_answer(&format!("/v1/apps/{app}/rollback"), &json!({ "to": to }))
         .await?;
-    if v["kind"] == "cold" {
+    let outcome: RollbackOutcome = answer.read()?;
+    if outcome.kind == "cold" {
         progress(
             json,
             &format!(
                 "v{} is no longer warm: cold rollback, redeploying it",
-                v["release"]
+                outcome.release
             ),
         );
-        return follow_deployment(client, &v["deployment"], false, json).await;
+        let d = outcome
+            .deployment
+            .as_ref()
+            .ok_or_else(|| missing(&answer, "deployment", "a cold rollback"))?;
+        return follow(client, d, &answer.json()["deployment"], false, json).await;
     }
+    let swap = outcome
+        .swap
+        .as_ref()
+        .ok_or_else(|| missing(&answer, "swap", "a warm rollback"))?;
     if json {
-        print_json(&v);
+        print_json(answer.json());
     } else {
         println!(
             "{app}: rolled back to v{} on {} (warm, one route change, {:.2} ms)",
-            v["release"],
-            v["swap"]["to"].as_str().unwrap_or("?"),
-            v["swap"]["elapsed_us"].as_f64().unwrap_or(0.0) / 1000.0
+            outcome.release,
+            swap.to,
+            swap.elapsed_us as f64 / 1000.0
         );
     }
     Ok(0)
 }
 
+/// An answer without the optional field `field` that `case` always has.
+fn missing(answer: &Answer, field: &str, case: &str) -> anyhow::Error {
+    anyhow!(
+        "molt serve's answer to {} names no `{field}`, which {case} has; is molt serve the same \
+         version as this molt?",
+        answer.request()
+    )
+}
+
 pub(crate) async fn config(client: &Client, action: ConfigAction, json: bool) -> Result<i32> {
     let (app, body, no_wait) = match action {
         ConfigAction::Show { app } => {
-            let v = client.get(&format!("/v1/apps/{app}/config")).await?;
+            let answer = client.get_answer(&format!("/v1/apps/{app}/config")).await?;
+            let config: Option<ReleaseConfig> = answer.read()?;
             if json {
-                print_json(&v);
+                print_json(answer.json());
             } else {
-                for (k, val) in v["env"].as_object().into_iter().flatten() {
-                    println!("{k}={}", val.as_str().unwrap_or(""));
+                for (k, val) in config.iter().flat_map(|c| &c.env) {
+                    println!("{k}={val}");
                 }
             }
             return Ok(0);
@@ -397,8 +429,8 @@ pub(crate) async fn config(client: &Client, action: ConfigAction, json: bool) ->
         }
         ConfigAction::Unset { app, keys, no_wait } => (app, json!({ "unset": keys }), no_wait),
     };
-    let d = client
-        .post(&format!("/v1/apps/{app}/config"), &body)
+    let answer = client
+        .post_answer(&format!("/v1/apps/{app}/config"), &body)
         .await?;
-    follow_deployment(client, &d, no_wait, json).await
+    follow_deployment(client, &answer, no_wait, json).await
 }

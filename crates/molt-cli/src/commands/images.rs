@@ -5,7 +5,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use serde_json::{json, Value};
+use molt_core::Digest;
+use molt_wire::{
+    ImageInspect, ImageRecord, ImportOutcome, PushReport, RemoveOutcome, TagEvent, TagOutcome,
+};
+use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
@@ -17,19 +21,10 @@ use crate::ImageAction;
 /// Bytes per chunk of a streamed upload.
 const CHUNK: usize = 256 * 1024;
 
+/// `molt images …`: one function per action.
 pub(crate) async fn images(client: &Client, action: ImageAction, json: bool) -> Result<i32> {
     match action {
-        ImageAction::Ls => {
-            let v = client.get("/v1/images").await?;
-            print_list(&v, json, &["DIGEST", "SIZE", "CREATED", "TAGS"], |i| {
-                vec![
-                    text(&i["digest"]),
-                    bytes(i["size"].as_u64().unwrap_or(0)),
-                    age(i["created_ms"].as_u64().unwrap_or(0)),
-                    tags(i).join(","),
-                ]
-            });
-        }
+        ImageAction::Ls => list(client, json).await?,
         ImageAction::Import {
             path,
             tag,
@@ -37,181 +32,259 @@ pub(crate) async fn images(client: &Client, action: ImageAction, json: bool) -> 
             format,
             reference,
         } => {
-            // A folder is always a tree, whatever files its root holds.
-            let sent = if path.is_dir() {
-                "tree"
-            } else {
-                format.as_str()
+            let options = ImportArgs {
+                tag,
+                force,
+                format,
+                reference,
             };
-            let mut query = vec![
-                format!("format={sent}"),
-                format!("actor={}", urlencode(&actor())),
-            ];
-            if let Some(t) = &tag {
-                query.push(format!("tag={}", urlencode(t)));
-            }
-            if force {
-                query.push("force=true".into());
-            }
-            if let Some(r) = &reference {
-                query.push(format!("reference={}", urlencode(r)));
-            }
-            let chunks = if path.is_dir() {
-                if format != "auto" && format != "tree" {
-                    bail!(
-                        "{} is a directory: import it with --format tree",
-                        path.display()
-                    );
-                }
-                tree_chunks(&path)
-            } else {
-                file_chunks(&path).await?
-            };
-            let v = client
-                .post_stream(&format!("/v1/images?{}", query.join("&")), chunks)
-                .await?;
-            if json {
-                print_json(&v);
-            } else {
-                println!("{}", text(&v["digest"]));
-                if let Some(old) = v["moved_from"].as_str() {
-                    eprintln!(
-                        "moved tag {} from {} (recorded in `molt images history`)",
-                        tag.unwrap_or_default(),
-                        short_digest(old)
-                    );
-                }
-            }
+            import(client, &path, options, json).await?
         }
-        ImageAction::Inspect { image } => {
-            let v = client
-                .get(&format!("/v1/images/{}", urlencode(&image)))
-                .await?;
-            if json {
-                print_json(&v);
-            } else {
-                print_inspect(&v);
-            }
-        }
-        ImageAction::History { image } => {
-            let path = match &image {
-                Some(i) => format!("/v1/images/{}/history", urlencode(i)),
-                None => "/v1/tags/history".to_string(),
-            };
-            let v = client.get(&path).await?;
-            print_list(
-                &v,
-                json,
-                &["WHEN", "TAG", "CHANGE", "FROM", "TO", "BY"],
-                |e| {
-                    vec![
-                        age(e["at_ms"].as_u64().unwrap_or(0)),
-                        text(&e["tag"]),
-                        text(&e["change"]),
-                        short_or_dash(&e["old_digest"]),
-                        short_or_dash(&e["new_digest"]),
-                        text(&e["actor"]),
-                    ]
-                },
-            );
-        }
+        ImageAction::Inspect { image } => inspect(client, &image, json).await?,
+        ImageAction::History { image } => history(client, image.as_deref(), json).await?,
         ImageAction::Tag { image, tag, force } => {
-            let v = client
-                .post(
-                    &format!("/v1/images/{}/tags", urlencode(&image)),
-                    &json!({ "tag": tag, "force": force, "actor": actor() }),
-                )
-                .await?;
-            if json {
-                print_json(&v);
-            } else {
-                match v["moved_from"].as_str() {
-                    Some(old) => println!(
-                        "{tag} moved from {} to {}",
-                        short_digest(old),
-                        short_digest(&text(&v["digest"]))
-                    ),
-                    None => println!("{tag} names {}", text(&v["digest"])),
-                }
-            }
+            tag_image(client, &image, &tag, force, json).await?
         }
-        ImageAction::Rm { image } => {
-            let v = client
-                .delete(&format!("/v1/images/{}", urlencode(&image)))
-                .await?;
-            if json {
-                print_json(&v);
-            } else {
-                println!("removed {}", text(&v["digest"]));
-                for t in tags(&v) {
-                    println!("  tag {t} removed");
-                }
-                for r in v["orphaned_releases"].as_array().into_iter().flatten() {
-                    println!(
-                        "  release {} v{} can no longer be redeployed",
-                        text(&r["app"]),
-                        r["release"]
-                    );
-                }
-            }
-        }
+        ImageAction::Rm { image } => remove(client, &image, json).await?,
         ImageAction::Export {
             image,
             output,
             format,
             name,
-        } => {
-            export(client, &image, &output, &format, name.as_deref(), json).await?;
-        }
+        } => export(client, &image, &output, &format, name.as_deref(), json).await?,
         ImageAction::Push {
             image,
             target,
             mount_from,
-        } => {
-            let (username, password) = registry_credentials();
-            let v = client
-                .post(
-                    &format!("/v1/images/{}/push", urlencode(&image)),
-                    &json!({ "target": target, "mount_from": mount_from,
-                             "username": username, "password": password }),
-                )
-                .await?;
-            if json {
-                print_json(&v);
-            } else {
-                println!(
-                    "pushed {} to {target}: {} blob(s) uploaded ({}), {} mounted",
-                    text(&v["digest"]),
-                    v["uploaded"],
-                    bytes(v["bytes"].as_u64().unwrap_or(0)),
-                    v["mounted"]
-                );
-            }
-        }
-        ImageAction::Pull { source, tag, force } => {
-            let (username, password) = registry_credentials();
-            let v = client
-                .post(
-                    "/v1/images/pull",
-                    &json!({ "source": source, "tag": tag, "force": force, "actor": actor(),
-                             "username": username, "password": password }),
-                )
-                .await?;
-            if json {
-                print_json(&v);
-            } else {
-                println!("{}", text(&v["digest"]));
-            }
-        }
-        ImageAction::Gc { dry_run } => {
-            let v = client
-                .post("/v1/images/gc", &json!({ "dry_run": dry_run }))
-                .await?;
-            print_gc(&v, dry_run, json);
-        }
+        } => push(client, &image, &target, mount_from, json).await?,
+        ImageAction::Pull { source, tag, force } => pull(client, source, tag, force, json).await?,
+        ImageAction::Gc { dry_run } => gc(client, dry_run, json).await?,
         ImageAction::Diff { a, b } => return super::bake::image_diff(client, &a, &b, json).await,
     }
     Ok(0)
+}
+
+/// What `molt images import` was asked besides the path.
+struct ImportArgs {
+    tag: Option<String>,
+    force: bool,
+    format: String,
+    reference: Option<String>,
+}
+
+/// `molt images ls`.
+async fn list(client: &Client, json: bool) -> Result<()> {
+    let answer = client.get_answer("/v1/images").await?;
+    let images: Vec<ImageRecord> = answer.read()?;
+    let header = ["DIGEST", "SIZE", "CREATED", "TAGS"];
+    print_list(answer.json(), &images, json, &header, |i| {
+        vec![
+            i.digest.to_string(),
+            bytes(i.size),
+            age(i.created_ms),
+            i.tags.join(","),
+        ]
+    });
+    Ok(())
+}
+
+/// `molt images import`: a folder goes up as its canonical tar, a file as it is, both
+/// streamed.
+async fn import(client: &Client, path: &Path, args: ImportArgs, json: bool) -> Result<()> {
+    // A folder is always a tree, whatever files its root holds.
+    let sent = if path.is_dir() {
+        "tree"
+    } else {
+        args.format.as_str()
+    };
+    let mut query = vec![
+        format!("format={sent}"),
+        format!("actor={}", urlencode(&actor())),
+    ];
+    if let Some(t) = &args.tag {
+        query.push(format!("tag={}", urlencode(t)));
+    }
+    if args.force {
+        query.push("force=true".into());
+    }
+    if let Some(r) = &args.reference {
+        query.push(format!("reference={}", urlencode(r)));
+    }
+    let chunks = if path.is_dir() {
+        if args.format != "auto" && args.format != "tree" {
+            bail!(
+                "{} is a directory: import it with --format tree",
+                path.display()
+            );
+        }
+        tree_chunks(path)
+    } else {
+        file_chunks(path).await?
+    };
+    let answer = client
+        .post_stream_answer(&format!("/v1/images?{}", query.join("&")), chunks)
+        .await?;
+    let imported: ImportOutcome = answer.read()?;
+    if json {
+        print_json(answer.json());
+    } else {
+        println!("{}", imported.image.digest);
+        if let Some(old) = &imported.moved_from {
+            eprintln!(
+                "moved tag {} from {} (recorded in `molt images history`)",
+                args.tag.unwrap_or_default(),
+                short_digest(old.as_str())
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `molt images inspect`.
+async fn inspect(client: &Client, image: &str, json: bool) -> Result<()> {
+    let answer = client
+        .get_answer(&format!("/v1/images/{}", urlencode(image)))
+        .await?;
+    let inspected: ImageInspect = answer.read()?;
+    if json {
+        print_json(answer.json());
+    } else {
+        print_inspect(&inspected);
+    }
+    Ok(())
+}
+
+/// `molt images history`: of an image, of a tag, or of every tag.
+async fn history(client: &Client, image: Option<&str>, json: bool) -> Result<()> {
+    let path = match image {
+        Some(i) => format!("/v1/images/{}/history", urlencode(i)),
+        None => "/v1/tags/history".to_string(),
+    };
+    let answer = client.get_answer(&path).await?;
+    let events: Vec<TagEvent> = answer.read()?;
+    let header = ["WHEN", "TAG", "CHANGE", "FROM", "TO", "BY"];
+    print_list(answer.json(), &events, json, &header, |e| {
+        vec![
+            age(e.at_ms),
+            e.tag.clone(),
+            e.change.clone(),
+            short_or_dash(e.old_digest.as_ref()),
+            short_or_dash(e.new_digest.as_ref()),
+            e.actor.clone(),
+        ]
+    });
+    Ok(())
+}
+
+/// `molt images tag`.
+async fn tag_image(client: &Client, image: &str, tag: &str, force: bool, json: bool) -> Result<()> {
+    let answer = client
+        .post_answer(
+            &format!("/v1/images/{}/tags", urlencode(image)),
+            &json!({ "tag": tag, "force": force, "actor": actor() }),
+        )
+        .await?;
+    let tagged: TagOutcome = answer.read()?;
+    if json {
+        print_json(answer.json());
+    } else {
+        match &tagged.moved_from {
+            Some(old) => println!(
+                "{tag} moved from {} to {}",
+                short_digest(old.as_str()),
+                short_digest(tagged.digest.as_str())
+            ),
+            None => println!("{tag} names {}", tagged.digest),
+        }
+    }
+    Ok(())
+}
+
+/// `molt images rm`.
+async fn remove(client: &Client, image: &str, json: bool) -> Result<()> {
+    let answer = client
+        .delete_answer(&format!("/v1/images/{}", urlencode(image)))
+        .await?;
+    let removed: RemoveOutcome = answer.read()?;
+    if json {
+        print_json(answer.json());
+    } else {
+        println!("removed {}", removed.digest);
+        for t in &removed.tags {
+            println!("  tag {t} removed");
+        }
+        for r in &removed.orphaned_releases {
+            println!(
+                "  release {} v{} can no longer be redeployed",
+                r.app, r.release
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `molt images push`.
+async fn push(
+    client: &Client,
+    image: &str,
+    target: &str,
+    mount_from: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let (username, password) = registry_credentials();
+    let answer = client
+        .post_answer(
+            &format!("/v1/images/{}/push", urlencode(image)),
+            &json!({ "target": target, "mount_from": mount_from,
+                     "username": username, "password": password }),
+        )
+        .await?;
+    let pushed: PushReport = answer.read()?;
+    if json {
+        print_json(answer.json());
+    } else {
+        println!(
+            "pushed {} to {target}: {} blob(s) uploaded ({}), {} mounted",
+            pushed.digest,
+            pushed.uploaded,
+            bytes(pushed.bytes),
+            pushed.mounted
+        );
+    }
+    Ok(())
+}
+
+/// `molt images pull`.
+async fn pull(
+    client: &Client,
+    source: String,
+    tag: Option<String>,
+    force: bool,
+    json: bool,
+) -> Result<()> {
+    let (username, password) = registry_credentials();
+    let answer = client
+        .post_answer(
+            "/v1/images/pull",
+            &json!({ "source": source, "tag": tag, "force": force, "actor": actor(),
+                     "username": username, "password": password }),
+        )
+        .await?;
+    let pulled: ImportOutcome = answer.read()?;
+    if json {
+        print_json(answer.json());
+    } else {
+        println!("{}", pulled.image.digest);
+    }
+    Ok(())
+}
+
+/// `molt images gc`.
+async fn gc(client: &Client, dry_run: bool, json: bool) -> Result<()> {
+    let answer = client
+        .post_answer("/v1/images/gc", &json!({ "dry_run": dry_run }))
+        .await?;
+    print_gc(&answer, dry_run, json)
 }
 
 /// Streams an export into `output` through a temp file renamed at the end, so a failed
@@ -266,21 +339,21 @@ async fn export(
     Ok(())
 }
 
-fn print_inspect(v: &Value) {
-    println!("image    {}", text(&v["digest"]));
-    println!("size     {}", bytes(v["size"].as_u64().unwrap_or(0)));
-    println!("imported {}", age(v["created_ms"].as_u64().unwrap_or(0)));
-    let tags = tags(v);
+fn print_inspect(v: &ImageInspect) {
+    println!("image    {}", v.image.digest);
+    println!("size     {}", bytes(v.image.size));
+    println!("imported {}", age(v.image.created_ms));
     println!(
         "tags     {}",
-        if tags.is_empty() {
+        if v.image.tags.is_empty() {
             "-".into()
         } else {
-            tags.join(", ")
+            v.image.tags.join(", ")
         }
     );
-    let d = &v["details"];
-    let config = &d["config"];
+    let d = &v.details;
+    // The image config is the OCI document as stored: read, not required.
+    let config = &d.config;
     println!(
         "platform {}/{}",
         text(&config["os"]),
@@ -291,38 +364,32 @@ fn print_inspect(v: &Value) {
         let argv: Vec<String> = cmd.iter().map(text).collect();
         println!("command  {}", argv.join(" "));
     }
-    println!("config   {}", text(&d["config_digest"]));
-    for (k, val) in d["annotations"].as_object().into_iter().flatten() {
-        println!("annotation {k}={}", text(val));
+    println!("config   {}", d.config_digest);
+    for (k, val) in &d.annotations {
+        println!("annotation {k}={val}");
     }
     println!();
-    let rows = d["layers"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows = d
+        .layers
+        .iter()
         .map(|l| {
             vec![
-                short_digest(&text(&l["digest"])),
-                bytes(l["size"].as_u64().unwrap_or(0)),
-                text(&l["media_type"]),
+                short_digest(l.digest.as_str()),
+                bytes(l.size),
+                l.media_type.clone(),
             ]
         })
         .collect();
     table(&["LAYER", "SIZE", "MEDIA TYPE"], rows);
-    let uses: Vec<String> = v["releases"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let uses: Vec<String> = v
+        .releases
+        .iter()
         .map(|r| {
             format!(
                 "{} v{}{}",
-                text(&r["app"]),
-                r["release"],
-                if r["kept"].as_bool() == Some(true) {
-                    " (kept)"
-                } else {
-                    ""
-                }
+                r.app,
+                r.release,
+                if r.kept { " (kept)" } else { "" }
             )
         })
         .collect();
@@ -337,18 +404,9 @@ fn print_inspect(v: &Value) {
     );
 }
 
-fn tags(v: &Value) -> Vec<String> {
-    v["tags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(text)
-        .collect()
-}
-
-fn short_or_dash(v: &Value) -> String {
-    match v.as_str() {
-        Some(d) => short_digest(d),
+fn short_or_dash(digest: Option<&Digest>) -> String {
+    match digest {
+        Some(d) => short_digest(d.as_str()),
         None => "-".into(),
     }
 }
@@ -410,7 +468,7 @@ fn tree_chunks(dir: &Path) -> UploadChunks {
             tx: tx.clone(),
             buf: Vec::with_capacity(CHUNK),
         };
-        let packed = molt_image::ImageStore::write_canonical_tar(&dir, &mut out)
+        let packed = molt_pack::write_canonical_tar(&dir, &mut out)
             .map_err(|e| io::Error::other(format!("packing {}: {e}", dir.display())))
             .and_then(|_| out.flush());
         if let Err(e) = packed {

@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use molt_core::{AppName, Manifest};
+use molt_wire::{AppRecord, EventRecord, ShadowReport, SwapOutcome, TlsCertificates, TlsReload};
 use serde_json::{json, Value};
 
 use crate::client::{ApiError, Client, Unreachable};
-use crate::output::{age, print_json, print_list, print_traffic, text};
+use crate::output::{age, print_json, print_list, print_traffic};
 use crate::{Cli, ClusterAction, Command, TlsAction};
 
 /// Exit code for a deployment that did not end serving the new release.
@@ -68,22 +69,7 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
         Command::Apps => apps(&client()?, json).await,
         Command::Releases { app, pin, unpin } => releases(&client()?, &app, pin, unpin, json).await,
         Command::Envs { app, all } => envs(&client()?, &app, all, json).await,
-        Command::Swap { app, env } => {
-            let v = client()?
-                .post(&format!("/v1/apps/{app}/swap"), &json!({ "env": env }))
-                .await?;
-            if json {
-                print_json(&v);
-            } else {
-                println!(
-                    "{app}: route moved to {} (v{}) in {:.2} ms",
-                    v["to"].as_str().unwrap_or("?"),
-                    v["release"],
-                    v["elapsed_us"].as_f64().unwrap_or(0.0) / 1000.0
-                );
-            }
-            Ok(0)
-        }
+        Command::Swap { app, env } => swap(&client()?, &app, &env, json).await,
         Command::Rollback { app, to } => rollback(&client()?, app, to, json).await,
         Command::Config { action } => config(&client()?, action, json).await,
         Command::Gc { dry_run } => gc(&client()?, dry_run, json).await,
@@ -94,27 +80,7 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             lines,
             follow,
         } => logs(&client()?, &app, instance, lines, follow, json).await,
-        Command::History { app, limit } => {
-            let v = client()?
-                .get(&format!("/v1/apps/{app}/events?limit={limit}"))
-                .await?;
-            let oldest_first = Value::Array(
-                v.as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .rev()
-                    .collect(),
-            );
-            print_list(&oldest_first, json, &["WHEN", "WHAT", "DETAIL"], |e| {
-                vec![
-                    age(e["at_ms"].as_u64().unwrap_or(0)),
-                    text(&e["kind"]),
-                    text(&e["message"]),
-                ]
-            });
-            Ok(0)
-        }
+        Command::History { app, limit } => history(&client()?, &app, limit, json).await,
         Command::Bake { dir, tag } => bake::bake(&client()?, &dir, tag, json).await,
         Command::Images { action } => images(&client()?, action, json).await,
         Command::Tls { action } => tls(&client()?, action, json).await,
@@ -132,22 +98,75 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             state,
             message,
             retry_after,
-        } => {
-            let body =
-                json!({ "enabled": state == "on", "message": message, "retry_after": retry_after });
-            let v = client()?
-                .post(&format!("/v1/apps/{app}/maintenance"), &body)
-                .await?;
-            if json {
-                print_json(&v);
-            } else if state == "on" {
-                println!("{app} is in maintenance: its hostnames answer 503 (Retry-After {retry_after}s); previews still work");
-            } else {
-                println!("{app} serves again");
-            }
-            Ok(0)
-        }
+        } => maintenance(&client()?, &app, state == "on", message, retry_after, json).await,
     }
+}
+
+/// `molt swap`: one route change to a kept environment.
+async fn swap(client: &Client, app: &str, env: &str, json: bool) -> Result<i32> {
+    let answer = client
+        .post_answer(&format!("/v1/apps/{app}/swap"), &json!({ "env": env }))
+        .await?;
+    let swap: SwapOutcome = answer.read()?;
+    if json {
+        print_json(answer.json());
+    } else {
+        println!(
+            "{app}: route moved to {} (v{}) in {:.2} ms",
+            swap.to,
+            swap.release,
+            swap.elapsed_us as f64 / 1000.0
+        );
+    }
+    Ok(0)
+}
+
+/// `molt history`: the app's events, oldest first.
+async fn history(client: &Client, app: &str, limit: usize, json: bool) -> Result<i32> {
+    let answer = client
+        .get_answer(&format!("/v1/apps/{app}/events?limit={limit}"))
+        .await?;
+    let mut events: Vec<EventRecord> = answer.read()?;
+    events.reverse();
+    let oldest_first = Value::Array(
+        answer
+            .json()
+            .as_array()
+            .into_iter()
+            .flatten()
+            .rev()
+            .cloned()
+            .collect(),
+    );
+    let header = ["WHEN", "WHAT", "DETAIL"];
+    print_list(&oldest_first, &events, json, &header, |e| {
+        vec![age(e.at_ms), e.kind.clone(), e.message.clone()]
+    });
+    Ok(0)
+}
+
+/// `molt maintenance on|off`.
+async fn maintenance(
+    client: &Client,
+    app: &str,
+    on: bool,
+    message: Option<String>,
+    retry_after: u32,
+    json: bool,
+) -> Result<i32> {
+    let body = json!({ "enabled": on, "message": message, "retry_after": retry_after });
+    let answer = client
+        .post_answer(&format!("/v1/apps/{app}/maintenance"), &body)
+        .await?;
+    answer.read::<AppRecord>()?;
+    if json {
+        print_json(answer.json());
+    } else if on {
+        println!("{app} is in maintenance: its hostnames answer 503 (Retry-After {retry_after}s); previews still work");
+    } else {
+        println!("{app} serves again");
+    }
+    Ok(0)
 }
 
 /// `molt shadow`: start or stop mirroring, or print live and shadow traffic side by side.
@@ -161,11 +180,12 @@ async fn shadow(
 ) -> Result<i32> {
     let path = format!("/v1/apps/{app}/shadow");
     if env.is_some() || off {
-        let v = client
-            .post(&path, &json!({ "env": env, "share": share }))
+        let answer = client
+            .post_answer(&path, &json!({ "env": env, "share": share }))
             .await?;
+        answer.read::<AppRecord>()?;
         if json {
-            print_json(&v);
+            print_json(answer.json());
         } else if let Some(env) = env {
             println!("{share}% of {app}'s GET/HEAD/OPTIONS requests are now mirrored to {env}; users still get the live answers");
             println!("compare with: molt shadow {app}");
@@ -174,24 +194,22 @@ async fn shadow(
         }
         return Ok(0);
     }
-    let v = client.get(&path).await?;
+    let answer = client.get_answer(&path).await?;
+    let report: ShadowReport = answer.read()?;
     if json {
-        print_json(&v);
+        print_json(answer.json());
         return Ok(0);
     }
-    match v["mode"].as_object() {
-        Some(mode) => println!(
-            "{app}: {}% mirrored to {}",
-            mode.get("share_percent")
-                .and_then(|s| s.as_u64())
-                .unwrap_or(0),
-            mode.get("env").and_then(|e| e.as_str()).unwrap_or("?")
-        ),
+    match &report.mode {
+        Some(mode) => println!("{app}: {}% mirrored to {}", mode.share_percent, mode.env),
         None => {
             println!("{app}: no shadow traffic (start it with: molt shadow {app} <env> --share 10)")
         }
     }
-    print_traffic(&[("live", &v["live"]), ("shadow", &v["shadow"])]);
+    print_traffic(&[
+        ("live", report.live.as_ref()),
+        ("shadow", report.shadow.as_ref()),
+    ]);
     Ok(0)
 }
 
@@ -235,29 +253,30 @@ fn init(dir: &Path, name: Option<String>, json: bool) -> Result<i32> {
 
 /// `molt tls ls|reload`: exit 1 when a reload left files unusable.
 async fn tls(client: &Client, action: TlsAction, json: bool) -> Result<i32> {
-    let v = match action {
-        TlsAction::Ls => client.get("/v1/tls").await?,
-        TlsAction::Reload => client.post("/v1/tls/reload", &json!({})).await?,
+    let (answer, hostnames, errors) = match action {
+        TlsAction::Ls => {
+            let answer = client.get_answer("/v1/tls").await?;
+            let certs: TlsCertificates = answer.read()?;
+            (answer, certs.hostnames, Vec::new())
+        }
+        TlsAction::Reload => {
+            let answer = client.post_answer("/v1/tls/reload", &json!({})).await?;
+            let reload: TlsReload = answer.read()?;
+            (answer, reload.hostnames, reload.errors)
+        }
     };
     if json {
-        print_json(&v);
+        print_json(answer.json());
     } else {
-        let names: Vec<&str> = v["hostnames"]
-            .as_array()
-            .map(|names| names.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        if names.is_empty() {
+        if hostnames.is_empty() {
             println!("no certificates");
         }
-        for name in names {
+        for name in &hostnames {
             println!("{name}");
         }
-        for error in v["errors"].as_array().into_iter().flatten() {
-            eprintln!("error: {}", error.as_str().unwrap_or("?"));
+        for error in &errors {
+            eprintln!("error: {error}");
         }
     }
-    let failed = v["errors"]
-        .as_array()
-        .is_some_and(|errors| !errors.is_empty());
-    Ok(i32::from(failed))
+    Ok(i32::from(!errors.is_empty()))
 }

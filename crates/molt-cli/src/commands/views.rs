@@ -5,113 +5,113 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use molt_core::DeployState;
+use molt_wire::{
+    AppStatus, ClusterStatus, EngineStatus, EnvRecord, GcReport, InstanceLog, InstanceState,
+    PinOutcome, ReleaseRecord, Status, VerifyReport,
+};
 use serde_json::json;
 
-use crate::client::Client;
-use crate::output::{age, print_json, print_list, short_digest, table, text};
+use crate::client::{Answer, Client};
+use crate::output::{age, print_json, print_list, short_digest, table, wire_name};
 
 pub(crate) async fn status(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
     let path = match &app {
         Some(a) => format!("/v1/status?app={a}"),
         None => "/v1/status".to_string(),
     };
-    let v = client.get(&path).await?;
+    let answer = client.get_answer(&path).await?;
+    let status: Status = answer.read()?;
     if json {
-        print_json(&v);
+        print_json(answer.json());
         return Ok(0);
     }
-    let apps = v["apps"].as_array().cloned().unwrap_or_default();
     if let Some(a) = &app {
-        if apps.is_empty() {
+        if status.apps.is_empty() {
             bail!("no app named '{a}': see `molt apps`");
         }
     }
-    println!("isolation: {}", v["isolation"].as_str().unwrap_or("?"));
-    if apps.is_empty() {
+    println!("isolation: {}", status.isolation);
+    if status.apps.is_empty() {
         println!("no apps yet: run `molt deploy` in an app folder");
     }
-    for a in apps {
-        let name = a["app"]["name"].as_str().unwrap_or("?");
-        match a["serving"].as_object() {
-            Some(r) => println!(
-                "\n{name}: serving v{} on {} — hosts: {}",
-                r["number"],
-                a["app"]["routed_env"].as_str().unwrap_or("?"),
-                a["hostnames"]
-                    .as_array()
-                    .map(|h| h
-                        .iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "))
-                    .unwrap_or_default()
-            ),
-            None => println!("\n{name}: not serving"),
-        }
-        if let Some(d) = a["last_deployment"].as_object() {
-            let figures = d
-                .get("figures")
-                .filter(|f| !f.is_null())
-                .map(|f| format!(", cutover served {} failed {}", f["served"], f["failed"]))
-                .unwrap_or_default();
-            let shadowing = match d.get("state").and_then(|s| s.as_str()) {
-                Some("shadowing") => format!(
-                    ", mirroring {} % to {} (molt promote {name} | molt abandon {name})",
-                    d["shadow_share"],
-                    d["env"].as_str().unwrap_or("?")
-                ),
-                _ => String::new(),
-            };
-            println!(
-                "  last deployment {}: v{} {}{figures}{shadowing}",
-                d["id"],
-                d["release"],
-                d["state"].as_str().unwrap_or("")
-            );
-            super::deploy::print_comparison(&a["last_deployment"]);
-        }
-        let shadow = &a["app"]["shadow"];
-        let mut rows = Vec::new();
-        for e in a["envs"].as_array().into_iter().flatten() {
-            let instances = e["instances"].as_array().cloned().unwrap_or_default();
-            let healthy = instances.iter().filter(|i| i["state"] == "healthy").count();
-            let role = if e["routed"] == true {
-                "live".to_string()
-            } else if shadow["env"] == e["env"]["id"] {
-                format!("shadow ({} %)", shadow["share_percent"])
-            } else if let Some(w) = e["env"]["warm_until_ms"].as_u64() {
-                format!("warm ({} left)", remaining(w))
-            } else {
-                e["env"]["state"].as_str().unwrap_or("").to_string()
-            };
-            rows.push(vec![
-                e["env"]["id"].as_str().unwrap_or("").to_string(),
-                format!("v{}", e["env"]["release"]),
-                role,
-                format!("{healthy}/{}", instances.len()),
-                e["requests"].to_string(),
-                e["failed"].to_string(),
-                match e["attestation"]["rootfs_digest"].as_str() {
-                    Some(d) => format!(
-                        "{} {}",
-                        short_digest(d),
-                        e["attestation"]["state"].as_str().unwrap_or("")
-                    ),
-                    None => e["attestation"]["state"]
-                        .as_str()
-                        .unwrap_or("-")
-                        .to_string(),
-                },
-            ]);
-        }
-        table(
-            &[
-                "ENV", "RELEASE", "ROLE", "HEALTHY", "REQUESTS", "FAILED", "ROOTFS",
-            ],
-            rows,
-        );
+    for a in &status.apps {
+        print_app_status(a);
     }
     Ok(0)
+}
+
+/// One app of `molt status`: what it serves, its last deployment, its environments.
+fn print_app_status(a: &AppStatus) {
+    let name = &a.app.name;
+    match &a.serving {
+        Some(r) => println!(
+            "\n{name}: serving v{} on {} — hosts: {}",
+            r.number,
+            a.app.routed_env.as_deref().unwrap_or("?"),
+            a.hostnames.join(", ")
+        ),
+        None => println!("\n{name}: not serving"),
+    }
+    if let Some(d) = &a.last_deployment {
+        let figures = d
+            .figures
+            .map(|f| format!(", cutover served {} failed {}", f.served, f.failed))
+            .unwrap_or_default();
+        let shadowing = match d.state {
+            DeployState::Shadowing => format!(
+                ", mirroring {} % to {} (molt promote {name} | molt abandon {name})",
+                d.shadow_share.unwrap_or_default(),
+                d.env.as_deref().unwrap_or("?")
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "  last deployment {}: v{} {}{figures}{shadowing}",
+            d.id, d.release, d.state
+        );
+        super::deploy::print_comparison(d);
+    }
+    let mut rows = Vec::new();
+    for e in &a.envs {
+        let healthy = e
+            .instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Healthy)
+            .count();
+        let role = match &a.app.shadow {
+            _ if e.routed => "live".to_string(),
+            Some(shadow) if shadow.env == e.env.id => {
+                format!("shadow ({} %)", shadow.share_percent)
+            }
+            _ => match e.env.warm_until_ms {
+                Some(w) => format!("warm ({} left)", remaining(w)),
+                None => wire_name(&e.env.state),
+            },
+        };
+        let rootfs = match &e.attestation {
+            Some(att) => match &att.rootfs_digest {
+                Some(d) => format!("{} {}", short_digest(d.as_str()), att.state),
+                None => att.state.clone(),
+            },
+            None => "-".to_string(),
+        };
+        rows.push(vec![
+            e.env.id.clone(),
+            format!("v{}", e.env.release),
+            role,
+            format!("{healthy}/{}", e.instances.len()),
+            e.requests.to_string(),
+            e.failed.to_string(),
+            rootfs,
+        ]);
+    }
+    table(
+        &[
+            "ENV", "RELEASE", "ROLE", "HEALTHY", "REQUESTS", "FAILED", "ROOTFS",
+        ],
+        rows,
+    );
 }
 
 pub(crate) fn remaining(until_ms: u64) -> String {
@@ -128,17 +128,24 @@ pub(crate) fn remaining(until_ms: u64) -> String {
 }
 
 pub(crate) async fn apps(client: &Client, json: bool) -> Result<i32> {
-    let v = client.get("/v1/apps").await?;
-    print_list(&v, json, &["APP", "SERVING", "ENV"], |a| {
-        vec![
-            text(&a["app"]["name"]),
-            a["serving"]["number"]
-                .as_u64()
-                .map(|n| format!("v{n}"))
-                .unwrap_or_else(|| "-".into()),
-            a["app"]["routed_env"].as_str().unwrap_or("-").to_string(),
-        ]
-    });
+    let answer = client.get_answer("/v1/apps").await?;
+    let apps: Vec<AppStatus> = answer.read()?;
+    print_list(
+        answer.json(),
+        &apps,
+        json,
+        &["APP", "SERVING", "ENV"],
+        |a| {
+            vec![
+                a.app.name.clone(),
+                a.serving
+                    .as_ref()
+                    .map(|r| format!("v{}", r.number))
+                    .unwrap_or_else(|| "-".into()),
+                a.app.routed_env.clone().unwrap_or_else(|| "-".into()),
+            ]
+        },
+    );
     Ok(0)
 }
 
@@ -152,153 +159,147 @@ pub(crate) async fn releases(
     for (n, pinned) in [(pin, true), (unpin, false)] {
         if let Some(n) = n {
             client
-                .post(
+                .post_answer(
                     &format!("/v1/apps/{app}/releases/{n}/pin"),
                     &json!({ "pinned": pinned }),
                 )
-                .await?;
+                .await?
+                .read::<PinOutcome>()?;
         }
     }
-    let v = client.get(&format!("/v1/apps/{app}/releases")).await?;
+    let answer = client
+        .get_answer(&format!("/v1/apps/{app}/releases"))
+        .await?;
+    let releases: Vec<ReleaseRecord> = answer.read()?;
     let header = ["RELEASE", "IMAGE", "CREATED", "PIN", "NOTE"];
-    print_list(&v, json, &header, |r| {
+    print_list(answer.json(), &releases, json, &header, |r| {
         vec![
-            format!("v{}", r["number"]),
-            short_digest(&text(&r["image"])),
-            age(r["created_ms"].as_u64().unwrap_or(0)),
-            if r["pinned"] == true { "pinned" } else { "" }.to_string(),
-            text(&r["note"]),
+            format!("v{}", r.number),
+            short_digest(r.image.as_str()),
+            age(r.created_ms),
+            if r.pinned { "pinned" } else { "" }.to_string(),
+            r.note.clone(),
         ]
     });
     Ok(0)
 }
 
 pub(crate) async fn envs(client: &Client, app: &str, all: bool, json: bool) -> Result<i32> {
-    let v = client
-        .get(&format!("/v1/apps/{app}/envs?all={all}"))
+    let answer = client
+        .get_answer(&format!("/v1/apps/{app}/envs?all={all}"))
         .await?;
-    let routed = client.get(&format!("/v1/apps/{app}")).await?["app"]["routed_env"].clone();
+    let envs: Vec<EnvRecord> = answer.read()?;
+    let routed = client
+        .get_answer(&format!("/v1/apps/{app}"))
+        .await?
+        .read::<Option<AppStatus>>()?
+        .and_then(|a| a.app.routed_env);
     if !json {
-        let status = client.get(&format!("/v1/status?app={app}")).await?;
-        println!("isolation: {}", status["isolation"].as_str().unwrap_or("?"));
+        let status: Status = client
+            .get_answer(&format!("/v1/status?app={app}"))
+            .await?
+            .read()?;
+        println!("isolation: {}", status.isolation);
     }
-    print_list(&v, json, &["ENV", "RELEASE", "ROLE", "CREATED"], |e| {
-        let id = text(&e["id"]);
-        let role = if routed.as_str() == Some(id.as_str()) {
+    let header = ["ENV", "RELEASE", "ROLE", "CREATED"];
+    print_list(answer.json(), &envs, json, &header, |e| {
+        let role = if routed.as_deref() == Some(e.id.as_str()) {
             "live".to_string()
-        } else if let Some(w) = e["warm_until_ms"].as_u64() {
+        } else if let Some(w) = e.warm_until_ms {
             format!("warm ({} left)", remaining(w))
         } else {
-            text(&e["state"])
+            wire_name(&e.state)
         };
-        let created = age(e["created_ms"].as_u64().unwrap_or(0));
-        vec![id, format!("v{}", e["release"]), role, created]
+        vec![
+            e.id.clone(),
+            format!("v{}", e.release),
+            role,
+            age(e.created_ms),
+        ]
     });
     Ok(0)
 }
 
 pub(crate) async fn verify(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
-    let v = client.post("/v1/verify", &json!({ "app": app })).await?;
+    let answer = client
+        .post_answer("/v1/verify", &json!({ "app": app }))
+        .await?;
+    let reports: Vec<VerifyReport> = answer.read()?;
     if json {
-        print_json(&v);
+        print_json(answer.json());
     } else {
-        let rows = v
-            .as_array()
-            .into_iter()
-            .flatten()
+        let rows = reports
+            .iter()
             .map(|r| {
-                let state = match r["drift"].as_str() {
-                    Some(d) => format!(
-                        "DRIFTED ({d}); replaced {}",
-                        r["replaced"].as_array().map(|a| a.len()).unwrap_or(0)
-                    ),
+                let state = match &r.drift {
+                    Some(d) => format!("DRIFTED ({d}); replaced {}", r.replaced.len()),
                     None => "intact".to_string(),
                 };
                 vec![
-                    short_digest(&text(&r["image"])),
-                    short_digest(&text(&r["rootfs_digest"])),
-                    r["envs"]
-                        .as_array()
-                        .map(|e| {
-                            e.iter()
-                                .filter_map(|x| x.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        })
-                        .unwrap_or_default(),
+                    short_digest(r.image.as_str()),
+                    short_digest(r.rootfs_digest.as_str()),
+                    r.envs.join(", "),
                     state,
                 ]
             })
             .collect();
         table(&["IMAGE", "ROOTFS", "ENVS", "STATE"], rows);
     }
-    let drifted = v
-        .as_array()
-        .is_some_and(|a| a.iter().any(|r| !r["drift"].is_null()));
+    let drifted = reports.iter().any(|r| r.drift.is_some());
     Ok(if drifted { 3 } else { 0 })
 }
 
 pub(crate) async fn gc(client: &Client, dry_run: bool, json: bool) -> Result<i32> {
-    let v = client
-        .post("/v1/gc", &json!({ "dry_run": dry_run }))
+    let answer = client
+        .post_answer("/v1/gc", &json!({ "dry_run": dry_run }))
         .await?;
-    print_gc(&v, dry_run, json);
+    print_gc(&answer, dry_run, json)?;
     Ok(0)
 }
 
 /// Prints a GC report (of `molt gc` or `molt images gc`).
-pub(crate) fn print_gc(v: &serde_json::Value, dry_run: bool, json: bool) {
+pub(crate) fn print_gc(answer: &Answer, dry_run: bool, json: bool) -> Result<()> {
+    let report: GcReport = answer.read()?;
     if json {
-        print_json(v);
-        return;
+        print_json(answer.json());
+        return Ok(());
     }
     let verb = if dry_run {
         "would collect"
     } else {
         "collected"
     };
-    let list = |k: &str| {
-        v[k].as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str())
-                    .map(short_digest)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    };
-    let (envs, images, orphans) = (list("envs"), list("images"), list("orphans"));
     println!(
         "{verb}: {} environment(s), {} image(s), {} orphan process(es)",
-        envs.len(),
-        images.len(),
-        orphans.len()
+        report.envs.len(),
+        report.images.len(),
+        report.orphans.len()
     );
-    for e in envs {
-        println!("  environment {e}");
+    for e in &report.envs {
+        println!("  environment {}", short_digest(e));
     }
-    for i in images {
-        println!("  image {i}");
+    for i in &report.images {
+        println!("  image {}", short_digest(i.as_str()));
     }
-    for o in orphans {
-        println!("  orphan {o}");
+    for o in &report.orphans {
+        println!("  orphan {}", short_digest(o));
     }
-    let store = &v["store"];
-    let n = |k: &str| store[k].as_u64().unwrap_or(0);
+    let store = &report.store;
     println!(
         "  image store: {} blob(s) ({}), {} unpacked tree(s) ({}), {} leftover(s) ({}), {} \
          bake cache entr(ies)",
-        n("blobs"),
-        bytes(n("blob_bytes")),
-        n("rootfs"),
-        bytes(n("rootfs_bytes")),
-        n("temps"),
-        bytes(n("temp_bytes")),
-        n("cache_entries")
+        store.blobs,
+        bytes(store.blob_bytes),
+        store.rootfs,
+        bytes(store.rootfs_bytes),
+        store.temps,
+        bytes(store.temp_bytes),
+        store.cache_entries
     );
-    for (env, why) in v["kept"].as_object().into_iter().flatten() {
-        println!("  kept {env}: {}", why.as_str().unwrap_or(""));
+    for (env, why) in &report.kept {
+        println!("  kept {env}: {why}");
     }
+    Ok(())
 }
 
 /// A byte count for people: B, KiB, MiB or GiB.
@@ -329,36 +330,32 @@ pub(crate) async fn logs(
         Some(i) => format!("/v1/apps/{app}/logs?lines={n}&instance={i}"),
         None => format!("/v1/apps/{app}/logs?lines={n}"),
     };
-    let v = client.get(&query(lines)).await?;
+    let answer = client.get_answer(&query(lines)).await?;
+    let tails: Vec<InstanceLog> = answer.read()?;
     if json {
-        print_json(&v);
+        print_json(answer.json());
         return Ok(0);
     }
     let mut last: BTreeMap<String, String> = BTreeMap::new();
-    for entry in v.as_array().into_iter().flatten() {
-        let id = entry["instance"].as_str().unwrap_or("?").to_string();
-        let log = entry["log"].as_str().unwrap_or("").to_string();
-        for line in log.lines() {
-            println!("{id} | {line}");
+    for tail in tails {
+        for line in tail.log.lines() {
+            println!("{} | {line}", tail.instance);
         }
-        last.insert(id, log);
+        last.insert(tail.instance, tail.log);
     }
     if !follow {
         return Ok(0);
     }
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let v = client.get(&query(200)).await?;
-        for entry in v.as_array().into_iter().flatten() {
-            let id = entry["instance"].as_str().unwrap_or("?").to_string();
-            let log = entry["log"].as_str().unwrap_or("").to_string();
-            let prev = last.get(&id).cloned().unwrap_or_default();
-            let new_part = new_lines(&prev, &log);
-            for line in new_part.lines() {
-                println!("{id} | {line}");
+        let tails: Vec<InstanceLog> = client.get_answer(&query(200)).await?.read()?;
+        for tail in tails {
+            let prev = last.get(&tail.instance).cloned().unwrap_or_default();
+            for line in new_lines(&prev, &tail.log).lines() {
+                println!("{} | {line}", tail.instance);
             }
             std::io::stdout().flush().ok();
-            last.insert(id, log);
+            last.insert(tail.instance, tail.log);
         }
     }
 }
@@ -387,58 +384,42 @@ pub(crate) fn urlencode(s: &str) -> String {
 }
 
 /// The engine part of `molt cluster status`: its nodes and molt's services on it.
-fn print_engine(engine: &serde_json::Value) {
+fn print_engine(engine: &EngineStatus) {
     println!(
         "{:<28} {:<16} {:<8} {:<8} {:<7} ADDRESS",
         "NODE", "HOSTNAME", "ROLE", "STATE", "AVAIL"
     );
-    for node in engine["nodes"].as_array().into_iter().flatten() {
-        let leader = if node["leader"].as_bool() == Some(true) {
-            " (leader)"
-        } else {
-            ""
-        };
+    for node in &engine.nodes {
+        let leader = if node.leader { " (leader)" } else { "" };
         println!(
             "{:<28} {:<16} {:<8} {:<8} {:<7} {}{leader}",
-            node["id"].as_str().unwrap_or("?"),
-            node["hostname"].as_str().unwrap_or("?"),
-            node["role"].as_str().unwrap_or("?"),
-            node["state"].as_str().unwrap_or("?"),
-            node["availability"].as_str().unwrap_or("?"),
-            node["addr"].as_str().unwrap_or(""),
+            node.id, node.hostname, node.role, node.state, node.availability, node.addr,
         );
     }
-    for env in engine["environments"].as_array().into_iter().flatten() {
+    for env in &engine.environments {
         println!(
             "service molt-{}: {} v{}, {} instance(s), {}",
-            env["env"].as_str().unwrap_or("?"),
-            env["app"].as_str().unwrap_or("?"),
-            env["release"].as_u64().unwrap_or(0),
-            env["instances"].as_u64().unwrap_or(0),
-            env["image"].as_str().unwrap_or("?"),
+            env.env, env.app, env.release, env.instances, env.image,
         );
     }
 }
 
 /// `molt cluster status`: the routers of the fleet and the provider.
 pub(crate) async fn cluster_status(client: &Client, json: bool) -> Result<i32> {
-    let v = client.get("/v1/cluster").await?;
+    let answer = client.get_answer("/v1/cluster").await?;
+    let cluster: ClusterStatus = answer.read()?;
     if json {
-        print_json(&v);
+        print_json(answer.json());
         return Ok(0);
     }
-    let version = v["routers"]["version"].as_u64().unwrap_or(0);
     println!(
-        "provider: {}    route table: version {version}",
-        v["provider"].as_str().unwrap_or("?")
+        "provider: {}    route table: version {}",
+        cluster.provider, cluster.routers.version
     );
-    if let Some(engine) = v.get("engine").filter(|e| !e.is_null()) {
+    if let Some(engine) = &cluster.engine {
         print_engine(engine);
     }
-    let routers = v["routers"]["routers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let routers = &cluster.routers.routers;
     if routers.is_empty() {
         println!("no router of the fleet has connected (molt serve's own router serves alone)");
         return Ok(0);
@@ -447,20 +428,22 @@ pub(crate) async fn cluster_status(client: &Client, json: bool) -> Result<i32> {
         "{:<20} {:<22} {:>8} {:>5} {:<12} {:>10}",
         "ROUTER", "LISTEN", "VERSION", "LAG", "STATE", "LAST SEEN"
     );
-    for router in &routers {
-        let state = match (router["connected"].as_bool(), router["fenced"].as_bool()) {
-            (_, Some(true)) => "fenced",
-            (Some(true), _) => "in fleet",
-            _ => "disconnected",
+    for router in routers {
+        let state = if router.fenced {
+            "fenced"
+        } else if router.connected {
+            "in fleet"
+        } else {
+            "disconnected"
         };
         println!(
             "{:<20} {:<22} {:>8} {:>5} {:<12} {:>9}s",
-            router["name"].as_str().unwrap_or("?"),
-            router["listen"].as_str().unwrap_or(""),
-            router["acknowledged"].as_u64().unwrap_or(0),
-            router["lag"].as_u64().unwrap_or(0),
+            router.name,
+            router.listen,
+            router.acknowledged,
+            router.lag,
             state,
-            router["last_seen_ms"].as_u64().unwrap_or(0) / 1000,
+            router.last_seen_ms / 1000,
         );
     }
     Ok(0)

@@ -10,29 +10,14 @@ use std::path::PathBuf;
 
 use molt_core::gc::kept_releases;
 use molt_core::{Digest, ImageTag, InputError};
-use molt_image::{ArchiveFormat, ImageDetails, ImageStore};
+use molt_image::{ArchiveFormat, ImageStore};
 use molt_registry::{Credentials, PushReport};
 use molt_store::{ImageRecord, TagEvent, TagMove};
+use molt_wire::{ImageInspect, ImageUse, ImportFormat, ImportOutcome, RemoveOutcome, TagOutcome};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::{ControlError, Controller, Result};
-
-/// What an uploaded tar holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImportFormat {
-    /// Tell from its members: `oci-layout` → OCI, a `docker save` `manifest.json` → Docker,
-    /// else a plain tree.
-    #[default]
-    Auto,
-    /// A plain tar of a root filesystem (one layer).
-    Tree,
-    /// An OCI archive.
-    Oci,
-    /// A Docker archive.
-    Docker,
-}
 
 /// How to import an upload.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -52,56 +37,6 @@ pub struct ImportOptions {
     /// Which image of a multi-image archive (`ref.name` or a Docker `RepoTags` entry).
     #[serde(default)]
     pub reference: Option<String>,
-}
-
-/// What an import did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImportOutcome {
-    /// The stored image.
-    #[serde(flatten)]
-    pub image: ImageRecord,
-    /// `tree`, `oci` or `docker`.
-    pub format: ImportFormat,
-    /// Regular files in its layers.
-    pub files: u64,
-    /// The image the tag named before a forced move.
-    pub moved_from: Option<Digest>,
-}
-
-/// A release that runs an image.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImageUse {
-    /// The app.
-    pub app: String,
-    /// The release number.
-    pub release: u64,
-    /// True when GC keeps the release (live environment, pinned, or among the newest).
-    pub kept: bool,
-}
-
-/// Everything `molt images inspect` shows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImageInspect {
-    /// The catalog record (size, import time, tags).
-    #[serde(flatten)]
-    pub image: ImageRecord,
-    /// Manifest, config and layers.
-    pub details: ImageDetails,
-    /// Releases that run it.
-    pub releases: Vec<ImageUse>,
-    /// Every change of a tag that named it.
-    pub tag_history: Vec<TagEvent>,
-}
-
-/// What a tag change did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TagOutcome {
-    /// The tag.
-    pub tag: String,
-    /// What it names now.
-    pub digest: Digest,
-    /// What it named before a forced move.
-    pub moved_from: Option<Digest>,
 }
 
 /// A pull from a registry.
@@ -138,17 +73,6 @@ pub fn credentials(username: Option<String>, password: Option<String>) -> Option
         (Some(username), Some(password)) => Some(Credentials { username, password }),
         _ => None,
     }
-}
-
-/// What a removal did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RemoveOutcome {
-    /// The removed image.
-    pub digest: Digest,
-    /// Tags that named it (now gone, recorded in the tag history).
-    pub tags: Vec<String>,
-    /// Releases that still name it (none of them kept); they cannot be redeployed any more.
-    pub orphaned_releases: Vec<ImageUse>,
 }
 
 /// An export being written by a blocking task: chunks of the archive, then the end.

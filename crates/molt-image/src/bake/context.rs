@@ -10,9 +10,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::canonical::{collect_tree, EntryKind, Filter, TarStyle, TreeEntry, WHITEOUT_PREFIX};
 use crate::fsutil::{unique_name, TempPath};
 use crate::{ImageError, ImageStore};
+use molt_pack::{collect_tree, EntryKind, Filter, TarStyle, TreeEntry, WHITEOUT_PREFIX};
 
 /// An uploaded build context unpacked under the store's `tmp/`; removed when dropped.
 pub struct BuildContext {
@@ -144,7 +144,7 @@ pub(super) fn copy_plan(
             "copy {src}: only files and folders can be copied"
         )));
     }
-    if meta.len() > crate::canonical::MAX_ENTRY_SIZE {
+    if meta.len() > molt_pack::MAX_ENTRY_SIZE {
         return Err(ImageError::unsafe_entry(src, "file is larger than 4 GiB"));
     }
     let name = path

@@ -25,20 +25,21 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use molt_core::{BaseImage, BuildSpec, BuildStep, Digest, ImageRef};
+use molt_wire::{BakeReport, StepOutcome, StepReport};
 use oci_spec::image::{
     Arch, Config, Descriptor, HistoryBuilder, ImageConfigurationBuilder, ImageManifest, MediaType,
     Os, RootFsBuilder,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::blobs::{HashingWriter, StagedBlob};
-use crate::canonical::{collect_tree, write_tree_styled, EntryKind, Filter, TarStyle, TreeEntry};
 use crate::filelist::{self, LayerFiles};
 use crate::fsutil::{make_writable, unique_name, TempPath};
 use crate::oci::{deterministic_gzip, rfc3339, spec_error, to_oci_digest};
 use crate::run::{numeric_user, BuildSandbox, RunRequest, Snapshot};
 use crate::{ImageError, ImageStore};
+use molt_pack::{collect_tree, write_tree_styled, EntryKind, Filter, TarStyle, TreeEntry};
 
 pub(crate) use self::attest::attached_blobs;
 use self::attest::{Provenance, ProvenanceStep, PROVENANCE_SCHEMA};
@@ -61,52 +62,6 @@ pub struct BakeOptions<'a> {
     pub molt_version: String,
     /// Where `run` steps execute; without one they are refused.
     pub sandbox: Option<&'a dyn BuildSandbox>,
-}
-
-/// What a bake did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BakeReport {
-    /// The image's manifest digest.
-    pub digest: Digest,
-    /// The cache key of the last step: a digest of every input (base, steps, file contents).
-    pub inputs: Digest,
-    /// The stored image the bake started from (a named image or an imported archive).
-    pub base: Option<Digest>,
-    /// The base and each step, in order.
-    pub steps: Vec<StepReport>,
-    /// Regular files in the image.
-    pub files: u64,
-    /// Bytes of the image's blobs.
-    pub size: u64,
-    /// Wall time of the bake in milliseconds.
-    pub millis: u64,
-}
-
-/// One line of a bake report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepReport {
-    /// The step's canonical text (or the base).
-    pub step: String,
-    /// What happened to it.
-    pub outcome: StepOutcome,
-    /// The layer it contributed, if any.
-    pub layer: Option<Digest>,
-    /// Time spent on it in milliseconds.
-    pub millis: u64,
-}
-
-/// How a step was satisfied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepOutcome {
-    /// The base image's layers, used as they are.
-    Base,
-    /// The layer came from the cache.
-    Cached,
-    /// The layer was built now.
-    Built,
-    /// The step changed only the image config.
-    Config,
 }
 
 /// The image as it grows, step by step.
