@@ -15,6 +15,8 @@ use molt_store::{
 };
 use molt_wire::{RollbackOutcome, SwapOutcome};
 
+use molt_fleet::Publication;
+
 use crate::{parse_app, AppGuard, ControlError, Controller, Result};
 
 /// How a route move is recorded besides the route itself.
@@ -78,15 +80,18 @@ impl Controller {
             rollback_window: Some(release.config.deploy.rollback_window),
             error: None,
         };
-        let from = self.move_route(&locked, app, env, change, |_| {}).await?;
+        let (from, publication) = self.move_route(&locked, app, env, change, |_| {}).await?;
         drop(locked);
         let elapsed_us = started.elapsed().as_micros() as u64;
-        let msg = format!(
+        let mut msg = format!(
             "route moved from {} to {env} (v{}) in {:.2} ms",
             from.as_deref().unwrap_or("nothing"),
             target.release,
             elapsed_us as f64 / 1000.0
         );
+        if let Some(note) = crate::table::fleet_note(&publication) {
+            msg.push_str(&format!(", {note}"));
+        }
         self.event(app, kind, &msg).await;
         Ok(SwapOutcome {
             app: app.to_string(),
@@ -107,7 +112,7 @@ impl Controller {
         env: &str,
         rollback_window: Duration,
         before_publish: impl FnOnce(Option<&str>),
-    ) -> Result<Option<String>> {
+    ) -> Result<(Option<String>, Publication)> {
         let locked = self.lock_app(&d.app).await;
         let change = RouteMove {
             step: Some((
@@ -137,9 +142,14 @@ impl Controller {
             rollback_window: None,
             error: Some(why.clone()),
         };
-        self.move_route(&locked, &d.app, prev, change, |_| {})
+        let (_, publication) = self
+            .move_route(&locked, &d.app, prev, change, |_| {})
             .await?;
         drop(locked);
+        let why = match crate::table::fleet_note(&publication) {
+            Some(note) => format!("{why} ({note})"),
+            None => why,
+        };
         self.event(&d.app, "auto-rollback", &why).await;
         Ok(())
     }
@@ -155,7 +165,7 @@ impl Controller {
         env: &str,
         change: RouteMove,
         before_publish: impl FnOnce(Option<&str>),
-    ) -> Result<Option<String>> {
+    ) -> Result<(Option<String>, Publication)> {
         let (a, e) = (app.to_string(), env.to_string());
         let previous = self
             .db(move |s| {
@@ -172,8 +182,8 @@ impl Controller {
             })
             .await?;
         before_publish(previous.as_deref());
-        self.publish_routes().await?;
-        Ok(previous)
+        let publication = self.publish_routes().await?;
+        Ok((previous, publication))
     }
 
     /// Rolls back to `to` (default: the most recently swapped-out warm environment). Warm:

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use molt_core::RouterLimits;
-use molt_fleet::{BackendSpec, TableSpec};
+use molt_fleet::{BackendSpec, Publication, TableSpec};
 use molt_router::{Backend, Maintenance, RouteLimits, Upstream};
 use molt_store::{EnvState, InstanceState, ShadowMode, Store, StoreError};
 
@@ -19,7 +19,7 @@ impl Controller {
     /// to the fleet; returns once the new table is in force for every connection of this router
     /// and every live router of the fleet has acknowledged it (a router that misses the
     /// deadline is fenced rather than waited for).
-    pub(crate) async fn publish_routes(&self) -> Result<()> {
+    pub(crate) async fn publish_routes(&self) -> Result<Publication> {
         let _guard = self.inner.publish_lock.lock().await;
         let domain = self.inner.config.preview_domain.clone();
         let holds = self.holds();
@@ -40,7 +40,7 @@ impl Controller {
                 "route table in force across the fleet"
             );
         }
-        Ok(())
+        Ok(publication)
     }
 }
 
@@ -150,4 +150,26 @@ fn build_table(
         }
     }
     Ok(table)
+}
+
+/// How a route change went across the fleet, for the app's history and the deployment's
+/// journal: nothing when no router of the fleet is connected.
+pub(crate) fn fleet_note(publication: &Publication) -> Option<String> {
+    let acknowledged = publication.acknowledged.len();
+    if acknowledged == 0 && publication.fenced.is_empty() {
+        return None;
+    }
+    let mut note = format!(
+        "in force on {acknowledged} router{} of the fleet (table v{}, acknowledged in {} ms)",
+        if acknowledged == 1 { "" } else { "s" },
+        publication.version,
+        publication.elapsed_ms
+    );
+    if !publication.fenced.is_empty() {
+        note.push_str(&format!(
+            "; fenced until they catch up: {}",
+            publication.fenced.join(", ")
+        ));
+    }
+    Some(note)
 }

@@ -165,7 +165,7 @@ impl Controller {
         };
         let republished = match released {
             0 => Ok(()),
-            _ => self.publish_routes().await,
+            _ => self.publish_routes().await.map(drop),
         };
         if let (Err(e), true) = (&outcome, released > 0) {
             for app in &apps {

@@ -250,6 +250,17 @@ async fn three_routers_follow_every_swap_and_fail_no_request() {
         d1["env"].as_str().expect("env").to_owned(),
         d2["env"].as_str().expect("env").to_owned(),
     ];
+    // The journal records that the swap was in force on the whole fleet.
+    let record = serve
+        .client
+        .get(&format!("/v1/deployments/{}", d2["id"]))
+        .await
+        .expect("deployment");
+    let journal = record["journal"].to_string();
+    assert!(
+        journal.contains("the swap was in force on 3 routers of the fleet"),
+        "{journal}"
+    );
     // 20 swaps: when the API answers, the change is in force on every router.
     for swap in 0..20 {
         let (env, release) = if swap % 2 == 0 {
@@ -272,6 +283,13 @@ async fn three_routers_follow_every_swap_and_fail_no_request() {
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
+    let history = serve
+        .client
+        .get("/v1/apps/fleet/events")
+        .await
+        .expect("history")
+        .to_string();
+    assert!(history.contains("in force on 3 routers of the fleet"), "{history}");
     let (ok, failures) = load.finish().await;
     eprintln!("{ok} requests answered 200 across 20 swaps over 3 routers");
     assert!(ok > 0);

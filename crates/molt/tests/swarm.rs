@@ -269,6 +269,7 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
     }
     let tmp = tempfile::tempdir().expect("temp dir");
     let registry = Registry::start(&tmp.path().join("reg"));
+    let registry_addr = registry.addr;
     let gateway = gateway(&docker).await;
     // One API TLS address for both runs of molt serve: the routers' control URL stays put.
     let api_tls = std::net::TcpListener::bind(SocketAddr::new(gateway, 0))
@@ -290,7 +291,7 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
             listen: api_tls,
             names: Vec::new(),
         });
-        let mut swarm = molt_server::SwarmServeConfig::new(registry.addr.to_string());
+        let mut swarm = molt_server::SwarmServeConfig::new(registry_addr.to_string());
         swarm.network = network.clone();
         swarm.router_service = router_service.clone();
         swarm.router_ports = vec![(router_port.port(), molt_server::ROUTER_PORT)];
@@ -449,7 +450,7 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
             env: "web-orphan".into(),
             app: "web".into(),
             release: 9,
-            image: format!("{}/molt/web@{image}", registry.addr),
+            image: format!("{registry_addr}/molt/web@{image}"),
             command: vec!["/bin/busybox".into(), "sleep".into(), "600".into()],
             env_vars: Vec::new(),
             port: 8080,
@@ -472,6 +473,19 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
         || async { services(&docker, &owner).await == [molt_swarm::service_name(&env2)] },
     )
     .await;
+    assert_eq!(get_via(fleet_router, "web.localhost").await.1, "web two!\n");
+
+    // The registry goes away: a deployment fails before anything starts, with a clear error.
+    drop(registry);
+    let v3 = busybox_app(tmp.path(), "web", "web three, never");
+    let d3 = h.deploy(&v3).await;
+    assert_eq!(d3["state"], "failed", "{d3}");
+    let error = d3["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&registry_addr.to_string()), "{error}");
+    assert_eq!(
+        services(&docker, &owner).await,
+        [molt_swarm::service_name(&env2)]
+    );
     assert_eq!(get_via(fleet_router, "web.localhost").await.1, "web two!\n");
 
     h.stop().await;

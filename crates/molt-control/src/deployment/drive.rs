@@ -21,6 +21,8 @@ impl Controller {
         // Traffic of the previous environment when this task started the deployment (after a
         // restart the router's counters start from zero, which is the right baseline then).
         let mut at_start: Option<EnvStats> = None;
+        // How the swap went across the fleet, for the drain's journal entry.
+        let mut in_force: Option<String> = None;
         loop {
             let d = self.db(move |s| s.deployment(id)).await?;
             if at_start.is_none() && d.state == DeployState::Pending {
@@ -54,11 +56,17 @@ impl Controller {
                         .await
                 }
                 DeployState::Healthy | DeployState::Promoted => {
-                    self.step_swap(&d, &mut baseline).await
+                    self.step_swap(&d, &mut baseline, &mut in_force).await
                 }
                 DeployState::Swapped => {
-                    self.step_drain(&d, baseline.take(), at_start.take(), &cancel)
-                        .await
+                    self.step_drain(
+                        &d,
+                        baseline.take(),
+                        at_start.take(),
+                        in_force.take(),
+                        &cancel,
+                    )
+                    .await
                 }
                 DeployState::Drained => self.step_watch(&d, &cancel).await,
                 _ => return Ok(()),

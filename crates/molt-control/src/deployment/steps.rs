@@ -215,21 +215,26 @@ impl Controller {
         &self,
         d: &DeploymentRecord,
         baseline: &mut Option<(EnvStats, EnvStats)>,
+        in_force: &mut Option<String>,
     ) -> std::result::Result<(), Interrupted> {
         let env = env_of(d)?;
         let (app, number) = (d.app.clone(), d.release);
         let release = self.db(move |s| s.release(&app, number)).await?;
         let window = release.config.deploy.rollback_window;
-        let previous = self
+        let (previous, publication) = self
             .swap_for_deployment(d, &env, window, |previous| {
                 let prev_stats = previous.map(|p| self.env_stats(p)).unwrap_or_default();
                 *baseline = Some((self.env_stats(&env), prev_stats));
             })
             .await?;
-        let msg = match &previous {
+        *in_force = crate::table::fleet_note(&publication);
+        let mut msg = match &previous {
             Some(p) => format!("v{} is live: route moved from {p} to {env}", d.release),
             None => format!("v{} is live on {env}", d.release),
         };
+        if let Some(note) = in_force.as_deref() {
+            msg.push_str(&format!(", {note}"));
+        }
         self.event(&d.app, "swap", &msg).await;
         Ok(())
     }
@@ -239,6 +244,7 @@ impl Controller {
         d: &DeploymentRecord,
         baseline: Option<(EnvStats, EnvStats)>,
         at_start: Option<EnvStats>,
+        in_force: Option<String>,
         cancel: &CancellationToken,
     ) -> std::result::Result<(), Interrupted> {
         let env = env_of(d)?;
@@ -279,10 +285,14 @@ impl Controller {
             deploy_served: now_new.answered + delta(now_prev.answered, start.answered),
             deploy_failed: now_new.failed + delta(now_prev.failed, start.failed),
         };
-        let detail = format!(
+        let mut detail = format!(
             "drained: served {}, failed {} during cutover",
             figures.served, figures.failed
         );
+        // The swap's acknowledgment by the fleet, when this task made the swap.
+        if let Some(note) = in_force {
+            detail.push_str(&format!("; the swap was {note}"));
+        }
         self.db(move |s| {
             s.set_figures(id, &figures)?;
             s.advance(id, DeployEvent::DrainFinished, &detail)
