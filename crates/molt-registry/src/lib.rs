@@ -218,6 +218,7 @@ pub async fn push(
         digest: digest.clone(),
         uploaded: 0,
         mounted: 0,
+        present: 0,
         streamed: 0,
         bytes: 0,
     };
@@ -225,6 +226,11 @@ pub async fn push(
     blobs.extend(details.layers.iter().map(|l| l.digest.clone()));
     blobs.dedup();
     for blob in blobs {
+        // Layers a release shares with the one before are in the repository already.
+        if uploader.has(&blob).await {
+            report.present += 1;
+            continue;
+        }
         if let Some(source) = &source {
             let mounted = session
                 .client
@@ -277,7 +283,7 @@ pub async fn push(
         )
         .await
         .map_err(|e| session.error(e))?;
-    tracing::info!(image = %digest, target, uploaded = report.uploaded, mounted = report.mounted, "pushed");
+    tracing::info!(image = %digest, target, uploaded = report.uploaded, mounted = report.mounted, present = report.present, "pushed");
     Ok(report)
 }
 

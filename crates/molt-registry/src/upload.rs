@@ -106,6 +106,18 @@ impl Uploader {
             .map(|_| ())
     }
 
+    /// Whether the repository already has blob `digest` (`HEAD`: a 200 says so; anything
+    /// else, an error included, means it must be uploaded).
+    pub(crate) async fn has(&self, digest: &Digest) -> bool {
+        self.request(
+            reqwest::Method::HEAD,
+            &format!("{}/v2/{}/blobs/{digest}", self.base, self.repository),
+        )
+        .send()
+        .await
+        .is_ok_and(|response| response.status() == reqwest::StatusCode::OK)
+    }
+
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         let builder = self.http.request(method, url);
         match &self.auth {

@@ -135,6 +135,16 @@ async fn push_then_pull_through_a_real_registry_keeps_the_digest() {
         .unwrap();
     assert_eq!((mounted.uploaded, mounted.mounted), (0, 2), "{mounted:?}");
 
+    // Pushing again (a redeploy of the same image): every blob is there already, none is sent.
+    let again = push(&one, &image.digest, &target, Some(&creds()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.uploaded, again.mounted, again.present),
+        (0, 0, 2),
+        "{again:?}"
+    );
+
     // Pull into an empty store, by tag and by digest: the same image, unpacked the same.
     let two = ImageStore::open(&tmp.path().join("two")).unwrap();
     let pulled = pull(&two, &copy, Some(&creds())).await.unwrap();

@@ -210,6 +210,9 @@ pub struct PushReport {
     pub uploaded: u64,
     /// Blobs mounted from the source repository instead of uploaded.
     pub mounted: u64,
+    /// Blobs the repository already had (not sent again).
+    #[serde(default)]
+    pub present: u64,
     /// Uploaded blobs that were streamed from the store in chunks (the others went up in one
     /// request, read whole, because the registry refused chunks).
     pub streamed: u64,

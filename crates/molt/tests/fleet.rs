@@ -289,7 +289,10 @@ async fn three_routers_follow_every_swap_and_fail_no_request() {
         .await
         .expect("history")
         .to_string();
-    assert!(history.contains("in force on 3 routers of the fleet"), "{history}");
+    assert!(
+        history.contains("in force on 3 routers of the fleet"),
+        "{history}"
+    );
     let (ok, failures) = load.finish().await;
     eprintln!("{ok} requests answered 200 across 20 swaps over 3 routers");
     assert!(ok > 0);
