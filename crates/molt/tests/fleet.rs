@@ -43,11 +43,60 @@ impl RouterProcess {
         state: &Path,
         listen: SocketAddr,
     ) -> RouterProcess {
+        Self::spawn(
+            name,
+            &format!("http://{api}"),
+            None,
+            data,
+            state,
+            listen,
+            None,
+        )
+    }
+
+    /// Starts `molt router` inside network namespace `netns` (a machine of its own), following
+    /// `control` over TLS, trusting `ca`.
+    fn start_in_netns(
+        name: &str,
+        netns: &str,
+        control: &str,
+        ca: &Path,
+        data: &Path,
+        state: &Path,
+        listen: SocketAddr,
+    ) -> RouterProcess {
+        Self::spawn(name, control, Some(ca), data, state, listen, Some(netns))
+    }
+
+    fn spawn(
+        name: &str,
+        control: &str,
+        ca: Option<&Path>,
+        data: &Path,
+        state: &Path,
+        listen: SocketAddr,
+        netns: Option<&str>,
+    ) -> RouterProcess {
         std::fs::create_dir_all(state).expect("state dir");
         let log = state.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("router log");
-        let child = Command::new(env!("CARGO_BIN_EXE_molt"))
-            .args(["router", "--control", &format!("http://{api}")])
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", netns])
+                    .arg(env!("CARGO_BIN_EXE_molt"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_molt")),
+        };
+        if let Some(ca) = ca {
+            command.arg("router").arg("--control-ca").arg(ca);
+        } else {
+            command.arg("router");
+        }
+        let child = command
+            .args(["--control", control])
             .arg("--token-file")
             .arg(data.join("router.token"))
             .args(["--name", name, "--threads", "1"])
@@ -436,4 +485,197 @@ async fn the_routers_outlive_the_control_plane_and_the_deployment_resumes() {
     for (_, pid) in processes_of(&owner) {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
+}
+
+/// Network namespaces standing in for machines: each on molt's bridge with an address of its
+/// own; removed (with their veths) when dropped.
+struct Machines {
+    names: Vec<String>,
+}
+
+impl Machines {
+    /// One namespace per address, its veth's other end on `bridge`.
+    fn on_bridge(bridge: &str, prefix: &str, addrs: &[(std::net::Ipv4Addr, u8)]) -> Machines {
+        let mut names = Vec::new();
+        for (i, (ip, len)) in addrs.iter().enumerate() {
+            let ns = format!("{prefix}{i}");
+            let (host_end, ns_end) = (format!("{prefix}h{i}"), format!("{prefix}n{i}"));
+            let ip_cmd = |args: &[&str]| {
+                let out = Command::new("ip").args(args).output().expect("run ip");
+                assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+            };
+            ip_cmd(&["netns", "add", &ns]);
+            names.push(ns.clone());
+            ip_cmd(&[
+                "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
+            ]);
+            ip_cmd(&["link", "set", &ns_end, "netns", &ns]);
+            ip_cmd(&["link", "set", &host_end, "master", bridge]);
+            ip_cmd(&["link", "set", &host_end, "up"]);
+            let cidr = format!("{ip}/{len}");
+            ip_cmd(&["-n", &ns, "addr", "add", &cidr, "dev", &ns_end]);
+            ip_cmd(&["-n", &ns, "link", "set", &ns_end, "up"]);
+            ip_cmd(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        Machines { names }
+    }
+}
+
+/// An iptables rule letting a bridge forward between its own ports, removed when dropped.
+struct ForwardRule(String);
+
+impl ForwardRule {
+    fn allow(bridge: &str) -> ForwardRule {
+        if Command::new("iptables").arg("--version").output().is_ok() {
+            let _ = Command::new("iptables")
+                .args(["-I", "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"])
+                .status();
+        }
+        ForwardRule(bridge.to_owned())
+    }
+}
+
+impl Drop for ForwardRule {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args([
+                "-D", "FORWARD", "-i", &self.0, "-o", &self.0, "-j", "ACCEPT",
+            ])
+            .status();
+    }
+}
+
+impl Drop for Machines {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            // Deleting the namespace deletes its veth and with it the peer on the bridge.
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn routers_on_other_machines_follow_over_tls() {
+    use molt_server::{BridgeNetwork, Isolation, ServeConfig};
+    if !(molt_testkit::needs_root()
+        && molt_testkit::needs_command("runc")
+        && molt_testkit::needs_command("ip")
+        && molt_testkit::needs_file("/bin/busybox", "busybox-static"))
+    {
+        return;
+    }
+    // molt's bridge, its instances in namespaces of their own (runc, --network bridge), and
+    // three more namespaces for the routers: four "machines" on one network.
+    let tag = std::process::id() % 10_000;
+    let network = BridgeNetwork::new(
+        &format!("mtf{tag}"),
+        "10.231.24.0/24".parse().expect("subnet"),
+    )
+    .expect("bridge");
+    struct RemoveBridge(BridgeNetwork);
+    impl Drop for RemoveBridge {
+        fn drop(&mut self) {
+            let _ = self.0.remove();
+        }
+    }
+    let _bridge = RemoveBridge(network.clone());
+    let gateway = std::net::Ipv4Addr::new(10, 231, 24, 1);
+    let h = Harness::start_with(|cfg: &mut ServeConfig| {
+        cfg.isolation = Isolation::Runc;
+        cfg.network = Some(network.clone());
+        // The API over TLS on the bridge: how routers on other machines reach it.
+        cfg.api_tls = Some(molt_server::ApiTlsConfig {
+            listen: SocketAddr::from((gateway, 0)),
+            names: Vec::new(),
+        });
+    })
+    .await;
+    let api_tls = h
+        .running
+        .as_ref()
+        .and_then(|r| r.api_tls_addr)
+        .expect("the API's TLS address");
+    let data = h.data_dir();
+    let dir = h.tmp.path().join("app-bb");
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("www")).expect("mkdir");
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox");
+    std::fs::write(dir.join("www/index.html"), "one\n").expect("index");
+    let manifest = |name: &str| {
+        format!(
+            "name = \"{name}\"\ncommand = [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"$HOST:$PORT\", \"-h\", \"/www\"]\n\
+             instances = 2\n[health]\npath = \"/index.html\"\ninterval = \"200ms\"\nhealthy_threshold = 1\n\
+             start_deadline = \"20s\"\n[deploy]\ndrain_timeout = \"5s\"\nwatch = \"1s\"\n"
+        )
+    };
+    std::fs::write(dir.join("molt.toml"), manifest("edge")).expect("manifest");
+    let d1 = h.deploy(&dir).await;
+    assert_eq!(d1["state"], "drained", "{d1}");
+    std::fs::write(dir.join("www/index.html"), "two\n").expect("index");
+    let d2 = h.deploy(&dir).await;
+    assert_eq!(d2["state"], "drained", "{d2}");
+
+    let prefix = format!("mtr{tag}");
+    let addrs: Vec<(std::net::Ipv4Addr, u8)> = (0..3)
+        .map(|i| (std::net::Ipv4Addr::new(10, 231, 24, 250 + i), 24))
+        .collect();
+    let machines = Machines::on_bridge(network.bridge(), &prefix, &addrs);
+    // Traffic between two ports of a bridge goes through iptables' FORWARD chain when the
+    // kernel's br_netfilter is on, and Docker (installed here for the swarm tests) sets its
+    // policy to DROP: let the bridge forward between its own ports for this test.
+    let _forward = ForwardRule::allow(network.bridge());
+    let control = format!("https://{api_tls}");
+    let ca = molt_server::api_cert_path(&data);
+    let state = h.tmp.path().join("routers");
+    let routers: Vec<RouterProcess> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (ip, _))| {
+            RouterProcess::start_in_netns(
+                &format!("m{i}"),
+                &machines.names[i],
+                &control,
+                &ca,
+                &data,
+                &state,
+                SocketAddr::from((*ip, 8080)),
+            )
+        })
+        .collect();
+    fleet_in_step(&h.client, &["m0", "m1", "m2"]).await;
+
+    // A client on the host (another machine) spread over the three routers, while the route
+    // moves ten times: every swap in force on all three when the API answers, nothing fails.
+    let router_addrs: Vec<SocketAddr> = routers.iter().map(|r| r.addr).collect();
+    let load = Load::start("edge.localhost", &router_addrs);
+    let envs = [
+        d1["env"].as_str().expect("env").to_owned(),
+        d2["env"].as_str().expect("env").to_owned(),
+    ];
+    for swap in 0..10 {
+        let (env, body) = if swap % 2 == 0 {
+            (&envs[0], "one\n")
+        } else {
+            (&envs[1], "two\n")
+        };
+        h.client
+            .post("/v1/apps/edge/swap", &json!({ "env": env }))
+            .await
+            .expect("swap");
+        for router in &routers {
+            assert_eq!(
+                get_via(router.addr, "edge.localhost").await,
+                body,
+                "swap {swap} via {}",
+                router.name
+            );
+        }
+    }
+    let (ok, failures) = load.finish().await;
+    eprintln!("{ok} requests through three routers in their own namespaces across 10 swaps");
+    assert!(ok > 0);
+    assert!(failures.is_empty(), "{failures:?}");
+    drop(routers);
+    drop(machines);
+    h.stop().await;
 }
