@@ -509,6 +509,9 @@ pub struct ServeArgs {
     /// 8080); repeat for more, 0 for no router fleet. Default: 80.
     #[arg(long = "swarm-router-port", value_name = "PORT")]
     pub swarm_router_ports: Vec<u16>,
+    /// The name of the router fleet's service (when several molts share a swarm).
+    #[arg(long, default_value = "molt-router")]
+    pub swarm_router_service: String,
     /// Serve the API over TLS on this address too (molt's own certificate in
     /// <data dir>/api-tls/cert.pem): for routers and clients on other machines.
     #[arg(long, value_name = "ADDR", env = "MOLT_API_TLS_LISTEN")]

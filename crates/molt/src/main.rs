@@ -193,6 +193,7 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
             swarm.socket = args.docker_socket.clone();
             swarm.network = args.swarm_network.clone();
             swarm.control_url = args.swarm_control_url.clone();
+            swarm.router_service = args.swarm_router_service.clone();
             swarm.registry_credentials = molt_control_credentials();
             if !args.swarm_router_ports.is_empty() {
                 swarm.router_ports = args

@@ -491,3 +491,145 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
     h.stop().await;
     drop(cleanup);
 }
+
+/// The services of environments the store counts as not retired.
+async fn live_envs(client: &molt_cli::Client) -> Vec<String> {
+    let status = client.get("/v1/status").await.expect("status");
+    let mut names: Vec<String> = status["apps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|app| app["envs"].as_array().cloned().unwrap_or_default())
+        .filter(|env| env["env"]["state"] != "retired")
+        .filter_map(|env| env["env"]["id"].as_str().map(molt_swarm::service_name))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_swarm_deployment_resumes_after_sigkill_with_no_orphan_service() {
+    use nix::sys::signal::Signal;
+    if !molt_testkit::needs_file(DEFAULT_SOCKET, "docker.io (and a running dockerd)")
+        || !molt_testkit::needs_command("docker-registry")
+        || !molt_testkit::needs_file("/bin/busybox", "busybox-static")
+    {
+        return;
+    }
+    let docker = Docker::new(DEFAULT_SOCKET);
+    let info: Value = docker
+        .get("/info", "describe itself")
+        .await
+        .expect("dockerd answers");
+    let manager =
+        info["Swarm"]["LocalNodeState"] == "active" && info["Swarm"]["ControlAvailable"] == true;
+    if !molt_testkit::needs(manager, "a swarm manager (`docker swarm init`)") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let registry = Registry::start(&tmp.path().join("reg"));
+    let gateway = gateway(&docker).await;
+    let api_tls = std::net::TcpListener::bind(SocketAddr::new(gateway, 0))
+        .expect("a port on the gateway")
+        .local_addr()
+        .expect("addr");
+    let (api, router_port) = (free_port(), free_port());
+    let network = format!("molt-crash-{}", std::process::id());
+    let router_service = format!("molt-router-crash-{}", std::process::id());
+    let args: Vec<String> = [
+        "--provider",
+        "swarm",
+        "--registry",
+        &registry.addr.to_string(),
+        "--api-tls-listen",
+        &api_tls.to_string(),
+        "--swarm-network",
+        &network,
+        "--swarm-router-port",
+        &router_port.port().to_string(),
+        "--swarm-router-service",
+        &router_service,
+    ]
+    .map(String::from)
+    .to_vec();
+    let data = tmp.path().join("data");
+    let mut cleanup = Cleanup {
+        docker: docker.clone(),
+        owner: None,
+        router_service,
+        network,
+    };
+    let mut serve = Serve::start_with_args(&data, None, false, Some(api), &args);
+    cleanup.owner = Some(owner_of(&data));
+    eventually(
+        Duration::from_secs(120),
+        "the router fleet follows",
+        || async {
+            let v = serve.client.get("/v1/cluster").await.expect("cluster");
+            v["routers"]["routers"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["connected"] == true && r["lag"] == 0))
+        },
+    )
+    .await;
+    let app = busybox_app(tmp.path(), "crashy", "crashy one");
+    let d1 = deploy_dir(&serve.client, &app).await;
+    assert_eq!(d1["state"], "drained", "{d1}");
+    let fleet_router = SocketAddr::from(([127, 0, 0, 1], router_port.port()));
+
+    for (round, step) in ["env_created", "instances_started", "healthy", "swapped"]
+        .into_iter()
+        .enumerate()
+    {
+        // Held at `step`, then SIGKILLed.
+        assert_eq!(serve.signal(Signal::SIGTERM).code(), Some(0));
+        let mut held = Serve::start_with_args(&data, Some(step), false, Some(api), &args);
+        let d = held
+            .client
+            .post(
+                "/v1/apps/crashy/config",
+                &json!({ "set": { "ROUND": round.to_string() } }),
+            )
+            .await
+            .expect("config set");
+        let id = d["id"].as_u64().expect("id");
+        let line = format!("deployment {id} held at {step} (test hook)");
+        eventually(Duration::from_secs(60), &line, || async {
+            let events: Value = held
+                .client
+                .get("/v1/apps/crashy/events")
+                .await
+                .expect("events");
+            events.as_array().is_some_and(|events| {
+                events
+                    .iter()
+                    .any(|e| e["kind"] == "paused" && e["message"] == line.as_str())
+            })
+        })
+        .await;
+        held.signal(Signal::SIGKILL);
+        // The routers serve on while nothing controls them.
+        assert_eq!(get_via(fleet_router, "crashy.localhost").await.0, 200);
+
+        // Back: the deployment ends (resumed to its end), and every service is one the store
+        // counts; none is missing.
+        serve = Serve::start_with_args(&data, None, false, Some(api), &args);
+        let done = wait_deployment(&serve.client, id).await;
+        assert!(
+            ["drained", "succeeded"].contains(&done["state"].as_str().unwrap_or("")),
+            "{step}: {done}"
+        );
+        let owner = cleanup.owner.clone().expect("owner");
+        eventually(Duration::from_secs(60), "no orphan service", || async {
+            services(&docker, &owner).await == live_envs(&serve.client).await
+        })
+        .await;
+        assert_eq!(
+            get_via(fleet_router, "crashy.localhost").await,
+            (200, "crashy one\n".into()),
+            "{step}"
+        );
+    }
+    assert_eq!(serve.signal(Signal::SIGTERM).code(), Some(0));
+    drop(cleanup);
+}

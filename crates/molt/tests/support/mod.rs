@@ -410,6 +410,17 @@ impl Serve {
         stop_instances_on_exit: bool,
         api: Option<std::net::SocketAddr>,
     ) -> Serve {
+        Serve::start_with_args(data, pause, stop_instances_on_exit, api, &[])
+    }
+
+    /// [`Serve::start_at`] with more arguments for `molt serve` (e.g. `--provider swarm`).
+    pub fn start_with_args(
+        data: &Path,
+        pause: Option<&str>,
+        stop_instances_on_exit: bool,
+        api: Option<std::net::SocketAddr>,
+        extra: &[String],
+    ) -> Serve {
         std::fs::create_dir_all(data).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -430,6 +441,7 @@ impl Serve {
         if stop_instances_on_exit {
             cmd.arg("--stop-instances-on-exit");
         }
+        cmd.args(extra);
         if let Some(step) = pause {
             cmd.env("MOLT_TEST_PAUSE_AT", step);
         }
