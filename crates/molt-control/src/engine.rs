@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use molt_core::DeployEvent;
 use molt_provider::{Engine, EngineInstanceState, EnvironmentSpec, RootLayout};
 use molt_registry::Credentials;
-use molt_store::{DeploymentRecord, EnvState, InstanceState, ReleaseRecord};
+use molt_store::{DeploymentRecord, EnvState, ReleaseRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::deployment::steps::Interrupted;
-use crate::health::CheckFailure;
-use crate::instances::{instance_addr, root_layout};
+use crate::health::LastFailure;
+use crate::instances::root_layout;
 use crate::{ControlError, Controller, Result};
 
 /// The port instances listen on when `molt.toml` fixes none.
@@ -194,7 +194,10 @@ impl Controller {
         let poll = health.interval.max(Duration::from_millis(100));
         let deadline = Instant::now() + health.start_deadline;
         let mut streak: HashMap<String, u32> = HashMap::new();
-        let mut last_failure = String::from("no instance is running yet");
+        let mut last = LastFailure {
+            instance: String::new(),
+            why: "no instance is running yet".into(),
+        };
         loop {
             let look = self.engine_look(env).await?;
             if look.ended.len() >= ENDED_TASKS_PER_INSTANCE * wanted.max(1) {
@@ -206,36 +209,9 @@ impl Controller {
             }
             let env_id = env.to_string();
             let instances = self.db(move |s| s.instances(Some(&env_id), false)).await?;
-            let mut healthy = 0;
-            for inst in &instances {
-                if inst.state == InstanceState::Healthy {
-                    healthy += 1;
-                    continue;
-                }
-                match self
-                    .probe_instance(instance_addr(inst), &health.path, health.timeout)
-                    .await
-                {
-                    Ok(()) => {
-                        let n = streak.entry(inst.id.clone()).or_default();
-                        *n += 1;
-                        if *n >= health.healthy_threshold {
-                            let id = inst.id.clone();
-                            self.db(move |s| {
-                                s.set_instance_state(&id, InstanceState::Healthy, None)
-                            })
-                            .await?;
-                            healthy += 1;
-                        }
-                    }
-                    // No router ran the check: nothing learnt, the streak stands.
-                    Err(CheckFailure::Unknown(why)) => last_failure = why,
-                    Err(CheckFailure::Unhealthy(why)) => {
-                        streak.insert(inst.id.clone(), 0);
-                        last_failure = format!("{}: {why}", inst.id);
-                    }
-                }
-            }
+            let healthy = self
+                .advance_health(&instances, health, &mut streak, &mut last)
+                .await?;
             if healthy >= wanted {
                 return Ok(());
             }
@@ -247,8 +223,13 @@ impl Controller {
                     .unwrap_or_default();
                 return Err(Interrupted::Failed(format!(
                     "not healthy within the start deadline of {} ({healthy} of {wanted} healthy): \
-                     last health check failure: {last_failure}{engine_words}",
-                    molt_core::format_duration(health.start_deadline)
+                     last health check failure: {}{engine_words}",
+                    molt_core::format_duration(health.start_deadline),
+                    if last.instance.is_empty() {
+                        last.why.clone()
+                    } else {
+                        format!("{}: {}", last.instance, last.why)
+                    }
                 )));
             }
             tokio::select! {

@@ -115,3 +115,61 @@ impl std::fmt::Display for CheckFailure {
         }
     }
 }
+
+/// The newest failed health check of a start: which instance, and why.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LastFailure {
+    /// The instance (empty when no check failed on an instance yet).
+    pub(crate) instance: String,
+    /// Why.
+    pub(crate) why: String,
+}
+
+impl crate::Controller {
+    /// One look at a starting environment's instances: each one not healthy yet is checked;
+    /// `streak` counts its checks passed in a row, and one that reaches the release's threshold
+    /// is recorded healthy. Returns how many are healthy now. A check that fails resets the
+    /// streak and is noted in `last`; one that says nothing (no router ran it) leaves both.
+    pub(crate) async fn advance_health(
+        &self,
+        instances: &[molt_store::InstanceRecord],
+        health: &molt_core::HealthCheck,
+        streak: &mut std::collections::HashMap<String, u32>,
+        last: &mut LastFailure,
+    ) -> crate::Result<usize> {
+        let mut healthy = 0;
+        for inst in instances {
+            if inst.state == molt_store::InstanceState::Healthy {
+                healthy += 1;
+                continue;
+            }
+            let addr = crate::instances::instance_addr(inst);
+            match self
+                .probe_instance(addr, &health.path, health.timeout)
+                .await
+            {
+                Ok(()) => {
+                    let n = streak.entry(inst.id.clone()).or_default();
+                    *n += 1;
+                    if *n >= health.healthy_threshold {
+                        let id = inst.id.clone();
+                        self.db(move |s| {
+                            s.set_instance_state(&id, molt_store::InstanceState::Healthy, None)
+                        })
+                        .await?;
+                        healthy += 1;
+                    }
+                }
+                Err(CheckFailure::Unknown(why)) => last.why = why,
+                Err(CheckFailure::Unhealthy(why)) => {
+                    streak.insert(inst.id.clone(), 0);
+                    *last = LastFailure {
+                        instance: inst.id.clone(),
+                        why,
+                    };
+                }
+            }
+        }
+        Ok(healthy)
+    }
+}

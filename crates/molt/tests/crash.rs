@@ -88,7 +88,7 @@ async fn crash_at(step: &str) {
         .unwrap();
     let id = d2["id"].as_u64().unwrap();
     // Held at the hook: the work of the step before has finished.
-    held(&b.client, id, step).await;
+    held_at(&b.client, "crash", id, step).await;
     b.signal(Signal::SIGKILL);
 
     // Restart: the deployment is resumed to its end (or rolled back) and nothing is orphaned.
@@ -173,19 +173,6 @@ async fn reach(client: &Client, id: u64, state: &str) {
 
 /// Waits until deployment `id` is held at `state` by the MOLT_TEST_PAUSE_AT hook (its history
 /// says so once the step before has finished).
-async fn held(client: &Client, id: u64, state: &str) {
-    let line = format!("deployment {id} held at {state} (test hook)");
-    eventually(Duration::from_secs(30), &line, || async {
-        let events = client.get("/v1/apps/crash/events").await.unwrap();
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "paused" && e["message"] == line.as_str())
-    })
-    .await;
-}
-
 /// GETs through the router until the shadow report counts `n` mirrored requests; every
 /// answer users get is v1's.
 async fn mirror(serve: &Serve, n: u64) {
@@ -245,7 +232,7 @@ async fn killed_while_shadowing_and_after_promotion() {
     assert_eq!(promoted["shadow"]["live"]["requests"], 3, "{promoted}");
     let (_, body) = b.get("crash.localhost").await;
     assert!(body.contains("crash v1"), "held before the swap: {body}");
-    held(&b.client, id, "promoted").await;
+    held_at(&b.client, "crash", id, "promoted").await;
     b.signal(Signal::SIGKILL);
 
     // Restart: the promoted deployment swaps, drains and keeps its comparison.

@@ -11,14 +11,12 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use molt_cli::Client;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 /// A `molt router` child process.
@@ -187,62 +185,6 @@ async fn fleet_in_step(client: &Client, names: &[&str]) {
     .await;
 }
 
-/// Keep-alive clients, one per router, counting answers (bounded in count and time).
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(host: &'static str, routers: &[SocketAddr]) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let tasks = routers
-            .iter()
-            .map(|&router| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                tokio::spawn(async move {
-                    let mut conn = KeepAlive::connect(router).await;
-                    let deadline = Instant::now() + Duration::from_secs(120);
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline && n < 100_000 {
-                        n += 1;
-                        match conn.get(host, "/").await {
-                            Ok((200, _)) => {
-                                ok.fetch_add(1, Ordering::SeqCst);
-                            }
-                            Ok((status, body)) => failures
-                                .lock()
-                                .unwrap()
-                                .push(format!("{router}: {status} {body}")),
-                            Err(e) => failures.lock().unwrap().push(format!("{router}: {e}")),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    /// Stops the clients; (answered 200, failures).
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        for task in self.tasks {
-            task.await.expect("client");
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::SeqCst), failures)
-    }
-}
-
 /// GET `/` for `host` through `router` on a fresh connection: the body.
 async fn get_via(router: SocketAddr, host: &str) -> String {
     let mut conn = KeepAlive::connect(router).await;
@@ -284,7 +226,7 @@ async fn three_routers_follow_every_swap_and_fail_no_request() {
 
     // v2, deployed while a client per router runs: both environments are then warm.
     let addrs: Vec<SocketAddr> = routers_up.iter().map(|r| r.addr).collect();
-    let load = Load::start("fleet.localhost", &addrs);
+    let load = ClientLoad::start("fleet.localhost", &addrs);
     let d2 = serve
         .client
         .post(
@@ -355,7 +297,7 @@ async fn three_routers_follow_every_swap_and_fail_no_request() {
 
     // r2 is killed while the others serve; restarted alone, it serves its saved table.
     let live = [routers_up[0].addr, routers_up[2].addr];
-    let load = Load::start("fleet.localhost", &live);
+    let load = ClientLoad::start("fleet.localhost", &live);
     let r2_addr = routers_up[1].addr;
     routers_up[1].kill();
     let restarted = RouterProcess::start_on("r2", api, &data, &state, r2_addr);
@@ -422,7 +364,7 @@ async fn the_routers_outlive_the_control_plane_and_the_deployment_resumes() {
         .collect();
     fleet_in_step(&serve.client, &["a", "b"]).await;
     let addrs: Vec<SocketAddr> = routers_up.iter().map(|r| r.addr).collect();
-    let load = Load::start("outlive.localhost", &addrs);
+    let load = ClientLoad::start("outlive.localhost", &addrs);
 
     // v2's deployment is held just before the swap; then molt serve is SIGKILLed.
     assert_eq!(serve.signal(Signal::SIGTERM).code(), Some(0));
@@ -436,20 +378,7 @@ async fn the_routers_outlive_the_control_plane_and_the_deployment_resumes() {
         .await
         .expect("config set");
     let id = d2["id"].as_u64().expect("id");
-    let line = format!("deployment {id} held at healthy (test hook)");
-    eventually(Duration::from_secs(30), &line, || async {
-        let events: Value = held
-            .client
-            .get("/v1/apps/outlive/events")
-            .await
-            .expect("events");
-        events.as_array().is_some_and(|events| {
-            events
-                .iter()
-                .any(|e| e["kind"] == "paused" && e["message"] == line.as_str())
-        })
-    })
-    .await;
+    held_at(&held.client, "outlive", id, "healthy").await;
     held.signal(Signal::SIGKILL);
     // The routers keep serving v1 while nothing controls them.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -647,7 +576,7 @@ async fn routers_on_other_machines_follow_over_tls() {
     // A client on the host (another machine) spread over the three routers, while the route
     // moves ten times: every swap in force on all three when the API answers, nothing fails.
     let router_addrs: Vec<SocketAddr> = routers.iter().map(|r| r.addr).collect();
-    let load = Load::start("edge.localhost", &router_addrs);
+    let load = ClientLoad::start("edge.localhost", &router_addrs);
     let envs = [
         d1["env"].as_str().expect("env").to_owned(),
         d2["env"].as_str().expect("env").to_owned(),

@@ -13,8 +13,6 @@ mod support;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use molt_provider::{Engine, EnvironmentSpec};
@@ -111,60 +109,6 @@ async fn gateway(docker: &Docker) -> IpAddr {
         .expect("a gateway")
         .parse()
         .expect("an address")
-}
-
-/// Keep-alive clients through the fleet's router, counting answers (bounded).
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(router: SocketAddr, host: &'static str, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                tokio::spawn(async move {
-                    let mut conn = KeepAlive::connect(router).await;
-                    let deadline = Instant::now() + Duration::from_secs(180);
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline && n < 100_000 {
-                        n += 1;
-                        match conn.get(host, "/").await {
-                            Ok((200, _)) => {
-                                ok.fetch_add(1, Ordering::SeqCst);
-                            }
-                            Ok((status, body)) => {
-                                failures.lock().unwrap().push(format!("{status} {body}"))
-                            }
-                            Err(e) => failures.lock().unwrap().push(e.to_string()),
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        for task in self.tasks {
-            task.await.expect("client");
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::SeqCst), failures)
-    }
 }
 
 async fn get_via(router: SocketAddr, host: &str) -> (u16, String) {
@@ -340,7 +284,7 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
     );
 
     // v2 under load, then a rollback and a swap forward: no request fails.
-    let load = Load::start(fleet_router, "web.localhost", 4);
+    let load = ClientLoad::start("web.localhost", &[fleet_router; 4]);
     let v2 = busybox_app(tmp.path(), "web", "web two!");
     let d2 = h.deploy(&v2).await;
     assert_eq!(d2["state"], "drained", "{d2}");
@@ -593,20 +537,7 @@ async fn a_swarm_deployment_resumes_after_sigkill_with_no_orphan_service() {
             .await
             .expect("config set");
         let id = d["id"].as_u64().expect("id");
-        let line = format!("deployment {id} held at {step} (test hook)");
-        eventually(Duration::from_secs(60), &line, || async {
-            let events: Value = held
-                .client
-                .get("/v1/apps/crashy/events")
-                .await
-                .expect("events");
-            events.as_array().is_some_and(|events| {
-                events
-                    .iter()
-                    .any(|e| e["kind"] == "paused" && e["message"] == line.as_str())
-            })
-        })
-        .await;
+        held_at(&held.client, "crashy", id, step).await;
         held.signal(Signal::SIGKILL);
         // The routers serve on while nothing controls them.
         assert_eq!(get_via(fleet_router, "crashy.localhost").await.0, 200);

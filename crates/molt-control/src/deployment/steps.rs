@@ -12,7 +12,7 @@ use molt_router::EnvStats;
 use molt_store::{CutoverFigures, DeploymentRecord, EnvState, InstanceState};
 use tokio_util::sync::CancellationToken;
 
-use crate::instances::instance_addr;
+use crate::health::LastFailure;
 use crate::{ControlError, Controller, Result};
 
 /// Why a wait inside a step ended early.
@@ -141,8 +141,10 @@ impl Controller {
         let poll = health.interval.min(Duration::from_millis(25));
         let deadline = Instant::now() + health.start_deadline;
         let mut streak: HashMap<String, u32> = HashMap::new();
-        let mut last_failure = String::from("no check has completed yet");
-        let mut last_instance = String::new();
+        let mut last = LastFailure {
+            instance: String::new(),
+            why: "no check has completed yet".into(),
+        };
         loop {
             let env_id = env.clone();
             let instances = self.db(move |s| s.instances(Some(&env_id), false)).await?;
@@ -151,7 +153,6 @@ impl Controller {
                     "the environment has no instance left".into(),
                 ));
             }
-            let mut healthy = 0;
             for inst in &instances {
                 let status = self.process_status(inst);
                 if status != InstanceStatus::Running {
@@ -160,45 +161,23 @@ impl Controller {
                     });
                     return Err(Interrupted::Failed(self.with_log_tail(&inst.id, msg).await));
                 }
-                if inst.state == InstanceState::Healthy {
-                    healthy += 1;
-                    continue;
-                }
-                match self
-                    .probe_instance(instance_addr(inst), &health.path, health.timeout)
-                    .await
-                {
-                    Ok(()) => {
-                        let n = streak.entry(inst.id.clone()).or_default();
-                        *n += 1;
-                        if *n >= health.healthy_threshold {
-                            let id = inst.id.clone();
-                            self.db(move |s| {
-                                s.set_instance_state(&id, InstanceState::Healthy, None)
-                            })
-                            .await?;
-                            healthy += 1;
-                        }
-                    }
-                    Err(why) => {
-                        streak.insert(inst.id.clone(), 0);
-                        last_failure = why.to_string();
-                        last_instance = inst.id.clone();
-                    }
-                }
             }
+            let healthy = self
+                .advance_health(&instances, health, &mut streak, &mut last)
+                .await?;
             if healthy >= release.config.instances as usize {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 let msg = format!(
-                    "not healthy within the start deadline of {}: last health check failure: {last_failure}",
-                    molt_core::format_duration(health.start_deadline)
+                    "not healthy within the start deadline of {}: last health check failure: {}",
+                    molt_core::format_duration(health.start_deadline),
+                    last.why
                 );
-                let msg = if last_instance.is_empty() {
+                let msg = if last.instance.is_empty() {
                     msg
                 } else {
-                    self.with_log_tail(&last_instance, msg).await
+                    self.with_log_tail(&last.instance, msg).await
                 };
                 return Err(Interrupted::Failed(msg));
             }

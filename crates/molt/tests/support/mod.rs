@@ -526,3 +526,81 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// Keep-alive clients, one per address in `targets` (a router each, or one router several
+/// times), each sending GET `/` for `host` until stopped (bounded: 100 000 requests and two
+/// minutes each), counting answers.
+pub struct ClientLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ClientLoad {
+    pub fn start(host: &'static str, targets: &[SocketAddr]) -> ClientLoad {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = targets
+            .iter()
+            .map(|&target| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                tokio::spawn(async move {
+                    let mut conn = KeepAlive::connect(target).await;
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline && n < 100_000 {
+                        n += 1;
+                        match conn.get(host, "/").await {
+                            Ok((200, _)) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok((status, body)) => failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("{target}: {status} {body}")),
+                            Err(e) => failures.lock().unwrap().push(format!("{target}: {e}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        ClientLoad {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    /// Stops the clients; (answered 200, failures).
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.expect("client");
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::SeqCst), failures)
+    }
+}
+
+/// Waits (30 s at most) until deployment `id` of `app` is held at `step` by the
+/// `MOLT_TEST_PAUSE_AT` hook: its history says so once the step before has finished.
+pub async fn held_at(client: &Client, app: &str, id: u64, step: &str) {
+    let line = format!("deployment {id} held at {step} (test hook)");
+    eventually(Duration::from_secs(30), &line, || async {
+        let events = client
+            .get(&format!("/v1/apps/{app}/events"))
+            .await
+            .expect("events");
+        events.as_array().is_some_and(|events| {
+            events
+                .iter()
+                .any(|e| e["kind"] == "paused" && e["message"] == line.as_str())
+        })
+    })
+    .await;
+}
