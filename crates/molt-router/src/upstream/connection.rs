@@ -69,7 +69,11 @@ impl Pool<Connection> {
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         loop {
-            let (mut connection, reused) = match self.acquire(destination).await? {
+            let acquired = match self.acquire_now(destination) {
+                Some(acquired) => acquired,
+                None => self.acquire_at_cap(destination).await?,
+            };
+            let (mut connection, reused) = match acquired {
                 Acquired::Idle(connection) => (connection, true),
                 Acquired::New(slot) => (self.connect(destination.addr, slot).await?, false),
             };

@@ -68,7 +68,19 @@ pub(crate) async fn ask<T>(
     mut read: impl FnMut(&[u8]) -> Result<Option<T>, AskError>,
 ) -> Result<(Socket, T, usize), AskError> {
     loop {
-        let (mut socket, reused) = socket_for(sockets, destination).await?;
+        // Written out rather than `socket_for`: one future less on the direct path.
+        let acquired = match sockets.acquire_now(destination) {
+            Some(acquired) => acquired,
+            None => sockets.acquire_at_cap(destination).await?,
+        };
+        let (mut socket, reused) = match acquired {
+            Acquired::Idle(socket) => (socket, true),
+            Acquired::New(slot) => {
+                let addr = destination.addr;
+                let stream = sockets.connect_tcp(addr).await?;
+                (Socket { stream, addr, slot }, false)
+            }
+        };
         relay.clear();
         match exchange_head(&mut socket, head, relay, &mut read).await {
             Ok((answer, head_len)) => return Ok((socket, answer, head_len)),
@@ -81,17 +93,21 @@ pub(crate) async fn ask<T>(
 }
 
 /// A pooled socket to `destination` (and whether it was used before), or a new one.
-async fn socket_for(
+#[allow(dead_code)]
+pub(crate) async fn socket_for(
     sockets: &Pool<Socket>,
     destination: Destination<'_>,
 ) -> Result<(Socket, bool), AskError> {
-    let addr = destination.addr;
-    let slot = match sockets.acquire(destination).await {
-        Ok(Acquired::Idle(socket)) => return Ok((socket, true)),
-        Ok(Acquired::New(slot)) => slot,
-        Err(error) => return Err(AskError::from(error)),
+    let acquired = match sockets.acquire_now(destination) {
+        Some(acquired) => acquired,
+        None => sockets.acquire_at_cap(destination).await?,
     };
-    let stream = sockets.connect_tcp(addr).await.map_err(AskError::from)?;
+    let slot = match acquired {
+        Acquired::Idle(socket) => return Ok((socket, true)),
+        Acquired::New(slot) => slot,
+    };
+    let addr = destination.addr;
+    let stream = sockets.connect_tcp(addr).await?;
     Ok((Socket { stream, addr, slot }, false))
 }
 

@@ -11,9 +11,11 @@
 //! a connection to be freed, and then gives up ([`UpstreamError::AtLimit`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -85,7 +87,8 @@ struct IdleSet<C> {
     routed: Option<HashSet<SocketAddr>>,
 }
 
-/// The idle connections to one address, by shard (as many as the router has runtimes).
+/// The idle connections to one address, by shard (as many as the router has runtimes); a
+/// shard's queue is kept when it runs empty.
 struct Shards<C>(Vec<(Shard, VecDeque<Idle<C>>)>);
 
 struct Idle<C> {
@@ -149,56 +152,51 @@ impl<C: Pooled> Pool<C> {
         drop(dropped);
     }
 
-    /// A connection for `destination`: the most recently used idle one of this runtime that
-    /// is still usable, else a slot under the address's cap to open one with (making room,
-    /// or waiting, when the address is at its cap).
-    pub(crate) async fn acquire(
-        &self,
-        destination: Destination<'_>,
-    ) -> Result<Acquired<C>, UpstreamError> {
+    /// A connection for `destination` at once, when there is one: the most recently used
+    /// idle one of this runtime that is still usable, else a slot under the address's cap to
+    /// open one with. `None` when the address is at its cap: then [`Pool::acquire_at_cap`].
+    pub(crate) fn acquire_now(&self, destination: Destination<'_>) -> Option<Acquired<C>> {
         if let Some(connection) = self.checkout(destination.addr) {
-            return Ok(Acquired::Idle(connection));
+            return Some(Acquired::Idle(connection));
         }
-        if let Some(slot) = destination.connections.try_open(self.cap.max) {
-            return Ok(Acquired::New(slot));
-        }
-        // Boxed: a request under the cap does not carry the wait in its future.
-        Box::pin(self.acquire_at_cap(destination)).await
+        let slot = destination.connections.try_open(self.cap.max)?;
+        Some(Acquired::New(slot))
     }
 
-    /// [`Pool::acquire`] for an address at its cap: takes an idle connection of this runtime
-    /// or a freed slot, closes an idle connection another shard or the other pool holds to
-    /// make room, or waits for a connection to be freed, within the queue timeout.
-    async fn acquire_at_cap(
-        &self,
-        destination: Destination<'_>,
-    ) -> Result<Acquired<C>, UpstreamError> {
-        let Destination {
-            addr,
-            connections,
-            deadline,
-        } = destination;
-        // Never past the request's own deadline, so the request gets this answer (503), not
-        // its timeout's.
-        let deadline = deadline.min(tokio::time::Instant::now() + self.cap.queue_timeout);
-        let waiting = connections.wait();
-        loop {
-            let freed = waiting.freed();
-            let mut freed = std::pin::pin!(freed);
-            freed.as_mut().enable();
-            if let Some(connection) = self.checkout(addr) {
-                return Ok(Acquired::Idle(connection));
+    /// A connection for `destination`, whose address is at its cap: an idle connection of
+    /// this runtime or a freed slot, else a slot made by closing an idle connection another
+    /// shard or the other pool holds, else whichever of those comes first while it waits, up
+    /// to the queue timeout and the request's deadline. Boxed, so that a request that never
+    /// meets the cap does not carry the wait in its future.
+    pub(crate) fn acquire_at_cap<'a>(
+        &'a self,
+        destination: Destination<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<Acquired<C>, UpstreamError>> + Send + 'a>> {
+        Box::pin(async move {
+            let Destination {
+                addr,
+                connections,
+                deadline,
+            } = destination;
+            // Never past the request's own deadline, so the request gets this answer (503),
+            // not its timeout's.
+            let deadline = deadline.min(tokio::time::Instant::now() + self.cap.queue_timeout);
+            let waiting = connections.wait();
+            loop {
+                let freed = waiting.freed();
+                let mut freed = std::pin::pin!(freed);
+                freed.as_mut().enable();
+                if let Some(acquired) = self.acquire_now(destination) {
+                    return Ok(acquired);
+                }
+                if self.evict_idle(addr, shard()) || self.sibling_evicts(addr) {
+                    continue;
+                }
+                if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                    return Err(UpstreamError::AtLimit(addr));
+                }
             }
-            if let Some(slot) = connections.try_open(self.cap.max) {
-                return Ok(Acquired::New(slot));
-            }
-            if self.evict_idle(addr, shard()) || self.sibling_evicts(addr) {
-                continue;
-            }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return Err(UpstreamError::AtLimit(addr));
-            }
-        }
+        })
     }
 
     fn sibling_evicts(&self, addr: SocketAddr) -> bool {
@@ -212,15 +210,9 @@ impl<C: Pooled> Pool<C> {
     pub(crate) fn checkout(&self, addr: SocketAddr) -> Option<C> {
         let shard = shard()?;
         loop {
-            let idle = {
-                let mut pool = self.lock();
-                let shards = pool.connections.get_mut(&addr)?;
-                let idle = shards.pop_newest(shard);
-                if shards.is_empty() {
-                    pool.connections.remove(&addr);
-                }
-                idle?
-            };
+            // An empty queue stays (until its address is no longer routed): the next
+            // checkin would only hash the address and allocate it again.
+            let idle = self.lock().connections.get_mut(&addr)?.pop_newest(shard)?;
             if idle.since.elapsed() >= POOL_IDLE_TIMEOUT {
                 continue;
             }
@@ -299,11 +291,7 @@ impl<C: Pooled> Evict for Pool<C> {
             let Some(shards) = pool.connections.get_mut(&addr) else {
                 return false;
             };
-            let evicted = shards.pop_oldest_except(spare);
-            if shards.is_empty() {
-                pool.connections.remove(&addr);
-            }
-            evicted
+            shards.pop_oldest_except(spare)
         };
         // Closed outside the lock: its slot is free once this returns.
         evicted.is_some()
@@ -325,29 +313,17 @@ impl<C> Shards<C> {
 
     /// The most recently returned connection of `shard`.
     fn pop_newest(&mut self, shard: Shard) -> Option<Idle<C>> {
-        let at = self.0.iter().position(|(id, _)| *id == shard)?;
-        let idle = self.0[at].1.pop_back();
-        if self.0[at].1.is_empty() {
-            self.0.swap_remove(at);
-        }
-        idle
+        let (_, queue) = self.0.iter_mut().find(|(id, _)| *id == shard)?;
+        queue.pop_back()
     }
 
     /// The oldest connection of the first shard other than `spare` that has one.
     fn pop_oldest_except(&mut self, spare: Option<Shard>) -> Option<Idle<C>> {
-        let at = self
+        let (_, queue) = self
             .0
-            .iter()
-            .position(|(id, queue)| Some(*id) != spare && !queue.is_empty())?;
-        let idle = self.0[at].1.pop_front();
-        if self.0[at].1.is_empty() {
-            self.0.swap_remove(at);
-        }
-        idle
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
+            .iter_mut()
+            .find(|(id, queue)| Some(*id) != spare && !queue.is_empty())?;
+        queue.pop_front()
     }
 }
 
