@@ -138,3 +138,14 @@ fn retry_after_failure(
         None
     }
 }
+
+/// Logs a request that waited in vain for a connection to `upstream` of `route`, at its cap
+/// on connections (the same line on every path).
+pub(crate) fn at_connection_limit(route: &Route, upstream: &Upstream) {
+    warn!(
+        env = route.env(),
+        instance = upstream.instance,
+        addr = %upstream.addr,
+        "instance at its connection limit: no connection freed within the queue timeout (503)"
+    );
+}

@@ -67,6 +67,23 @@ pub struct RouterConfig {
     /// Most requests waiting at once for a held backend ([`Backend::held_until`](crate::Backend::held_until)) to get an
     /// upstream; beyond it, requests for a held backend are answered 503 at once.
     pub max_held_requests: usize,
+    /// Most connections open to one upstream instance (address) at once, over both of the
+    /// router's HTTP/1.1 pools and every serving thread, like nginx's `max_conns`; 0 = no cap.
+    /// At the cap a request takes a connection that another thread or pool holds idle
+    /// (closing it and opening its own), else waits for one up to `upstream_queue_timeout`,
+    /// then gets a 503 ("instance at its connection limit"), counted as failed. HTTP/1.1
+    /// carries one request per connection at a time, so this bounds the requests an instance
+    /// has in flight from this router. The default, 512, is far more than an application
+    /// process serves at once (a saturated instance only queues them, in its own accept queue
+    /// or in memory), matches the idle connections the benchmark's nginx and Caddy keep, and
+    /// leaves most of an instance's open files (`[limits] nofile`) for its own use; it stops a
+    /// burst of thousands of client connections from opening as many upstream sockets.
+    /// Upgraded connections (WebSocket) and h2c upstreams (one multiplexed connection) are not
+    /// counted.
+    pub max_connections_per_upstream: usize,
+    /// How long a request waits for a connection to an instance at its cap before it is
+    /// answered 503; never longer than the request's upstream timeout.
+    pub upstream_queue_timeout: Duration,
     /// Serve bodiless `GET`/`HEAD` requests of HTTP/1.1 clients on molt's own direct path
     /// (no hyper state machines, same routing and accounting) when instances speak
     /// HTTP/1.1; a connection moves to hyper at its first request the direct path does not
@@ -166,6 +183,8 @@ impl Default for RouterConfig {
             retry_budget: RetryBudget::default(),
             shadow_concurrency: 64,
             max_held_requests: 1024,
+            max_connections_per_upstream: 512,
+            upstream_queue_timeout: Duration::from_secs(2),
             direct_path: true,
         }
     }

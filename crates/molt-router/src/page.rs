@@ -83,6 +83,19 @@ pub(crate) fn no_instance() -> Response<ResponseBody> {
     response
 }
 
+/// 503 for a request that found its instance at the cap on connections per instance and
+/// none freed within the queue timeout, with `Retry-After: 1`.
+pub(crate) fn at_connection_limit() -> Response<ResponseBody> {
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "molt: instance at its connection limit; try again shortly\n",
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// 503 for a backend in maintenance, with `Retry-After`.
 pub(crate) fn maintenance(maintenance: &Maintenance, flavor: Flavor) -> Response<ResponseBody> {
     let status = StatusCode::SERVICE_UNAVAILABLE;

@@ -15,6 +15,7 @@ use crate::config::EjectionPolicy;
 use crate::eject::{now_ms, UpstreamHealth, Verdict};
 use crate::shaping;
 use crate::stats::{EnvCounters, UpstreamLoad};
+use crate::upstream::{Connections, Destination};
 
 /// One instance of an environment that can take traffic, and where it listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,9 @@ pub struct Route {
     loads: Arc<[Arc<AtomicU64>]>,
     /// Passive health per upstream (same order), shared with every route to the same address.
     health: Arc<[Arc<UpstreamHealth>]>,
+    /// Connections open per upstream (same order), shared with every route to the same
+    /// address: counted against the cap on connections per instance.
+    connections: Arc<[Arc<Connections>]>,
 }
 
 impl Backend {
@@ -108,6 +112,7 @@ impl Route {
             .collect();
         let loads = backend.upstreams.iter().map(|_| Arc::default()).collect();
         let health = backend.upstreams.iter().map(|_| Arc::default()).collect();
+        let connections = backend.upstreams.iter().map(|_| Arc::default()).collect();
         Self {
             backend,
             authorities,
@@ -115,6 +120,7 @@ impl Route {
             cursor: AtomicUsize::new(0),
             loads,
             health,
+            connections,
         }
     }
 
@@ -213,43 +219,56 @@ impl Route {
         verdict
     }
 
+    /// Where a request to upstream `index` goes; a wait for a connection at the instance's
+    /// cap ends by `deadline` (the request's own) at the latest.
+    pub(crate) fn destination(
+        &self,
+        index: usize,
+        deadline: tokio::time::Instant,
+    ) -> Destination<'_> {
+        Destination {
+            addr: self.backend.upstreams[index].addr,
+            connections: &self.connections[index],
+            deadline,
+        }
+    }
+
     /// Counts one request against upstream `index` until the guard is dropped.
     pub(crate) fn load_of(&self, index: usize) -> UpstreamLoad {
         UpstreamLoad::new(&self.loads[index])
     }
 
-    /// The same route, counting into `counters` and sharing the upstreams' `health` and
-    /// `loads`.
-    pub(crate) fn rebound(
-        &self,
-        counters: Arc<EnvCounters>,
-        health: Arc<[Arc<UpstreamHealth>]>,
-        loads: Arc<[Arc<AtomicU64>]>,
-    ) -> Self {
+    /// The same route, counting into `counters` and sharing the upstreams' state.
+    pub(crate) fn rebound(&self, counters: Arc<EnvCounters>, shared: Shared) -> Self {
         Self {
             backend: self.backend.clone(),
             authorities: self.authorities.clone(),
             counters,
             cursor: AtomicUsize::new(self.cursor.load(Ordering::Relaxed)),
-            loads,
-            health,
+            loads: shared.loads,
+            health: shared.health,
+            connections: shared.connections,
         }
     }
 
-    /// Whether this route already counts into `counters` and shares `health` and `loads`.
-    pub(crate) fn is_bound(
-        &self,
-        counters: &Arc<EnvCounters>,
-        health: &[Arc<UpstreamHealth>],
-        loads: &[Arc<AtomicU64>],
-    ) -> bool {
+    /// Whether this route already counts into `counters` and shares `shared`.
+    pub(crate) fn is_bound(&self, counters: &Arc<EnvCounters>, shared: &Shared) -> bool {
         fn same<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
             a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
         }
         Arc::ptr_eq(&self.counters, counters)
-            && same(&self.health, health)
-            && same(&self.loads, loads)
+            && same(&self.health, &shared.health)
+            && same(&self.loads, &shared.loads)
+            && same(&self.connections, &shared.connections)
     }
+}
+
+/// The state of a route's upstreams that every route naming the same addresses shares (each
+/// in the order of the backend's upstreams).
+pub(crate) struct Shared {
+    pub(crate) health: Arc<[Arc<UpstreamHealth>]>,
+    pub(crate) loads: Arc<[Arc<AtomicU64>]>,
+    pub(crate) connections: Arc<[Arc<Connections>]>,
 }
 
 fn authority_of(addr: SocketAddr) -> Authority {

@@ -24,7 +24,7 @@ use crate::stats::{EnvStats, LoadRegistry, StatsRegistry};
 use crate::table::RouteTable;
 use crate::tls::{AcmeChallenges, CertStore};
 use crate::tunnel::Tunnels;
-use crate::upstream::Upstreams;
+use crate::upstream::{Cap, ConnectionRegistry, Upstreams};
 
 /// How long [`Router::publish`] waits for requests still holding the old table.
 const CUTOVER_WAIT: Duration = Duration::from_secs(5);
@@ -58,6 +58,8 @@ pub struct Router {
     health: HealthRegistry,
     /// Requests in flight per upstream address, kept across publishes.
     loads: LoadRegistry,
+    /// Connections open per upstream address (against the cap), kept across publishes.
+    connections: ConnectionRegistry,
     /// Mirrored (shadow) requests in flight.
     pub(crate) shadows: Shadows,
     /// Marks every publish, for requests waiting on a held backend.
@@ -72,9 +74,14 @@ pub struct Router {
 impl Router {
     /// A router with an empty route table; start it with [`Router::serve`].
     pub fn new(config: RouterConfig) -> Arc<Router> {
+        let cap = Cap {
+            max: config.max_connections_per_upstream,
+            queue_timeout: config.upstream_queue_timeout,
+        };
         let upstreams = Arc::new(Upstreams::new(
             config.upstream_protocol,
             CONNECT_TIMEOUT.min(config.upstream_timeout),
+            cap,
         ));
         let shadows = Shadows::new(config.shadow_concurrency);
         Arc::new(Router {
@@ -92,6 +99,7 @@ impl Router {
             tls_handshake_failures: AtomicU64::new(0),
             health: HealthRegistry::default(),
             loads: LoadRegistry::default(),
+            connections: ConnectionRegistry::default(),
             shadows,
             published: watch::channel(()).0,
             held: AtomicUsize::new(0),
@@ -109,7 +117,8 @@ impl Router {
                 .publishing
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let new = Arc::new(table.bound_to(&self.stats, &self.health, &self.loads));
+            let new =
+                Arc::new(table.bound_to(&self.stats, &self.health, &self.loads, &self.connections));
             self.upstreams.retain(&new.addresses());
             let old = self.table.swap(Arc::clone(&new));
             mark_presence(&self.stats, &old, &new);
@@ -171,6 +180,14 @@ impl Router {
     /// The controller stops an instance it took out of the table once this holds.
     pub fn is_upstream_drained(&self, addr: SocketAddr) -> bool {
         self.loads.is_released(addr)
+    }
+
+    /// Connections open to the upstream at `addr` right now, over both of the router's pools
+    /// (hyper's and the plain sockets) and every thread: what
+    /// [`RouterConfig::max_connections_per_upstream`] caps. Upgraded connections (WebSocket)
+    /// and h2c upstreams' connections are not counted.
+    pub fn upstream_connections(&self, addr: SocketAddr) -> usize {
+        self.connections.open_to(addr)
     }
 
     /// Requests waiting on held backends right now (see [`crate::Backend::held_until`]).

@@ -89,7 +89,9 @@ impl Shadows {
             let started = Instant::now();
             let shadow = &route.counters().traffic.shadow;
             let exchange = async {
-                match upstreams.send(route.upstreams()[index].addr, request).await {
+                let deadline = tokio::time::Instant::now() + settings.timeout;
+                let destination = route.destination(index, deadline);
+                match upstreams.send(destination, request).await {
                     Ok(response) => {
                         route.record_success(index);
                         shadow.record(response.status().as_u16(), started.elapsed());

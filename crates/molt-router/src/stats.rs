@@ -83,6 +83,11 @@ impl<T: Default> PerAddress<T> {
             .collect()
     }
 
+    /// The state of `addr`, if it was ever bound.
+    pub(crate) fn get(&self, addr: SocketAddr) -> Option<Arc<T>> {
+        self.lock().get(&addr).cloned()
+    }
+
     /// Keeps the addresses for which `keep` is true.
     pub(crate) fn retain(&self, keep: impl FnMut(&SocketAddr, &mut Arc<T>) -> bool) {
         self.lock().retain(keep);

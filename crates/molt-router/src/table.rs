@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use crate::eject::HealthRegistry;
 use crate::host::lookup_key;
-use crate::route::{Backend, Route};
+use crate::route::{Backend, Route, Shared};
 use crate::shaping;
 use crate::stats::{LoadRegistry, StatsRegistry};
+use crate::upstream::ConnectionRegistry;
 
 /// hostname (+ optional path prefix) -> Backend. Hostnames are matched case-insensitively,
 /// port stripped from the Host header; exact match first, then wildcard entries
@@ -257,19 +258,24 @@ impl RouteTable {
         registry: &StatsRegistry,
         health: &HealthRegistry,
         loads: &LoadRegistry,
+        connections: &ConnectionRegistry,
     ) -> Self {
         let addrs = self.addresses();
         health.retain(&addrs);
         loads.retain(&addrs);
+        connections.retain(&addrs);
         let bind = |route: Arc<Route>| {
             let counters = registry.counters(route.env());
             let addrs = || route.upstreams().iter().map(|upstream| upstream.addr);
-            let upstreams = health.bind(addrs());
-            let load = loads.bind(addrs());
-            if route.is_bound(&counters, &upstreams, &load) {
+            let shared = Shared {
+                health: health.bind(addrs()),
+                loads: loads.bind(addrs()),
+                connections: connections.bind(addrs()),
+            };
+            if route.is_bound(&counters, &shared) {
                 route
             } else {
-                Arc::new(route.rebound(counters, upstreams, load))
+                Arc::new(route.rebound(counters, shared))
             }
         };
         let bind_all = |map: HashMap<String, HostRoutes>| {

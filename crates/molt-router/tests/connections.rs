@@ -1,11 +1,16 @@
 //! Upstream connections under sustained load: every path (plain HTTP/1.1 on the direct path
 //! and on hyper's, h2c, HTTP/1.1 and h2 over TLS) reuses its pooled connections instead of
 //! opening new ones, whether the router serves from one multi-thread runtime (as `molt
-//! serve`'s shared runtime does) or from its own threads.
+//! serve`'s shared runtime does) or from its own threads; with a cap on connections per
+//! instance, the instance never has more open than the cap and every request is answered; a
+//! request that finds the instance holding every connection gets a 503 after the queue
+//! timeout.
 //!
-//! The upstream counts the connections it accepts. With a pool keyed by OS thread, work
-//! stealing on a multi-thread runtime moved connections into shards no later request looked
-//! at, and 64 clients ended up holding over a thousand sockets to one instance.
+//! The upstream counts the connections it accepts, and at each accept those of its
+//! connections the router has not closed (a peek finds no end of stream on them). With a pool keyed
+//! by OS thread, work stealing on a multi-thread runtime moved connections into shards no
+//! later request looked at, and 64 clients ended up holding over a thousand sockets to one
+//! instance.
 
 mod support;
 
@@ -13,6 +18,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -22,10 +28,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use molt_router::tls::{CertSource, HostCert};
-use molt_router::{Router, RouterConfig};
+use molt_router::{Backend, RouteLimits, RouteTable, Router, RouterConfig, Upstream};
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::{table, within};
+use support::{eventually, read, silent_upstream, table, within, Client, Harness};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -33,13 +39,46 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 const HOST: &str = "app.test";
-/// Keep-alive client connections, each sending its requests one after another.
-const CLIENTS: usize = 16;
-/// Requests each HTTP/1.1 client sends.
-const REQUESTS_PER_CLIENT: usize = 150;
-/// h2 connections, and the streams each keeps in flight.
-const H2_CONNECTIONS: usize = 4;
-const H2_STREAMS: usize = 4;
+
+/// The sustained load: keep-alive HTTP/1.1 clients (or h2 connections times the streams each
+/// keeps in flight), each sending its requests one after another, through a router without a
+/// cap.
+const SUSTAINED: Load = Load {
+    clients: 16,
+    requests: 150,
+    h2_connections: 4,
+    h2_streams: 4,
+    cap: 0,
+};
+
+/// 32 clients (or h2 streams) through a router capped at 4 connections per instance.
+const CAPPED: Load = Load {
+    clients: 32,
+    requests: 40,
+    h2_connections: 4,
+    h2_streams: 8,
+    cap: 4,
+};
+
+/// How much load a run sends, and the router's cap on connections per instance.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    clients: usize,
+    requests: usize,
+    h2_connections: usize,
+    h2_streams: usize,
+    /// `RouterConfig::max_connections_per_upstream`.
+    cap: usize,
+}
+
+/// What one run measured.
+struct Measured {
+    requests: usize,
+    /// Connections the upstream accepted.
+    opened: usize,
+    /// Most connections established to the upstream at once, in the kernel's view.
+    peak: usize,
+}
 
 /// How the router serves its listeners.
 #[derive(Debug, Clone, Copy)]
@@ -80,15 +119,17 @@ async fn sustained_load_reuses_upstream_connections_on_every_path() {
     let mut report = Vec::new();
     for serving in [Serving::SharedRuntime, Serving::OwnThreads] {
         for path in paths {
-            let (requests, opened) = load(serving, path).await;
+            let Measured {
+                requests, opened, ..
+            } = load(serving, path, SUSTAINED).await;
             report.push(format!(
                 "{serving:?}/{path:?}: {requests} requests, {opened} upstream connections"
             ));
             // Each request holds one upstream connection at a time; a connection free again
             // serves the next one. At most one per request in flight, then.
             let in_flight = match path {
-                Path::H2c | Path::TlsH2 => H2_CONNECTIONS * H2_STREAMS,
-                _ => CLIENTS,
+                Path::H2c | Path::TlsH2 => SUSTAINED.h2_connections * SUSTAINED.h2_streams,
+                _ => SUSTAINED.clients,
             };
             assert!(
                 opened <= in_flight,
@@ -101,12 +142,47 @@ async fn sustained_load_reuses_upstream_connections_on_every_path() {
     eprintln!("{}", report.join("\n"));
 }
 
-/// Runs the load of `path` against a fresh router and upstream; returns the requests answered
-/// and the upstream connections the router opened for them.
-async fn load(serving: Serving, path: Path) -> (usize, usize) {
-    let (upstream, opened) = counting_upstream().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_instance_never_has_more_connections_open_and_every_request_is_answered() {
+    let paths = [
+        Path::PlainDirect,
+        Path::PlainHyper,
+        Path::PlainPost,
+        Path::H2c,
+        Path::TlsHttp1,
+        Path::TlsH2,
+    ];
+    let mut report = Vec::new();
+    for serving in [Serving::SharedRuntime, Serving::OwnThreads] {
+        for path in paths {
+            let Measured {
+                requests,
+                opened,
+                peak,
+            } = load(serving, path, CAPPED).await;
+            report.push(format!(
+                "{serving:?}/{path:?}: {requests} requests, {opened} upstream connections \
+                 opened, at most {peak} at once"
+            ));
+            assert!(
+                (1..=CAPPED.cap).contains(&peak),
+                "{serving:?}/{path:?}: {peak} upstream connections at once, cap {}\n{}",
+                CAPPED.cap,
+                report.join("\n")
+            );
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// Runs `load` on `path` against a fresh router and upstream; returns the requests answered
+/// (every one a 200, none counted as failed), the upstream connections the router opened for
+/// them and the most that were open at once.
+async fn load(serving: Serving, path: Path, load: Load) -> Measured {
+    let (upstream, tally) = counting_upstream(load.cap).await;
     let config = RouterConfig {
         direct_path: !matches!(path, Path::PlainHyper),
+        max_connections_per_upstream: load.cap,
         ..RouterConfig::default()
     };
     let router = Router::new(config);
@@ -134,18 +210,18 @@ async fn load(serving: Serving, path: Path) -> (usize, usize) {
     let mut clients = JoinSet::new();
     match path {
         Path::H2c | Path::TlsH2 => {
-            for _ in 0..H2_CONNECTIONS {
+            for _ in 0..load.h2_connections {
                 let stream = connect(addr, tls.as_ref()).await;
                 let (sender, connection) =
                     within(client_http2::handshake(TokioExecutor::new(), stream))
                         .await
                         .expect("h2 handshake");
                 tokio::spawn(connection);
-                for _ in 0..H2_STREAMS {
+                for _ in 0..load.h2_streams {
                     let mut sender = sender.clone();
                     let scheme = if tls.is_some() { "https" } else { "http" };
                     clients.spawn(async move {
-                        for _ in 0..REQUESTS_PER_CLIENT {
+                        for _ in 0..load.requests {
                             let request = Request::get(format!("{scheme}://{HOST}/"))
                                 .body(Full::new(Bytes::new()))
                                 .expect("request");
@@ -155,20 +231,20 @@ async fn load(serving: Serving, path: Path) -> (usize, usize) {
                                 .expect("h2 response");
                             expect_ok(response).await;
                         }
-                        REQUESTS_PER_CLIENT
+                        load.requests
                     });
                 }
             }
         }
         _ => {
-            for _ in 0..CLIENTS {
+            for _ in 0..load.clients {
                 let stream = connect(addr, tls.as_ref()).await;
                 let (mut sender, connection) = within(client_http1::handshake(stream))
                     .await
                     .expect("handshake");
                 tokio::spawn(connection);
                 clients.spawn(async move {
-                    for _ in 0..REQUESTS_PER_CLIENT {
+                    for _ in 0..load.requests {
                         let (method, body) = match path {
                             Path::PlainPost => ("POST", Bytes::from_static(b"a body")),
                             _ => ("GET", Bytes::new()),
@@ -185,7 +261,7 @@ async fn load(serving: Serving, path: Path) -> (usize, usize) {
                             .expect("response");
                         expect_ok(response).await;
                     }
-                    REQUESTS_PER_CLIENT
+                    load.requests
                 });
             }
         }
@@ -195,9 +271,16 @@ async fn load(serving: Serving, path: Path) -> (usize, usize) {
         requests += done.expect("client task");
     }
     assert_eq!(router.env_stats("blue").failed, 0, "{serving:?}/{path:?}");
+    if load.cap > 0 {
+        assert!(router.upstream_connections(upstream) <= load.cap);
+    }
     shutdown.cancel();
     listening.stop().await;
-    (requests, opened.load(Ordering::SeqCst))
+    Measured {
+        requests,
+        opened: tally.opened.load(Ordering::SeqCst),
+        peak: tally.peak.load(Ordering::SeqCst),
+    }
 }
 
 async fn expect_ok(response: Response<hyper::body::Incoming>) {
@@ -209,15 +292,38 @@ async fn expect_ok(response: Response<hyper::body::Incoming>) {
     assert_eq!(&body[..], b"ok");
 }
 
-/// An HTTP/1.1 upstream answering `ok` that counts the connections it accepts.
-async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+/// Connections an upstream accepted, and the most it had open at once.
+#[derive(Default)]
+struct Tally {
+    opened: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// An HTTP/1.1 upstream answering `ok` that counts the connections it accepts and, at each
+/// accept, those it has open: of the connections accepted before (a second descriptor of
+/// each is kept to look at them), those the router has not closed, and the new one. A count
+/// over `cap` is looked at again 5 ms later: the router closes a connection before it opens
+/// the next, but on a busy machine the kernel may deliver the close's FIN after the next
+/// connection is established.
+async fn counting_upstream(cap: usize) -> (SocketAddr, Arc<Tally>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let opened = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&opened);
+    let tally = Arc::new(Tally::default());
+    let count = Arc::clone(&tally);
     tokio::spawn(async move {
+        let mut open: Vec<std::net::TcpStream> = Vec::new();
         while let Ok((stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
+            count.opened.fetch_add(1, Ordering::SeqCst);
+            let fd = std::os::fd::AsFd::as_fd(&stream)
+                .try_clone_to_owned()
+                .expect("a second descriptor");
+            open.push(std::net::TcpStream::from(fd));
+            open.retain(still_open);
+            if cap > 0 && open.len() > cap {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                open.retain(still_open);
+            }
+            count.peak.fetch_max(open.len(), Ordering::SeqCst);
             let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
                 // Read the request body whole before answering, as an application would.
                 let _ = request.into_body().collect().await;
@@ -228,7 +334,18 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
             );
         }
     });
-    (addr, opened)
+    (addr, tally)
+}
+
+/// Whether the router still holds `stream` open: a peek finds no end of stream (an idle
+/// connection has nothing to read; one with a request waiting is open too).
+fn still_open(stream: &std::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match stream.peek(&mut byte) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(error) => error.kind() == std::io::ErrorKind::WouldBlock,
+    }
 }
 
 /// A self-signed certificate for [`HOST`].
@@ -333,4 +450,143 @@ impl Listening {
                 .expect("router stopped cleanly");
         }
     }
+}
+
+/// An instance at its cap that never frees a connection: a request waits the queue timeout,
+/// then gets a 503 that says why (counted as failed), on the direct path, hyper's (a POST)
+/// and h2c; and the wait never outlasts the request's own timeout (an app's
+/// `request_timeout` shorter than the queue timeout gives the 503 at its end, not a 504).
+#[tokio::test]
+async fn a_request_finding_the_instance_at_its_cap_gets_503_after_the_queue_timeout() {
+    let hanging = silent_upstream().await;
+    let config = RouterConfig {
+        max_connections_per_upstream: 2,
+        upstream_queue_timeout: Duration::from_millis(300),
+        upstream_timeout: Duration::from_secs(30),
+        ..RouterConfig::default()
+    };
+    let harness = Harness::start(config).await;
+    let upstream = |env: &str| Upstream {
+        instance: format!("{env}-0"),
+        addr: hanging,
+    };
+    let mut routes = RouteTable::new();
+    routes.insert("hold.test", Backend::new("hold", vec![upstream("hold")]));
+    routes.insert(
+        "short.test",
+        Backend {
+            limits: RouteLimits {
+                max_body_bytes: None,
+                upstream_timeout: Some(Duration::from_millis(400)),
+            },
+            ..Backend::new("short", vec![upstream("short")])
+        },
+    );
+    within(harness.router.publish(routes)).await;
+    // Two requests that the instance never answers hold both of its connections.
+    for _ in 0..2 {
+        let mut client = harness.client().await;
+        tokio::spawn(async move { client.send("GET", Some("hold.test"), "/", "").await });
+    }
+    assert!(eventually(|| harness.router.upstream_connections(hanging) == 2).await);
+
+    for (kind, host, wait) in [
+        ("direct GET", "hold.test", Duration::from_millis(300)),
+        ("POST (hyper)", "hold.test", Duration::from_millis(300)),
+        ("h2c GET", "hold.test", Duration::from_millis(300)),
+        (
+            "direct GET, 400 ms app timeout",
+            "short.test",
+            Duration::from_millis(300),
+        ),
+    ] {
+        let started = Instant::now();
+        let response = match kind {
+            "POST (hyper)" => harness
+                .client()
+                .await
+                .send("POST", Some(host), "/", "a body")
+                .await
+                .expect("response"),
+            "h2c GET" => {
+                let stream = within(TcpStream::connect(harness.addr))
+                    .await
+                    .expect("connect");
+                let (mut sender, connection) =
+                    client_http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                        .await
+                        .expect("h2 handshake");
+                tokio::spawn(connection);
+                let request = Request::get(format!("http://{host}/"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                within(sender.send_request(request))
+                    .await
+                    .expect("h2 response")
+            }
+            _ => harness
+                .client()
+                .await
+                .send("GET", Some(host), "/", "")
+                .await
+                .expect("response"),
+        };
+        let retry_after = response.headers().get("retry-after").cloned();
+        let (status, body) = read(response).await;
+        let waited = started.elapsed();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{kind}: {body}");
+        assert!(
+            body.contains("instance at its connection limit"),
+            "{kind}: {body}"
+        );
+        assert_eq!(retry_after.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
+        assert!(
+            waited >= wait && waited < Duration::from_secs(3),
+            "{kind}: answered after {waited:?}"
+        );
+    }
+    assert_eq!(harness.router.env_stats("hold").failed, 3);
+    let short = harness.router.env_stats("short");
+    assert_eq!((short.accepted, short.failed, short.in_flight), (1, 1, 0));
+    // Still only the two connections of the hanging requests.
+    assert_eq!(harness.router.upstream_connections(hanging), 2);
+}
+
+/// Under the cap, a request takes a connection another serving thread holds idle rather
+/// than wait: with one connection allowed, requests arriving on both threads of
+/// `serve_on_threads` in turn are all answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_of_another_thread_makes_room_under_the_cap() {
+    let (upstream, tally) = counting_upstream(1).await;
+    let router = Router::new(RouterConfig {
+        max_connections_per_upstream: 1,
+        upstream_queue_timeout: Duration::from_secs(10),
+        ..RouterConfig::default()
+    });
+    within(router.publish(table(&[(HOST, "blue", &[upstream])]))).await;
+    let shutdown = CancellationToken::new();
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let threads = Arc::clone(&router)
+        .serve_on_threads(any, 2, shutdown.clone())
+        .expect("threads");
+    let addr = threads.local_addr();
+    // Fresh connections land on either thread; each request waits only for a connect.
+    for post in [false, true, false, true, false, true] {
+        let mut client = Client::connect(addr).await;
+        let started = Instant::now();
+        let (method, body) = if post { ("POST", "x") } else { ("GET", "") };
+        let response = client
+            .send(method, Some(HOST), "/", body)
+            .await
+            .expect("response");
+        assert_eq!(read(response).await, (StatusCode::OK, "ok".to_owned()));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(router.upstream_connections(upstream) <= 1);
+    }
+    assert!(tally.peak.load(Ordering::SeqCst) <= 1);
+    shutdown.cancel();
+    within(tokio::task::spawn_blocking(move || threads.join()))
+        .await
+        .expect("join")
+        .expect("threads stopped");
 }

@@ -12,11 +12,11 @@ use super::conn::Conn;
 use super::request::Exchange;
 use super::response::{rewrite_response, Answer, Extras};
 use crate::access::Served;
-use crate::attempts::{self, Attempt, Attempted, Settled};
+use crate::attempts::{self, at_connection_limit, Attempt, Attempted, Settled};
 use crate::body::ResponseBody;
 use crate::guard::ClientSocket;
 use crate::page;
-use crate::route::Upstream;
+use crate::route::{Route, Upstream};
 use crate::router::Router;
 use crate::stats::InFlight;
 use crate::upstream::{ask, AskError, Pool, Socket, UpstreamError};
@@ -27,6 +27,7 @@ use crate::upstream::{ask, AskError, Pool, Socket, UpstreamError};
 struct SocketAttempt<'a, S: ClientSocket> {
     conn: &'a mut Conn<S>,
     sockets: &'a Pool<Socket>,
+    route: &'a Route,
     extras: Extras<'a>,
     /// The client asked to close after this request.
     close: bool,
@@ -36,22 +37,23 @@ struct SocketAttempt<'a, S: ClientSocket> {
 impl<S: ClientSocket> Attempt for SocketAttempt<'_, S> {
     type Answer = (Socket, Answer);
     type Unreachable = UpstreamError;
-    type Failure = &'static str;
+    type Failure = AskError;
 
     async fn send(
         &mut self,
-        upstream: &Upstream,
-        _index: usize,
+        _upstream: &Upstream,
+        index: usize,
         _last: bool,
-    ) -> Attempted<(Socket, Answer), UpstreamError, &'static str> {
+    ) -> Attempted<(Socket, Answer), UpstreamError, AskError> {
         let closing = self.close || self.shutdown.is_cancelled();
         let conn = &mut *self.conn;
         let extras = &self.extras;
         let out = &mut conn.out;
         let rewrite = |head: &[u8]| rewrite_response(head, extras, closing, out);
+        let destination = self.route.destination(index, conn.timer.deadline());
         let asked = tokio::select! {
             biased;
-            asked = ask(self.sockets, upstream.addr, &conn.request_head, &mut conn.relay, rewrite)
+            asked = ask(self.sockets, destination, &conn.request_head, &mut conn.relay, rewrite)
                 => asked,
             () = conn.timer.as_mut() => return Attempted::TimedOut,
         };
@@ -63,7 +65,7 @@ impl<S: ClientSocket> Attempt for SocketAttempt<'_, S> {
             Err(AskError::Unreachable(error)) => {
                 Attempted::Unreachable(UpstreamError::Connect(error))
             }
-            Err(AskError::Invalid(reason)) => Attempted::Failed(reason),
+            Err(failure) => Attempted::Failed(failure),
         }
     }
 }
@@ -104,6 +106,7 @@ impl Router {
         let mut attempt = SocketAttempt {
             conn: &mut *conn,
             sockets,
+            route: &route,
             extras: Extras {
                 request_id: &request_id,
                 sticky,
@@ -152,11 +155,16 @@ impl Router {
                 )
             }
             Attempted::Unreachable(_) => bad_gateway(&in_flight),
-            Attempted::Failed(reason) => {
+            Attempted::Failed(AskError::AtLimit(_)) => {
+                at_connection_limit(&route, upstream);
+                in_flight.counters().record_failed();
+                page::at_connection_limit()
+            }
+            Attempted::Failed(failure) => {
                 debug!(
                     env = route.env(),
                     instance = upstream.instance,
-                    reason,
+                    %failure,
                     "upstream failed"
                 );
                 bad_gateway(&in_flight)

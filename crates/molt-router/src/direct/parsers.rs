@@ -51,7 +51,7 @@ pub fn client_head(bytes: &[u8], head_only: bool) -> Result<Option<Vec<u8>>, &'s
         Ok(Some(_)) => Ok(Some(out)),
         Ok(None) => Ok(None),
         Err(AskError::Invalid(reason)) => Err(reason),
-        Err(AskError::Unreachable(_)) => Err("unreachable"),
+        Err(AskError::Unreachable(_) | AskError::AtLimit(_)) => Err("unreachable"),
     }
 }
 

@@ -103,7 +103,7 @@ mod tests {
         match rewrite_response(head.as_bytes(), &extras, false, &mut out) {
             Ok(answer) => Ok((answer, String::from_utf8(out).expect("ascii head"))),
             Err(AskError::Invalid(reason)) => Err(reason),
-            Err(AskError::Unreachable(_)) => Err("unreachable"),
+            Err(AskError::Unreachable(_) | AskError::AtLimit(_)) => Err("unreachable"),
         }
     }
 

@@ -16,7 +16,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::debug;
 
-use crate::attempts::{self, Attempt, Attempted, Settled};
+use crate::attempts::{self, at_connection_limit, Attempt, Attempted, Settled};
 use crate::body::{relay, relay_socket, ResponseBody};
 use crate::config::ClientScheme;
 use crate::forwarded::add_forwarded;
@@ -123,11 +123,17 @@ impl Router {
             &mut attempt,
         )
         .await;
-        let instance = &route.upstreams()[index].instance;
+        let upstream = &route.upstreams()[index];
+        let instance = &upstream.instance;
         let response = match outcome {
             Attempted::Answered(Answer::Hyper(response)) => relay(response, in_flight),
             Attempted::Answered(Answer::Socket(response)) => relay_socket(response, in_flight),
             Attempted::Unreachable(_) => upstream_failure(&in_flight, &fault),
+            Attempted::Failed(error) if error.is_at_limit() => {
+                at_connection_limit(route, upstream);
+                in_flight.counters().record_failed();
+                page::at_connection_limit()
+            }
             Attempted::Failed(error) => {
                 debug!(env = route.env(), instance, %error, "upstream failed");
                 upstream_failure(&in_flight, &fault)
@@ -152,7 +158,7 @@ impl Attempt for UpstreamAttempt<'_> {
 
     async fn send(
         &mut self,
-        upstream: &Upstream,
+        _upstream: &Upstream,
         index: usize,
         last: bool,
     ) -> Attempted<Answer, SendError, SendError> {
@@ -160,10 +166,12 @@ impl Attempt for UpstreamAttempt<'_> {
             .body
             .take()
             .map_or_else(|| Either::Right(Empty::new()), Either::Left);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let destination = self.route.destination(index, deadline);
         let sent = match &self.plain {
             Some((sockets, head)) => {
-                let send = send_bodiless(sockets, upstream.addr, head, self.head_only);
-                tokio::time::timeout(self.timeout, send)
+                let send = send_bodiless(sockets, destination, head, self.head_only);
+                tokio::time::timeout_at(deadline, send)
                     .await
                     .map(|sent| sent.map(Answer::Socket).map_err(SendError::Plain))
             }
@@ -172,8 +180,8 @@ impl Attempt for UpstreamAttempt<'_> {
                 let request = self
                     .forward
                     .request_for(self.route, index, body, last, absolute);
-                let send = self.upstreams.send(upstream.addr, request);
-                tokio::time::timeout(self.timeout, send)
+                let send = self.upstreams.send(destination, request);
+                tokio::time::timeout_at(deadline, send)
                     .await
                     .map(|sent| sent.map(Answer::Hyper).map_err(SendError::Hyper))
             }
@@ -188,6 +196,14 @@ impl Attempt for UpstreamAttempt<'_> {
 }
 
 impl SendError {
+    /// The instance was at its cap of connections and none was freed in time.
+    fn is_at_limit(&self) -> bool {
+        matches!(
+            self,
+            SendError::Hyper(UpstreamError::AtLimit(_)) | SendError::Plain(AskError::AtLimit(_))
+        )
+    }
+
     fn is_connection_failure(&self) -> bool {
         match self {
             SendError::Hyper(error) => error.is_connection_failure(),

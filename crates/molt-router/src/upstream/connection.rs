@@ -25,8 +25,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::cap::Slot;
 use super::error::UpstreamError;
-use super::pool::{Pool, Pooled};
+use super::pool::{Acquired, Destination, Pool, Pooled};
 use crate::limits::LimitedBody;
 
 /// Body of requests sent upstream: the client's body streamed through, or nothing (for
@@ -41,6 +42,8 @@ pub(crate) struct Connection {
     /// `None` once the connection has finished (closed, failed or shut down).
     driver: Option<Pin<Box<Driver>>>,
     addr: SocketAddr,
+    /// Last, so the connection is closed before its place under the cap is given back.
+    slot: Slot,
 }
 
 /// A connection on loan to one exchange; it goes back to its pool when the response body
@@ -58,17 +61,21 @@ pub(crate) struct UpstreamBody {
 }
 
 impl Pool<Connection> {
-    /// Sends `request` to `addr` over a pooled connection (a new one when none is idle) and
-    /// returns the response head; its body drives the connection from then on.
+    /// Sends `request` to `destination` over a pooled connection (a new one when none is idle)
+    /// and returns the response head; its body drives the connection from then on.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        destination: Destination<'_>,
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         loop {
-            let (mut connection, reused) = match self.checkout(addr) {
-                Some(connection) => (connection, true),
-                None => (self.connect(addr).await?, false),
+            let acquired = match self.acquire_now(destination) {
+                Some(acquired) => acquired,
+                None => self.acquire_at_cap(destination).await?,
+            };
+            let (mut connection, reused) = match acquired {
+                Acquired::Idle(connection) => (connection, true),
+                Acquired::New(slot) => (self.connect(destination.addr, slot).await?, false),
             };
             match connection.exchange(request).await {
                 Ok(response) => {
@@ -92,7 +99,7 @@ impl Pool<Connection> {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Connection, UpstreamError> {
+    async fn connect(&self, addr: SocketAddr, slot: Slot) -> Result<Connection, UpstreamError> {
         let stream = self.connect_tcp(addr).await?;
         let (sender, driver) = http1::handshake(TokioIo::new(stream))
             .await
@@ -101,6 +108,7 @@ impl Pool<Connection> {
             sender,
             driver: Some(Box::pin(driver)),
             addr,
+            slot,
         })
     }
 }
@@ -116,6 +124,10 @@ impl Pooled for Connection {
             futures_util::task::noop_waker_ref(),
         ));
         self.is_reusable()
+    }
+
+    fn slot(&self) -> &Slot {
+        &self.slot
     }
 }
 

@@ -2,6 +2,7 @@
 //! send again elsewhere.
 
 use std::io;
+use std::net::SocketAddr;
 
 /// Why an upstream request got no response.
 #[derive(Debug)]
@@ -12,6 +13,9 @@ pub(crate) enum UpstreamError {
     Http(hyper::Error),
     /// hyper-util's client failed (h2c upstreams).
     Client(hyper_util::client::legacy::Error),
+    /// The address had its cap of open connections, and none was freed within the queue
+    /// timeout.
+    AtLimit(SocketAddr),
 }
 
 impl UpstreamError {
@@ -21,6 +25,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect(_) => true,
             UpstreamError::Client(error) if error.is_connect() => true,
+            UpstreamError::AtLimit(_) => false,
             _ => is_broken_connection(self),
         }
     }
@@ -32,6 +37,9 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Connect(error) => write!(f, "connecting failed: {error}"),
             UpstreamError::Http(error) => write!(f, "{error}"),
             UpstreamError::Client(error) => write!(f, "{error}"),
+            UpstreamError::AtLimit(addr) => {
+                write!(f, "instance {addr} at its connection limit")
+            }
         }
     }
 }
@@ -42,6 +50,7 @@ impl std::error::Error for UpstreamError {
             UpstreamError::Connect(error) => Some(error),
             UpstreamError::Http(error) => Some(error),
             UpstreamError::Client(error) => Some(error),
+            UpstreamError::AtLimit(_) => None,
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body_framing::Framing;
 use super::error::UpstreamError;
-use super::pool::{Pool, Socket};
+use super::pool::{Acquired, Destination, Pool, Socket};
 use super::socket_body::SocketBody;
 use crate::headers::{is_hop_by_hop, Listed};
 use crate::http1::{find_head_end, last_token, parse_length, tokens, HEAD_READ, MAX_HEADERS};
@@ -33,6 +33,8 @@ pub(crate) enum AskError {
     Unreachable(io::Error),
     /// The upstream answered something that is not a usable HTTP/1.1 response.
     Invalid(&'static str),
+    /// The upstream had its cap of open connections, and none was freed in time.
+    AtLimit(SocketAddr),
 }
 
 /// A final response head, checked: its status, how its body is framed, whether the upstream
@@ -49,33 +51,34 @@ impl std::fmt::Display for AskError {
         match self {
             AskError::Unreachable(error) => write!(f, "{error}"),
             AskError::Invalid(reason) => f.write_str(reason),
+            AskError::AtLimit(addr) => write!(f, "instance {addr} at its connection limit"),
         }
     }
 }
 
-/// Sends `head` to `addr` on a pooled socket (a new one when the pooled socket turns out
-/// closed) and reads the final response head into `relay` (informational answers are
+/// Sends `head` to `destination` on a pooled socket (a new one when the pooled socket turns
+/// out closed) and reads the final response head into `relay` (informational answers are
 /// skipped), handing it to `read` (which gives `None` for a 1xx). Returns the socket, what
 /// `read` made of the head, and the head's length in `relay`.
 pub(crate) async fn ask<T>(
     sockets: &Pool<Socket>,
-    addr: SocketAddr,
+    destination: Destination<'_>,
     head: &[u8],
     relay: &mut Vec<u8>,
     mut read: impl FnMut(&[u8]) -> Result<Option<T>, AskError>,
 ) -> Result<(Socket, T, usize), AskError> {
     loop {
-        let (mut socket, reused) = match sockets.checkout(addr) {
-            Some(socket) => (socket, true),
-            None => {
-                let stream = sockets
-                    .connect_tcp(addr)
-                    .await
-                    .map_err(|error| match error {
-                        UpstreamError::Connect(error) => AskError::Unreachable(error),
-                        _ => AskError::Invalid("connecting failed"),
-                    })?;
-                (Socket { stream, addr }, false)
+        // Written out rather than `socket_for`: one future less on the direct path.
+        let acquired = match sockets.acquire_now(destination) {
+            Some(acquired) => acquired,
+            None => sockets.acquire_at_cap(destination).await?,
+        };
+        let (mut socket, reused) = match acquired {
+            Acquired::Idle(socket) => (socket, true),
+            Acquired::New(slot) => {
+                let addr = destination.addr;
+                let stream = sockets.connect_tcp(addr).await?;
+                (Socket { stream, addr, slot }, false)
             }
         };
         relay.clear();
@@ -85,6 +88,37 @@ pub(crate) async fn ask<T>(
             // idempotent) goes again on a new one.
             Err(AskError::Unreachable(_)) if reused && relay.is_empty() => continue,
             Err(error) => return Err(error),
+        }
+    }
+}
+
+/// A pooled socket to `destination` (and whether it was used before), or a new one.
+#[allow(dead_code)]
+pub(crate) async fn socket_for(
+    sockets: &Pool<Socket>,
+    destination: Destination<'_>,
+) -> Result<(Socket, bool), AskError> {
+    let acquired = match sockets.acquire_now(destination) {
+        Some(acquired) => acquired,
+        None => sockets.acquire_at_cap(destination).await?,
+    };
+    let slot = match acquired {
+        Acquired::Idle(socket) => return Ok((socket, true)),
+        Acquired::New(slot) => slot,
+    };
+    let addr = destination.addr;
+    let stream = sockets.connect_tcp(addr).await?;
+    Ok((Socket { stream, addr, slot }, false))
+}
+
+impl From<UpstreamError> for AskError {
+    fn from(error: UpstreamError) -> Self {
+        match error {
+            UpstreamError::Connect(error) => AskError::Unreachable(error),
+            UpstreamError::AtLimit(addr) => AskError::AtLimit(addr),
+            UpstreamError::Http(_) | UpstreamError::Client(_) => {
+                AskError::Invalid("connecting failed")
+            }
         }
     }
 }
@@ -215,14 +249,14 @@ pub(crate) fn check_response<'h, 'b>(
 /// body streaming from the socket.
 pub(crate) async fn send_bodiless(
     sockets: &Arc<Pool<Socket>>,
-    addr: SocketAddr,
+    destination: Destination<'_>,
     head: &[u8],
     head_only: bool,
 ) -> Result<Response<SocketBody>, AskError> {
     let mut relay = Vec::new();
     let read = |bytes: &[u8]| response_head(bytes, head_only);
     let (socket, (head, framing, keep_alive), head_len) =
-        ask(sockets, addr, head, &mut relay, read).await?;
+        ask(sockets, destination, head, &mut relay, read).await?;
     // Bytes after a bodiless answer leave the socket in an unknown state.
     let extra = relay.len() > head_len;
     let reusable = keep_alive

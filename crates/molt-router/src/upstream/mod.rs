@@ -8,12 +8,18 @@
 //! [`body_framing`]) — the direct path relays such an answer to its client byte for byte,
 //! hyper's path gets it as a [`SocketBody`].
 //!
+//! Both pools count their connections against one cap per address ([`cap`], like nginx's
+//! `max_conns`): at the cap a request takes an idle connection, has one another shard or pool
+//! holds closed to make room, or waits for one, briefly ([`pool`]).
+//!
 //! With [`UpstreamProtocol::Http2PriorKnowledge`] the router uses hyper-util's pooled client
-//! instead: an h2 connection multiplexes many requests, so it needs a task of its own.
+//! instead: an h2 connection multiplexes many requests, so it needs a task of its own (and
+//! one connection per instance, which the cap does not count).
 //!
 //! Nothing here knows routes or clients: an upstream is an address.
 
 mod body_framing;
+mod cap;
 mod connection;
 mod error;
 mod exchange;
@@ -22,7 +28,7 @@ mod socket_body;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
@@ -32,15 +38,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub(crate) use body_framing::{ChunkScanner, Framing};
+pub(crate) use cap::{Cap, ConnectionRegistry, Connections};
 pub(crate) use connection::{RequestBody, UpstreamBody};
 pub(crate) use error::UpstreamError;
 pub(crate) use exchange::{ask, check_response, send_bodiless, AskError, Checked};
-pub(crate) use pool::{Pool, Socket};
+pub(crate) use pool::{Destination, Pool, Socket};
 pub(crate) use socket_body::SocketBody;
 
 use crate::config::UpstreamProtocol;
 use connection::Connection;
-use pool::POOL_IDLE_TIMEOUT;
+use pool::{Evict, POOL_IDLE_TIMEOUT};
 
 /// How the router reaches instances.
 pub(crate) enum Upstreams {
@@ -55,13 +62,19 @@ pub(crate) enum Upstreams {
 }
 
 impl Upstreams {
-    /// The client for `protocol`, connecting within `connect_timeout`.
-    pub(crate) fn new(protocol: UpstreamProtocol, connect_timeout: Duration) -> Self {
+    /// The client for `protocol`, connecting within `connect_timeout`, with `cap` on the
+    /// connections open to each address (HTTP/1.1 instances only).
+    pub(crate) fn new(protocol: UpstreamProtocol, connect_timeout: Duration, cap: Cap) -> Self {
         match protocol {
-            UpstreamProtocol::Http1 => Upstreams::Http1 {
-                pool: Arc::new(Pool::new(connect_timeout)),
-                sockets: Arc::new(Pool::new(connect_timeout)),
-            },
+            UpstreamProtocol::Http1 => {
+                let pool = Arc::new(Pool::new(connect_timeout, cap));
+                let sockets = Arc::new(Pool::new(connect_timeout, cap));
+                let (evict_pool, evict_sockets): (Weak<dyn Evict>, Weak<dyn Evict>) =
+                    (Arc::downgrade(&pool) as _, Arc::downgrade(&sockets) as _);
+                pool.pair_with(evict_sockets);
+                sockets.pair_with(evict_pool);
+                Upstreams::Http1 { pool, sockets }
+            }
             UpstreamProtocol::Http2PriorKnowledge => {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
@@ -83,15 +96,15 @@ impl Upstreams {
         matches!(self, Upstreams::Http2(_))
     }
 
-    /// Sends `request` to `addr` and returns the response head; its body streams from the
-    /// connection afterwards.
+    /// Sends `request` to `destination` and returns the response head; its body streams from
+    /// the connection afterwards.
     pub(crate) async fn send(
         &self,
-        addr: SocketAddr,
+        destination: Destination<'_>,
         request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match self {
-            Upstreams::Http1 { pool, .. } => pool.send(addr, request).await,
+            Upstreams::Http1 { pool, .. } => pool.send(destination, request).await,
             Upstreams::Http2(client) => client
                 .request(request)
                 .await
