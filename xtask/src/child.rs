@@ -102,6 +102,11 @@ impl ChildProcess {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// Everything the child wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
     /// The last lines the child wrote to stderr, for an error message.
     pub fn stderr_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();

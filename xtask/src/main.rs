@@ -8,6 +8,7 @@
 //! cargo run --release -p xtask -- bench router --quick # the same, 1 s per cell, c=16 and 64
 //! cargo run --release -p xtask -- bench sandbox       # container start -> first 200, density
 //! cargo run --release -p xtask -- bench images        # image import/export MB/s vs skopeo copy, dedup
+//! cargo run --release -p xtask -- bench fleet         # swaps acknowledged by 1 and 3 routers, Swarm vs runc
 //! cargo run --release -p xtask -- backend             # the fast test app `bench core` deploys
 //! cargo run -p xtask -- layers                        # the crates' dependencies vs the layering
 //! ```
@@ -19,10 +20,15 @@
 //! `bench router` starts this executable's `backend`, its `router-server` (molt's router in
 //! its own process) and nginx, HAProxy and Caddy (installed from Debian when missing and run
 //! as root), loads each in turn, and stops everything it started.
+//!
+//! `bench fleet` starts a release `molt serve` and `molt router` processes following it, swaps
+//! under their eyes, loads them, then deploys on runc and on Docker Swarm where the machine has
+//! them, and removes everything it started (processes, services, network, registry).
 
 mod backend;
 mod bench_bake;
 mod bench_core;
+mod bench_fleet;
 mod bench_images;
 mod bench_router;
 mod bench_sandbox;
@@ -53,6 +59,11 @@ tasks:
   bench sandbox [--json]
                         runc instance start -> first successful GET (vs a plain process),
                         and how many instances fit (needs root, runc, busybox-static)
+  bench fleet [--quick] [--json]
+                        swaps acknowledged by no, one and three `molt router`s (API answer,
+                        when each router shows it), failed requests across swaps under load,
+                        one router vs three, deploy->swap of 2 and 20 instances on Swarm and
+                        runc (skipped with the reason where the machine lacks them)
   bench images [--quick] [--json]
                         image import/export MB/s next to `skopeo copy` of the same image;
                         storage of 20 releases each changing one file
@@ -71,6 +82,7 @@ enum Task {
     Backend,
     BenchBake(Output),
     BenchCore(Output),
+    BenchFleet(bench_fleet::Length, Output),
     BenchImages(bench_images::Size, Output),
     BenchRouter(RunLength, Output),
     BenchSandbox(Output),
@@ -116,6 +128,7 @@ fn main() -> ExitCode {
         Task::Backend => runtime.block_on(backend::run()),
         Task::BenchBake(output) => runtime.block_on(bench_bake::run(output)),
         Task::BenchCore(output) => runtime.block_on(bench_core::run(output)),
+        Task::BenchFleet(length, output) => runtime.block_on(bench_fleet::run(length, output)),
         Task::BenchImages(size, output) => runtime.block_on(bench_images::run(size, output)),
         Task::BenchRouter(length, output) => runtime.block_on(bench_router::run(length, output)),
         Task::RouterServer(args) => runtime.block_on(router_server::run(args)),
@@ -152,6 +165,17 @@ fn parse(args: &[String]) -> anyhow::Result<Task> {
                 }
             }
             Ok(Task::BenchRouter(length, output))
+        }
+        ["bench", "fleet", flags @ ..] => {
+            let (mut length, mut output) = (bench_fleet::Length::Full, Output::Table);
+            for flag in flags {
+                match *flag {
+                    "--quick" => length = bench_fleet::Length::Quick,
+                    "--json" => output = Output::Json,
+                    other => anyhow::bail!("unknown bench fleet option {other:?}"),
+                }
+            }
+            Ok(Task::BenchFleet(length, output))
         }
         ["bench", "images", flags @ ..] => {
             let (mut size, mut output) = (bench_images::Size::Full, Output::Table);

@@ -43,6 +43,14 @@ impl Serve {
     /// Starts `binary serve` on 127.0.0.1:0 (API and router) with a fresh data dir and waits
     /// until it has written `serve.json`.
     pub async fn start(binary: &Path) -> Result<Serve> {
+        // Plain processes, as in every earlier run, so figures stay comparable;
+        // `bench sandbox` measures containers.
+        Serve::start_with(binary, &["--isolation", "none"]).await
+    }
+
+    /// Like [`Serve::start`], with `provider_args` (the isolation, or another provider) in
+    /// place of `--isolation none`.
+    pub async fn start_with(binary: &Path, provider_args: &[&str]) -> Result<Serve> {
         let root = tempfile::Builder::new()
             .prefix("molt-bench-")
             .tempdir()
@@ -55,9 +63,7 @@ impl Serve {
             .arg(&data)
             .args(["serve", "--api-listen", "127.0.0.1:0"])
             .args(["--router", "127.0.0.1:0", "--stop-instances-on-exit"])
-            // Plain processes, as in every earlier run, so figures stay comparable;
-            // `bench sandbox` measures containers.
-            .args(["--isolation", "none"])
+            .args(provider_args)
             .env("MOLT_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().context("duplicating the log file")?)
