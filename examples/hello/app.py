@@ -7,6 +7,7 @@ the environment, and stops cleanly on SIGTERM. The standard library only: nothin
 import os
 import signal
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 APP = os.environ.get("MOLT_APP", "hello")
@@ -15,6 +16,8 @@ ENV = os.environ.get("MOLT_ENV", "local")
 GREETING = os.environ.get("GREETING", "hello")
 # Test hook: answer health checks with 500 after this many requests (0 = never).
 FAIL_AFTER = int(os.environ.get("FAIL_AFTER", "0"))
+# Test hook: take this long to answer each request other than health checks (simulated work).
+DELAY_MS = int(os.environ.get("DELAY_MS", "0"))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -25,6 +28,8 @@ class Handler(BaseHTTPRequestHandler):
         Handler.served += 1
         broken = FAIL_AFTER and Handler.served > FAIL_AFTER
         status = 500 if broken and self.path == "/healthz" else 200
+        if DELAY_MS and self.path != "/healthz":
+            time.sleep(DELAY_MS / 1000)
         body = f"{GREETING} from {APP} {RELEASE} ({ENV})\n".encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")

@@ -135,6 +135,7 @@ pub fn router(controller: Controller, tokens: Tokens, upload_dir: PathBuf) -> Ro
         .route("/v1/apps/:app/config", get(config_get).post(config_set))
         .route("/v1/apps/:app/logs", get(logs))
         .route("/v1/apps/:app/maintenance", post(maintenance))
+        .route("/v1/apps/:app/scale", post(scale))
         .route("/v1/apps/:app/shadow", get(shadow_report).post(shadow))
         .route("/v1/apps/:app/promote", post(promote))
         .route("/v1/apps/:app/abandon", post(abandon))
@@ -395,6 +396,14 @@ async fn maintenance(
         retry_after_secs: body.retry_after.unwrap_or(120),
     });
     ok(s.controller.set_maintenance(&app, mode).await?)
+}
+
+async fn scale(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Json(body): Json<molt_wire::ScaleRequest>,
+) -> ApiResult {
+    ok(s.controller.scale(&app, body).await?)
 }
 
 #[derive(Deserialize)]

@@ -83,6 +83,13 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
     ),
     (
         "post",
+        "/v1/apps/{app}/scale",
+        "Set the live environment's instance count and/or the app's autoscaling bounds: no new \
+         release, no swap; leaving instances are drained first",
+        Some("Scale"),
+    ),
+    (
+        "post",
         "/v1/apps/{app}/shadow",
         "Mirror a share of idempotent requests to one of the app's ready environments, or stop (env null)",
         Some("Shadow"),
@@ -280,7 +287,7 @@ pub fn document() -> Value {
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         entry[*method] = op;
     }
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": { "title": "molt API", "version": env!("CARGO_PKG_VERSION"),
                   "description": "Control plane of molt: immutable releases, environments, atomic swaps." },
@@ -342,5 +349,19 @@ pub fn document() -> Value {
                     "error": { "type": "string", "description": "why it did not answer" } } }
             }
         }
-    })
+    });
+    document["components"]["schemas"]["Scale"] = scale_schema();
+    document
+}
+
+/// `POST /v1/apps/{app}/scale`'s body.
+fn scale_schema() -> Value {
+    json!({ "type": "object", "additionalProperties": false, "properties": {
+        "instances": { "type": "integer", "minimum": 0, "maximum": 1000,
+            "description": "the live environment's count now" },
+        "min": { "type": "integer", "minimum": 0, "maximum": 1000,
+            "description": "fewest instances the autoscaler keeps (0: scale to zero when idle)" },
+        "max": { "type": "integer", "minimum": 1, "maximum": 1000 },
+        "reset": { "type": "boolean", "description": "forget bounds set earlier" },
+        "actor": { "type": "string", "description": "who, for the history" } } })
 }

@@ -163,6 +163,23 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Scale an app's live environment (no new release, no swap), or set its autoscaling
+    /// bounds (kept across deployments; --min 0 scales to zero when idle).
+    Scale {
+        /// The app.
+        app: String,
+        /// The live environment's instance count now (0-1000).
+        instances: Option<u32>,
+        /// Fewest instances the autoscaler keeps (0: scale to zero when idle).
+        #[arg(long)]
+        min: Option<u32>,
+        /// Most instances the autoscaler starts.
+        #[arg(long)]
+        max: Option<u32>,
+        /// Forget bounds set with --min/--max: molt.toml's [scale] applies again.
+        #[arg(long, conflicts_with_all = ["min", "max"])]
+        reset: bool,
+    },
     /// Put an app in maintenance mode (its hostnames answer 503 with Retry-After) or take it out.
     Maintenance {
         /// The app.

@@ -73,8 +73,10 @@ impl Controller {
 
     /// Pushes the release's image to the registry (nodes pull it by digest), then asks the
     /// engine for the environment. Nothing starts when the registry cannot be reached.
-    pub(crate) async fn engine_start(&self, env: &str, release: &ReleaseRecord) -> Result<()> {
+    pub(crate) async fn engine_start(&self, env: &str, release: &ReleaseRecord) -> Result<u32> {
         let setup = self.engine().expect("engine mode").clone();
+        let env_id = env.to_string();
+        let instances = crate::scale::wanted(&self.db(move |s| s.env(&env_id)).await?, release);
         let port = release.config.port.unwrap_or(ENGINE_PORT);
         let mut vars: BTreeMap<String, String> = release
             .config
@@ -124,11 +126,11 @@ impl Controller {
             command,
             env_vars: vars.into_iter().collect(),
             port,
-            instances: release.config.instances,
+            instances,
             limits: release.config.limits,
         };
         setup.engine.start_environment(&spec).await?;
-        Ok(())
+        Ok(instances)
     }
 
     /// Reads the environment's instances from the engine and records them: a running task
@@ -186,11 +188,12 @@ impl Controller {
     ) -> std::result::Result<(), Interrupted> {
         // After a restart the environment may be missing on the engine: ask again (a no-op
         // when it is there).
-        self.engine_start(env, release)
+        let wanted = self
+            .engine_start(env, release)
             .await
-            .map_err(|e| Interrupted::Failed(format!("could not start the environment: {e}")))?;
+            .map_err(|e| Interrupted::Failed(format!("could not start the environment: {e}")))?
+            as usize;
         let health = &release.config.health;
-        let wanted = release.config.instances as usize;
         let poll = health.interval.max(Duration::from_millis(100));
         let deadline = Instant::now() + health.start_deadline;
         let mut streak: HashMap<String, u32> = HashMap::new();
@@ -301,7 +304,8 @@ impl Controller {
             .env
             .clone()
             .ok_or_else(|| Interrupted::Failed("the deployment has no environment".into()))?;
-        self.engine_start(&env, release)
+        let instances = self
+            .engine_start(&env, release)
             .await
             .map_err(|e| Interrupted::Failed(format!("could not start the environment: {e}")))?;
         let (id, name) = (
@@ -309,8 +313,8 @@ impl Controller {
             self.engine().map(|s| s.engine.name()).unwrap_or("engine"),
         );
         let detail = format!(
-            "{} instance(s) of v{} asked of {name}",
-            release.config.instances, release.number
+            "{instances} instance(s) of v{} asked of {name}",
+            release.number
         );
         self.db(move |s| s.advance(id, DeployEvent::InstancesStarted, &detail))
             .await?;

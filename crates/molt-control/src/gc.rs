@@ -167,9 +167,7 @@ impl Controller {
         if self.engine().is_some() {
             self.engine_stop(env, why).await?;
         } else {
-            for inst in &instances {
-                self.stop_instance(inst, why).await?;
-            }
+            self.stop_instances(&instances, why).await?;
         }
         self.inner.router.forget_env(env);
         self.event(&rec.app, "retire", &format!("{env} retired: {why}"))
@@ -269,10 +267,8 @@ impl Controller {
             }
             return Ok(());
         }
-        for inst in self.db(|s| s.instances(None, false)).await? {
-            self.stop_instance(&inst, "molt stopped with --stop-instances")
-                .await?;
-        }
-        Ok(())
+        let instances = self.db(|s| s.instances(None, false)).await?;
+        self.stop_instances(&instances, "molt stopped with --stop-instances")
+            .await
     }
 }

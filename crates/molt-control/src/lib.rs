@@ -27,6 +27,7 @@ mod metrics;
 mod queries;
 mod reconcile;
 mod route;
+mod scale;
 mod table;
 mod tls;
 mod traffic;
@@ -177,6 +178,8 @@ struct Inner {
     /// Held by a reconcile pass and by retirements, so they never act on the same instances.
     reconcile_lock: tokio::sync::Mutex<()>,
     health: health::Checker,
+    /// The autoscaler's samples and decisions, and environments being woken from zero.
+    scaling: Mutex<scale::Scaling>,
     /// Which image trees were verified, and which drifted.
     verified: Mutex<verify::Verified>,
     /// One verification pass at a time.
@@ -214,6 +217,7 @@ impl Controller {
                 publish_lock: tokio::sync::Mutex::new(()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 health: health::Checker::new(),
+                scaling: Mutex::new(scale::Scaling::default()),
                 verified: Mutex::new(verify::Verified::default()),
                 verify_lock: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),

@@ -50,6 +50,7 @@ impl Controller {
                         let stats = this.env_stats(&env.id);
                         let release = s.release(&app.name, env.release)?;
                         envs.push(EnvStatus {
+                            desired: crate::scale::wanted(&env, &release),
                             routed: app.routed_env.as_deref() == Some(env.id.as_str()),
                             instances: s.instances(Some(&env.id), false)?,
                             requests: stats.accepted,
@@ -69,6 +70,7 @@ impl Controller {
                         hostnames.extend(r.config.hostnames.iter().map(|h| h.to_string()));
                     }
                     out.push(AppStatus {
+                        scaling: this.scaling_status(&app, serving.as_ref()),
                         last_deployment: s.deployments(Some(&app.name), 1)?.into_iter().next(),
                         app,
                         serving,

@@ -11,6 +11,7 @@ use molt_store::{EnvState, InstanceRecord, InstanceState, ReleaseRecord};
 
 use crate::health::CheckFailure;
 use crate::instances::{handle_of, instance_addr};
+use crate::scale::{at_most, parallelism};
 use crate::{Controller, Result};
 
 /// How often the reconciler looks at instances.
@@ -33,6 +34,8 @@ impl Controller {
         self.spawn(async move { this.reconcile_loop().await });
         let this = self.clone();
         self.spawn(async move { this.gc_loop().await });
+        let this = self.clone();
+        self.spawn(async move { this.autoscale_loop().await });
         // Image trees are checked where instances run from them: on this machine only.
         let local = self.engine().is_none();
         if let Some(interval) = self.inner.config.verify_interval.filter(|_| local) {
@@ -78,6 +81,14 @@ impl Controller {
         }
         tracing::info!(adopted, "instances re-adopted after start");
         self.stop_orphans(false).await?;
+        // Instances a scale-down was draining when molt stopped: out of the table already.
+        for inst in instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Stopping)
+        {
+            self.stop_instance(inst, "scaled down (finished after a restart)")
+                .await?;
+        }
         // Instances of retired environments that outlived a crash during teardown.
         for env in self.db(|s| s.envs(None, true)).await? {
             if env.state == EnvState::Retired {
@@ -160,19 +171,34 @@ impl Controller {
             let (release, instances) = self
                 .db(move |s| Ok((s.release(&app, number)?, s.instances(Some(&id), false)?)))
                 .await?;
-            let mut live = 0usize;
-            for inst in instances {
-                seen.push(inst.id.clone());
-                // Left by a repair that failed or was cut short by a restart: it takes no
-                // traffic (the table never routes a drifted instance), so it is replaced.
-                let verdict = if inst.state == InstanceState::Drifted {
-                    Verdict::Replace("ran on a drifted image tree".into())
-                } else {
-                    self.check_instance(&inst, &release, streaks).await?
-                };
-                match verdict {
+            seen.extend(instances.iter().map(|i| i.id.clone()));
+            // Every instance is checked at once: one slow or hanging instance does not delay
+            // the others' verdicts.
+            let release = &release;
+            let checks = instances
+                .into_iter()
+                // Leaving (scaled down): drained and stopped by its own task.
+                .filter(|inst| inst.state != InstanceState::Stopping)
+                .map(|inst| {
+                    let mut streak = streaks.remove(&inst.id).unwrap_or_default();
+                    async move {
+                        // Left by a repair that failed or was cut short by a restart: it takes
+                        // no traffic (the table never routes a drifted instance): replaced.
+                        let verdict = if inst.state == InstanceState::Drifted {
+                            Ok(Verdict::Replace("ran on a drifted image tree".into()))
+                        } else {
+                            self.check_instance(&inst, release, &mut streak).await
+                        };
+                        (inst, streak, verdict)
+                    }
+                });
+            let checked = at_most(parallelism(), checks).await;
+            let mut staying = Vec::new();
+            for (inst, streak, verdict) in checked {
+                streaks.insert(inst.id.clone(), streak);
+                match verdict? {
                     Verdict::Keep { state_changed } => {
-                        live += 1;
+                        staying.push(inst);
                         changed |= state_changed;
                     }
                     Verdict::Replace(why) => {
@@ -187,27 +213,7 @@ impl Controller {
                     }
                 }
             }
-            for _ in live..release.config.instances as usize {
-                match self.start_instance(&env.id, &release).await {
-                    Ok(inst) => {
-                        self.event(
-                            &env.app,
-                            "instance",
-                            &format!("started {} in {}", inst.id, env.id),
-                        )
-                        .await
-                    }
-                    Err(e) => {
-                        self.event(
-                            &env.app,
-                            "instance",
-                            &format!("could not start an instance of {}: {e}", env.id),
-                        )
-                        .await;
-                        break;
-                    }
-                }
-            }
+            self.fit_count(&env, release, staying).await?;
         }
         streaks.retain(|id, _| seen.contains(id));
         if changed {
@@ -233,7 +239,8 @@ impl Controller {
             .await?;
         for inst in instances {
             seen.push(inst.id.clone());
-            match self.judge_health(&inst, &release, streaks).await? {
+            let streak = streaks.entry(inst.id.clone()).or_default();
+            match self.judge_health(&inst, &release, streak).await? {
                 Verdict::Keep { state_changed } => changed |= state_changed,
                 Verdict::Replace(why) => {
                     if inst.state != InstanceState::Unhealthy {
@@ -262,13 +269,13 @@ impl Controller {
         &self,
         inst: &InstanceRecord,
         release: &ReleaseRecord,
-        streaks: &mut HashMap<String, Streak>,
+        streak: &mut Streak,
     ) -> Result<Verdict> {
         let status = self.process_status(inst);
         if status != InstanceStatus::Running {
             return Ok(Verdict::Replace(self.describe_end(inst, &status)));
         }
-        self.judge_health(inst, release, streaks).await
+        self.judge_health(inst, release, streak).await
     }
 
     /// Runs the instance's health check when it is due and judges the streak: keep (maybe with
@@ -277,10 +284,9 @@ impl Controller {
         &self,
         inst: &InstanceRecord,
         release: &ReleaseRecord,
-        streaks: &mut HashMap<String, Streak>,
+        streak: &mut Streak,
     ) -> Result<Verdict> {
         let health = &release.config.health;
-        let streak = streaks.entry(inst.id.clone()).or_default();
         let now = Instant::now();
         if streak.next_check.is_some_and(|t| t > now) {
             return Ok(Verdict::Keep {

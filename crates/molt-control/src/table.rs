@@ -73,7 +73,8 @@ fn shadow_of(
 /// environment's preview hostname (`<env>.localhost`) to itself; an app's shadow environment
 /// gets its share of mirrored requests; with a preview domain, each ready environment also
 /// answers on `<env>.<app>.<domain>`. Only healthy instances take traffic (never a drifted
-/// one); an environment in `holds` makes requests wait, until then, for its next instances.
+/// or leaving one); an environment in `holds`, or scaled to zero, makes requests wait for its
+/// next instances.
 fn build_table(
     store: &mut Store,
     preview_domain: Option<&str>,
@@ -92,8 +93,10 @@ fn build_table(
                 instance: i.id,
             })
             .collect();
+        // An environment scaled to zero holds its requests until a wake gives it an instance.
+        let at_zero = crate::scale::zero_hold(&store.env(env)?, now);
         Ok(Backend {
-            held_until: holds.get(env).copied(),
+            held_until: holds.get(env).copied().or(at_zero),
             ..Backend::new(env, upstreams)
         })
     };

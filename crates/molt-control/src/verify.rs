@@ -220,13 +220,11 @@ impl Controller {
         for r in repairs {
             let mut fresh = Vec::new();
             let mut failure = None;
-            for _ in 0..r.release.config.instances {
-                match self.start_instance(&r.env.id, r.release).await {
+            let count = crate::scale::wanted(r.env, r.release) as usize;
+            for outcome in self.start_instances(&r.env.id, r.release, count).await {
+                match outcome {
                     Ok(inst) => fresh.push(inst),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
+                    Err(e) => failure = failure.or(Some(e)),
                 }
             }
             started.push((fresh, failure));
@@ -414,8 +412,15 @@ impl Controller {
     }
 
     /// The environments held right now, for the route table.
+    /// Environments whose requests wait for their next instances (until the instant): those
+    /// whose drifted instances are being replaced, and those being woken from zero.
     pub(crate) fn holds(&self) -> HashMap<String, Instant> {
-        self.verified().holds.clone()
+        let mut holds = self.verified().holds.clone();
+        for (env, until) in self.wake_holds() {
+            let at = holds.entry(env).or_insert(until);
+            *at = (*at).max(until);
+        }
+        holds
     }
 
     fn verified(&self) -> std::sync::MutexGuard<'_, Verified> {

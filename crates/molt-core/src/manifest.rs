@@ -12,6 +12,7 @@ use toml::Spanned;
 use crate::build::{parse_build, BuildSpec, RawBuild};
 use crate::duration::{parse_duration, serde_text};
 use crate::limits::{parse_cpu, parse_memory, Limits, MAX_NOFILE, MIN_NOFILE};
+use crate::scale::{ScaleSpec, MAX_CONCURRENCY, MAX_INSTANCES};
 use crate::{AppName, EnvVarName, Hostname, InputError};
 
 /// A parsed and validated `molt.toml`.
@@ -50,6 +51,10 @@ pub struct RunConfig {
     /// Limits the router applies to this app's requests (`[router]`).
     #[serde(default, skip_serializing_if = "RouterLimits::is_unset")]
     pub router: RouterLimits,
+    /// Autoscaling bounds and target (`[scale]`); without it an environment keeps the count
+    /// it is given (`instances`, or `molt scale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<ScaleSpec>,
 }
 
 /// Per-app router limits; unset ones fall back to `molt serve`'s, and none can exceed them.
@@ -119,6 +124,19 @@ struct RawManifest {
     #[serde(default)]
     build: Option<Spanned<RawBuild>>,
     router: Option<RawRouter>,
+    scale: Option<Spanned<RawScale>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawScale {
+    min: Option<Spanned<i64>>,
+    max: Option<Spanned<i64>>,
+    concurrency: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
+    panic_window: Option<Spanned<String>>,
+    scale_down_delay: Option<Spanned<String>>,
+    idle: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -219,11 +237,11 @@ impl Manifest {
                     .to_string(),
             ));
         }
-        let instances = match &raw.instances {
-            Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1000 => {
+        let mut instances = match &raw.instances {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > MAX_INSTANCES => {
                 return Err(at(
                     n.span(),
-                    "instances must be between 1 and 1000".to_string(),
+                    format!("instances must be between 1 and {MAX_INSTANCES}"),
                 ))
             }
             Some(n) => *n.get_ref(),
@@ -308,6 +326,23 @@ impl Manifest {
                 None => None,
             },
         };
+        let scale = match &raw.scale {
+            Some(section) => {
+                if let Some(n) = &raw.instances {
+                    return Err(at(
+                        n.span(),
+                        "instances cannot be set together with [scale]: [scale]'s min and max \
+                         replace it"
+                            .to_string(),
+                    ));
+                }
+                let spec = parse_scale(section.get_ref(), &at, &duration)?;
+                spec.check().map_err(|e| at(section.span(), e))?;
+                instances = spec.starting_count(None);
+                Some(spec)
+            }
+            None => None,
+        };
         let mut env = BTreeMap::new();
         for (k, v) in raw.env {
             let key: EnvVarName = k
@@ -372,6 +407,7 @@ impl Manifest {
                 deploy,
                 limits,
                 router,
+                scale,
             },
             build,
         })
@@ -457,6 +493,49 @@ pub fn expand(arg: &str, vars: &BTreeMap<String, String>) -> Result<String, Inpu
     Ok(out)
 }
 
+/// `[scale]`, each value checked on its own (the relations are [`ScaleSpec::check`]'s).
+fn parse_scale(
+    raw: &RawScale,
+    at: &impl Fn(Range<usize>, String) -> InputError,
+    duration: &impl Fn(&Option<Spanned<String>>, Duration) -> Result<Duration, InputError>,
+) -> Result<ScaleSpec, InputError> {
+    let d = ScaleSpec::default();
+    let number = |v: &Option<Spanned<i64>>, lo: u32, hi: u32, what: &str, default: u32| match v {
+        Some(n) => match u32::try_from(*n.get_ref()) {
+            Ok(x) if (lo..=hi).contains(&x) => Ok(x),
+            _ => Err(at(
+                n.span(),
+                format!("{what} must be a whole number from {lo} to {hi}"),
+            )),
+        },
+        None => Ok(default),
+    };
+    let min = number(&raw.min, 0, MAX_INSTANCES, "min", d.min)?;
+    // Without a max, the count may grow to ten times the minimum (at least 10).
+    let max = number(
+        &raw.max,
+        1,
+        MAX_INSTANCES,
+        "max",
+        min.saturating_mul(10).clamp(d.max, MAX_INSTANCES),
+    )?;
+    Ok(ScaleSpec {
+        min,
+        max,
+        concurrency: number(
+            &raw.concurrency,
+            1,
+            MAX_CONCURRENCY,
+            "concurrency",
+            d.concurrency,
+        )?,
+        window: duration(&raw.window, d.window)?,
+        panic_window: duration(&raw.panic_window, d.panic_window)?,
+        scale_down_delay: duration(&raw.scale_down_delay, d.scale_down_delay)?,
+        idle: duration(&raw.idle, d.idle)?,
+    })
+}
+
 /// 1-based "line L, column C" of a byte offset.
 fn line_col(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
@@ -538,6 +617,28 @@ rollback_window = "15m"
     }
 
     #[test]
+    fn scale_replaces_instances() {
+        let text = "name = \"a\"\ncommand = [\"x\"]\n[scale]\nmin = 0\nmax = 6\nconcurrency = 4\n\
+                    idle = \"90s\"\n";
+        let config = parse(text).unwrap().config;
+        let scale = config.scale.clone().unwrap();
+        assert_eq!((scale.min, scale.max, scale.concurrency), (0, 6, 4));
+        assert_eq!(scale.idle, Duration::from_secs(90));
+        assert_eq!(scale.window, Duration::from_secs(60));
+        // A deployment needs one instance to swap to, even when the minimum is 0.
+        assert_eq!(config.instances, 1);
+        let twos = parse("name = \"a\"\ncommand = [\"x\"]\n[scale]\nmin = 2\n").unwrap();
+        assert_eq!(twos.config.instances, 2);
+        assert_eq!(twos.config.scale.unwrap().max, 20);
+        // Releases stored before `[scale]` existed read back without it.
+        let json = serde_json::to_value(parse("name = \"a\"\ncommand = [\"x\"]\n").unwrap().config)
+            .unwrap();
+        assert!(json.get("scale").is_none());
+        let back: RunConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back.scale, None);
+    }
+
+    #[test]
     fn errors_name_line_and_column() {
         let cases = [
             (
@@ -574,6 +675,31 @@ rollback_window = "15m"
                 "name = \"a\"\ncommand = [\"x\"]\ninstances = 0\n",
                 "line 3",
                 "instances",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\ninstances = 2\n[scale]\nmax = 4\n",
+                "line 3",
+                "cannot be set together with [scale]",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[scale]\nmin = 5\nmax = 2\n",
+                "line 3",
+                "min (5) is more than max (2)",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[scale]\nconcurrency = -1\n",
+                "line 4, column 15",
+                "concurrency must be a whole number from 1",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[scale]\nmax = 1001\n",
+                "line 4",
+                "max must be a whole number from 1 to 1000",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\n[scale]\nwindow = \"5s\"\n",
+                "line 3",
+                "panic_window must not be longer than window",
             ),
             (
                 "name = \"a\"\ncommand = [\"x\"]\n[env]\n9X = \"1\"\n",

@@ -190,6 +190,12 @@ impl Router {
         self.connections.open_to(addr)
     }
 
+    /// Requests waiting right now on `env`'s hold: not yet assigned (so not in its
+    /// [`EnvStats`]), they wait for a table that gives it an instance.
+    pub fn held_for(&self, env: &str) -> u64 {
+        self.stats.get(env).map_or(0, |counters| counters.waiting())
+    }
+
     /// Requests waiting on held backends right now (see [`crate::Backend::held_until`]).
     pub fn held_requests(&self) -> usize {
         self.held.load(Ordering::SeqCst)

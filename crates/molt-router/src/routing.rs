@@ -18,7 +18,7 @@ use tracing::debug;
 use crate::route::{Maintenance, Route};
 use crate::router::Router;
 use crate::shaping::{self, Source};
-use crate::stats::InFlight;
+use crate::stats::{EnvCounters, InFlight, Waiting};
 use crate::table::{Picked, Selector};
 
 /// Pins a request to one environment of its hostname (for testers), e.g. `X-Molt-Env: shop-v8-1a2b`.
@@ -49,6 +49,8 @@ pub(crate) struct Routed {
 /// been counted for it yet).
 pub(crate) struct Held {
     until: std::time::Instant,
+    /// The held environment's counters, where the wait is counted.
+    counters: Arc<EnvCounters>,
     /// The route's request timeout, which the wait never outlasts.
     timeout: Duration,
 }
@@ -107,6 +109,7 @@ impl Router {
         if may_hold && backend.is_held() {
             return Err(Held {
                 until: backend.held_until.unwrap_or_else(std::time::Instant::now),
+                counters: Arc::clone(route.counters()),
                 timeout: self.allowance(route).timeout,
             });
         }
@@ -140,18 +143,21 @@ impl Router {
     ) -> (Choice, Source) {
         let bucket_source = Cell::new(Source::Cookie);
         let mut may_hold = true;
-        let mut waiting: Option<(HoldSlot<'_>, watch::Receiver<()>)> = None;
+        let mut waiting: Option<(HoldSlot<'_>, Waiting, watch::Receiver<()>)> = None;
         loop {
             match &mut waiting {
                 None => match self.enter_hold() {
-                    // Subscribed: look again, so a publish in between is not missed.
-                    Some(slot) => waiting = Some((slot, self.published.subscribe())),
+                    // Subscribed: look again, so a publish in between is not missed. The
+                    // environment counts the wait (what wakes one scaled to zero).
+                    Some(slot) => {
+                        waiting = Some((slot, held.counters.wait(), self.published.subscribe()))
+                    }
                     None => {
                         debug!(host = host_name, "too many held requests; not waiting");
                         may_hold = false;
                     }
                 },
-                Some((_, publishes)) => {
+                Some((_, _, publishes)) => {
                     debug!(host = host_name, "backend held; waiting for a publish");
                     let deadline = held.until.min(started + held.timeout);
                     let published =

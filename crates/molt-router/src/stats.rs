@@ -33,6 +33,8 @@ pub(crate) struct EnvCounters {
     in_flight: AtomicU64,
     answered: AtomicU64,
     failed: AtomicU64,
+    /// Requests waiting on this environment's hold (not yet assigned, so not `accepted`).
+    waiting: AtomicU64,
     /// Whether the published table routes to this environment; upgraded connections watch it.
     presence: EnvPresence,
     /// Status classes, latency, shadow and resilience figures.
@@ -157,6 +159,16 @@ impl EnvCounters {
         self.failed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one request as waiting on this environment's hold until the guard is dropped.
+    pub(crate) fn wait(self: &Arc<Self>) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(Arc::clone(self))
+    }
+
+    pub(crate) fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn presence(&self) -> &EnvPresence {
         &self.presence
     }
@@ -184,6 +196,16 @@ impl InFlight {
     /// Counts the request against the upstream it is sent to (replacing an earlier attempt's).
     pub(crate) fn sent_to(&mut self, load: UpstreamLoad) {
         self.1 = Some(load);
+    }
+}
+
+/// One request waiting on an environment's hold, until dropped.
+#[derive(Debug)]
+pub(crate) struct Waiting(Arc<EnvCounters>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -21,7 +21,7 @@ impl Store {
     pub fn app(&self, name: &str) -> Result<AppRecord> {
         self.conn
             .query_row(
-                "SELECT a.name, a.created_ms, r.env, a.maintenance, a.shadow FROM apps a
+                "SELECT a.name, a.created_ms, r.env, a.maintenance, a.shadow, a.scale FROM apps a
                  LEFT JOIN routes r ON r.app = a.name WHERE a.name = ?1",
                 [name],
                 app_row,
@@ -36,7 +36,7 @@ impl Store {
     /// Every app, by name.
     pub fn apps(&self) -> Result<Vec<AppRecord>> {
         let mut st = self.conn.prepare(
-            "SELECT a.name, a.created_ms, r.env, a.maintenance, a.shadow FROM apps a
+            "SELECT a.name, a.created_ms, r.env, a.maintenance, a.shadow, a.scale FROM apps a
              LEFT JOIN routes r ON r.app = a.name ORDER BY a.name",
         )?;
         let rows = st.query_map([], app_row)?;
@@ -59,6 +59,15 @@ impl Store {
     /// Mirrors a share of an app's requests to an environment (`Some`) or stops (`None`).
     pub fn set_shadow(&mut self, app: &str, mode: Option<&ShadowMode>) -> Result<AppRecord> {
         self.set_app_mode(app, "UPDATE apps SET shadow = ?2 WHERE name = ?1", mode)
+    }
+
+    /// Sets an app's autoscaling bounds (`Some`) or clears them (`None`: the release's).
+    pub fn set_scale_bounds(
+        &mut self,
+        app: &str,
+        bounds: Option<&ScaleBounds>,
+    ) -> Result<AppRecord> {
+        self.set_app_mode(app, "UPDATE apps SET scale = ?2 WHERE name = ?1", bounds)
     }
 
     /// Stores `mode` as JSON (or NULL) in the column that `update` sets for `app`.

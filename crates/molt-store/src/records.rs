@@ -3,8 +3,8 @@
 
 pub use molt_wire::{
     AppRecord, CutoverFigures, DeploymentRecord, EnvRecord, EnvState, EventRecord, ImageRecord,
-    InstanceRecord, InstanceState, JournalEntry, MaintenanceMode, ReleaseRecord, ShadowComparison,
-    ShadowMode, TagEvent, TrafficSummary,
+    InstanceRecord, InstanceState, JournalEntry, MaintenanceMode, ReleaseRecord, ScaleBounds,
+    ShadowComparison, ShadowMode, TagEvent, TrafficSummary,
 };
 
 /// How a tag may change when it is set.

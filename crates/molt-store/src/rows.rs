@@ -8,7 +8,7 @@ use crate::{corrupt, Result};
 pub(crate) const RELEASE_SELECT: &str =
     "SELECT app, number, image, config, created_ms, pinned, note FROM releases";
 pub(crate) const ENV_SELECT: &str =
-    "SELECT id, app, release, state, created_ms, warm_until_ms, retired_ms FROM environments";
+    "SELECT id, app, release, state, created_ms, warm_until_ms, retired_ms, instances FROM environments";
 pub(crate) const INSTANCE_SELECT: &str =
     "SELECT id, env, app, state, pid, start_time, port, started_ms, exit, host FROM instances";
 pub(crate) const DEPLOYMENT_SELECT: &str =
@@ -18,6 +18,7 @@ pub(crate) const DEPLOYMENT_SELECT: &str =
 pub(crate) fn app_row(r: &Row<'_>) -> rusqlite::Result<AppRecord> {
     let maintenance: Option<String> = r.get(3)?;
     let shadow: Option<String> = r.get(4)?;
+    let scale: Option<String> = r.get(5)?;
     Ok(AppRecord {
         name: r.get(0)?,
         created_ms: r.get::<_, i64>(1)? as u64,
@@ -26,6 +27,8 @@ pub(crate) fn app_row(r: &Row<'_>) -> rusqlite::Result<AppRecord> {
         maintenance: maintenance.and_then(|m| serde_json::from_str(&m).ok()),
         // Likewise: an unreadable value means "no shadow traffic".
         shadow: shadow.and_then(|m| serde_json::from_str(&m).ok()),
+        // Likewise: an unreadable value means "the release's bounds".
+        scale: scale.and_then(|m| serde_json::from_str(&m).ok()),
     })
 }
 
@@ -69,6 +72,9 @@ pub(crate) fn env_row(r: &Row<'_>) -> rusqlite::Result<Result<EnvRecord>> {
         created_ms: r.get::<_, i64>(4)? as u64,
         warm_until_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
         retired_ms: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        instances: r
+            .get::<_, Option<i64>>(7)?
+            .map(|v| v.clamp(0, u32::MAX as i64) as u32),
     }))
 }
 

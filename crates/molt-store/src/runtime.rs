@@ -9,16 +9,28 @@ use crate::rows::*;
 use crate::{Result, Store, StoreError};
 
 impl Store {
-    /// Creates a new environment for a release, with a fresh id.
-    pub fn create_env(&mut self, app: &str, release: u64) -> Result<EnvRecord> {
+    /// Creates a new environment for a release, with a fresh id and the instance count it
+    /// should have (`None`: its release's).
+    pub fn create_env(
+        &mut self,
+        app: &str,
+        release: u64,
+        instances: Option<u32>,
+    ) -> Result<EnvRecord> {
         self.release(app, release)?;
         let tx = self.conn.transaction()?;
         let suffix: String = tx.query_row("SELECT lower(hex(randomblob(2)))", [], |r| r.get(0))?;
         let id = format!("{app}-v{release}-{suffix}");
         tx.execute(
-            "INSERT INTO environments(id, app, release, state, created_ms)
-             VALUES (?1, ?2, ?3, 'starting', ?4)",
-            params![id, app, release as i64, self.clock.now_ms()],
+            "INSERT INTO environments(id, app, release, state, created_ms, instances)
+             VALUES (?1, ?2, ?3, 'starting', ?4, ?5)",
+            params![
+                id,
+                app,
+                release as i64,
+                self.clock.now_ms(),
+                instances.map(i64::from)
+            ],
         )?;
         tx.commit()?;
         self.env(&id)
@@ -60,6 +72,16 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// Sets the instance count an environment should have; returns the record before.
+    pub fn set_env_instances(&mut self, id: &str, instances: u32) -> Result<EnvRecord> {
+        let before = self.env(id)?;
+        self.conn.execute(
+            "UPDATE environments SET instances = ?2 WHERE id = ?1",
+            params![id, i64::from(instances)],
+        )?;
+        Ok(before)
     }
 
     /// Sets or clears the end of an environment's rollback window.

@@ -109,6 +109,12 @@ INSERT INTO tag_history(name, change, old_digest, new_digest, actor, at_ms)
 ALTER TABLE deployments ADD COLUMN shadow_share INTEGER;
 ALTER TABLE deployments ADD COLUMN shadow TEXT;
 "#,
+    // Scaling: the count an environment should have (NULL: its release's), and an app's
+    // autoscaling bounds set with `molt scale --min/--max`.
+    r#"
+ALTER TABLE environments ADD COLUMN instances INTEGER;
+ALTER TABLE apps ADD COLUMN scale TEXT;
+"#,
 ];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.

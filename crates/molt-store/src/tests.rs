@@ -68,7 +68,7 @@ fn tags_never_move() {
 fn deployment_journal_and_swap_are_atomic() {
     let mut s = store_with_release();
     let d = s.create_deployment("shop", 1, None, None).unwrap();
-    let env = s.create_env("shop", 1).unwrap();
+    let env = s.create_env("shop", 1, None).unwrap();
     assert_eq!(
         s.attach_env(d.id, &env.id).unwrap(),
         DeployState::EnvCreated
@@ -128,8 +128,8 @@ fn records_are_stamped_by_the_store_clock() {
     s.create_release("shop", &digest(1), &config(), "deploy")
         .unwrap();
     assert_eq!(s.image(&digest(1)).unwrap().created_ms, 5_000);
-    let blue = s.create_env("shop", 1).unwrap();
-    let green = s.create_env("shop", 1).unwrap();
+    let blue = s.create_env("shop", 1, None).unwrap();
+    let green = s.create_env("shop", 1, None).unwrap();
     s.swap_route("shop", &blue.id, None, None).unwrap();
     clock.advance(std::time::Duration::from_millis(250));
     let d = s
@@ -158,7 +158,7 @@ fn a_full_disk_is_told_apart_from_other_sqlite_failures() {
 #[test]
 fn retired_envs_cannot_be_routed() {
     let mut s = store_with_release();
-    let env = s.create_env("shop", 1).unwrap();
+    let env = s.create_env("shop", 1, None).unwrap();
     s.set_env_state(&env.id, EnvState::Retired).unwrap();
     assert!(matches!(
         s.swap_route("shop", &env.id, None, None),
@@ -171,7 +171,7 @@ fn retired_envs_cannot_be_routed() {
 #[test]
 fn instances_and_images_in_use() {
     let mut s = store_with_release();
-    let env = s.create_env("shop", 1).unwrap();
+    let env = s.create_env("shop", 1, None).unwrap();
     let i = s.create_instance(&env.id, "127.0.0.1", 4000).unwrap();
     s.set_instance_process(&i.id, 42, 7).unwrap();
     s.set_instance_state(&i.id, InstanceState::Healthy, None)
@@ -198,7 +198,7 @@ fn drifted_instances_are_marked_together_and_survive_reopen() {
         s.put_image(&digest(1), 10).unwrap();
         s.create_release("shop", &digest(1), &config(), "deploy")
             .unwrap();
-        let env = s.create_env("shop", 1).unwrap();
+        let env = s.create_env("shop", 1, None).unwrap();
         let healthy = s.create_instance(&env.id, "127.0.0.1", 4000).unwrap();
         s.set_instance_state(&healthy.id, InstanceState::Healthy, None)
             .unwrap();
@@ -370,7 +370,7 @@ fn a_shadow_deployment_records_its_comparison_as_it_stops_mirroring() {
     let mut s = store_with_release();
     let d = s.create_deployment("shop", 1, None, Some(25)).unwrap();
     assert_eq!(d.shadow_share, Some(25));
-    let env = s.create_env("shop", 1).unwrap();
+    let env = s.create_env("shop", 1, None).unwrap();
     s.attach_env(d.id, &env.id).unwrap();
     let mode = ShadowMode {
         env: env.id.clone(),
@@ -427,7 +427,7 @@ fn a_shadow_deployment_records_its_comparison_as_it_stops_mirroring() {
 #[test]
 fn engine_instances_keep_the_engines_identity_and_are_recorded_once() {
     let mut s = store_with_release();
-    let env = s.create_env("shop", 1).unwrap();
+    let env = s.create_env("shop", 1, None).unwrap();
     let a = s
         .record_engine_instance(&env.id, "e1-task123", "10.0.1.7", 8080)
         .unwrap();

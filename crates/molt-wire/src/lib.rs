@@ -14,6 +14,7 @@
 mod cluster;
 mod images;
 mod records;
+mod scale;
 mod server;
 mod views;
 
@@ -26,9 +27,10 @@ pub use images::{
 };
 pub use records::{
     AppRecord, CutoverFigures, DeploymentRecord, EnvRecord, EnvState, EventRecord, ImageRecord,
-    InstanceRecord, InstanceState, JournalEntry, MaintenanceMode, ReleaseRecord, ShadowComparison,
-    ShadowMode, TagEvent, TrafficSummary,
+    InstanceRecord, InstanceState, JournalEntry, MaintenanceMode, ReleaseRecord, ScaleBounds,
+    ShadowComparison, ShadowMode, TagEvent, TrafficSummary,
 };
+pub use scale::{ScaleDecisionRecord, ScaleOutcome, ScaleRequest, ScalingStatus};
 pub use server::{ErrorBody, Health, TlsCertificates, TlsReload};
 pub use views::{
     AppStatus, Attestation, DeploymentJournal, EnvStatus, GcReport, InstanceLog, PinOutcome,

@@ -21,6 +21,19 @@ pub struct AppRecord {
     /// Set while a share of the app's idempotent requests is mirrored to another environment.
     #[serde(default)]
     pub shadow: Option<ShadowMode>,
+    /// Autoscaling bounds set with `molt scale --min/--max`: kept across deployments, and
+    /// ahead of the bounds of the release's `[scale]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<ScaleBounds>,
+}
+
+/// Autoscaling bounds of an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleBounds {
+    /// Fewest instances (0: scale to zero when idle).
+    pub min: u32,
+    /// Most instances.
+    pub max: u32,
 }
 
 /// Shadow traffic of an app: which environment gets copies of its requests, and how many.
@@ -102,6 +115,9 @@ pub struct EnvRecord {
     pub warm_until_ms: Option<u64>,
     /// When it was retired.
     pub retired_ms: Option<u64>,
+    /// The instances it should have, when set by scaling (`None`: the release's count).
+    #[serde(default)]
+    pub instances: Option<u32>,
 }
 
 /// Lifecycle of an instance.

@@ -34,6 +34,9 @@ pub struct AppStatus {
     pub envs: Vec<EnvStatus>,
     /// The latest deployment.
     pub last_deployment: Option<DeploymentRecord>,
+    /// The autoscaler's rules and last decision, when the app autoscales.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<crate::ScalingStatus>,
 }
 
 /// An environment with its instances and traffic counters.
@@ -45,6 +48,9 @@ pub struct EnvStatus {
     pub routed: bool,
     /// Its live instances.
     pub instances: Vec<InstanceRecord>,
+    /// The count it should have (what scaling set, else its release's).
+    #[serde(default)]
+    pub desired: u32,
     /// Requests accepted by the router for it since molt started.
     pub requests: u64,
     /// Requests currently in flight.

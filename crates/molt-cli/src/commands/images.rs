@@ -417,8 +417,8 @@ fn registry_credentials() -> (Option<String>, Option<String>) {
     (get("MOLT_REGISTRY_USERNAME"), get("MOLT_REGISTRY_PASSWORD"))
 }
 
-/// Who runs the CLI, for the tag history: `$USER@host`, as far as the environment says.
-fn actor() -> String {
+/// Who runs the CLI, for the tag history and the app's: `$USER@host`, as far as the environment says.
+pub(crate) fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());

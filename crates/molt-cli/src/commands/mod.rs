@@ -3,6 +3,7 @@
 mod bake;
 mod deploy;
 mod images;
+mod scale;
 mod views;
 
 use deploy::*;
@@ -93,6 +94,22 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             share,
             off,
         } => shadow(&client()?, &app, env, share, off, json).await,
+        Command::Scale {
+            app,
+            instances,
+            min,
+            max,
+            reset,
+        } => {
+            let request = molt_wire::ScaleRequest {
+                instances,
+                min,
+                max,
+                reset,
+                actor: None,
+            };
+            scale::scale(&client()?, &app, request, json).await
+        }
         Command::Maintenance {
             app,
             state,

@@ -72,6 +72,23 @@ fn print_app_status(a: &AppStatus) {
         );
         super::deploy::print_comparison(d);
     }
+    if let Some(s) = &a.scaling {
+        let spec = &s.spec;
+        println!(
+            "  autoscaling {}..{} instances at {} in flight each (bounds from {})",
+            spec.min, spec.max, spec.concurrency, s.bounds_from
+        );
+        if let Some(d) = &s.last {
+            println!(
+                "  last decision {} on {}: {} -> {}: {}",
+                crate::output::age(d.at_ms),
+                d.env,
+                d.from,
+                d.to,
+                d.reason
+            );
+        }
+    }
     let mut rows = Vec::new();
     for e in &a.envs {
         let healthy = e
@@ -100,7 +117,7 @@ fn print_app_status(a: &AppStatus) {
             e.env.id.clone(),
             format!("v{}", e.env.release),
             role,
-            format!("{healthy}/{}", e.instances.len()),
+            format!("{healthy}/{}", e.desired),
             e.requests.to_string(),
             e.failed.to_string(),
             rootfs,

@@ -38,7 +38,8 @@ impl Controller {
     ) -> std::result::Result<(), Interrupted> {
         let (app, release, id) = (d.app.clone(), d.release, d.id);
         self.db(move |s| {
-            let env = s.create_env(&app, release)?;
+            let count = starting_count(s, &app, release)?;
+            let env = s.create_env(&app, release, count)?;
             s.attach_env(id, &env.id)
         })
         .await?;
@@ -55,22 +56,37 @@ impl Controller {
         if self.engine().is_some() {
             return self.engine_started_step(d, &release).await;
         }
-        let live = self.live_instances(&env).await?;
-        let missing = (release.config.instances as usize).saturating_sub(live);
-        for _ in 0..missing {
-            if let Err(e) = self.start_instance(&env, &release).await {
-                return Err(Interrupted::Failed(format!(
-                    "could not start an instance: {e}"
-                )));
-            }
-        }
+        let want = self.wanted_of(&env, &release).await?;
+        self.top_up(&env, &release, want).await?;
         let id = d.id;
-        let detail = format!(
-            "{} instance(s) of v{number} started",
-            release.config.instances
-        );
+        let detail = format!("{want} instance(s) of v{number} started");
         self.db(move |s| s.advance(id, DeployEvent::InstancesStarted, &detail))
             .await?;
+        Ok(())
+    }
+
+    /// The count the environment should have.
+    async fn wanted_of(&self, env: &str, release: &molt_store::ReleaseRecord) -> Result<u32> {
+        let id = env.to_string();
+        let rec = self.db(move |s| s.env(&id)).await?;
+        Ok(crate::scale::wanted(&rec, release))
+    }
+
+    /// Starts, all at once, what the environment lacks of `want` running instances.
+    async fn top_up(
+        &self,
+        env: &str,
+        release: &molt_store::ReleaseRecord,
+        want: u32,
+    ) -> std::result::Result<(), Interrupted> {
+        let live = self.live_instances(env).await?;
+        let missing = (want as usize).saturating_sub(live);
+        let started = self.start_instances(env, release, missing).await;
+        if let Some(e) = started.into_iter().find_map(|r| r.err()) {
+            return Err(Interrupted::Failed(format!(
+                "could not start an instance: {e}"
+            )));
+        }
         Ok(())
     }
 
@@ -129,14 +145,8 @@ impl Controller {
     ) -> std::result::Result<(), Interrupted> {
         let env = env.to_string();
         // After a restart some instances may have been lost: top the environment up first.
-        let live = self.live_instances(&env).await?;
-        for _ in live..release.config.instances as usize {
-            if let Err(e) = self.start_instance(&env, release).await {
-                return Err(Interrupted::Failed(format!(
-                    "could not start an instance: {e}"
-                )));
-            }
-        }
+        let want = self.wanted_of(&env, release).await?;
+        self.top_up(&env, release, want).await?;
         let health = &release.config.health;
         let poll = health.interval.min(Duration::from_millis(25));
         let deadline = Instant::now() + health.start_deadline;
@@ -165,7 +175,7 @@ impl Controller {
             let healthy = self
                 .advance_health(&instances, health, &mut streak, &mut last)
                 .await?;
-            if healthy >= release.config.instances as usize {
+            if healthy >= want as usize {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -372,5 +382,29 @@ pub(crate) fn env_of(d: &DeploymentRecord) -> Result<String> {
             "deployment {} is in state {} without an environment",
             d.id, d.state
         ))
+    })
+}
+
+/// The count a deployment's new environment starts with. With autoscaling: the live
+/// environment's count within the bounds, so a deployment during a spike keeps the capacity.
+/// Without: the live environment's count if scaling set one, else the release's (`None`).
+fn starting_count(
+    s: &molt_store::Store,
+    app: &str,
+    release: u64,
+) -> std::result::Result<Option<u32>, molt_store::StoreError> {
+    let rec = s.app(app)?;
+    let new = s.release(app, release)?;
+    let live = match &rec.routed_env {
+        Some(env) => {
+            let env = s.env(env)?;
+            let live_release = s.release(app, env.release)?;
+            Some((env.instances, crate::scale::wanted(&env, &live_release)))
+        }
+        None => None,
+    };
+    Ok(match crate::scale::effective_scale(&rec, &new) {
+        Some((spec, _)) => Some(spec.starting_count(live.map(|(_, n)| n))),
+        None => live.and_then(|(set, _)| set).map(|n| n.max(1)),
     })
 }

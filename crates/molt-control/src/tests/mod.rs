@@ -98,7 +98,7 @@ impl Fixture {
     /// A ready environment of release `n` with one instance in `state`.
     async fn env(&self, n: u64, state: InstanceState) -> String {
         self.db(move |s| {
-            let env = s.create_env("shop", n)?;
+            let env = s.create_env("shop", n, None)?;
             s.set_env_state(&env.id, EnvState::Ready)?;
             let inst = s.create_instance(&env.id, "127.0.0.1", 1)?;
             s.set_instance_state(&inst.id, state, None)?;
