@@ -128,7 +128,7 @@ impl Router {
         let upstream = &route.upstreams()[index];
         let failure = match outcome {
             Attempted::Answered((socket, answer)) => {
-                in_flight.counters().record_answered();
+                in_flight.answered();
                 let elapsed = started.elapsed();
                 counters.traffic.live.record(answer.status, elapsed);
                 if let Some(entry) = access {
@@ -148,16 +148,16 @@ impl Router {
                     instance = upstream.instance,
                     "upstream timed out"
                 );
-                in_flight.counters().record_failed();
+                in_flight.failed();
                 page::text(
                     StatusCode::GATEWAY_TIMEOUT,
                     "molt: the application did not answer in time\n",
                 )
             }
-            Attempted::Unreachable(_) => bad_gateway(&in_flight),
+            Attempted::Unreachable(_) => bad_gateway(&mut in_flight),
             Attempted::Failed(AskError::AtLimit(_)) => {
                 at_connection_limit(&route, upstream);
-                in_flight.counters().record_failed();
+                in_flight.failed();
                 page::at_connection_limit()
             }
             Attempted::Failed(failure) => {
@@ -167,7 +167,7 @@ impl Router {
                     %failure,
                     "upstream failed"
                 );
-                bad_gateway(&in_flight)
+                bad_gateway(&mut in_flight)
             }
         };
         let status = failure.status();
@@ -188,8 +188,8 @@ impl Router {
 }
 
 /// The 502 for a request no upstream answered usably, counted as failed.
-fn bad_gateway(in_flight: &InFlight) -> Response<ResponseBody> {
-    in_flight.counters().record_failed();
+fn bad_gateway(in_flight: &mut InFlight) -> Response<ResponseBody> {
+    in_flight.failed();
     page::text(
         StatusCode::BAD_GATEWAY,
         "molt: the application could not be reached\n",

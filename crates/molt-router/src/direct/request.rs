@@ -150,7 +150,7 @@ impl Router {
         let Routed {
             route,
             start,
-            in_flight,
+            mut in_flight,
             picked,
             mirror,
         } = routed;
@@ -165,7 +165,7 @@ impl Router {
             }
         }
         let Some(start) = start else {
-            no_instance(&route, &in_flight, started);
+            no_instance(&route, &mut in_flight, started);
             return Begin::Local(Box::new(Local {
                 head_len,
                 response: page::no_instance(),

@@ -112,7 +112,7 @@ impl Router {
         let Routed {
             route,
             start,
-            in_flight,
+            mut in_flight,
             mirror,
             ..
         } = self.assign(choice, &request, host_name, started, served)?;
@@ -121,7 +121,7 @@ impl Router {
             self.mirror(shadow, &request, client, &host);
         }
         let Some(start) = start else {
-            no_instance(&route, &in_flight, started);
+            no_instance(&route, &mut in_flight, started);
             return Err(page::no_instance());
         };
         if requested_upgrade(&request).is_some() {
@@ -244,7 +244,8 @@ impl Router {
             debug!(env = route.env(), "request body over the app's limit");
             let live = &route.counters().traffic.live;
             live.record(413, started.elapsed());
-            drop(routed);
+            let Routed { mut in_flight, .. } = routed;
+            in_flight.failed();
             return Err(page::closing(page::text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "molt: the request body is larger than this app accepts\n",
