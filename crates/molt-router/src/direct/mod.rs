@@ -30,6 +30,7 @@ pub mod parsers;
 mod relay;
 mod request;
 mod response;
+mod upload;
 
 use std::net::SocketAddr;
 use std::time::Duration;

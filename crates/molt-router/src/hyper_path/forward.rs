@@ -16,7 +16,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::debug;
 
-use crate::attempts::{self, at_connection_limit, Attempt, Attempted, Settled};
+use crate::attempts::{self, at_connection_limit, is_idempotent_read, Attempt, Attempted, Settled};
 use crate::body::{relay, relay_socket, ResponseBody};
 use crate::config::ClientScheme;
 use crate::forwarded::add_forwarded;
@@ -280,11 +280,6 @@ impl Forward {
         *request.headers_mut() = headers;
         request
     }
-}
-
-/// Methods whose bodiless requests can be sent to another upstream after a failed attempt.
-pub(super) fn is_idempotent_read(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 /// The answer when the upstream request failed, counted as failed: the client's fault when

@@ -29,6 +29,7 @@ use tracing::debug;
 
 use crate::access::{AccessEntry, Served};
 use crate::admission::admit;
+use crate::attempts::is_idempotent_read;
 use crate::body::ResponseBody;
 use crate::config::ClientScheme;
 use crate::page::{self, Flavor};
@@ -39,7 +40,6 @@ use crate::routing::{no_instance, Choice, Held, Lookup, Routed};
 use crate::shaping::{Source, STICKY_COOKIE};
 use crate::table::Picked;
 use crate::upgrade::requested_upgrade;
-use forward::is_idempotent_read;
 
 /// A response the router made itself instead of forwarding: a refusal, a redirect, a page.
 /// The phases return it as their `Err`, whole (`clippy::result_large_err` is allowed for
