@@ -140,10 +140,12 @@ pub(crate) fn print_table(f: &RouterFigures) {
             .map_or_else(|| "-".to_string(), |x| format!("{x:.2}"))
     };
     println!(
-        "bench router: molt/nginx req/s at c=64 {} (small), {} (64 KiB); swap under load {} \
-         errors in {} swaps; 10 000 routes cost {:.1} %",
+        "bench router: molt/nginx req/s at c=64 {} (small), {} (64 KiB), {} (POST 4 KiB), {} \
+         (POST 1 MiB); swap under load {} errors in {} swaps; 10 000 routes cost {:.1} %",
         ratio(BodySize::Small),
         ratio(BodySize::Big),
+        ratio(BodySize::Post4KiB),
+        ratio(BodySize::Post1MiB),
         f.swap.load.errors + f.swap.router_failed,
         f.swap.swaps,
         routes.loss_percent()

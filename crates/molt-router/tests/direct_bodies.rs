@@ -137,10 +137,7 @@ async fn record_requests(
                 let Some(size_line) = line(&mut stream, &mut buf).await else {
                     return;
                 };
-                let digits = size_line
-                    .split([';', ' ', '\t'])
-                    .next()
-                    .unwrap_or("");
+                let digits = size_line.split([';', ' ', '\t']).next().unwrap_or("");
                 let Ok(size) = usize::from_str_radix(digits, 16) else {
                     return;
                 };
