@@ -14,7 +14,8 @@ use crate::router_server::{HOST, WORKER_THREADS};
 
 /// Said in both outputs: what the HTTP/2 cells are.
 const H2_NOTE: &str = "h2: the HTTP/1.1 cells come first; then h2 over TLS (ALPN, a self-signed \
-                       certificate made by the bench) and h2c (prior knowledge) to molt and each \
+                       certificate made by the bench), HTTP/1.1 over TLS (h1/TLS, same listener) \
+                       and h2c (prior knowledge) to molt and each \
                        peer, loaded by h2load with one stream in flight per connection, small \
                        answers, upstreams over HTTP/1.1 (no direct row: the backend speaks \
                        HTTP/1.1 only)";
@@ -24,8 +25,8 @@ pub(crate) fn print_table(f: &RouterFigures) {
     let plan = &f.plan;
     println!();
     println!(
-        "molt bench router ({}, {:.0} s per cell): keep-alive HTTP/1.1 GET, Host: {HOST}, \
-         answers of {} B and 64 KiB",
+        "molt bench router ({}, {:.0} s per cell): keep-alive HTTP/1.1, Host: {HOST}, GETs \
+         answered {} B and 64 KiB, POSTs of 4 KiB and 1 MiB",
         match plan.length {
             RunLength::Full => "full",
             RunLength::Quick => "quick",
