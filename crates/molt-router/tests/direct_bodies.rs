@@ -27,7 +27,7 @@ struct Seen {
 
 /// A raw HTTP/1.1 upstream that reads every body to its end (by length or by chunks) and
 /// answers `"{method} {path} body={n}"`; `/early` is answered 403 as soon as its head
-/// arrives, and the connection closed.
+/// arrives, and the connection closed; `/interim` gets an unasked `100 Continue` first.
 struct Recorder {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -130,6 +130,14 @@ async fn record_requests(
                     b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno",
                 )
                 .await;
+            return;
+        }
+        if path == "/interim"
+            && stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
             return;
         }
         if lower.contains("\r\ntransfer-encoding: chunked\r\n") {
@@ -375,4 +383,30 @@ async fn a_request_with_a_body_goes_to_one_instance_only() {
         (stats.answered, stats.failed),
         (ok as u64, bad_gateway as u64)
     );
+}
+
+#[tokio::test]
+async fn an_unasked_interim_answer_does_not_stop_the_upload() {
+    let upstream = Recorder::start().await;
+    let harness = router_for(&[upstream.addr], RouteLimits::default()).await;
+    let mut client = within(TcpStream::connect(harness.addr))
+        .await
+        .expect("connect");
+    let head = "POST /interim HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\nContent-Length: 8192\r\n\r\n";
+    within(client.write_all(head.as_bytes()))
+        .await
+        .expect("head");
+    within(client.write_all(&[b'x'; 4096])).await.expect("body");
+    assert!(
+        eventually(|| upstream.heads.load(Ordering::SeqCst) == 1).await,
+        "the head went upstream"
+    );
+    // The upstream's 100 Continue is on its way back while the rest of the body follows.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    within(client.write_all(&[b'x'; 4096])).await.expect("body");
+    let mut response = Vec::new();
+    let _ = within(client.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("POST /interim body=8192"), "{response}");
 }

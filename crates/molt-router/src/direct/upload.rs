@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, Interest};
 use super::conn::write_two;
 use super::request::BodyFraming;
 use crate::guard::{ClientSocket, GuardedStream};
-use crate::http1::HEAD_READ;
+use crate::http1::{find_head_end, HEAD_READ};
 use crate::limits::BodyFault;
 use crate::upstream::{ChunkScanner, Socket};
 
@@ -187,25 +187,70 @@ async fn forward(
     Ok(false)
 }
 
-/// After the upstream socket was reported readable: whether it really sent something (read
+/// After the upstream socket was reported readable: whether it began its final answer (read
 /// into `relay`). A stale readiness reads nothing and is cleared; an upstream that closed is
-/// an error.
+/// an error; an interim answer (a `100 Continue` some servers send unasked) is dropped and
+/// the upload goes on.
 fn answered(socket: &Socket, relay: &mut Vec<u8>) -> Result<bool, UploadError> {
     relay.reserve(HEAD_READ);
     match socket.stream.try_read_buf(relay) {
-        Ok(0) => Err(UploadError::Upstream(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the upstream closed the connection before a response",
-        ))),
-        Ok(_) => Ok(true),
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(false),
-        Err(error) => Err(UploadError::Upstream(error)),
+        Ok(0) => {
+            return Err(UploadError::Upstream(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the upstream closed the connection before a response",
+            )))
+        }
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+        Err(error) => return Err(UploadError::Upstream(error)),
+    }
+    Ok(final_answer_began(relay))
+}
+
+/// Whether `relay` holds the start of a final answer, once the whole interim (1xx, not 101)
+/// heads at its start are dropped; a head cut short that may still be an interim one is
+/// waited for.
+fn final_answer_began(relay: &mut Vec<u8>) -> bool {
+    loop {
+        // `HTTP/1.1 1xx`: the status's first digit is the tenth byte.
+        let interim = match relay.get(9) {
+            None => return false,
+            Some(b'1') => relay.get(9..12) != Some(b"101"),
+            Some(_) => false,
+        };
+        if !interim {
+            return true;
+        }
+        match find_head_end(relay, 0) {
+            Some(end) => {
+                relay.drain(..end);
+            }
+            None => return false,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interim_answers_do_not_end_an_upload() {
+        let mut relay = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        assert!(!final_answer_began(&mut relay));
+        assert!(relay.is_empty());
+        let mut relay = b"HTTP/1.1 10".to_vec();
+        assert!(!final_answer_began(&mut relay), "may still be interim");
+        let mut relay = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Too".to_vec();
+        assert!(final_answer_began(&mut relay));
+        assert_eq!(relay, b"HTTP/1.1 413 Too");
+        let mut relay = b"HTTP/1.1 101 Switching".to_vec();
+        assert!(
+            final_answer_began(&mut relay),
+            "a 101 is refused by the head check"
+        );
+        assert!(!final_answer_began(&mut Vec::new()));
+    }
 
     #[test]
     fn a_length_body_is_taken_up_to_its_length() {
