@@ -2,12 +2,13 @@
 //! on 127.0.0.1:$PORT that answers every request, health checks included, with
 //! `hello from $MOLT_APP $MOLT_RELEASE`, so that the benchmark measures molt and not the app.
 //! `GET /big` answers [`BIG_BODY_LEN`] bytes instead, for `bench router`'s large responses.
+//! A request body is read to its end before the answer.
 
 use std::convert::Infallible;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Response;
@@ -63,7 +64,14 @@ pub async fn run() -> Result<()> {
                         } else {
                             body.clone()
                         };
-                        async move { Ok::<_, Infallible>(Response::new(Full::new(answer))) }
+                        async move {
+                            // Read a request body to its end first, as an application does
+                            // (hyper would otherwise close a connection whose body it
+                            // cannot drain, and bench router's POST cells would measure
+                            // reconnections).
+                            let _ = request.into_body().collect().await;
+                            Ok::<_, Infallible>(Response::new(Full::new(answer)))
+                        }
                     });
                     // A client going away mid-request is not the server's problem.
                     let _ = http1::Builder::new()

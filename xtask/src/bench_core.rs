@@ -277,6 +277,7 @@ async fn measure_throughput(
         duration,
         max_requests_per_connection: MAX_REQUESTS_PER_CONNECTION,
         protocol: Protocol::Http1,
+        upload: None,
     };
     progress("warming up the load paths");
     load::run(&spec(instances.to_vec(), 16, WARMUP_DURATION)).await?;

@@ -10,8 +10,15 @@
 //! 3. the cost of 10 000 hostnames in molt's table against 1 (goal: < 5 % throughput loss);
 //! 4. molt's router with clients speaking h2c (prior knowledge) against HTTP/1.1, alternating
 //!    runs;
-//! 5. h2 over TLS and h2c cells for molt and the peers, loaded by h2load (installed from
-//!    Debian's nghttp2-client when missing), with a self-signed certificate the bench makes.
+//! 5. h2 over TLS, HTTP/1.1 over TLS and h2c cells for molt and the peers, loaded by h2load
+//!    (installed from Debian's nghttp2-client when missing), with a self-signed certificate
+//!    the bench makes.
+//!
+//! The HTTP/1.1 cells are GETs of a small and a 64 KiB answer, and POSTs of a 4 KiB and a
+//! 1 MiB body (answered small; the backend reads every body to its end). nginx and HAProxy
+//! get as many workers/threads as molt's router has threads (two).
+
+mod h2;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,13 +31,13 @@ use serde_json::Value;
 
 use crate::backend::{BIG_BODY_LEN, BIG_PATH};
 use crate::child::{group_cpu_time, ChildProcess};
-use crate::h2load::{self, H2Spec, H2};
+use crate::h2load::H2;
 use crate::load::{self, LoadResult, LoadSpec, Protocol};
-use crate::peers::TlsFiles;
 use crate::peers::{Availability, Peer};
 use crate::router_report::{print_table, to_json};
-use crate::router_server::{RouterServerArgs, Serving, TlsListener, HOST};
+use crate::router_server::{RouterServerArgs, Serving, HOST};
 use crate::Output;
+use h2::measure_h2;
 
 /// The backend's small answer is `hello from {APP} {RELEASE}\n`: 32 bytes.
 const APP: &str = "molt-router-bench";
@@ -67,13 +74,18 @@ pub(crate) struct Plan {
     pub(crate) routes_rounds: usize,
 }
 
-/// The two response sizes.
+/// What the requests of a cell carry and get: a GET of a small or a large answer, or a POST
+/// of a body (streamed through the proxy) answered small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodySize {
     /// `hello from ...`, 32 bytes.
     Small,
     /// 64 KiB.
     Big,
+    /// A 4 KiB request body.
+    Post4KiB,
+    /// A 1 MiB request body.
+    Post1MiB,
 }
 
 /// Where a load run sends its requests.
@@ -213,27 +225,45 @@ impl Plan {
 }
 
 impl BodySize {
-    pub(crate) const ALL: [BodySize; 2] = [BodySize::Small, BodySize::Big];
+    pub(crate) const ALL: [BodySize; 4] = [
+        BodySize::Small,
+        BodySize::Big,
+        BodySize::Post4KiB,
+        BodySize::Post1MiB,
+    ];
 
     pub(crate) fn label(self) -> &'static str {
         match self {
             BodySize::Small => "small",
             BodySize::Big => "64KiB",
+            BodySize::Post4KiB => "POST4K",
+            BodySize::Post1MiB => "POST1M",
         }
     }
 
     fn path(self) -> &'static str {
         match self {
-            BodySize::Small => "/",
             BodySize::Big => BIG_PATH,
+            BodySize::Small | BodySize::Post4KiB | BodySize::Post1MiB => "/",
         }
     }
 
+    /// The length of the answer.
     fn len(self) -> usize {
         match self {
-            BodySize::Small => small_body().len(),
             BodySize::Big => BIG_BODY_LEN,
+            BodySize::Small | BodySize::Post4KiB | BodySize::Post1MiB => small_body().len(),
         }
+    }
+
+    /// The request body, for the POST cells.
+    fn upload(self) -> Option<bytes::Bytes> {
+        let len = match self {
+            BodySize::Small | BodySize::Big => return None,
+            BodySize::Post4KiB => 4 * 1024,
+            BodySize::Post1MiB => 1024 * 1024,
+        };
+        Some(bytes::Bytes::from(vec![b'x'; len]))
     }
 }
 
@@ -739,170 +769,6 @@ async fn measure_swaps(
     Ok(row)
 }
 
-/// h2 over TLS and h2c through molt and every peer that starts with both listeners, loaded
-/// by h2load (small answers, one stream in flight per connection), targets interleaved within
-/// each cell. Nothing here fails the bench: a missing h2load or a peer that does not start is
-/// reported as skipped.
-async fn measure_h2(
-    plan: &Plan,
-    exe: &Path,
-    dir: &Path,
-    backend: SocketAddr,
-    ready: &[(Peer, std::path::PathBuf)],
-) -> Result<H2Figures> {
-    let mut figures = H2Figures {
-        cells: Vec::new(),
-        skipped: Vec::new(),
-    };
-    let h2load = match h2load::ensure_installed().await {
-        Ok(path) => path,
-        Err(why) => {
-            progress(&format!("skipped: {why}"));
-            figures.skipped.push(why);
-            return Ok(figures);
-        }
-    };
-    let files = self_signed_certificate(dir)?;
-    // (target, TLS address, h2c address, process)
-    let mut targets: Vec<(Target, SocketAddr, SocketAddr, ChildProcess)> = Vec::new();
-    let (tls, h2c) = (free_port()?, free_port()?);
-    let args = RouterServerArgs {
-        listen: h2c,
-        backends: vec![backend],
-        extra_routes: 0,
-        swaps: 0,
-        swap_interval: Duration::ZERO,
-        serving: Serving::Threads,
-        tls: Some(TlsListener {
-            listen: tls,
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-        }),
-    };
-    let mut command = Command::new(exe);
-    command.args(args.to_args());
-    let child = ChildProcess::spawn("molt-h2", command, dir)?;
-    targets.push((Target::Molt, tls, h2c, child));
-    for (peer, path) in ready {
-        let (tls, h2c) = (free_port()?, free_port()?);
-        match peer.start_h2(path, dir, tls, h2c, backend, &files) {
-            Ok(child) => targets.push((Target::Peer(*peer), tls, h2c, child)),
-            Err(e) => figures.skipped.push(format!("{} (h2): {e:#}", peer.name())),
-        }
-    }
-    let mut up = Vec::new();
-    for (target, tls, h2c, mut child) in targets {
-        let mut answers = Ok(());
-        for (protocol, addr) in [(H2::Tls, tls), (H2::Cleartext, h2c)] {
-            if answers.is_ok() {
-                answers = h2load::wait_until_answers(&h2load, protocol, addr, HOST).await;
-            }
-        }
-        match answers {
-            Ok(()) => up.push((target, tls, h2c, child)),
-            Err(e) => {
-                let why = format!(
-                    "{} (h2): {e:#}; its log: {}",
-                    target.name(),
-                    child.stderr_tail()
-                );
-                progress(&format!("skipped: {why}"));
-                figures.skipped.push(why);
-                let _ = child.stop().await;
-            }
-        }
-    }
-    let log = dir.join("h2load.log");
-    let measured = async {
-        for (_, tls, h2c, _) in &up {
-            for (protocol, addr) in [(H2::Tls, *tls), (H2::Cleartext, *h2c)] {
-                h2load::run(&h2_spec(&h2load, protocol, addr, 16, plan.warmup, &log)).await?;
-            }
-        }
-        for protocol in [H2::Tls, H2::Cleartext] {
-            for &concurrency in plan.concurrencies {
-                let mut runs = Vec::new();
-                for (target, tls, h2c, child) in &up {
-                    tokio::time::sleep(PAUSE).await;
-                    let addr = if protocol == H2::Tls { *tls } else { *h2c };
-                    let before = group_cpu_time(child.pid());
-                    let spec = h2_spec(&h2load, protocol, addr, concurrency, plan.cell, &log);
-                    let load = h2load::run(&spec).await?;
-                    let cpu = group_cpu_time(child.pid()).saturating_sub(before);
-                    runs.push(Run {
-                        target: *target,
-                        proxy_cpu_per_request: Some(cpu / (load.ok.max(1) as u32)),
-                        load,
-                    });
-                }
-                progress(&format!(
-                    "{} small c={concurrency}: {}",
-                    protocol.label(),
-                    runs.iter()
-                        .map(|run| format!("{} {:.0}", run.target.name(), run.load.per_second()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                figures.cells.push(H2Cell {
-                    protocol,
-                    concurrency,
-                    runs,
-                });
-            }
-        }
-        anyhow::Ok(())
-    }
-    .await;
-    for (_, _, _, mut child) in up {
-        let pid = child.pid();
-        if let Err(e) = child.stop().await {
-            progress(&format!("pid {pid}: {e:#}"));
-        }
-    }
-    measured?;
-    Ok(figures)
-}
-
-fn h2_spec<'a>(
-    h2load: &'a Path,
-    protocol: H2,
-    connect: SocketAddr,
-    concurrency: usize,
-    duration: Duration,
-    log: &'a Path,
-) -> H2Spec<'a> {
-    H2Spec {
-        h2load,
-        protocol,
-        connect,
-        host: HOST,
-        path: BodySize::Small.path(),
-        concurrency,
-        duration,
-        log,
-    }
-}
-
-/// A self-signed certificate for `HOST`, written as PEM files into `dir`.
-fn self_signed_certificate(dir: &Path) -> Result<TlsFiles> {
-    let certified = rcgen::generate_simple_self_signed(vec![HOST.to_string()])
-        .context("making a self-signed certificate")?;
-    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
-    let files = TlsFiles {
-        cert: dir.join("bench-cert.pem"),
-        key: dir.join("bench-key.pem"),
-        combined: dir.join("bench-combined.pem"),
-    };
-    for (path, text) in [
-        (&files.cert, cert.clone()),
-        (&files.key, key.clone()),
-        (&files.combined, format!("{cert}{key}")),
-    ] {
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(files)
-}
-
 /// Starts `xtask router-server` on `listen`, swapping on SIGUSR1 when `swap_interval` is set.
 fn start_router(
     exe: &Path,
@@ -937,6 +803,7 @@ fn spec(addr: SocketAddr, size: BodySize, concurrency: usize, duration: Duration
         duration,
         max_requests_per_connection: MAX_REQUESTS_PER_CONNECTION,
         protocol: Protocol::Http1,
+        upload: size.upload(),
     }
 }
 

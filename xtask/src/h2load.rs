@@ -1,5 +1,5 @@
-//! Load over HTTP/2 from `h2load` (Debian's nghttp2-client): h2 over TLS (ALPN) and h2c with
-//! prior knowledge, closed loop with one stream in flight per connection like the xtask load
+//! Load over HTTP/2 from `h2load` (Debian's nghttp2-client): h2 over TLS (ALPN), h2c with
+//! prior knowledge and HTTP/1.1 over TLS (`--h1`), closed loop with one stream in flight per connection like the xtask load
 //! generator, so its figures sit next to the HTTP/1.1 cells. Latency percentiles come from
 //! h2load's per-request log.
 
@@ -16,12 +16,14 @@ use crate::peers::{apt_install, find_command};
 /// How long a probe keeps trying a listener that is still starting.
 const START_LIMIT: Duration = Duration::from_secs(10);
 
-/// HTTP/2 with or without TLS.
+/// What h2load speaks: HTTP/2 with or without TLS, or HTTP/1.1 over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum H2 {
     /// h2 over TLS, negotiated by ALPN (the certificate is self-signed; h2load does not
     /// verify it).
     Tls,
+    /// HTTP/1.1 over TLS (`h2load --h1`, ALPN `http/1.1`), on the same listener as `Tls`.
+    Http1Tls,
     /// h2c with prior knowledge.
     Cleartext,
 }
@@ -44,14 +46,23 @@ impl H2 {
     pub fn label(self) -> &'static str {
         match self {
             H2::Tls => "h2/TLS",
+            H2::Http1Tls => "h1/TLS",
             H2::Cleartext => "h2c",
         }
     }
 
     fn scheme(self) -> &'static str {
         match self {
-            H2::Tls => "https",
+            H2::Tls | H2::Http1Tls => "https",
             H2::Cleartext => "http",
+        }
+    }
+
+    /// h2load's arguments that choose the protocol.
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            H2::Http1Tls => &["--h1"],
+            H2::Tls | H2::Cleartext => &[],
         }
     }
 }
@@ -84,6 +95,7 @@ pub async fn run(spec: &H2Spec<'_>) -> Result<LoadResult> {
         Err(e) => return Err(e).with_context(|| format!("removing {}", spec.log.display())),
     }
     let output = tokio::process::Command::new(spec.h2load)
+        .args(spec.protocol.args())
         .args(["-c", &spec.concurrency.to_string(), "-m", "1", "-t", "1"])
         .args(["-D", &seconds.to_string(), "--warm-up-time", "0"])
         .arg("--log-file")
@@ -137,6 +149,7 @@ pub async fn wait_until_answers(
     let deadline = Instant::now() + START_LIMIT;
     loop {
         let probe = tokio::process::Command::new(h2load)
+            .args(protocol.args())
             .args(["-n", "1", "-c", "1", "--connect-to", &connect.to_string()])
             .arg(format!("{}://{host}/", protocol.scheme()))
             .stdin(Stdio::null())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -34,6 +34,8 @@ pub struct LoadSpec {
     pub max_requests_per_connection: usize,
     /// What each connection speaks.
     pub protocol: Protocol,
+    /// A body to POST with every request (sent with its length); a GET without one.
+    pub upload: Option<Bytes>,
 }
 
 /// The protocol of a load run's connections.
@@ -67,8 +69,8 @@ pub struct Connection {
 }
 
 enum Sender {
-    Http1(http1::SendRequest<Empty<Bytes>>),
-    H2c(http2::SendRequest<Empty<Bytes>>),
+    Http1(http1::SendRequest<Full<Bytes>>),
+    H2c(http2::SendRequest<Full<Bytes>>),
 }
 
 /// The request a worker sends and the answer it counts as a success.
@@ -76,6 +78,7 @@ struct Expected {
     host: String,
     path: String,
     body_len: Option<usize>,
+    upload: Option<Bytes>,
 }
 
 /// What one connection's loop measured.
@@ -129,26 +132,38 @@ impl Connection {
         Ok(Connection { sender })
     }
 
-    /// Sends GET `path` with `Host: host`; the response body is still to be read.
-    async fn send_get(
+    /// Sends GET `path` (or POST `upload` to it) with `Host: host`; the response body is
+    /// still to be read.
+    async fn send(
         &mut self,
         host: &str,
         path: &str,
+        upload: Option<&Bytes>,
     ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let method = if upload.is_some() {
+            hyper::Method::POST
+        } else {
+            hyper::Method::GET
+        };
+        let body = Full::new(upload.cloned().unwrap_or_default());
         match &mut self.sender {
             Sender::Http1(sender) => {
                 sender.ready().await.context("connection closed")?;
-                let request = hyper::Request::get(path)
+                let request = hyper::Request::builder()
+                    .method(method)
+                    .uri(path)
                     .header(hyper::header::HOST, host)
-                    .body(Empty::new())
+                    .body(body)
                     .context("building the request")?;
                 Ok(sender.send_request(request).await?)
             }
             Sender::H2c(sender) => {
                 sender.ready().await.context("connection closed")?;
                 // HTTP/2 names the host in the URI's authority (`:authority`).
-                let request = hyper::Request::get(format!("http://{host}{path}"))
-                    .body(Empty::new())
+                let request = hyper::Request::builder()
+                    .method(method)
+                    .uri(format!("http://{host}{path}"))
+                    .body(body)
                     .context("building the request")?;
                 Ok(sender.send_request(request).await?)
             }
@@ -157,16 +172,22 @@ impl Connection {
 
     /// GET `path` with `Host: host`; returns the status and the whole body.
     pub async fn get(&mut self, host: &str, path: &str) -> Result<(u16, Bytes)> {
-        let response = self.send_get(host, path).await?;
+        let response = self.send(host, path, None).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))
     }
 
-    /// GET `path` with `Host: host`; reads the body without keeping it and returns the status
-    /// and the body's length, so large answers cost the load generator no copies.
-    pub async fn get_discarding(&mut self, host: &str, path: &str) -> Result<(u16, usize)> {
-        let response = self.send_get(host, path).await?;
+    /// GET `path` (or POST `upload` to it) with `Host: host`; reads the body without keeping
+    /// it and returns the status and the body's length, so large answers cost the load
+    /// generator no copies.
+    pub async fn send_discarding(
+        &mut self,
+        host: &str,
+        path: &str,
+        upload: Option<&Bytes>,
+    ) -> Result<(u16, usize)> {
+        let response = self.send(host, path, upload).await?;
         let status = response.status().as_u16();
         let mut body = response.into_body();
         let mut len = 0;
@@ -197,6 +218,7 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadResult> {
             host: spec.host.clone(),
             path: spec.path.clone(),
             body_len: spec.expected_body_len,
+            upload: spec.upload.clone(),
         };
         let limit = spec.max_requests_per_connection;
         workers.spawn(drive(
@@ -244,7 +266,7 @@ async fn drive(
         let sent = Instant::now();
         let answer = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            connection.get_discarding(&request.host, &request.path),
+            connection.send_discarding(&request.host, &request.path, request.upload.as_ref()),
         )
         .await;
         match answer {

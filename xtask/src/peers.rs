@@ -181,7 +181,7 @@ pub struct TlsFiles {
 
 impl Peer {
     /// Starts the peer with two HTTP/2 listeners proxying to `backend` over HTTP/1.1 like
-    /// [`Peer::start`]: h2 over TLS on `tls` (ALPN `h2`) and h2c with prior knowledge on
+    /// [`Peer::start`]: h2 and HTTP/1.1 over TLS on `tls` (by ALPN) and h2c with prior knowledge on
     /// `h2c`.
     pub fn start_h2(
         self,
@@ -221,7 +221,10 @@ impl Peer {
                 let binds = [
                     (
                         "tls",
-                        format!("{tls} ssl crt {} alpn h2", files.combined.display()),
+                        format!(
+                            "{tls} ssl crt {} alpn h2,http/1.1",
+                            files.combined.display()
+                        ),
                     ),
                     ("h2c", format!("{h2c} proto h2")),
                 ];

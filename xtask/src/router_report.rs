@@ -14,7 +14,8 @@ use crate::router_server::{HOST, WORKER_THREADS};
 
 /// Said in both outputs: what the HTTP/2 cells are.
 const H2_NOTE: &str = "h2: the HTTP/1.1 cells come first; then h2 over TLS (ALPN, a self-signed \
-                       certificate made by the bench) and h2c (prior knowledge) to molt and each \
+                       certificate made by the bench), HTTP/1.1 over TLS (h1/TLS, same listener) \
+                       and h2c (prior knowledge) to molt and each \
                        peer, loaded by h2load with one stream in flight per connection, small \
                        answers, upstreams over HTTP/1.1 (no direct row: the backend speaks \
                        HTTP/1.1 only)";
@@ -24,8 +25,8 @@ pub(crate) fn print_table(f: &RouterFigures) {
     let plan = &f.plan;
     println!();
     println!(
-        "molt bench router ({}, {:.0} s per cell): keep-alive HTTP/1.1 GET, Host: {HOST}, \
-         answers of {} B and 64 KiB",
+        "molt bench router ({}, {:.0} s per cell): keep-alive HTTP/1.1, Host: {HOST}, GETs \
+         answered {} B and 64 KiB, POSTs of 4 KiB and 1 MiB",
         match plan.length {
             RunLength::Full => "full",
             RunLength::Quick => "quick",
@@ -140,10 +141,12 @@ pub(crate) fn print_table(f: &RouterFigures) {
             .map_or_else(|| "-".to_string(), |x| format!("{x:.2}"))
     };
     println!(
-        "bench router: molt/nginx req/s at c=64 {} (small), {} (64 KiB); swap under load {} \
-         errors in {} swaps; 10 000 routes cost {:.1} %",
+        "bench router: molt/nginx req/s at c=64 {} (small), {} (64 KiB), {} (POST 4 KiB), {} \
+         (POST 1 MiB); swap under load {} errors in {} swaps; 10 000 routes cost {:.1} %",
         ratio(BodySize::Small),
         ratio(BodySize::Big),
+        ratio(BodySize::Post4KiB),
+        ratio(BodySize::Post1MiB),
         f.swap.load.errors + f.swap.router_failed,
         f.swap.swaps,
         routes.loss_percent()

@@ -16,12 +16,18 @@
 use std::fmt::Display;
 use std::future::Future;
 
+use hyper::Method;
 use tracing::{debug, warn};
 
 use crate::config::RouterConfig;
 use crate::eject::{now_ms, Verdict};
 use crate::route::{Route, Upstream};
 use crate::stats::InFlight;
+
+/// Methods whose bodiless requests can be sent to another upstream after a failed attempt.
+pub(crate) fn is_idempotent_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
 
 /// Sends one request to one upstream.
 pub(crate) trait Attempt {

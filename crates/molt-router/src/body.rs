@@ -112,9 +112,9 @@ impl Body for ResponseBody {
 /// body has been streamed.
 pub(crate) fn relay(
     response: Response<UpstreamBody>,
-    in_flight: InFlight,
+    mut in_flight: InFlight,
 ) -> Response<ResponseBody> {
-    in_flight.counters().record_answered();
+    in_flight.answered();
     let (mut head, body) = response.into_parts();
     // hyper read a body with both framings by its chunks (RFC 9112 §6.3): the length, which
     // the client would believe instead, must not be passed on.
@@ -128,9 +128,9 @@ pub(crate) fn relay(
 /// [`relay`] for an answer read from a plain socket (its head has no hop-by-hop fields).
 pub(crate) fn relay_socket(
     response: Response<SocketBody>,
-    in_flight: InFlight,
+    mut in_flight: InFlight,
 ) -> Response<ResponseBody> {
-    in_flight.counters().record_answered();
+    in_flight.answered();
     response.map(|body| ResponseBody::Socket {
         body,
         in_flight: Some(in_flight),

@@ -228,8 +228,8 @@ impl Drop for HoldSlot<'_> {
 }
 
 /// Counts a request routed to an environment that has no upstreams (answered 503).
-pub(crate) fn no_instance(route: &Route, in_flight: &InFlight, started: Instant) {
-    in_flight.counters().record_failed();
+pub(crate) fn no_instance(route: &Route, in_flight: &mut InFlight, started: Instant) {
+    in_flight.failed();
     let traffic = &in_flight.counters().traffic.live;
     traffic.record(503, started.elapsed());
     debug!(env = route.env(), "environment has no upstreams");

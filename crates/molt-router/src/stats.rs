@@ -22,7 +22,9 @@ pub struct EnvStats {
     pub in_flight: u64,
     /// Responses relayed from an upstream (any status).
     pub answered: u64,
-    /// Error responses the router made itself (502, 503, 504).
+    /// Requests the router ended itself: its own error answers (400 for a request body
+    /// that broke off, 413, 502, 503, 504) and requests that ended without any answer (the
+    /// client went away first). Once `in_flight` is 0, `accepted == answered + failed`.
     pub failed: u64,
 }
 
@@ -45,8 +47,17 @@ pub(crate) struct EnvCounters {
 
 /// Marks one request as in flight for its environment (and, once it is sent, for the upstream
 /// instance that has it) until dropped.
+///
+/// It also settles the request's outcome: [`InFlight::answered`] or [`InFlight::failed`]
+/// counts it once, and a request dropped before either (its client went away, its future
+/// was cancelled) is counted failed then. So every accepted request ends up answered or
+/// failed, exactly once, which the drain and the acknowledged swap rely on.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<EnvCounters>, Option<UpstreamLoad>);
+pub(crate) struct InFlight {
+    counters: Arc<EnvCounters>,
+    load: Option<UpstreamLoad>,
+    settled: bool,
+}
 
 /// One request counted against one upstream address's load until dropped.
 #[derive(Debug)]
@@ -148,15 +159,11 @@ impl EnvCounters {
     pub(crate) fn accept(self: &Arc<Self>) -> InFlight {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(Arc::clone(self), None)
-    }
-
-    pub(crate) fn record_answered(&self) {
-        self.answered.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn record_failed(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            counters: Arc::clone(self),
+            load: None,
+            settled: false,
+        }
     }
 
     /// Counts one request as waiting on this environment's hold until the guard is dropped.
@@ -190,12 +197,26 @@ impl EnvCounters {
 impl InFlight {
     /// The counters this request is accounted to.
     pub(crate) fn counters(&self) -> &EnvCounters {
-        &self.0
+        &self.counters
     }
 
     /// Counts the request against the upstream it is sent to (replacing an earlier attempt's).
     pub(crate) fn sent_to(&mut self, load: UpstreamLoad) {
-        self.1 = Some(load);
+        self.load = Some(load);
+    }
+
+    /// Counts the request as answered by an upstream (unless its outcome was counted already).
+    pub(crate) fn answered(&mut self) {
+        if !std::mem::replace(&mut self.settled, true) {
+            self.counters.answered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the request as failed (unless its outcome was counted already).
+    pub(crate) fn failed(&mut self) {
+        if !std::mem::replace(&mut self.settled, true) {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -211,7 +232,9 @@ impl Drop for Waiting {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // Counted before `in_flight` falls, so a reader that sees it at 0 sees every outcome.
+        self.failed();
+        self.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -277,8 +300,9 @@ mod tests {
         let registry = StatsRegistry::default();
         let counters = registry.counters("blue");
         assert!(Arc::ptr_eq(&counters, &registry.counters("blue")));
-        let guard = counters.accept();
-        guard.counters().record_answered();
+        let mut guard = counters.accept();
+        guard.answered();
+        guard.failed();
         assert_eq!(
             counters.snapshot(),
             EnvStats {
@@ -291,6 +315,10 @@ mod tests {
         drop(guard);
         assert_eq!(counters.snapshot().in_flight, 0);
         assert!(registry.get("green").is_none());
+        // A request dropped before its outcome was counted is counted failed.
+        drop(counters.accept());
+        let stats = counters.snapshot();
+        assert_eq!((stats.accepted, stats.answered, stats.failed), (2, 1, 1));
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Router {
         let upstream_request = Request::from_parts(head, body);
 
         let Some((stream, index)) = self.connect_upstream(route, start).await else {
-            in_flight.counters().record_failed();
+            in_flight.failed();
             return page::text(
                 StatusCode::BAD_GATEWAY,
                 "molt: the application could not be reached\n",
@@ -91,7 +91,7 @@ impl Router {
         };
         match tokio::time::timeout(self.config.upstream_timeout, exchange).await {
             Ok(Ok(mut response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                in_flight.counters().record_answered();
+                in_flight.answered();
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
                 let (mut head, _empty) = response.into_parts();
                 let protocol = head.headers.get(UPGRADE).cloned();
@@ -114,7 +114,7 @@ impl Router {
             Ok(Ok(response)) => relay(response.map(UpstreamBody::detached), in_flight),
             Ok(Err(error)) => {
                 debug!(env = route.env(), instance, %error, "upstream failed an upgrade");
-                in_flight.counters().record_failed();
+                in_flight.failed();
                 page::text(
                     StatusCode::BAD_GATEWAY,
                     "molt: the application could not be reached\n",
@@ -122,7 +122,7 @@ impl Router {
             }
             Err(_elapsed) => {
                 debug!(env = route.env(), instance, "upstream upgrade timed out");
-                in_flight.counters().record_failed();
+                in_flight.failed();
                 page::text(
                     StatusCode::GATEWAY_TIMEOUT,
                     "molt: the application did not answer in time\n",

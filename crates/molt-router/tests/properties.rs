@@ -133,7 +133,9 @@ proptest! {
 }
 
 mod direct_path {
-    use molt_router::direct::parsers::{chunked_length, client_head, upstream_head};
+    use molt_router::direct::parsers::{
+        chunked_length, client_head, request_body_length, upstream_head,
+    };
     use proptest::prelude::*;
 
     const HOP_BY_HOP: [&str; 7] = [
@@ -196,7 +198,7 @@ mod direct_path {
         #[test]
         fn upstream_heads_parse_and_carry_no_hop_by_hop_fields(
             fields in proptest::collection::vec(field(), 0..12),
-            method in prop_oneof![Just("GET"), Just("HEAD")],
+            method in prop_oneof![Just("GET"), Just("HEAD"), Just("POST"), Just("PUT")],
         ) {
             let mut raw = format!("{method} /p?q=1 HTTP/1.1\r\nHost: app.test\r\n");
             for (name, value) in &fields {
@@ -205,15 +207,69 @@ mod direct_path {
             raw.push_str("\r\n");
             if let Some(head) = upstream_head(raw.as_bytes()) {
                 let names = names(&head, false);
+                let lower = raw.to_ascii_lowercase();
+                // The body goes on framed as the client framed it, one way only: chunked
+                // (the one hop-by-hop field the router writes itself) or by its length.
+                let chunked = lower.contains("transfer-encoding: chunked\r\n");
                 for hop in HOP_BY_HOP {
-                    prop_assert!(!names.iter().any(|name| name == hop), "{hop} in {names:?}");
+                    let count = names.iter().filter(|name| *name == hop).count();
+                    let expected = usize::from(hop == "transfer-encoding" && chunked);
+                    prop_assert_eq!(count, expected, "{} in {:?}", hop, names);
                 }
+                let lengths = names.iter().filter(|name| *name == "content-length").count();
+                prop_assert!(lengths <= 1 && !(chunked && lengths == 1), "{names:?}");
                 for added in ["x-request-id", "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
                     prop_assert_eq!(names.iter().filter(|name| *name == added).count(), 1, "{}", added);
                 }
-                prop_assert!(!names.iter().any(|name| name == "content-length"
-                    && !raw.to_ascii_lowercase().contains("content-length: 0")));
             }
+        }
+
+        #[test]
+        fn request_bodies_end_where_the_frame_checker_says_in_any_split(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..6),
+            extension in proptest::option::of("[ \t]{0,2};[ \t]{0,2}[a-z]{1,5}(=[a-z0-9]{1,5})?"),
+            trailers in proptest::collection::vec("[A-Za-z-]{1,8}: [a-z0-9]{0,8}", 0..3),
+            split in any::<prop::sample::Index>(),
+            limit in 0u64..300,
+        ) {
+            let head = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let mut body = Vec::new();
+            let mut data = 0;
+            for chunk in &chunks {
+                data += chunk.len() as u64;
+                body.extend_from_slice(format!("{:X}", chunk.len()).as_bytes());
+                if let Some(extension) = &extension {
+                    body.extend_from_slice(extension.as_bytes());
+                }
+                body.extend_from_slice(b"\r\n");
+                body.extend_from_slice(chunk);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n");
+            for trailer in &trailers {
+                body.extend_from_slice(trailer.as_bytes());
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"\r\n");
+            let end = body.len();
+            let next = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
+            // The frame checker passes the request and the next one whole...
+            let input = [&head[..], &body, next].concat();
+            let (released, refused) = super::check(&[&input]);
+            prop_assert!(!refused);
+            prop_assert_eq!(released.len(), input.len());
+            // ...and the direct path finds the body's end just before the next head.
+            body.extend_from_slice(next);
+            let at = split.index(body.len() + 1);
+            let found = request_body_length(head, &[&body[..at], &body[at..]], limit);
+            if data > limit {
+                prop_assert_eq!(found, Err("too large"));
+            } else {
+                prop_assert_eq!(found, Ok(Some(end)));
+            }
+            let length = format!("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: {end}\r\n\r\n");
+            let found = request_body_length(length.as_bytes(), &[&body[..at], &body[at..]], limit);
+            prop_assert_eq!(found, Ok(Some(end)));
         }
 
         #[test]
@@ -279,6 +335,11 @@ mod direct_path {
         ) {
             let _ = upstream_head(&bytes);
             let _ = client_head(&bytes, false);
+            let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let at = split.index(bytes.len() + 1);
+            if let Ok(Some(end)) = request_body_length(chunked, &[&bytes[..at], &bytes[at..]], 100) {
+                prop_assert!(end <= bytes.len());
+            }
             let at = split.index(bytes.len() + 1);
             if let Ok(Some(end)) = chunked_length(&[&bytes[..at], &bytes[at..]]) {
                 prop_assert!(end <= bytes.len());

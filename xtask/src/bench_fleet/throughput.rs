@@ -159,6 +159,7 @@ fn spec(fleet: &Fleet, routers: &[&str], duration: Duration) -> Result<LoadSpec>
         duration,
         max_requests_per_connection: MAX_REQUESTS_PER_CONNECTION,
         protocol: Protocol::Http1,
+        upload: None,
     })
 }
 

@@ -1,7 +1,7 @@
-//! The direct path: molt's own HTTP/1.1 exchange for the commonest requests — `GET` and
-//! `HEAD` without a body, upgrade or `Expect`, from HTTP/1.1 clients, to HTTP/1.1 instances
-//! — parsed in place from the client's bytes and written to a pooled upstream socket
-//! without hyper.
+//! The direct path: molt's own HTTP/1.1 exchange for the commonest requests — `GET`,
+//! `HEAD`, `POST`, `PUT`, `PATCH`, `DELETE` and `OPTIONS`, with a body framed by length or
+//! chunks or none, without an upgrade, from HTTP/1.1 clients, to HTTP/1.1 instances — parsed
+//! in place from the client's bytes and written to a pooled upstream socket without hyper.
 //!
 //! Why: hyper's server and client state machines, and the header maps between them, cost
 //! about 2.5× nginx's instructions per proxied request (callgrind; see docs/benchmarks.md).
@@ -12,8 +12,12 @@
 //! and body (by length, chunks or close) as they come. It allocates nothing per request on
 //! its hot path: a connection's buffers are reused from one request to the next.
 //!
-//! Everything else stays hyper's: on the first request the direct path does not take (a
-//! body, an upgrade, HTTP/1.0, h2c, a held backend, an unknown host, an ACME challenge...) the
+//! A request body streams through as it arrives (`upload`), within the body limit; a
+//! request whose body broke off or outgrew the limit is answered (400, 413) and counted
+//! failed, and its connection closes.
+//!
+//! Everything else stays hyper's: on the first request the direct path does not take (an
+//! upgrade, HTTP/1.0, h2c, a held backend, an unknown host, an ACME challenge...) the
 //! connection is handed to hyper together with the bytes already read, none of them
 //! consumed, and hyper serves it from then on. The frame checker ([`crate::framing`]) sits
 //! under both: no byte reaches either parser before its request's framing is known to be
@@ -21,8 +25,9 @@
 //!
 //! The connection loop is here; `conn` holds the connection's buffers and client I/O,
 //! `request` reads a request head and decides, `forward` sends it upstream through the
-//! shared attempt loop, `response` writes the client's response head, `relay` relays the
-//! body. The upstream exchange itself is `upstream`'s.
+//! shared attempt loop, `upload` sends a request body, `response` writes the client's
+//! response head, `relay` relays the answer's body. The upstream exchange itself is
+//! `upstream`'s.
 
 mod conn;
 mod forward;
@@ -30,6 +35,7 @@ pub mod parsers;
 mod relay;
 mod request;
 mod response;
+mod upload;
 
 use std::net::SocketAddr;
 use std::time::Duration;

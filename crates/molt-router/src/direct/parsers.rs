@@ -5,8 +5,10 @@ use std::net::IpAddr;
 
 use super::request::{write_upstream_head, RequestHead};
 use super::response::{rewrite_response, Extras};
+use super::upload::BodyLeft;
 use crate::config::ClientScheme;
 use crate::http1::MAX_HEADERS;
+use crate::limits::BodyFault;
 use crate::reqid::RequestIds;
 use crate::upstream::{AskError, ChunkScanner};
 
@@ -68,6 +70,42 @@ pub fn chunked_length(pieces: &[&[u8]]) -> Result<Option<usize>, &'static str> {
         buffered.drain(..scanned);
         if scanner.is_done() {
             return Ok(Some(scanned_total));
+        }
+    }
+    Ok(None)
+}
+
+/// Follows the body of the request whose head is `head`, fed in `pieces`, as the direct path
+/// forwards it, allowed `limit` bytes of chunk data: the length of the body once it has ended
+/// (`Some(0)` for a bodiless request, `None` while it has not ended), or why it is refused
+/// (`"too large"`, `"broken"`, or `"not direct"` for a head the direct path leaves to hyper).
+pub fn request_body_length(
+    head: &[u8],
+    pieces: &[&[u8]],
+    limit: u64,
+) -> Result<Option<usize>, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut fields);
+    match request.parse(head) {
+        Ok(status) if status.is_complete() => {}
+        _ => return Err("not direct"),
+    }
+    let framing = RequestHead::read(request.headers).ok_or("not direct")?.body;
+    let Some(mut body) = BodyLeft::new(framing, limit) else {
+        return Ok(Some(0));
+    };
+    let mut buffered = Vec::new();
+    let mut taken = 0;
+    for piece in pieces {
+        buffered.extend_from_slice(piece);
+        let take = body.take(&buffered).map_err(|fault| match fault {
+            BodyFault::TooLarge => "too large",
+            BodyFault::Broken => "broken",
+        })?;
+        taken += take;
+        buffered.drain(..take);
+        if body.is_done() {
+            return Ok(Some(taken));
         }
     }
     Ok(None)

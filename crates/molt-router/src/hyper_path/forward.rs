@@ -16,7 +16,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::debug;
 
-use crate::attempts::{self, at_connection_limit, Attempt, Attempted, Settled};
+use crate::attempts::{self, at_connection_limit, is_idempotent_read, Attempt, Attempted, Settled};
 use crate::body::{relay, relay_socket, ResponseBody};
 use crate::config::ClientScheme;
 use crate::forwarded::add_forwarded;
@@ -49,6 +49,9 @@ struct UpstreamAttempt<'a> {
     plain: Option<(&'a Arc<Pool<Socket>>, Vec<u8>)>,
     head_only: bool,
     timeout: Duration,
+    /// Why the client's body stopped, when it did: then a failed exchange is the client's
+    /// doing, not the upstream's (it does not count toward the upstream's ejection).
+    fault: &'a FaultProbe,
 }
 
 /// An upstream's answer, from hyper's client or a plain socket.
@@ -112,6 +115,7 @@ impl Router {
             plain,
             head_only,
             timeout: allowance.timeout,
+            fault: &fault,
         };
 
         let Settled { index, outcome } = attempts::run(
@@ -128,19 +132,19 @@ impl Router {
         let response = match outcome {
             Attempted::Answered(Answer::Hyper(response)) => relay(response, in_flight),
             Attempted::Answered(Answer::Socket(response)) => relay_socket(response, in_flight),
-            Attempted::Unreachable(_) => upstream_failure(&in_flight, &fault),
+            Attempted::Unreachable(_) => upstream_failure(&mut in_flight, &fault),
             Attempted::Failed(error) if error.is_at_limit() => {
                 at_connection_limit(route, upstream);
-                in_flight.counters().record_failed();
+                in_flight.failed();
                 page::at_connection_limit()
             }
             Attempted::Failed(error) => {
                 debug!(env = route.env(), instance, %error, "upstream failed");
-                upstream_failure(&in_flight, &fault)
+                upstream_failure(&mut in_flight, &fault)
             }
             Attempted::TimedOut => {
                 debug!(env = route.env(), instance, "upstream timed out");
-                in_flight.counters().record_failed();
+                in_flight.failed();
                 page::text(
                     StatusCode::GATEWAY_TIMEOUT,
                     "molt: the application did not answer in time\n",
@@ -188,6 +192,7 @@ impl Attempt for UpstreamAttempt<'_> {
         };
         match sent {
             Ok(Ok(answer)) => Attempted::Answered(answer),
+            Ok(Err(error)) if self.fault.fault().is_some() => Attempted::Failed(error),
             Ok(Err(error)) if error.is_connection_failure() => Attempted::Unreachable(error),
             Ok(Err(error)) => Attempted::Failed(error),
             Err(_elapsed) => Attempted::TimedOut,
@@ -277,29 +282,23 @@ impl Forward {
     }
 }
 
-/// Methods whose bodiless requests can be sent to another upstream after a failed attempt.
-pub(super) fn is_idempotent_read(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-}
-
-/// The answer when the upstream request failed: the client's fault when its body was too
-/// large or broke off (not counted as failed), else a counted 502.
-fn upstream_failure(in_flight: &InFlight, fault: &FaultProbe) -> Response<ResponseBody> {
+/// The answer when the upstream request failed, counted as failed: the client's fault when
+/// its body was too large or broke off (413 or 400, and the connection closes: the rest of
+/// the body was never read), else a 502.
+fn upstream_failure(in_flight: &mut InFlight, fault: &FaultProbe) -> Response<ResponseBody> {
+    in_flight.failed();
     match fault.fault() {
-        Some(BodyFault::TooLarge) => page::text(
+        Some(BodyFault::TooLarge) => page::closing(page::text(
             StatusCode::PAYLOAD_TOO_LARGE,
             "molt: the request body is larger than this server accepts\n",
-        ),
-        Some(BodyFault::Broken) => page::text(
+        )),
+        Some(BodyFault::Broken) => page::closing(page::text(
             StatusCode::BAD_REQUEST,
             "molt: the request body broke off\n",
+        )),
+        None => page::text(
+            StatusCode::BAD_GATEWAY,
+            "molt: the application could not be reached\n",
         ),
-        None => {
-            in_flight.counters().record_failed();
-            page::text(
-                StatusCode::BAD_GATEWAY,
-                "molt: the application could not be reached\n",
-            )
-        }
     }
 }

@@ -29,6 +29,7 @@ use tracing::debug;
 
 use crate::access::{AccessEntry, Served};
 use crate::admission::admit;
+use crate::attempts::is_idempotent_read;
 use crate::body::ResponseBody;
 use crate::config::ClientScheme;
 use crate::page::{self, Flavor};
@@ -39,7 +40,6 @@ use crate::routing::{no_instance, Choice, Held, Lookup, Routed};
 use crate::shaping::{Source, STICKY_COOKIE};
 use crate::table::Picked;
 use crate::upgrade::requested_upgrade;
-use forward::is_idempotent_read;
 
 /// A response the router made itself instead of forwarding: a refusal, a redirect, a page.
 /// The phases return it as their `Err`, whole (`clippy::result_large_err` is allowed for
@@ -112,7 +112,7 @@ impl Router {
         let Routed {
             route,
             start,
-            in_flight,
+            mut in_flight,
             mirror,
             ..
         } = self.assign(choice, &request, host_name, started, served)?;
@@ -121,7 +121,7 @@ impl Router {
             self.mirror(shadow, &request, client, &host);
         }
         let Some(start) = start else {
-            no_instance(&route, &in_flight, started);
+            no_instance(&route, &mut in_flight, started);
             return Err(page::no_instance());
         };
         if requested_upgrade(&request).is_some() {
@@ -244,7 +244,8 @@ impl Router {
             debug!(env = route.env(), "request body over the app's limit");
             let live = &route.counters().traffic.live;
             live.record(413, started.elapsed());
-            drop(routed);
+            let Routed { mut in_flight, .. } = routed;
+            in_flight.failed();
             return Err(page::closing(page::text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "molt: the request body is larger than this app accepts\n",

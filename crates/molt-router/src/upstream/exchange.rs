@@ -93,7 +93,6 @@ pub(crate) async fn ask<T>(
 }
 
 /// A pooled socket to `destination` (and whether it was used before), or a new one.
-#[allow(dead_code)]
 pub(crate) async fn socket_for(
     sockets: &Pool<Socket>,
     destination: Destination<'_>,
@@ -135,6 +134,17 @@ async fn exchange_head<T>(
         .write_all(head)
         .await
         .map_err(AskError::Unreachable)?;
+    read_head(socket, relay, read).await
+}
+
+/// Reads one final response head into `relay` (which may hold its start already), handing
+/// it to `read` (`None` for a 1xx, which is dropped); what `read` made of it and the head's
+/// length in `relay`.
+pub(crate) async fn read_head<T>(
+    socket: &mut Socket,
+    relay: &mut Vec<u8>,
+    read: &mut impl FnMut(&[u8]) -> Result<Option<T>, AskError>,
+) -> Result<(T, usize), AskError> {
     let mut scanned = 0;
     loop {
         if let Some(end) = find_head_end(relay, scanned) {

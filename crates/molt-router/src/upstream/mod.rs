@@ -41,7 +41,9 @@ pub(crate) use body_framing::{ChunkScanner, Framing};
 pub(crate) use cap::{Cap, ConnectionRegistry, Connections};
 pub(crate) use connection::{RequestBody, UpstreamBody};
 pub(crate) use error::UpstreamError;
-pub(crate) use exchange::{ask, check_response, send_bodiless, AskError, Checked};
+pub(crate) use exchange::{
+    ask, check_response, read_head, send_bodiless, socket_for, AskError, Checked,
+};
 pub(crate) use pool::{Destination, Pool, Socket};
 pub(crate) use socket_body::SocketBody;
 
