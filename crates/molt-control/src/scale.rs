@@ -423,7 +423,8 @@ impl Controller {
     /// and the decision's record.
     fn observe(&self, target: &Target) -> Option<(u32, ScaleDecisionRecord)> {
         let now_ms = self.now_ms();
-        let stats = self.inner.router.env_stats(&target.env.id);
+        // Every router's counts: this process's own, and the fleet's latest reports.
+        let stats = self.env_stats(&target.env.id);
         let held = self.inner.router.held_for(&target.env.id);
         let current = wanted(&target.env, &target.release);
         let mut scaling = self.scaling();

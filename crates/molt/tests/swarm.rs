@@ -360,6 +360,54 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
     .await;
     assert_eq!(get_via(fleet_router, "web.localhost").await.1, "web two!\n");
 
+    // molt scale sets the service's replicas: a third task, recorded and healthy, and back.
+    let healthy_in = |env: String| {
+        let client = h.client.clone();
+        async move {
+            let v = client.get("/v1/status").await.expect("status");
+            let envs = v["apps"][0]["envs"].as_array().cloned().unwrap_or_default();
+            let live = envs
+                .iter()
+                .find(|e| e["env"]["id"] == env.as_str())
+                .and_then(|e| e["instances"].as_array().cloned())
+                .unwrap_or_default();
+            live.iter().filter(|i| i["state"] == "healthy").count()
+        }
+    };
+    let scaled = h
+        .client
+        .post("/v1/apps/web/scale", &json!({ "instances": 3 }))
+        .await
+        .expect("scale up");
+    assert_eq!(
+        (scaled["from"].as_u64(), scaled["to"].as_u64()),
+        (Some(2), Some(3))
+    );
+    eventually(Duration::from_secs(60), "three healthy tasks", || {
+        let count = healthy_in(env2.clone());
+        async move { count.await == 3 }
+    })
+    .await;
+    assert_eq!(
+        swarm
+            .instances(&env2)
+            .await
+            .expect("tasks")
+            .iter()
+            .filter(|t| t.state == molt_provider::EngineInstanceState::Running)
+            .count(),
+        3
+    );
+    h.client
+        .post("/v1/apps/web/scale", &json!({ "instances": 2 }))
+        .await
+        .expect("scale down");
+    eventually(Duration::from_secs(60), "two tasks again", || {
+        let count = healthy_in(env2.clone());
+        async move { count.await == 2 }
+    })
+    .await;
+
     // A restart adopts what runs: same services, still live and healthy.
     let data = h.data_dir();
     h.stop_keeping_instances().await;
