@@ -85,6 +85,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "molt-router",
             "molt-provider",
             "molt-runtime",
+            "molt-init",
             "molt-cli",
         ],
     ),

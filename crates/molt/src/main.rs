@@ -9,7 +9,7 @@ use molt_server::{OnExit, ServeConfig};
 fn main() -> ExitCode {
     // `molt instance-init -- PROGRAM ARGS…`, the PID 1 of every container instance: decided
     // on the first word alone, before the command line parser or any thread starts (the init
-    // blocks signals for the whole process, and starts in a few hundred microseconds).
+    // blocks signals for the whole process; it adds about 3 ms to a container's start).
     let mut args = std::env::args_os();
     if args
         .nth(1)
