@@ -18,8 +18,8 @@
 //! them) only when a request failed, a router still served the old environment after the API
 //! said a swap was in force, or a provider row that could run did not.
 
-mod cutover;
-mod deploys;
+pub(crate) mod cutover;
+pub(crate) mod deploys;
 mod docker;
 mod report;
 mod routers;

@@ -31,7 +31,8 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("molt-image", &["molt-core", "molt-wire", "molt-pack"]),
     ("molt-registry", &["molt-core", "molt-wire", "molt-image"]),
     ("molt-provider", &["molt-core", "molt-wire"]),
-    ("molt-runtime", &["molt-core", "molt-provider"]),
+    ("molt-init", &[]),
+    ("molt-runtime", &["molt-core", "molt-provider", "molt-init"]),
     ("molt-swarm", &["molt-core", "molt-provider"]),
     ("molt-router", &[]),
     ("molt-fleet", &["molt-router", "molt-wire"]),
@@ -71,7 +72,10 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "molt-api",
         ],
     ),
-    ("molt", &["molt-core", "molt-cli", "molt-server"]),
+    (
+        "molt",
+        &["molt-core", "molt-cli", "molt-server", "molt-init"],
+    ),
     // Dev tooling: benchmarks drive the parts directly.
     (
         "xtask",
@@ -81,6 +85,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "molt-router",
             "molt-provider",
             "molt-runtime",
+            "molt-init",
             "molt-cli",
         ],
     ),

@@ -9,6 +9,7 @@
 //! cargo run --release -p xtask -- bench sandbox       # container start -> first 200, density
 //! cargo run --release -p xtask -- bench images        # image import/export MB/s vs skopeo copy, dedup
 //! cargo run --release -p xtask -- bench fleet         # swaps acknowledged by 1 and 3 routers, Swarm vs runc
+//! cargo run --release -p xtask -- bench scale         # 50 and 100 runc instances: deploy, memory, stop
 //! cargo run --release -p xtask -- backend             # the fast test app `bench core` deploys
 //! cargo run -p xtask -- layers                        # the crates' dependencies vs the layering
 //! ```
@@ -32,6 +33,7 @@ mod bench_fleet;
 mod bench_images;
 mod bench_router;
 mod bench_sandbox;
+mod bench_scale;
 mod child;
 mod h2load;
 mod layers;
@@ -64,6 +66,10 @@ tasks:
                         when each router shows it), failed requests across swaps under load,
                         one router vs three, deploy->swap of 2 and 20 instances on Swarm and
                         runc (skipped with the reason where the machine lacks them)
+  bench scale [--quick] [--json]
+                        deploy->swap of 50 and 100 runc instances (busybox httpd under molt's
+                        init), containers at once, memory per instance, and the stop of
+                        molt serve with 100 instances (needs root, runc, busybox-static)
   bench images [--quick] [--json]
                         image import/export MB/s next to `skopeo copy` of the same image;
                         storage of 20 releases each changing one file
@@ -86,6 +92,7 @@ enum Task {
     BenchImages(bench_images::Size, Output),
     BenchRouter(RunLength, Output),
     BenchSandbox(Output),
+    BenchScale(bench_scale::Length, Output),
     Layers,
     RouterServer(RouterServerArgs),
 }
@@ -133,6 +140,7 @@ fn main() -> ExitCode {
         Task::BenchRouter(length, output) => runtime.block_on(bench_router::run(length, output)),
         Task::RouterServer(args) => runtime.block_on(router_server::run(args)),
         Task::BenchSandbox(output) => bench_sandbox::run(output),
+        Task::BenchScale(length, output) => runtime.block_on(bench_scale::run(length, output)),
         Task::Layers => layers::run(),
     };
     match result {
@@ -176,6 +184,17 @@ fn parse(args: &[String]) -> anyhow::Result<Task> {
                 }
             }
             Ok(Task::BenchFleet(length, output))
+        }
+        ["bench", "scale", flags @ ..] => {
+            let (mut length, mut output) = (bench_scale::Length::Full, Output::Table);
+            for flag in flags {
+                match *flag {
+                    "--quick" => length = bench_scale::Length::Quick,
+                    "--json" => output = Output::Json,
+                    other => anyhow::bail!("unknown bench scale option {other:?}"),
+                }
+            }
+            Ok(Task::BenchScale(length, output))
         }
         ["bench", "images", flags @ ..] => {
             let (mut size, mut output) = (bench_images::Size::Full, Output::Table);

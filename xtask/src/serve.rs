@@ -118,22 +118,27 @@ impl Serve {
     }
 
     /// Stops the server the way an operator would (SIGTERM) and checks that it exited cleanly
-    /// and took its instances with it.
-    pub async fn stop(mut self) -> Result<()> {
+    /// and took its instances with it; returns the time from SIGTERM to its exit.
+    pub async fn stop(self) -> Result<Duration> {
+        self.stop_within(STOP_LIMIT).await
+    }
+
+    /// [`Serve::stop`], waiting up to `limit` for the server to exit.
+    pub async fn stop_within(mut self, limit: Duration) -> Result<Duration> {
         let process = &mut self.process;
         process.signal(Signal::SIGTERM)?;
-        let deadline = Instant::now() + STOP_LIMIT;
+        let signalled = Instant::now();
+        let deadline = signalled + limit;
         let status: ExitStatus = loop {
             if let Some(status) = process.child.try_wait().context("waiting for molt serve")? {
                 break status;
             }
             if Instant::now() > deadline {
-                bail!(
-                    "molt serve did not stop within {STOP_LIMIT:?} of SIGTERM (it will be killed)"
-                );
+                bail!("molt serve did not stop within {limit:?} of SIGTERM (it will be killed)");
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         };
+        let took = signalled.elapsed();
         if !status.success() {
             bail!(
                 "molt serve exited with {status} on SIGTERM; its log ends with:\n{}",
@@ -144,7 +149,7 @@ impl Serve {
         if left > 0 {
             bail!("molt serve exited but left {left} instance process(es) running (killed them)");
         }
-        Ok(())
+        Ok(took)
     }
 }
 

@@ -8,6 +8,7 @@
 //!
 //! Everything here blocks; async callers use `spawn_blocking`.
 
+pub mod elf;
 mod engine;
 mod error;
 mod inroot;

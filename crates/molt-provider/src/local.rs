@@ -26,6 +26,12 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Instances lead their own process group, so `signal` reaches everything they spawned and a
 /// signal aimed at molt's group (Ctrl-C, or molt being killed) does not reach them: they keep
 /// running across a restart of molt and are found again through `scan` and `adopt`.
+///
+/// Unlike a container instance (molt-runtime), a process here runs under no init: it is not
+/// PID 1 of a PID namespace, so the kernel gives SIGTERM its default action and a program
+/// without a handler stops on it; and what its processes orphan is re-parented to the
+/// host's init (or a subreaper), which reaps it. `signal` already reaches the whole process
+/// group, as an init forwarding to the group would.
 #[derive(Debug)]
 pub struct LocalProvider {
     owner: String,

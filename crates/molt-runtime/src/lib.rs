@@ -4,7 +4,8 @@
 //! gets an OCI runtime bundle (a `config.json` built with `oci-spec`) whose root is the image's
 //! unpacked root filesystem, mounted read-only, and runs in its own mount, pid, uts and ipc
 //! namespaces (and, in bridge mode, a network namespace on molt's bridge: `net/`) with no
-//! capabilities, as an unprivileged user, in its own cgroup under `/molt`.
+//! capabilities, as an unprivileged user, in its own cgroup under `/molt`; with an
+//! [`InstanceInit`] (what `molt serve` sets) under molt's own init as PID 1 (`init.rs`).
 //! molt does not implement a container runtime: `runc` does the isolation, molt only writes the
 //! bundle and drives `runc` through its command line, with a state directory of its own.
 //!
@@ -14,6 +15,7 @@ mod abandoned;
 mod build;
 mod bundle;
 mod ids;
+mod init;
 mod net;
 mod procfs;
 mod provider;
@@ -22,5 +24,6 @@ mod runc;
 mod seccomp;
 
 pub use crate::build::{BuildCommand, BuildRunner, BUILD_CAPABILITIES};
+pub use crate::init::{InstanceInit, INIT_DIR};
 pub use crate::net::{BridgeNetwork, Subnet, DEFAULT_BRIDGE, DEFAULT_SUBNET, NETNS_DIR};
 pub use crate::provider::{ContainerUser, RuncConfig, RuncProvider};

@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use crate::abandoned;
 use crate::bundle::BundleSpec;
 use crate::ids::{self, INSTANCE_ANNOTATION, OWNER_ANNOTATION};
+use crate::init::InstanceInit;
 use crate::net::{self, BridgeNetwork, InstanceNet};
 use crate::procfs;
 use crate::rootfs::{self, PreparedRoot, HOST_SECRETS};
@@ -67,6 +68,10 @@ pub struct RuncConfig {
     /// Bridge mode: each instance gets a network namespace on this bridge, with the address
     /// of its spec. `None`: instances share the host's network.
     pub network: Option<BridgeNetwork>,
+    /// The init every instance runs under as PID 1 (molt's executable, `init.rs`), so that
+    /// the program gets SIGTERM and its orphans are reaped. `None`: the program itself is PID
+    /// 1, and a program without a SIGTERM handler only stops on SIGKILL.
+    pub init: Option<InstanceInit>,
 }
 
 /// Runs instances as OCI containers through `runc`, each with a read-only root filesystem.
@@ -100,7 +105,7 @@ impl ContainerUser {
 }
 
 impl RuncConfig {
-    /// Defaults: `runc` from `PATH`, user nobody, no resource limits.
+    /// Defaults: `runc` from `PATH`, user nobody, no resource limits, no init.
     pub fn new(
         owner: impl Into<String>,
         state_root: impl Into<PathBuf>,
@@ -116,6 +121,7 @@ impl RuncConfig {
             pids_limit: None,
             hidden: Vec::new(),
             network: None,
+            init: None,
         }
     }
 }
@@ -280,10 +286,7 @@ impl RuncProvider {
         }
         let pid = Pid::from_raw(i32::try_from(handle.pid).ok()?);
         let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => InstanceStatus::Exited {
-                code: Some(code),
-                signal: None,
-            },
+            Ok(WaitStatus::Exited(_, code)) => self.exited(code),
             Ok(WaitStatus::Signaled(_, signal, _)) => InstanceStatus::Exited {
                 code: None,
                 signal: Some(signal as i32),
@@ -293,6 +296,23 @@ impl RuncProvider {
         };
         self.exits().insert(handle, status.clone());
         Some(status)
+    }
+
+    /// How an instance whose init process exited with `code` ended. molt's init exits with
+    /// 128 + N when signal N ended the program (the shell's convention): that is the signal
+    /// again, as it would be without the init.
+    fn exited(&self, code: i32) -> InstanceStatus {
+        const SIGNALLED: std::ops::RangeInclusive<i32> = 129..=128 + 64;
+        if self.config.init.is_some() && SIGNALLED.contains(&code) {
+            return InstanceStatus::Exited {
+                code: None,
+                signal: Some(code - 128),
+            };
+        }
+        InstanceStatus::Exited {
+            code: Some(code),
+            signal: None,
+        }
     }
 
     /// A value of the instance's cgroup: `file` in the `controller` hierarchy (cgroup v1), or in
@@ -400,7 +420,15 @@ impl RuncProvider {
             Err(source) => return Err(io_error(dir, source)),
         }
         fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        let root = self.prepare_root(spec, image, dir)?;
+        let mut root = self.prepare_root(spec, image, dir)?;
+        let args = match &self.config.init {
+            Some(init) => {
+                init.mount_into(&mut root)
+                    .map_err(|e| io_error(&root.skeleton, e))?;
+                init.command(&spec.command)
+            }
+            None => spec.command.clone(),
+        };
         let limit = |own: Option<u64>, default: Option<u64>| own.or(default);
         let mut env: Vec<String> = spec
             .env
@@ -415,7 +443,7 @@ impl RuncProvider {
             binds: &root.binds,
             cwd: root.cwd,
             masked: self.masked_paths(spec.layout),
-            args: &spec.command,
+            args: &args,
             env,
             hostname: ids::hostname(&spec.id),
             cgroups_path: self.cgroup_path(&spec.id),

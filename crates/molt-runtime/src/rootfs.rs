@@ -12,7 +12,7 @@
 //!   image tree at [`APP_DIR`]. Secrets under `/etc` are masked (see [`HOST_SECRETS`]).
 //!
 //! `/proc`, `/dev`, `/tmp`, `/run` and `/sys` are never taken from the image: the bundle mounts
-//! its own there.
+//! its own there; nor is `/.molt`, where molt's init is mounted (`init.rs`).
 
 use std::fs;
 use std::io;
@@ -47,8 +47,9 @@ pub(crate) const HOST_SECRETS: &[&str] = &[
     "/etc/molt",
 ];
 
-/// Top-level names the bundle mounts itself; never taken from the image or the host.
-const RESERVED: &[&str] = &["proc", "dev", "tmp", "run", "sys"];
+/// Top-level names the bundle mounts itself; never taken from the image or the host
+/// (`.molt` holds molt's init: `init.rs`).
+const RESERVED: &[&str] = &["proc", "dev", "tmp", "run", "sys", ".molt"];
 
 /// A read-only bind mount into the container.
 #[derive(Debug, Clone, PartialEq, Eq)]

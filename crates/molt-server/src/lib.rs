@@ -48,7 +48,7 @@ use molt_image::ImageStore;
 use molt_provider::{LocalProvider, Provider};
 use molt_router::tls::CertDir;
 use molt_router::{Router, RouterConfig};
-use molt_runtime::{RuncConfig, RuncProvider};
+use molt_runtime::{InstanceInit, RuncConfig, RuncProvider};
 use molt_store::{Store, SystemClock};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,10 @@ pub struct ServeConfig {
     pub api_tls: Option<ApiTlsConfig>,
     /// Run environments on a Docker swarm instead of this machine.
     pub swarm: Option<SwarmServeConfig>,
+    /// molt's own executable, run as PID 1 of every runc instance (`molt instance-init`;
+    /// the `molt` binary sets it to itself). `None`: programs are PID 1 themselves, and one
+    /// without a SIGTERM handler only stops on SIGKILL, after the stop grace.
+    pub init_executable: Option<PathBuf>,
 }
 
 /// The TLS listener of `molt serve` and where its certificates come from.
@@ -264,6 +268,7 @@ impl ServeConfig {
             clock: Arc::new(SystemClock),
             api_tls: None,
             swarm: None,
+            init_executable: None,
         }
     }
 }
@@ -343,7 +348,13 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         }
         None => None,
     };
-    let provider = make_provider(cfg.isolation, cfg.network.as_ref(), &dir, &owner[..16])?;
+    let provider = make_provider(
+        cfg.isolation,
+        cfg.network.as_ref(),
+        cfg.init_executable.as_deref(),
+        &dir,
+        &owner[..16],
+    )?;
     tracing::info!(isolation = provider.isolation(), "instances are isolated");
     // The TLS port is taken now (its number goes into the router's https redirect): a listener
     // for the shared runtime, or a reservation the router's threads join with SO_REUSEPORT.
@@ -631,10 +642,12 @@ impl Running {
 
 /// The provider for `isolation`. With runc, molt becomes the subreaper of the containers'
 /// processes, and its data directory (admin token, state) is masked in every instance. Bridge
-/// mode (`network`) needs runc; its bridge is created (or kept) here.
+/// mode (`network`) needs runc; its bridge is created (or kept) here. With runc, instances run
+/// under `init_executable` as their init; the local provider needs none (`LocalProvider`).
 fn make_provider(
     isolation: Isolation,
     network: Option<&BridgeNetwork>,
+    init_executable: Option<&Path>,
     dir: &Path,
     owner: &str,
 ) -> Result<Arc<dyn Provider>> {
@@ -690,6 +703,18 @@ fn make_provider(
     let data_dir = fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
     config.hidden = vec![data_dir];
     config.network = network.cloned();
+    config.init = init_executable.and_then(|executable| {
+        InstanceInit::resolve(executable)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    executable = %executable.display(),
+                    error = %e,
+                    "instances run without molt's init: their programs are PID 1, and one \
+                     without a SIGTERM handler stops only on SIGKILL"
+                )
+            })
+            .ok()
+    });
     Ok(Arc::new(RuncProvider::new(config)))
 }
 

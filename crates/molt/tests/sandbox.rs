@@ -54,6 +54,7 @@ class Probe(BaseHTTPRequestHandler):
             "instance": os.environ.get("MOLT_INSTANCE"),
             "cwd": os.getcwd(),
             "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+            "init": attempt(lambda: read("/proc/1/cmdline")),
             "write_app": attempt(lambda: write("/app/new-file")),
             "write_root": attempt(lambda: write("/new-file")),
             "write_etc": attempt(lambda: write("/etc/new-file")),
@@ -251,7 +252,12 @@ async fn an_app_folder_runs_confined_on_the_host_system() {
             assert!(what.contains("Read-only file system"), "{key}: {what}");
         }
         assert!(r["write_tmp"].as_str().unwrap().starts_with("ok"), "{r}");
-        // Its own pid namespace: python is pid 1, no host process is visible.
+        // Its own pid namespace: molt's init is pid 1, no host process is visible.
+        let init = r["init"].as_str().unwrap();
+        assert!(
+            init.contains("/.molt/molt\\x00instance-init\\x00--"),
+            "{init}"
+        );
         let pids: Vec<u64> = r["pids"]
             .as_array()
             .unwrap()

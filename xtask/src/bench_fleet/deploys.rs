@@ -299,7 +299,7 @@ async fn deploy_series(
 
 /// Deploys `instances` instances of the app (a new release: `nonce` is in its `[env]`), waits
 /// for its swap, then for its watch and the collection of the environment it left.
-async fn deploy(
+pub(crate) async fn deploy(
     client: &Client,
     digest: &str,
     instances: usize,
@@ -429,7 +429,7 @@ async fn docker_gateway(docker: &Docker) -> Result<String> {
 }
 
 /// The app: busybox's httpd serving one page, in an image that is its own root.
-fn busybox_app(scratch: &Path) -> Result<PathBuf> {
+pub(crate) fn busybox_app(scratch: &Path) -> Result<PathBuf> {
     let dir = scratch.join("busybox-app");
     std::fs::create_dir_all(dir.join("bin")).context("creating the app folder")?;
     std::fs::create_dir_all(dir.join("www")).context("creating the app folder")?;
@@ -440,14 +440,13 @@ fn busybox_app(scratch: &Path) -> Result<PathBuf> {
 }
 
 /// The manifest of a deploy: `instances` instances, health checked every 200 ms, a
-/// one-second rollback window, `nonce` making each deploy a release of its own. httpd runs
-/// under a shell that exits on SIGTERM: in a runc container the command is PID 1, and busybox
-/// httpd as PID 1 ignores SIGTERM, so every stop would wait out molt's grace period (Swarm
-/// puts an init in front of it).
+/// one-second rollback window, `nonce` making each deploy a release of its own. busybox httpd
+/// installs no SIGTERM handler: it stops on SIGTERM because an init is PID 1 in front of it
+/// (molt's own on runc, Docker's on Swarm).
 fn manifest(instances: usize, nonce: u32) -> String {
     format!(
         r#"name = "{APP}"
-command = ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; /bin/busybox httpd -f -p $PORT -h /www & wait"]
+command = ["/bin/busybox", "httpd", "-f", "-p", "$PORT", "-h", "/www"]
 instances = {instances}
 [health]
 path = "/"

@@ -66,6 +66,8 @@ impl Harness {
         cfg.router_addr = "127.0.0.1:0".parse().unwrap();
         cfg.stop_grace = Duration::from_secs(2);
         cfg.isolation = test_isolation().parse().expect("isolation");
+        // As `molt serve` does: the molt binary is every runc instance's init.
+        cfg.init_executable = Some(PathBuf::from(env!("CARGO_BIN_EXE_molt")));
         adjust(&mut cfg);
         let running = molt_server::start(cfg).await.expect("molt serve starts");
         let client = Client::new(&format!("http://{}", running.api_addr), &running.token);
