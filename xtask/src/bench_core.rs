@@ -438,7 +438,7 @@ pub(crate) fn build_molt() -> Result<PathBuf> {
     Ok(binary)
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
     xtask.parent().unwrap_or(xtask).to_path_buf()
 }

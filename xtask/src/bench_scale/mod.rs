@@ -14,7 +14,12 @@
 //!   instance stopped (504 s before the init: each httpd as PID 1 ignored SIGTERM and was
 //!   killed after the 5 s grace).
 //!
+//! Then the autoscaler's cells ([`autoscale`]): its reaction to a load step, and cold starts
+//! from zero.
+//!
 //! Needs root, runc and `/bin/busybox` (Debian's `busybox-static`).
+
+mod autoscale;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -61,6 +66,7 @@ struct Figures {
     /// Instances running when `molt serve` got SIGTERM.
     stopped_instances: usize,
     stop_ms: f64,
+    autoscale: autoscale::AutoscaleFigures,
 }
 
 /// Memory of the running instances, one sample per instance (MiB).
@@ -85,6 +91,15 @@ pub async fn run(length: Length, output: Output) -> Result<()> {
     let figures = tokio::select! {
         figures = measure(&binary, length) => figures?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    };
+    progress("the autoscaler: a load step, then cold starts from zero (plain processes)");
+    let autoscale = tokio::select! {
+        figures = autoscale::measure(&binary) => figures?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    };
+    let figures = Figures {
+        autoscale,
+        ..figures
     };
     match output {
         Output::Table => print_table(&figures),
@@ -140,6 +155,7 @@ async fn measure(binary: &Path, length: Length) -> Result<Figures> {
         memory,
         stopped_instances,
         stop_ms: ms(stop),
+        autoscale: autoscale::AutoscaleFigures::default(),
     })
 }
 
@@ -320,6 +336,29 @@ fn print_table(f: &Figures) {
         f.stop_ms / 1000.0,
         STOP_BEFORE_INIT_S * 1000.0 / f.stop_ms.max(1.0)
     );
+    let a = &f.autoscale;
+    println!(
+        "autoscaler, load step 0 -> 16 clients (100 ms answers, 2 in flight per instance wanted):"
+    );
+    println!(
+        "  step -> first new instance taking traffic  {:.0} ms",
+        a.first_new_ms
+    );
+    println!(
+        "  step -> {} instances taking traffic         {:.0} ms ({} answered, {} failed)",
+        a.full_count, a.full_ms, a.answered, a.failed
+    );
+    println!(
+        "  load end -> back to 1 instance            {:.0} ms",
+        a.back_ms
+    );
+    let cold = Stats::of(&a.cold_ms);
+    println!(
+        "cold start from zero: held request answered in median {:.0} ms, max {:.0} ms ({} runs)",
+        cold.median,
+        cold.max,
+        a.cold_ms.len()
+    );
 }
 
 fn to_json(f: &Figures) -> Value {
@@ -358,6 +397,15 @@ fn to_json(f: &Figures) -> Value {
             "instances": f.stopped_instances,
             "ms": f.stop_ms,
             "before_init_ms": STOP_BEFORE_INIT_S * 1000.0,
+        },
+        "autoscaler": {
+            "first_new_instance_ms": f.autoscale.first_new_ms,
+            "full_count": f.autoscale.full_count,
+            "full_count_ms": f.autoscale.full_ms,
+            "back_to_one_ms": f.autoscale.back_ms,
+            "answered": f.autoscale.answered,
+            "failed": f.autoscale.failed,
+            "cold_start_ms": Stats::of(&f.autoscale.cold_ms).to_json(&f.autoscale.cold_ms),
         },
     })
 }
