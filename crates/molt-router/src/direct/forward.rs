@@ -96,7 +96,7 @@ impl Router {
         } = exchange;
         let mut served = Served::default();
         if access.is_some() {
-            served.env = Some(route.env().to_owned());
+            served.route(&route);
         }
         let timeout = self.allowance(&route).timeout;
         let counters = route.counters();
@@ -116,6 +116,7 @@ impl Router {
             shutdown,
         };
         let limit = route.upstreams().len();
+        let asked = access.is_some().then(std::time::Instant::now);
         let Settled { index, outcome } = attempts::run(
             &self.config,
             &route,
@@ -125,6 +126,7 @@ impl Router {
             &mut attempt,
         )
         .await;
+        served.upstream = asked.map(|asked| asked.elapsed());
         let upstream = &route.upstreams()[index];
         let failure = match outcome {
             Attempted::Answered((socket, answer)) => {
