@@ -1,6 +1,6 @@
-//! What a JSON request body must be before a handler reads it: one object (serde would also
-//! read a struct from an array, `[true]`, which no client means), read whole within the body
-//! limit. Numbers that are whole but written with a fraction (`14.0`) are integers, as JSON
+//! What a JSON request body must be before a handler reads it: nothing, or one object (serde
+//! would also read a struct from an array, `[true]`, which no client means), read whole within
+//! the body limit. Numbers that are whole but written with a fraction (`14.0`) are integers, as JSON
 //! Schema counts them, so a field the document types as `integer` takes them.
 
 use axum::body::{to_bytes, Body};
@@ -40,6 +40,13 @@ pub(crate) async fn objects_only(request: Request, next: Next) -> Response {
             .into_response()
         }
     };
+    // No body at all: the handler says whether it needs one (a GET sent with the JSON
+    // content type, as clients do, is fine).
+    if bytes.trim_ascii().is_empty() {
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+    }
     let value: Value = match serde_json::from_slice(&bytes) {
         Ok(value) => value,
         Err(e) => {

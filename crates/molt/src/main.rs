@@ -39,7 +39,16 @@ async fn serve(args: ServeArgs, data_dir: std::path::PathBuf) -> i32 {
         eprintln!("error: {e:#}");
         return 2;
     }
-    exit_code(run_server(args, data_dir).await)
+    exit_code(run_server(args, data_dir, format).await)
+}
+
+/// Tells the operator what `molt serve` does: a line of text, or with `--log-format json` an
+/// event like every other line of its log.
+fn announce(format: LogFormat, text: &str) {
+    match format {
+        LogFormat::Text => eprintln!("{text}"),
+        LogFormat::Json => tracing::info!(target: "molt", "{text}"),
+    }
 }
 
 async fn router(args: RouterArgs, data_dir: std::path::PathBuf) -> i32 {
@@ -175,7 +184,11 @@ async fn run_router(args: RouterArgs, data_dir: std::path::PathBuf) -> anyhow::R
     edge.shutdown().await
 }
 
-async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Result<()> {
+async fn run_server(
+    args: ServeArgs,
+    data_dir: std::path::PathBuf,
+    format: LogFormat,
+) -> anyhow::Result<()> {
     molt_server::check_data_dir(&data_dir)?;
     let mut cfg = ServeConfig::new(data_dir);
     cfg.api_addr = args.api_listen;
@@ -296,7 +309,7 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
         cfg.pause_at = Some(step.parse()?);
     }
     let running = molt_server::start(cfg).await?;
-    eprintln!(
+    let banner = format!(
         "molt serve: API on http://{}{} (token in {}), router on http://{}{}, isolation: {}",
         running.api_addr,
         running
@@ -311,8 +324,9 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
             .unwrap_or_default(),
         running.controller().isolation()
     );
+    announce(format, &banner);
     wait_for_signal().await?;
-    eprintln!("molt serve: stopping (draining the router)");
+    announce(format, "molt serve: stopping (draining the router)");
     let on_exit = if args.stop_instances_on_exit {
         OnExit::StopInstances
     } else {
