@@ -47,7 +47,12 @@ fn image_links(mut op: Op, status: u16, digest: &str) -> Op {
     ] {
         op = op.link(status, to, to, json!({ "reference": digest }));
     }
-    op
+    op.link(
+        status,
+        "imageDiff",
+        "imageDiff",
+        json!({ "a": digest, "b": digest }),
+    )
 }
 
 /// A link from an answer with a deployment (its id at `id`) to the deployment.
