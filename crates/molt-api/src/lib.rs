@@ -6,7 +6,9 @@
 //! status codes.
 
 mod bake;
+mod errors;
 mod images;
+mod json_body;
 mod metrics;
 mod openapi;
 
@@ -28,7 +30,7 @@ use molt_control::{
 use molt_wire::{DeploymentJournal, ErrorBody, Health, InstanceLog, PinOutcome, ReleaseConfig};
 use serde::{Deserialize, Serialize};
 
-pub use openapi::{document, PATHS};
+pub use openapi::{document, operations, Op};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -54,21 +56,28 @@ pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let kind = match self.0 {
-            StatusCode::BAD_REQUEST => "invalid",
-            StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::CONFLICT => "conflict",
-            StatusCode::INSUFFICIENT_STORAGE => "disk_full",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            StatusCode::BAD_GATEWAY => "registry",
-            _ => "internal",
-        };
         let body = ErrorBody {
             error: self.1,
-            kind: kind.into(),
+            kind: error_kind(self.0).into(),
         };
         (self.0, Json(body)).into_response()
+    }
+}
+
+/// The `kind` of an error body, from its status alone (the values the document lists).
+pub(crate) fn error_kind(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "invalid",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::INSUFFICIENT_STORAGE => "disk_full",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::BAD_GATEWAY => "registry",
+        _ => "internal",
     }
 }
 
@@ -112,13 +121,13 @@ pub fn router(controller: Controller, tokens: Tokens, upload_dir: PathBuf) -> Ro
         router_token: tokens.router.into(),
         upload_dir,
     };
-    let fleet =
-        Router::new()
-            .nest_service("/v1/fleet", fleet)
-            .layer(middleware::from_fn_with_state(
-                state.clone(),
-                require_router_token,
-            ));
+    let fleet = Router::new()
+        .nest_service("/v1/fleet", fleet)
+        .layer(middleware::from_fn(json_body::objects_only))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_router_token,
+        ));
     let protected = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/apps", get(apps))
@@ -169,6 +178,7 @@ pub fn router(controller: Controller, tokens: Tokens, upload_dir: PathBuf) -> Ro
         .route("/v1/verify", post(verify))
         .route("/v1/cluster", get(cluster))
         .route("/metrics", get(prometheus))
+        .layer(middleware::from_fn(json_body::objects_only))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/openapi.json", get(|| async { Json(document()) }))
@@ -181,6 +191,7 @@ pub fn router(controller: Controller, tokens: Tokens, upload_dir: PathBuf) -> Ro
                 "no such API route: see /openapi.json".into(),
             )
         })
+        .layer(middleware::map_response(errors::as_error_body))
         .with_state(state)
 }
 
@@ -243,6 +254,9 @@ struct AppQuery {
 }
 
 async fn status(State(s): State<ApiState>, Query(q): Query<AppQuery>) -> ApiResult {
+    if let Some(app) = &q.app {
+        s.controller.app(app).await?;
+    }
     ok(s.controller.status(q.app).await?)
 }
 
@@ -343,12 +357,31 @@ struct RollbackBody {
     to: Option<u64>,
 }
 
+/// The body is optional; one that is sent must be a rollback request (a body that is not is
+/// refused, never taken for none).
 async fn rollback(
     State(s): State<ApiState>,
     Path(app): Path<String>,
-    body: Option<Json<RollbackBody>>,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
 ) -> ApiResult {
-    let to = body.map(|b| b.0.to).unwrap_or_default();
+    let to = if body.trim_ascii().is_empty() {
+        None
+    } else {
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a rollback body must be JSON (Content-Type: application/json)".into(),
+            ));
+        }
+        serde_json::from_slice::<RollbackBody>(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the rollback body: {e}")))?
+            .to
+    };
     ok(s.controller.rollback(&app, to).await?)
 }
 
@@ -419,6 +452,12 @@ async fn shadow(
     Path(app): Path<String>,
     Json(body): Json<ShadowBody>,
 ) -> ApiResult {
+    if let Some(share) = body.share.filter(|share| !(1..=100).contains(share)) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("shadow share must be 1 to 100 (percent), not {share}"),
+        ));
+    }
     let target = body.env.map(|env| (env, body.share.unwrap_or(10)));
     ok(s.controller.set_shadow(&app, target).await?)
 }
@@ -464,6 +503,7 @@ async fn events(
     Path(app): Path<String>,
     Query(q): Query<LimitQuery>,
 ) -> ApiResult {
+    s.controller.app(&app).await?;
     ok(s.controller
         .events(Some(app), q.limit.unwrap_or(50))
         .await?)
@@ -491,14 +531,23 @@ pub(crate) async fn receive_to_file(body: Body, path: &std::path::Path) -> Resul
     };
     let mut file = tokio::fs::File::create(path).await.map_err(io_err)?;
     let mut body = body;
+    let mut received = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")))?;
         if let Ok(data) = frame.into_data() {
+            received += data.len();
             file.write_all(&data).await.map_err(io_err)?;
         }
     }
     file.flush().await.map_err(io_err)?;
+    if received == 0 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "the request has no body: send the tar archive (Content-Type: application/x-tar)"
+                .into(),
+        ));
+    }
     Ok(())
 }
 

@@ -458,6 +458,26 @@ pub struct ServeArgs {
     /// Answer plain-HTTP requests for hosts that have a certificate with a 308 to https.
     #[arg(long)]
     pub https_redirect: bool,
+    /// With --https-redirect: answers over TLS for hosts that have a certificate carry
+    /// Strict-Transport-Security with this max-age (seconds, or e.g. 8760h for a year);
+    /// never over plain HTTP.
+    #[arg(long, value_name = "MAX_AGE")]
+    pub hsts: Option<String>,
+    /// Rotate an instance's log (logs/<instance>.log) once it is larger than this (e.g.
+    /// 10MiB).
+    #[arg(long, default_value = "10MiB", value_name = "SIZE")]
+    pub instance_log_size: String,
+    /// Rotated files kept per instance log (<instance>.log.1 … .N); 0 only truncates.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub instance_log_files: u32,
+    /// molt serve's own log on stderr: text, or json (one JSON object per line).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "MOLT_LOG_FORMAT")]
+    pub log_format: String,
+    /// Log every request the router answers as a JSON line (request id, client, host,
+    /// method, path, status, app, environment, instance, bytes, duration, upstream time) to
+    /// this file, appended, or to stdout with '-'. Off by default.
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<String>,
     /// Get certificates automatically from this ACME directory URL (http-01 challenges are
     /// answered on the router's plain listener, which must be the hostnames' port 80).
     #[arg(long, value_name = "URL", env = "MOLT_ACME_DIRECTORY")]

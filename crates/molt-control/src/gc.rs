@@ -37,6 +37,7 @@ impl Controller {
             )
             .await?;
         }
+        self.remove_retired_logs().await?;
         for digest in &planned.images {
             let d = digest.clone();
             self.db(move |s| s.remove_image(&d)).await?;

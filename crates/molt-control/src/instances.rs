@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use molt_provider::{InstanceSpec, InstanceStatus, ProcessHandle, RootLayout, StopSignal};
@@ -134,11 +133,6 @@ impl Controller {
         }
     }
 
-    /// Where an instance's stdout and stderr go.
-    pub(crate) fn log_path(&self, instance: &str) -> PathBuf {
-        self.inner.config.logs_dir.join(format!("{instance}.log"))
-    }
-
     /// The process status of an instance record.
     pub(crate) fn process_status(&self, inst: &InstanceRecord) -> InstanceStatus {
         match handle_of(inst) {
@@ -181,14 +175,6 @@ impl Controller {
         while alive(provider.as_ref()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-
-    /// The last lines of an instance's log.
-    pub(crate) async fn log_tail(&self, instance: &str, lines: usize) -> String {
-        let path = self.log_path(instance);
-        tokio::task::spawn_blocking(move || tail_file(&path, lines))
-            .await
-            .unwrap_or_default()
     }
 
     /// A failure message with the tail of the instance's log appended.
@@ -283,22 +269,4 @@ fn free_address(fixed_port: Option<u16>) -> Result<(Ipv4Addr, u16)> {
          molt.toml or leave it out",
         last_error.map(|e| e.to_string()).unwrap_or_default()
     )))
-}
-
-/// The last `lines` lines of a file (reads at most the last 64 KiB).
-pub(crate) fn tail_file(path: &std::path::Path, lines: usize) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(64 * 1024);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -23,6 +23,7 @@ mod gc;
 mod health;
 mod images;
 mod instances;
+mod logs;
 mod metrics;
 mod queries;
 mod reconcile;
@@ -54,6 +55,7 @@ pub use error::{ControlError, ErrorKind, Result};
 pub use images::{
     credentials, BakeRequest, BuildIsolation, ImageExport, ImportOptions, PullRequest,
 };
+pub use logs::LogRotation;
 pub use metrics::{EnvMetrics, MetricsSnapshot, RouterCounters};
 pub use molt_image::{ArchiveFormat, BuildSandbox, RunRequest, SourceInfo};
 pub use molt_registry::{Credentials, PullReport, PushReport};
@@ -72,6 +74,8 @@ pub use molt_wire::{
 pub struct ControlConfig {
     /// Where instance logs are written.
     pub logs_dir: PathBuf,
+    /// When instance logs are rotated and how many rotated files are kept.
+    pub instance_log: LogRotation,
     /// How often garbage collection runs by itself.
     pub gc_interval: Duration,
     /// Time an instance gets between SIGTERM and SIGKILL.
@@ -139,6 +143,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             logs_dir: PathBuf::from("logs"),
+            instance_log: LogRotation::default(),
             gc_interval: Duration::from_secs(60),
             stop_grace: Duration::from_secs(5),
             keep_releases: 5,

@@ -89,7 +89,7 @@ impl Controller {
 
     /// An app's record; errors when it does not exist.
     pub async fn app(&self, app: &str) -> Result<AppRecord> {
-        let a = app.to_string();
+        let a = crate::parse_app(app)?.to_string();
         self.db(move |s| s.app(&a)).await
     }
 

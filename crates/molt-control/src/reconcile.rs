@@ -36,6 +36,8 @@ impl Controller {
         self.spawn(async move { this.gc_loop().await });
         let this = self.clone();
         self.spawn(async move { this.autoscale_loop().await });
+        let this = self.clone();
+        self.spawn(async move { this.log_rotation_loop().await });
         // Image trees are checked where instances run from them: on this machine only.
         let local = self.engine().is_none();
         if let Some(interval) = self.inner.config.verify_interval.filter(|_| local) {

@@ -83,23 +83,25 @@ fn build_table(
     let now = Instant::now();
     let mut table = TableSpec::new();
     let spec = |backend: Backend| BackendSpec::of(&backend, now);
-    let backend = |store: &Store, env: &str| -> std::result::Result<Backend, StoreError> {
-        let upstreams = store
-            .instances(Some(env), false)?
-            .into_iter()
-            .filter(|i| i.state == InstanceState::Healthy)
-            .map(|i| Upstream {
-                addr: instance_addr(&i),
-                instance: i.id,
+    let backend =
+        |store: &Store, app: &str, env: &str| -> std::result::Result<Backend, StoreError> {
+            let upstreams = store
+                .instances(Some(env), false)?
+                .into_iter()
+                .filter(|i| i.state == InstanceState::Healthy)
+                .map(|i| Upstream {
+                    addr: instance_addr(&i),
+                    instance: i.id,
+                })
+                .collect();
+            // An environment scaled to zero holds its requests until a wake gives it one.
+            let at_zero = crate::scale::zero_hold(&store.env(env)?, now);
+            Ok(Backend {
+                app: app.to_owned(),
+                held_until: holds.get(env).copied().or(at_zero),
+                ..Backend::new(env, upstreams)
             })
-            .collect();
-        // An environment scaled to zero holds its requests until a wake gives it an instance.
-        let at_zero = crate::scale::zero_hold(&store.env(env)?, now);
-        Ok(Backend {
-            held_until: holds.get(env).copied().or(at_zero),
-            ..Backend::new(env, upstreams)
-        })
-    };
+        };
     for (app, env) in store.routes()? {
         let rec = store.env(&env)?;
         let release = store.release(&app, rec.release)?;
@@ -109,7 +111,7 @@ fn build_table(
             message: m.message,
         });
         let app_backend = |store: &Store| -> std::result::Result<Backend, StoreError> {
-            let mut b = backend(store, &env)?;
+            let mut b = backend(store, &app, &env)?;
             b.maintenance = maintenance.clone();
             b.limits = route_limits(&release.config.router);
             Ok(b)
@@ -122,14 +124,14 @@ fn build_table(
             for host in &release.config.hostnames {
                 table.insert_shadow(
                     host.as_str(),
-                    spec(backend(store, &shadow.env)?),
+                    spec(backend(store, &app, &shadow.env)?),
                     shadow.share_percent,
                 );
             }
             let host = format!("{app}.{LOCAL_SUFFIX}");
             table.insert_shadow(
                 &host,
-                spec(backend(store, &shadow.env)?),
+                spec(backend(store, &app, &shadow.env)?),
                 shadow.share_percent,
             );
         }
@@ -140,7 +142,7 @@ fn build_table(
             let preview = |store: &Store| -> std::result::Result<Backend, StoreError> {
                 Ok(Backend {
                     limits,
-                    ..backend(store, &env.id)?
+                    ..backend(store, &env.app, &env.id)?
                 })
             };
             table.insert(&format!("{}.{LOCAL_SUFFIX}", env.id), spec(preview(store)?));

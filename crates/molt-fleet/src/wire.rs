@@ -68,6 +68,9 @@ pub enum Entry {
 pub struct BackendSpec {
     /// Environment id.
     pub env: String,
+    /// The app of the environment, for access logs (absent from an older control plane).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app: String,
     /// Instances that take traffic.
     pub upstreams: Vec<UpstreamSpec>,
     /// Set when the backend answers 503 on purpose.
@@ -302,6 +305,7 @@ impl BackendSpec {
     pub fn of(backend: &Backend, now: Instant) -> Self {
         Self {
             env: backend.env.clone(),
+            app: backend.app.clone(),
             upstreams: backend
                 .upstreams
                 .iter()
@@ -329,6 +333,7 @@ impl BackendSpec {
     pub fn to_backend(&self, now: Instant) -> Backend {
         Backend {
             env: self.env.clone(),
+            app: self.app.clone(),
             upstreams: self
                 .upstreams
                 .iter()

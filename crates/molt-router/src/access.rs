@@ -20,11 +20,23 @@ pub(crate) struct AccessEntry {
     scheme: ClientScheme,
 }
 
-/// Which environment and instance served a request, when one was chosen.
+/// Which app, environment and instance served a request, when one was chosen, and how long
+/// the instance took to answer (from asking it to its response head, retries included).
 #[derive(Debug, Default)]
 pub(crate) struct Served {
+    pub(crate) app: Option<String>,
     pub(crate) env: Option<String>,
     pub(crate) instance: Option<String>,
+    pub(crate) upstream: Option<std::time::Duration>,
+}
+
+impl Served {
+    /// Notes the route's app and environment.
+    pub(crate) fn route(&mut self, route: &crate::route::Route) {
+        let app = &route.backend().app;
+        self.app = (!app.is_empty()).then(|| app.clone());
+        self.env = Some(route.env().to_owned());
+    }
 }
 
 impl AccessEntry {
@@ -64,6 +76,7 @@ impl AccessEntry {
         bytes: Option<u64>,
     ) {
         let duration_us = self.started.elapsed().as_micros() as u64;
+        let upstream_us = served.upstream.map(|d| d.as_micros() as u64);
         info!(
             target: "molt_router::access",
             request_id,
@@ -73,11 +86,34 @@ impl AccessEntry {
             method = %self.method,
             path = %self.path,
             status = status.as_u16(),
+            app = served.app.as_deref().unwrap_or("-"),
             env = served.env.as_deref().unwrap_or("-"),
             instance = served.instance.as_deref().unwrap_or("-"),
             duration_us,
+            upstream_us,
             bytes,
             "request"
         );
     }
+}
+
+/// Emits the line of a request refused before it was parsed (ambiguous framing, an oversized
+/// head): nothing of it is known but who sent it and the answer.
+pub(crate) fn refused(client: IpAddr, scheme: ClientScheme, status: u16, bytes: u64) {
+    info!(
+        target: "molt_router::access",
+        request_id = "-",
+        client = %client,
+        scheme = scheme.as_str(),
+        host = "-",
+        method = "-",
+        path = "-",
+        status,
+        app = "-",
+        env = "-",
+        instance = "-",
+        duration_us = 0u64,
+        bytes,
+        "refused"
+    );
 }

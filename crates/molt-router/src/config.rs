@@ -55,6 +55,11 @@ pub struct RouterConfig {
     /// http-01 challenge paths); the value is the port of the TLS listener (443 is left out
     /// of the URL).
     pub https_redirect: Option<u16>,
+    /// When set, every answer sent over TLS for a host that has a certificate carries
+    /// `Strict-Transport-Security: max-age=<this many seconds>`; answers over plain HTTP
+    /// never do (RFC 6797 §7.2). Requests on TLS connections then all take hyper's path,
+    /// which adds the header (the direct path relays upstream heads as they are).
+    pub hsts_max_age: Option<u64>,
     /// When an upstream that keeps failing to connect is taken out of rotation, and for how
     /// long.
     pub ejection: EjectionPolicy,
@@ -179,6 +184,7 @@ impl Default for RouterConfig {
             upgrade_grace: Duration::from_secs(30),
             upstream_protocol: UpstreamProtocol::Http1,
             https_redirect: None,
+            hsts_max_age: None,
             ejection: EjectionPolicy::default(),
             retry_budget: RetryBudget::default(),
             shadow_concurrency: 64,

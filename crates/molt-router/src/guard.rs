@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::config::ClientScheme;
 use crate::framing::{FrameChecker, FrameLimits, Rejection};
 
 /// Sent when a connection closes in the middle of a request head (header read timeout).
@@ -32,6 +33,8 @@ pub(crate) struct GuardedStream<S: ClientSocket> {
     /// A response still to be written before closing, and how much of it was.
     farewell: Option<(Vec<u8>, usize)>,
     eof: bool,
+    /// The client and scheme for the access log's line of a refusal, when it is on.
+    access: Option<(std::net::IpAddr, ClientScheme)>,
 }
 
 /// A client connection's byte stream: a TCP socket, or the plaintext side of a TLS session.
@@ -91,8 +94,14 @@ impl<S: ClientSocket> GuardedStream<S> {
             activity: Arc::clone(&activity),
             farewell: None,
             eof: false,
+            access: None,
         };
         (stream, activity)
+    }
+
+    /// Writes an access log line for each request refused here (the access log is on).
+    pub(crate) fn log_refusals(&mut self, client: std::net::IpAddr, scheme: ClientScheme) {
+        self.access = Some((client, scheme));
     }
 
     fn refuse(&mut self, rejection: Rejection) {
@@ -108,6 +117,9 @@ impl<S: ClientSocket> GuardedStream<S> {
             rejection.status,
             body.len()
         );
+        if let Some((client, scheme)) = self.access {
+            crate::access::refused(client, scheme, rejection.status, body.len() as u64);
+        }
         self.farewell = Some((response.into_bytes(), 0));
     }
 

@@ -31,6 +31,8 @@ pub struct Upstream {
 pub struct Backend {
     /// Environment id; stats are kept per environment.
     pub env: String,
+    /// The app the environment belongs to, for the access log (empty when not known).
+    pub app: String,
     /// Instances that take traffic.
     pub upstreams: Vec<Upstream>,
     /// When set, every request is answered 503 by the router and no instance is asked.
@@ -88,6 +90,7 @@ impl Backend {
     pub fn new(env: impl Into<String>, upstreams: Vec<Upstream>) -> Self {
         Self {
             env: env.into(),
+            app: String::new(),
             upstreams,
             maintenance: None,
             limits: RouteLimits::default(),

@@ -426,10 +426,16 @@ impl ConnectionSetup {
         shutdown: CancellationToken,
         abort: CancellationToken,
     ) {
-        let (stream, activity) = GuardedStream::new(stream, self.limits);
+        let (mut stream, activity) = GuardedStream::new(stream, self.limits);
+        if router.config.access_log {
+            stream.log_refusals(peer.ip(), scheme);
+        }
         // The direct path serves what it can; hyper the rest, from the first request it
         // leaves (see `crate::direct`).
-        let (prefix, stream, served) = if router.config.direct_path && !stream.negotiated_h2() {
+        // With HSTS on, requests over TLS take hyper's path, which adds the header.
+        let hsts_over_tls = scheme == ClientScheme::Https && router.config.hsts_max_age.is_some();
+        let direct = router.config.direct_path && !stream.negotiated_h2() && !hsts_over_tls;
+        let (prefix, stream, served) = if direct {
             let direct = crate::direct::serve(&router, stream, peer, scheme, &shutdown);
             let ending = tokio::select! {
                 ending = direct => ending,

@@ -29,6 +29,7 @@ pub use acme::AcmeConfig;
 pub use api_tls::{cert_path as api_cert_path, ApiTlsConfig};
 pub use edge::{Edge, EdgeConfig};
 pub use molt_control::Credentials as RegistryCredentials;
+pub use molt_control::LogRotation;
 pub use molt_runtime::{BridgeNetwork, Subnet};
 pub use swarm::{SwarmServeConfig, ROUTER_PORT};
 
@@ -99,6 +100,12 @@ pub struct ServeConfig {
     /// the `molt` binary sets it to itself). `None`: programs are PID 1 themselves, and one
     /// without a SIGTERM handler only stops on SIGKILL, after the stop grace.
     pub init_executable: Option<PathBuf>,
+    /// When instance logs (`logs/<instance>.log`) are rotated, and how many rotated files
+    /// are kept.
+    pub instance_log: LogRotation,
+    /// The router logs one event per request on target `molt_router::access` (the binary
+    /// decides where the events go: `--access-log`).
+    pub access_log: bool,
 }
 
 /// The TLS listener of `molt serve` and where its certificates come from.
@@ -110,6 +117,9 @@ pub struct TlsConfig {
     pub cert_dir: Option<PathBuf>,
     /// Plain requests for hosts with a certificate get a 308 to https.
     pub https_redirect: bool,
+    /// With `https_redirect`: answers over TLS for hosts with a certificate carry
+    /// `Strict-Transport-Security: max-age=<seconds>`.
+    pub hsts_max_age: Option<u64>,
     /// How often the certificate directory is checked for changes.
     pub poll_interval: Duration,
     /// Certificates issued automatically through ACME (http-01 on the plain listener).
@@ -124,6 +134,7 @@ impl TlsConfig {
             listen,
             cert_dir: None,
             https_redirect: false,
+            hsts_max_age: None,
             poll_interval: Duration::from_secs(2),
             acme: None,
         }
@@ -246,6 +257,10 @@ pub struct Running {
     background: Vec<JoinHandle<()>>,
     api_task: JoinHandle<std::io::Result<()>>,
     _lock: Flock<File>,
+    /// Stops the listeners when a `Running` is dropped without [`Running::shutdown`] (a test
+    /// that panics): the router threads' join, on a blocking thread, would otherwise keep the
+    /// runtime from ever shutting down.
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl ServeConfig {
@@ -269,6 +284,8 @@ impl ServeConfig {
             api_tls: None,
             swarm: None,
             init_executable: None,
+            instance_log: LogRotation::default(),
+            access_log: false,
         }
     }
 }
@@ -377,6 +394,11 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             (Some(tls), Some(addr)) if tls.https_redirect => Some(addr.port()),
             _ => None,
         },
+        hsts_max_age: match (&cfg.tls, router_tls_addr) {
+            (Some(tls), Some(_)) if tls.https_redirect => tls.hsts_max_age,
+            _ => None,
+        },
+        access_log: cfg.access_log,
         ..RouterConfig::default()
     });
     let stop = CancellationToken::new();
@@ -468,6 +490,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         router.clone(),
         ControlConfig {
             logs_dir: dir.join("logs"),
+            instance_log: cfg.instance_log,
             gc_interval: cfg.gc_interval,
             stop_grace: cfg.stop_grace,
             pause_at: cfg.pause_at,
@@ -593,6 +616,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         token,
         data_dir: dir,
         controller,
+        _stop_on_drop: stop.clone().drop_guard(),
         stop,
         router_task,
         tls_task,

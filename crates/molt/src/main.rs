@@ -41,24 +41,96 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs, data_dir: std::path::PathBuf) -> i32 {
-    init_logging();
-    exit_code(run_server(args, data_dir).await)
+    let format = match args.log_format.as_str() {
+        "json" => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    if let Err(e) = init_logging(format, args.access_log.as_deref()) {
+        eprintln!("error: {e:#}");
+        return 2;
+    }
+    exit_code(run_server(args, data_dir, format).await)
+}
+
+/// Tells the operator what `molt serve` does: a line of text, or with `--log-format json` an
+/// event like every other line of its log.
+fn announce(format: LogFormat, text: &str) {
+    match format {
+        LogFormat::Text => eprintln!("{text}"),
+        LogFormat::Json => tracing::info!(target: "molt", "{text}"),
+    }
 }
 
 async fn router(args: RouterArgs, data_dir: std::path::PathBuf) -> i32 {
-    init_logging();
+    if let Err(e) = init_logging(LogFormat::Text, None) {
+        eprintln!("error: {e:#}");
+        return 2;
+    }
     exit_code(run_router(args, data_dir).await)
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOLT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// How molt's own log lines are written on stderr.
+#[derive(Clone, Copy)]
+enum LogFormat {
+    /// For people: one line of text per event.
+    Text,
+    /// For log collectors: one JSON object per line (`timestamp`, `level`, `target`,
+    /// `message`, then the event's fields).
+    Json,
+}
+
+/// The target of the router's access log events (`molt_router::access`).
+const ACCESS_TARGET: &str = "molt_router::access";
+
+/// molt's own log on stderr (filtered by `MOLT_LOG`, default `info`) and, with
+/// `access_log` (a file, appended, or `-` for stdout), the router's access log as JSON lines.
+/// Access events go only to the access log.
+fn init_logging(format: LogFormat, access_log: Option<&str>) -> anyhow::Result<()> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{filter, fmt, EnvFilter};
+
+    let levels = EnvFilter::try_from_env("MOLT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let own = match format {
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
+    .with_filter(filter::filter_fn(|meta| meta.target() != ACCESS_TARGET))
+    .with_filter(levels);
+    let access = match access_log {
+        None => None,
+        Some(path) => {
+            let writer = if path == "-" {
+                BoxMakeWriter::new(std::io::stdout)
+            } else {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| anyhow::anyhow!("--access-log {path}: {e}"))?;
+                BoxMakeWriter::new(std::sync::Arc::new(file))
+            };
+            let layer = fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_writer(writer)
+                .with_filter(
+                    filter::Targets::new().with_target(ACCESS_TARGET, filter::LevelFilter::INFO),
+                );
+            Some(layer)
+        }
+    };
+    tracing_subscriber::registry().with(own).with(access).init();
+    Ok(())
 }
 
 fn exit_code(outcome: anyhow::Result<()>) -> i32 {
@@ -122,7 +194,11 @@ async fn run_router(args: RouterArgs, data_dir: std::path::PathBuf) -> anyhow::R
     edge.shutdown().await
 }
 
-async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Result<()> {
+async fn run_server(
+    args: ServeArgs,
+    data_dir: std::path::PathBuf,
+    format: LogFormat,
+) -> anyhow::Result<()> {
     molt_server::check_data_dir(&data_dir)?;
     let mut cfg = ServeConfig::new(data_dir);
     cfg.api_addr = args.api_listen;
@@ -133,17 +209,30 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
             let mut tls = molt_server::TlsConfig::new(listen);
             tls.cert_dir = args.tls_cert_dir.clone();
             tls.https_redirect = args.https_redirect;
+            tls.hsts_max_age = match &args.hsts {
+                Some(_) if !args.https_redirect => anyhow::bail!(
+                    "--hsts needs --https-redirect: Strict-Transport-Security only makes sense \
+                     when plain HTTP sends clients to https"
+                ),
+                Some(text) => Some(
+                    molt_core::parse_duration(text)
+                        .map_err(|e| anyhow::anyhow!("--hsts: {e}"))?
+                        .as_secs(),
+                ),
+                None => None,
+            };
             tls.acme = acme_config(&args)?;
             cfg.tls = Some(tls);
         }
         None if args.tls_cert_dir.is_some()
             || args.https_redirect
+            || args.hsts.is_some()
             || args.acme_directory.is_some()
             || !args.acme_domains.is_empty() =>
         {
             anyhow::bail!(
-                "--tls-cert-dir, --https-redirect and --acme-* need a TLS listener: add \
-                 --tls-listen ADDR"
+                "--tls-cert-dir, --https-redirect, --hsts and --acme-* need a TLS listener: \
+                 add --tls-listen ADDR"
             );
         }
         None => {}
@@ -184,6 +273,15 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
             molt_core::parse_duration(text).map_err(|e| anyhow::anyhow!("--drift-hold: {e}"))?
         }
     };
+    cfg.instance_log = molt_server::LogRotation {
+        max_bytes: molt_core::parse_size(&args.instance_log_size)
+            .map_err(|e| anyhow::anyhow!("--instance-log-size: {e}"))?,
+        files: args.instance_log_files,
+    };
+    if cfg.instance_log.max_bytes == 0 {
+        anyhow::bail!("--instance-log-size must be larger than 0 (e.g. 10MiB)");
+    }
+    cfg.access_log = args.access_log.is_some();
     if let Some(threads) = args.router_threads {
         cfg.router_threads = threads;
     }
@@ -229,7 +327,7 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
         cfg.pause_at = Some(step.parse()?);
     }
     let running = molt_server::start(cfg).await?;
-    eprintln!(
+    let banner = format!(
         "molt serve: API on http://{}{} (token in {}), router on http://{}{}, isolation: {}",
         running.api_addr,
         running
@@ -244,8 +342,9 @@ async fn run_server(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Re
             .unwrap_or_default(),
         running.controller().isolation()
     );
+    announce(format, &banner);
     wait_for_signal().await?;
-    eprintln!("molt serve: stopping (draining the router)");
+    announce(format, "molt serve: stopping (draining the router)");
     let on_exit = if args.stop_instances_on_exit {
         OnExit::StopInstances
     } else {

@@ -61,6 +61,7 @@ pub(super) async fn measure(binary: &Path) -> Result<AutoscaleFigures> {
     deploy(client, "step", &digest, &step).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let step = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
@@ -80,14 +81,16 @@ pub(super) async fn measure(binary: &Path) -> Result<AutoscaleFigures> {
             })
         })
         .collect();
-    let first_new = wait_until(client, "step", |desired, healthy| {
+    wait_until(client, "step", |desired, healthy| {
         desired > 1 && healthy > 1
     })
     .await?;
+    let first_new_ms = ms(step.elapsed());
     let full = wait_until(client, "step", |desired, healthy| {
         desired >= 4 && healthy == desired as usize
     })
-    .await;
+    .await
+    .map(|(_, count)| (ms(step.elapsed()), count));
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.await;
@@ -124,7 +127,7 @@ pub(super) async fn measure(binary: &Path) -> Result<AutoscaleFigures> {
     }
     serve.stop().await?;
     Ok(AutoscaleFigures {
-        first_new_ms: first_new.0,
+        first_new_ms,
         full_ms,
         full_count,
         back_ms,

@@ -57,13 +57,13 @@ impl Controller {
                 })
                 .await?
             }
-            (None, Some(n)) => {
+            (None, Some(n)) if req.image.is_none() => {
                 let a = app.to_string();
                 self.db(move |s| s.release(&a, n)).await?
             }
             _ => {
                 return Err(InputError::Invalid(
-                    "give either an image with a manifest, or a release number".into(),
+                    "give either an image with a manifest, or a release number alone".into(),
                 )
                 .into())
             }

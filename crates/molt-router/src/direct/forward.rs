@@ -205,7 +205,7 @@ impl Router {
         } = exchange;
         let mut served = Served::default();
         if access.is_some() {
-            served.env = Some(route.env().to_owned());
+            served.route(&route);
         }
         let timeout = self.allowance(&route).timeout;
         let counters = route.counters();
@@ -233,6 +233,7 @@ impl Router {
         } else {
             1
         };
+        let asked = access.is_some().then(std::time::Instant::now);
         let Settled { index, outcome } = attempts::run(
             &self.config,
             &route,
@@ -243,6 +244,7 @@ impl Router {
         )
         .await;
         let body_read = attempt.body_read();
+        served.upstream = asked.map(|asked| asked.elapsed());
         let upstream = &route.upstreams()[index];
         let failure = match outcome {
             Attempted::Answered((socket, answer)) => {

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderValue, HOST, SET_COOKIE};
+use hyper::header::{HeaderValue, HOST, SET_COOKIE, STRICT_TRANSPORT_SECURITY};
 use hyper::{Request, Response, StatusCode};
 use tracing::debug;
 
@@ -69,6 +69,7 @@ impl Router {
             path = request.uri().path(),
             "request"
         );
+        let hsts = self.hsts(&request, scheme);
         let entry = self
             .config
             .access_log
@@ -83,7 +84,30 @@ impl Router {
             entry.finish(id, client, response.status(), &served, bytes);
         }
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
+        if let Some(hsts) = hsts {
+            response
+                .headers_mut()
+                .insert(STRICT_TRANSPORT_SECURITY, hsts);
+        }
         response
+    }
+
+    /// The `Strict-Transport-Security` value for the answer to `request`: only over TLS, for
+    /// a host that has a certificate, with [`RouterConfig::hsts_max_age`](crate::RouterConfig)
+    /// set.
+    fn hsts(&self, request: &Request<Incoming>, scheme: ClientScheme) -> Option<HeaderValue> {
+        let max_age = self.config.hsts_max_age?;
+        if scheme != ClientScheme::Https {
+            return None;
+        }
+        let host = match request.headers().get(HOST) {
+            Some(host) => host.to_str().ok()?,
+            None => request.uri().authority()?.as_str(),
+        };
+        if !self.certs.covers(host.trim()) {
+            return None;
+        }
+        HeaderValue::from_str(&format!("max-age={max_age}")).ok()
     }
 
     /// Routes and forwards one request, phase by phase; notes the environment and instance
@@ -130,9 +154,11 @@ impl Router {
                 .await;
             return Ok(upgraded);
         }
+        let asked = self.config.access_log.then(Instant::now);
         let (mut response, index) = self
             .forward(&route, start, in_flight, request, client, host)
             .await;
+        served.upstream = asked.map(|asked| asked.elapsed());
         self.account(&mut response, &route, index, started, sticky, served);
         Ok(response)
     }
@@ -237,7 +263,7 @@ impl Router {
         };
         let route = &routed.route;
         if self.config.access_log {
-            served.env = Some(route.env().to_owned());
+            served.route(route);
         }
         let max_body = self.allowance(route).max_body;
         if max_body < self.config.max_body_bytes && declared_length(request) > Some(max_body) {
