@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::build::{parse_build, BuildSpec, RawBuild};
+use crate::canary::{parse_canary, CanarySpec, RawAnalysis, RawStep};
 use crate::duration::{parse_duration, serde_text};
 use crate::limits::{parse_cpu, parse_memory, Limits, MAX_NOFILE, MIN_NOFILE};
 use crate::scale::{ScaleSpec, MAX_CONCURRENCY, MAX_INSTANCES};
@@ -100,6 +101,9 @@ pub struct DeployPolicy {
     /// How long the previous environment stays warm for instant rollback.
     #[serde(with = "serde_text")]
     pub rollback_window: Duration,
+    /// `strategy = "canary"`: the steps and analysis before the swap (`None`: blue/green).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
 }
 
 #[derive(Deserialize)]
@@ -173,6 +177,8 @@ struct RawDeploy {
     drain_timeout: Option<Spanned<String>>,
     watch: Option<Spanned<String>>,
     rollback_window: Option<Spanned<String>>,
+    steps: Option<Spanned<Vec<Spanned<RawStep>>>>,
+    analysis: Option<Spanned<RawAnalysis>>,
 }
 
 impl Default for HealthCheck {
@@ -194,6 +200,7 @@ impl Default for DeployPolicy {
             drain_timeout: Duration::from_secs(30),
             watch: Duration::from_secs(300),
             rollback_window: Duration::from_secs(900),
+            canary: None,
         }
     }
 }
@@ -287,22 +294,48 @@ impl Manifest {
             start_deadline: duration(&rh.start_deadline, dh.start_deadline)?,
         };
         let rd = raw.deploy.unwrap_or_default();
-        if let Some(s) = &rd.strategy {
-            if s.get_ref() != "blue-green" {
+        let canary = match (&rd.strategy, &rd.steps) {
+            (Some(s), Some(steps)) if s.get_ref() == "canary" => Some(parse_canary(
+                steps,
+                rd.analysis.as_ref().map(|a| a.get_ref()),
+                &at,
+            )?),
+            (Some(s), None) if s.get_ref() == "canary" => {
+                return Err(at(
+                    s.span(),
+                    "a canary needs steps, e.g. steps = [{ weight = 10, pause = \"1m\" }]"
+                        .to_string(),
+                ))
+            }
+            (Some(s), _) if s.get_ref() != "blue-green" => {
                 return Err(at(
                     s.span(),
                     format!(
-                        "strategy '{}' is not available yet: use \"blue-green\"",
+                        "unknown strategy '{}': use \"blue-green\" or \"canary\"",
                         s.get_ref()
                     ),
-                ));
+                ))
             }
+            (_, Some(steps)) => {
+                return Err(at(
+                    steps.span(),
+                    "steps are for strategy = \"canary\"".to_string(),
+                ))
+            }
+            _ => None,
+        };
+        if let (None, Some(a)) = (&canary, &rd.analysis) {
+            return Err(at(
+                a.span(),
+                "[deploy.analysis] is for strategy = \"canary\"".to_string(),
+            ));
         }
         let dd = DeployPolicy::default();
         let deploy = DeployPolicy {
             drain_timeout: duration(&rd.drain_timeout, dd.drain_timeout)?,
             watch: duration(&rd.watch, dd.watch)?,
             rollback_window: duration(&rd.rollback_window, dd.rollback_window)?,
+            canary,
         };
         let rr = raw.router.unwrap_or_default();
         let router = RouterLimits {
@@ -749,6 +782,101 @@ rollback_window = "15m"
             assert!(err.contains(want_at), "{err:?} lacks {want_at:?}");
             assert!(err.contains(want_what), "{err:?} lacks {want_what:?}");
             assert!(err.starts_with("molt.toml: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn canary_strategy() {
+        let base = "name = \"a\"\ncommand = [\"x\"]\n[deploy]\nstrategy = \"canary\"\n";
+        let m = parse(&format!(
+            "{base}steps = [{{ weight = 5, pause = \"1m\" }}, {{ weight = 50 }}]\n\
+             [deploy.analysis]\ninterval = \"5s\"\np99 = \"500ms\"\np99_ratio = 1.5\n\
+             min_requests = 10\nfailure_limit = 3\nprogress_deadline = \"5m\"\n"
+        ))
+        .unwrap();
+        let c = m.config.deploy.canary.clone().unwrap();
+        assert_eq!(c.steps.len(), 2);
+        assert_eq!(
+            (c.steps[0].weight, c.steps[0].pause),
+            (5, Duration::from_secs(60))
+        );
+        assert_eq!(c.steps[1].pause, Duration::ZERO);
+        let a = &c.analysis;
+        assert_eq!(a.interval, Duration::from_secs(5));
+        assert_eq!(
+            (a.p99_ms, a.p99_ratio, a.success_rate),
+            (Some(500), Some(1.5), None)
+        );
+        assert_eq!((a.min_requests, a.failure_limit), (10, 3));
+        // Stored with the release and read back; blue/green configs stay as they were.
+        let json = serde_json::to_string(&m.config).unwrap();
+        assert_eq!(serde_json::from_str::<RunConfig>(&json).unwrap(), m.config);
+        let plain = parse("name = \"a\"\ncommand = [\"x\"]\n").unwrap().config;
+        assert!(!serde_json::to_string(&plain).unwrap().contains("canary"));
+        // Without a criterion, the default success rate applies.
+        let d = parse(&format!("{base}steps = [{{ weight = 10 }}]\n")).unwrap();
+        assert_eq!(
+            d.config.deploy.canary.unwrap().analysis.success_rate,
+            Some(0.99)
+        );
+        for (text, want_at, what) in [
+            ("steps = []\n", "line 5", "at least one step"),
+            (
+                "steps = [{ weight = 0 }]\n",
+                "line 5, column 21",
+                "from 1 to 99",
+            ),
+            ("steps = [{ weight = 100 }]\n", "line 5", "from 1 to 99"),
+            (
+                "steps = [{ weight = 20 }, { weight = 20 }]\n",
+                "line 5, column 38",
+                "increase",
+            ),
+            (
+                "steps = [{ weight = 20, wait = \"1s\" }]\n",
+                "line 5",
+                "wait",
+            ),
+            ("steps = [{ weight = 5, pause = \"1x\" }]\n", "line 5", "1x"),
+            (
+                "steps = [{ weight = 5 }]\n[deploy.analysis]\np99_ratio = 0.5\n",
+                "line 7",
+                "at least 1",
+            ),
+            (
+                "steps = [{ weight = 5 }]\n[deploy.analysis]\nsuccess_rate = 99\n",
+                "line 7",
+                "from 0 to 1",
+            ),
+            (
+                "steps = [{ weight = 5 }]\n[deploy.analysis]\nbogus = 1\n",
+                "line 7",
+                "bogus",
+            ),
+            (
+                "steps = [{ weight = 5 }]\n[deploy.analysis]\nmin_requests = 0\n",
+                "line 7",
+                "min_requests",
+            ),
+            (
+                "steps = [{ weight = 5, pause = \"10m\" }]\n",
+                "line 5",
+                "progress_deadline",
+            ),
+            ("", "line 4", "needs steps"),
+        ] {
+            let err = parse(&format!("{base}{text}")).unwrap_err().to_string();
+            assert!(err.contains(want_at), "{err:?} lacks {want_at:?}");
+            assert!(err.contains(what), "{err:?} lacks {what:?}");
+        }
+        let other = "name = \"a\"\ncommand = [\"x\"]\n[deploy]\n";
+        for (text, what) in [
+            ("strategy = \"rolling\"\n", "unknown strategy"),
+            ("steps = [{ weight = 5 }]\n", "steps are for"),
+            ("[deploy.analysis]\ninterval = \"1s\"\n", "is for strategy"),
+        ] {
+            let err = parse(&format!("{other}{text}")).unwrap_err().to_string();
+            assert!(err.contains(what), "{err:?} lacks {what:?}");
         }
     }
 
