@@ -252,6 +252,9 @@ pub struct DeploymentRecord {
     /// For a shadow deployment whose shadow phase ended: live and shadow side by side.
     #[serde(default)]
     pub shadow: Option<ShadowComparison>,
+    /// For a canary deployment: its step, weight and every analysis interval's verdict.
+    #[serde(default)]
+    pub canary: Option<molt_core::CanaryProgress>,
 }
 
 /// One journal line of a deployment.
