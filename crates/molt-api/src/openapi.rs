@@ -107,6 +107,7 @@ pub const PATHS: &[(&str, &str, &str, Option<&str>)] = &[
          deployment; the live/shadow comparison is recorded on it",
         None,
     ),
+    ("post", "/v1/apps/{app}/abort", "Abort the app's canary deployment: weight 0 at once, its environment retired", None),
     (
         "post",
         "/v1/apps/{app}/abandon",

@@ -68,8 +68,8 @@ pub enum Command {
         #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
         shadow: Option<u32>,
     },
-    /// Promote a shadow deployment (`molt deploy --shadow`): swap to its environment, then
-    /// drain and watch like any deployment; prints live vs shadow of the shadow phase.
+    /// Promote a shadow deployment (`molt deploy --shadow`) or a canary deployment (skipping
+    /// its remaining steps): swap to its environment, then drain and watch like any deployment.
     Promote {
         /// The app (default: the one in ./molt.toml).
         app: Option<String>,
@@ -77,6 +77,12 @@ pub enum Command {
     /// Abandon a shadow deployment: retire its environment (the route never moved); prints
     /// live vs shadow of the shadow phase.
     Abandon {
+        /// The app (default: the one in ./molt.toml).
+        app: Option<String>,
+    },
+    /// Abort a canary deployment: its weight goes back to 0 at once and its environment is
+    /// retired.
+    Abort {
         /// The app (default: the one in ./molt.toml).
         app: Option<String>,
     },

@@ -230,13 +230,13 @@ impl Sample {
 
 impl fmt::Display for Judgement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let side = |s: &Sample| {
-            format!(
-                "{} requests, success {:.2} %, p99 {}",
-                s.requests,
+        let side = |s: &Sample| match s.requests {
+            0 => "0 requests".to_string(),
+            n => format!(
+                "{n} requests, success {:.2} %, p99 {}",
                 s.success_rate() * 100.0,
                 p99_text(s.p99_judged())
-            )
+            ),
         };
         write!(f, "{}: canary {}", self.verdict, side(&self.canary))?;
         if let Some(stable) = &self.stable {

@@ -100,7 +100,7 @@ fn app_or_here(app: Option<String>, command: &str) -> Result<String> {
     }
 }
 
-/// `molt promote`: ends the shadow phase, then follows the swap, drain and watch.
+/// `molt promote`: ends the shadow (or canary) phase, then follows the swap, drain and watch.
 pub(crate) async fn promote(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
     let app = app_or_here(app, "promote")?;
     let d: DeploymentRecord = client
@@ -110,8 +110,13 @@ pub(crate) async fn promote(client: &Client, app: Option<String>, json: bool) ->
     progress(
         json,
         &format!(
-            "{app}: deployment {} (v{}) promoted after shadowing",
-            d.id, d.release
+            "{app}: deployment {} (v{}) promoted{}",
+            d.id,
+            d.release,
+            match &d.canary {
+                Some(c) => format!(" at {} % of its canary steps", c.weight),
+                None => " after shadowing".into(),
+            }
         ),
     );
     if !json {
@@ -147,6 +152,26 @@ pub(crate) async fn abandon(client: &Client, app: Option<String>, json: bool) ->
             d.env.as_deref().unwrap_or("its environment")
         );
         print_comparison(&d);
+    }
+    Ok(0)
+}
+
+/// `molt abort`: the canary's weight back to 0, its environment retired.
+pub(crate) async fn abort(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
+    let app = app_or_here(app, "abort")?;
+    let answer = client
+        .post_answer(&format!("/v1/apps/{app}/abort"), &json!({}))
+        .await?;
+    let d: DeploymentRecord = answer.read()?;
+    if json {
+        print_json(answer.json());
+    } else {
+        println!(
+            "{app}: deployment {} (v{}) aborted: {}",
+            d.id,
+            d.release,
+            d.error.as_deref().unwrap_or("weight back to 0")
+        );
     }
     Ok(0)
 }
@@ -258,7 +283,8 @@ async fn follow_journal(
             DeployState::Failed
             | DeployState::RolledBack
             | DeployState::Superseded
-            | DeployState::Abandoned => {
+            | DeployState::Abandoned
+            | DeployState::Aborted => {
                 if json {
                     print_json(answer.json());
                 } else {

@@ -66,6 +66,7 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
         } => deploy(&client()?, &dir, image, shadow, no_wait, json).await,
         Command::Promote { app } => promote(&client()?, app, json).await,
         Command::Abandon { app } => abandon(&client()?, app, json).await,
+        Command::Abort { app } => abort(&client()?, app, json).await,
         Command::Status { app } => status(&client()?, app, json).await,
         Command::Apps => apps(&client()?, json).await,
         Command::Releases { app, pin, unpin } => releases(&client()?, &app, pin, unpin, json).await,

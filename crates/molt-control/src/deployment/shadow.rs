@@ -17,20 +17,23 @@ use super::steps::{env_of, Interrupted};
 use crate::traffic::{since, summarize};
 use crate::{parse_app, ControlError, Controller, Result};
 
-/// How a shadow deployment's shadow phase ends, by the user's decision.
+/// How a shadow deployment's shadow phase (or a canary deployment's canary phase) ends, by the
+/// user's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShadowOutcome {
     /// Swap to the shadowed environment (then drain and watch as usual).
     Promote,
-    /// Retire the shadowed environment; the route never moved.
+    /// Retire the shadowed environment; the route never moved. (A canary is aborted.)
     Abandon,
 }
 
 /// A decision handed to the deployment's task, which alone moves its state; the caller waits
 /// for the journaled result.
 pub(crate) struct ShadowDecision {
-    outcome: ShadowOutcome,
-    reply: oneshot::Sender<Result<DeploymentRecord>>,
+    /// Promote, or abandon (for a canary: abort).
+    pub(crate) outcome: ShadowOutcome,
+    /// Where the task answers with the journaled result.
+    pub(crate) reply: oneshot::Sender<Result<DeploymentRecord>>,
 }
 
 /// Router counters when mirroring started, so the comparison covers the shadow phase only.
@@ -59,12 +62,30 @@ impl Controller {
                 s.shadowing_deployment(&a)
             })
             .await?;
-        let Some(d) = shadowing else {
-            return Err(ControlError::Conflict(format!(
-                "no deployment of {app} is shadowing: start one with `molt deploy --shadow 10`"
-            )));
+        let d = match shadowing {
+            Some(d) => d,
+            // A canary deployment is promoted (or aborted) the same way.
+            None => match self.canarying_deployment(&app).await? {
+                Some(d) => d,
+                None => {
+                    return Err(ControlError::Conflict(format!(
+                        "no deployment of {app} is shadowing or in its canary phase: start one \
+                         with `molt deploy --shadow 10`, or with strategy = \"canary\""
+                    )))
+                }
+            },
         };
-        let sender = self.inner.active.decisions(&app, d.id);
+        self.decide(&app, &d, outcome).await
+    }
+
+    /// Hands `outcome` to deployment `d`'s task and waits for the journaled result.
+    pub(crate) async fn decide(
+        &self,
+        app: &str,
+        d: &DeploymentRecord,
+        outcome: ShadowOutcome,
+    ) -> Result<DeploymentRecord> {
+        let sender = self.inner.active.decisions(app, d.id);
         let (reply, answer) = oneshot::channel();
         let sent = match sender {
             Some(tx) => tx.send(ShadowDecision { outcome, reply }).await.is_ok(),
