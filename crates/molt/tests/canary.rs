@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use support::*;
 
@@ -45,14 +46,13 @@ struct Load {
 }
 
 impl Load {
-    fn start(h: &Harness, host: &'static str, clients: u64) -> Load {
+    fn start(router: std::net::SocketAddr, host: &'static str, clients: u64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let tasks = (0..clients)
             .map(|c| {
-                let (stop, ok, failed, router) =
-                    (stop.clone(), ok.clone(), failed.clone(), h.router);
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
                 tokio::spawn(async move {
                     let mut conn = KeepAlive::connect(router).await;
                     let deadline = Instant::now() + Duration::from_secs(120);
@@ -96,7 +96,11 @@ impl Load {
 
 /// GETs spread over the buckets: the releases that answered.
 async fn answers(h: &Harness, host: &str, n: u64) -> Vec<String> {
-    let mut conn = KeepAlive::connect(h.router).await;
+    answers_at(h.router, host, n).await
+}
+
+async fn answers_at(router: std::net::SocketAddr, host: &str, n: u64) -> Vec<String> {
+    let mut conn = KeepAlive::connect(router).await;
     let mut out = Vec::new();
     for i in 0..n {
         let cookie = format!("molt-bucket={}", (i * 997) % 10_000);
@@ -169,7 +173,7 @@ async fn a_failing_canary_is_aborted_by_its_analysis_under_load() {
              progress_deadline = \"30s\"",
         ),
     );
-    let load = Load::start(&h, "shop.localhost", 2);
+    let load = Load::start(h.router, "shop.localhost", 2);
     // `molt deploy` follows the canary and exits 3 when it is aborted.
     let data = h.data_dir();
     let dir = bad.clone();
@@ -259,7 +263,7 @@ async fn a_healthy_canary_is_promoted_step_by_step() {
              progress_deadline = \"30s\"",
         ),
     );
-    let load = Load::start(&h, "shop.localhost", 2);
+    let load = Load::start(h.router, "shop.localhost", 2);
     let d = start_deploy(&h.client, &good)
         .await
         .expect("deploy accepted");
@@ -430,4 +434,105 @@ async fn promote_and_abort_commands_and_the_progress_deadline() {
         "{after:?}"
     );
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_killed_at_a_step_resumes_at_that_step() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    let mut a = Serve::start(&data, None, false);
+    let owner = owner_of(&data);
+    let v1 = deploy_dir(&a.client, &make_app(tmp.path(), "shop", &[], FAST)).await;
+    assert_eq!(v1["state"], "drained", "{v1}");
+    let v2 = make_app(
+        tmp.path(),
+        "shop",
+        &[("GREETING", "bonjour")],
+        &canary(
+            r#"[{ weight = 20, pause = "200ms" }, { weight = 50, pause = "1m" }]"#,
+            "interval = \"200ms\"\nmin_requests = 3\nprogress_deadline = \"5m\"",
+        ),
+    );
+    let load = Load::start(a.router, "shop.localhost", 2);
+    let d = start_deploy(&a.client, &v2).await.expect("deploy");
+    let id = d["id"].as_u64().expect("id");
+    let client = a.client.clone();
+    eventually(Duration::from_secs(30), "the second step", || async {
+        let d = client
+            .get(&format!("/v1/deployments/{id}"))
+            .await
+            .expect("deployment");
+        d["deployment"]["canary"]["step"] == 1
+    })
+    .await;
+    let (_, failed) = load.finish().await;
+    assert_eq!(failed, 0);
+    let before = a
+        .client
+        .get(&format!("/v1/deployments/{id}"))
+        .await
+        .expect("deployment")["deployment"]
+        .clone();
+    a.signal(Signal::SIGKILL);
+
+    // The restarted molt resumes the canary at its second step, split as before.
+    let mut b = Serve::start(&data, None, true);
+    let d = b
+        .client
+        .get(&format!("/v1/deployments/{id}"))
+        .await
+        .expect("deployment")["deployment"]
+        .clone();
+    assert_eq!(d["state"], "canarying", "{d}");
+    assert_eq!(
+        (d["canary"]["step"].clone(), d["canary"]["weight"].clone()),
+        (1.into(), 50.into()),
+        "{d}"
+    );
+    let kept = d["canary"]["verdicts"].as_array().map(Vec::len);
+    assert!(
+        kept >= before["canary"]["verdicts"].as_array().map(Vec::len),
+        "{d}"
+    );
+    let mixed = answers_at(b.router, "shop.localhost", 40).await;
+    assert!(mixed.iter().all(|a| a.starts_with("200 ")), "{mixed:?}");
+    assert!(
+        mixed.iter().any(|a| a.contains("bonjour from shop v2")),
+        "{mixed:?}"
+    );
+    assert!(
+        mixed.iter().any(|a| a.contains("hello from shop v1")),
+        "{mixed:?}"
+    );
+    let history = b.client.get("/v1/apps/shop/events").await.expect("events");
+    assert!(
+        history.to_string().contains("resuming deployment"),
+        "{history}"
+    );
+
+    // And it goes on from there: promoted, all traffic on v2.
+    let promoted = b
+        .client
+        .post("/v1/apps/shop/promote", &serde_json::json!({}))
+        .await
+        .expect("promote");
+    assert_eq!(promoted["state"], "promoted", "{promoted}");
+    let done = wait_deployment(&b.client, id).await;
+    assert_eq!(done["state"], "drained", "{done}");
+    let after = answers_at(b.router, "shop.localhost", 20).await;
+    assert!(
+        after
+            .iter()
+            .all(|a| a.starts_with("200 bonjour from shop v2")),
+        "{after:?}"
+    );
+    assert_eq!(b.signal(Signal::SIGTERM).code(), Some(0));
+    let left = processes_of(&owner);
+    for (_, pid) in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    assert!(
+        left.is_empty(),
+        "instances left after --stop-instances-on-exit: {left:?}"
+    );
 }

@@ -64,6 +64,18 @@ fn print_app_status(a: &AppStatus) {
                 d.shadow_share.unwrap_or_default(),
                 d.env.as_deref().unwrap_or("?")
             ),
+            DeployState::Canarying => match &d.canary {
+                Some(c) => format!(
+                    ", canary step {} at {} % on {} ({} interval(s), {} failed; molt promote \
+                     {name} | molt abort {name})",
+                    c.step + 1,
+                    c.weight,
+                    d.env.as_deref().unwrap_or("?"),
+                    c.verdicts.len(),
+                    c.failed
+                ),
+                None => String::new(),
+            },
             _ => String::new(),
         };
         println!(
@@ -71,6 +83,14 @@ fn print_app_status(a: &AppStatus) {
             d.id, d.release, d.state
         );
         super::deploy::print_comparison(d);
+        if let Some(last) = d.canary.as_ref().and_then(|c| c.verdicts.last()) {
+            println!(
+                "  canary's last interval (step {}, {} %): {}",
+                last.step + 1,
+                last.weight,
+                last.judgement
+            );
+        }
     }
     if let Some(s) = &a.scaling {
         let spec = &s.spec;
