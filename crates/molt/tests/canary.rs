@@ -169,11 +169,11 @@ async fn a_failing_canary_is_aborted_by_its_analysis_under_load() {
         &[("FAIL_SHARE", "50")],
         &canary(
             r#"[{ weight = 20, pause = "1s" }, { weight = 60, pause = "1s" }]"#,
-            "interval = \"300ms\"\nsuccess_rate = 0.95\nmin_requests = 5\nfailure_limit = 2\n\
-             progress_deadline = \"30s\"",
+            "interval = \"500ms\"\nsuccess_rate = 0.95\nmin_requests = 3\nfailure_limit = 2\n\
+             progress_deadline = \"60s\"",
         ),
     );
-    let load = Load::start(h.router, "shop.localhost", 2);
+    let load = Load::start(h.router, "shop.localhost", 4);
     // `molt deploy` follows the canary and exits 3 when it is aborted.
     let data = h.data_dir();
     let dir = bad.clone();
@@ -258,12 +258,12 @@ async fn a_healthy_canary_is_promoted_step_by_step() {
         "shop",
         &[("GREETING", "bonjour")],
         &canary(
-            r#"[{ weight = 10, pause = "300ms" }, { weight = 50, pause = "300ms" }]"#,
-            "interval = \"250ms\"\nmin_requests = 3\nsuccess_rate = 0.99\np99_ratio = 50\n\
-             progress_deadline = \"30s\"",
+            r#"[{ weight = 25, pause = "300ms" }, { weight = 60, pause = "300ms" }]"#,
+            "interval = \"300ms\"\nmin_requests = 2\nsuccess_rate = 0.99\np99_ratio = 50\n\
+             progress_deadline = \"60s\"",
         ),
     );
-    let load = Load::start(h.router, "shop.localhost", 2);
+    let load = Load::start(h.router, "shop.localhost", 4);
     let d = start_deploy(&h.client, &good)
         .await
         .expect("deploy accepted");
@@ -290,9 +290,9 @@ async fn a_healthy_canary_is_promoted_step_by_step() {
             .position(|j| j.contains(needle))
             .unwrap_or_else(|| panic!("{needle:?} not in {journal:#?}"))
     };
-    // The steps in order: 10 %, 50 %, promoted, swapped.
-    assert!(at("canary: 10 % of clients") < at("step 2/2: 50 % of clients"));
-    assert!(at("step 2/2: 50 % of clients") < at("promoted every step passed"));
+    // The steps in order: 25 %, 60 %, promoted, swapped.
+    assert!(at("canary: 25 % of clients") < at("step 2/2: 60 % of clients"));
+    assert!(at("step 2/2: 60 % of clients") < at("promoted every step passed"));
     assert!(at("promoted every step passed") < at("swapped"));
     assert!(!verdicts(&d).iter().any(|v| v == "failed"), "{d}");
     assert_eq!(d["canary"]["step"], 1, "{d}");
@@ -450,14 +450,14 @@ async fn a_canary_killed_at_a_step_resumes_at_that_step() {
         &[("GREETING", "bonjour")],
         &canary(
             r#"[{ weight = 20, pause = "200ms" }, { weight = 50, pause = "1m" }]"#,
-            "interval = \"200ms\"\nmin_requests = 3\nprogress_deadline = \"5m\"",
+            "interval = \"300ms\"\nmin_requests = 2\nprogress_deadline = \"5m\"",
         ),
     );
-    let load = Load::start(a.router, "shop.localhost", 2);
+    let load = Load::start(a.router, "shop.localhost", 4);
     let d = start_deploy(&a.client, &v2).await.expect("deploy");
     let id = d["id"].as_u64().expect("id");
     let client = a.client.clone();
-    eventually(Duration::from_secs(30), "the second step", || async {
+    eventually(Duration::from_secs(60), "the second step", || async {
         let d = client
             .get(&format!("/v1/deployments/{id}"))
             .await

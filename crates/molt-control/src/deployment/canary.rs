@@ -131,7 +131,14 @@ impl Controller {
             let decision = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
-                decision = decisions.recv() => decision,
+                decision = decisions.recv() => match decision {
+                    Some(decision) => Some(decision),
+                    None => {
+                        // The sender goes away only when a newer action is about to cancel us.
+                        cancel.cancelled().await;
+                        return Err(Interrupted::Cancelled);
+                    }
+                },
                 _ = tokio::time::sleep(spec.analysis.interval) => None,
             };
             if let Some(decision) = decision {
