@@ -421,6 +421,39 @@ pub(crate) fn parse_canary(
         let pause = duration(&step.get_ref().pause, Duration::ZERO)?;
         parsed.push(CanaryStep { weight, pause });
     }
+    let analysis = parse_analysis(raw, at)?;
+    if let Some(slow) = parsed
+        .iter()
+        .find(|s| s.pause >= analysis.progress_deadline)
+    {
+        let span = raw
+            .and_then(|r| r.progress_deadline.as_ref())
+            .map(|s| s.span())
+            .unwrap_or_else(|| steps.span());
+        return Err(at(
+            span,
+            format!(
+                "progress_deadline ({}) must be longer than every step's pause ({})",
+                crate::format_duration(analysis.progress_deadline),
+                crate::format_duration(slow.pause)
+            ),
+        ));
+    }
+    Ok(CanarySpec {
+        steps: parsed,
+        analysis,
+    })
+}
+
+/// `[deploy.analysis]`, each value checked at its line and column.
+pub(crate) fn parse_analysis(
+    raw: Option<&RawAnalysis>,
+    at: &impl Fn(Range<usize>, String) -> InputError,
+) -> Result<Analysis, InputError> {
+    let duration = |v: &Option<Spanned<String>>, default: Duration| match v {
+        Some(s) => parse_duration(s.get_ref()).map_err(|e| at(s.span(), e.to_string())),
+        None => Ok(default),
+    };
     let d = Analysis::default();
     let empty = RawAnalysis::default();
     let raw = raw.unwrap_or(&empty);
@@ -461,41 +494,22 @@ pub(crate) fn parse_canary(
         return Err(at(span, "interval must be more than 0".into()));
     }
     let progress_deadline = duration(&raw.progress_deadline, d.progress_deadline)?;
-    if let Some(slow) = parsed.iter().find(|s| s.pause >= progress_deadline) {
-        let span = raw
-            .progress_deadline
-            .as_ref()
-            .map(|s| s.span())
-            .unwrap_or_else(|| steps.span());
-        return Err(at(
-            span,
-            format!(
-                "progress_deadline ({}) must be longer than every step's pause ({})",
-                crate::format_duration(progress_deadline),
-                crate::format_duration(slow.pause)
-            ),
-        ));
-    }
     // Without any criterion given, the success rate's default applies.
     let any = success_rate.is_some() || p99_ms.is_some() || p99_ratio.is_some();
-    Ok(CanarySpec {
-        steps: parsed,
-        analysis: Analysis {
-            interval,
-            success_rate: if any { success_rate } else { d.success_rate },
-            p99_ms,
-            p99_ratio,
-            min_requests: whole(&raw.min_requests, 1, "min_requests", d.min_requests as i64)?
-                as u64,
-            failure_limit: u32::try_from(whole(
-                &raw.failure_limit,
-                1,
-                "failure_limit",
-                i64::from(d.failure_limit),
-            )?)
-            .unwrap_or(u32::MAX),
-            progress_deadline,
-        },
+    Ok(Analysis {
+        interval,
+        success_rate: if any { success_rate } else { d.success_rate },
+        p99_ms,
+        p99_ratio,
+        min_requests: whole(&raw.min_requests, 1, "min_requests", d.min_requests as i64)? as u64,
+        failure_limit: u32::try_from(whole(
+            &raw.failure_limit,
+            1,
+            "failure_limit",
+            i64::from(d.failure_limit),
+        )?)
+        .unwrap_or(u32::MAX),
+        progress_deadline,
     })
 }
 

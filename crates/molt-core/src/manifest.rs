@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::build::{parse_build, BuildSpec, RawBuild};
-use crate::canary::{parse_canary, CanarySpec, RawAnalysis, RawStep};
+use crate::canary::{parse_analysis, parse_canary, Analysis, CanarySpec, RawAnalysis, RawStep};
 use crate::duration::{parse_duration, serde_text};
 use crate::limits::{parse_cpu, parse_memory, Limits, MAX_NOFILE, MIN_NOFILE};
 use crate::scale::{ScaleSpec, MAX_CONCURRENCY, MAX_INSTANCES};
@@ -104,6 +104,10 @@ pub struct DeployPolicy {
     /// `strategy = "canary"`: the steps and analysis before the swap (`None`: blue/green).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySpec>,
+    /// Blue/green with `[deploy.analysis]`: the watch also judges the new environment's
+    /// traffic each interval and swaps back after `failure_limit` failed intervals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_analysis: Option<Analysis>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +205,7 @@ impl Default for DeployPolicy {
             watch: Duration::from_secs(300),
             rollback_window: Duration::from_secs(900),
             canary: None,
+            watch_analysis: None,
         }
     }
 }
@@ -324,18 +329,17 @@ impl Manifest {
             }
             _ => None,
         };
-        if let (None, Some(a)) = (&canary, &rd.analysis) {
-            return Err(at(
-                a.span(),
-                "[deploy.analysis] is for strategy = \"canary\"".to_string(),
-            ));
-        }
+        let watch_analysis = match (&canary, &rd.analysis) {
+            (None, Some(a)) => Some(parse_analysis(Some(a.get_ref()), &at)?),
+            _ => None,
+        };
         let dd = DeployPolicy::default();
         let deploy = DeployPolicy {
             drain_timeout: duration(&rd.drain_timeout, dd.drain_timeout)?,
             watch: duration(&rd.watch, dd.watch)?,
             rollback_window: duration(&rd.rollback_window, dd.rollback_window)?,
             canary,
+            watch_analysis,
         };
         let rr = raw.router.unwrap_or_default();
         let router = RouterLimits {
@@ -869,11 +873,22 @@ rollback_window = "15m"
             assert!(err.contains(want_at), "{err:?} lacks {want_at:?}");
             assert!(err.contains(what), "{err:?} lacks {what:?}");
         }
+        // With blue/green, [deploy.analysis] is the watch's.
+        let bg = parse(
+            "name = \"a\"\ncommand = [\"x\"]\n[deploy]\nwatch = \"1m\"\n[deploy.analysis]\n\
+             interval = \"2s\"\nfailure_limit = 1\n",
+        )
+        .unwrap();
+        let watch = bg.config.deploy.watch_analysis.unwrap();
+        assert_eq!(
+            (watch.interval, watch.failure_limit),
+            (Duration::from_secs(2), 1)
+        );
+        assert!(bg.config.deploy.canary.is_none());
         let other = "name = \"a\"\ncommand = [\"x\"]\n[deploy]\n";
         for (text, what) in [
             ("strategy = \"rolling\"\n", "unknown strategy"),
             ("steps = [{ weight = 5 }]\n", "steps are for"),
-            ("[deploy.analysis]\ninterval = \"1s\"\n", "is for strategy"),
         ] {
             let err = parse(&format!("{other}{text}")).unwrap_err().to_string();
             assert!(err.contains(what), "{err:?} lacks {what:?}");

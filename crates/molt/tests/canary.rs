@@ -536,3 +536,39 @@ async fn a_canary_killed_at_a_step_resumes_at_that_step() {
         "instances left after --stop-instances-on-exit: {left:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blue_green_release_that_fails_after_the_swap_is_swapped_back_by_the_watch() {
+    let h = Harness::start().await;
+    h.deploy(&h.app("shop", &[], FAST)).await;
+    let judged = FAST.replace("watch = \"2s\"", "watch = \"60s\"")
+        + "[deploy.analysis]\ninterval = \"500ms\"\nmin_requests = 3\nfailure_limit = 2\n";
+    let bad = h.app("shop", &[("FAIL_SHARE", "50")], &judged);
+    let load = Load::start(h.router, "shop.localhost", 4);
+    let d = start_deploy(&h.client, &bad).await.expect("deploy");
+    let id = d["id"].as_u64().expect("id");
+    eventually(Duration::from_secs(60), "rolled back", || async {
+        let state = deployment(&h, id).await["deployment"]["state"].clone();
+        state == "rolled_back" || state == "succeeded"
+    })
+    .await;
+    load.finish().await;
+    let d = deployment(&h, id).await["deployment"].clone();
+    assert_eq!(d["state"], "rolled_back", "{d}");
+    let error = d["error"].as_str().unwrap_or("");
+    assert!(error.contains("failed 2 analysis interval(s)"), "{error}");
+    assert!(error.contains("success rate"), "{error}");
+    let after = answers(&h, "shop.localhost", 20).await;
+    assert!(
+        after
+            .iter()
+            .all(|a| a.starts_with("200 hello from shop v1")),
+        "{after:?}"
+    );
+    let history = events(&h, "shop").await;
+    assert!(
+        history.iter().any(|e| e.starts_with("watch-verdict")),
+        "{history:?}"
+    );
+    h.stop().await;
+}

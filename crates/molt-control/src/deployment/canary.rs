@@ -344,7 +344,7 @@ impl Controller {
 }
 
 /// What the analysis judges of an environment's counters over an interval.
-fn sample(stats: &TrafficStats) -> Sample {
+pub(crate) fn sample(stats: &TrafficStats) -> Sample {
     Sample {
         requests: stats.requests(),
         errors: stats.classes[4],
