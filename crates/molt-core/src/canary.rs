@@ -516,7 +516,118 @@ pub(crate) fn parse_analysis(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RunConfig;
     use proptest::prelude::*;
+
+    fn parse(text: &str) -> Result<crate::Manifest, InputError> {
+        crate::Manifest::parse(text, "molt.toml")
+    }
+
+    #[test]
+    fn canary_strategy_in_molt_toml() {
+        let base = "name = \"a\"\ncommand = [\"x\"]\n[deploy]\nstrategy = \"canary\"\n";
+        let m = parse(&format!(
+            "{base}steps = [{{ weight = 5, pause = \"1m\" }}, {{ weight = 50 }}]\n\
+             [deploy.analysis]\ninterval = \"5s\"\np99 = \"500ms\"\np99_ratio = 1.5\n\
+             min_requests = 10\nfailure_limit = 3\nprogress_deadline = \"5m\"\n"
+        ))
+        .unwrap();
+        let c = m.config.deploy.canary.clone().unwrap();
+        assert_eq!(c.steps.len(), 2);
+        assert_eq!(
+            (c.steps[0].weight, c.steps[0].pause),
+            (5, Duration::from_secs(60))
+        );
+        assert_eq!(c.steps[1].pause, Duration::ZERO);
+        let a = &c.analysis;
+        assert_eq!(a.interval, Duration::from_secs(5));
+        assert_eq!(
+            (a.p99_ms, a.p99_ratio, a.success_rate),
+            (Some(500), Some(1.5), None)
+        );
+        assert_eq!((a.min_requests, a.failure_limit), (10, 3));
+        // Stored with the release and read back; blue/green configs stay as they were.
+        let json = serde_json::to_string(&m.config).unwrap();
+        assert_eq!(serde_json::from_str::<RunConfig>(&json).unwrap(), m.config);
+        let plain = parse("name = \"a\"\ncommand = [\"x\"]\n").unwrap().config;
+        assert!(!serde_json::to_string(&plain).unwrap().contains("canary"));
+        // Without a criterion, the default success rate applies.
+        let d = parse(&format!("{base}steps = [{{ weight = 10 }}]\n")).unwrap();
+        assert_eq!(
+            d.config.deploy.canary.unwrap().analysis.success_rate,
+            Some(0.99)
+        );
+        for (text, want_at, what) in [
+            ("steps = []\n", "line 5", "at least one step"),
+            (
+                "steps = [{ weight = 0 }]\n",
+                "line 5, column 21",
+                "from 1 to 99",
+            ),
+            ("steps = [{ weight = 100 }]\n", "line 5", "from 1 to 99"),
+            (
+                "steps = [{ weight = 20 }, { weight = 20 }]\n",
+                "line 5, column 38",
+                "increase",
+            ),
+            (
+                "steps = [{ weight = 20, wait = \"1s\" }]\n",
+                "line 5",
+                "wait",
+            ),
+            ("steps = [{ weight = 5, pause = \"1x\" }]\n", "line 5", "1x"),
+            (
+                "steps = [{ weight = 5 }]\n[deploy.analysis]\np99_ratio = 0.5\n",
+                "line 7",
+                "at least 1",
+            ),
+            (
+                "steps = [{ weight = 5 }]\n[deploy.analysis]\nsuccess_rate = 99\n",
+                "line 7",
+                "from 0 to 1",
+            ),
+            (
+                "steps = [{ weight = 5 }]\n[deploy.analysis]\nbogus = 1\n",
+                "line 7",
+                "bogus",
+            ),
+            (
+                "steps = [{ weight = 5 }]\n[deploy.analysis]\nmin_requests = 0\n",
+                "line 7",
+                "min_requests",
+            ),
+            (
+                "steps = [{ weight = 5, pause = \"10m\" }]\n",
+                "line 5",
+                "progress_deadline",
+            ),
+            ("", "line 4", "needs steps"),
+        ] {
+            let err = parse(&format!("{base}{text}")).unwrap_err().to_string();
+            assert!(err.contains(want_at), "{err:?} lacks {want_at:?}");
+            assert!(err.contains(what), "{err:?} lacks {what:?}");
+        }
+        // With blue/green, [deploy.analysis] is the watch's.
+        let bg = parse(
+            "name = \"a\"\ncommand = [\"x\"]\n[deploy]\nwatch = \"1m\"\n[deploy.analysis]\n\
+             interval = \"2s\"\nfailure_limit = 1\n",
+        )
+        .unwrap();
+        let watch = bg.config.deploy.watch_analysis.unwrap();
+        assert_eq!(
+            (watch.interval, watch.failure_limit),
+            (Duration::from_secs(2), 1)
+        );
+        assert!(bg.config.deploy.canary.is_none());
+        let other = "name = \"a\"\ncommand = [\"x\"]\n[deploy]\n";
+        for (text, what) in [
+            ("strategy = \"rolling\"\n", "unknown strategy"),
+            ("steps = [{ weight = 5 }]\n", "steps are for"),
+        ] {
+            let err = parse(&format!("{other}{text}")).unwrap_err().to_string();
+            assert!(err.contains(what), "{err:?} lacks {what:?}");
+        }
+    }
 
     fn spec(weights: &[(u32, u64)]) -> CanarySpec {
         CanarySpec {
