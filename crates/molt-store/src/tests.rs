@@ -394,6 +394,7 @@ fn a_shadow_deployment_records_its_comparison_as_it_stops_mirroring() {
         until_ms: 2,
         live: Some(summary("live", 8)),
         shadow: summary(&env.id, 2),
+        verdict: None,
     };
     assert_eq!(
         s.end_shadow(d.id, DeployEvent::Abandoned, "abandoned", Some(&comparison))

@@ -220,6 +220,10 @@ pub struct ShadowComparison {
     pub live: Option<TrafficSummary>,
     /// The new environment's answers to the mirrored copies (discarded, never seen by users).
     pub shadow: TrafficSummary,
+    /// The shadow side judged as a canary's interval would be (the live side as the stable
+    /// one), with the release's `[deploy.analysis]` or its defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<molt_core::canary::Judgement>,
 }
 
 /// A deployment: the journaled steps from a release to a routed environment.

@@ -187,6 +187,9 @@ pub(crate) fn print_comparison(d: &DeploymentRecord) {
         c.until_ms.saturating_sub(c.since_ms) as f64 / 1000.0
     );
     print_traffic(&[("live", c.live.as_ref()), ("shadow", Some(&c.shadow))]);
+    if let Some(verdict) = &c.verdict {
+        println!("  judged as a canary interval would be: {verdict}");
+    }
 }
 
 pub(crate) fn progress(json: bool, line: &str) {

@@ -351,3 +351,13 @@ pub(crate) fn sample(stats: &TrafficStats) -> Sample {
         p99_ms: quantile_ms(stats, 0.99),
     }
 }
+
+/// The shadow side's counters as the analysis judges them: a mirrored copy that got no answer
+/// counts as a failed request.
+pub(crate) fn shadow_sample(stats: &TrafficStats) -> Sample {
+    Sample {
+        requests: stats.requests() + stats.failed,
+        errors: stats.classes[4] + stats.failed,
+        p99_ms: quantile_ms(stats, 0.99),
+    }
+}

@@ -269,8 +269,10 @@ impl Controller {
         base: Option<&ShadowBase>,
     ) -> Result<ShadowComparison> {
         let env = env_of(d)?;
-        let (a, id) = (d.app.clone(), d.id);
-        let (app, journal) = self.db(move |s| Ok((s.app(&a)?, s.journal(id)?))).await?;
+        let (a, id, number) = (d.app.clone(), d.id, d.release);
+        let (app, journal, release) = self
+            .db(move |s| Ok((s.app(&a)?, s.journal(id)?, s.release(&a, number)?)))
+            .await?;
         let mirrored_since = journal
             .iter()
             .rev()
@@ -286,20 +288,29 @@ impl Controller {
             _ => d.shadow_share.unwrap_or(0),
         };
         let router = &self.inner.router;
-        let live = app.routed_env.as_ref().map(|l| {
+        let live_stats = app.routed_env.as_ref().map(|l| {
             let from = base.filter(|b| b.live_env == *l).map(|b| &b.live);
-            summarize(l, &since(&router.env_traffic(l).live, from))
+            (l, since(&router.env_traffic(l).live, from))
         });
-        let shadow = summarize(
-            &env,
-            &since(&router.env_traffic(&env).shadow, base.map(|b| &b.shadow)),
+        let shadow_stats = since(&router.env_traffic(&env).shadow, base.map(|b| &b.shadow));
+        let deploy = &release.config.deploy;
+        let analysis = match (&deploy.canary, &deploy.watch_analysis) {
+            (Some(c), _) => c.analysis.clone(),
+            (None, Some(a)) => a.clone(),
+            (None, None) => Default::default(),
+        };
+        let verdict = molt_core::canary::judge(
+            &analysis,
+            super::canary::shadow_sample(&shadow_stats),
+            live_stats.as_ref().map(|(_, s)| super::canary::sample(s)),
         );
         Ok(ShadowComparison {
             share_percent,
             since_ms,
             until_ms: self.now_ms(),
-            live,
-            shadow,
+            live: live_stats.map(|(l, s)| summarize(l, &s)),
+            shadow: summarize(&env, &shadow_stats),
+            verdict: Some(verdict),
         })
     }
 }
@@ -321,5 +332,10 @@ fn comparison_line(c: Option<&ShadowComparison>) -> String {
         )
     };
     let live = c.live.as_ref().map(side).unwrap_or_else(|| "none".into());
-    format!("live {live}; shadow {}", side(&c.shadow))
+    let verdict = c
+        .verdict
+        .as_ref()
+        .map(|j| format!("; judged {}", j.verdict))
+        .unwrap_or_default();
+    format!("live {live}; shadow {}{verdict}", side(&c.shadow))
 }
