@@ -374,6 +374,22 @@ async fn promote_and_abort_commands_and_the_progress_deadline() {
         mixed.iter().any(|a| a.contains("hola from shop v3")),
         "{mixed:?}"
     );
+    // `molt status` shows the canary's step, weight and each environment's live numbers.
+    let out = tokio::task::spawn_blocking({
+        let data = h.data_dir();
+        move || {
+            molt_command(&data, &["status", "shop"])
+                .output()
+                .expect("molt runs")
+        }
+    })
+    .await
+    .expect("join");
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("canary step 1 at 10 %"), "{}", text(&out));
+    assert!(status.contains("canary (10 %)"), "{}", text(&out));
+    assert!(status.contains("NON-5XX / P99"), "{}", text(&out));
+    assert!(status.contains("100.0 % / ≤"), "{}", text(&out));
     let aborted = h
         .client
         .post("/v1/apps/shop/abort", &serde_json::json!({}))
