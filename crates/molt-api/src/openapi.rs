@@ -306,6 +306,7 @@ pub fn document() -> Value {
                     "image": { "type": "string", "description": "digest or tag" },
                     "manifest": { "type": "string", "description": "text of molt.toml" },
                     "release": { "type": "integer", "description": "redeploy this release" },
+                    "from": { "type": "string", "description": "APP or APP@vN: deploy that release's exact image with this manifest (promotion across stages)" },
                     "shadow": { "type": "integer", "minimum": 1, "maximum": 100,
                         "description": "percent of GET/HEAD/OPTIONS mirrored to the new environment once healthy, instead of swapping (state shadowing) until POST …/promote or …/abandon; needs a routed environment" } } },
                 "Swap": { "type": "object", "required": ["env"], "properties": { "env": { "type": "string" } } },

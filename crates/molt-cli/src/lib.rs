@@ -58,8 +58,12 @@ pub enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
         /// Use this stored image (digest or tag) instead of importing the folder.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from")]
         image: Option<String>,
+        /// Promote across stages: deploy the exact image of another app's release (`APP` for
+        /// its newest, `APP@vN`) with this folder's molt.toml; nothing is imported or rebuilt.
+        #[arg(long, value_name = "APP[@vN]")]
+        from: Option<String>,
         /// Return once the deployment is recorded instead of waiting for the cutover.
         #[arg(long)]
         no_wait: bool,

@@ -34,12 +34,24 @@ pub(crate) async fn deploy(
     client: &Client,
     dir: &Path,
     image: Option<String>,
+    from: Option<String>,
     shadow: Option<u32>,
     no_wait: bool,
     json: bool,
 ) -> Result<i32> {
     let (manifest, text) = read_manifest(dir)?;
     let app = manifest.name.to_string();
+    if let Some(from) = from {
+        // The image of another app's release, never rebuilt: the server resolves it.
+        progress(json, &format!("promoting {from}'s image to {app}"));
+        let answer = client
+            .post_answer(
+                &format!("/v1/apps/{app}/deployments"),
+                &json!({ "manifest": text, "from": from, "shadow": shadow }),
+            )
+            .await?;
+        return follow_deployment(client, &answer, no_wait, json).await;
+    }
     let image = match image {
         Some(i) => i,
         None if manifest.build.is_some() => {

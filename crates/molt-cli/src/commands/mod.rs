@@ -61,9 +61,10 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
         Command::Deploy {
             dir,
             image,
+            from,
             no_wait,
             shadow,
-        } => deploy(&client()?, &dir, image, shadow, no_wait, json).await,
+        } => deploy(&client()?, &dir, image, from, shadow, no_wait, json).await,
         Command::Promote { app } => promote(&client()?, app, json).await,
         Command::Abandon { app } => abandon(&client()?, app, json).await,
         Command::Abort { app } => abort(&client()?, app, json).await,
