@@ -18,16 +18,25 @@ GREETING = os.environ.get("GREETING", "hello")
 FAIL_AFTER = int(os.environ.get("FAIL_AFTER", "0"))
 # Test hook: take this long to answer each request other than health checks (simulated work).
 DELAY_MS = int(os.environ.get("DELAY_MS", "0"))
+# Test hook: answer this percentage of requests other than health checks with 500, spread
+# evenly (25: every fourth one), while health checks keep passing.
+FAIL_SHARE = int(os.environ.get("FAIL_SHARE", "0"))
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     served = 0
+    answered = 0
 
     def do_GET(self):
         Handler.served += 1
         broken = FAIL_AFTER and Handler.served > FAIL_AFTER
         status = 500 if broken and self.path == "/healthz" else 200
+        if FAIL_SHARE and self.path != "/healthz":
+            Handler.answered += 1
+            n = Handler.answered
+            if (n * FAIL_SHARE) // 100 != ((n - 1) * FAIL_SHARE) // 100:
+                status = 500
         if DELAY_MS and self.path != "/healthz":
             time.sleep(DELAY_MS / 1000)
         body = f"{GREETING} from {APP} {RELEASE} ({ENV})\n".encode()

@@ -148,6 +148,7 @@ pub fn router(controller: Controller, tokens: Tokens, upload_dir: PathBuf) -> Ro
         .route("/v1/apps/:app/shadow", get(shadow_report).post(shadow))
         .route("/v1/apps/:app/promote", post(promote))
         .route("/v1/apps/:app/abandon", post(abandon))
+        .route("/v1/apps/:app/abort", post(abort))
         .route("/v1/apps/:app/events", get(events))
         .route("/v1/deployments/:id", get(deployment))
         .route(
@@ -476,6 +477,10 @@ async fn abandon(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResul
     ok(s.controller
         .end_shadow_phase(&app, ShadowOutcome::Abandon)
         .await?)
+}
+
+async fn abort(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult {
+    ok(s.controller.abort_canary(&app).await?)
 }
 
 #[derive(Deserialize)]

@@ -58,8 +58,12 @@ pub enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
         /// Use this stored image (digest or tag) instead of importing the folder.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from")]
         image: Option<String>,
+        /// Promote across stages: deploy the exact image of another app's release (`APP` for
+        /// its newest, `APP@vN`) with this folder's molt.toml; nothing is imported or rebuilt.
+        #[arg(long, value_name = "APP[@vN]")]
+        from: Option<String>,
         /// Return once the deployment is recorded instead of waiting for the cutover.
         #[arg(long)]
         no_wait: bool,
@@ -68,8 +72,8 @@ pub enum Command {
         #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
         shadow: Option<u32>,
     },
-    /// Promote a shadow deployment (`molt deploy --shadow`): swap to its environment, then
-    /// drain and watch like any deployment; prints live vs shadow of the shadow phase.
+    /// Promote a shadow deployment (`molt deploy --shadow`) or a canary deployment (skipping
+    /// its remaining steps): swap to its environment, then drain and watch like any deployment.
     Promote {
         /// The app (default: the one in ./molt.toml).
         app: Option<String>,
@@ -77,6 +81,12 @@ pub enum Command {
     /// Abandon a shadow deployment: retire its environment (the route never moved); prints
     /// live vs shadow of the shadow phase.
     Abandon {
+        /// The app (default: the one in ./molt.toml).
+        app: Option<String>,
+    },
+    /// Abort a canary deployment: its weight goes back to 0 at once and its environment is
+    /// retired.
+    Abort {
         /// The app (default: the one in ./molt.toml).
         app: Option<String>,
     },

@@ -56,6 +56,10 @@ impl Controller {
                             requests: stats.accepted,
                             in_flight: stats.in_flight,
                             failed: stats.failed,
+                            traffic: Some(crate::traffic::summarize(
+                                &env.id,
+                                &this.inner.router.env_traffic(&env.id).live,
+                            )),
                             attestation: Some(this.attestation(&env, &release)),
                             env,
                         });

@@ -127,16 +127,18 @@ impl Controller {
             .await
     }
 
-    /// Deployment `d`'s environment `env` failed its watch: the route goes back to `prev` (no
-    /// rollback window starts for `env`), journaled as `rolled_back` with why.
+    /// Deployment `d`'s environment `env` failed its watch (`failure` says how): the route
+    /// goes back to `prev` (no rollback window starts for `env`), journaled as `rolled_back`
+    /// with why.
     pub(crate) async fn swap_back(
         &self,
         d: &DeploymentRecord,
         env: &str,
         prev: &str,
+        failure: &str,
     ) -> Result<()> {
         let locked = self.lock_app(&d.app).await;
-        let why = format!("{env} turned unhealthy during the watch window; swapped back to {prev}");
+        let why = format!("{env} {failure} during the watch window; swapped back to {prev}");
         let change = RouteMove {
             step: Some((d.id, DeployEvent::WatchFailed, why.clone())),
             rollback_window: None,

@@ -69,7 +69,8 @@ fn shadow_of(
     Ok((ready && shadow.env != routed).then_some(shadow))
 }
 
-/// Routes: each app's hostnames (and `<app>.localhost`) to its routed environment; each live
+/// Routes: each app's hostnames (and `<app>.localhost`) to its routed environment, split by
+/// weight with a canary environment during a canary deployment; each live
 /// environment's preview hostname (`<env>.localhost`) to itself; an app's shadow environment
 /// gets its share of mirrored requests; with a preview domain, each ready environment also
 /// answers on `<env>.<app>.<domain>`. Only healthy instances take traffic (never a drifted
@@ -102,6 +103,11 @@ fn build_table(
                 ..Backend::new(env, upstreams)
             })
         };
+    let splits: HashMap<String, (String, u32)> = store
+        .canary_splits()?
+        .into_iter()
+        .map(|(app, env, weight)| (app, (env, weight)))
+        .collect();
     for (app, env) in store.routes()? {
         let rec = store.env(&env)?;
         let release = store.release(&app, rec.release)?;
@@ -110,16 +116,41 @@ fn build_table(
             retry_after_secs: m.retry_after_secs,
             message: m.message,
         });
-        let app_backend = |store: &Store| -> std::result::Result<Backend, StoreError> {
-            let mut b = backend(store, &app, &env)?;
+        let app_backend = |store: &Store, env: &str| -> std::result::Result<Backend, StoreError> {
+            let rec = store.env(env)?;
+            let mut b = backend(store, &app, env)?;
             b.maintenance = maintenance.clone();
-            b.limits = route_limits(&release.config.router);
+            b.limits = route_limits(&store.release(&app, rec.release)?.config.router);
             Ok(b)
         };
-        for host in &release.config.hostnames {
-            table.insert(host.as_str(), spec(app_backend(store)?));
+        // A canary takes its weight of the app's clients (sticky buckets) while it is ready.
+        let canary = match splits.get(&app) {
+            Some((canary, weight))
+                if canary != &env && store.env(canary)?.state == EnvState::Ready =>
+            {
+                Some((canary.as_str(), *weight))
+            }
+            _ => None,
+        };
+        let hosts: Vec<String> = release
+            .config
+            .hostnames
+            .iter()
+            .map(|h| h.as_str().to_string())
+            .chain([format!("{app}.{LOCAL_SUFFIX}")])
+            .collect();
+        for host in &hosts {
+            match canary {
+                Some((canary, weight)) => table.insert_split(
+                    host,
+                    vec![
+                        (spec(app_backend(store, &env)?), 100 - weight),
+                        (spec(app_backend(store, canary)?), weight),
+                    ],
+                ),
+                None => table.insert(host, spec(app_backend(store, &env)?)),
+            }
         }
-        table.insert(&format!("{app}.{LOCAL_SUFFIX}"), spec(app_backend(store)?));
         if let Some(shadow) = shadow_of(store, &app, &env)? {
             for host in &release.config.hostnames {
                 table.insert_shadow(

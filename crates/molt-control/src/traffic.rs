@@ -79,7 +79,7 @@ pub(crate) fn summarize(env: &str, stats: &TrafficStats) -> TrafficSummary {
 
 /// The upper bound (ms) of the bucket where quantile `q` falls; `None` when no request was
 /// counted or it falls past the last bucket.
-fn quantile_ms(stats: &TrafficStats, q: f64) -> Option<f64> {
+pub(crate) fn quantile_ms(stats: &TrafficStats, q: f64) -> Option<f64> {
     let requests = stats.requests();
     if requests == 0 {
         return None;

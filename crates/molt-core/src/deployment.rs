@@ -26,7 +26,11 @@ pub enum DeployState {
     /// A shadow deployment: the new environment gets copies of a share of the live idempotent
     /// requests (answers discarded); the route has not moved. Waits to be promoted or abandoned.
     Shadowing,
-    /// The shadowed environment was promoted: the swap comes next, as for any deployment.
+    /// A canary deployment: the route splits the app's clients between the live environment
+    /// and the new one by the current step's weight, judged each analysis interval.
+    Canarying,
+    /// The shadowed or canary environment was promoted: the swap comes next, as for any
+    /// deployment.
     Promoted,
     /// The route points at the new environment.
     Swapped,
@@ -42,6 +46,9 @@ pub enum DeployState {
     Superseded,
     /// The shadowed environment was abandoned and retired; traffic never moved.
     Abandoned,
+    /// The canary was aborted (by its analysis or the user): its weight went back to 0 and its
+    /// environment was retired.
+    Aborted,
 }
 
 /// What happened, as reported by the controller.
@@ -60,6 +67,12 @@ pub enum DeployEvent {
     Promoted,
     /// The user abandoned the shadowed environment.
     Abandoned,
+    /// The route started splitting traffic to the new (healthy) environment instead of the swap.
+    CanaryStarted,
+    /// A canary's analysis interval was judged, or it moved to its next step.
+    CanaryProgressed,
+    /// The canary's weight went back to 0.
+    CanaryAborted,
     /// Instances did not become healthy before the start deadline (or failed to start).
     HealthFailed,
     /// The route now points at the new environment.
@@ -95,12 +108,13 @@ pub struct InvalidTransition {
 
 impl DeployState {
     /// Every state, in step order.
-    pub const ALL: [DeployState; 13] = [
+    pub const ALL: [DeployState; 15] = [
         DeployState::Pending,
         DeployState::EnvCreated,
         DeployState::InstancesStarted,
         DeployState::Healthy,
         DeployState::Shadowing,
+        DeployState::Canarying,
         DeployState::Promoted,
         DeployState::Swapped,
         DeployState::Drained,
@@ -109,6 +123,7 @@ impl DeployState {
         DeployState::RolledBack,
         DeployState::Superseded,
         DeployState::Abandoned,
+        DeployState::Aborted,
     ];
 
     /// Applies an event, or refuses it.
@@ -122,6 +137,10 @@ impl DeployState {
             (S::Healthy, E::ShadowStarted) => S::Shadowing,
             (S::Shadowing, E::Promoted) => S::Promoted,
             (S::Shadowing, E::Abandoned) => S::Abandoned,
+            (S::Healthy, E::CanaryStarted) => S::Canarying,
+            (S::Canarying, E::CanaryProgressed) => S::Canarying,
+            (S::Canarying, E::Promoted) => S::Promoted,
+            (S::Canarying, E::CanaryAborted) => S::Aborted,
             (s, E::HealthFailed) if s.is_before_swap() => S::Failed,
             (S::Healthy | S::Promoted, E::Swapped) => S::Swapped,
             (S::Swapped, E::DrainFinished) => S::Drained,
@@ -142,6 +161,7 @@ impl DeployState {
                 | DeployState::RolledBack
                 | DeployState::Superseded
                 | DeployState::Abandoned
+                | DeployState::Aborted
         )
     }
 
@@ -162,6 +182,7 @@ impl DeployState {
                 | DeployState::InstancesStarted
                 | DeployState::Healthy
                 | DeployState::Shadowing
+                | DeployState::Canarying
                 | DeployState::Promoted
         )
     }
@@ -183,6 +204,7 @@ impl DeployState {
             DeployState::InstancesStarted => "instances_started",
             DeployState::Healthy => "healthy",
             DeployState::Shadowing => "shadowing",
+            DeployState::Canarying => "canarying",
             DeployState::Promoted => "promoted",
             DeployState::Swapped => "swapped",
             DeployState::Drained => "drained",
@@ -191,6 +213,7 @@ impl DeployState {
             DeployState::RolledBack => "rolled_back",
             DeployState::Superseded => "superseded",
             DeployState::Abandoned => "abandoned",
+            DeployState::Aborted => "aborted",
         }
     }
 }
@@ -230,13 +253,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const EVENTS: [DeployEvent; 12] = [
+    const EVENTS: [DeployEvent; 15] = [
         DeployEvent::EnvCreated,
         DeployEvent::InstancesStarted,
         DeployEvent::BecameHealthy,
         DeployEvent::ShadowStarted,
         DeployEvent::Promoted,
         DeployEvent::Abandoned,
+        DeployEvent::CanaryStarted,
+        DeployEvent::CanaryProgressed,
+        DeployEvent::CanaryAborted,
         DeployEvent::HealthFailed,
         DeployEvent::Swapped,
         DeployEvent::DrainFinished,
@@ -289,6 +315,30 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_steps_in_place_and_ends_promoted_or_aborted() {
+        let canary = DeployState::Healthy
+            .next(DeployEvent::CanaryStarted)
+            .unwrap();
+        assert_eq!(canary, DeployState::Canarying);
+        assert_eq!(
+            canary.next(DeployEvent::CanaryProgressed).unwrap(),
+            DeployState::Canarying
+        );
+        assert!(canary.next(DeployEvent::Swapped).is_err());
+        assert!(canary.is_before_swap() && canary.recovery() == Recovery::Resume);
+        let promoted = canary.next(DeployEvent::Promoted).unwrap();
+        assert_eq!(
+            promoted.next(DeployEvent::Swapped).unwrap(),
+            DeployState::Swapped
+        );
+        let aborted = canary.next(DeployEvent::CanaryAborted).unwrap();
+        assert!(aborted.is_terminal() && !aborted.route_moved());
+        assert!(DeployState::Shadowing
+            .next(DeployEvent::CanaryAborted)
+            .is_err());
+    }
+
+    #[test]
     fn a_restart_resumes_the_newest_deployment_of_each_app() {
         let unfinished = [("shop", 3), ("blog", 4), ("shop", 7), ("shop", 5)];
         assert_eq!(
@@ -309,10 +359,11 @@ mod tests {
     proptest! {
         /// Random event sequences: only legal transitions are taken, and the invariants hold.
         #[test]
-        fn transitions_keep_invariants(events in proptest::collection::vec(0usize..12, 0..40)) {
+        fn transitions_keep_invariants(events in proptest::collection::vec(0usize..15, 0..40)) {
             let mut state = DeployState::Pending;
             let mut was_healthy = false;
             let mut was_shadowing = false;
+            let mut was_canary = false;
             for i in events {
                 let event = EVENTS[i];
                 match state.next(event) {
@@ -331,17 +382,28 @@ mod tests {
                         if next == DeployState::Failed {
                             prop_assert!(state.is_before_swap());
                         }
-                        // Only a shadowed environment is promoted or abandoned, and an
-                        // abandoned one never had traffic.
-                        if next == DeployState::Promoted || next == DeployState::Abandoned {
+                        // Only a shadowed or canary environment is promoted, only a
+                        // shadowed one abandoned, only a canary aborted.
+                        if next == DeployState::Promoted {
+                            prop_assert!(matches!(state, DeployState::Shadowing | DeployState::Canarying));
+                        }
+                        if next == DeployState::Abandoned {
                             prop_assert_eq!(state, DeployState::Shadowing);
                         }
-                        // A shadow deployment swaps only once promoted.
-                        if next == DeployState::Swapped && was_shadowing {
+                        if next == DeployState::Aborted {
+                            prop_assert_eq!(state, DeployState::Canarying);
+                        }
+                        // A canary splits only a healthy environment's way.
+                        if next == DeployState::Canarying {
+                            prop_assert!(was_healthy);
+                        }
+                        // A shadow or canary deployment swaps only once promoted.
+                        if next == DeployState::Swapped && (was_shadowing || was_canary) {
                             prop_assert_eq!(state, DeployState::Promoted);
                         }
                         was_healthy |= next == DeployState::Healthy;
                         was_shadowing |= next == DeployState::Shadowing;
+                        was_canary |= next == DeployState::Canarying;
                         state = next;
                     }
                     Err(e) => {
@@ -370,7 +432,7 @@ mod tests {
 
         /// From any non-terminal state there is a path to a terminal one (no dead ends).
         #[test]
-        fn no_dead_ends(start in 0usize..13) {
+        fn no_dead_ends(start in 0usize..15) {
             let state = DeployState::ALL[start];
             if !state.is_terminal() {
                 prop_assert!(state.next(DeployEvent::Superseded).unwrap().is_terminal());

@@ -5,6 +5,7 @@
 //! a clock or a process; callers pass in what it needs (text, timestamps, snapshots).
 
 pub mod build;
+pub mod canary;
 pub mod clock;
 pub mod deployment;
 pub mod duration;
@@ -21,6 +22,7 @@ pub mod tag;
 pub mod watch;
 
 pub use build::{BaseImage, BuildSpec, BuildStep, ImageRef};
+pub use canary::{CanaryProgress, CanarySpec};
 pub use clock::{Clock, ManualClock};
 pub use deployment::{DeployEvent, DeployState, InvalidTransition, Recovery};
 pub use duration::{format_duration, parse_duration};

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::build::{parse_build, BuildSpec, RawBuild};
+use crate::canary::{parse_analysis, parse_canary, Analysis, CanarySpec, RawAnalysis, RawStep};
 use crate::duration::{parse_duration, serde_text};
 use crate::limits::{parse_cpu, parse_memory, Limits, MAX_NOFILE, MIN_NOFILE};
 use crate::scale::{ScaleSpec, MAX_CONCURRENCY, MAX_INSTANCES};
@@ -100,6 +101,13 @@ pub struct DeployPolicy {
     /// How long the previous environment stays warm for instant rollback.
     #[serde(with = "serde_text")]
     pub rollback_window: Duration,
+    /// `strategy = "canary"`: the steps and analysis before the swap (`None`: blue/green).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
+    /// Blue/green with `[deploy.analysis]`: the watch also judges the new environment's
+    /// traffic each interval and swaps back after `failure_limit` failed intervals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_analysis: Option<Analysis>,
 }
 
 #[derive(Deserialize)]
@@ -173,6 +181,8 @@ struct RawDeploy {
     drain_timeout: Option<Spanned<String>>,
     watch: Option<Spanned<String>>,
     rollback_window: Option<Spanned<String>>,
+    steps: Option<Spanned<Vec<Spanned<RawStep>>>>,
+    analysis: Option<Spanned<RawAnalysis>>,
 }
 
 impl Default for HealthCheck {
@@ -194,6 +204,8 @@ impl Default for DeployPolicy {
             drain_timeout: Duration::from_secs(30),
             watch: Duration::from_secs(300),
             rollback_window: Duration::from_secs(900),
+            canary: None,
+            watch_analysis: None,
         }
     }
 }
@@ -287,22 +299,47 @@ impl Manifest {
             start_deadline: duration(&rh.start_deadline, dh.start_deadline)?,
         };
         let rd = raw.deploy.unwrap_or_default();
-        if let Some(s) = &rd.strategy {
-            if s.get_ref() != "blue-green" {
+        let canary = match (&rd.strategy, &rd.steps) {
+            (Some(s), Some(steps)) if s.get_ref() == "canary" => Some(parse_canary(
+                steps,
+                rd.analysis.as_ref().map(|a| a.get_ref()),
+                &at,
+            )?),
+            (Some(s), None) if s.get_ref() == "canary" => {
+                return Err(at(
+                    s.span(),
+                    "a canary needs steps, e.g. steps = [{ weight = 10, pause = \"1m\" }]"
+                        .to_string(),
+                ))
+            }
+            (Some(s), _) if s.get_ref() != "blue-green" => {
                 return Err(at(
                     s.span(),
                     format!(
-                        "strategy '{}' is not available yet: use \"blue-green\"",
+                        "unknown strategy '{}': use \"blue-green\" or \"canary\"",
                         s.get_ref()
                     ),
-                ));
+                ))
             }
-        }
+            (_, Some(steps)) => {
+                return Err(at(
+                    steps.span(),
+                    "steps are for strategy = \"canary\"".to_string(),
+                ))
+            }
+            _ => None,
+        };
+        let watch_analysis = match (&canary, &rd.analysis) {
+            (None, Some(a)) => Some(parse_analysis(Some(a.get_ref()), &at)?),
+            _ => None,
+        };
         let dd = DeployPolicy::default();
         let deploy = DeployPolicy {
             drain_timeout: duration(&rd.drain_timeout, dd.drain_timeout)?,
             watch: duration(&rd.watch, dd.watch)?,
             rollback_window: duration(&rd.rollback_window, dd.rollback_window)?,
+            canary,
+            watch_analysis,
         };
         let rr = raw.router.unwrap_or_default();
         let router = RouterLimits {

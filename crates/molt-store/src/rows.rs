@@ -13,7 +13,7 @@ pub(crate) const INSTANCE_SELECT: &str =
     "SELECT id, env, app, state, pid, start_time, port, started_ms, exit, host FROM instances";
 pub(crate) const DEPLOYMENT_SELECT: &str =
     "SELECT id, app, release, env, prev_env, state, created_ms,
-    updated_ms, error, figures, shadow_share, shadow FROM deployments";
+    updated_ms, error, figures, shadow_share, shadow, canary FROM deployments";
 
 pub(crate) fn app_row(r: &Row<'_>) -> rusqlite::Result<AppRecord> {
     let maintenance: Option<String> = r.get(3)?;
@@ -118,6 +118,7 @@ pub(crate) fn deployment_row(r: &Row<'_>) -> rusqlite::Result<Result<DeploymentR
     let state: String = r.get(5)?;
     let figures: Option<String> = r.get(9)?;
     let shadow: Option<String> = r.get(11)?;
+    let canary: Option<String> = r.get(12)?;
     Ok((|| {
         Ok(DeploymentRecord {
             id: r.get::<_, i64>(0)? as u64,
@@ -135,6 +136,10 @@ pub(crate) fn deployment_row(r: &Row<'_>) -> rusqlite::Result<Result<DeploymentR
                 .map_err(corrupt)?,
             shadow_share: r.get::<_, Option<i64>>(10)?.map(|n| n as u32),
             shadow: shadow
+                .map(|c| serde_json::from_str(&c))
+                .transpose()
+                .map_err(corrupt)?,
+            canary: canary
                 .map(|c| serde_json::from_str(&c))
                 .transpose()
                 .map_err(corrupt)?,

@@ -1,12 +1,12 @@
 //! Environments, instances and routes: what runs and what takes traffic.
 
-use molt_core::DeployEvent;
+use molt_core::{CanaryProgress, DeployEvent, DeployState};
 use rusqlite::{params, OptionalExtension};
 
 use crate::history::advance_in;
 use crate::records::*;
 use crate::rows::*;
-use crate::{Result, Store, StoreError};
+use crate::{corrupt, Result, Store, StoreError};
 
 impl Store {
     /// Creates a new environment for a release, with a fresh id and the instance count it
@@ -236,7 +236,8 @@ impl Store {
         }
         tx.execute(
             "INSERT INTO routes(app, env, updated_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(app) DO UPDATE SET env = excluded.env, updated_ms = excluded.updated_ms",
+             ON CONFLICT(app) DO UPDATE SET env = excluded.env, updated_ms = excluded.updated_ms,
+                                            canary_env = NULL, canary_weight = NULL",
             params![app, env, self.clock.now_ms()],
         )?;
         tx.execute(
@@ -262,6 +263,62 @@ impl Store {
         }
         tx.commit()?;
         Ok(previous)
+    }
+
+    /// Every canary split: (app, canary environment, its weight in percent).
+    pub fn canary_splits(&self) -> Result<Vec<(String, String, u32)>> {
+        let mut st = self.conn.prepare(
+            "SELECT app, canary_env, canary_weight FROM routes
+             WHERE canary_env IS NOT NULL AND canary_weight > 0 ORDER BY app",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get::<_, i64>(2)?.clamp(0, 100) as u32,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records canary deployment `id`'s progress and journals `event` in one transaction; its
+    /// app's route splits with the deployment's environment at `progress.weight` percent (the
+    /// split ends at 0). The route must exist: a canary splits a live route.
+    pub fn canary_step(
+        &mut self,
+        id: u64,
+        event: DeployEvent,
+        progress: &CanaryProgress,
+        detail: &str,
+    ) -> Result<DeployState> {
+        let json = serde_json::to_string(progress).map_err(corrupt)?;
+        let tx = self.conn.transaction()?;
+        let (app, env): (String, Option<String>) = tx.query_row(
+            "SELECT app, env FROM deployments WHERE id = ?1",
+            [id as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let (canary_env, weight) = match progress.weight {
+            0 => (None, None),
+            w => (env, Some(i64::from(w))),
+        };
+        let changed = tx.execute(
+            "UPDATE routes SET canary_env = ?2, canary_weight = ?3, updated_ms = ?4
+             WHERE app = ?1",
+            params![app, canary_env, weight, self.clock.now_ms()],
+        )?;
+        if changed == 0 && weight.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "{app} has no route to split with a canary"
+            )));
+        }
+        tx.execute(
+            "UPDATE deployments SET canary = ?2 WHERE id = ?1",
+            params![id as i64, json],
+        )?;
+        let state = advance_in(&tx, id, event, detail, self.clock.now_ms())?;
+        tx.commit()?;
+        Ok(state)
     }
 
     /// Every route: (app, environment).

@@ -115,6 +115,13 @@ ALTER TABLE deployments ADD COLUMN shadow TEXT;
 ALTER TABLE environments ADD COLUMN instances INTEGER;
 ALTER TABLE apps ADD COLUMN scale TEXT;
 "#,
+    // Canary deployments: the environment a route splits its clients with and its weight
+    // (percent), and a canary's progress and verdicts.
+    r#"
+ALTER TABLE routes ADD COLUMN canary_env TEXT;
+ALTER TABLE routes ADD COLUMN canary_weight INTEGER;
+ALTER TABLE deployments ADD COLUMN canary TEXT;
+"#,
 ];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.

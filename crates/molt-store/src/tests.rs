@@ -394,6 +394,7 @@ fn a_shadow_deployment_records_its_comparison_as_it_stops_mirroring() {
         until_ms: 2,
         live: Some(summary("live", 8)),
         shadow: summary(&env.id, 2),
+        verdict: None,
     };
     assert_eq!(
         s.end_shadow(d.id, DeployEvent::Abandoned, "abandoned", Some(&comparison))
@@ -444,4 +445,54 @@ fn engine_instances_keep_the_engines_identity_and_are_recorded_once() {
         .unwrap();
     assert_eq!(again.state, InstanceState::Healthy);
     assert_eq!(s.instances(Some(&env.id), false).unwrap().len(), 1);
+}
+
+#[test]
+fn a_canary_splits_the_route_until_a_swap_or_weight_zero() {
+    let mut s = store_with_release();
+    let stable = s.create_env("shop", 1, None).unwrap();
+    s.swap_route("shop", &stable.id, None, None).unwrap();
+    let d = s
+        .create_deployment("shop", 1, Some(&stable.id), None)
+        .unwrap();
+    let canary = s.create_env("shop", 1, None).unwrap();
+    s.attach_env(d.id, &canary.id).unwrap();
+    s.advance(d.id, DeployEvent::InstancesStarted, "started")
+        .unwrap();
+    s.advance(d.id, DeployEvent::BecameHealthy, "healthy")
+        .unwrap();
+    let mut progress = molt_core::CanaryProgress {
+        weight: 10,
+        ..Default::default()
+    };
+    let state = s
+        .canary_step(d.id, DeployEvent::CanaryStarted, &progress, "10 %")
+        .unwrap();
+    assert_eq!(state, DeployState::Canarying);
+    assert_eq!(
+        s.canary_splits().unwrap(),
+        vec![("shop".to_string(), canary.id.clone(), 10)]
+    );
+    assert_eq!(s.deployment(d.id).unwrap().canary, Some(progress.clone()));
+    // The route still names the stable environment.
+    assert_eq!(s.app("shop").unwrap().routed_env, Some(stable.id.clone()));
+    progress.weight = 0;
+    s.canary_step(d.id, DeployEvent::CanaryAborted, &progress, "aborted")
+        .unwrap();
+    assert!(s.canary_splits().unwrap().is_empty());
+    assert_eq!(s.deployment(d.id).unwrap().state, DeployState::Aborted);
+    // A swap ends any split.
+    let d2 = s
+        .create_deployment("shop", 1, Some(&stable.id), None)
+        .unwrap();
+    s.attach_env(d2.id, &canary.id).unwrap();
+    s.advance(d2.id, DeployEvent::InstancesStarted, "started")
+        .unwrap();
+    s.advance(d2.id, DeployEvent::BecameHealthy, "healthy")
+        .unwrap();
+    progress.weight = 50;
+    s.canary_step(d2.id, DeployEvent::CanaryStarted, &progress, "50 %")
+        .unwrap();
+    s.swap_route("shop", &canary.id, None, None).unwrap();
+    assert!(s.canary_splits().unwrap().is_empty());
 }

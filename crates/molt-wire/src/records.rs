@@ -220,6 +220,10 @@ pub struct ShadowComparison {
     pub live: Option<TrafficSummary>,
     /// The new environment's answers to the mirrored copies (discarded, never seen by users).
     pub shadow: TrafficSummary,
+    /// The shadow side judged as a canary's interval would be (the live side as the stable
+    /// one), with the release's `[deploy.analysis]` or its defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<molt_core::canary::Judgement>,
 }
 
 /// A deployment: the journaled steps from a release to a routed environment.
@@ -252,6 +256,9 @@ pub struct DeploymentRecord {
     /// For a shadow deployment whose shadow phase ended: live and shadow side by side.
     #[serde(default)]
     pub shadow: Option<ShadowComparison>,
+    /// For a canary deployment: its step, weight and every analysis interval's verdict.
+    #[serde(default)]
+    pub canary: Option<molt_core::CanaryProgress>,
 }
 
 /// One journal line of a deployment.

@@ -57,6 +57,9 @@ pub struct EnvStatus {
     pub in_flight: u64,
     /// Router-made errors for it since molt started.
     pub failed: u64,
+    /// Its live traffic since molt started: status classes, mean and bucketed p50/p99.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficSummary>,
     /// What its instances attest to (image, release, environment, rootfs digest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<Attestation>,

@@ -378,6 +378,10 @@ async fn an_abandoned_or_superseded_shadow_deploy_retires_its_env_and_keeps_its_
     assert_eq!(abandoned["shadow"]["shadow"]["requests"], 10, "{abandoned}");
     assert_eq!(abandoned["shadow"]["live"]["requests"], 10, "{abandoned}");
     assert_eq!(abandoned["shadow"]["share_percent"], 100, "{abandoned}");
+    // Judged as a canary interval: 10 copies are fewer than the default min_requests (20).
+    let verdict = &abandoned["shadow"]["verdict"];
+    assert_eq!(verdict["verdict"], "inconclusive", "{abandoned}");
+    assert_eq!(verdict["canary"]["requests"], 10, "{abandoned}");
     let envs = c.get("/v1/apps/shop/envs?all=true").await.expect("envs");
     let state_of = |envs: &Value, id: &str| {
         envs.as_array()

@@ -268,6 +268,19 @@ pub fn operations() -> Vec<Op> {
         deployment_link(
             Op::new(
                 "post",
+                "/v1/apps/{app}/abort",
+                "abort",
+                "Abort the app's canary deployment: its weight goes back to 0 at once and its \
+                 environment is retired",
+            )
+            .answers(200, "Deployment")
+            .errors(&[409]),
+            200,
+            "$response.body#/id",
+        ),
+        deployment_link(
+            Op::new(
+                "post",
                 "/v1/apps/{app}/abandon",
                 "abandon",
                 "Abandon the app's shadowing deployment: its environment is retired, the route \

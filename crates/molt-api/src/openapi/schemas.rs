@@ -79,9 +79,9 @@ fn names() -> Value {
             "default": "auto" },
         "ArchiveFormat": { "type": "string", "enum": ["oci", "docker"], "default": "oci" },
         "DeployState": { "type": "string", "enum": [
-            "pending", "env_created", "instances_started", "healthy", "shadowing", "promoted",
-            "swapped", "drained", "succeeded", "failed", "rolled_back", "superseded",
-            "abandoned"] },
+            "pending", "env_created", "instances_started", "healthy", "shadowing", "canarying",
+            "promoted", "swapped", "drained", "succeeded", "failed", "rolled_back",
+            "superseded", "abandoned", "aborted"] },
         "Error": record(
             &[("error", json!({ "type": "string", "description": "what went wrong, in words" })),
               ("kind", json!({ "type": "string", "enum": [
@@ -105,6 +105,10 @@ fn bodies() -> Value {
                     molt.toml; its name must be the app's" })),
                 "release": nullable(json!({ "type": "integer", "minimum": 1,
                     "maximum": u64::MAX })),
+                "from": nullable(json!({ "type": "string",
+                    "pattern": "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?(@v[0-9]{1,19})?$",
+                    "description": "APP or APP@vN: deploy that release's exact image with this \
+                        manifest (promotion across stages)" })),
                 "shadow": { "type": ["integer", "null"], "minimum": 1, "maximum": 100,
                     "description": "percent of GET/HEAD/OPTIONS mirrored to the new \
                         environment once healthy, instead of swapping (state shadowing) until \
@@ -113,11 +117,18 @@ fn bodies() -> Value {
                 { "required": ["release"], "properties": { "release": { "type": "integer" } },
                   "not": { "anyOf": [
                       { "required": ["manifest"], "properties": { "manifest": { "type": "string" } } },
-                      { "required": ["image"], "properties": { "image": { "type": "string" } } } ] } },
+                      { "required": ["image"], "properties": { "image": { "type": "string" } } },
+                      { "required": ["from"], "properties": { "from": { "type": "string" } } } ] } },
                 { "required": ["image", "manifest"],
                   "properties": { "image": { "type": "string" }, "manifest": { "type": "string" } },
-                  "not": { "required": ["release"],
-                           "properties": { "release": { "type": "integer" } } } } ] },
+                  "not": { "anyOf": [
+                      { "required": ["release"], "properties": { "release": { "type": "integer" } } },
+                      { "required": ["from"], "properties": { "from": { "type": "string" } } } ] } },
+                { "required": ["from", "manifest"],
+                  "properties": { "from": { "type": "string" }, "manifest": { "type": "string" } },
+                  "not": { "anyOf": [
+                      { "required": ["release"], "properties": { "release": { "type": "integer" } } },
+                      { "required": ["image"], "properties": { "image": { "type": "string" } } } ] } } ] },
         "Swap": { "type": "object", "required": ["env"], "properties": { "env": r("Id") } },
         "Rollback": { "type": "object", "properties": {
             "to": { "type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX,

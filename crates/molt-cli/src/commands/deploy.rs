@@ -34,12 +34,24 @@ pub(crate) async fn deploy(
     client: &Client,
     dir: &Path,
     image: Option<String>,
+    from: Option<String>,
     shadow: Option<u32>,
     no_wait: bool,
     json: bool,
 ) -> Result<i32> {
     let (manifest, text) = read_manifest(dir)?;
     let app = manifest.name.to_string();
+    if let Some(from) = from {
+        // The image of another app's release, never rebuilt: the server resolves it.
+        progress(json, &format!("promoting {from}'s image to {app}"));
+        let answer = client
+            .post_answer(
+                &format!("/v1/apps/{app}/deployments"),
+                &json!({ "manifest": text, "from": from, "shadow": shadow }),
+            )
+            .await?;
+        return follow_deployment(client, &answer, no_wait, json).await;
+    }
     let image = match image {
         Some(i) => i,
         None if manifest.build.is_some() => {
@@ -100,7 +112,7 @@ fn app_or_here(app: Option<String>, command: &str) -> Result<String> {
     }
 }
 
-/// `molt promote`: ends the shadow phase, then follows the swap, drain and watch.
+/// `molt promote`: ends the shadow (or canary) phase, then follows the swap, drain and watch.
 pub(crate) async fn promote(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
     let app = app_or_here(app, "promote")?;
     let d: DeploymentRecord = client
@@ -110,8 +122,13 @@ pub(crate) async fn promote(client: &Client, app: Option<String>, json: bool) ->
     progress(
         json,
         &format!(
-            "{app}: deployment {} (v{}) promoted after shadowing",
-            d.id, d.release
+            "{app}: deployment {} (v{}) promoted{}",
+            d.id,
+            d.release,
+            match &d.canary {
+                Some(c) => format!(" at {} % of its canary steps", c.weight),
+                None => " after shadowing".into(),
+            }
         ),
     );
     if !json {
@@ -151,6 +168,26 @@ pub(crate) async fn abandon(client: &Client, app: Option<String>, json: bool) ->
     Ok(0)
 }
 
+/// `molt abort`: the canary's weight back to 0, its environment retired.
+pub(crate) async fn abort(client: &Client, app: Option<String>, json: bool) -> Result<i32> {
+    let app = app_or_here(app, "abort")?;
+    let answer = client
+        .post_answer(&format!("/v1/apps/{app}/abort"), &json!({}))
+        .await?;
+    let d: DeploymentRecord = answer.read()?;
+    if json {
+        print_json(answer.json());
+    } else {
+        println!(
+            "{app}: deployment {} (v{}) aborted: {}",
+            d.id,
+            d.release,
+            d.error.as_deref().unwrap_or("weight back to 0")
+        );
+    }
+    Ok(0)
+}
+
 /// Prints a deployment's recorded live/shadow comparison, if it has one.
 pub(crate) fn print_comparison(d: &DeploymentRecord) {
     let Some(c) = &d.shadow else {
@@ -162,6 +199,9 @@ pub(crate) fn print_comparison(d: &DeploymentRecord) {
         c.until_ms.saturating_sub(c.since_ms) as f64 / 1000.0
     );
     print_traffic(&[("live", c.live.as_ref()), ("shadow", Some(&c.shadow))]);
+    if let Some(verdict) = &c.verdict {
+        println!("  judged as a canary interval would be: {verdict}");
+    }
 }
 
 pub(crate) fn progress(json: bool, line: &str) {
@@ -258,7 +298,8 @@ async fn follow_journal(
             DeployState::Failed
             | DeployState::RolledBack
             | DeployState::Superseded
-            | DeployState::Abandoned => {
+            | DeployState::Abandoned
+            | DeployState::Aborted => {
                 if json {
                     print_json(answer.json());
                 } else {

@@ -64,6 +64,18 @@ fn print_app_status(a: &AppStatus) {
                 d.shadow_share.unwrap_or_default(),
                 d.env.as_deref().unwrap_or("?")
             ),
+            DeployState::Canarying => match &d.canary {
+                Some(c) => format!(
+                    ", canary step {} at {} % on {} ({} interval(s), {} failed; molt promote \
+                     {name} | molt abort {name})",
+                    c.step + 1,
+                    c.weight,
+                    d.env.as_deref().unwrap_or("?"),
+                    c.verdicts.len(),
+                    c.failed
+                ),
+                None => String::new(),
+            },
             _ => String::new(),
         };
         println!(
@@ -71,6 +83,14 @@ fn print_app_status(a: &AppStatus) {
             d.id, d.release, d.state
         );
         super::deploy::print_comparison(d);
+        if let Some(last) = d.canary.as_ref().and_then(|c| c.verdicts.last()) {
+            println!(
+                "  canary's last interval (step {}, {} %): {}",
+                last.step + 1,
+                last.weight,
+                last.judgement
+            );
+        }
     }
     if let Some(s) = &a.scaling {
         let spec = &s.spec;
@@ -96,7 +116,13 @@ fn print_app_status(a: &AppStatus) {
             .iter()
             .filter(|i| i.state == InstanceState::Healthy)
             .count();
+        let canary = a
+            .last_deployment
+            .as_ref()
+            .filter(|d| d.state == DeployState::Canarying && d.env.as_deref() == Some(&e.env.id))
+            .and_then(|d| d.canary.as_ref());
         let role = match &a.app.shadow {
+            _ if canary.is_some() => format!("canary ({} %)", canary.map_or(0, |c| c.weight)),
             _ if e.routed => "live".to_string(),
             Some(shadow) if shadow.env == e.env.id => {
                 format!("shadow ({} %)", shadow.share_percent)
@@ -120,15 +146,39 @@ fn print_app_status(a: &AppStatus) {
             format!("{healthy}/{}", e.desired),
             e.requests.to_string(),
             e.failed.to_string(),
+            success_and_p99(e.traffic.as_ref()),
             rootfs,
         ]);
     }
     table(
         &[
-            "ENV", "RELEASE", "ROLE", "HEALTHY", "REQUESTS", "FAILED", "ROOTFS",
+            "ENV",
+            "RELEASE",
+            "ROLE",
+            "HEALTHY",
+            "REQUESTS",
+            "FAILED",
+            "NON-5XX / P99",
+            "ROOTFS",
         ],
         rows,
     );
+}
+
+/// An environment's share of answers that were not 5xx and its p99, since molt started.
+fn success_and_p99(traffic: Option<&molt_wire::TrafficSummary>) -> String {
+    match traffic {
+        Some(t) if t.requests > 0 => {
+            let errors = t.classes.get("5xx").copied().unwrap_or(0);
+            let success = 100.0 * (1.0 - errors as f64 / t.requests as f64);
+            let p99 = t
+                .p99_ms
+                .map(|ms| format!("≤{ms} ms"))
+                .unwrap_or_else(|| "past 10 s".into());
+            format!("{success:.1} % / {p99}")
+        }
+        _ => "-".to_string(),
+    }
 }
 
 pub(crate) fn remaining(until_ms: u64) -> String {

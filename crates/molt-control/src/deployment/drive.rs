@@ -55,9 +55,13 @@ impl Controller {
                     self.step_shadow(&d, shadow_base.as_ref(), &mut task.decisions, &cancel)
                         .await
                 }
-                DeployState::Healthy | DeployState::Promoted => {
-                    self.step_swap(&d, &mut baseline, &mut in_force).await
-                }
+                DeployState::Healthy => match self.canary_of(&d).await {
+                    Ok(Some(spec)) => self.step_start_canary(&d, &spec).await,
+                    Ok(None) => self.step_swap(&d, &mut baseline, &mut in_force).await,
+                    Err(e) => Err(Interrupted::Error(e)),
+                },
+                DeployState::Canarying => self.step_canary(&d, &mut task.decisions, &cancel).await,
+                DeployState::Promoted => self.step_swap(&d, &mut baseline, &mut in_force).await,
                 DeployState::Swapped => {
                     self.step_drain(
                         &d,
@@ -154,6 +158,8 @@ impl Controller {
         let (id, text) = (d.id, detail.to_string());
         if d.state == DeployState::Shadowing {
             self.leave_shadowing(d, event, detail, shadow).await?;
+        } else if d.state == DeployState::Canarying {
+            self.leave_canarying(d, event, detail).await?;
         } else if d.shadow_share.is_some() && d.state.is_before_swap() {
             // Mirroring may have been set just before `shadowing` would have been journaled.
             self.db(move |s| s.end_shadow(id, event, &text, None))

@@ -17,20 +17,23 @@ use super::steps::{env_of, Interrupted};
 use crate::traffic::{since, summarize};
 use crate::{parse_app, ControlError, Controller, Result};
 
-/// How a shadow deployment's shadow phase ends, by the user's decision.
+/// How a shadow deployment's shadow phase (or a canary deployment's canary phase) ends, by the
+/// user's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShadowOutcome {
     /// Swap to the shadowed environment (then drain and watch as usual).
     Promote,
-    /// Retire the shadowed environment; the route never moved.
+    /// Retire the shadowed environment; the route never moved. (A canary is aborted.)
     Abandon,
 }
 
 /// A decision handed to the deployment's task, which alone moves its state; the caller waits
 /// for the journaled result.
 pub(crate) struct ShadowDecision {
-    outcome: ShadowOutcome,
-    reply: oneshot::Sender<Result<DeploymentRecord>>,
+    /// Promote, or abandon (for a canary: abort).
+    pub(crate) outcome: ShadowOutcome,
+    /// Where the task answers with the journaled result.
+    pub(crate) reply: oneshot::Sender<Result<DeploymentRecord>>,
 }
 
 /// Router counters when mirroring started, so the comparison covers the shadow phase only.
@@ -59,12 +62,30 @@ impl Controller {
                 s.shadowing_deployment(&a)
             })
             .await?;
-        let Some(d) = shadowing else {
-            return Err(ControlError::Conflict(format!(
-                "no deployment of {app} is shadowing: start one with `molt deploy --shadow 10`"
-            )));
+        let d = match shadowing {
+            Some(d) => d,
+            // A canary deployment is promoted (or aborted) the same way.
+            None => match self.canarying_deployment(&app).await? {
+                Some(d) => d,
+                None => {
+                    return Err(ControlError::Conflict(format!(
+                        "no deployment of {app} is shadowing or in its canary phase: start one \
+                         with `molt deploy --shadow 10`, or with strategy = \"canary\""
+                    )))
+                }
+            },
         };
-        let sender = self.inner.active.decisions(&app, d.id);
+        self.decide(&app, &d, outcome).await
+    }
+
+    /// Hands `outcome` to deployment `d`'s task and waits for the journaled result.
+    pub(crate) async fn decide(
+        &self,
+        app: &str,
+        d: &DeploymentRecord,
+        outcome: ShadowOutcome,
+    ) -> Result<DeploymentRecord> {
+        let sender = self.inner.active.decisions(app, d.id);
         let (reply, answer) = oneshot::channel();
         let sent = match sender {
             Some(tx) => tx.send(ShadowDecision { outcome, reply }).await.is_ok(),
@@ -248,8 +269,10 @@ impl Controller {
         base: Option<&ShadowBase>,
     ) -> Result<ShadowComparison> {
         let env = env_of(d)?;
-        let (a, id) = (d.app.clone(), d.id);
-        let (app, journal) = self.db(move |s| Ok((s.app(&a)?, s.journal(id)?))).await?;
+        let (a, id, number) = (d.app.clone(), d.id, d.release);
+        let (app, journal, release) = self
+            .db(move |s| Ok((s.app(&a)?, s.journal(id)?, s.release(&a, number)?)))
+            .await?;
         let mirrored_since = journal
             .iter()
             .rev()
@@ -265,20 +288,29 @@ impl Controller {
             _ => d.shadow_share.unwrap_or(0),
         };
         let router = &self.inner.router;
-        let live = app.routed_env.as_ref().map(|l| {
+        let live_stats = app.routed_env.as_ref().map(|l| {
             let from = base.filter(|b| b.live_env == *l).map(|b| &b.live);
-            summarize(l, &since(&router.env_traffic(l).live, from))
+            (l, since(&router.env_traffic(l).live, from))
         });
-        let shadow = summarize(
-            &env,
-            &since(&router.env_traffic(&env).shadow, base.map(|b| &b.shadow)),
+        let shadow_stats = since(&router.env_traffic(&env).shadow, base.map(|b| &b.shadow));
+        let deploy = &release.config.deploy;
+        let analysis = match (&deploy.canary, &deploy.watch_analysis) {
+            (Some(c), _) => c.analysis.clone(),
+            (None, Some(a)) => a.clone(),
+            (None, None) => Default::default(),
+        };
+        let verdict = molt_core::canary::judge(
+            &analysis,
+            super::canary::shadow_sample(&shadow_stats),
+            live_stats.as_ref().map(|(_, s)| super::canary::sample(s)),
         );
         Ok(ShadowComparison {
             share_percent,
             since_ms,
             until_ms: self.now_ms(),
-            live,
-            shadow,
+            live: live_stats.map(|(l, s)| summarize(l, &s)),
+            shadow: summarize(&env, &shadow_stats),
+            verdict: Some(verdict),
         })
     }
 }
@@ -300,5 +332,10 @@ fn comparison_line(c: Option<&ShadowComparison>) -> String {
         )
     };
     let live = c.live.as_ref().map(side).unwrap_or_else(|| "none".into());
-    format!("live {live}; shadow {}", side(&c.shadow))
+    let verdict = c
+        .verdict
+        .as_ref()
+        .map(|j| format!("; judged {}", j.verdict))
+        .unwrap_or_default();
+    format!("live {live}; shadow {}{verdict}", side(&c.shadow))
 }

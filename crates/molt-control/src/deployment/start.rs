@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::active::Takeover;
 use crate::{parse_app, ControlError, Controller, Result};
 
-/// A request to deploy: an image plus either a manifest (`molt.toml` text) or an existing release.
+/// A request to deploy: a manifest (`molt.toml` text) with an image or another app's release
+/// (`from`), or an existing release.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DeployRequest {
     /// Image digest or tag; required with `manifest`.
@@ -27,6 +28,10 @@ pub struct DeployRequest {
     /// promoted or abandoned.
     #[serde(default)]
     pub shadow: Option<u32>,
+    /// Promotion across stages: deploy the exact image of another app's release (`APP` for
+    /// its newest, or `APP@vN`) with this request's manifest, instead of an image.
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
 impl Controller {
@@ -47,17 +52,43 @@ impl Controller {
                     ))
                     .into());
                 }
-                let image = req.image.clone().ok_or_else(|| {
-                    InputError::Invalid("a deploy with a manifest needs an image".into())
-                })?;
                 let (a, config) = (app.to_string(), manifest.config);
-                self.db(move |s| {
-                    let img = s.resolve_image(&image)?;
-                    s.create_release(&a, &img.digest, &config, "deploy")
-                })
-                .await?
+                match (req.image.clone(), &req.from) {
+                    (Some(image), None) => {
+                        self.db(move |s| {
+                            let img = s.resolve_image(&image)?;
+                            s.create_release(&a, &img.digest, &config, "deploy")
+                        })
+                        .await?
+                    }
+                    (None, Some(from)) => {
+                        let (source, number) = parse_from(from)?;
+                        self.db(move |s| {
+                            let release = match number {
+                                Some(n) => s.release(&source, n)?,
+                                None => s.latest_release(&source)?.ok_or_else(|| {
+                                    molt_store::StoreError::NotFound {
+                                        what: "release of app",
+                                        key: source.clone(),
+                                    }
+                                })?,
+                            };
+                            let note = format!("promoted from {}@v{}", release.app, release.number);
+                            s.create_release(&a, &release.image, &config, &note)
+                        })
+                        .await?
+                    }
+                    _ => {
+                        return Err(InputError::Invalid(
+                            "a deploy with a manifest needs an image, or another app's release \
+                             to promote (from)"
+                                .into(),
+                        )
+                        .into())
+                    }
+                }
             }
-            (None, Some(n)) if req.image.is_none() => {
+            (None, Some(n)) if req.image.is_none() && req.from.is_none() => {
                 let a = app.to_string();
                 self.db(move |s| s.release(&a, n)).await?
             }
@@ -199,4 +230,21 @@ impl Controller {
             this.inner.active.end(registration);
         });
     }
+}
+
+/// `APP` or `APP@vN` (the `v` optional): the app and the release number, if one is named.
+fn parse_from(text: &str) -> Result<(String, Option<u64>)> {
+    let (app, number) = match text.split_once('@') {
+        Some((app, n)) => {
+            let digits = n.strip_prefix('v').unwrap_or(n);
+            let number = digits.parse::<u64>().map_err(|_| {
+                InputError::Invalid(format!(
+                    "'{text}' names no release: use APP or APP@vN, e.g. shop-staging@v12"
+                ))
+            })?;
+            (app, Some(number))
+        }
+        None => (text, None),
+    };
+    Ok((parse_app(app)?.to_string(), number))
 }

@@ -309,17 +309,45 @@ impl Controller {
             .health
             .interval
             .min(Duration::from_millis(50));
+        // With `[deploy.analysis]`, the new environment's traffic is judged each interval too.
+        let mut judged = release
+            .config
+            .deploy
+            .watch_analysis
+            .as_ref()
+            .map(|a| WatchAnalysis::new(a, self.inner.router.env_traffic(&env).live));
         while self.now_ms() < watch_end {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
                 _ = tokio::time::sleep(poll) => {}
+            }
+            if let Some(analysis) = judged.as_mut() {
+                let now = self.inner.router.env_traffic(&env).live;
+                if let Some((judgement, failed)) = analysis.look(now) {
+                    let line = format!("watch interval of {env}: {judgement}");
+                    self.event(&d.app, "watch-verdict", &line).await;
+                    let prev = d.prev_env.as_deref();
+                    let warm = match prev {
+                        Some(p) if failed => self.is_warm(p).await?,
+                        _ => false,
+                    };
+                    if warm {
+                        if let Some(prev) = prev {
+                            let failure = format!(
+                                "failed {} analysis interval(s) (last: {judgement})",
+                                analysis.failed
+                            );
+                            return Ok(self.swap_back(d, &env, prev, &failure).await?);
+                        }
+                    }
+                }
             }
             let look = self.look_at(&env, d.prev_env.as_deref()).await?;
             match look.verdict() {
                 Verdict::KeepWatching => {}
                 Verdict::SwapBack => {
                     if let Some(prev) = d.prev_env.as_deref() {
-                        return Ok(self.swap_back(d, &env, prev).await?);
+                        return Ok(self.swap_back(d, &env, prev, "turned unhealthy").await?);
                     }
                 }
                 Verdict::Stranded if !warned => {
@@ -336,6 +364,20 @@ impl Controller {
         self.db(move |s| s.advance(id, DeployEvent::WatchPassed, &detail))
             .await?;
         Ok(())
+    }
+
+    /// Whether `env` can take the route back: ready, with a healthy instance.
+    async fn is_warm(&self, env: &str) -> Result<bool> {
+        let env = env.to_string();
+        self.db(move |s| {
+            let ready = s.env(&env)?.state == EnvState::Ready;
+            let healthy = s
+                .instances(Some(&env), false)?
+                .iter()
+                .any(|i| i.state == InstanceState::Healthy);
+            Ok(ready && healthy)
+        })
+        .await
     }
 
     /// What the watch judges: the new environment's serving instances, and whether the
@@ -368,6 +410,48 @@ impl Controller {
             })
         })
         .await
+    }
+}
+
+/// The watch's analysis of the new environment's traffic (`[deploy.analysis]` of a blue/green
+/// deployment): one judgement per interval, with molt-core's `canary::judge`.
+struct WatchAnalysis<'a> {
+    analysis: &'a molt_core::canary::Analysis,
+    base: molt_router::TrafficStats,
+    next_at: Instant,
+    failed: u32,
+}
+
+impl<'a> WatchAnalysis<'a> {
+    fn new(analysis: &'a molt_core::canary::Analysis, base: molt_router::TrafficStats) -> Self {
+        WatchAnalysis {
+            analysis,
+            base,
+            next_at: Instant::now() + analysis.interval,
+            failed: 0,
+        }
+    }
+
+    /// At the end of an interval: its judgement, and whether `failure_limit` is reached.
+    fn look(
+        &mut self,
+        now: molt_router::TrafficStats,
+    ) -> Option<(molt_core::canary::Judgement, bool)> {
+        if Instant::now() < self.next_at {
+            return None;
+        }
+        self.next_at = Instant::now() + self.analysis.interval;
+        let grown = crate::traffic::since(&now, Some(&self.base));
+        self.base = now;
+        let judgement = molt_core::canary::judge(
+            self.analysis,
+            crate::deployment::canary::sample(&grown),
+            None,
+        );
+        if judgement.verdict == molt_core::canary::Verdict::Failed {
+            self.failed += 1;
+        }
+        Some((judgement, self.failed >= self.analysis.failure_limit))
     }
 }
 

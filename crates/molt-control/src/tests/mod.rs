@@ -166,6 +166,7 @@ impl Fixture {
             manifest: None,
             release: Some(n),
             shadow: None,
+            from: None,
         };
         self.controller
             .deploy("shop", request)

@@ -292,6 +292,7 @@ pub async fn wait_deployment(client: &Client, id: u64) -> Value {
                 | "superseded"
                 | "shadowing"
                 | "abandoned"
+                | "aborted"
         ) {
             return v["deployment"].clone();
         }
@@ -339,10 +340,22 @@ impl KeepAlive {
 
     /// GET `path` with `Host: host`; returns (status, body).
     pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        self.get_with(host, path, &[]).await
+    }
+
+    /// GET `path` with `Host: host` and more header fields; returns (status, body).
+    pub async fn get_with(
+        &mut self,
+        host: &str,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, String)> {
         self.sender.ready().await?;
-        let req = hyper::Request::get(path)
-            .header("host", host)
-            .body(Empty::new())?;
+        let mut req = hyper::Request::get(path).header("host", host);
+        for (name, value) in fields {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Empty::new())?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
