@@ -53,22 +53,41 @@ async fn the_document_is_the_api_by_schemathesis() {
         // schemathesis keeps its cache and reports in its working directory: the test's.
         let work = h.tmp.path().to_path_buf();
         move || {
-            Command::new(&program)
-                .arg("--config-file")
-                .arg(settings.join("schemathesis.toml"))
-                .arg("run")
-                .arg(format!("{api}/openapi.json"))
-                .args(["--header", &format!("Authorization: Bearer {token}")])
-                .args(["--checks", "all"])
-                .args(["--max-examples", EXAMPLES_PER_OPERATION])
-                .args(["--seed", "16"])
-                .args(["--workers", "2"])
-                .args(["--request-timeout", "30"])
-                .arg("--no-color")
-                .env("SCHEMATHESIS_HOOKS", settings.join("hooks.py"))
-                .env("PYTHONDONTWRITEBYTECODE", "1")
-                .current_dir(work)
-                .output()
+            let attempt = || {
+                Command::new(&program)
+                    .arg("--config-file")
+                    .arg(settings.join("schemathesis.toml"))
+                    .arg("run")
+                    .arg(format!("{api}/openapi.json"))
+                    .args(["--header", &format!("Authorization: Bearer {token}")])
+                    .args(["--checks", "all"])
+                    .args(["--max-examples", EXAMPLES_PER_OPERATION])
+                    .args(["--seed", "16"])
+                    .args(["--workers", "2"])
+                    .args(["--request-timeout", "30"])
+                    .arg("--no-color")
+                    .env("SCHEMATHESIS_HOOKS", settings.join("hooks.py"))
+                    .env("PYTHONDONTWRITEBYTECODE", "1")
+                    .current_dir(&work)
+                    .output()
+            };
+            // CPython 3.11's `ast` can fail inside Hypothesis while it reads the source of a
+            // generator's lambda ("SystemError: AST constructor recursion depth mismatch"),
+            // now and then and whatever the seed: a crash of the tool, reported as a runtime
+            // error, not a finding about molt. Such a run is run again, once; any other
+            // failure stands.
+            let first = attempt()?;
+            let text = String::from_utf8_lossy(&first.stdout);
+            let tool_crash = !first.status.success()
+                && text.contains("AST constructor recursion depth mismatch")
+                && !text.contains("unique failure");
+            if tool_crash {
+                eprintln!(
+                    "schemathesis crashed inside CPython's ast (not a finding); running it again"
+                );
+                return attempt();
+            }
+            Ok(first)
         }
     })
     .await
