@@ -7,17 +7,9 @@ no body at all (the schema's minLength), which the server must refuse.
 """
 
 import io
-import sys
 import tarfile
 
 import schemathesis
-
-
-# Hypothesis reads the source of the generator's lambdas with `ast` while drawing from the deep
-# schemas of this document; near Python's default recursion limit (1000) CPython 3.11 can end
-# that with "SystemError: AST constructor recursion depth mismatch", which schemathesis reports
-# as a runtime error of the run. A higher limit keeps the parse far from it.
-sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
 
 
 @schemathesis.serializer("application/x-tar")
