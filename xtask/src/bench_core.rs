@@ -36,7 +36,11 @@ const DEPLOY_LIMIT: Duration = Duration::from_secs(60);
 pub(crate) const DEPLOY_GOAL_MS: f64 = 1000.0;
 pub(crate) const ROLLBACK_GOAL_MS: f64 = 10.0;
 
-const MANIFEST: &str = r#"name = "bench"
+/// The manifest of the backend the benchmarks deploy (a copy of this executable), 2
+/// instances; environments stay warm for 15 minutes, longer than a benchmark.
+pub(crate) fn backend_manifest(app: &str) -> String {
+    format!(
+        r#"name = "{app}"
 command = ["./backend", "backend"]
 instances = 2
 [health]
@@ -47,7 +51,9 @@ start_deadline = "10s"
 [deploy]
 watch = "1s"
 rollback_window = "15m"
-"#;
+"#
+    )
+}
 
 /// Everything one run measured.
 pub(crate) struct Figures {
@@ -150,13 +156,13 @@ async fn measure(serve: &Serve) -> Result<Figures> {
         serve.router
     ));
 
-    let app_dir = write_app(serve.scratch_dir())?;
+    let app_dir = write_backend_app(serve.scratch_dir(), "app", APP)?;
     let digest = import_image(client, &app_dir).await?;
     let started = Instant::now();
     let first = client
         .post(
             &format!("/v1/apps/{APP}/deployments"),
-            &json!({ "image": digest, "manifest": MANIFEST }),
+            &json!({ "image": digest, "manifest": backend_manifest(APP) }),
         )
         .await
         .context("deploying the bench app")?;
@@ -384,18 +390,20 @@ async fn routed_instances(client: &Client) -> Result<Vec<SocketAddr>> {
     Ok(ports)
 }
 
-/// An app folder: a copy of this executable as `backend`, and the manifest.
-fn write_app(scratch: &Path) -> Result<PathBuf> {
-    let dir = scratch.join("app");
+/// An app folder `scratch/folder`: a copy of this executable as `backend`, and the manifest
+/// of `app`.
+pub(crate) fn write_backend_app(scratch: &Path, folder: &str, app: &str) -> Result<PathBuf> {
+    let dir = scratch.join(folder);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe().context("locating the xtask executable")?;
     std::fs::copy(&exe, dir.join("backend"))
         .with_context(|| format!("copying {} into the app folder", exe.display()))?;
-    std::fs::write(dir.join("molt.toml"), MANIFEST).context("writing molt.toml")?;
+    std::fs::write(dir.join("molt.toml"), backend_manifest(app)).context("writing molt.toml")?;
     Ok(dir)
 }
 
-async fn import_image(client: &Client, dir: &Path) -> Result<String> {
+/// Imports a folder as an image (its canonical tar); returns the digest.
+pub(crate) async fn import_image(client: &Client, dir: &Path) -> Result<String> {
     let dir_owned = dir.to_path_buf();
     let tar = tokio::task::spawn_blocking(move || {
         let mut tar = Vec::new();

@@ -5,7 +5,6 @@
 //! environment. Optionally under a load spread over the routers, whose every request must
 //! succeed.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -16,27 +15,13 @@ use serde_json::{json, Value};
 use super::routers::{Fleet, Watched};
 use super::traffic::{note, Clients, LoadTally, Probe};
 use super::{progress, APP};
-use crate::bench_core::ms;
+use crate::bench_core::{backend_manifest, import_image, ms, write_backend_app};
 use crate::serve::Serve;
 
 /// Pause between two swaps, so each starts from a quiet fleet (reports sent, streams idle).
 const BETWEEN_SWAPS: Duration = Duration::from_millis(20);
 /// How long a deployment of the backend may take.
 const DEPLOY_LIMIT: Duration = Duration::from_secs(60);
-/// The backend `bench core` deploys (a copy of this executable), 2 instances; environments
-/// stay warm for 15 minutes, longer than the benchmark.
-const MANIFEST: &str = r#"name = "fleet"
-command = ["./backend", "backend"]
-instances = 2
-[health]
-path = "/healthz"
-interval = "1s"
-healthy_threshold = 1
-start_deadline = "10s"
-[deploy]
-watch = "1s"
-rollback_window = "15m"
-"#;
 
 /// One of the two environments the swaps move between.
 pub(crate) struct Target {
@@ -108,12 +93,12 @@ impl CutoverRow {
 /// the route ends on v2's, v1's stays warm.
 pub(crate) async fn two_warm_environments(serve: &Serve) -> Result<[Target; 2]> {
     let client = &serve.client;
-    let app_dir = write_app(serve.scratch_dir())?;
+    let app_dir = write_backend_app(serve.scratch_dir(), "fleet-app", APP)?;
     let digest = import_image(client, &app_dir).await?;
     let first = client
         .post(
             &format!("/v1/apps/{APP}/deployments"),
-            &json!({ "image": digest, "manifest": MANIFEST }),
+            &json!({ "image": digest, "manifest": backend_manifest(APP) }),
         )
         .await
         .context("deploying the backend")?;
@@ -291,37 +276,6 @@ async fn wait_finished(client: &Client, deployment: &Value) -> Result<Value> {
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-}
-
-/// An app folder: a copy of this executable as `backend`, and the manifest.
-fn write_app(scratch: &Path) -> Result<PathBuf> {
-    let dir = scratch.join("fleet-app");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let exe = std::env::current_exe().context("locating the xtask executable")?;
-    std::fs::copy(&exe, dir.join("backend"))
-        .with_context(|| format!("copying {} into the app folder", exe.display()))?;
-    std::fs::write(dir.join("molt.toml"), MANIFEST).context("writing molt.toml")?;
-    Ok(dir)
-}
-
-/// Imports a folder as an image (its canonical tar); returns the digest.
-pub(crate) async fn import_image(client: &Client, dir: &Path) -> Result<String> {
-    let dir_owned = dir.to_path_buf();
-    let tar = tokio::task::spawn_blocking(move || {
-        let mut tar = Vec::new();
-        molt_image::ImageStore::write_canonical_tar(&dir_owned, &mut tar).map(|_| tar)
-    })
-    .await
-    .context("the tar task panicked")?
-    .with_context(|| format!("packing {}", dir.display()))?;
-    let image = client
-        .post_bytes("/v1/images", tar)
-        .await
-        .context("importing the image")?;
-    image["digest"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("the import answered no digest: {image}"))
 }
 
 /// One progress line for a row.

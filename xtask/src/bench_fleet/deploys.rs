@@ -19,9 +19,9 @@ use molt_cli::Client;
 use molt_runtime::RuncProvider;
 use serde_json::{json, Value};
 
-use super::cutover::import_image;
 use super::docker::{free_port, Docker, Registry, SwarmLeftovers, SOCKET};
 use super::{progress, Length};
+use crate::bench_core::import_image;
 use crate::load::Connection;
 use crate::serve::Serve;
 

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use molt_cli::Client;
 use serde_json::{json, Value};
 
-use crate::bench_fleet::cutover::import_image;
+use crate::bench_core::import_image;
 use crate::load::Connection;
 use crate::serve::Serve;
 

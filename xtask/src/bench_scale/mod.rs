@@ -30,8 +30,8 @@ use anyhow::{bail, Context, Result};
 use molt_runtime::RuncProvider;
 use serde_json::{json, Value};
 
+use crate::bench_core::import_image;
 use crate::bench_core::{build_molt, ms};
-use crate::bench_fleet::cutover::import_image;
 use crate::bench_fleet::deploys::{busybox_app, deploy, DeployTiming, STEPS};
 use crate::bench_fleet::Stats;
 use crate::serve::Serve;
