@@ -53,6 +53,9 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     // The API over the controller, plus the routers' endpoints molt-fleet defines, which it
     // serves under `/v1/fleet`; never the store or the router.
     ("molt-api", &["molt-control", "molt-wire", "molt-fleet"]),
+    // `git push` deploys, beside the API: the controller's operations, a commit packed the
+    // way the CLI packs a folder; never the store or the router.
+    ("molt-git", &["molt-core", "molt-pack", "molt-control"]),
     // The client: it reads the API's records and packs folders; it never opens a store.
     ("molt-cli", &["molt-core", "molt-wire", "molt-pack"]),
     // Assembly: `molt serve` and the binary.
@@ -70,6 +73,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "molt-fleet",
             "molt-control",
             "molt-api",
+            "molt-git",
         ],
     ),
     (

@@ -550,13 +550,15 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     if let Some(acme) = acme {
         background.push(tokio::spawn(acme.run(stop.clone())));
     }
-    let app = molt_api::router(
-        controller.clone(),
-        molt_api::Tokens {
-            admin: token.clone(),
-            router: router_token.clone(),
-        },
-        dir.join("uploads"),
+    let tokens = molt_api::Tokens {
+        admin: token.clone(),
+        router: router_token.clone(),
+    };
+    let authenticate = molt_api::authenticator(&tokens);
+    // The API, and beside it the git remote: it takes the one function that says who a token
+    // is.
+    let app = molt_api::router(controller.clone(), tokens, dir.join("uploads")).merge(
+        molt_git::router(controller.clone(), authenticate, dir.join("git")),
     );
     if let (Some(listener), Some(api_tls)) = (api_tls_listener, &cfg.api_tls) {
         let bound = listener.local_addr()?;

@@ -32,6 +32,10 @@ pub struct DeployRequest {
     /// its newest, or `APP@vN`) with this request's manifest, instead of an image.
     #[serde(default)]
     pub from: Option<String>,
+    /// What the release records as its origin (a `git push` names its commit); not part of
+    /// the API's request, which records "deploy".
+    #[serde(skip)]
+    pub note: Option<String>,
 }
 
 impl Controller {
@@ -55,9 +59,10 @@ impl Controller {
                 let (a, config) = (app.to_string(), manifest.config);
                 match (req.image.clone(), &req.from) {
                     (Some(image), None) => {
+                        let note = req.note.clone().unwrap_or_else(|| "deploy".into());
                         self.db(move |s| {
                             let img = s.resolve_image(&image)?;
-                            s.create_release(&a, &img.digest, &config, "deploy")
+                            s.create_release(&a, &img.digest, &config, &note)
                         })
                         .await?
                     }

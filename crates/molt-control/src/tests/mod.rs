@@ -167,6 +167,7 @@ impl Fixture {
             release: Some(n),
             shadow: None,
             from: None,
+            note: None,
         };
         self.controller
             .deploy("shop", request)
