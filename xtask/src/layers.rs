@@ -56,6 +56,11 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     // `git push` deploys, beside the API: the controller's operations, a commit packed the
     // way the CLI packs a folder; never the store or the router.
     ("molt-git", &["molt-core", "molt-pack", "molt-control"]),
+    // The dashboard, beside the API: the controller's operations and views, rendered as HTML.
+    (
+        "molt-dashboard",
+        &["molt-core", "molt-wire", "molt-control"],
+    ),
     // The client: it reads the API's records and packs folders; it never opens a store.
     ("molt-cli", &["molt-core", "molt-wire", "molt-pack"]),
     // Assembly: `molt serve` and the binary.
@@ -74,6 +79,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "molt-control",
             "molt-api",
             "molt-git",
+            "molt-dashboard",
         ],
     ),
     (

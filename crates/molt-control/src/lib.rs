@@ -290,8 +290,9 @@ impl Controller {
         lock.lock_owned().await
     }
 
-    /// Now, in ms since the epoch, by the controller's clock.
-    fn now_ms(&self) -> u64 {
+    /// Now, in ms since the epoch, by the controller's clock (what windows are decided on, and
+    /// what the dashboard shows them against).
+    pub fn now_ms(&self) -> u64 {
         self.inner.config.clock.now_ms()
     }
 

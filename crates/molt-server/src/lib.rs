@@ -555,11 +555,15 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         router: router_token.clone(),
     };
     let authenticate = molt_api::authenticator(&tokens);
-    // The API, and beside it the git remote: it takes the one function that says who a token
-    // is.
-    let app = molt_api::router(controller.clone(), tokens, dir.join("uploads")).merge(
-        molt_git::router(controller.clone(), authenticate, dir.join("git")),
-    );
+    // The API, and beside it the git remote and the dashboard: each takes the same one
+    // function that says who a token is.
+    let app = molt_api::router(controller.clone(), tokens, dir.join("uploads"))
+        .merge(molt_git::router(
+            controller.clone(),
+            authenticate.clone(),
+            dir.join("git"),
+        ))
+        .merge(molt_dashboard::router(controller.clone(), authenticate));
     if let (Some(listener), Some(api_tls)) = (api_tls_listener, &cfg.api_tls) {
         let bound = listener.local_addr()?;
         let (certs, key) = api_tls::certificate(&dir, api_tls, bound)?;

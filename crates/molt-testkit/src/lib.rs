@@ -27,6 +27,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("htpasswd", "apache2-utils"),
     ("pebble-challtestsrv", "pebble"),
     ("ip", "iproute2"),
+    ("chromedriver", "chromium-driver"),
 ];
 
 /// Whether a missing prerequisite fails the test instead of skipping it: `MOLT_TEST_STRICT=1`

@@ -82,10 +82,12 @@ async fn a_push_deploys_the_commit_and_bad_pushes_deploy_nothing() {
     commit_all(&app, "as deployed");
     edit_manifest(&app, "GREETING = \"first\"", "GREETING = \"pushed\"");
     let commit = commit_all(&app, "greet differently");
+    let started = std::time::Instant::now();
     let out = git(&app, &["push", &url, "HEAD:main"]);
+    let push_ms = started.elapsed().as_millis();
     assert!(out.status.success(), "the push deploys: {}", text(&out));
     let lines = remote_lines(&out);
-    eprintln!("{lines}");
+    eprintln!("{lines}\n`git push` to the new release serving: {push_ms} ms");
     assert!(lines.contains("(transfer)"), "{lines}");
     assert!(lines.contains("swapped"), "{lines}");
     let (status, body) = h.get("pushed.localhost", "/").await;

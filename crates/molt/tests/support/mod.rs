@@ -2,6 +2,8 @@
 //! process), a temp data dir, real child processes for instances, real HTTP clients.
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
