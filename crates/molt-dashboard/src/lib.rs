@@ -28,6 +28,7 @@ use axum::Router;
 use futures_util::Stream;
 use molt_control::Controller;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use pages::app::AppView;
 use samples::Samples;
@@ -47,6 +48,9 @@ struct Dashboard {
     authenticate: Authenticate,
     sessions: Arc<Sessions>,
     samples: Arc<Samples>,
+    /// Cancelled when `molt serve` stops: the live streams end then, so an open page never
+    /// holds the API listener's graceful shutdown.
+    stop: CancellationToken,
 }
 
 /// Who is looking: a session whose token is still valid.
@@ -71,15 +75,24 @@ struct LoginForm {
 
 /// Builds the dashboard's routes (`/`, `/login`, `/logout`, `/apps/…`, `/images`, `/events`,
 /// `/static/…`) and starts sampling the router's counters for the charts (until the routes
-/// are dropped).
-pub fn router(controller: Controller, authenticate: Authenticate) -> Router {
+/// are dropped, or `stop`). `stop` also ends every page's live stream.
+pub fn router(
+    controller: Controller,
+    authenticate: Authenticate,
+    stop: CancellationToken,
+) -> Router {
     let samples = Arc::new(Samples::default());
-    tokio::spawn(samples::run(controller.clone(), Arc::downgrade(&samples)));
+    tokio::spawn(samples::run(
+        controller.clone(),
+        Arc::downgrade(&samples),
+        stop.clone(),
+    ));
     let state = Dashboard {
         controller,
         authenticate,
         sessions: Arc::new(Sessions::default()),
         samples,
+        stop,
     };
     Router::new()
         .route("/", get(apps_page))
@@ -294,28 +307,35 @@ async fn events(
     let Some(viewer) = d.viewer(&headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
-    Sse::new(live_stream(d, viewer.csrf, q))
+    Sse::new(live_stream(d, viewer, q))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
 
-/// Each tick renders the section; the stream ends when the browser goes away (axum drops it).
+/// Each tick renders the section; the stream ends when the browser goes away (axum drops it),
+/// when the session ends or its token stops being valid, and when `molt serve` stops.
 fn live_stream(
     d: Dashboard,
-    csrf: String,
+    viewer: Viewer,
     q: LiveQuery,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let ticker = tokio::time::interval(LIVE_EVERY);
     futures_util::stream::unfold(
-        (d, csrf, q, ticker),
-        |(d, csrf, q, mut ticker)| async move {
-            ticker.tick().await;
+        (d, viewer, q, ticker),
+        |(d, viewer, q, mut ticker)| async move {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = d.stop.cancelled() => return None,
+            }
+            let session = d.sessions.get(&viewer.session)?;
+            (d.authenticate)(&session.token)?;
+            let csrf = &viewer.csrf;
             let html = match (q.view.as_str(), &q.app) {
                 ("apps", _) => d.apps_live().await,
                 ("app", Some(app)) => d
                     .app_view(app)
                     .await
-                    .map(|view| pages::app::live(&view, &csrf)),
+                    .map(|view| pages::app::live(&view, csrf)),
                 ("images", _) => d.images_live().await,
                 _ => Ok("<p>Unknown view.</p>".to_string()),
             };
@@ -324,7 +344,7 @@ fn live_stream(
             });
             Some((
                 Ok(Event::default().event("live").data(html)),
-                (d, csrf, q, ticker),
+                (d, viewer, q, ticker),
             ))
         },
     )

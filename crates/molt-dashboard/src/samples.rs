@@ -8,6 +8,7 @@ use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
 use molt_control::{Controller, EnvMetrics, LATENCY_BUCKETS};
+use tokio_util::sync::CancellationToken;
 
 /// How often the counters are read.
 pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -123,13 +124,16 @@ fn p99_ms(cumulative: &[u64; LATENCY_BUCKETS.len() + 1]) -> Option<f64> {
 }
 
 /// Reads the counters every [`SAMPLE_EVERY`] while the dashboard (the owner of `samples`)
-/// exists: the loop ends at the first look after it is dropped.
-pub(crate) async fn run(controller: Controller, samples: Weak<Samples>) {
+/// exists: the loop ends at the first look after it is dropped, or at `stop`.
+pub(crate) async fn run(controller: Controller, samples: Weak<Samples>, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(SAMPLE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = tokio::time::Instant::now();
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => return,
+        }
         let Some(samples) = samples.upgrade() else {
             return;
         };

@@ -64,9 +64,15 @@ impl Sessions {
     /// The session a request's cookie names, if it is still on.
     pub(crate) fn of(&self, headers: &HeaderMap) -> Option<(String, Session)> {
         let id = cookie(headers, COOKIE)?;
+        let session = self.get(&id)?;
+        Some((id, session))
+    }
+
+    /// The session named `id`, if it is still on.
+    pub(crate) fn get(&self, id: &str) -> Option<Session> {
         let by_id = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
-        let session = by_id.get(&id)?;
-        (session.expires > Instant::now()).then(|| (id, session.clone()))
+        let session = by_id.get(id)?;
+        (session.expires > Instant::now()).then(|| session.clone())
     }
 
     /// Ends a session.

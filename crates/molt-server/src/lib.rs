@@ -563,7 +563,11 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             authenticate.clone(),
             dir.join("git"),
         ))
-        .merge(molt_dashboard::router(controller.clone(), authenticate));
+        .merge(molt_dashboard::router(
+            controller.clone(),
+            authenticate,
+            stop.clone(),
+        ));
     if let (Some(listener), Some(api_tls)) = (api_tls_listener, &cfg.api_tls) {
         let bound = listener.local_addr()?;
         let (certs, key) = api_tls::certificate(&dir, api_tls, bound)?;

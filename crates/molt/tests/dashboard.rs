@@ -240,11 +240,12 @@ async fn logging_in_pages_and_every_action_needs_the_csrf_token() {
     assert!(body.starts_with("hello from shop v1"), "{body}");
 
     // The live section comes over SSE, rendered by the same code.
-    let event = first_event(&h, "/events?view=app&app=shop", &session).await;
+    let (event, _) = first_event(&h, "/events?view=app&app=shop", &session).await;
     assert!(event.contains("event: live"), "{event}");
     assert!(event.contains(&first), "{event}");
+    let (_, mut open) = first_event(&h, "/events?view=apps", &session).await;
 
-    // Logout ends the session.
+    // Logout ends the session, and its live streams.
     let answer = http(
         &h,
         "POST",
@@ -256,11 +257,26 @@ async fn logging_in_pages_and_every_action_needs_the_csrf_token() {
     assert_eq!(answer.status, 303);
     let answer = http(&h, "GET", "/", &session, None).await;
     assert_eq!((answer.status, answer.location()), (303, Some("/login")));
+    // The stream's answer ends (its last chunk), instead of another event every second.
+    let mut rest = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !rest.ends_with(b"0\r\n\r\n") {
+        let n = open.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0 && rest.len() < 1 << 20,
+            "the stream went on after logout"
+        );
+        rest.extend_from_slice(&buf[..n]);
+    }
+    // A live stream still open when `molt serve` stops does not hold its shutdown.
+    let (session, _) = log_in(&h, &token).await;
+    let (_, _still_open) = first_event(&h, "/events?view=images", &session).await;
     h.stop().await;
 }
 
-/// The first event of an SSE stream (read until its blank line, at most 64 KiB).
-async fn first_event(h: &Harness, path: &str, cookie: &str) -> String {
+/// The first event of an SSE stream (read until its blank line, at most 64 KiB), and the
+/// stream, still open.
+async fn first_event(h: &Harness, path: &str, cookie: &str) -> (String, tokio::net::TcpStream) {
     let addr = h.running.as_ref().unwrap().api_addr;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n");
@@ -276,11 +292,11 @@ async fn first_event(h: &Harness, path: &str, cookie: &str) -> String {
         let text = String::from_utf8_lossy(&seen);
         if let Some((_, body)) = text.split_once("\r\n\r\n") {
             if body.contains("\n\n") {
-                return text.to_string();
+                return (text.to_string(), stream);
             }
         }
     }
-    String::from_utf8_lossy(&seen).to_string()
+    (String::from_utf8_lossy(&seen).to_string(), stream)
 }
 
 /// Where the screenshots go: `$MOLT_SCREENSHOTS` (the README's copies, refreshed by
