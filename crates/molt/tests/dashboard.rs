@@ -370,6 +370,28 @@ async fn a_browser_logs_in_sees_the_live_release_and_rolls_back() {
         .await
         .unwrap();
 
+    // A deployment started elsewhere appears on the open page, step by step, without a reload.
+    let app_dir = h.app("shop", &[], FAST);
+    let started = start_deploy(&h.client, &app_dir).await.unwrap();
+    let id = started["id"].as_u64().unwrap();
+    let heading = format!("Deployment {id} of v3");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = browser.text("#live").await.unwrap_or_default();
+        if text.contains(&heading) && text.contains("swapped") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed {heading} reaching its swap: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser
+        .screenshot(&shots.join("app-deployment.png"))
+        .await
+        .unwrap();
+
     browser.goto(&format!("{base}/images")).await.unwrap();
     assert!(browser
         .text("table.images")
