@@ -328,19 +328,22 @@ async fn a_browser_logs_in_sees_the_live_release_and_rolls_back() {
     browser.click_css("form button[type=submit]").await.unwrap();
 
     // The apps view: the app, its live release.
-    let row = browser.text("tr[data-app=shop]").await.unwrap();
+    let row = browser
+        .wait_for_text("tr[data-app=shop]", &second)
+        .await
+        .unwrap();
     assert!(row.contains("v2") && row.contains(&second), "{row}");
     browser.screenshot(&shots.join("apps.png")).await.unwrap();
 
     // The app: click the rollback button of the warm environment; the route moves.
     browser.click_css("a[href='/apps/shop']").await.unwrap();
-    assert!(browser.text(".routed").await.unwrap().contains(&second));
+    browser.wait_for_text(".routed", &second).await.unwrap();
     browser.screenshot(&shots.join("app.png")).await.unwrap();
     browser
         .click_css(&format!("tr[data-env='{first}'] button"))
         .await
         .unwrap();
-    assert!(browser.text(".routed").await.unwrap().contains(&first));
+    browser.wait_for_text(".routed", &first).await.unwrap();
     assert_eq!(routed(&h, "shop").await, first);
     let (_, body) = h.get("shop.localhost", "/").await;
     assert!(body.starts_with("hello from shop v1"), "{body}");

@@ -142,6 +142,23 @@ impl Browser {
             .ok_or_else(|| anyhow!("nothing matches {css}"))
     }
 
+    /// Waits (at most 20 s) until the element a CSS selector finds has text containing
+    /// `wanted` (a click that submits a form returns before the next page is there), and
+    /// returns that text.
+    pub async fn wait_for_text(&self, css: &str, wanted: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.text(css).await;
+            match text {
+                Ok(t) if t.contains(wanted) => return Ok(t),
+                _ if Instant::now() > deadline => {
+                    bail!("{css} never showed {wanted:?} (last: {text:?})")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     /// Finds and clicks the element a CSS selector finds, again (at most 10 times) when the
     /// live section was replaced in between.
     pub async fn click_css(&self, css: &str) -> Result<()> {
