@@ -221,9 +221,10 @@ impl Push {
                 })
                 .await?;
             for step in &report.steps {
+                let outcome = format!("{:?}", step.outcome).to_lowercase();
                 out.line(&format!(
-                    "molt:   {} ({:?}, {} ms)",
-                    step.step, step.outcome, step.millis
+                    "molt:   {} ({outcome}, {} ms)",
+                    step.step, step.millis
                 ))
                 .await;
             }

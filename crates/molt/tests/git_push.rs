@@ -276,8 +276,11 @@ async fn a_push_with_a_build_section_is_baked_with_its_commit() {
     h.deploy(&app).await;
     let url = remote(&h, "bakedpush", &token(&h));
     let commit = commit_all(&app, "baked");
+    let started = std::time::Instant::now();
     let out = git(&app, &["push", &url, "HEAD:main"]);
+    let push_ms = started.elapsed().as_millis();
     let lines = remote_lines(&out);
+    eprintln!("{lines}\n`git push` (with a bake) to the new release serving: {push_ms} ms");
     assert!(out.status.success(), "{}", text(&out));
     assert!(lines.contains("baked from"), "{lines}");
     let (_, body) = h.get("bakedpush.localhost", "/").await;
