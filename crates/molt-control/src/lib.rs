@@ -16,6 +16,7 @@
 //! `instances.rs`/`health.rs`/`reconcile.rs` (what runs), `gc.rs`, `table.rs` (the route
 //! table), `verify.rs` (image trees). Decisions that need no I/O live in `molt-core`.
 
+mod access;
 mod deployment;
 mod engine;
 mod error;
@@ -61,6 +62,7 @@ pub use molt_image::{ArchiveFormat, BuildSandbox, RunRequest, SourceInfo};
 pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 /// The records the controller takes and returns are the API's (`molt-wire`).
+pub use molt_store::StoredToken;
 pub use molt_wire::{
     AppRecord, AppStatus, Attestation, BakeReport, ClusterStatus, DeploymentRecord, EngineStatus,
     EnvRecord, EnvStatus, EventRecord, GcReport, ImageDiff, ImageInspect, ImageRecord, ImageUse,

@@ -129,6 +129,9 @@ pub(crate) async fn serve(
                 }
                 Err(_) => return,
             };
+            // The peer's address, as `axum::serve` gives it over plain HTTP (the API's failed
+            // authentications are limited per address).
+            let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let service = TowerToHyperService::new(app);
             let connection = http.serve_connection_with_upgrades(TokioIo::new(tls), service);
             let mut connection = std::pin::pin!(connection);

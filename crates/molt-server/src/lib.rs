@@ -594,6 +594,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     }
     let api_stop = stop.clone();
     let api_task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(api_listener, app)
             .with_graceful_shutdown(async move { api_stop.cancelled().await })
             .await

@@ -5,6 +5,7 @@
 //! (a swap writes the route and the deployment's step at once). The store is synchronous; async
 //! callers run it on a blocking thread.
 
+mod access;
 mod catalog;
 mod history;
 mod records;
@@ -21,6 +22,7 @@ use molt_core::{Clock, InvalidTransition};
 use rusqlite::Connection;
 use thiserror::Error;
 
+pub use access::StoredToken;
 pub use records::*;
 
 /// Errors from the store.

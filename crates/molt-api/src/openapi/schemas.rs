@@ -48,6 +48,7 @@ pub fn all() -> Value {
     merge(&mut schemas, bodies());
     merge(&mut schemas, records());
     merge(&mut schemas, views());
+    merge(&mut schemas, super::access::schemas());
     schemas
 }
 
@@ -85,7 +86,7 @@ fn names() -> Value {
         "Error": record(
             &[("error", json!({ "type": "string", "description": "what went wrong, in words" })),
               ("kind", json!({ "type": "string", "enum": [
-                  "invalid", "unauthorized", "not_found", "method_not_allowed", "conflict",
+                  "invalid", "unauthorized", "forbidden", "rate_limited", "not_found", "method_not_allowed", "conflict",
                   "too_large", "unsupported_media_type", "disk_full", "unavailable",
                   "registry", "internal"] }))],
             &[]),

@@ -1,0 +1,101 @@
+//! The operations and records of access: tokens and the audit trail.
+
+use serde_json::{json, Value};
+
+use super::{schema_ref, Op, Presence};
+
+/// The token and audit operations.
+pub fn operations() -> Vec<Op> {
+    vec![
+        Op::new(
+            "get",
+            "/v1/tokens",
+            "listTokens",
+            "Every token, revoked ones included",
+        )
+        .describe("Never a secret nor its hash.")
+        .answers_with(
+            200,
+            "application/json",
+            json!({ "type": "array", "items": schema_ref("Token") }),
+        ),
+        Op::new("post", "/v1/tokens", "createToken", "Make a token")
+            .describe(
+                "The answer holds the token's secret: the only time it is shown (molt keeps its \
+                 SHA-256).",
+            )
+            .json_body("TokenRequest", Presence::Required)
+            .answers(201, "TokenCreated")
+            .errors(&[409]),
+        Op::new(
+            "delete",
+            "/v1/tokens/{name}",
+            "revokeToken",
+            "Revoke a token: it stops working at once",
+        )
+        .describe("A token cannot revoke itself.")
+        .answers(200, "Token")
+        .errors(&[409]),
+        Op::new(
+            "get",
+            "/v1/audit",
+            "listAudit",
+            "The newest mutating calls: who, from where, what, and how it was answered",
+        )
+        .query("app", schema_ref("AppName"), "only this app's")
+        .query(
+            "limit",
+            json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX, "default": 100 }),
+            "how many (at most 10000)",
+        )
+        .answers_with(
+            200,
+            "application/json",
+            json!({ "type": "array", "items": schema_ref("AuditEntry") }),
+        ),
+    ]
+}
+
+/// The schemas of tokens and audit entries.
+pub fn schemas() -> Value {
+    let uint = json!({ "type": "integer", "minimum": 0 });
+    let nullable_uint = json!({ "type": ["integer", "null"], "minimum": 0 });
+    let string = json!({ "type": "string" });
+    json!({
+        "Role": { "type": "string", "enum": ["read", "deploy", "admin", "router"],
+            "description": "read: GET only; deploy: read, plus deploys and the changes of its \
+                apps and image uploads; admin: everything; router: the fleet's endpoints" },
+        "TokenName": { "type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$",
+            "description": "1 to 64 letters, digits, '-', '_' and '.'" },
+        "TokenRequest": { "type": "object", "additionalProperties": false,
+            "required": ["name", "role"], "properties": {
+                "name": schema_ref("TokenName"),
+                "role": schema_ref("Role"),
+                "apps": { "anyOf": [
+                    { "type": "array", "items": schema_ref("AppName"), "minItems": 1 },
+                    { "type": "null" }],
+                    "description": "limit the token to these apps" },
+                "expires_in_secs": { "type": ["integer", "null"], "minimum": 1,
+                    "maximum": 315_360_000_u64,
+                    "description": "the token stops working this many seconds from now" } } },
+        "Token": { "type": "object",
+            "required": ["name", "role", "apps", "expires_ms", "created_ms", "created_by",
+                "revoked_ms"],
+            "properties": {
+                "name": string, "role": schema_ref("Role"),
+                "apps": { "type": ["array", "null"], "items": string },
+                "expires_ms": nullable_uint, "created_ms": uint, "created_by": string,
+                "revoked_ms": nullable_uint } },
+        "TokenCreated": { "type": "object", "required": ["token", "secret"], "properties": {
+            "token": schema_ref("Token"),
+            "secret": { "type": "string", "description": "the bearer secret, shown once" } } },
+        "AuditEntry": { "type": "object",
+            "required": ["seq", "at_ms", "actor", "role", "source", "action", "target", "app",
+                "status"],
+            "properties": {
+                "seq": uint, "at_ms": uint, "actor": string, "role": schema_ref("Role"),
+                "source": string, "action": string, "target": string,
+                "app": { "type": ["string", "null"] },
+                "status": { "type": "integer", "minimum": 100, "maximum": 599 } } },
+    })
+}
