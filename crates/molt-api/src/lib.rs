@@ -398,9 +398,11 @@ async fn maintenance(
 
 async fn scale(
     State(s): State<ApiState>,
+    axum::Extension(by): axum::Extension<Principal>,
     Path(app): Path<String>,
-    Json(body): Json<molt_wire::ScaleRequest>,
+    Json(mut body): Json<molt_wire::ScaleRequest>,
 ) -> ApiResult {
+    body.actor = Some(by.name.clone());
     ok(s.controller.scale(&app, body).await?)
 }
 

@@ -305,10 +305,12 @@ impl Client {
         content_type: &str,
     ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let uri = format!("{}{}", self.base, path);
-        let req = Request::builder()
-            .method(method)
-            .uri(&uri)
-            .header("authorization", format!("Bearer {}", self.token))
+        let mut req = Request::builder().method(method).uri(&uri);
+        // No token, no header (the server then says a token is missing, not malformed).
+        if !self.token.is_empty() {
+            req = req.header("authorization", format!("Bearer {}", self.token));
+        }
+        let req = req
             .header("content-type", content_type)
             .body(body)
             .with_context(|| format!("bad API URL {uri}"))?;

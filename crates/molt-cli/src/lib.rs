@@ -244,6 +244,48 @@ pub enum Command {
         #[command(subcommand)]
         action: ClusterAction,
     },
+    /// API tokens and their roles (admin only).
+    Tokens {
+        /// create | list | revoke
+        #[command(subcommand)]
+        action: TokensAction,
+    },
+    /// Who did what, when, from where, with what result: the mutating API calls (admin only).
+    Audit {
+        /// Only this app's calls.
+        #[arg(long)]
+        app: Option<String>,
+        /// How many of the newest calls.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// `molt tokens …`.
+#[derive(Debug, Subcommand)]
+pub enum TokensAction {
+    /// Make a token; its secret is printed once and never again.
+    Create {
+        /// Its name (the actor of everything done with it).
+        name: String,
+        /// read (GET only), deploy (deploys and changes of its apps), admin (everything) or
+        /// router (a `molt router`).
+        #[arg(long)]
+        role: String,
+        /// Limit it to these apps (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        apps: Option<Vec<String>>,
+        /// It stops working after this long (e.g. 12h, 30d).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// Every token: role, apps, expiry, who made it; never a secret.
+    List,
+    /// Revoke a token: it stops working at once.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 /// `molt cluster …`

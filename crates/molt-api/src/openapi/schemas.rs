@@ -71,8 +71,8 @@ fn names() -> Value {
         "Id": { "type": "string", "minLength": 1, "maxLength": 256,
             "description": "an environment's or an instance's id, as the server handed it out" },
         "Actor": { "type": "string",
-            "description": "who asks, for the tag history (control characters are dropped, \
-                100 characters kept)" },
+            "description": "ignored (kept for older clients): changes are recorded for the \
+                authenticated token's name" },
         "Commit": { "type": "string", "pattern": "^[0-9a-fA-F]{1,64}$",
             "description": "a hex git object id" },
         "RouterName": { "type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$" },

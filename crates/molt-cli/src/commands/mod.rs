@@ -1,5 +1,6 @@
 //! The client commands.
 
+mod access;
 mod bake;
 mod deploy;
 mod images;
@@ -84,6 +85,8 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             follow,
         } => logs(&client()?, &app, instance, lines, follow, json).await,
         Command::History { app, limit } => history(&client()?, &app, limit, json).await,
+        Command::Tokens { action } => access::tokens(&client()?, action, json).await,
+        Command::Audit { app, limit } => access::audit(&client()?, app, limit, json).await,
         Command::Bake { dir, tag } => bake::bake(&client()?, &dir, tag, json).await,
         Command::Images { action } => images(&client()?, action, json).await,
         Command::Tls { action } => tls(&client()?, action, json).await,
