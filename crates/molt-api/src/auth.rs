@@ -134,13 +134,18 @@ impl Auth {
     /// Authentication over the controller's tokens; `files` become the tokens `admin` and
     /// `router` (so deployments from before roles keep working).
     pub fn new(controller: Controller, files: Tokens) -> Auth {
+        Auth::with_policy(controller, files, FailurePolicy::default())
+    }
+
+    /// The same, with failed authentications limited by `policy`.
+    pub fn with_policy(controller: Controller, files: Tokens, policy: FailurePolicy) -> Auth {
         Auth {
             inner: Arc::new(AuthInner {
                 controller,
                 files,
                 loaded: OnceCell::new(),
                 by_hash: RwLock::new(HashMap::new()),
-                limiter: Mutex::new(FailureLimiter::new(FailurePolicy::default())),
+                limiter: Mutex::new(FailureLimiter::new(policy)),
             }),
         }
     }

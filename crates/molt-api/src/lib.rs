@@ -33,7 +33,9 @@ use molt_control::{
 use molt_wire::{DeploymentJournal, ErrorBody, Health, InstanceLog, PinOutcome, ReleaseConfig};
 use serde::{Deserialize, Serialize};
 
-pub use auth::{bearer_token, token_hash, Auth, AuthError, Principal};
+pub use auth::{
+    bearer_token, token_hash, Auth, AuthError, FailureLimiter, FailurePolicy, Principal,
+};
 pub use openapi::{document, operations, Op};
 pub use roles::{authorize, route_for, Need, RouteAccess, Scope, ROUTES};
 

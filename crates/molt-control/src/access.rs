@@ -49,8 +49,12 @@ impl Controller {
         self.db(move |s| s.record_audit(&entry)).await
     }
 
-    /// The newest `limit` audit entries, oldest first (one app's when `app` is set).
+    /// The newest `limit` audit entries, oldest first (one app's when `app` is set: an app
+    /// name, existing or not, since a refused call may name an app that never was).
     pub async fn audit(&self, app: Option<String>, limit: usize) -> Result<Vec<AuditEntry>> {
+        if let Some(app) = &app {
+            parse_app(app)?;
+        }
         self.db(move |s| s.audit(app.as_deref(), limit)).await
     }
 

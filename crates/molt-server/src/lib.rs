@@ -23,6 +23,7 @@ mod acme;
 mod api_tls;
 mod build;
 mod edge;
+mod private;
 mod swarm;
 
 pub use acme::AcmeConfig;
@@ -31,6 +32,7 @@ pub use edge::{Edge, EdgeConfig};
 pub use molt_control::Credentials as RegistryCredentials;
 pub use molt_control::LogRotation;
 pub use molt_runtime::{BridgeNetwork, Subnet};
+pub use private::private_umask;
 pub use swarm::{SwarmServeConfig, ROUTER_PORT};
 
 use std::fs::{self, File, OpenOptions};
@@ -92,6 +94,8 @@ pub struct ServeConfig {
     /// The controller's clock (and the store's): the system clock; tests may hand in a
     /// [`molt_core::ManualClock`] to move windows along instead of sleeping.
     pub clock: Arc<dyn Clock>,
+    /// How many failed authentications an address may make before it is answered 429.
+    pub auth_failures: molt_api::FailurePolicy,
     /// The API over TLS too, on an address other machines reach (for `molt router`s).
     pub api_tls: Option<ApiTlsConfig>,
     /// Run environments on a Docker swarm instead of this machine.
@@ -281,6 +285,7 @@ impl ServeConfig {
             drift_hold: Duration::from_secs(10),
             router_threads: default_router_threads(),
             clock: Arc::new(SystemClock),
+            auth_failures: molt_api::FailurePolicy::default(),
             api_tls: None,
             swarm: None,
             init_executable: None,
@@ -328,10 +333,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         }
     }
     let dir = cfg.data_dir.clone();
-    for sub in ["", "images", "logs", "uploads"] {
-        fs::create_dir_all(dir.join(sub))
-            .with_context(|| format!("creating the data directory {}", dir.join(sub).display()))?;
-    }
+    private::secure(&dir)?;
     let lock_file = File::create(dir.join("serve.lock"))
         .with_context(|| format!("creating {}", dir.join("serve.lock").display()))?;
     let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
@@ -345,6 +347,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let owner = read_or_create_secret(&dir.join("owner.id"))?;
     let store = Store::open(&dir.join("state.db"))
         .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
+    // SQLite made its WAL and SHM files with the database's mode (0600 by now).
+    private::tighten_files(&dir)?;
     let images = ImageStore::open(&dir.join("images")).context("opening the image store")?;
     let engine = match &cfg.swarm {
         Some(swarm_cfg) => {
@@ -550,14 +554,15 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     if let Some(acme) = acme {
         background.push(tokio::spawn(acme.run(stop.clone())));
     }
-    let app = molt_api::router(
+    let auth = molt_api::Auth::with_policy(
         controller.clone(),
         molt_api::Tokens {
             admin: token.clone(),
             router: router_token.clone(),
         },
-        dir.join("uploads"),
+        cfg.auth_failures,
     );
+    let app = molt_api::router_with(controller.clone(), auth, dir.join("uploads"));
     if let (Some(listener), Some(api_tls)) = (api_tls_listener, &cfg.api_tls) {
         let bound = listener.local_addr()?;
         let (certs, key) = api_tls::certificate(&dir, api_tls, bound)?;
@@ -607,7 +612,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         pid: std::process::id(),
     };
     let json = serde_json::to_string_pretty(&endpoints)?;
-    write_atomically(&dir.join("serve.json"), json.as_bytes(), 0o644)?;
+    write_atomically(&dir.join("serve.json"), json.as_bytes(), 0o600)?;
     tracing::info!(%api_addr, %router_addr, router_tls_addr = ?router_tls_addr, data_dir = %dir.display(), "molt serve is up");
     Ok(Running {
         api_addr,

@@ -22,6 +22,10 @@ fn main() -> ExitCode {
         .data_dir
         .clone()
         .unwrap_or_else(molt_server::default_data_dir);
+    if matches!(cli.command, Command::Serve(_)) {
+        // Before any thread exists: everything molt serve writes is private to its user.
+        molt_server::private_umask();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
