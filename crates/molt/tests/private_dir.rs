@@ -19,7 +19,8 @@ fn mode(path: &Path) -> u32 {
         & 0o7777
 }
 
-/// Every path under `dir` outside `images/`, bounded.
+/// Every path under `dir` outside the trees instances see (`images/`, and each runc bundle's
+/// `rootfs/` skeleton: open to the instance's user on purpose), bounded.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
@@ -31,7 +32,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         );
         for entry in std::fs::read_dir(&next).unwrap().flatten() {
             let path = entry.path();
-            if path == dir.join("images") {
+            let instance_tree = path.starts_with(dir.join("bundles"))
+                && path.file_name().is_some_and(|name| name == "rootfs");
+            if path == dir.join("images") || instance_tree {
                 continue;
             }
             if entry.file_type().unwrap().is_dir() {
