@@ -13,6 +13,7 @@ mod json_body;
 mod metrics;
 mod openapi;
 mod roles;
+mod secrets;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -159,6 +160,11 @@ pub fn router_with(controller: Controller, auth: Auth, upload_dir: PathBuf) -> R
         .route("/v1/apps/:app/abandon", post(abandon))
         .route("/v1/apps/:app/abort", post(abort))
         .route("/v1/apps/:app/events", get(events))
+        .route(
+            "/v1/apps/:app/secrets",
+            get(secrets::list).post(secrets::set),
+        )
+        .route("/v1/apps/:app/secrets/:secret", delete(secrets::remove))
         .route("/v1/deployments/:id", get(deployment))
         .route(
             "/v1/images",
@@ -356,6 +362,7 @@ async fn config_get(State(s): State<ApiState>, Path(app): Path<String>) -> ApiRe
     let latest = s.controller.releases(&app).await?.into_iter().next();
     ok(latest.map(|r| ReleaseConfig {
         env: r.config.env,
+        secrets: r.config.secrets,
         release: r.number,
     }))
 }

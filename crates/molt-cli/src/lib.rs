@@ -244,6 +244,13 @@ pub enum Command {
         #[command(subcommand)]
         action: ClusterAction,
     },
+    /// An app's secrets: encrypted at rest, given to instances as environment variables,
+    /// never shown again.
+    Secrets {
+        /// set | list | rm
+        #[command(subcommand)]
+        action: SecretsAction,
+    },
     /// API tokens and their roles (admin only).
     Tokens {
         /// create | list | revoke
@@ -258,6 +265,40 @@ pub enum Command {
         /// How many of the newest calls.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+    },
+}
+
+/// `molt secrets …`.
+#[derive(Debug, Subcommand)]
+pub enum SecretsAction {
+    /// Set a secret from stdin (or --from-file), never from the command line; a new release
+    /// is deployed with it. One trailing newline is dropped.
+    Set {
+        /// The app.
+        app: String,
+        /// The secret's name: the environment variable instances get.
+        name: String,
+        /// Read the value from this file instead of stdin.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// Return once the deployment is recorded.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The app's secrets: names, versions, who and when; never values.
+    List {
+        /// The app.
+        app: String,
+    },
+    /// Remove a secret; a new release without it is deployed.
+    Rm {
+        /// The app.
+        app: String,
+        /// The secret's name.
+        name: String,
+        /// Return once the deployment is recorded.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 

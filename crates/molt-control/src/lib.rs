@@ -30,6 +30,7 @@ mod queries;
 mod reconcile;
 mod route;
 mod scale;
+mod secrets;
 mod table;
 mod tls;
 mod traffic;
@@ -70,6 +71,7 @@ pub use molt_wire::{
     RollbackOutcome, ShadowComparison, ShadowReport, Status, SwapOutcome, TagEvent, TagOutcome,
     TrafficSummary, VerifyReport,
 };
+pub use secrets::SecretKey;
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -117,6 +119,8 @@ pub struct ControlConfig {
     /// GC's grace periods, start deadlines of instances) and for the store's timestamps: the
     /// system clock, or a [`molt_core::ManualClock`] a test moves instead of sleeping.
     pub clock: Arc<dyn Clock>,
+    /// What secrets are sealed with (none: `molt secrets set` is refused).
+    pub secrets_key: Option<SecretKey>,
 }
 
 /// How the controller's health checks reach instances.
@@ -160,6 +164,7 @@ impl Default for ControlConfig {
             health_checks: HealthChecks::Direct,
             engine: None,
             clock: Arc::new(SystemClock),
+            secrets_key: None,
         }
     }
 }

@@ -56,6 +56,11 @@ pub struct RunConfig {
     /// it is given (`instances`, or `molt scale`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<ScaleSpec>,
+    /// The app's secrets this release gives its instances as environment variables: each
+    /// name with the version it was set at (the value is encrypted in the store, and never
+    /// part of a release).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<EnvVarName, u64>,
 }
 
 /// Per-app router limits; unset ones fall back to `molt serve`'s, and none can exceed them.
@@ -445,6 +450,7 @@ impl Manifest {
                 limits,
                 router,
                 scale,
+                secrets: BTreeMap::new(),
             },
             build,
         })

@@ -5,6 +5,8 @@
 //! - `state.db` — the SQLite store (WAL);
 //! - `images/` — the image store; `logs/` — instance output; `uploads/` — image uploads;
 //! - `admin.token` (0600) — the API token the CLI reads;
+//! - `secrets.key` (0600, refused otherwise) — what secrets are sealed with, unless
+//!   `MOLT_SECRETS_KEY` gives it;
 //! - `router.token` (0600) — the token of the fleet's routers (`molt router`): it opens only
 //!   the fleet's endpoints (the route stream, acknowledgements, reports, probe results);
 //! - `serve.json` — where the running server listens, for the CLI;
@@ -96,6 +98,9 @@ pub struct ServeConfig {
     pub clock: Arc<dyn Clock>,
     /// How many failed authentications an address may make before it is answered 429.
     pub auth_failures: molt_api::FailurePolicy,
+    /// The key secrets are sealed with, 64 hex digits (`MOLT_SECRETS_KEY`); without it the
+    /// key is `<data dir>/secrets.key`, made at first start.
+    pub secrets_key: Option<String>,
     /// The API over TLS too, on an address other machines reach (for `molt router`s).
     pub api_tls: Option<ApiTlsConfig>,
     /// Run environments on a Docker swarm instead of this machine.
@@ -286,6 +291,7 @@ impl ServeConfig {
             router_threads: default_router_threads(),
             clock: Arc::new(SystemClock),
             auth_failures: molt_api::FailurePolicy::default(),
+            secrets_key: None,
             api_tls: None,
             swarm: None,
             init_executable: None,
@@ -345,6 +351,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let token = read_or_create_secret(&dir.join("admin.token"))?;
     let router_token = read_or_create_secret(&dir.join("router.token"))?;
     let owner = read_or_create_secret(&dir.join("owner.id"))?;
+    let secrets_key = private::secrets_key(&dir, cfg.secrets_key.as_deref())?;
     let store = Store::open(&dir.join("state.db"))
         .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
     // SQLite made its WAL and SHM files with the database's mode (0600 by now).
@@ -515,6 +522,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
                 HealthChecks::Direct
             },
             engine,
+            secrets_key: Some(secrets_key),
             ..ControlConfig::default()
         },
     );

@@ -13,6 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use molt_control::SecretKey;
 
 /// The subdirectories molt makes at the top of the data directory.
 const DIRS: &[&str] = &["images", "logs", "uploads", "runc", "bundles", "tls"];
@@ -61,13 +62,17 @@ pub(crate) fn secure(dir: &Path) -> Result<()> {
     tighten_files(&dir.join("logs"))
 }
 
-/// Every regular file directly in `dir` (when it exists) to 0600; symlinks are left alone.
+/// Every regular file directly in `dir` (when it exists) to 0600; symlinks are left alone,
+/// and so is `secrets.key`: a loose key is refused (someone may have read it), not mended.
 pub(crate) fn tighten_files(dir: &Path) -> Result<()> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(());
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        if entry.file_name() == "secrets.key" {
+            continue;
+        }
         if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
             set_mode(&path, 0o600)?;
         }
@@ -82,4 +87,39 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
             .with_context(|| format!("making {} private (mode {mode:o})", path.display()))?;
     }
     Ok(())
+}
+
+/// The key secrets are sealed with: `given` (hex, from `MOLT_SECRETS_KEY`), else
+/// `<dir>/secrets.key`, made (0600) when missing. A key file others may read or change, or
+/// of another owner, is refused: whoever reads it opens every secret.
+pub(crate) fn secrets_key(dir: &Path, given: Option<&str>) -> Result<SecretKey> {
+    if let Some(hex) = given {
+        return SecretKey::from_hex(hex).map_err(|e| anyhow::anyhow!("MOLT_SECRETS_KEY: {e}"));
+    }
+    let path = dir.join("secrets.key");
+    match fs::symlink_metadata(&path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o7777;
+            let me = nix::unistd::geteuid().as_raw();
+            if !meta.is_file() || mode & 0o077 != 0 || meta.uid() != me {
+                bail!(
+                    "{} must be a file of uid {me} that only its owner reads (mode 0600); it is \
+                     mode {mode:o} of uid {}: fix it with `chmod 600 {}` (and chown), or give the \
+                     key in MOLT_SECRETS_KEY",
+                    path.display(),
+                    meta.uid(),
+                    path.display()
+                );
+            }
+            let text =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            SecretKey::from_hex(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SecretKey::generate();
+            crate::write_atomically(&path, key.to_hex().as_bytes(), 0o600)?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }

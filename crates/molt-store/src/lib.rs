@@ -12,6 +12,7 @@ mod records;
 mod rows;
 mod runtime;
 mod schema;
+mod secrets;
 mod tags;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ use thiserror::Error;
 
 pub use access::StoredToken;
 pub use records::*;
+pub use secrets::SealedSecret;
 
 /// Errors from the store.
 #[derive(Debug, Error)]

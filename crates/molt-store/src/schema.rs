@@ -148,6 +148,22 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_app ON audit(app);
 "#,
+    // Secrets: every version of each, encrypted by the controller (ChaCha20-Poly1305, the
+    // key outside the database); a removal marks every version of the name, which releases
+    // that name them still reach.
+    r#"
+CREATE TABLE secrets (
+    app TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    removed_ms INTEGER,
+    PRIMARY KEY (app, name, version)
+);
+"#,
 ];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.

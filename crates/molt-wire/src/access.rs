@@ -116,3 +116,30 @@ pub struct AuditEntry {
     /// The HTTP status it was answered with.
     pub status: u16,
 }
+
+/// A secret of an app as it is listed: its name and newest version, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    /// The app.
+    pub app: String,
+    /// Its name: the environment variable instances get.
+    pub name: String,
+    /// 1 for the first value, one more for each change.
+    pub version: u64,
+    /// When this version was set, ms since the epoch.
+    pub created_ms: u64,
+    /// The token that set it.
+    pub created_by: String,
+}
+
+/// What setting or removing a secret did: the secret, and the deployment of the release that
+/// carries the change (none while the app has no release yet).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretOutcome {
+    /// The secret as it is now (for a removal, the version removed).
+    pub secret: SecretRecord,
+    /// Whether it was removed.
+    pub removed: bool,
+    /// The deployment of the new release.
+    pub deployment: Option<crate::DeploymentRecord>,
+}

@@ -19,7 +19,9 @@ mod scale;
 mod server;
 mod views;
 
-pub use access::{AuditEntry, Role, TokenCreated, TokenRecord, TokenRequest};
+pub use access::{
+    AuditEntry, Role, SecretOutcome, SecretRecord, TokenCreated, TokenRecord, TokenRequest,
+};
 pub use cluster::{
     ClusterStatus, EngineEnvironment, EngineNode, EngineStatus, FleetStatus, RouterStatus,
 };

@@ -207,6 +207,8 @@ async fn run_server(
     let mut cfg = ServeConfig::new(data_dir);
     cfg.api_addr = args.api_listen;
     cfg.router_addr = args.router_listen;
+    // The secrets key by environment only (never argv, where `ps` shows it).
+    cfg.secrets_key = std::env::var("MOLT_SECRETS_KEY").ok();
     cfg.gc_interval = molt_core::parse_duration(&args.gc_interval)?;
     match args.tls_listen {
         Some(listen) => {

@@ -4,9 +4,41 @@ use serde_json::{json, Value};
 
 use super::{schema_ref, Op, Presence};
 
-/// The token and audit operations.
+/// The token, audit and secret operations.
 pub fn operations() -> Vec<Op> {
     vec![
+        Op::new(
+            "get",
+            "/v1/apps/{app}/secrets",
+            "listSecrets",
+            "The app's secrets: names, versions, who set them and when; never values",
+        )
+        .answers_with(
+            200,
+            "application/json",
+            json!({ "type": "array", "items": schema_ref("Secret") }),
+        ),
+        Op::new(
+            "post",
+            "/v1/apps/{app}/secrets",
+            "setSecret",
+            "Set a secret (a new version, encrypted at rest) and deploy a release naming it",
+        )
+        .describe(
+            "The value is in this request and nowhere else: answers, history and releases \
+             name the version only. Without a release yet, the app's first deployment gets it.",
+        )
+        .json_body("SecretValue", Presence::Required)
+        .answers(200, "SecretOutcome")
+        .errors(&[409]),
+        Op::new(
+            "delete",
+            "/v1/apps/{app}/secrets/{secret}",
+            "removeSecret",
+            "Remove a secret and deploy a release without it",
+        )
+        .answers(200, "SecretOutcome")
+        .errors(&[409]),
         Op::new(
             "get",
             "/v1/tokens",
@@ -62,6 +94,20 @@ pub fn schemas() -> Value {
     let nullable_uint = json!({ "type": ["integer", "null"], "minimum": 0 });
     let string = json!({ "type": "string" });
     json!({
+        "SecretValue": { "type": "object", "additionalProperties": false,
+            "required": ["name", "value"], "properties": {
+                "name": schema_ref("EnvVarName"),
+                "value": { "type": "string", "minLength": 1, "maxLength": 65536,
+                    "pattern": "^[^\\u0000]*$",
+                    "description": "the value (UTF-8, no NUL); never sent back" } } },
+        "Secret": { "type": "object",
+            "required": ["app", "name", "version", "created_ms", "created_by"],
+            "properties": { "app": string, "name": string,
+                "version": { "type": "integer", "minimum": 1 },
+                "created_ms": uint, "created_by": string } },
+        "SecretOutcome": { "type": "object", "required": ["secret", "removed", "deployment"],
+            "properties": { "secret": schema_ref("Secret"), "removed": { "type": "boolean" },
+                "deployment": { "anyOf": [schema_ref("Deployment"), { "type": "null" }] } } },
         "Role": { "type": "string", "enum": ["read", "deploy", "admin", "router"],
             "description": "read: GET only; deploy: read, plus deploys and the changes of its \
                 apps and image uploads; admin: everything; router: the fleet's endpoints" },

@@ -190,6 +190,7 @@ fn path_parameter(name: &str) -> Value {
             "an image's digest or one of its tags",
         ),
         "name" => (schema_ref("TokenName"), "a token's name"),
+        "secret" => (schema_ref("EnvVarName"), "a secret's name"),
         other => unreachable!("undocumented path parameter {other}"),
     };
     json!({ "name": name, "in": "path", "required": true, "description": description,

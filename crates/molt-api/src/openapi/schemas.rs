@@ -313,7 +313,8 @@ fn views() -> Value {
         "ReleaseConfig": record(
             &[("env", json!({ "type": "object", "additionalProperties": string() })),
               ("release", uint())],
-            &[]),
+            &[("secrets", json!({ "type": "object", "additionalProperties": uint(),
+                  "description": "secret names and versions (never values)" }))]),
         "PinOutcome": record(
             &[("app", string()), ("pinned", json!({ "type": "boolean" })), ("release", uint())],
             &[]),

@@ -1,12 +1,15 @@
 //! `molt tokens` and `molt audit`.
 
-use anyhow::{anyhow, Result};
-use molt_wire::{AuditEntry, Role, TokenCreated, TokenRecord};
+use std::io::Read;
+
+use anyhow::{anyhow, bail, Context, Result};
+use molt_wire::{AuditEntry, Role, SecretOutcome, SecretRecord, TokenCreated, TokenRecord};
 use serde_json::json;
 
-use crate::client::Client;
+use super::deploy::follow;
+use crate::client::{Answer, Client};
 use crate::output::{age, print_json, print_list};
-use crate::TokensAction;
+use crate::{SecretsAction, TokensAction};
 
 /// `molt tokens create|list|revoke`.
 pub async fn tokens(client: &Client, action: TokensAction, json: bool) -> Result<i32> {
@@ -69,6 +72,113 @@ pub async fn tokens(client: &Client, action: TokensAction, json: bool) -> Result
                 print_json(answer.json());
             } else {
                 println!("token '{name}' revoked: it no longer works");
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// `molt secrets set|list|rm`.
+pub async fn secrets(client: &Client, action: SecretsAction, json: bool) -> Result<i32> {
+    match action {
+        SecretsAction::Set {
+            app,
+            name,
+            from_file,
+            no_wait,
+        } => {
+            let mut value = match &from_file {
+                Some(path) => std::fs::read(path)
+                    .with_context(|| format!("reading the secret from {}", path.display()))?,
+                None => {
+                    let mut bytes = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut bytes)
+                        .context("reading the secret from stdin")?;
+                    bytes
+                }
+            };
+            if value.ends_with(b"\n") {
+                value.pop();
+                if value.ends_with(b"\r") {
+                    value.pop();
+                }
+            }
+            let Ok(value) = String::from_utf8(value) else {
+                bail!("the secret is not UTF-8 text: an environment variable cannot hold it");
+            };
+            if value.is_empty() {
+                bail!(
+                    "the secret is empty: pipe it in (`printf %s \"$VALUE\" | molt secrets set \
+                     {app} {name}`) or pass --from-file"
+                );
+            }
+            let answer = client
+                .post_answer(
+                    &format!("/v1/apps/{app}/secrets"),
+                    &json!({ "name": name, "value": value }),
+                )
+                .await?;
+            drop(value);
+            outcome(client, &answer, no_wait, json).await
+        }
+        SecretsAction::List { app } => {
+            let answer = client
+                .get_answer(&format!("/v1/apps/{app}/secrets"))
+                .await?;
+            let secrets: Vec<SecretRecord> = answer.read()?;
+            let header = ["NAME", "VERSION", "SET", "BY"];
+            print_list(answer.json(), &secrets, json, &header, |s| {
+                vec![
+                    s.name.clone(),
+                    format!("v{}", s.version),
+                    age(s.created_ms),
+                    s.created_by.clone(),
+                ]
+            });
+            Ok(0)
+        }
+        SecretsAction::Rm { app, name, no_wait } => {
+            let answer = client
+                .delete_answer(&format!("/v1/apps/{app}/secrets/{name}"))
+                .await?;
+            outcome(client, &answer, no_wait, json).await
+        }
+    }
+}
+
+/// Prints what a secret change did and follows its deployment.
+async fn outcome(client: &Client, answer: &Answer, no_wait: bool, json: bool) -> Result<i32> {
+    let outcome: SecretOutcome = answer.read()?;
+    let s = &outcome.secret;
+    match &outcome.deployment {
+        Some(deployment) => {
+            if !json {
+                let what = if outcome.removed { "removed" } else { "set" };
+                eprintln!(
+                    "{} secret {} {what} (v{}); deploying",
+                    s.app, s.name, s.version
+                );
+            }
+            follow(
+                client,
+                deployment,
+                &answer.json()["deployment"],
+                no_wait,
+                json,
+            )
+            .await
+        }
+        None => {
+            if json {
+                print_json(answer.json());
+            } else if outcome.removed {
+                println!("{} secret {} removed", s.app, s.name);
+            } else {
+                println!(
+                    "{} secret {} set (v{}); the app's first deployment gets it",
+                    s.app, s.name, s.version
+                );
             }
             Ok(0)
         }

@@ -85,6 +85,7 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             follow,
         } => logs(&client()?, &app, instance, lines, follow, json).await,
         Command::History { app, limit } => history(&client()?, &app, limit, json).await,
+        Command::Secrets { action } => access::secrets(&client()?, action, json).await,
         Command::Tokens { action } => access::tokens(&client()?, action, json).await,
         Command::Audit { app, limit } => access::audit(&client()?, app, limit, json).await,
         Command::Bake { dir, tag } => bake::bake(&client()?, &dir, tag, json).await,

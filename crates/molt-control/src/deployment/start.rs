@@ -52,11 +52,12 @@ impl Controller {
                     ))
                     .into());
                 }
-                let (a, config) = (app.to_string(), manifest.config);
+                let (a, mut config) = (app.to_string(), manifest.config);
                 match (req.image.clone(), &req.from) {
                     (Some(image), None) => {
                         self.db(move |s| {
                             let img = s.resolve_image(&image)?;
+                            config.secrets = crate::secrets::current_versions(s, &a)?;
                             s.create_release(&a, &img.digest, &config, "deploy")
                         })
                         .await?
@@ -74,6 +75,7 @@ impl Controller {
                                 })?,
                             };
                             let note = format!("promoted from {}@v{}", release.app, release.number);
+                            config.secrets = crate::secrets::current_versions(s, &a)?;
                             s.create_release(&a, &release.image, &config, &note)
                         })
                         .await?
