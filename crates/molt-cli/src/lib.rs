@@ -6,7 +6,9 @@
 
 pub mod client;
 mod commands;
+pub mod credentials;
 mod output;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -250,6 +252,21 @@ pub enum Command {
         /// set | list | rm
         #[command(subcommand)]
         action: SecretsAction,
+    },
+    /// Log in to a remote molt over HTTPS: pins its certificate on first use (like SSH) and
+    /// keeps the token, 0600, in the credentials file; later commands with `--api URL` (or
+    /// none, when no local server runs) use both.
+    Login {
+        /// The API's URL: `https://host:port` (molt serve --api-tls-listen).
+        url: String,
+        /// Read the token from this file (default: MOLT_TOKEN, else stdin).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
+    /// Forget a server's login and pinned certificate.
+    Logout {
+        /// The API's URL.
+        url: String,
     },
     /// API tokens and their roles (admin only).
     Tokens {

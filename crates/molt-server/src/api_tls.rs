@@ -39,6 +39,15 @@ pub struct ApiTlsConfig {
     pub names: Vec<String>,
 }
 
+/// The fingerprint of a certificate as `molt login` pins it: `sha256:` and the hex SHA-256
+/// of its DER.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(der);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// Where the certificate is.
 pub fn cert_path(data_dir: &Path) -> PathBuf {
     data_dir.join("api-tls").join("cert.pem")

@@ -253,6 +253,8 @@ pub struct Running {
     pub router_tls_addr: Option<SocketAddr>,
     /// Where the API's TLS listener listens, when it is on.
     pub api_tls_addr: Option<SocketAddr>,
+    /// The SHA-256 of its certificate (`sha256:<hex>`): what `molt login` pins.
+    pub api_tls_fingerprint: Option<String>,
     /// The admin API token.
     pub token: String,
     /// The data directory.
@@ -337,6 +339,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
                 path.display()
             );
         }
+    }
+    if !cfg.api_addr.ip().is_loopback() {
+        bail!(
+            "--api-listen {} is not a loopback address: the plain API would carry tokens in \
+             clear. Keep it on 127.0.0.1 and reach molt from other machines with \
+             --api-tls-listen ADDR (then `molt login https://ADDR`)",
+            cfg.api_addr
+        );
     }
     let dir = cfg.data_dir.clone();
     private::secure(&dir)?;
@@ -571,9 +581,18 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         cfg.auth_failures,
     );
     let app = molt_api::router_with(controller.clone(), auth, dir.join("uploads"));
+    let mut api_tls_fingerprint = None;
     if let (Some(listener), Some(api_tls)) = (api_tls_listener, &cfg.api_tls) {
         let bound = listener.local_addr()?;
         let (certs, key) = api_tls::certificate(&dir, api_tls, bound)?;
+        let fingerprint = certs
+            .first()
+            .map(|cert| api_tls::fingerprint(cert.as_ref()));
+        tracing::info!(
+            fingerprint = fingerprint.as_deref().unwrap_or("none"),
+            "the API's TLS certificate (`molt login` pins it: compare)"
+        );
+        api_tls_fingerprint = fingerprint;
         let (app, stop) = (app.clone(), stop.clone());
         background.push(tokio::spawn(async move {
             if let Err(error) = api_tls::serve(listener, certs, key, app, stop).await {
@@ -627,6 +646,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         router_addr,
         router_tls_addr,
         api_tls_addr,
+        api_tls_fingerprint,
         token,
         data_dir: dir,
         controller,

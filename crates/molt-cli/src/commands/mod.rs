@@ -4,6 +4,7 @@ mod access;
 mod bake;
 mod deploy;
 mod images;
+mod login;
 mod scale;
 mod views;
 
@@ -85,6 +86,8 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             follow,
         } => logs(&client()?, &app, instance, lines, follow, json).await,
         Command::History { app, limit } => history(&client()?, &app, limit, json).await,
+        Command::Login { url, token_file } => login::login(&url, token_file, json).await,
+        Command::Logout { url } => login::logout(&url, json),
         Command::Secrets { action } => access::secrets(&client()?, action, json).await,
         Command::Tokens { action } => access::tokens(&client()?, action, json).await,
         Command::Audit { app, limit } => access::audit(&client()?, app, limit, json).await,
