@@ -197,6 +197,11 @@ async fn a_secret_reaches_its_instances_and_nothing_else() {
     ] {
         outputs.push((format!("molt {}", args.join(" ")), molt_out(&data, args)));
     }
+    let history = molt_out(&data, &["history", "shop"]);
+    assert!(
+        history.contains("call setSecret") && history.contains("admin (admin, 127.0.0.1)"),
+        "molt history shows who: {history}"
+    );
     let config = molt_out(&data, &["config", "show", "shop"]);
     assert!(config.contains("GREETING=(secret v2)"), "{config}");
     let listed: Value = serde_json::from_str(
