@@ -202,3 +202,33 @@ pub(crate) struct GcBody {
 pub(crate) async fn gc_images(State(s): State<ApiState>, Json(body): Json<GcBody>) -> ApiResult {
     ok(s.controller.gc_images(body.dry_run).await?)
 }
+
+/// `POST /v1/images/{reference}/signatures`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignatureBody {
+    public_key: String,
+    signature: String,
+}
+
+/// `POST /v1/images/{reference}/signatures`: a signature checked and kept with the image.
+pub(crate) async fn sign_image(
+    State(s): State<ApiState>,
+    Extension(by): Extension<Principal>,
+    Path(reference): Path<String>,
+    Json(body): Json<SignatureBody>,
+) -> ApiResult {
+    let signature = s
+        .controller
+        .sign_image(&reference, &body.public_key, &body.signature, &by.name)
+        .await?;
+    Ok((StatusCode::CREATED, Json(signature)).into_response())
+}
+
+/// `GET /v1/images/{reference}/signatures`.
+pub(crate) async fn image_signatures(
+    State(s): State<ApiState>,
+    Path(reference): Path<String>,
+) -> ApiResult {
+    ok(s.controller.image_signatures(&reference).await?)
+}

@@ -181,6 +181,10 @@ pub fn router_with(controller: Controller, auth: Auth, upload_dir: PathBuf) -> R
         )
         .route("/v1/images/:reference/history", get(image_history))
         .route("/v1/images/:reference/tags", post(tag_image))
+        .route(
+            "/v1/images/:reference/signatures",
+            get(image_signatures).post(sign_image),
+        )
         .route("/v1/images/:reference/export", get(export_image))
         .route("/v1/tags/history", get(tag_history))
         .route(

@@ -154,6 +154,18 @@ pub const ROUTES: &[RouteAccess] = &[
     ),
     at(
         "get",
+        "/v1/images/{reference}/signatures",
+        "listImageSignatures",
+        Need::Read,
+    ),
+    at(
+        "post",
+        "/v1/images/{reference}/signatures",
+        "signImage",
+        Need::Deploy,
+    ),
+    at(
+        "get",
         "/v1/images/{reference}/export",
         "exportImage",
         Need::Read,

@@ -490,6 +490,26 @@ pub enum ImageAction {
         /// An image digest or tag.
         b: String,
     },
+    /// Make an Ed25519 signing key: NAME.key (secret, 0600) and NAME.pub (what `molt serve
+    /// --require-signature` takes). Needs no server.
+    Keygen {
+        /// Path of the pair, without extension (e.g. keys/release).
+        name: PathBuf,
+    },
+    /// Sign an image with a key of `molt images keygen` (the key never leaves this machine);
+    /// the signature is kept with the image.
+    Sign {
+        /// An image digest or tag.
+        image: String,
+        /// The .key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// The image's signatures.
+    Signatures {
+        /// An image digest or tag.
+        image: String,
+    },
 }
 
 /// `molt router` options.
@@ -538,6 +558,10 @@ pub struct RouterArgs {
 /// `molt serve` options.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// Deploy only images signed by this Ed25519 public key (a `.pub` file of `molt images
+    /// keygen`); others are refused before anything starts.
+    #[arg(long, value_name = "FILE", env = "MOLT_REQUIRE_SIGNATURE")]
+    pub require_signature: Option<PathBuf>,
     /// API listen address.
     #[arg(
         long = "api-listen",

@@ -31,6 +31,7 @@ mod reconcile;
 mod route;
 mod scale;
 mod secrets;
+mod signing;
 mod table;
 mod tls;
 mod traffic;
@@ -72,6 +73,7 @@ pub use molt_wire::{
     TrafficSummary, VerifyReport,
 };
 pub use secrets::SecretKey;
+pub use signing::SigningKey;
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -121,6 +123,8 @@ pub struct ControlConfig {
     pub clock: Arc<dyn Clock>,
     /// What secrets are sealed with (none: `molt secrets set` is refused).
     pub secrets_key: Option<SecretKey>,
+    /// When set, only images this key signed are deployed.
+    pub require_signature: Option<SigningKey>,
 }
 
 /// How the controller's health checks reach instances.
@@ -165,6 +169,7 @@ impl Default for ControlConfig {
             engine: None,
             clock: Arc::new(SystemClock),
             secrets_key: None,
+            require_signature: None,
         }
     }
 }

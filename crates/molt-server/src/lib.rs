@@ -101,6 +101,8 @@ pub struct ServeConfig {
     /// The key secrets are sealed with, 64 hex digits (`MOLT_SECRETS_KEY`); without it the
     /// key is `<data dir>/secrets.key`, made at first start.
     pub secrets_key: Option<String>,
+    /// An Ed25519 public key file (64 hex digits): only images it signed are deployed.
+    pub require_signature: Option<PathBuf>,
     /// The API over TLS too, on an address other machines reach (for `molt router`s).
     pub api_tls: Option<ApiTlsConfig>,
     /// Run environments on a Docker swarm instead of this machine.
@@ -294,6 +296,7 @@ impl ServeConfig {
             clock: Arc::new(SystemClock),
             auth_failures: molt_api::FailurePolicy::default(),
             secrets_key: None,
+            require_signature: None,
             api_tls: None,
             swarm: None,
             init_executable: None,
@@ -362,6 +365,22 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let router_token = read_or_create_secret(&dir.join("router.token"))?;
     let owner = read_or_create_secret(&dir.join("owner.id"))?;
     let secrets_key = private::secrets_key(&dir, cfg.secrets_key.as_deref())?;
+    let require_signature = match &cfg.require_signature {
+        Some(path) => Some(
+            fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .and_then(|text| {
+                    molt_control::SigningKey::from_hex(&text).map_err(|e| anyhow::anyhow!(e))
+                })
+                .with_context(|| {
+                    format!(
+                        "--require-signature {}: pass the .pub file `molt images keygen` wrote",
+                        path.display()
+                    )
+                })?,
+        ),
+        None => None,
+    };
     let store = Store::open(&dir.join("state.db"))
         .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
     // SQLite made its WAL and SHM files with the database's mode (0600 by now).
@@ -533,6 +552,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             },
             engine,
             secrets_key: Some(secrets_key),
+            require_signature,
             ..ControlConfig::default()
         },
     );

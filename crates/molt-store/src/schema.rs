@@ -164,6 +164,17 @@ CREATE TABLE secrets (
     PRIMARY KEY (app, name, version)
 );
 "#,
+    // Image signatures (Ed25519 over the manifest digest), checked by the controller.
+    r#"
+CREATE TABLE image_signatures (
+    digest TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    PRIMARY KEY (digest, public_key)
+);
+"#,
 ];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.

@@ -1,7 +1,7 @@
 //! Secrets as the store keeps them: sealed (nonce + ciphertext) by the controller, every
-//! version kept so that an older release can still start.
+//! version kept so that an older release can still start; and image signatures.
 
-use molt_wire::SecretRecord;
+use molt_wire::{ImageSignature, SecretRecord};
 use rusqlite::{params, OptionalExtension};
 
 use crate::{Result, Store, StoreError};
@@ -117,5 +117,41 @@ impl Store {
                 what: "secret version",
                 key: format!("{app}/{name} v{version}"),
             })
+    }
+}
+
+impl Store {
+    /// Keeps a signature of an image (replacing one by the same key).
+    pub fn add_image_signature(&mut self, signature: &ImageSignature) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO image_signatures(digest, public_key, signature, created_ms,
+             created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                signature.digest,
+                signature.public_key,
+                signature.signature,
+                self.clock.now_ms() as i64,
+                signature.created_by
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The signatures of an image, oldest first.
+    pub fn image_signatures(&self, digest: &str) -> Result<Vec<ImageSignature>> {
+        let mut st = self.conn.prepare(
+            "SELECT digest, public_key, signature, created_ms, created_by FROM image_signatures
+             WHERE digest = ?1 ORDER BY created_ms, public_key",
+        )?;
+        let rows = st.query_map([digest], |r| {
+            Ok(ImageSignature {
+                digest: r.get(0)?,
+                public_key: r.get(1)?,
+                signature: r.get(2)?,
+                created_ms: r.get::<_, i64>(3)? as u64,
+                created_by: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

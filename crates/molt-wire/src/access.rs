@@ -143,3 +143,24 @@ pub struct SecretOutcome {
     /// The deployment of the new release.
     pub deployment: Option<crate::DeploymentRecord>,
 }
+
+/// An Ed25519 signature of an image, as molt keeps it with the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSignature {
+    /// The image's manifest digest (what is signed, see `signed_message`).
+    pub digest: String,
+    /// The signer's public key: 64 hex digits.
+    pub public_key: String,
+    /// The signature: 128 hex digits.
+    pub signature: String,
+    /// When it was added, ms since the epoch.
+    pub created_ms: u64,
+    /// The token that added it.
+    pub created_by: String,
+}
+
+/// The bytes an image signature signs: a fixed context and the image's digest
+/// (`sha256:<hex>`), so a signature never stands for anything but that image.
+pub fn signed_message(digest: &str) -> Vec<u8> {
+    format!("molt image signature v1\0{digest}").into_bytes()
+}

@@ -20,7 +20,8 @@ mod server;
 mod views;
 
 pub use access::{
-    AuditEntry, Role, SecretOutcome, SecretRecord, TokenCreated, TokenRecord, TokenRequest,
+    signed_message, AuditEntry, ImageSignature, Role, SecretOutcome, SecretRecord, TokenCreated,
+    TokenRecord, TokenRequest,
 };
 pub use cluster::{
     ClusterStatus, EngineEnvironment, EngineNode, EngineStatus, FleetStatus, RouterStatus,

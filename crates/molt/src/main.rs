@@ -209,6 +209,7 @@ async fn run_server(
     cfg.router_addr = args.router_listen;
     // The secrets key by environment only (never argv, where `ps` shows it).
     cfg.secrets_key = std::env::var("MOLT_SECRETS_KEY").ok();
+    cfg.require_signature = args.require_signature.clone();
     cfg.gc_interval = molt_core::parse_duration(&args.gc_interval)?;
     match args.tls_listen {
         Some(listen) => {

@@ -70,6 +70,30 @@ pub fn operations() -> Vec<Op> {
         .errors(&[409]),
         Op::new(
             "get",
+            "/v1/images/{reference}/signatures",
+            "listImageSignatures",
+            "The image's Ed25519 signatures",
+        )
+        .answers_with(
+            200,
+            "application/json",
+            json!({ "type": "array", "items": schema_ref("ImageSignature") }),
+        ),
+        Op::new(
+            "post",
+            "/v1/images/{reference}/signatures",
+            "signImage",
+            "Keep a signature of the image (checked first)",
+        )
+        .describe(
+            "The signature is Ed25519 over `molt image signature v1`, a NUL byte and the \
+             image's digest (`sha256:<hex>`); `molt images sign` makes it with a key that never \
+             leaves the client.",
+        )
+        .json_body("SignatureBody", Presence::Required)
+        .answers(201, "ImageSignature"),
+        Op::new(
+            "get",
             "/v1/audit",
             "listAudit",
             "The newest mutating calls: who, from where, what, and how it was answered",
@@ -108,6 +132,14 @@ pub fn schemas() -> Value {
         "SecretOutcome": { "type": "object", "required": ["secret", "removed", "deployment"],
             "properties": { "secret": schema_ref("Secret"), "removed": { "type": "boolean" },
                 "deployment": { "anyOf": [schema_ref("Deployment"), { "type": "null" }] } } },
+        "SignatureBody": { "type": "object", "additionalProperties": false,
+            "required": ["public_key", "signature"], "properties": {
+                "public_key": { "type": "string", "pattern": "^[0-9a-fA-F]{64}$" },
+                "signature": { "type": "string", "pattern": "^[0-9a-fA-F]{128}$" } } },
+        "ImageSignature": { "type": "object",
+            "required": ["digest", "public_key", "signature", "created_ms", "created_by"],
+            "properties": { "digest": string, "public_key": string, "signature": string,
+                "created_ms": uint, "created_by": string } },
         "Role": { "type": "string", "enum": ["read", "deploy", "admin", "router"],
             "description": "read: GET only; deploy: read, plus deploys and the changes of its \
                 apps and image uploads; admin: everything; router: the fleet's endpoints" },

@@ -6,6 +6,7 @@ mod deploy;
 mod images;
 mod login;
 mod scale;
+mod signing;
 mod views;
 
 use deploy::*;
@@ -23,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::client::{ApiError, Client, Unreachable};
 use crate::output::{age, print_json, print_traffic};
-use crate::{Cli, ClusterAction, Command, TlsAction};
+use crate::{Cli, ClusterAction, Command, ImageAction, TlsAction};
 
 /// Exit code for a deployment that did not end serving the new release.
 pub const EXIT_DEPLOY_FAILED: i32 = 3;
@@ -94,6 +95,9 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
         Command::Tokens { action } => access::tokens(&client()?, action, json).await,
         Command::Audit { app, limit } => access::audit(&client()?, app, limit, json).await,
         Command::Bake { dir, tag } => bake::bake(&client()?, &dir, tag, json).await,
+        Command::Images {
+            action: ImageAction::Keygen { name },
+        } => signing::keygen(&name, json),
         Command::Images { action } => images(&client()?, action, json).await,
         Command::Tls { action } => tls(&client()?, action, json).await,
         Command::Cluster {

@@ -55,6 +55,8 @@ impl Controller {
                 let (a, mut config) = (app.to_string(), manifest.config);
                 match (req.image.clone(), &req.from) {
                     (Some(image), None) => {
+                        let digest = self.resolve_image_record(&image).await?.digest;
+                        self.check_signature(digest.as_str()).await?;
                         self.db(move |s| {
                             let img = s.resolve_image(&image)?;
                             config.secrets = crate::secrets::current_versions(s, &a)?;
@@ -64,16 +66,19 @@ impl Controller {
                     }
                     (None, Some(from)) => {
                         let (source, number) = parse_from(from)?;
-                        self.db(move |s| {
-                            let release = match number {
-                                Some(n) => s.release(&source, n)?,
+                        let release = self
+                            .db(move |s| match number {
+                                Some(n) => s.release(&source, n),
                                 None => s.latest_release(&source)?.ok_or_else(|| {
                                     molt_store::StoreError::NotFound {
                                         what: "release of app",
                                         key: source.clone(),
                                     }
-                                })?,
-                            };
+                                }),
+                            })
+                            .await?;
+                        self.check_signature(release.image.as_str()).await?;
+                        self.db(move |s| {
                             let note = format!("promoted from {}@v{}", release.app, release.number);
                             config.secrets = crate::secrets::current_versions(s, &a)?;
                             s.create_release(&a, &release.image, &config, &note)
@@ -92,7 +97,9 @@ impl Controller {
             }
             (None, Some(n)) if req.image.is_none() && req.from.is_none() => {
                 let a = app.to_string();
-                self.db(move |s| s.release(&a, n)).await?
+                let release = self.db(move |s| s.release(&a, n)).await?;
+                self.check_signature(release.image.as_str()).await?;
+                release
             }
             _ => {
                 return Err(InputError::Invalid(
