@@ -365,22 +365,11 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let router_token = read_or_create_secret(&dir.join("router.token"))?;
     let owner = read_or_create_secret(&dir.join("owner.id"))?;
     let secrets_key = private::secrets_key(&dir, cfg.secrets_key.as_deref())?;
-    let require_signature = match &cfg.require_signature {
-        Some(path) => Some(
-            fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .and_then(|text| {
-                    molt_control::SigningKey::from_hex(&text).map_err(|e| anyhow::anyhow!(e))
-                })
-                .with_context(|| {
-                    format!(
-                        "--require-signature {}: pass the .pub file `molt images keygen` wrote",
-                        path.display()
-                    )
-                })?,
-        ),
-        None => None,
-    };
+    let require_signature = cfg
+        .require_signature
+        .as_deref()
+        .map(private::signing_key)
+        .transpose()?;
     let store = Store::open(&dir.join("state.db"))
         .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
     // SQLite made its WAL and SHM files with the database's mode (0600 by now).

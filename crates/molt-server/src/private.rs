@@ -123,3 +123,16 @@ pub(crate) fn secrets_key(dir: &Path, given: Option<&str>) -> Result<SecretKey> 
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
+
+/// The public key of `--require-signature FILE` (64 hex digits, as `molt images keygen`
+/// writes a `.pub` file).
+pub(crate) fn signing_key(path: &Path) -> Result<molt_control::SigningKey> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("--require-signature {}: cannot read it", path.display()))?;
+    molt_control::SigningKey::from_hex(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "--require-signature {}: {e}; pass the .pub file `molt images keygen` wrote",
+            path.display()
+        )
+    })
+}
