@@ -316,14 +316,14 @@ impl Controller {
             .deploy
             .watch_analysis
             .as_ref()
-            .map(|a| WatchAnalysis::new(a, self.inner.router.env_traffic(&env).live));
+            .map(|a| WatchAnalysis::new(a, self.env_live_traffic(&env)));
         while self.now_ms() < watch_end {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
                 _ = tokio::time::sleep(poll) => {}
             }
             if let Some(analysis) = judged.as_mut() {
-                let now = self.inner.router.env_traffic(&env).live;
+                let now = self.env_live_traffic(&env);
                 if let Some((judgement, failed)) = analysis.look(now) {
                     // A failed interval is news; a passed or inconclusive one is not (the
                     // watch judges every interval of every deployment).
