@@ -109,8 +109,9 @@ pub struct DeployPolicy {
     /// `strategy = "canary"`: the steps and analysis before the swap (`None`: blue/green).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySpec>,
-    /// Blue/green with `[deploy.analysis]`: the watch also judges the new environment's
-    /// traffic each interval and swaps back after `failure_limit` failed intervals.
+    /// Blue/green: the watch also judges the new environment's traffic each interval (by
+    /// `[deploy.analysis]`, else its defaults) and swaps back after `failure_limit` failed
+    /// intervals. `None` for a canary, and for releases recorded before the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_analysis: Option<Analysis>,
 }
@@ -210,7 +211,7 @@ impl Default for DeployPolicy {
             watch: Duration::from_secs(300),
             rollback_window: Duration::from_secs(900),
             canary: None,
-            watch_analysis: None,
+            watch_analysis: Some(Analysis::default()),
         }
     }
 }
@@ -334,9 +335,11 @@ impl Manifest {
             }
             _ => None,
         };
+        // Blue/green's watch judges the new environment's traffic by default: with
+        // `[deploy.analysis]`, by its criteria; without, by the analysis defaults.
         let watch_analysis = match (&canary, &rd.analysis) {
-            (None, Some(a)) => Some(parse_analysis(Some(a.get_ref()), &at)?),
-            _ => None,
+            (None, analysis) => Some(parse_analysis(analysis.as_ref().map(|a| a.get_ref()), &at)?),
+            (Some(_), _) => None,
         };
         let dd = DeployPolicy::default();
         let deploy = DeployPolicy {
