@@ -1,7 +1,8 @@
 //! Signed images: Ed25519 signatures over an image's manifest digest (ring's, already built
 //! for TLS; no new crate), kept with the image in the store. With a required key
-//! (`ControlConfig::require_signature`, `molt serve --require-signature`), a deployment of an
-//! image that key has not signed is refused before anything is recorded or started.
+//! (`ControlConfig::require_signature`, `molt serve --require-signature`, or an app's
+//! `[deploy] require_signature` in its molt.toml), a deployment of an image that key has not
+//! signed is refused before anything is recorded or started.
 //!
 //! Why plain Ed25519 and not cosign: a cosign signature lives in a registry as an OCI
 //! artifact and its verification wants sigstore's crate tree; molt's images live in its own
@@ -94,25 +95,41 @@ impl Controller {
         self.db(move |s| s.image_signatures(&digest)).await
     }
 
-    /// Refuses `digest` when a signature is required and the required key has not signed it.
-    pub(crate) async fn check_signature(&self, digest: &str) -> Result<()> {
-        let Some(key) = self.inner.config.require_signature.clone() else {
-            return Ok(());
+    /// Refuses `digest` unless every key required of it has signed it: the server's
+    /// (`--require-signature`) and the app's (`[deploy] require_signature`, `app_key`).
+    pub(crate) async fn check_signature(&self, digest: &str, app_key: Option<&str>) -> Result<()> {
+        let server = self
+            .inner
+            .config
+            .require_signature
+            .clone()
+            .map(|key| (key, "this molt requires (--require-signature"));
+        let app = match app_key {
+            Some(hex) => Some((
+                SigningKey::from_hex(hex).map_err(InputError::Invalid)?,
+                "the app's molt.toml requires ([deploy] require_signature",
+            )),
+            None => None,
         };
+        let required: Vec<(SigningKey, &str)> = server.into_iter().chain(app).collect();
+        if required.is_empty() {
+            return Ok(());
+        }
         let d = digest.to_owned();
         let signatures = self.db(move |s| s.image_signatures(&d)).await?;
-        let signed = signatures
-            .iter()
-            .any(|s| s.public_key == key.to_hex() && key.verifies(digest, &s.signature));
-        if signed {
-            Ok(())
-        } else {
-            Err(ControlError::Input(InputError::Invalid(format!(
-                "image {digest} is not signed by the key this molt requires (--require-signature \
-                 {}…): sign it with `molt images sign {digest} --key FILE`; nothing was deployed",
-                &key.to_hex()[..16]
-            ))))
+        for (key, whose) in required {
+            let signed = signatures
+                .iter()
+                .any(|s| s.public_key == key.to_hex() && key.verifies(digest, &s.signature));
+            if !signed {
+                return Err(ControlError::Input(InputError::Invalid(format!(
+                    "image {digest} is not signed by the key {whose} {}…): sign it with `molt \
+                     images sign {digest} --key FILE`; nothing was deployed",
+                    &key.to_hex()[..16]
+                ))));
+            }
         }
+        Ok(())
     }
 }
 

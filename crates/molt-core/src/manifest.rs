@@ -114,6 +114,11 @@ pub struct DeployPolicy {
     /// intervals. `None` for a canary, and for releases recorded before the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_analysis: Option<Analysis>,
+    /// `require_signature`: the Ed25519 public key (64 lowercase hex digits, the contents of
+    /// a `.pub` file `molt images keygen` writes) that must have signed the image of every
+    /// release of this app; checked by the server before a release is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signature: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +194,7 @@ struct RawDeploy {
     rollback_window: Option<Spanned<String>>,
     steps: Option<Spanned<Vec<Spanned<RawStep>>>>,
     analysis: Option<Spanned<RawAnalysis>>,
+    require_signature: Option<Spanned<String>>,
 }
 
 impl Default for HealthCheck {
@@ -212,7 +218,23 @@ impl Default for DeployPolicy {
             rollback_window: Duration::from_secs(900),
             canary: None,
             watch_analysis: Some(Analysis::default()),
+            require_signature: None,
         }
+    }
+}
+
+/// An Ed25519 public key as `require_signature` names it: 64 hex digits (surrounding
+/// whitespace ignored), kept in lowercase.
+fn parse_public_key(text: &str) -> Result<String, String> {
+    let key = text.trim();
+    if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(key.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "require_signature is an Ed25519 public key: the 64 hex digits of the .pub file \
+             `molt images keygen` writes (this value has {} characters)",
+            key.chars().count()
+        ))
     }
 }
 
@@ -348,6 +370,10 @@ impl Manifest {
             rollback_window: duration(&rd.rollback_window, dd.rollback_window)?,
             canary,
             watch_analysis,
+            require_signature: match &rd.require_signature {
+                Some(key) => Some(parse_public_key(key.get_ref()).map_err(|e| at(key.span(), e))?),
+                None => None,
+            },
         };
         let rr = raw.router.unwrap_or_default();
         let router = RouterLimits {
@@ -606,6 +632,21 @@ mod tests {
         assert_eq!(m.config.instances, 1);
         assert_eq!(m.config.health, HealthCheck::default());
         assert_eq!(m.config.deploy, DeployPolicy::default());
+    }
+
+    #[test]
+    fn require_signature_takes_a_public_key() {
+        let base = "name = \"shop\"\ncommand = [\"./s\"]\n[deploy]\n";
+        let key = "AB".repeat(32);
+        let m = parse(&format!("{base}require_signature = \"{key}\"\n")).unwrap();
+        assert_eq!(m.config.deploy.require_signature, Some("ab".repeat(32)));
+        for bad in ["release.pub", "", &"a".repeat(63), &"g".repeat(64)] {
+            let err = parse(&format!("{base}require_signature = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("line 4"), "{err}");
+            assert!(err.contains("64 hex digits"), "{err}");
+        }
     }
 
     #[test]

@@ -69,3 +69,54 @@ async fn only_signed_images_deploy_under_a_policy() {
     assert_eq!(deployed["state"], "drained", "{deployed}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_molt_toml_can_require_a_signature() {
+    let keys = tempfile::tempdir().unwrap();
+    let name = keys.path().join("shop");
+    let o = molt_command(keys.path(), &["images", "keygen", name.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let (key, public) = (name.with_extension("key"), name.with_extension("pub"));
+    let pub_hex = std::fs::read_to_string(&public).unwrap().trim().to_owned();
+    // No server-wide policy: the app's own manifest asks for the signature.
+    let h = Harness::start().await;
+    let data = h.data_dir();
+    let manifest = FAST.replace(
+        "[deploy]\n",
+        &format!("[deploy]\nrequire_signature = \"{pub_hex}\"\n"),
+    );
+    let dir = h.app("shop", &[], &manifest);
+
+    let error = start_deploy(&h.client, &dir).await.unwrap_err();
+    let api = error.downcast_ref::<ApiError>().expect("an API error");
+    assert_eq!(api.status.as_u16(), 400, "{error:#}");
+    assert!(
+        api.message.contains("the app's molt.toml requires"),
+        "{error:#}"
+    );
+    assert_eq!(h.client.get("/v1/apps").await.unwrap(), json!([]));
+    let images = h.client.get("/v1/images").await.unwrap();
+    let digest = images[0]["digest"].as_str().unwrap().to_owned();
+
+    // A malformed key is an error at its line, before anything else.
+    let broken = h.app(
+        "shop",
+        &[],
+        &FAST.replace("[deploy]\n", "[deploy]\nrequire_signature = \"shop.pub\"\n"),
+    );
+    let error = start_deploy(&h.client, &broken).await.unwrap_err();
+    assert!(format!("{error:#}").contains("64 hex digits"), "{error:#}");
+
+    let o = molt_command(
+        &data,
+        &["images", "sign", &digest, "--key", key.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let deployed = h.deploy(&dir).await;
+    assert_eq!(deployed["state"], "drained", "{deployed}");
+    h.stop().await;
+}

@@ -56,7 +56,9 @@ impl Controller {
                 match (req.image.clone(), &req.from) {
                     (Some(image), None) => {
                         let digest = self.resolve_image_record(&image).await?.digest;
-                        self.check_signature(digest.as_str()).await?;
+                        let app_key = config.deploy.require_signature.clone();
+                        self.check_signature(digest.as_str(), app_key.as_deref())
+                            .await?;
                         self.db(move |s| {
                             let img = s.resolve_image(&image)?;
                             config.secrets = crate::secrets::current_versions(s, &a)?;
@@ -77,7 +79,9 @@ impl Controller {
                                 }),
                             })
                             .await?;
-                        self.check_signature(release.image.as_str()).await?;
+                        let app_key = config.deploy.require_signature.clone();
+                        self.check_signature(release.image.as_str(), app_key.as_deref())
+                            .await?;
                         self.db(move |s| {
                             let note = format!("promoted from {}@v{}", release.app, release.number);
                             config.secrets = crate::secrets::current_versions(s, &a)?;
@@ -98,7 +102,9 @@ impl Controller {
             (None, Some(n)) if req.image.is_none() && req.from.is_none() => {
                 let a = app.to_string();
                 let release = self.db(move |s| s.release(&a, n)).await?;
-                self.check_signature(release.image.as_str()).await?;
+                let app_key = release.config.deploy.require_signature.as_deref();
+                self.check_signature(release.image.as_str(), app_key)
+                    .await?;
                 release
             }
             _ => {
