@@ -140,6 +140,17 @@ impl Connection {
         path: &str,
         upload: Option<&Bytes>,
     ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        self.send_with(host, path, upload, None).await
+    }
+
+    /// [`Connection::send`] with a `Cookie` header when one is given.
+    async fn send_with(
+        &mut self,
+        host: &str,
+        path: &str,
+        upload: Option<&Bytes>,
+        cookie: Option<&str>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let method = if upload.is_some() {
             hyper::Method::POST
         } else {
@@ -149,22 +160,26 @@ impl Connection {
         match &mut self.sender {
             Sender::Http1(sender) => {
                 sender.ready().await.context("connection closed")?;
-                let request = hyper::Request::builder()
+                let mut request = hyper::Request::builder()
                     .method(method)
                     .uri(path)
-                    .header(hyper::header::HOST, host)
-                    .body(body)
-                    .context("building the request")?;
+                    .header(hyper::header::HOST, host);
+                if let Some(cookie) = cookie {
+                    request = request.header(hyper::header::COOKIE, cookie);
+                }
+                let request = request.body(body).context("building the request")?;
                 Ok(sender.send_request(request).await?)
             }
             Sender::H2c(sender) => {
                 sender.ready().await.context("connection closed")?;
                 // HTTP/2 names the host in the URI's authority (`:authority`).
-                let request = hyper::Request::builder()
+                let mut request = hyper::Request::builder()
                     .method(method)
-                    .uri(format!("http://{host}{path}"))
-                    .body(body)
-                    .context("building the request")?;
+                    .uri(format!("http://{host}{path}"));
+                if let Some(cookie) = cookie {
+                    request = request.header(hyper::header::COOKIE, cookie);
+                }
+                let request = request.body(body).context("building the request")?;
                 Ok(sender.send_request(request).await?)
             }
         }
@@ -173,6 +188,21 @@ impl Connection {
     /// GET `path` with `Host: host`; returns the status and the whole body.
     pub async fn get(&mut self, host: &str, path: &str) -> Result<(u16, Bytes)> {
         let response = self.send(host, path, None).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// GET `path` with `Host: host` as the user whose sticky bucket (molt's `molt-bucket`
+    /// cookie) is `bucket`; returns the status and the whole body.
+    pub async fn get_as_user(
+        &mut self,
+        host: &str,
+        path: &str,
+        bucket: u32,
+    ) -> Result<(u16, Bytes)> {
+        let cookie = format!("molt-bucket={bucket}");
+        let response = self.send_with(host, path, None, Some(&cookie)).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))

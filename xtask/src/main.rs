@@ -10,6 +10,7 @@
 //! cargo run --release -p xtask -- bench images        # image import/export MB/s vs skopeo copy, dedup
 //! cargo run --release -p xtask -- bench fleet         # swaps acknowledged by 1 and 3 routers, Swarm vs runc
 //! cargo run --release -p xtask -- bench scale         # 50 and 100 runc instances: deploy, memory, stop
+//! cargo run --release -p xtask -- bench canary        # a bad canary's abort, SIGKILLed instances under load
 //! cargo run --release -p xtask -- backend             # the fast test app `bench core` deploys
 //! cargo run -p xtask -- layers                        # the crates' dependencies vs the layering
 //! ```
@@ -28,6 +29,7 @@
 
 mod backend;
 mod bench_bake;
+mod bench_canary;
 mod bench_core;
 mod bench_fleet;
 mod bench_images;
@@ -70,6 +72,8 @@ tasks:
                         deploy->swap of 50 and 100 runc instances (busybox httpd under molt's
                         init), containers at once, memory per instance, and the stop of
                         molt serve with 100 instances (needs root, runc, busybox-static)
+  bench canary [--json] a bad canary (30 % 500s at 5 %) under load: failed interval -> abort,
+                        the share of client requests failed; instances SIGKILLed under load
   bench images [--quick] [--json]
                         image import/export MB/s next to `skopeo copy` of the same image;
                         storage of 20 releases each changing one file
@@ -87,6 +91,7 @@ tasks:
 enum Task {
     Backend,
     BenchBake(Output),
+    BenchCanary(Output),
     BenchCore(Output),
     BenchFleet(bench_fleet::Length, Output),
     BenchImages(bench_images::Size, Output),
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
     let result = match task {
         Task::Backend => runtime.block_on(backend::run()),
         Task::BenchBake(output) => runtime.block_on(bench_bake::run(output)),
+        Task::BenchCanary(output) => runtime.block_on(bench_canary::run(output)),
         Task::BenchCore(output) => runtime.block_on(bench_core::run(output)),
         Task::BenchFleet(length, output) => runtime.block_on(bench_fleet::run(length, output)),
         Task::BenchImages(size, output) => runtime.block_on(bench_images::run(size, output)),
@@ -159,6 +165,8 @@ fn parse(args: &[String]) -> anyhow::Result<Task> {
         ["layers"] => Ok(Task::Layers),
         ["bench", "bake"] => Ok(Task::BenchBake(Output::Table)),
         ["bench", "bake", "--json"] => Ok(Task::BenchBake(Output::Json)),
+        ["bench", "canary"] => Ok(Task::BenchCanary(Output::Table)),
+        ["bench", "canary", "--json"] => Ok(Task::BenchCanary(Output::Json)),
         ["bench", "core"] => Ok(Task::BenchCore(Output::Table)),
         ["bench", "core", "--json"] => Ok(Task::BenchCore(Output::Json)),
         ["bench", "sandbox"] => Ok(Task::BenchSandbox(Output::Table)),

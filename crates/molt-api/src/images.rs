@@ -5,10 +5,11 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
+use axum::{Extension, Json};
 use molt_control::{ArchiveFormat, ImportFormat, ImportOptions};
 use serde::Deserialize;
 
+use crate::auth::Principal;
 use crate::{ok, receive_to_file, upload_path, ApiError, ApiResult, ApiState};
 
 #[derive(Deserialize)]
@@ -16,7 +17,6 @@ pub(crate) struct ImportQuery {
     tag: Option<String>,
     #[serde(default)]
     force: bool,
-    actor: Option<String>,
     #[serde(default)]
     format: ImportFormat,
     reference: Option<String>,
@@ -26,6 +26,7 @@ pub(crate) struct ImportQuery {
 /// the upload dir, imported, and the file removed.
 pub(crate) async fn import_image(
     State(s): State<ApiState>,
+    Extension(by): Extension<Principal>,
     Query(q): Query<ImportQuery>,
     body: Body,
 ) -> ApiResult {
@@ -37,7 +38,7 @@ pub(crate) async fn import_image(
         let options = ImportOptions {
             tag: q.tag,
             force: q.force,
-            actor: q.actor,
+            actor: Some(by.name.clone()),
             format: q.format,
             reference: q.reference,
         };
@@ -99,17 +100,17 @@ pub(crate) struct TagBody {
     tag: String,
     #[serde(default)]
     force: bool,
-    actor: Option<String>,
 }
 
 /// `POST /v1/images/{reference}/tags`.
 pub(crate) async fn tag_image(
     State(s): State<ApiState>,
+    Extension(by): Extension<Principal>,
     Path(reference): Path<String>,
     Json(body): Json<TagBody>,
 ) -> ApiResult {
     ok(s.controller
-        .tag_image(&reference, &body.tag, body.force, body.actor.as_deref())
+        .tag_image(&reference, &body.tag, body.force, Some(&by.name))
         .await?)
 }
 
@@ -183,8 +184,10 @@ pub(crate) async fn push_image(
 /// `POST /v1/images/pull`: pull from a registry into the store.
 pub(crate) async fn pull_image(
     State(s): State<ApiState>,
-    Json(body): Json<molt_control::PullRequest>,
+    Extension(by): Extension<Principal>,
+    Json(mut body): Json<molt_control::PullRequest>,
 ) -> ApiResult {
+    body.actor = Some(by.name.clone());
     let outcome = s.controller.pull_image(body).await?;
     Ok((StatusCode::CREATED, Json(outcome)).into_response())
 }
@@ -198,4 +201,34 @@ pub(crate) struct GcBody {
 /// `POST /v1/images/gc`: collect images nothing keeps and sweep the image store.
 pub(crate) async fn gc_images(State(s): State<ApiState>, Json(body): Json<GcBody>) -> ApiResult {
     ok(s.controller.gc_images(body.dry_run).await?)
+}
+
+/// `POST /v1/images/{reference}/signatures`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignatureBody {
+    public_key: String,
+    signature: String,
+}
+
+/// `POST /v1/images/{reference}/signatures`: a signature checked and kept with the image.
+pub(crate) async fn sign_image(
+    State(s): State<ApiState>,
+    Extension(by): Extension<Principal>,
+    Path(reference): Path<String>,
+    Json(body): Json<SignatureBody>,
+) -> ApiResult {
+    let signature = s
+        .controller
+        .sign_image(&reference, &body.public_key, &body.signature, &by.name)
+        .await?;
+    Ok((StatusCode::CREATED, Json(signature)).into_response())
+}
+
+/// `GET /v1/images/{reference}/signatures`.
+pub(crate) async fn image_signatures(
+    State(s): State<ApiState>,
+    Path(reference): Path<String>,
+) -> ApiResult {
+    ok(s.controller.image_signatures(&reference).await?)
 }

@@ -1,27 +1,31 @@
 //! The REST API (axum) over the controller: what the CLI, scripts and a future dashboard use.
 //!
 //! Architecture invariant: every route except `/openapi.json` and `/v1/health` requires a
-//! token: the admin token for everything, or the router token for the fleet's endpoints
-//! (`/v1/fleet/…`) alone; handlers only translate HTTP to controller calls and errors to
-//! status codes.
+//! token whose role the one table in `roles.rs` names (`auth.rs` turns a bearer secret into a
+//! [`Principal`]); every mutating call is recorded in the audit trail; handlers only
+//! translate HTTP to controller calls and errors to status codes.
 
+mod auth;
 mod bake;
 mod errors;
 mod images;
 mod json_body;
 mod metrics;
 mod openapi;
+mod roles;
+mod secrets;
+mod tokens;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use images::*;
 use molt_control::{
@@ -30,18 +34,21 @@ use molt_control::{
 use molt_wire::{DeploymentJournal, ErrorBody, Health, InstanceLog, PinOutcome, ReleaseConfig};
 use serde::{Deserialize, Serialize};
 
+pub use auth::{
+    bearer_token, token_hash, Auth, AuthError, FailureLimiter, FailurePolicy, Principal,
+};
 pub use openapi::{document, operations, Op};
+pub use roles::{authorize, route_for, Need, RouteAccess, Scope, ROUTES};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct ApiState {
     controller: Controller,
-    token: Arc<str>,
-    router_token: Arc<str>,
+    auth: Auth,
     upload_dir: PathBuf,
 }
 
-/// The secrets the API accepts.
+/// The secrets of `molt serve`'s token files: they become the tokens `admin` and `router`.
 #[derive(Debug, Clone)]
 pub struct Tokens {
     /// Everything (`<data dir>/admin.token`).
@@ -51,17 +58,22 @@ pub struct Tokens {
     pub router: String,
 }
 
-/// Turns a token into the name of who holds it (`None`: not a valid token). The one seam
-/// through which the parts mounted beside the API (the git remote) learn who asks; the access
-/// issue's roles replace [`authenticator`] alone.
-pub type Authenticate = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
-
-/// Today's check: the admin token, compared in constant time, is "admin"; nothing else is
-/// anyone.
-pub fn authenticator(tokens: &Tokens) -> Authenticate {
-    let admin: Arc<str> = tokens.admin.as_str().into();
-    Arc::new(move |given: &str| {
-        constant_time_eq(given.as_bytes(), admin.as_bytes()).then(|| "admin".to_string())
+/// The one [`molt_control::Authenticate`] function the server hands the parts mounted beside
+/// the API (the git remote, the dashboard): `auth`'s answer for a bearer secret, as a
+/// [`molt_control::Caller`] (name, role, apps). Failed attempts through it are not
+/// rate-limited by address (it is not handed one).
+pub fn authenticator(auth: &Auth) -> molt_control::Authenticate {
+    let auth = auth.clone();
+    Arc::new(move |secret: String| {
+        let auth = auth.clone();
+        Box::pin(async move {
+            let principal = auth.authenticate(&secret, None).await.ok()?;
+            Some(molt_control::Caller {
+                name: principal.name,
+                role: principal.role,
+                apps: principal.apps,
+            })
+        })
     })
 }
 
@@ -83,6 +95,8 @@ pub(crate) fn error_kind(status: StatusCode) -> &'static str {
     match status {
         StatusCode::BAD_REQUEST => "invalid",
         StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::CONFLICT => "conflict",
@@ -128,20 +142,21 @@ fn ok_sorted<T: Serialize>(value: T) -> ApiResult {
 
 /// Builds the API router. `upload_dir` holds image uploads while they are imported.
 pub fn router(controller: Controller, tokens: Tokens, upload_dir: PathBuf) -> Router {
-    let fleet = molt_fleet::routes(std::sync::Arc::clone(controller.fleet()));
+    let auth = Auth::new(controller.clone(), tokens);
+    router_with(controller, auth, upload_dir)
+}
+
+/// Builds the API router over an [`Auth`] the caller keeps too (a dashboard's login).
+pub fn router_with(controller: Controller, auth: Auth, upload_dir: PathBuf) -> Router {
+    let fleet = molt_fleet::routes(Arc::clone(controller.fleet()));
     let state = ApiState {
         controller,
-        token: tokens.admin.into(),
-        router_token: tokens.router.into(),
+        auth,
         upload_dir,
     };
     let fleet = Router::new()
         .nest_service("/v1/fleet", fleet)
-        .layer(middleware::from_fn(json_body::objects_only))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_router_token,
-        ));
+        .layer(middleware::from_fn(json_body::objects_only));
     let protected = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/apps", get(apps))
@@ -164,6 +179,11 @@ pub fn router(controller: Controller, tokens: Tokens, upload_dir: PathBuf) -> Ro
         .route("/v1/apps/:app/abandon", post(abandon))
         .route("/v1/apps/:app/abort", post(abort))
         .route("/v1/apps/:app/events", get(events))
+        .route(
+            "/v1/apps/:app/secrets",
+            get(secrets::list).post(secrets::set),
+        )
+        .route("/v1/apps/:app/secrets/:secret", delete(secrets::remove))
         .route("/v1/deployments/:id", get(deployment))
         .route(
             "/v1/images",
@@ -180,6 +200,10 @@ pub fn router(controller: Controller, tokens: Tokens, upload_dir: PathBuf) -> Ro
         )
         .route("/v1/images/:reference/history", get(image_history))
         .route("/v1/images/:reference/tags", post(tag_image))
+        .route(
+            "/v1/images/:reference/signatures",
+            get(image_signatures).post(sign_image),
+        )
         .route("/v1/images/:reference/export", get(export_image))
         .route("/v1/tags/history", get(tag_history))
         .route(
@@ -193,8 +217,10 @@ pub fn router(controller: Controller, tokens: Tokens, upload_dir: PathBuf) -> Ro
         .route("/v1/verify", post(verify))
         .route("/v1/cluster", get(cluster))
         .route("/metrics", get(prometheus))
-        .layer(middleware::from_fn(json_body::objects_only))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/:name", delete(tokens::revoke))
+        .route("/v1/audit", get(tokens::audit))
+        .layer(middleware::from_fn(json_body::objects_only));
     Router::new()
         .route("/openapi.json", get(|| async { Json(document()) }))
         .route("/v1/health", get(health))
@@ -206,54 +232,9 @@ pub fn router(controller: Controller, tokens: Tokens, upload_dir: PathBuf) -> Ro
                 "no such API route: see /openapi.json".into(),
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), roles::guard))
         .layer(middleware::map_response(errors::as_error_body))
         .with_state(state)
-}
-
-async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if !constant_time_eq(bearer(&req).as_bytes(), state.token.as_bytes()) {
-        return ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong API token: send 'Authorization: Bearer <token>' (the token is in \
-             <data dir>/admin.token)"
-                .into(),
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
-
-/// The fleet's endpoints take the router token (or the admin token).
-async fn require_router_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let given = bearer(&req);
-    let router = constant_time_eq(given.as_bytes(), state.router_token.as_bytes());
-    let admin = constant_time_eq(given.as_bytes(), state.token.as_bytes());
-    if !(router || admin) {
-        return ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong API token: a router sends 'Authorization: Bearer <token>' with the \
-             router token (<data dir>/router.token)"
-                .into(),
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
-
-/// The bearer token of a request ("" when there is none).
-fn bearer(req: &Request) -> &str {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() || b.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn health() -> ApiResult {
@@ -404,6 +385,7 @@ async fn config_get(State(s): State<ApiState>, Path(app): Path<String>) -> ApiRe
     let latest = s.controller.releases(&app).await?.into_iter().next();
     ok(latest.map(|r| ReleaseConfig {
         env: r.config.env,
+        secrets: r.config.secrets,
         release: r.number,
     }))
 }
@@ -448,9 +430,11 @@ async fn maintenance(
 
 async fn scale(
     State(s): State<ApiState>,
+    axum::Extension(by): axum::Extension<Principal>,
     Path(app): Path<String>,
-    Json(body): Json<molt_wire::ScaleRequest>,
+    Json(mut body): Json<molt_wire::ScaleRequest>,
 ) -> ApiResult {
+    body.actor = Some(by.name.clone());
     ok(s.controller.scale(&app, body).await?)
 }
 
@@ -624,17 +608,4 @@ async fn verify(State(s): State<ApiState>, Json(body): Json<VerifyBody>) -> ApiR
         s.controller.app(app).await?;
     }
     ok(s.controller.verify(body.app).await?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abd", b"abc"));
-        assert!(!constant_time_eq(b"ab", b"abc"));
-        assert!(!constant_time_eq(b"", b""));
-    }
 }

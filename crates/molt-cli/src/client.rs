@@ -13,10 +13,12 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
+
+use crate::credentials::{self, Credentials};
+use crate::tls::{Connector, Trust};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -124,7 +126,7 @@ impl std::error::Error for Unreachable {}
 pub struct Client {
     base: String,
     token: String,
-    http: HyperClient<HttpConnector, RequestBody>,
+    http: HyperClient<Connector, RequestBody>,
 }
 
 /// A request body: bytes in memory, or chunks streamed from a file or a producer thread.
@@ -136,31 +138,63 @@ pub type UploadChunks = mpsc::Receiver<std::io::Result<Bytes>>;
 impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:7070`) with `token`.
     pub fn new(base: &str, token: &str) -> Client {
+        Client::with_connector(base, token, Connector::plain())
+    }
+
+    /// A client for `base`, `https://` too, accepting the server certificate `trust` allows.
+    pub fn with_trust(base: &str, token: &str, trust: Trust) -> Client {
+        Client::with_connector(base, token, Connector::with_trust(trust))
+    }
+
+    fn with_connector(base: &str, token: &str, connector: Connector) -> Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            http: HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            http: HyperClient::builder(TokioExecutor::new()).build(connector),
         }
     }
 
-    /// Finds the server and token: `--api`/`MOLT_API` and `MOLT_TOKEN` win; otherwise
-    /// `serve.json` and `admin.token` in the data directory.
+    /// Finds the server and token: `--api`/`MOLT_API` and `MOLT_TOKEN` win; an `https://`
+    /// API takes its pinned certificate (and token) from `molt login`'s credentials;
+    /// otherwise `serve.json` and `admin.token` in the data directory, and without a local
+    /// server the newest login.
     pub fn discover(api: Option<String>, data_dir: &Path) -> Result<Client> {
+        let env_token = std::env::var("MOLT_TOKEN").ok().filter(|t| !t.is_empty());
+        let local = data_dir.join("serve.json");
+        let api = match api {
+            Some(api) => Some(api),
+            None if !local.exists() => Credentials::load()?.current,
+            None => None,
+        };
+        if let Some(api) = api.as_deref().filter(|api| api.starts_with("https://")) {
+            let api = credentials::normalize(api);
+            let login = Credentials::load()?.servers.remove(&api).ok_or_else(|| {
+                anyhow!(Unreachable(format!(
+                    "no login for {api}: run `molt login {api}` first (it pins the server's \
+                     certificate and keeps the token)"
+                )))
+            })?;
+            let token = env_token.unwrap_or(login.token);
+            return Ok(Client::with_trust(
+                &api,
+                &token,
+                Trust::Pinned(login.fingerprint),
+            ));
+        }
         let base = match api {
             Some(a) => a,
-            None => match std::fs::read_to_string(data_dir.join("serve.json")) {
+            None => match std::fs::read_to_string(&local) {
                 Ok(text) => {
-                    let v: Value = serde_json::from_str(&text).with_context(|| {
-                        format!("reading {}", data_dir.join("serve.json").display())
-                    })?;
+                    let v: Value = serde_json::from_str(&text)
+                        .with_context(|| format!("reading {}", local.display()))?;
                     format!("http://{}", v["api"].as_str().unwrap_or("127.0.0.1:7070"))
                 }
                 Err(_) => "http://127.0.0.1:7070".to_string(),
             },
         };
-        let token = match std::env::var("MOLT_TOKEN") {
-            Ok(t) if !t.is_empty() => t,
-            _ => read_token(&data_dir.join("admin.token"))?,
+        let token = match env_token {
+            Some(t) => t,
+            None => read_token(&data_dir.join("admin.token"))?,
         };
         Ok(Client::new(&base, &token))
     }
@@ -305,17 +339,27 @@ impl Client {
         content_type: &str,
     ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let uri = format!("{}{}", self.base, path);
-        let req = Request::builder()
-            .method(method)
-            .uri(&uri)
-            .header("authorization", format!("Bearer {}", self.token))
+        let mut req = Request::builder().method(method).uri(&uri);
+        // No token, no header (the server then says a token is missing, not malformed).
+        if !self.token.is_empty() {
+            req = req.header("authorization", format!("Bearer {}", self.token));
+        }
+        let req = req
             .header("content-type", content_type)
             .body(body)
             .with_context(|| format!("bad API URL {uri}"))?;
         self.http.request(req).await.map_err(|e| {
+            // hyper's error says only "client error (Connect)": the reason is in its sources
+            // (a refused connection, a certificate that is not the pinned one).
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
             anyhow!(Unreachable(format!(
-                "cannot reach molt at {}: {e}; is `molt serve` running? (start it with `molt serve`, \
-                 or point --api / MOLT_API at it)",
+                "cannot reach molt at {}: {why}; is `molt serve` running? (start it with `molt \
+                 serve`, or point --api / MOLT_API at it)",
                 self.base
             )))
         })

@@ -4,15 +4,19 @@
 //! Exit codes scripts can trust: 0 success; 1 error; 2 bad usage; 3 a deployment failed, was
 //! rolled back or superseded; 4 molt serve cannot be reached.
 
+mod access_args;
 pub mod client;
 mod commands;
+pub mod credentials;
 mod output;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use access_args::{SecretsAction, TokensAction};
 pub use client::Client;
 pub use commands::run;
 
@@ -244,6 +248,43 @@ pub enum Command {
         #[command(subcommand)]
         action: ClusterAction,
     },
+    /// An app's secrets: encrypted at rest, given to instances as environment variables,
+    /// never shown again.
+    Secrets {
+        /// set | list | rm
+        #[command(subcommand)]
+        action: SecretsAction,
+    },
+    /// Log in to a remote molt over HTTPS: pins its certificate on first use (like SSH) and
+    /// keeps the token, 0600, in the credentials file; later commands with `--api URL` (or
+    /// none, when no local server runs) use both.
+    Login {
+        /// The API's URL: `https://host:port` (molt serve --api-tls-listen).
+        url: String,
+        /// Read the token from this file (default: MOLT_TOKEN, else stdin).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
+    /// Forget a server's login and pinned certificate.
+    Logout {
+        /// The API's URL.
+        url: String,
+    },
+    /// API tokens and their roles (admin only).
+    Tokens {
+        /// create | list | revoke
+        #[command(subcommand)]
+        action: TokensAction,
+    },
+    /// Who did what, when, from where, with what result: the mutating API calls (admin only).
+    Audit {
+        /// Only this app's calls.
+        #[arg(long)]
+        app: Option<String>,
+        /// How many of the newest calls.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 /// `molt cluster …`
@@ -390,6 +431,26 @@ pub enum ImageAction {
         /// An image digest or tag.
         b: String,
     },
+    /// Make an Ed25519 signing key: NAME.key (secret, 0600) and NAME.pub (what `molt serve
+    /// --require-signature` takes). Needs no server.
+    Keygen {
+        /// Path of the pair, without extension (e.g. keys/release).
+        name: PathBuf,
+    },
+    /// Sign an image with a key of `molt images keygen` (the key never leaves this machine);
+    /// the signature is kept with the image.
+    Sign {
+        /// An image digest or tag.
+        image: String,
+        /// The .key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// The image's signatures.
+    Signatures {
+        /// An image digest or tag.
+        image: String,
+    },
 }
 
 /// `molt router` options.
@@ -438,6 +499,10 @@ pub struct RouterArgs {
 /// `molt serve` options.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// Deploy only images signed by this Ed25519 public key (a `.pub` file of `molt images
+    /// keygen`); others are refused before anything starts.
+    #[arg(long, value_name = "FILE", env = "MOLT_REQUIRE_SIGNATURE")]
+    pub require_signature: Option<PathBuf>,
     /// API listen address.
     #[arg(
         long = "api-listen",

@@ -35,6 +35,14 @@ impl Controller {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
+        // Secrets: opened only here, straight into the instance's environment.
+        match self.secret_vars(release).await {
+            Ok(secrets) => vars.extend(secrets),
+            Err(e) => {
+                self.mark_stopped(&inst.id, &e.to_string()).await?;
+                return Err(e);
+            }
+        }
         vars.insert("HOST".into(), inst.host.clone());
         vars.insert("PORT".into(), port.to_string());
         vars.insert("MOLT_APP".into(), release.app.clone());

@@ -16,6 +16,7 @@
 //! `instances.rs`/`health.rs`/`reconcile.rs` (what runs), `gc.rs`, `table.rs` (the route
 //! table), `verify.rs` (image trees). Decisions that need no I/O live in `molt-core`.
 
+mod access;
 mod deployment;
 mod engine;
 mod error;
@@ -29,6 +30,8 @@ mod queries;
 mod reconcile;
 mod route;
 mod scale;
+mod secrets;
+mod signing;
 mod table;
 mod tls;
 mod traffic;
@@ -48,6 +51,7 @@ use molt_store::{Store, SystemClock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use access::{Authenticate, Caller};
 pub use deployment::shadow::ShadowOutcome;
 pub use deployment::start::DeployRequest;
 pub use engine::EngineSetup;
@@ -61,6 +65,7 @@ pub use molt_image::{ArchiveFormat, BuildSandbox, RunRequest, SourceInfo};
 pub use molt_registry::{Credentials, PullReport, PushReport};
 pub use molt_router::{EnvTraffic, LatencyHistogram, TrafficStats, LATENCY_BUCKETS};
 /// The records the controller takes and returns are the API's (`molt-wire`).
+pub use molt_store::StoredToken;
 pub use molt_wire::{
     AppRecord, AppStatus, Attestation, BakeReport, ClusterStatus, DeploymentRecord, EngineStatus,
     EnvRecord, EnvStatus, EventRecord, GcReport, ImageDiff, ImageInspect, ImageRecord, ImageUse,
@@ -68,6 +73,8 @@ pub use molt_wire::{
     RollbackOutcome, ShadowComparison, ShadowReport, Status, SwapOutcome, TagEvent, TagOutcome,
     TrafficSummary, VerifyReport,
 };
+pub use secrets::SecretKey;
+pub use signing::SigningKey;
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -115,6 +122,10 @@ pub struct ControlConfig {
     /// GC's grace periods, start deadlines of instances) and for the store's timestamps: the
     /// system clock, or a [`molt_core::ManualClock`] a test moves instead of sleeping.
     pub clock: Arc<dyn Clock>,
+    /// What secrets are sealed with (none: `molt secrets set` is refused).
+    pub secrets_key: Option<SecretKey>,
+    /// When set, only images this key signed are deployed.
+    pub require_signature: Option<SigningKey>,
 }
 
 /// How the controller's health checks reach instances.
@@ -158,6 +169,8 @@ impl Default for ControlConfig {
             health_checks: HealthChecks::Direct,
             engine: None,
             clock: Arc::new(SystemClock),
+            secrets_key: None,
+            require_signature: None,
         }
     }
 }

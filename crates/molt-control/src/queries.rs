@@ -58,7 +58,7 @@ impl Controller {
                             failed: stats.failed,
                             traffic: Some(crate::traffic::summarize(
                                 &env.id,
-                                &this.inner.router.env_traffic(&env.id).live,
+                                &this.env_live_traffic(&env.id),
                             )),
                             attestation: Some(this.attestation(&env, &release)),
                             env,

@@ -20,6 +20,27 @@ impl Controller {
         }
     }
 
+    /// An environment's live traffic over every router: this process's own plus the fleet's
+    /// latest reports (sent every second, so a fleet router's part lags by up to a second).
+    /// What the canary and watch analyses judge.
+    pub(crate) fn env_live_traffic(&self, env: &str) -> TrafficStats {
+        let mut stats = self.inner.router.env_traffic(env).live;
+        let fleet = self.inner.config.fleet.env_counts(env).live.to_stats();
+        for (n, f) in stats.classes.iter_mut().zip(fleet.classes) {
+            *n += f;
+        }
+        for (n, f) in stats
+            .latency
+            .cumulative
+            .iter_mut()
+            .zip(fleet.latency.cumulative)
+        {
+            *n += f;
+        }
+        stats.latency.sum_seconds += fleet.latency.sum_seconds;
+        stats
+    }
+
     /// True when no router, this process's or the fleet's, still has a request of `env` in
     /// flight (each fleet router counted by a report at the version in force or later).
     pub(crate) fn is_drained(&self, env: &str) -> bool {

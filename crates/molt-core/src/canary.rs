@@ -619,6 +619,12 @@ mod tests {
             (Duration::from_secs(2), 1)
         );
         assert!(bg.config.deploy.canary.is_none());
+        // Without [deploy.analysis], blue/green's watch judges by the defaults.
+        let plain = parse("name = \"a\"\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(
+            plain.config.deploy.watch_analysis,
+            Some(Analysis::default())
+        );
         let other = "name = \"a\"\ncommand = [\"x\"]\n[deploy]\n";
         for (text, what) in [
             ("strategy = \"rolling\"\n", "unknown strategy"),

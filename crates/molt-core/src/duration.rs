@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::InputError;
 
-/// Parses `<number><unit>` with unit `ms`, `s`, `m` or `h`; a bare number means seconds.
+/// Parses `<number><unit>` with unit `ms`, `s`, `m`, `h` or `d`; a bare number means seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, InputError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -17,6 +17,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, InputError> {
         "" | "s" => n.checked_mul(1000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
         _ => None,
     }
     .ok_or_else(|| InputError::InvalidDuration(text.to_string()))?;

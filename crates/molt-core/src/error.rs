@@ -16,7 +16,7 @@ pub enum InputError {
         why: String,
     },
     /// A duration such as `5s` or `15m` did not parse.
-    #[error("invalid duration '{0}': use a number and a unit, such as 500ms, 5s, 15m or 1h")]
+    #[error("invalid duration '{0}': use a number and a unit, such as 500ms, 5s, 15m, 1h or 30d")]
     InvalidDuration(String),
     /// `molt.toml` is malformed; the message carries the line and column.
     #[error("{file}: {message}")]

@@ -56,6 +56,11 @@ pub struct RunConfig {
     /// it is given (`instances`, or `molt scale`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<ScaleSpec>,
+    /// The app's secrets this release gives its instances as environment variables: each
+    /// name with the version it was set at (the value is encrypted in the store, and never
+    /// part of a release).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<EnvVarName, u64>,
 }
 
 /// Per-app router limits; unset ones fall back to `molt serve`'s, and none can exceed them.
@@ -104,10 +109,16 @@ pub struct DeployPolicy {
     /// `strategy = "canary"`: the steps and analysis before the swap (`None`: blue/green).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySpec>,
-    /// Blue/green with `[deploy.analysis]`: the watch also judges the new environment's
-    /// traffic each interval and swaps back after `failure_limit` failed intervals.
+    /// Blue/green: the watch also judges the new environment's traffic each interval (by
+    /// `[deploy.analysis]`, else its defaults) and swaps back after `failure_limit` failed
+    /// intervals. `None` for a canary, and for releases recorded before the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_analysis: Option<Analysis>,
+    /// `require_signature`: the Ed25519 public key (64 lowercase hex digits, the contents of
+    /// a `.pub` file `molt images keygen` writes) that must have signed the image of every
+    /// release of this app; checked by the server before a release is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signature: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +194,7 @@ struct RawDeploy {
     rollback_window: Option<Spanned<String>>,
     steps: Option<Spanned<Vec<Spanned<RawStep>>>>,
     analysis: Option<Spanned<RawAnalysis>>,
+    require_signature: Option<Spanned<String>>,
 }
 
 impl Default for HealthCheck {
@@ -205,8 +217,24 @@ impl Default for DeployPolicy {
             watch: Duration::from_secs(300),
             rollback_window: Duration::from_secs(900),
             canary: None,
-            watch_analysis: None,
+            watch_analysis: Some(Analysis::default()),
+            require_signature: None,
         }
+    }
+}
+
+/// An Ed25519 public key as `require_signature` names it: 64 hex digits (surrounding
+/// whitespace ignored), kept in lowercase.
+fn parse_public_key(text: &str) -> Result<String, String> {
+    let key = text.trim();
+    if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(key.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "require_signature is an Ed25519 public key: the 64 hex digits of the .pub file \
+             `molt images keygen` writes (this value has {} characters)",
+            key.chars().count()
+        ))
     }
 }
 
@@ -329,9 +357,11 @@ impl Manifest {
             }
             _ => None,
         };
+        // Blue/green's watch judges the new environment's traffic by default: with
+        // `[deploy.analysis]`, by its criteria; without, by the analysis defaults.
         let watch_analysis = match (&canary, &rd.analysis) {
-            (None, Some(a)) => Some(parse_analysis(Some(a.get_ref()), &at)?),
-            _ => None,
+            (None, analysis) => Some(parse_analysis(analysis.as_ref().map(|a| a.get_ref()), &at)?),
+            (Some(_), _) => None,
         };
         let dd = DeployPolicy::default();
         let deploy = DeployPolicy {
@@ -340,6 +370,10 @@ impl Manifest {
             rollback_window: duration(&rd.rollback_window, dd.rollback_window)?,
             canary,
             watch_analysis,
+            require_signature: match &rd.require_signature {
+                Some(key) => Some(parse_public_key(key.get_ref()).map_err(|e| at(key.span(), e))?),
+                None => None,
+            },
         };
         let rr = raw.router.unwrap_or_default();
         let router = RouterLimits {
@@ -445,6 +479,7 @@ impl Manifest {
                 limits,
                 router,
                 scale,
+                secrets: BTreeMap::new(),
             },
             build,
         })
@@ -597,6 +632,21 @@ mod tests {
         assert_eq!(m.config.instances, 1);
         assert_eq!(m.config.health, HealthCheck::default());
         assert_eq!(m.config.deploy, DeployPolicy::default());
+    }
+
+    #[test]
+    fn require_signature_takes_a_public_key() {
+        let base = "name = \"shop\"\ncommand = [\"./s\"]\n[deploy]\n";
+        let key = "AB".repeat(32);
+        let m = parse(&format!("{base}require_signature = \"{key}\"\n")).unwrap();
+        assert_eq!(m.config.deploy.require_signature, Some("ab".repeat(32)));
+        for bad in ["release.pub", "", &"a".repeat(63), &"g".repeat(64)] {
+            let err = parse(&format!("{base}require_signature = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("line 4"), "{err}");
+            assert!(err.contains("64 hex digits"), "{err}");
+        }
     }
 
     #[test]

@@ -61,11 +61,22 @@ pub(crate) async fn act(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let Some(viewer) = d.viewer(&headers) else {
+    let Some(viewer) = d.viewer(&headers).await else {
         return to_login();
     };
     if !session::same_secret(form.csrf.as_deref().unwrap_or(""), &viewer.csrf) {
         return forged();
+    }
+    if !viewer.caller.can_change(&app) {
+        return (
+            StatusCode::FORBIDDEN,
+            Html(pages::problem(&format!(
+                "the token '{}' ({}) cannot change {app}: that takes a deploy token for the app, \
+                 or an admin token",
+                viewer.caller.name, viewer.caller.role
+            ))),
+        )
+            .into_response();
     }
     let Some(action) = Action::parse(&action) else {
         return (
@@ -109,7 +120,7 @@ pub(crate) async fn logout(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let Some(viewer) = d.viewer(&headers) else {
+    let Some(viewer) = d.viewer(&headers).await else {
         return to_login();
     };
     if !session::same_secret(form.csrf.as_deref().unwrap_or(""), &viewer.csrf) {

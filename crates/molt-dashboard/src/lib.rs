@@ -26,17 +26,13 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures_util::Stream;
-use molt_control::Controller;
+use molt_control::{Authenticate, Caller, Controller};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use pages::app::AppView;
 use samples::Samples;
 use session::{Sessions, COOKIE, LOGIN_COOKIE};
-
-/// Turns a token into the name of whoever holds it, or `None` for a token that is not valid:
-/// the one seam through which the mounting code decides who may look and act.
-pub type Authenticate = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// How often a page's live section is sent again.
 const LIVE_EVERY: Duration = Duration::from_secs(1);
@@ -56,8 +52,20 @@ struct Dashboard {
 /// Who is looking: a session whose token is still valid.
 struct Viewer {
     session: String,
-    name: String,
+    caller: Caller,
     csrf: String,
+}
+
+impl Viewer {
+    /// The CSRF token for the action buttons of `app`'s page, or "" (no buttons) when the
+    /// viewer's token cannot change the app.
+    fn action_csrf(&self, app: &str) -> &str {
+        if self.caller.can_change(app) {
+            &self.csrf
+        } else {
+            ""
+        }
+    }
 }
 
 /// Which page's live section `/events` streams.
@@ -108,13 +116,16 @@ pub fn router(
 }
 
 impl Dashboard {
-    /// The viewer of a request, if its session is on and its token still valid.
-    fn viewer(&self, headers: &HeaderMap) -> Option<Viewer> {
+    /// The viewer of a request, if its session is on and its token still valid (and one that
+    /// may look: every role but `router`).
+    async fn viewer(&self, headers: &HeaderMap) -> Option<Viewer> {
         let (session, s) = self.sessions.of(headers)?;
-        let name = (self.authenticate)(&s.token)?;
+        let caller = (self.authenticate)(s.token.clone())
+            .await
+            .filter(Caller::can_read)?;
         Some(Viewer {
             session,
-            name,
+            caller,
             csrf: s.csrf,
         })
     }
@@ -178,13 +189,13 @@ fn failure(e: molt_control::ControlError) -> Response {
 }
 
 async fn apps_page(State(d): State<Dashboard>, headers: HeaderMap) -> Response {
-    let Some(viewer) = d.viewer(&headers) else {
+    let Some(viewer) = d.viewer(&headers).await else {
         return to_login();
     };
     match d.apps_live().await {
         Ok(live) => Html(pages::page(
             "Apps",
-            &viewer.name,
+            &viewer.caller.name,
             &viewer.csrf,
             "",
             pages::Live {
@@ -202,18 +213,18 @@ async fn app_page(
     Path(app): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(viewer) = d.viewer(&headers) else {
+    let Some(viewer) = d.viewer(&headers).await else {
         return to_login();
     };
     match d.app_view(&app).await {
         Ok(view) => Html(pages::page(
             &app,
-            &viewer.name,
+            &viewer.caller.name,
             &viewer.csrf,
             "",
             pages::Live {
                 query: &format!("view=app&app={app}"),
-                html: pages::app::live(&view, &viewer.csrf),
+                html: pages::app::live(&view, viewer.action_csrf(&app)),
             },
         ))
         .into_response(),
@@ -222,13 +233,13 @@ async fn app_page(
 }
 
 async fn images_page(State(d): State<Dashboard>, headers: HeaderMap) -> Response {
-    let Some(viewer) = d.viewer(&headers) else {
+    let Some(viewer) = d.viewer(&headers).await else {
         return to_login();
     };
     match d.images_live().await {
         Ok(live) => Html(pages::page(
             "Images",
-            &viewer.name,
+            &viewer.caller.name,
             &viewer.csrf,
             "",
             pages::Live {
@@ -272,7 +283,10 @@ async fn login(
             .into_response();
     }
     let token = form.token.unwrap_or_default();
-    if (d.authenticate)(token.trim()).is_none() {
+    let valid = (d.authenticate)(token.trim().to_string())
+        .await
+        .is_some_and(|caller| caller.can_read());
+    if !valid {
         let csrf = session::random_hex();
         return (
             StatusCode::UNAUTHORIZED,
@@ -304,7 +318,7 @@ async fn events(
     headers: HeaderMap,
     Query(q): Query<LiveQuery>,
 ) -> Response {
-    let Some(viewer) = d.viewer(&headers) else {
+    let Some(viewer) = d.viewer(&headers).await else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     Sse::new(live_stream(d, viewer, q))
@@ -328,14 +342,13 @@ fn live_stream(
                 _ = d.stop.cancelled() => return None,
             }
             let session = d.sessions.get(&viewer.session)?;
-            (d.authenticate)(&session.token)?;
-            let csrf = &viewer.csrf;
+            (d.authenticate)(session.token.clone()).await?;
             let html = match (q.view.as_str(), &q.app) {
                 ("apps", _) => d.apps_live().await,
                 ("app", Some(app)) => d
                     .app_view(app)
                     .await
-                    .map(|view| pages::app::live(&view, csrf)),
+                    .map(|view| pages::app::live(&view, viewer.action_csrf(app))),
                 ("images", _) => d.images_live().await,
                 _ => Ok("<p>Unknown view.</p>".to_string()),
             };

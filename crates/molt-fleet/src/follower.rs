@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::client::{ClientError, ControlClient};
-use crate::wire::{Ack, Event, Probe, ProbeReport, RouterReport, TableSpec};
+use crate::wire::{Ack, EnvCounts, Event, Probe, ProbeReport, RouterReport, TableSpec};
 
 /// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -327,8 +327,11 @@ impl Follower {
             envs: envs
                 .into_iter()
                 .map(|env| {
-                    let stats = self.router.env_stats(&env);
-                    (env, stats.into())
+                    let counts = EnvCounts::of(
+                        self.router.env_stats(&env),
+                        &self.router.env_traffic(&env).live,
+                    );
+                    (env, counts)
                 })
                 .collect(),
         };

@@ -24,6 +24,6 @@ pub use fleet::{
 pub use follower::{http_status, Follower, FollowerConfig, RestoreError};
 pub use http::{check_name, routes};
 pub use wire::{
-    Ack, BackendSpec, Entry, EnvCounts, Event, Hello, MaintenanceSpec, Probe, ProbeReport,
-    RouterReport, TableSpec, UpstreamSpec,
+    Ack, BackendSpec, Entry, EnvCounts, Event, Hello, LiveCounts, MaintenanceSpec, Probe,
+    ProbeReport, RouterReport, TableSpec, UpstreamSpec,
 };

@@ -191,6 +191,22 @@ pub struct EnvCounts {
     pub answered: u64,
     /// Errors the router made.
     pub failed: u64,
+    /// Its live traffic by status class and latency, for the controller's canary and watch
+    /// analysis (zero from a router older than these figures).
+    #[serde(default)]
+    pub live: LiveCounts,
+}
+
+/// One environment's live traffic on one router (see [`molt_router::TrafficStats`]): whole
+/// numbers, so reports compare exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveCounts {
+    /// Responses by status class: index 0 is 1xx, … index 4 is 5xx.
+    pub classes: [u64; 5],
+    /// Cumulative latency histogram over [`molt_router::LATENCY_BUCKETS`], `+Inf` last.
+    pub cumulative: [u64; molt_router::LATENCY_BUCKETS.len() + 1],
+    /// Sum of the latencies, in microseconds.
+    pub sum_micros: u64,
 }
 
 /// Who is connecting: the query of the stream request.
@@ -357,13 +373,39 @@ impl BackendSpec {
     }
 }
 
-impl From<molt_router::EnvStats> for EnvCounts {
-    fn from(stats: molt_router::EnvStats) -> Self {
+impl EnvCounts {
+    /// An environment's counters and live traffic on this router.
+    pub fn of(stats: molt_router::EnvStats, live: &molt_router::TrafficStats) -> Self {
         Self {
             accepted: stats.accepted,
             in_flight: stats.in_flight,
             answered: stats.answered,
             failed: stats.failed,
+            live: LiveCounts::from(live),
+        }
+    }
+}
+
+impl From<&molt_router::TrafficStats> for LiveCounts {
+    fn from(stats: &molt_router::TrafficStats) -> Self {
+        Self {
+            classes: stats.classes,
+            cumulative: stats.latency.cumulative,
+            sum_micros: (stats.latency.sum_seconds * 1e6).round() as u64,
+        }
+    }
+}
+
+impl LiveCounts {
+    /// The same figures as the router keeps them.
+    pub fn to_stats(&self) -> molt_router::TrafficStats {
+        molt_router::TrafficStats {
+            classes: self.classes,
+            latency: molt_router::LatencyHistogram {
+                cumulative: self.cumulative,
+                sum_seconds: self.sum_micros as f64 / 1e6,
+            },
+            failed: 0,
         }
     }
 }
@@ -374,6 +416,13 @@ impl std::ops::AddAssign for EnvCounts {
         self.in_flight += other.in_flight;
         self.answered += other.answered;
         self.failed += other.failed;
+        for (n, o) in self.live.classes.iter_mut().zip(other.live.classes) {
+            *n += o;
+        }
+        for (n, o) in self.live.cumulative.iter_mut().zip(other.live.cumulative) {
+            *n += o;
+        }
+        self.live.sum_micros += other.live.sum_micros;
     }
 }
 

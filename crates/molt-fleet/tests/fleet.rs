@@ -285,6 +285,32 @@ async fn swaps_are_in_force_once_every_router_acknowledged_and_fail_no_request()
         control.fleet.changed(Duration::from_millis(200)).await;
     }
     assert!(answered(&control.fleet) >= ok);
+    // With the live traffic the canary and watch analyses judge: status classes and latency.
+    let live = |fleet: &Fleet| {
+        let (blue, green) = (
+            fleet.env_counts("blue").live,
+            fleet.env_counts("green").live,
+        );
+        (
+            blue.classes[1] + green.classes[1],
+            blue.classes[4] + green.classes[4],
+            blue.cumulative[12] + green.cumulative[12],
+        )
+    };
+    let deadline = tokio::time::Instant::now() + STEP;
+    while live(&control.fleet).0 < ok && tokio::time::Instant::now() < deadline {
+        control.fleet.changed(Duration::from_millis(200)).await;
+    }
+    let (answered_2xx, answered_5xx, timed) = live(&control.fleet);
+    assert!(
+        answered_2xx >= ok,
+        "{answered_2xx} 2xx reported, {ok} answered"
+    );
+    assert_eq!(answered_5xx, 0);
+    assert_eq!(
+        timed, answered_2xx,
+        "every answer is in the latency histogram"
+    );
     assert!(control.fleet.is_drained("green", status.version));
     for router in &routers {
         router.kill();

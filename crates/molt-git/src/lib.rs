@@ -17,7 +17,8 @@
 //! (git's quarantine): a refused push stores nothing.
 //!
 //! Architecture invariant: this crate never checks a token itself; the mounting code hands it
-//! one [`Authenticate`] function.
+//! one [`Authenticate`] function (molt-control's), and it checks the caller's role: any but
+//! `router` may fetch, a push needs `deploy` for the app, or `admin`.
 
 mod cgi;
 mod push;
@@ -25,7 +26,6 @@ mod repo;
 mod source;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -34,12 +34,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use base64::Engine as _;
-use molt_control::{Controller, ErrorKind};
+use molt_control::{Authenticate, Caller, Controller, ErrorKind};
 use molt_core::AppName;
-
-/// Turns a token into the name of whoever holds it, or `None` for a token that is not valid:
-/// the one seam through which the mounting code decides who may push.
-pub type Authenticate = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// What every request shares.
 #[derive(Clone)]
@@ -82,8 +78,11 @@ async fn serve(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(principal) = basic_password(&headers).and_then(|token| (s.authenticate)(&token))
-    else {
+    let caller = match basic_password(&headers) {
+        Some(token) => (s.authenticate)(token).await,
+        None => None,
+    };
+    let Some(caller) = caller.filter(Caller::can_read) else {
         return unauthorized();
     };
     let Some((app, service)) = parse_path(&path, &method) else {
@@ -92,6 +91,24 @@ async fn serve(
             "not a git remote of molt: use http://HOST:PORT/git/<app>.git".into(),
         );
     };
+    // A push begins with the receive-pack advertisement: refused there already, so git says
+    // why before it sends anything.
+    let pushing = service == Service::ReceivePack
+        || (service == Service::Refs
+            && uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "service=git-receive-pack")));
+    if pushing && !caller.can_change(app.as_str()) {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the token '{}' ({}) cannot push to {app}: a push needs a deploy token for the \
+                 app, or an admin token",
+                caller.name, caller.role
+            ),
+        );
+    }
+    let principal = caller.name;
     match s.controller.app(app.as_str()).await {
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {

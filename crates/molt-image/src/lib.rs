@@ -234,6 +234,13 @@ impl ImageStore {
         let image = self.image_parts(digest)?;
         let temp = TempPath::new(rootfs_dir.join(unique_name("rootfs")));
         fs::create_dir(temp.path()).map_err(ImageError::io(temp.path()))?;
+        // The tree's root is the instance's `/` or `/app`: open to its user whatever the
+        // umask (`molt serve` runs with 077; the private data directory above keeps others out).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(temp.path(), fs::Permissions::from_mode(0o755))
+                .map_err(ImageError::io(temp.path()))?;
+        }
         for (layer, diff_id) in image.layers() {
             self.apply_layer(layer, diff_id, temp.path())?;
         }

@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::config::ClientScheme;
 use crate::framing::{FrameChecker, FrameLimits, Rejection};
+use crate::http1::{BODY_READ, HEAD_READ};
 
 /// Sent when a connection closes in the middle of a request head (header read timeout).
 const REQUEST_TIMEOUT: &[u8] =
@@ -235,9 +236,18 @@ impl<S: ClientSocket> AsyncRead for GuardedStream<S> {
                 return Poll::Ready(Ok(()));
             }
             // Uninitialized: zeroing 8 KiB on every read (most of which find nothing to
-            // read) cost more than the rest of the request path.
-            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
-            let mut read = ReadBuf::uninit(&mut chunk);
+            // read) cost more than the rest of the request path. A reader with room for more
+            // than a head (a request body streamed upstream) reads up to 64 KiB at a time:
+            // a 1 MiB body in 16 reads instead of 128.
+            let mut small = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_READ];
+            let mut large;
+            let chunk: &mut [std::mem::MaybeUninit<u8>] = if buf.remaining() > HEAD_READ {
+                large = [std::mem::MaybeUninit::<u8>::uninit(); BODY_READ];
+                &mut large
+            } else {
+                &mut small
+            };
+            let mut read = ReadBuf::uninit(chunk);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
             if read.filled().is_empty() {
                 this.eof = true;

@@ -109,6 +109,12 @@ impl InstanceInit {
     pub(crate) fn mount_into(&self, root: &mut PreparedRoot) -> io::Result<()> {
         let lib = root.skeleton.join(LIBRARY_DIR.trim_start_matches('/'));
         fs::create_dir_all(&lib)?;
+        for dir in lib
+            .ancestors()
+            .take_while(|dir| dir.starts_with(&root.skeleton))
+        {
+            crate::rootfs::open_to_instance(dir)?;
+        }
         for bind in self.binds() {
             fs::File::create(root.skeleton.join(bind.destination.trim_start_matches('/')))?;
             root.binds.push(bind);

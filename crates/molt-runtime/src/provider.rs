@@ -688,6 +688,7 @@ impl Provider for RuncProvider {
                 return;
             }
         }
+        remove_leftover_cgroups(&self.cgroup_path(id), id);
         self.remove_network(&cid);
         let dir = self.bundle_dir(id);
         match fs::remove_dir_all(&dir) {
@@ -843,6 +844,43 @@ fn open_log(path: &Path) -> Result<fs::File, ProviderError> {
         .append(true)
         .open(path)
         .map_err(|e| io_error(path, e))
+}
+
+/// `runc delete` removes the container's cgroups, but on a hybrid hierarchy its `rmdir`
+/// of the `unified` one can lose the race with the last process leaving it (EBUSY) and
+/// leave the empty directory behind (seen under load). What is left is removed here,
+/// retried for up to a second while busy.
+fn remove_leftover_cgroups(leaf: &Path, id: &str) {
+    let Ok(relative) = leaf.strip_prefix("/") else {
+        return;
+    };
+    let root = Path::new(CGROUP_MOUNT);
+    let mut dirs: Vec<PathBuf> = fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|hierarchy| hierarchy.path().join(relative))
+        .collect();
+    dirs.push(root.join(relative));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    for dir in dirs {
+        loop {
+            match fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e)
+                    if e.raw_os_error() == Some(Errno::EBUSY as i32)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    tracing::warn!(id, cgroup = %dir.display(), error = %e, "cannot remove");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

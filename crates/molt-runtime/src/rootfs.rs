@@ -81,8 +81,10 @@ pub(crate) fn prepare(
     host_root: &Path,
 ) -> io::Result<PreparedRoot> {
     fs::create_dir_all(skeleton)?;
+    open_to_instance(skeleton)?;
     for name in RESERVED {
         fs::create_dir(skeleton.join(name))?;
+        open_to_instance(&skeleton.join(name))?;
     }
     let mut binds = Vec::new();
     let cwd = match layout {
@@ -107,6 +109,7 @@ pub(crate) fn prepare(
             }
             let app = APP_DIR.trim_start_matches('/');
             fs::create_dir(skeleton.join(app))?;
+            open_to_instance(&skeleton.join(app))?;
             binds.push(Bind {
                 source: image.to_path_buf(),
                 destination: APP_DIR.to_string(),
@@ -121,6 +124,14 @@ pub(crate) fn prepare(
     })
 }
 
+/// Makes a directory of the skeleton 0755 whatever the umask: `molt serve` runs with umask
+/// 077 (its data directory is private), and the instance's user must still walk the
+/// skeleton's own directories (the mounts inside them show their sources' modes).
+pub(crate) fn open_to_instance(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+}
+
 /// Puts top-level entry `source` at `/name` of the skeleton: a symlink is copied, a directory
 /// or file gets a mount point and a bind; anything else (sockets, devices) is left out.
 fn mirror(source: &Path, skeleton: &Path, name: &str, binds: &mut Vec<Bind>) -> io::Result<()> {
@@ -132,6 +143,7 @@ fn mirror(source: &Path, skeleton: &Path, name: &str, binds: &mut Vec<Bind>) -> 
     }
     if meta.is_dir() {
         fs::create_dir(&target)?;
+        open_to_instance(&target)?;
     } else if meta.is_file() {
         fs::File::create(&target)?;
     } else {

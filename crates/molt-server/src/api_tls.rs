@@ -39,6 +39,15 @@ pub struct ApiTlsConfig {
     pub names: Vec<String>,
 }
 
+/// The fingerprint of a certificate as `molt login` pins it: `sha256:` and the hex SHA-256
+/// of its DER.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(der);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// Where the certificate is.
 pub fn cert_path(data_dir: &Path) -> PathBuf {
     data_dir.join("api-tls").join("cert.pem")
@@ -118,6 +127,9 @@ pub(crate) async fn serve(
                 }
             },
         };
+        // Without it, a TLS record split over two writes waits for the peer's delayed ACK:
+        // measured, a new connection's first answer took 43 ms instead of 3 ms.
+        let _ = stream.set_nodelay(true);
         let (acceptor, http, app, stop) =
             (acceptor.clone(), http.clone(), app.clone(), stop.clone());
         connections.spawn(async move {
@@ -129,6 +141,9 @@ pub(crate) async fn serve(
                 }
                 Err(_) => return,
             };
+            // The peer's address, as `axum::serve` gives it over plain HTTP (the API's failed
+            // authentications are limited per address).
+            let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let service = TowerToHyperService::new(app);
             let connection = http.serve_connection_with_upgrades(TokioIo::new(tls), service);
             let mut connection = std::pin::pin!(connection);

@@ -5,6 +5,8 @@
 //! - `state.db` — the SQLite store (WAL);
 //! - `images/` — the image store; `logs/` — instance output; `uploads/` — image uploads;
 //! - `admin.token` (0600) — the API token the CLI reads;
+//! - `secrets.key` (0600, refused otherwise) — what secrets are sealed with, unless
+//!   `MOLT_SECRETS_KEY` gives it;
 //! - `router.token` (0600) — the token of the fleet's routers (`molt router`): it opens only
 //!   the fleet's endpoints (the route stream, acknowledgements, reports, probe results);
 //! - `serve.json` — where the running server listens, for the CLI;
@@ -23,6 +25,7 @@ mod acme;
 mod api_tls;
 mod build;
 mod edge;
+mod private;
 mod swarm;
 
 pub use acme::AcmeConfig;
@@ -31,6 +34,7 @@ pub use edge::{Edge, EdgeConfig};
 pub use molt_control::Credentials as RegistryCredentials;
 pub use molt_control::LogRotation;
 pub use molt_runtime::{BridgeNetwork, Subnet};
+pub use private::private_umask;
 pub use swarm::{SwarmServeConfig, ROUTER_PORT};
 
 use std::fs::{self, File, OpenOptions};
@@ -92,6 +96,13 @@ pub struct ServeConfig {
     /// The controller's clock (and the store's): the system clock; tests may hand in a
     /// [`molt_core::ManualClock`] to move windows along instead of sleeping.
     pub clock: Arc<dyn Clock>,
+    /// How many failed authentications an address may make before it is answered 429.
+    pub auth_failures: molt_api::FailurePolicy,
+    /// The key secrets are sealed with, 64 hex digits (`MOLT_SECRETS_KEY`); without it the
+    /// key is `<data dir>/secrets.key`, made at first start.
+    pub secrets_key: Option<String>,
+    /// An Ed25519 public key file (64 hex digits): only images it signed are deployed.
+    pub require_signature: Option<PathBuf>,
     /// The API over TLS too, on an address other machines reach (for `molt router`s).
     pub api_tls: Option<ApiTlsConfig>,
     /// Run environments on a Docker swarm instead of this machine.
@@ -244,6 +255,8 @@ pub struct Running {
     pub router_tls_addr: Option<SocketAddr>,
     /// Where the API's TLS listener listens, when it is on.
     pub api_tls_addr: Option<SocketAddr>,
+    /// The SHA-256 of its certificate (`sha256:<hex>`): what `molt login` pins.
+    pub api_tls_fingerprint: Option<String>,
     /// The admin API token.
     pub token: String,
     /// The data directory.
@@ -281,6 +294,9 @@ impl ServeConfig {
             drift_hold: Duration::from_secs(10),
             router_threads: default_router_threads(),
             clock: Arc::new(SystemClock),
+            auth_failures: molt_api::FailurePolicy::default(),
+            secrets_key: None,
+            require_signature: None,
             api_tls: None,
             swarm: None,
             init_executable: None,
@@ -327,11 +343,16 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             );
         }
     }
-    let dir = cfg.data_dir.clone();
-    for sub in ["", "images", "logs", "uploads"] {
-        fs::create_dir_all(dir.join(sub))
-            .with_context(|| format!("creating the data directory {}", dir.join(sub).display()))?;
+    if !cfg.api_addr.ip().is_loopback() {
+        bail!(
+            "--api-listen {} is not a loopback address: the plain API would carry tokens in \
+             clear. Keep it on 127.0.0.1 and reach molt from other machines with \
+             --api-tls-listen ADDR (then `molt login https://ADDR`)",
+            cfg.api_addr
+        );
     }
+    let dir = cfg.data_dir.clone();
+    private::secure(&dir)?;
     let lock_file = File::create(dir.join("serve.lock"))
         .with_context(|| format!("creating {}", dir.join("serve.lock").display()))?;
     let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
@@ -343,8 +364,16 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let token = read_or_create_secret(&dir.join("admin.token"))?;
     let router_token = read_or_create_secret(&dir.join("router.token"))?;
     let owner = read_or_create_secret(&dir.join("owner.id"))?;
+    let secrets_key = private::secrets_key(&dir, cfg.secrets_key.as_deref())?;
+    let require_signature = cfg
+        .require_signature
+        .as_deref()
+        .map(private::signing_key)
+        .transpose()?;
     let store = Store::open(&dir.join("state.db"))
         .with_context(|| format!("opening {}", dir.join("state.db").display()))?;
+    // SQLite made its WAL and SHM files with the database's mode (0600 by now).
+    private::tighten_files(&dir)?;
     let images = ImageStore::open(&dir.join("images")).context("opening the image store")?;
     let engine = match &cfg.swarm {
         Some(swarm_cfg) => {
@@ -511,6 +540,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
                 HealthChecks::Direct
             },
             engine,
+            secrets_key: Some(secrets_key),
+            require_signature,
             ..ControlConfig::default()
         },
     );
@@ -550,14 +581,18 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     if let Some(acme) = acme {
         background.push(tokio::spawn(acme.run(stop.clone())));
     }
-    let tokens = molt_api::Tokens {
-        admin: token.clone(),
-        router: router_token.clone(),
-    };
-    let authenticate = molt_api::authenticator(&tokens);
-    // The API, and beside it the git remote and the dashboard: each takes the same one
-    // function that says who a token is.
-    let app = molt_api::router(controller.clone(), tokens, dir.join("uploads"))
+    let auth = molt_api::Auth::with_policy(
+        controller.clone(),
+        molt_api::Tokens {
+            admin: token.clone(),
+            router: router_token.clone(),
+        },
+        cfg.auth_failures,
+    );
+    // The API, and beside it the git remote and the dashboard: each asks the same `Auth` who
+    // a token is (through the one `Authenticate` function) and checks that role.
+    let authenticate = molt_api::authenticator(&auth);
+    let app = molt_api::router_with(controller.clone(), auth, dir.join("uploads"))
         .merge(molt_git::router(
             controller.clone(),
             authenticate.clone(),
@@ -568,9 +603,18 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             authenticate,
             stop.clone(),
         ));
+    let mut api_tls_fingerprint = None;
     if let (Some(listener), Some(api_tls)) = (api_tls_listener, &cfg.api_tls) {
         let bound = listener.local_addr()?;
         let (certs, key) = api_tls::certificate(&dir, api_tls, bound)?;
+        let fingerprint = certs
+            .first()
+            .map(|cert| api_tls::fingerprint(cert.as_ref()));
+        tracing::info!(
+            fingerprint = fingerprint.as_deref().unwrap_or("none"),
+            "the API's TLS certificate (`molt login` pins it: compare)"
+        );
+        api_tls_fingerprint = fingerprint;
         let (app, stop) = (app.clone(), stop.clone());
         background.push(tokio::spawn(async move {
             if let Err(error) = api_tls::serve(listener, certs, key, app, stop).await {
@@ -604,6 +648,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     }
     let api_stop = stop.clone();
     let api_task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(api_listener, app)
             .with_graceful_shutdown(async move { api_stop.cancelled().await })
             .await
@@ -616,13 +661,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         pid: std::process::id(),
     };
     let json = serde_json::to_string_pretty(&endpoints)?;
-    write_atomically(&dir.join("serve.json"), json.as_bytes(), 0o644)?;
+    write_atomically(&dir.join("serve.json"), json.as_bytes(), 0o600)?;
     tracing::info!(%api_addr, %router_addr, router_tls_addr = ?router_tls_addr, data_dir = %dir.display(), "molt serve is up");
     Ok(Running {
         api_addr,
         router_addr,
         router_tls_addr,
         api_tls_addr,
+        api_tls_fingerprint,
         token,
         data_dir: dir,
         controller,

@@ -5,12 +5,14 @@
 //! (a swap writes the route and the deployment's step at once). The store is synchronous; async
 //! callers run it on a blocking thread.
 
+mod access;
 mod catalog;
 mod history;
 mod records;
 mod rows;
 mod runtime;
 mod schema;
+mod secrets;
 mod tags;
 
 use std::path::Path;
@@ -21,7 +23,9 @@ use molt_core::{Clock, InvalidTransition};
 use rusqlite::Connection;
 use thiserror::Error;
 
+pub use access::StoredToken;
 pub use records::*;
+pub use secrets::SealedSecret;
 
 /// Errors from the store.
 #[derive(Debug, Error)]

@@ -122,6 +122,59 @@ ALTER TABLE routes ADD COLUMN canary_env TEXT;
 ALTER TABLE routes ADD COLUMN canary_weight INTEGER;
 ALTER TABLE deployments ADD COLUMN canary TEXT;
 "#,
+    // Access: API tokens with roles (only the SHA-256 of a secret is kept), and the audit
+    // trail of mutating calls.
+    r#"
+CREATE TABLE tokens (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    apps TEXT,
+    expires_ms INTEGER,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_ms INTEGER
+);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    source TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    app TEXT,
+    status INTEGER NOT NULL
+);
+CREATE INDEX audit_app ON audit(app);
+"#,
+    // Secrets: every version of each, encrypted by the controller (ChaCha20-Poly1305, the
+    // key outside the database); a removal marks every version of the name, which releases
+    // that name them still reach.
+    r#"
+CREATE TABLE secrets (
+    app TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    removed_ms INTEGER,
+    PRIMARY KEY (app, name, version)
+);
+"#,
+    // Image signatures (Ed25519 over the manifest digest), checked by the controller.
+    r#"
+CREATE TABLE image_signatures (
+    digest TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    PRIMARY KEY (digest, public_key)
+);
+"#,
 ];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.

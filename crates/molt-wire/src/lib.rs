@@ -11,6 +11,7 @@
 //! - molt-wire depends on molt-core (names and digests), serde and serde_json, nothing else
 //!   (checked by `xtask/src/layers.rs`).
 
+mod access;
 mod cluster;
 mod images;
 mod records;
@@ -18,6 +19,10 @@ mod scale;
 mod server;
 mod views;
 
+pub use access::{
+    signed_message, AuditEntry, ImageSignature, Role, SecretOutcome, SecretRecord, TokenCreated,
+    TokenRecord, TokenRequest,
+};
 pub use cluster::{
     ClusterStatus, EngineEnvironment, EngineNode, EngineStatus, FleetStatus, RouterStatus,
 };

@@ -173,6 +173,9 @@ pub struct DeploymentJournal {
 pub struct ReleaseConfig {
     /// The variables.
     pub env: BTreeMap<EnvVarName, String>,
+    /// The secrets instances get as variables too: names and versions, never values.
+    #[serde(default)]
+    pub secrets: BTreeMap<EnvVarName, u64>,
     /// The release they belong to.
     pub release: u64,
 }

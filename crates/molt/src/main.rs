@@ -22,6 +22,10 @@ fn main() -> ExitCode {
         .data_dir
         .clone()
         .unwrap_or_else(molt_server::default_data_dir);
+    if matches!(cli.command, Command::Serve(_)) {
+        // Before any thread exists: everything molt serve writes is private to its user.
+        molt_server::private_umask();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -203,6 +207,9 @@ async fn run_server(
     let mut cfg = ServeConfig::new(data_dir);
     cfg.api_addr = args.api_listen;
     cfg.router_addr = args.router_listen;
+    // The secrets key by environment only (never argv, where `ps` shows it).
+    cfg.secrets_key = std::env::var("MOLT_SECRETS_KEY").ok();
+    cfg.require_signature = args.require_signature.clone();
     cfg.gc_interval = molt_core::parse_duration(&args.gc_interval)?;
     match args.tls_listen {
         Some(listen) => {

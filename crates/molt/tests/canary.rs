@@ -235,13 +235,20 @@ async fn a_failing_canary_is_aborted_by_its_analysis_under_load() {
     let env = d["env"].as_str().expect("env").to_owned();
     let status = h.client.get("/v1/apps/shop").await.expect("status");
     assert_ne!(status["app"]["routed_env"], env.as_str(), "{status}");
+    // The abort is on the deployment at once; its history line follows the retirement of
+    // the canary's environment.
+    eventually(
+        Duration::from_secs(10),
+        "the canary-abort event",
+        || async {
+            events(&h, "shop")
+                .await
+                .iter()
+                .any(|e| e.starts_with("canary-abort") && e.contains(&env))
+        },
+    )
+    .await;
     let history = events(&h, "shop").await;
-    assert!(
-        history
-            .iter()
-            .any(|e| e.starts_with("canary-abort") && e.contains(&env)),
-        "{history:?}"
-    );
     assert!(
         history.iter().any(|e| e.starts_with("canary-verdict")),
         "{history:?}"

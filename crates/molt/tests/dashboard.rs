@@ -274,6 +274,79 @@ async fn logging_in_pages_and_every_action_needs_the_csrf_token() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_sees_only_the_buttons_its_role_allows() {
+    let h = Harness::start().await;
+    let (first, second) = two_releases(&h).await;
+    let made = |name: &'static str, role: &'static str| {
+        let client = h.client.clone();
+        async move {
+            let made = client
+                .post(
+                    "/v1/tokens",
+                    &serde_json::json!({ "name": name, "role": role }),
+                )
+                .await
+                .expect("token made");
+            made["secret"].as_str().expect("secret").to_owned()
+        }
+    };
+    // A router token opens nothing here.
+    let router = made("edge", "router").await;
+    let form = http(&h, "GET", "/login", "", None).await;
+    let login_csrf = form.cookie("molt_login").expect("the login cookie");
+    let answer = http(
+        &h,
+        "POST",
+        "/login",
+        &format!("molt_login={login_csrf}"),
+        Some(&format!("token={router}&csrf={login_csrf}")),
+    )
+    .await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+
+    // A read token looks, without buttons, and its forms are refused.
+    let read = made("viewer", "read").await;
+    let (session, csrf) = log_in(&h, &read).await;
+    let page = http(&h, "GET", "/apps/shop", &session, None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(&first), "{}", page.body);
+    assert!(!page.body.contains("/apps/shop/rollback"), "{}", page.body);
+    assert!(!page.body.contains("/apps/shop/swap"), "{}", page.body);
+    let answer = http(
+        &h,
+        "POST",
+        "/apps/shop/swap",
+        &session,
+        Some(&format!("env={first}&csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(
+        answer.body.contains("cannot change shop"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(routed(&h, "shop").await, second);
+
+    // A deploy token has the buttons, and they work.
+    let deploy = made("shipper", "deploy").await;
+    let (session, csrf) = log_in(&h, &deploy).await;
+    let page = http(&h, "GET", "/apps/shop", &session, None).await;
+    assert!(page.body.contains("/apps/shop/swap") || page.body.contains("/apps/shop/rollback"));
+    let answer = http(
+        &h,
+        "POST",
+        "/apps/shop/swap",
+        &session,
+        Some(&format!("env={first}&csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    assert_eq!(routed(&h, "shop").await, first);
+    h.stop().await;
+}
+
 /// The first event of an SSE stream (read until its blank line, at most 64 KiB), and the
 /// stream, still open.
 async fn first_event(h: &Harness, path: &str, cookie: &str) -> (String, tokio::net::TcpStream) {

@@ -608,3 +608,128 @@ async fn routers_on_other_machines_follow_over_tls() {
     drop(machines);
     h.stop().await;
 }
+
+/// A canary whose traffic reaches it only through a fleet router is judged on what that
+/// router reports (its live status classes and latency, every second): `molt serve`'s own
+/// router sees none of it, and the canary is aborted all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_is_judged_on_the_traffic_of_the_fleets_routers() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    let serve = Serve::start(&data, None, true);
+    let api = api_of(&serve);
+    let d1 = deploy_dir(&serve.client, &make_app(tmp.path(), "judged", &[], FAST)).await;
+    assert_eq!(d1["state"], "drained", "{d1}");
+    let router = RouterProcess::start("r1", api, &data, &tmp.path().join("routers"));
+    fleet_in_step(&serve.client, &["r1"]).await;
+
+    // Clients of many users (sticky buckets) through the fleet router only.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4u64)
+        .map(|c| {
+            let (stop, sent, addr) = (stop.clone(), sent.clone(), router.addr);
+            tokio::spawn(async move {
+                let mut conn = KeepAlive::connect(addr).await;
+                let deadline = Instant::now() + Duration::from_secs(90);
+                let mut bucket = c * 2_503;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    bucket = (bucket + 7_919) % 10_000;
+                    let cookie = format!("molt-bucket={bucket}");
+                    if conn
+                        .get_with("judged.localhost", "/", &[("cookie", &cookie)])
+                        .await
+                        .is_err()
+                    {
+                        conn = KeepAlive::connect(addr).await;
+                    }
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+
+    let canary = FAST.replace(
+        "[deploy]\n",
+        "[deploy]\nstrategy = \"canary\"\nsteps = [{ weight = 50, pause = \"30s\" }]\n",
+    )
+        + "[deploy.analysis]\ninterval = \"1500ms\"\nsuccess_rate = 0.95\nmin_requests = 5\n\
+         failure_limit = 2\nprogress_deadline = \"60s\"\n";
+    let bad = make_app(tmp.path(), "judged", &[("FAIL_SHARE", "50")], &canary);
+    let d2 = start_deploy(&serve.client, &bad).await.expect("deploy");
+    let id = d2["id"].as_u64().expect("id");
+    eventually(Duration::from_secs(60), "the canary aborted", || async {
+        let d = serve
+            .client
+            .get(&format!("/v1/deployments/{id}"))
+            .await
+            .expect("deployment");
+        let state = d["deployment"]["state"].as_str().unwrap_or("").to_owned();
+        assert!(
+            matches!(
+                state.as_str(),
+                "canarying"
+                    | "aborted"
+                    | "pending"
+                    | "env_created"
+                    | "instances_started"
+                    | "healthy"
+            ),
+            "{d}"
+        );
+        state == "aborted"
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.expect("client");
+    }
+    assert!(sent.load(Ordering::SeqCst) > 0);
+    let d = serve
+        .client
+        .get(&format!("/v1/deployments/{id}"))
+        .await
+        .expect("deployment");
+    let record = &d["deployment"];
+    assert_eq!(record["canary"]["aborted"], "failure_limit", "{d}");
+    // The verdicts counted the fleet router's canary requests and errors.
+    let failed: Vec<&serde_json::Value> = record["canary"]["verdicts"]
+        .as_array()
+        .expect("verdicts")
+        .iter()
+        .filter(|v| v["verdict"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 2, "{d}");
+    for verdict in failed {
+        assert!(
+            verdict["canary"]["requests"].as_u64().unwrap_or(0) >= 5,
+            "{verdict}"
+        );
+        assert!(
+            verdict["canary"]["errors"].as_u64().unwrap_or(0) > 0,
+            "{verdict}"
+        );
+    }
+    // Every one of those requests went through the fleet router (the clients know no other):
+    // `molt status` shows the traffic of every router, its own and the fleet's.
+    let status = serve
+        .client
+        .get("/v1/status?app=judged")
+        .await
+        .expect("status");
+    let stable = status["apps"][0]["envs"]
+        .as_array()
+        .expect("envs")
+        .iter()
+        .find(|e| e["routed"] == true)
+        .expect("the stable environment")["traffic"]
+        .clone();
+    assert!(
+        stable["classes"]["2xx"].as_u64().unwrap_or(0) > 0,
+        "{stable}"
+    );
+    drop(router);
+}

@@ -122,7 +122,7 @@ async fn scaling_up_and_down_under_load_fails_no_request_and_makes_no_release() 
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("from 2 to 5 instance(s) by test")),
+            .any(|l| l.contains("from 2 to 5 instance(s) by admin")),
         "{lines:#?}"
     );
     assert!(

@@ -6,6 +6,7 @@
 //! Kept by hand next to the routes (`schemas.rs` for the records); `tests` below fails when a
 //! route of [`crate::router`] is not documented here, or a documented one does not exist.
 
+mod access;
 mod operations;
 mod schemas;
 
@@ -188,6 +189,8 @@ fn path_parameter(name: &str) -> Value {
             schema_ref("ImageReference"),
             "an image's digest or one of its tags",
         ),
+        "name" => (schema_ref("TokenName"), "a token's name"),
+        "secret" => (schema_ref("EnvVarName"), "a secret's name"),
         other => unreachable!("undocumented path parameter {other}"),
     };
     json!({ "name": name, "in": "path", "required": true, "description": description,
@@ -197,7 +200,20 @@ fn path_parameter(name: &str) -> Value {
 /// Builds the document.
 pub fn document() -> Value {
     let mut paths = Map::new();
-    for op in operations() {
+    for mut op in operations() {
+        let role = crate::roles::ROUTES
+            .iter()
+            .find(|route| route.method == op.method && route.path == op.path)
+            .map(|route| route.need);
+        if let Some(need) = role.filter(|need| *need != crate::roles::Need::Public) {
+            op.value["x-molt-role"] = json!(need.least_role().map(|role| role.as_str()));
+            op.value["responses"]["403"] = error_ref();
+            op.value["responses"]["429"] = json!({
+                "description": "Too many failed authentications from this address",
+                "headers": { "Retry-After": { "description": "seconds to wait",
+                    "schema": { "type": "integer", "minimum": 1 } } },
+                "content": { "application/json": { "schema": schema_ref("Error") } } });
+        }
         let entry = paths
             .entry(op.path.to_string())
             .or_insert_with(|| json!({}));
@@ -218,8 +234,12 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": { "token": { "type": "http", "scheme": "bearer",
-                "description": "The admin token molt serve writes to <data dir>/admin.token; \
-                    the fleet's endpoints also take the router token (<data dir>/router.token)" } },
+                "description": "A token's secret. Each operation names the least role it needs \
+                    (x-molt-role): read < deploy < admin, and router for the fleet's endpoints \
+                    (admin too). molt serve makes the token `admin` from <data dir>/admin.token \
+                    and `router` from <data dir>/router.token; POST /v1/tokens makes more. A \
+                    missing, unknown, revoked or expired token is answered 401, a token \
+                    without the role 403, too many failures from one address 429." } },
             "responses": { "Error": {
                 "description": "An error: what went wrong, in words, and its kind",
                 "content": { "application/json": { "schema": schema_ref("Error") } } } },

@@ -597,4 +597,7 @@ pub fn operations() -> Vec<Op> {
         .answers_with(200, "application/json", json!({ "type": "object" }))
         .public(),
     ]
+    .into_iter()
+    .chain(super::access::operations())
+    .collect()
 }

@@ -48,6 +48,7 @@ pub fn all() -> Value {
     merge(&mut schemas, bodies());
     merge(&mut schemas, records());
     merge(&mut schemas, views());
+    merge(&mut schemas, super::access::schemas());
     schemas
 }
 
@@ -70,8 +71,8 @@ fn names() -> Value {
         "Id": { "type": "string", "minLength": 1, "maxLength": 256,
             "description": "an environment's or an instance's id, as the server handed it out" },
         "Actor": { "type": "string",
-            "description": "who asks, for the tag history (control characters are dropped, \
-                100 characters kept)" },
+            "description": "ignored (kept for older clients): changes are recorded for the \
+                authenticated token's name" },
         "Commit": { "type": "string", "pattern": "^[0-9a-fA-F]{1,64}$",
             "description": "a hex git object id" },
         "RouterName": { "type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$" },
@@ -85,7 +86,7 @@ fn names() -> Value {
         "Error": record(
             &[("error", json!({ "type": "string", "description": "what went wrong, in words" })),
               ("kind", json!({ "type": "string", "enum": [
-                  "invalid", "unauthorized", "not_found", "method_not_allowed", "conflict",
+                  "invalid", "unauthorized", "forbidden", "rate_limited", "not_found", "method_not_allowed", "conflict",
                   "too_large", "unsupported_media_type", "disk_full", "unavailable",
                   "registry", "internal"] }))],
             &[]),
@@ -312,7 +313,8 @@ fn views() -> Value {
         "ReleaseConfig": record(
             &[("env", json!({ "type": "object", "additionalProperties": string() })),
               ("release", uint())],
-            &[]),
+            &[("secrets", json!({ "type": "object", "additionalProperties": uint(),
+                  "description": "secret names and versions (never values)" }))]),
         "PinOutcome": record(
             &[("app", string()), ("pinned", json!({ "type": "boolean" })), ("release", uint())],
             &[]),

@@ -131,3 +131,42 @@ fn references_resolve_links_name_operations_and_ids_are_unique() {
         }
     }
 }
+
+/// The role table and the document name the same operations: a route added to the document
+/// without a role (or a role for a route that is gone) fails here.
+#[test]
+fn every_operation_has_a_role_and_every_role_an_operation() {
+    use crate::roles::{Need, ROUTES};
+    let doc = document();
+    let ops = operations();
+    for op in &ops {
+        let id = doc["paths"][op.path][op.method]["operationId"]
+            .as_str()
+            .unwrap();
+        let route = ROUTES
+            .iter()
+            .find(|route| route.method == op.method && route.path == op.path)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} {} has no role in crates/molt-api/src/roles.rs ROUTES",
+                    op.method, op.path
+                )
+            });
+        assert_eq!(route.operation, id, "{} {}", op.method, op.path);
+        let responses = &doc["paths"][op.path][op.method]["responses"];
+        if route.need != Need::Public {
+            for status in ["401", "403", "429"] {
+                assert!(responses[status].is_object(), "{id} documents no {status}");
+            }
+        }
+    }
+    for route in ROUTES {
+        assert!(
+            ops.iter()
+                .any(|op| op.method == route.method && op.path == route.path),
+            "{} {} has a role but no operation",
+            route.method,
+            route.path
+        );
+    }
+}

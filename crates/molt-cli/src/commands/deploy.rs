@@ -225,7 +225,7 @@ pub(crate) async fn follow_deployment(
 }
 
 /// [`follow_deployment`] of a deployment already read (`d`, sent as `sent`).
-async fn follow(
+pub(crate) async fn follow(
     client: &Client,
     d: &DeploymentRecord,
     sent: &Value,
@@ -450,6 +450,9 @@ pub(crate) async fn config(client: &Client, action: ConfigAction, json: bool) ->
             } else {
                 for (k, val) in config.iter().flat_map(|c| &c.env) {
                     println!("{k}={val}");
+                }
+                for (k, version) in config.iter().flat_map(|c| &c.secrets) {
+                    println!("{k}=(secret v{version})");
                 }
             }
             return Ok(0);

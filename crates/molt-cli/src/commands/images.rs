@@ -60,6 +60,13 @@ pub(crate) async fn images(client: &Client, action: ImageAction, json: bool) -> 
         ImageAction::Pull { source, tag, force } => pull(client, source, tag, force, json).await?,
         ImageAction::Gc { dry_run } => gc(client, dry_run, json).await?,
         ImageAction::Diff { a, b } => return super::bake::image_diff(client, &a, &b, json).await,
+        ImageAction::Keygen { name } => return super::signing::keygen(&name, json),
+        ImageAction::Sign { image, key } => {
+            return super::signing::sign(client, &image, &key, json).await
+        }
+        ImageAction::Signatures { image } => {
+            return super::signing::signatures(client, &image, json).await
+        }
     }
     Ok(0)
 }

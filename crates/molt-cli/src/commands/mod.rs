@@ -1,9 +1,12 @@
 //! The client commands.
 
+mod access;
 mod bake;
 mod deploy;
 mod images;
+mod login;
 mod scale;
+mod signing;
 mod views;
 
 use deploy::*;
@@ -14,12 +17,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use molt_core::{AppName, Manifest};
-use molt_wire::{AppRecord, EventRecord, ShadowReport, SwapOutcome, TlsCertificates, TlsReload};
+use molt_wire::{
+    AppRecord, AuditEntry, EventRecord, ShadowReport, SwapOutcome, TlsCertificates, TlsReload,
+};
 use serde_json::{json, Value};
 
 use crate::client::{ApiError, Client, Unreachable};
-use crate::output::{age, print_json, print_list, print_traffic};
-use crate::{Cli, ClusterAction, Command, TlsAction};
+use crate::output::{age, print_json, print_traffic};
+use crate::{Cli, ClusterAction, Command, ImageAction, TlsAction};
 
 /// Exit code for a deployment that did not end serving the new release.
 pub const EXIT_DEPLOY_FAILED: i32 = 3;
@@ -84,7 +89,15 @@ async fn dispatch(cli: Cli, data_dir: &Path) -> Result<i32> {
             follow,
         } => logs(&client()?, &app, instance, lines, follow, json).await,
         Command::History { app, limit } => history(&client()?, &app, limit, json).await,
+        Command::Login { url, token_file } => login::login(&url, token_file, json).await,
+        Command::Logout { url } => login::logout(&url, json),
+        Command::Secrets { action } => access::secrets(&client()?, action, json).await,
+        Command::Tokens { action } => access::tokens(&client()?, action, json).await,
+        Command::Audit { app, limit } => access::audit(&client()?, app, limit, json).await,
         Command::Bake { dir, tag } => bake::bake(&client()?, &dir, tag, json).await,
+        Command::Images {
+            action: ImageAction::Keygen { name },
+        } => signing::keygen(&name, json),
         Command::Images { action } => images(&client()?, action, json).await,
         Command::Tls { action } => tls(&client()?, action, json).await,
         Command::Cluster {
@@ -140,7 +153,8 @@ async fn swap(client: &Client, app: &str, env: &str, json: bool) -> Result<i32> 
     Ok(0)
 }
 
-/// `molt history`: the app's events, oldest first.
+/// `molt history`: the app's events, oldest first, with who made each change: the audit
+/// trail's calls on the app are shown among them when the token may read it (admin).
 async fn history(client: &Client, app: &str, limit: usize, json: bool) -> Result<i32> {
     let answer = client
         .get_answer(&format!("/v1/apps/{app}/events?limit={limit}"))
@@ -157,10 +171,53 @@ async fn history(client: &Client, app: &str, limit: usize, json: bool) -> Result
             .cloned()
             .collect(),
     );
-    let header = ["WHEN", "WHAT", "DETAIL"];
-    print_list(&oldest_first, &events, json, &header, |e| {
-        vec![age(e.at_ms), e.kind.clone(), e.message.clone()]
-    });
+    if json {
+        print_json(&oldest_first);
+        return Ok(0);
+    }
+    let calls: Vec<AuditEntry> = match client
+        .get_answer(&format!("/v1/audit?app={app}&limit={limit}"))
+        .await
+    {
+        Ok(answer) => answer.read()?,
+        Err(e)
+            if e.downcast_ref::<ApiError>()
+                .is_some_and(|a| a.status == 403) =>
+        {
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let mut rows: Vec<(u64, Vec<String>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.at_ms,
+                vec![
+                    age(e.at_ms),
+                    e.kind.clone(),
+                    e.message.clone(),
+                    String::new(),
+                ],
+            )
+        })
+        .collect();
+    rows.extend(calls.iter().map(|c| {
+        (
+            c.at_ms,
+            vec![
+                age(c.at_ms),
+                format!("call {}", c.action),
+                format!("{} → {}", c.target, c.status),
+                format!("{} ({}, {})", c.actor, c.role, c.source),
+            ],
+        )
+    }));
+    rows.sort_by_key(|(at, _)| *at);
+    crate::output::table(
+        &["WHEN", "WHAT", "DETAIL", "WHO"],
+        rows.into_iter().map(|(_, row)| row).collect(),
+    );
     Ok(0)
 }
 

@@ -208,12 +208,11 @@ impl Controller {
         }
     }
 
-    /// Both sides' live counters now.
+    /// Both sides' live counters now, over every router.
     fn canary_base(&self, canary: &str, stable: &str) -> Base {
-        let router = &self.inner.router;
         Base {
-            canary: router.env_traffic(canary).live,
-            stable: router.env_traffic(stable).live,
+            canary: self.env_live_traffic(canary),
+            stable: self.env_live_traffic(stable),
         }
     }
 

@@ -56,29 +56,40 @@ impl Controller {
                     ))
                     .into());
                 }
-                let (a, config) = (app.to_string(), manifest.config);
+                let (a, mut config) = (app.to_string(), manifest.config);
                 match (req.image.clone(), &req.from) {
                     (Some(image), None) => {
+                        let digest = self.resolve_image_record(&image).await?.digest;
+                        let app_key = config.deploy.require_signature.clone();
+                        self.check_signature(digest.as_str(), app_key.as_deref())
+                            .await?;
                         let note = req.note.clone().unwrap_or_else(|| "deploy".into());
                         self.db(move |s| {
                             let img = s.resolve_image(&image)?;
+                            config.secrets = crate::secrets::current_versions(s, &a)?;
                             s.create_release(&a, &img.digest, &config, &note)
                         })
                         .await?
                     }
                     (None, Some(from)) => {
                         let (source, number) = parse_from(from)?;
-                        self.db(move |s| {
-                            let release = match number {
-                                Some(n) => s.release(&source, n)?,
+                        let release = self
+                            .db(move |s| match number {
+                                Some(n) => s.release(&source, n),
                                 None => s.latest_release(&source)?.ok_or_else(|| {
                                     molt_store::StoreError::NotFound {
                                         what: "release of app",
                                         key: source.clone(),
                                     }
-                                })?,
-                            };
+                                }),
+                            })
+                            .await?;
+                        let app_key = config.deploy.require_signature.clone();
+                        self.check_signature(release.image.as_str(), app_key.as_deref())
+                            .await?;
+                        self.db(move |s| {
                             let note = format!("promoted from {}@v{}", release.app, release.number);
+                            config.secrets = crate::secrets::current_versions(s, &a)?;
                             s.create_release(&a, &release.image, &config, &note)
                         })
                         .await?
@@ -95,7 +106,11 @@ impl Controller {
             }
             (None, Some(n)) if req.image.is_none() && req.from.is_none() => {
                 let a = app.to_string();
-                self.db(move |s| s.release(&a, n)).await?
+                let release = self.db(move |s| s.release(&a, n)).await?;
+                let app_key = release.config.deploy.require_signature.as_deref();
+                self.check_signature(release.image.as_str(), app_key)
+                    .await?;
+                release
             }
             _ => {
                 return Err(InputError::Invalid(

@@ -309,23 +309,28 @@ impl Controller {
             .health
             .interval
             .min(Duration::from_millis(50));
-        // With `[deploy.analysis]`, the new environment's traffic is judged each interval too.
+        // The new environment's traffic is judged each interval too (`[deploy.analysis]` or
+        // its defaults; releases recorded before that default have none).
         let mut judged = release
             .config
             .deploy
             .watch_analysis
             .as_ref()
-            .map(|a| WatchAnalysis::new(a, self.inner.router.env_traffic(&env).live));
+            .map(|a| WatchAnalysis::new(a, self.env_live_traffic(&env)));
         while self.now_ms() < watch_end {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(Interrupted::Cancelled),
                 _ = tokio::time::sleep(poll) => {}
             }
             if let Some(analysis) = judged.as_mut() {
-                let now = self.inner.router.env_traffic(&env).live;
+                let now = self.env_live_traffic(&env);
                 if let Some((judgement, failed)) = analysis.look(now) {
-                    let line = format!("watch interval of {env}: {judgement}");
-                    self.event(&d.app, "watch-verdict", &line).await;
+                    // A failed interval is news; a passed or inconclusive one is not (the
+                    // watch judges every interval of every deployment).
+                    if judgement.verdict == molt_core::canary::Verdict::Failed {
+                        let line = format!("watch interval of {env}: {judgement}");
+                        self.event(&d.app, "watch-verdict", &line).await;
+                    }
                     let prev = d.prev_env.as_deref();
                     let warm = match prev {
                         Some(p) if failed => self.is_warm(p).await?,

@@ -418,6 +418,11 @@ impl Controller {
         .await
     }
 
+    /// A digest or tag resolved to its catalog record (for the other modules).
+    pub(crate) async fn resolve_image_record(&self, reference: &str) -> Result<ImageRecord> {
+        self.resolve_image(reference).await
+    }
+
     /// A digest or tag resolved to its catalog record.
     async fn resolve_image(&self, reference: &str) -> Result<ImageRecord> {
         let reference = reference.to_string();

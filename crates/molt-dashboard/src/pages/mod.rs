@@ -96,13 +96,17 @@ pub(crate) fn csrf_field(csrf: &str) -> String {
     )
 }
 
-/// A one-button form posting to `action` with extra hidden `fields`.
+/// A one-button form posting to `action` with extra hidden `fields`; nothing without a CSRF
+/// token (a viewer whose token cannot act gets no buttons).
 pub(crate) fn action_button(
     action: &str,
     label: &str,
     csrf: &str,
     fields: &[(&str, &str)],
 ) -> String {
+    if csrf.is_empty() {
+        return String::new();
+    }
     let mut hidden = csrf_field(csrf);
     for (name, value) in fields {
         let _ = write!(

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, Interest};
 use super::conn::write_two;
 use super::request::BodyFraming;
 use crate::guard::{ClientSocket, GuardedStream};
-use crate::http1::{find_head_end, HEAD_READ};
+use crate::http1::{find_head_end, BODY_READ, HEAD_READ};
 use crate::limits::BodyFault;
 use crate::upstream::{ChunkScanner, Socket};
 
@@ -131,8 +131,9 @@ pub(super) async fn send_request<S: ClientSocket>(
             .map_err(|_| UploadError::Client(BodyFault::Broken))?;
     }
     while !body.is_done() {
-        if input.capacity() - input.len() < 1024 {
-            input.reserve(HEAD_READ);
+        // Room for a whole body read (see `GuardedStream`'s reads).
+        if input.capacity() - input.len() <= HEAD_READ {
+            input.reserve(BODY_READ);
         }
         let read = tokio::select! {
             biased;

@@ -184,7 +184,10 @@ impl Attempt for UpstreamAttempt<'_> {
                 let request = self
                     .forward
                     .request_for(self.route, index, body, last, absolute);
-                let send = self.upstreams.send(destination, request);
+                // Boxed: hyper's client future is the largest part of this one, and most
+                // requests (bodiless, to HTTP/1.1 instances) never take this branch; every
+                // request's future is moved when hyper spawns an h2 stream's task.
+                let send = Box::pin(self.upstreams.send(destination, request));
                 tokio::time::timeout_at(deadline, send)
                     .await
                     .map(|sent| sent.map(Answer::Hyper).map_err(SendError::Hyper))
