@@ -52,7 +52,7 @@ pub(crate) fn live(view: &AppView, csrf: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "<table class=\"figures\"><thead><tr><th>Req/s</th><th>Errors</th><th>p99</th>\
+        "<table class=\"figures\"><thead><tr><th class=\"num\">Req/s</th><th class=\"num\">Errors</th><th class=\"num\">p99</th>\
          <th>Last hour</th></tr></thead><tbody><tr>{}<td>{}</td></tr></tbody></table>",
         figure_cells(&view.samples),
         chart(&view.samples)

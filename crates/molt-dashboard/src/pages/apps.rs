@@ -44,7 +44,7 @@ pub(crate) fn live(status: &Status, samples: &Samples) -> String {
     }
     format!(
         "<table class=\"apps\">\n<thead><tr><th>App</th><th>Live release</th><th>Environment</th>\
-         <th>Health</th><th>Req/s</th><th>Errors</th><th>p99</th><th>Last hour</th>\
+         <th>Health</th><th class=\"num\">Req/s</th><th class=\"num\">Errors</th><th class=\"num\">p99</th><th>Last hour</th>\
          <th>Last deployment</th></tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n\
          <p class=\"hint\">Isolation: {}. Figures: the router's counters, sampled every {} s.</p>",
         esc(&status.isolation),
