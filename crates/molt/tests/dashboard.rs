@@ -347,6 +347,64 @@ async fn a_token_sees_only_the_buttons_its_role_allows() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_is_drawn_against_the_stable_environment() {
+    let h = Harness::start().await;
+    h.deploy(&h.app("shop", &[], FAST)).await;
+    let canary = FAST.replace(
+        "[deploy]\n",
+        "[deploy]\nstrategy = \"canary\"\nsteps = [{ weight = 50, pause = \"1m\" }]\n",
+    )
+        + "[deploy.analysis]\ninterval = \"300ms\"\nmin_requests = 1\nprogress_deadline = \"5m\"\n";
+    let dir = h.app("shop", &[("GREETING", "bonjour")], &canary);
+    let d = start_deploy(&h.client, &dir).await.expect("deploy");
+    let id = d["id"].as_u64().expect("id");
+    // Requests of many users until two intervals are judged.
+    let mut conn = KeepAlive::connect(h.router).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut bucket = 0u32;
+    loop {
+        bucket = (bucket + 7_919) % 10_000;
+        let cookie = format!("molt-bucket={bucket}");
+        conn.get_with("shop.localhost", "/", &[("cookie", &cookie)])
+            .await
+            .expect("request");
+        let d = h
+            .client
+            .get(&format!("/v1/deployments/{id}"))
+            .await
+            .unwrap();
+        let judged = d["deployment"]["canary"]["verdicts"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if judged >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no verdicts: {d}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (session, _) = log_in(&h, &h.running.as_ref().unwrap().token.clone()).await;
+    let page = http(&h, "GET", "/apps/shop", &session, None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("Canary against the stable environment"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("<svg class=\"compare\""),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("success rate per interval"),
+        "{}",
+        page.body
+    );
+    assert_parses("the app page during a canary", &page.body);
+    h.stop().await;
+}
+
 /// The first event of an SSE stream (read until its blank line, at most 64 KiB), and the
 /// stream, still open.
 async fn first_event(h: &Harness, path: &str, cookie: &str) -> (String, tokio::net::TcpStream) {

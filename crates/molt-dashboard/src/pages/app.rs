@@ -7,7 +7,7 @@ use molt_control::{AppStatus, DeploymentRecord, EventRecord, JournalEntry, Relea
 use molt_core::DeployState;
 use molt_wire::{EnvState, EnvStatus, InstanceState};
 
-use super::{action_button, chart, esc, figure_cells, short, span};
+use super::{action_button, chart, compare, esc, figure_cells, short, span};
 use crate::samples::Sample;
 
 /// What the app view shows, read from the controller in one go.
@@ -240,6 +240,10 @@ fn deployment(view: &AppView, csrf: &str) -> String {
         }
         _ => {}
     }
+    if let Some(c) = &d.canary {
+        out.push_str("<h3>Canary against the stable environment</h3>\n");
+        out.push_str(&compare::canary(c));
+    }
     if let Some(c) = &d.shadow {
         let _ = writeln!(
             out,
@@ -247,6 +251,7 @@ fn deployment(view: &AppView, csrf: &str) -> String {
             esc(&c.live.as_ref().map(summary).unwrap_or_else(|| "–".into())),
             esc(&summary(&c.shadow))
         );
+        out.push_str(&compare::shadow(c));
     }
     out.push_str("<ol class=\"journal\">\n");
     let start = journal.first().map(|j| j.at_ms).unwrap_or(d.created_ms);

@@ -4,6 +4,7 @@
 
 pub(crate) mod app;
 pub(crate) mod apps;
+pub(crate) mod compare;
 pub(crate) mod images;
 
 use std::fmt::Write as _;
