@@ -38,11 +38,10 @@ impl SecretKey {
                 text.len()
             ));
         }
+        let bytes = molt_core::hex::decode(text)
+            .ok_or_else(|| "a secrets key is 64 hex digits (0-9, a-f)".to_owned())?;
         let mut key = [0u8; 32];
-        for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-                .map_err(|_| "a secrets key is 64 hex digits (0-9, a-f)".to_owned())?;
-        }
+        key.copy_from_slice(&bytes);
         Ok(SecretKey(key))
     }
 
@@ -53,7 +52,7 @@ impl SecretKey {
 
     /// Its 64 hex digits (for the key file).
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        molt_core::hex::encode(&self.0)
     }
 
     fn cipher(&self) -> ChaCha20Poly1305 {
@@ -300,6 +299,9 @@ mod tests {
             b"hunter2"
         );
         assert!(SecretKey::from_hex("zz").is_err());
+        // 64 bytes that are not 64 ASCII digits: refused, never sliced mid-character.
+        assert!(SecretKey::from_hex(&"é".repeat(32)).is_err());
+        assert!(SecretKey::from_hex(&"g".repeat(64)).is_err());
     }
 
     #[test]

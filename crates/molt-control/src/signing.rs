@@ -21,7 +21,7 @@ pub struct SigningKey([u8; 32]);
 impl SigningKey {
     /// A key from its 64 hex digits (surrounding whitespace ignored).
     pub fn from_hex(text: &str) -> std::result::Result<SigningKey, String> {
-        let bytes = hex_bytes(text.trim())
+        let bytes = molt_core::hex::decode(text.trim())
             .filter(|b| b.len() == 32)
             .ok_or("an Ed25519 public key is 64 hex digits")?;
         let mut key = [0u8; 32];
@@ -31,27 +31,17 @@ impl SigningKey {
 
     /// Its 64 hex digits.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        molt_core::hex::encode(&self.0)
     }
 
     /// Whether `signature` (hex) is this key's signature of image `digest`.
     pub fn verifies(&self, digest: &str, signature: &str) -> bool {
-        hex_bytes(signature).is_some_and(|sig| {
+        molt_core::hex::decode(signature).is_some_and(|sig| {
             UnparsedPublicKey::new(&ED25519, &self.0)
                 .verify(&signed_message(digest), &sig)
                 .is_ok()
         })
     }
-}
-
-fn hex_bytes(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 impl Controller {

@@ -115,7 +115,7 @@ impl TreeManifest {
                         kind: "symlink".into(),
                         mode: 0,
                         size: bytes.len() as u64,
-                        sha256: hex(&Sha256::digest(bytes)),
+                        sha256: molt_core::hex::encode(&Sha256::digest(bytes)),
                     }
                 } else if meta.is_dir() {
                     stack.push(rel.clone());
@@ -267,11 +267,7 @@ fn hash_file(path: &Path) -> Result<String, ImageError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(molt_core::hex::encode(&hasher.finalize()))
 }
 
 #[cfg(test)]

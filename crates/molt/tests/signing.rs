@@ -8,15 +8,20 @@ use molt_cli::client::ApiError;
 use serde_json::json;
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_signed_images_deploy_under_a_policy() {
-    let keys = tempfile::tempdir().unwrap();
-    let name = keys.path().join("release");
-    let o = molt_command(keys.path(), &["images", "keygen", name.to_str().unwrap()])
+/// `molt images keygen DIR/NAME`: the secret key's and the public key's paths.
+fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let name = dir.join(name);
+    let o = molt_command(dir, &["images", "keygen", name.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let (key, public) = (name.with_extension("key"), name.with_extension("pub"));
+    (name.with_extension("key"), name.with_extension("pub"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_signed_images_deploy_under_a_policy() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(keys.path(), "release");
     let h = Harness::start_with(|cfg| cfg.require_signature = Some(public.clone())).await;
     let data = h.data_dir();
     let dir = h.app("signed", &[], FAST);
@@ -73,12 +78,7 @@ async fn only_signed_images_deploy_under_a_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apps_molt_toml_can_require_a_signature() {
     let keys = tempfile::tempdir().unwrap();
-    let name = keys.path().join("shop");
-    let o = molt_command(keys.path(), &["images", "keygen", name.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let (key, public) = (name.with_extension("key"), name.with_extension("pub"));
+    let (key, public) = keygen(keys.path(), "shop");
     let pub_hex = std::fs::read_to_string(&public).unwrap().trim().to_owned();
     // No server-wide policy: the app's own manifest asks for the signature.
     let h = Harness::start().await;

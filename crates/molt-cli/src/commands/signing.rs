@@ -14,19 +14,7 @@ use serde_json::json;
 use crate::client::Client;
 use crate::output::{age, print_json, print_list};
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
-}
+use molt_core::hex::{decode as unhex, encode as hex};
 
 /// `molt images keygen NAME`: NAME.key (PKCS#8, hex, 0600) and NAME.pub (64 hex digits).
 pub(crate) fn keygen(name: &Path, json: bool) -> Result<i32> {
