@@ -60,14 +60,14 @@ pub struct Tokens {
 
 /// The one [`molt_control::Authenticate`] function the server hands the parts mounted beside
 /// the API (the git remote, the dashboard): `auth`'s answer for a bearer secret, as a
-/// [`molt_control::Caller`] (name, role, apps). Failed attempts through it are not
-/// rate-limited by address (it is not handed one).
+/// [`molt_control::Caller`] (name, role, apps). Failed attempts from an address it is handed
+/// count toward that address's limit, as the API's do.
 pub fn authenticator(auth: &Auth) -> molt_control::Authenticate {
     let auth = auth.clone();
-    Arc::new(move |secret: String| {
+    Arc::new(move |secret: String, source: Option<std::net::IpAddr>| {
         let auth = auth.clone();
         Box::pin(async move {
-            let principal = auth.authenticate(&secret, None).await.ok()?;
+            let principal = auth.authenticate(&secret, source).await.ok()?;
             Some(molt_control::Caller {
                 name: principal.name,
                 role: principal.role,

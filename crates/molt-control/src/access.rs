@@ -2,6 +2,7 @@
 //! (`auth.rs`); the controller only keeps the records.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -47,9 +48,14 @@ impl Caller {
 
 /// The one function that says who a token is (`None`: no valid token), handed by the server to
 /// the parts mounted beside the API, so that none of them checks tokens itself (molt-api's
-/// `authenticator` makes it over its `Auth`).
-pub type Authenticate =
-    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Option<Caller>> + Send>> + Send + Sync>;
+/// `authenticator` makes it over its `Auth`). The second argument is the address the token
+/// came from, when it is a fresh attempt (a login, a push): failures from an address are
+/// limited as the API's are.
+pub type Authenticate = Arc<
+    dyn Fn(String, Option<IpAddr>) -> Pin<Box<dyn Future<Output = Option<Caller>> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl Controller {
     /// Every token with the hash of its secret, revoked ones included.

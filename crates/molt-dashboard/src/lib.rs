@@ -16,10 +16,11 @@ mod samples;
 mod session;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -120,7 +121,8 @@ impl Dashboard {
     /// may look: every role but `router`).
     async fn viewer(&self, headers: &HeaderMap) -> Option<Viewer> {
         let (session, s) = self.sessions.of(headers)?;
-        let caller = (self.authenticate)(s.token.clone())
+        // A session's token again: not a fresh attempt, so no address to count it against.
+        let caller = (self.authenticate)(s.token.clone(), None)
             .await
             .filter(Caller::can_read)?;
         Some(Viewer {
@@ -268,6 +270,7 @@ async fn login_page() -> Response {
 /// Starts a session when the token is valid and the form is the one this browser was given.
 async fn login(
     State(d): State<Dashboard>,
+    peer: Option<ConnectInfo<SocketAddr>>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -283,7 +286,8 @@ async fn login(
             .into_response();
     }
     let token = form.token.unwrap_or_default();
-    let valid = (d.authenticate)(token.trim().to_string())
+    let source = peer.map(|ConnectInfo(addr)| addr.ip());
+    let valid = (d.authenticate)(token.trim().to_string(), source)
         .await
         .is_some_and(|caller| caller.can_read());
     if !valid {
@@ -342,7 +346,7 @@ fn live_stream(
                 _ = d.stop.cancelled() => return None,
             }
             let session = d.sessions.get(&viewer.session)?;
-            (d.authenticate)(session.token.clone()).await?;
+            (d.authenticate)(session.token.clone(), None).await?;
             let html = match (q.view.as_str(), &q.app) {
                 ("apps", _) => d.apps_live().await,
                 ("app", Some(app)) => d

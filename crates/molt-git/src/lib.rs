@@ -25,10 +25,11 @@ mod push;
 mod repo;
 mod source;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -72,6 +73,7 @@ pub fn router(controller: Controller, authenticate: Authenticate, root: PathBuf)
 
 async fn serve(
     State(s): State<GitState>,
+    peer: Option<ConnectInfo<SocketAddr>>,
     Path(path): Path<String>,
     method: Method,
     uri: Uri,
@@ -79,7 +81,7 @@ async fn serve(
     body: Body,
 ) -> Response {
     let caller = match basic_password(&headers) {
-        Some(token) => (s.authenticate)(token).await,
+        Some(token) => (s.authenticate)(token, peer.map(|ConnectInfo(addr)| addr.ip())).await,
         None => None,
     };
     let Some(caller) = caller.filter(Caller::can_read) else {

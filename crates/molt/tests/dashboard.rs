@@ -405,6 +405,35 @@ async fn a_canary_is_drawn_against_the_stable_environment() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_limited_per_address_like_the_apis() {
+    let h = Harness::start().await;
+    let form = http(&h, "GET", "/login", "", None).await;
+    let login_csrf = form.cookie("molt_login").expect("the login cookie");
+    let attempt = |token: String| {
+        let (h, csrf) = (&h, login_csrf.clone());
+        async move {
+            http(
+                h,
+                "POST",
+                "/login",
+                &format!("molt_login={csrf}"),
+                Some(&format!("token={token}&csrf={csrf}")),
+            )
+            .await
+            .status
+        }
+    };
+    // The API's default: 30 failures at once from one address, then one every 2 s.
+    for i in 0..35 {
+        assert_eq!(attempt(format!("wrong{i}")).await, 401);
+    }
+    // Now even the right token is refused from this address: the attempts were counted.
+    let token = h.running.as_ref().unwrap().token.clone();
+    assert_eq!(attempt(token).await, 401);
+    h.stop().await;
+}
+
 /// The first event of an SSE stream (read until its blank line, at most 64 KiB), and the
 /// stream, still open.
 async fn first_event(h: &Harness, path: &str, cookie: &str) -> (String, tokio::net::TcpStream) {
