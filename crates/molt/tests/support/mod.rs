@@ -412,6 +412,8 @@ pub struct Serve {
     pub child: Child,
     pub client: Client,
     pub router: std::net::SocketAddr,
+    /// Its output (`<data dir>/serve.log`), shown when it ends by a signal it was not sent.
+    pub log: PathBuf,
 }
 
 impl Serve {
@@ -490,6 +492,7 @@ impl Serve {
                 token.trim(),
             ),
             router: endpoints["router"].as_str().unwrap().parse().unwrap(),
+            log: data.join("serve.log"),
         }
     }
 
@@ -498,6 +501,18 @@ impl Serve {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                use std::os::unix::process::ExitStatusExt;
+                if sig != Signal::SIGKILL && status.code().is_none() {
+                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                    eprintln!(
+                        "molt serve ended by signal {:?} (core dumped: {}) after {sig}; the end \
+                         of its log:\n{}",
+                        status.signal(),
+                        status.core_dumped(),
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
                 return status;
             }
             assert!(Instant::now() < deadline, "molt serve ignored {sig}");
