@@ -170,6 +170,7 @@ async fn run_router(args: RouterArgs, data_dir: std::path::PathBuf) -> anyhow::R
         .state_dir
         .clone()
         .unwrap_or_else(|| data_dir.join(format!("router-{name}")));
+    let stop = StopSignals::install()?;
     let edge = molt_server::Edge::start(molt_server::EdgeConfig {
         control: args.control.clone(),
         token,
@@ -193,7 +194,7 @@ async fn run_router(args: RouterArgs, data_dir: std::path::PathBuf) -> anyhow::R
         edge.version(),
         args.control
     );
-    wait_for_signal().await?;
+    stop.wait().await;
     eprintln!("molt router {name}: stopping");
     edge.shutdown().await
 }
@@ -333,6 +334,7 @@ async fn run_server(
     if let Ok(step) = std::env::var("MOLT_TEST_PAUSE_AT") {
         cfg.pause_at = Some(step.parse()?);
     }
+    let stop = StopSignals::install()?;
     let running = molt_server::start(cfg).await?;
     let banner = format!(
         "molt serve: API on http://{}{} (token in {}), router on http://{}{}, isolation: {}",
@@ -350,7 +352,7 @@ async fn run_server(
         running.controller().isolation()
     );
     announce(format, &banner);
-    wait_for_signal().await?;
+    stop.wait().await;
     announce(format, "molt serve: stopping (draining the router)");
     let on_exit = if args.stop_instances_on_exit {
         OnExit::StopInstances
@@ -400,13 +402,28 @@ fn acme_config(args: &ServeArgs) -> anyhow::Result<Option<molt_server::AcmeConfi
     Ok(Some(acme))
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, taken over from the moment this is made: one that arrives while the
+/// server is still starting waits for [`StopSignals::wait`] instead of killing the process
+/// (the kernel's default), so a stop is always graceful.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    /// Until SIGTERM or SIGINT (at once, if one came already).
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
