@@ -10,7 +10,7 @@
 use molt_core::canary::{self, AbortReason, CanaryProgress, Move, Sample};
 use molt_core::{CanarySpec, DeployEvent, DeployState};
 use molt_router::TrafficStats;
-use molt_store::{DeploymentRecord, EnvState, InstanceState};
+use molt_store::DeploymentRecord;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -244,13 +244,7 @@ impl Controller {
         why: &str,
     ) -> Result<DeploymentRecord> {
         let env = env_of(d)?;
-        let e = env.clone();
-        let (rec, instances) = self
-            .db(move |s| Ok((s.env(&e)?, s.instances(Some(&e), false)?)))
-            .await?;
-        if rec.state != EnvState::Ready
-            || !instances.iter().any(|i| i.state == InstanceState::Healthy)
-        {
+        if !self.is_warm(&env).await? {
             return Err(ControlError::Conflict(format!(
                 "{env} has no healthy instance right now: wait for the replacements (`molt \
                  status {}`) or abort it (`molt abort {}`)",

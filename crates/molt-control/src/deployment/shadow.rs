@@ -7,9 +7,7 @@
 
 use molt_core::{DeployEvent, DeployState};
 use molt_router::TrafficStats;
-use molt_store::{
-    DeploymentRecord, EnvState, InstanceState, ShadowComparison, ShadowMode, TrafficSummary,
-};
+use molt_store::{DeploymentRecord, ShadowComparison, ShadowMode, TrafficSummary};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -191,13 +189,7 @@ impl Controller {
     ) -> Result<DeploymentRecord> {
         let env = env_of(d)?;
         // Mirroring went on for a while: the environment must still be able to take traffic.
-        let e = env.clone();
-        let (rec, instances) = self
-            .db(move |s| Ok((s.env(&e)?, s.instances(Some(&e), false)?)))
-            .await?;
-        if rec.state != EnvState::Ready
-            || !instances.iter().any(|i| i.state == InstanceState::Healthy)
-        {
+        if !self.is_warm(&env).await? {
             return Err(ControlError::Conflict(format!(
                 "{env} has no healthy instance right now: wait for the replacements (`molt \
                  status {}`) or abandon it (`molt abandon {}`)",

@@ -371,8 +371,8 @@ impl Controller {
         Ok(())
     }
 
-    /// Whether `env` can take the route back: ready, with a healthy instance.
-    async fn is_warm(&self, env: &str) -> Result<bool> {
+    /// Whether `env` can take the route (back): ready, with a healthy instance.
+    pub(crate) async fn is_warm(&self, env: &str) -> Result<bool> {
         let env = env.to_string();
         self.db(move |s| {
             let ready = s.env(&env)?.state == EnvState::Ready;
