@@ -93,9 +93,20 @@ impl Controller {
         let env_id = env.to_string();
         match self.inner.config.network {
             InstanceNetwork::Host => {
-                let (host, port) = free_address(fixed_port)?;
-                self.db(move |s| s.create_instance(&env_id, &host.to_string(), port))
-                    .await
+                self.db(move |s| {
+                    let taken: HashSet<(String, u16)> = s
+                        .instances(None, false)?
+                        .into_iter()
+                        .map(|i| (i.host, i.port))
+                        .collect();
+                    match free_address(fixed_port, &taken) {
+                        Ok((host, port)) => {
+                            s.create_instance(&env_id, &host.to_string(), port).map(Ok)
+                        }
+                        Err(e) => Ok(Err(e)),
+                    }
+                })
+                .await?
             }
             InstanceNetwork::Bridge(subnet) => {
                 let port = fixed_port.unwrap_or(BRIDGE_PORT);
@@ -245,20 +256,33 @@ pub(crate) fn describe_exit(status: &InstanceStatus) -> String {
     }
 }
 
-/// Picks the address of a new instance. Without a fixed port: a free port on 127.0.0.1. With
-/// one: a loopback address of its own (127.64.0.0/10 is all routed to `lo` on Linux) where that
-/// port is free, so blue and green instances of the same app never collide.
-fn free_address(fixed_port: Option<u16>) -> Result<(Ipv4Addr, u16)> {
-    let Some(port) = fixed_port else {
-        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| ControlError::Internal(format!("no free port on 127.0.0.1: {e}")))?;
-        let port = l
-            .local_addr()
-            .map(|a| a.port())
-            .map_err(|e| ControlError::Internal(e.to_string()))?;
-        return Ok((Ipv4Addr::LOCALHOST, port));
+/// Picks the address of a new instance; `taken` holds the addresses of live instances, some of
+/// which may not listen yet. Without a fixed port: a free port on 127.0.0.1 outside the kernel's
+/// ephemeral range, so that no outgoing connection (the router's own, or any other program's)
+/// can be handed the port between this check and the instance's `listen`. With one: a loopback
+/// address of its own (127.64.0.0/10 is all routed to `lo` on Linux) where that port is free, so
+/// blue and green instances of the same app never collide.
+fn free_address(
+    fixed_port: Option<u16>,
+    taken: &HashSet<(String, u16)>,
+) -> Result<(Ipv4Addr, u16)> {
+    let is_free = |ip: Ipv4Addr, port: u16| {
+        !taken.contains(&(ip.to_string(), port)) && std::net::TcpListener::bind((ip, port)).is_ok()
     };
-    let mut last_error = None;
+    let Some(port) = fixed_port else {
+        let ports = instance_ports();
+        for _ in 0..256 {
+            let port = ports.start + (rand::random::<u32>() % ports.len() as u32) as u16;
+            if is_free(Ipv4Addr::LOCALHOST, port) {
+                return Ok((Ipv4Addr::LOCALHOST, port));
+            }
+        }
+        return Err(ControlError::Conflict(format!(
+            "no free port on 127.0.0.1 between {} and {} after 256 tries",
+            ports.start,
+            ports.end - 1
+        )));
+    };
     for _ in 0..64 {
         let r: u32 = rand::random();
         let ip = Ipv4Addr::new(
@@ -267,14 +291,78 @@ fn free_address(fixed_port: Option<u16>) -> Result<(Ipv4Addr, u16)> {
             (r >> 16) as u8,
             1 + (r as u8 % 254),
         );
-        match std::net::TcpListener::bind((ip, port)) {
-            Ok(_) => return Ok((ip, port)),
-            Err(e) => last_error = Some(e),
+        if is_free(ip, port) {
+            return Ok((ip, port));
         }
     }
     Err(ControlError::Conflict(format!(
-        "port {port} is taken on every loopback address tried ({}); pick another `port` in \
-         molt.toml or leave it out",
-        last_error.map(|e| e.to_string()).unwrap_or_default()
+        "port {port} is taken on every loopback address tried; pick another `port` in \
+         molt.toml or leave it out"
     )))
+}
+
+/// The ports instances on the host network listen on: the widest stretch of 10000–65535 the
+/// kernel never hands out as an ephemeral port (`net.ipv4.ip_local_port_range`, 32768–60999 by
+/// default, which leaves 10000–32767).
+fn instance_ports() -> std::ops::Range<u16> {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    ports_outside(ephemeral)
+}
+
+fn ports_outside((low, high): (u16, u16)) -> std::ops::Range<u16> {
+    const FLOOR: u16 = 10000;
+    let below = FLOOR..low.max(FLOOR);
+    let above = high.saturating_add(1).max(FLOOR)..u16::MAX;
+    let widest = if below.len() >= above.len() {
+        below
+    } else {
+        above
+    };
+    if widest.len() >= 1024 {
+        widest
+    } else {
+        // The ephemeral range covers (nearly) everything: share it rather than fail.
+        FLOOR..u16::MAX
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ports_stay_out_of_the_ephemeral_range() {
+        assert_eq!(ports_outside((32768, 60999)), 10000..32768);
+        assert_eq!(ports_outside((1024, 40000)), 40001..u16::MAX);
+        assert_eq!(ports_outside((1024, 65535)), 10000..u16::MAX);
+        let ports = instance_ports();
+        let taken = HashSet::new();
+        for _ in 0..20 {
+            let (ip, port) = free_address(None, &taken).unwrap();
+            assert_eq!(ip, Ipv4Addr::LOCALHOST);
+            assert!(ports.contains(&port), "{port} not in {ports:?}");
+        }
+    }
+
+    #[test]
+    fn a_live_instances_port_is_never_handed_out_again() {
+        let ports = instance_ports();
+        // Every port but one is held by a live instance (not necessarily listening yet).
+        let free = ports.start + 7;
+        let taken: HashSet<(String, u16)> = ports
+            .clone()
+            .filter(|p| *p != free)
+            .map(|p| ("127.0.0.1".to_string(), p))
+            .collect();
+        match free_address(None, &taken) {
+            Ok((_, port)) => assert_eq!(port, free),
+            Err(e) => assert!(e.to_string().contains("no free port"), "{e}"),
+        }
+    }
 }
