@@ -71,7 +71,7 @@ fn run_blocking(size: Size, output: Output) -> Result<()> {
     let oci = tmp.path().join("image.oci.tar");
     let (molt, ()) = best_of(3, || {
         let out = fs::File::create(&oci)?;
-        Ok(store.export_oci_archive(&image.digest, "bench", std::io::BufWriter::new(out))?)
+        Ok(store.export_oci_archive(&image.digest, "bench", &[], std::io::BufWriter::new(out))?)
     })?;
     let oci_bytes = fs::metadata(&oci)?.len();
     let peer = skopeo_time(skopeo, tmp.path(), |dir| {

@@ -116,6 +116,8 @@ impl Controller {
             &target,
             setup.credentials.as_ref(),
             None,
+            // Swarm pulls the image to run it; molt checked its signatures at the deploy.
+            &[],
         )
         .await?;
         let spec = EnvironmentSpec {

@@ -4,11 +4,18 @@
 //! `[deploy] require_signature` in its molt.toml), a deployment of an image that key has not
 //! signed is refused before anything is recorded or started.
 //!
+//! Signatures travel with their image: in an OCI archive's `index.json` and as an artifact
+//! next to the image in a registry (molt-image's and molt-registry's `signatures.rs`). What
+//! comes back in is checked here before it is kept, and one that is not its key's signature
+//! of the image refuses the whole import or pull: a forged or damaged signature is never
+//! quietly dropped, nor kept.
+//!
 //! Why plain Ed25519 and not cosign: a cosign signature lives in a registry as an OCI
 //! artifact and its verification wants sigstore's crate tree; molt's images live in its own
 //! store first, and one 64-byte signature over the digest says the same thing offline.
 
-use molt_core::InputError;
+use molt_core::{Digest, InputError};
+use molt_image::CarriedSignature;
 use molt_wire::{signed_message, ImageSignature};
 use ring::signature::{UnparsedPublicKey, ED25519};
 
@@ -85,6 +92,22 @@ impl Controller {
         self.db(move |s| s.image_signatures(&digest)).await
     }
 
+    /// The signatures of `digest` as they travel with it (an OCI export, a push).
+    pub(crate) async fn carried_signatures(
+        &self,
+        digest: &Digest,
+    ) -> Result<Vec<CarriedSignature>> {
+        let d = digest.to_string();
+        let kept = self.db(move |s| s.image_signatures(&d)).await?;
+        Ok(kept
+            .into_iter()
+            .map(|s| CarriedSignature {
+                public_key: s.public_key,
+                signature: s.signature,
+            })
+            .collect())
+    }
+
     /// Refuses `digest` unless every key required of it has signed it: the server's
     /// (`--require-signature`) and the app's (`[deploy] require_signature`, `app_key`).
     pub(crate) async fn check_signature(&self, digest: &str, app_key: Option<&str>) -> Result<()> {
@@ -121,6 +144,38 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+/// Signatures that came with the image `digest` from `whence` (an archive, a registry), as
+/// records kept by `by`; the first one that is not its key's signature of the image is the
+/// error, saying which key.
+pub(crate) fn verified_signatures(
+    digest: &Digest,
+    carried: Vec<CarriedSignature>,
+    whence: &str,
+    by: &str,
+    now_ms: u64,
+) -> std::result::Result<Vec<ImageSignature>, String> {
+    carried
+        .into_iter()
+        .map(|c| {
+            let key = SigningKey::from_hex(&c.public_key)?;
+            if !key.verifies(digest.as_str(), &c.signature) {
+                return Err(format!(
+                    "{whence} carries a signature by the key {}… that is not its signature of \
+                     image {digest}",
+                    &c.public_key[..16.min(c.public_key.len())]
+                ));
+            }
+            Ok(ImageSignature {
+                digest: digest.to_string(),
+                public_key: key.to_hex(),
+                signature: c.signature.to_ascii_lowercase(),
+                created_ms: now_ms,
+                created_by: by.to_owned(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::oci::{
     parse_index, parse_manifest, ref_name, to_json, to_molt_digest,
 };
 use crate::parts::{check_diff_id, ImageParts};
+use crate::signatures::{signature_annotations, signatures_in, CarriedSignature};
 use crate::unpack::{safe_relative_path, LenientEnd};
 use crate::{ImageError, ImageStore, ImportedImage};
 use molt_pack::{MAX_ENTRY_SIZE, WHITEOUT_PREFIX};
@@ -73,7 +74,8 @@ impl std::fmt::Display for ArchiveFormat {
 
 impl ImageStore {
     /// Writes a tar of an OCI layout holding just the image `digest`, named `reference`
-    /// (`org.opencontainers.image.ref.name`, e.g. `latest`) in its `index.json`.
+    /// (`org.opencontainers.image.ref.name`, e.g. `latest`) in its `index.json`, where the
+    /// image's entry also carries `signatures` as annotations (`signatures.rs`).
     ///
     /// Every blob is verified as it is copied; on `Corrupt` the output is incomplete. The tar
     /// is deterministic (sorted members, zero times and owners).
@@ -81,6 +83,7 @@ impl ImageStore {
         &self,
         digest: &Digest,
         reference: &str,
+        signatures: &[CarriedSignature],
         out: impl Write,
     ) -> Result<(), ImageError> {
         if !self.contains(digest) {
@@ -95,11 +98,11 @@ impl ImageStore {
         blobs.extend(crate::bake::attached_blobs(&manifest));
         blobs.sort();
         blobs.dedup();
-        let index = image_index(vec![manifest_entry(
-            digest,
-            manifest_bytes.len() as u64,
-            reference,
-        )])?;
+        let mut entry = manifest_entry(digest, manifest_bytes.len() as u64, reference);
+        let mut annotations = entry.annotations().clone().unwrap_or_default();
+        annotations.extend(signature_annotations(signatures));
+        entry.set_annotations(Some(annotations));
+        let index = image_index(vec![entry])?;
 
         let mut builder = tar::Builder::new(out);
         append_bytes(&mut builder, "oci-layout", &layout_marker()?)?;
@@ -133,7 +136,9 @@ impl ImageStore {
     /// relative paths; every blob is checked against its name and every layer's uncompressed
     /// tar against its diff id. Plain and gzip layers are accepted; a nested index is resolved
     /// to the manifest for this platform. Layer contents are validated when `rootfs` unpacks
-    /// them. Blobs the image does not use are not kept.
+    /// them. Blobs the image does not use are not kept. Signatures the image's index entry
+    /// carries come back in `ImportedImage::signatures`, unverified; one that does not read is
+    /// an error.
     pub fn import_oci_archive(
         &self,
         reader: impl Read,
@@ -195,6 +200,8 @@ impl ImageStore {
         let mut blobs = contents.blobs;
         let index = parse_index(index_bytes)?;
         let mut chosen = select_manifest(&index, reference)?;
+        let signatures = signatures_in(chosen.annotations().iter().flatten())
+            .map_err(|why| ImageError::InvalidLayout(format!("index.json: {why}")))?;
         if *chosen.media_type() == MediaType::ImageIndex {
             let nested = parse_index(&staged_bytes(&blobs, &to_molt_digest(chosen.digest())?)?)?;
             chosen = select_platform(&nested)?;
@@ -228,6 +235,7 @@ impl ImageStore {
             digest,
             size,
             files,
+            signatures,
         })
     }
 

@@ -153,6 +153,7 @@ impl ImageStore {
             digest,
             size,
             files,
+            signatures: Vec::new(),
         })
     }
 

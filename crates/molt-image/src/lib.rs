@@ -37,6 +37,7 @@ mod fsutil;
 mod oci;
 mod parts;
 mod run;
+mod signatures;
 mod sweep;
 mod unpack;
 mod verify;
@@ -70,6 +71,9 @@ pub use crate::docker::sniff_archive;
 pub use crate::error::ImageError;
 pub use crate::filelist::FileInfo;
 pub use crate::run::{BuildSandbox, RunRequest};
+pub use crate::signatures::{
+    signature_annotations, signatures_in, CarriedSignature, SIGNATURE_ANNOTATION_PREFIX,
+};
 pub use crate::verify::{TreeEntry, TreeManifest, Verification};
 /// The records the image store fills in are the API's.
 pub use molt_wire::{
@@ -94,6 +98,9 @@ pub struct ImportedImage {
     pub size: u64,
     /// Number of regular files in the image's layers.
     pub files: u64,
+    /// Signatures an OCI archive carried for the image, not yet verified (the controller
+    /// verifies them before it keeps one); none from other sources.
+    pub signatures: Vec<CarriedSignature>,
 }
 
 impl ImageStore {
@@ -160,6 +167,7 @@ impl ImageStore {
             digest,
             size,
             files,
+            signatures: Vec::new(),
         })
     }
 

@@ -122,7 +122,12 @@ fn skopeo_reads_our_docker_archives_and_we_read_its() {
     // skopeo writes a Docker archive (stand-in for `docker save`) from our OCI export.
     let oci = dir.path().join("image.oci.tar");
     store
-        .export_oci_archive(&image.digest, "latest", fs::File::create(&oci).unwrap())
+        .export_oci_archive(
+            &image.digest,
+            "latest",
+            &[],
+            fs::File::create(&oci).unwrap(),
+        )
         .unwrap();
     let theirs = dir.path().join("theirs.tar");
     run(Command::new("skopeo")
@@ -153,7 +158,12 @@ fn zstd_layers_from_skopeo_import_and_unpack() {
     let image = store.import_dir(app.path()).unwrap();
     let oci = dir.path().join("image.oci.tar");
     store
-        .export_oci_archive(&image.digest, "latest", fs::File::create(&oci).unwrap())
+        .export_oci_archive(
+            &image.digest,
+            "latest",
+            &[],
+            fs::File::create(&oci).unwrap(),
+        )
         .unwrap();
     let layout = dir.path().join("zstd");
     run(Command::new("skopeo")
@@ -390,7 +400,7 @@ fn sniffing_tells_oci_docker_and_plain_trees_apart() {
     let image = store.import_dir(app.path()).unwrap();
     let mut oci = Vec::new();
     store
-        .export_oci_archive(&image.digest, "latest", &mut oci)
+        .export_oci_archive(&image.digest, "latest", &[], &mut oci)
         .unwrap();
     let mut docker = Vec::new();
     store

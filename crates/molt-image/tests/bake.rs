@@ -295,7 +295,7 @@ fn bases_can_be_a_stored_image_an_oci_archive_or_a_rootfs_folder() {
 
     let mut archive = Vec::new();
     store
-        .export_oci_archive(&base.digest, "base", &mut archive)
+        .export_oci_archive(&base.digest, "base", &[], &mut archive)
         .unwrap();
     fs::write(ctx.path().join("base.tar"), archive).unwrap();
     let on_archive = store
@@ -424,7 +424,7 @@ fn baked_images_carry_an_sbom_and_provenance_that_gc_keeps() {
     // They travel with the image in an OCI archive, too.
     let mut archive = Vec::new();
     store
-        .export_oci_archive(&report.digest, "latest", &mut archive)
+        .export_oci_archive(&report.digest, "latest", &[], &mut archive)
         .unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let elsewhere = ImageStore::open(elsewhere.path()).unwrap();

@@ -154,7 +154,7 @@ fn tampered_manifest_config_or_layer_is_corrupt() {
         let err = store.rootfs(&image.digest).unwrap_err();
         assert!(matches!(err, ImageError::Corrupt { .. }), "{victim}: {err}");
         let err = store
-            .export_oci_archive(&image.digest, "latest", Vec::new())
+            .export_oci_archive(&image.digest, "latest", &[], Vec::new())
             .unwrap_err();
         assert!(matches!(err, ImageError::Corrupt { .. }), "{victim}: {err}");
         assert!(!root.join("rootfs").join(image.digest.hex()).exists());
@@ -263,10 +263,10 @@ fn export_then_import_round_trips() {
     let (_a, one) = store();
     let image = one.import_dir(app.path()).unwrap();
     let mut archive = Vec::new();
-    one.export_oci_archive(&image.digest, "latest", &mut archive)
+    one.export_oci_archive(&image.digest, "latest", &[], &mut archive)
         .unwrap();
     let mut again = Vec::new();
-    one.export_oci_archive(&image.digest, "latest", &mut again)
+    one.export_oci_archive(&image.digest, "latest", &[], &mut again)
         .unwrap();
     assert_eq!(archive, again, "exports are deterministic");
 
@@ -433,7 +433,12 @@ fn skopeo_and_umoci_read_an_exported_image() {
     let image = store.import_dir(app.path()).unwrap();
     let archive = dir.path().join("image.tar");
     store
-        .export_oci_archive(&image.digest, "latest", fs::File::create(&archive).unwrap())
+        .export_oci_archive(
+            &image.digest,
+            "latest",
+            &[],
+            fs::File::create(&archive).unwrap(),
+        )
         .unwrap();
 
     let inspect = run(Command::new("skopeo")

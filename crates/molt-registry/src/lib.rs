@@ -7,17 +7,19 @@
 //! source repository on the same registry, then the manifest byte for byte, so the image keeps
 //! its digest. Pull streams the manifest's blobs into files in the store's scratch space and
 //! imports them with the same checks as an OCI archive (every blob against its digest, every
-//! layer against its diff id).
+//! layer against its diff id). An image's signatures travel with it as an artifact that refers
+//! to it (`signatures.rs`): pushed after the image when it has any, looked for after a pull.
 //!
 //! Architecture invariant: credentials are only handed to the client; they never appear in
 //! errors, logs or reports. Plain HTTP is used only for loopback registries.
 
+mod signatures;
 mod upload;
 
 use std::net::IpAddr;
 
 use molt_core::Digest;
-use molt_image::{ImageError, ImageStore};
+use molt_image::{CarriedSignature, ImageError, ImageStore};
 /// What a push did is one of the API's records.
 pub use molt_wire::PushReport;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -25,6 +27,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
+pub use crate::signatures::{referrers_tag, SIGNATURE_ARTIFACT_TYPE};
 use crate::upload::{UploadAuth, UploadError, Uploader};
 
 /// Registry credentials (HTTP basic auth, exchanged for a token where the registry wants one).
@@ -56,6 +59,9 @@ pub struct PullReport {
     pub size: u64,
     /// Regular files in its layers.
     pub files: u64,
+    /// The signatures the registry holds for it, not yet verified (the controller verifies
+    /// them before it keeps one).
+    pub signatures: Vec<CarriedSignature>,
 }
 
 /// Why a registry operation failed.
@@ -160,6 +166,24 @@ impl Session {
         })
     }
 
+    /// The manifest `tag` in this reference's repository.
+    fn at_tag(&self, tag: &str) -> Reference {
+        Reference::with_tag(
+            self.reference.registry().to_string(),
+            self.reference.repository().to_string(),
+            tag.to_string(),
+        )
+    }
+
+    /// The manifest `digest` in this reference's repository.
+    fn at_digest(&self, digest: &Digest) -> Reference {
+        Reference::with_digest(
+            self.reference.registry().to_string(),
+            self.reference.repository().to_string(),
+            digest.to_string(),
+        )
+    }
+
     fn error(&self, e: oci_client::errors::OciDistributionError) -> RegistryError {
         RegistryError::Registry {
             registry: self.reference.resolve_registry().to_string(),
@@ -168,7 +192,8 @@ impl Session {
     }
 }
 
-/// Pushes the stored image `digest` to `target` (`registry/repository:tag`).
+/// Pushes the stored image `digest` to `target` (`registry/repository:tag`), then its
+/// `signatures`, if it has any, as an artifact that refers to it (`signatures.rs`).
 ///
 /// With `mount_from` (a repository on the same registry), each blob is first offered as a
 /// cross-repository mount; blobs the registry cannot mount are uploaded.
@@ -178,6 +203,7 @@ pub async fn push(
     target: &str,
     credentials: Option<&Credentials>,
     mount_from: Option<&str>,
+    signatures: &[CarriedSignature],
 ) -> Result<PushReport, RegistryError> {
     let session = Session::new(target, credentials)?;
     let details = blocking({
@@ -221,6 +247,7 @@ pub async fn push(
         present: 0,
         streamed: 0,
         bytes: 0,
+        signatures: 0,
     };
     let mut blobs = vec![details.config_digest.clone()];
     blobs.extend(details.layers.iter().map(|l| l.digest.clone()));
@@ -276,18 +303,31 @@ pub async fn push(
         .client
         .push_manifest_raw(
             &session.reference,
-            manifest,
+            manifest.clone(),
             content_type.parse().map_err(|_| {
                 RegistryError::Internal(format!("bad manifest media type {content_type}"))
             })?,
         )
         .await
         .map_err(|e| session.error(e))?;
-    tracing::info!(image = %digest, target, uploaded = report.uploaded, mounted = report.mounted, present = report.present, "pushed");
+    if !signatures.is_empty() {
+        report.bytes += signatures::push_signatures(
+            &session,
+            &uploader,
+            digest,
+            &manifest,
+            &content_type,
+            signatures,
+        )
+        .await?;
+        report.signatures = signatures.len() as u64;
+    }
+    tracing::info!(image = %digest, target, uploaded = report.uploaded, mounted = report.mounted, present = report.present, signatures = report.signatures, "pushed");
     Ok(report)
 }
 
-/// Pulls `source` (`registry/repository:tag` or `…@sha256:…`) into the store.
+/// Pulls `source` (`registry/repository:tag` or `…@sha256:…`) into the store, with the
+/// signatures the registry holds for it (`signatures.rs`).
 pub async fn pull(
     store: &ImageStore,
     source: &str,
@@ -359,11 +399,13 @@ pub async fn pull(
             });
         }
     }
+    let signatures = signatures::pull_signatures(&session, &imported.digest).await?;
     Ok(PullReport {
         reference: source.to_string(),
         digest: imported.digest,
         size: imported.size,
         files: imported.files,
+        signatures,
     })
 }
 

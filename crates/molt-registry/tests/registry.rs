@@ -10,8 +10,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use molt_image::CarriedSignature;
 use molt_image::ImageStore;
-use molt_registry::{pull, push, Credentials, RegistryError};
+use molt_registry::{
+    pull, push, referrers_tag, Credentials, RegistryError, SIGNATURE_ARTIFACT_TYPE,
+};
 use molt_testkit::needs_command;
 
 /// A registry process, killed (by its own pid) when dropped.
@@ -113,13 +116,13 @@ async fn push_then_pull_through_a_real_registry_keeps_the_digest() {
         username: "molt".into(),
         password: "nope-nope".into(),
     };
-    let err = push(&one, &image.digest, &target, Some(&wrong), None)
+    let err = push(&one, &image.digest, &target, Some(&wrong), None, &[])
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::Registry { .. }), "{err}");
     assert!(!err.to_string().contains("nope-nope"), "{err}");
 
-    let pushed = push(&one, &image.digest, &target, Some(&creds()), None)
+    let pushed = push(&one, &image.digest, &target, Some(&creds()), None, &[])
         .await
         .unwrap();
     assert_eq!(pushed.digest, image.digest);
@@ -130,13 +133,20 @@ async fn push_then_pull_through_a_real_registry_keeps_the_digest() {
 
     // A second repository on the same registry mounts the blobs instead of uploading them.
     let copy = format!("{}/shop/copy:1", registry.addr);
-    let mounted = push(&one, &image.digest, &copy, Some(&creds()), Some("shop/web"))
-        .await
-        .unwrap();
+    let mounted = push(
+        &one,
+        &image.digest,
+        &copy,
+        Some(&creds()),
+        Some("shop/web"),
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!((mounted.uploaded, mounted.mounted), (0, 2), "{mounted:?}");
 
     // Pushing again (a redeploy of the same image): every blob is there already, none is sent.
-    let again = push(&one, &image.digest, &target, Some(&creds()), None)
+    let again = push(&one, &image.digest, &target, Some(&creds()), None, &[])
         .await
         .unwrap();
     assert_eq!(
@@ -149,6 +159,8 @@ async fn push_then_pull_through_a_real_registry_keeps_the_digest() {
     let two = ImageStore::open(&tmp.path().join("two")).unwrap();
     let pulled = pull(&two, &copy, Some(&creds())).await.unwrap();
     assert_eq!(pulled.digest, image.digest);
+    // Pushed without signatures, the registry has no referrers index for it: none came.
+    assert_eq!(pulled.signatures, Vec::new());
     assert_eq!(pulled.files, image.files);
     let by_digest = format!("{}/shop/web@{}", registry.addr, image.digest);
     assert_eq!(
@@ -195,7 +207,7 @@ async fn push_then_pull_through_a_real_registry_keeps_the_digest() {
     bytes[last] ^= 1;
     fs::write(&path, bytes).unwrap();
     let bad = format!("{}/shop/bad:1", registry.addr);
-    let err = push(&one, &image.digest, &bad, Some(&creds()), None)
+    let err = push(&one, &image.digest, &bad, Some(&creds()), None, &[])
         .await
         .unwrap_err();
     assert!(
@@ -206,5 +218,108 @@ async fn push_then_pull_through_a_real_registry_keeps_the_digest() {
         "{err}"
     );
     assert!(pull(&three, &bad, Some(&creds())).await.is_err());
+    drop(registry);
+}
+
+/// Stand-ins for signatures: molt-registry carries them and never checks them (the controller
+/// does, see `crates/molt/tests/signing.rs`).
+fn signatures(keys: &[char]) -> Vec<CarriedSignature> {
+    keys.iter()
+        .map(|k| CarriedSignature {
+            public_key: k.to_string().repeat(64),
+            signature: format!("{k}1").repeat(64),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_go_up_next_to_the_image_and_come_back_with_it() {
+    if !(needs_command("docker-registry") && needs_command("htpasswd")) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = Registry::start(tmp.path());
+    let app = tmp.path().join("app");
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("index.html"), "signed\n").unwrap();
+    let one = ImageStore::open(&tmp.path().join("one")).unwrap();
+    let image = one.import_dir(&app).unwrap();
+    let target = format!("{}/shop/signed:1", registry.addr);
+
+    let pushed = push(
+        &one,
+        &image.digest,
+        &target,
+        Some(&creds()),
+        None,
+        &signatures(&['a', 'b']),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pushed.signatures, 2, "{pushed:?}");
+    let two = ImageStore::open(&tmp.path().join("two")).unwrap();
+    let pulled = pull(&two, &target, Some(&creds())).await.unwrap();
+    assert_eq!(pulled.digest, image.digest);
+    assert_eq!(pulled.signatures, signatures(&['a', 'b']));
+    // By digest too: the signatures are found from the image, not from the tag.
+    let by_digest = format!("{}/shop/signed@{}", registry.addr, image.digest);
+    let pulled = pull(&two, &by_digest, Some(&creds())).await.unwrap();
+    assert_eq!(pulled.signatures, signatures(&['a', 'b']));
+
+    // What the registry holds is the referrers tag schema: an index under sha256-<hex>
+    // listing one artifact whose subject is the image, as other tools read it.
+    if needs_command("skopeo") {
+        let index = format!(
+            "{}/shop/signed:{}",
+            registry.addr,
+            referrers_tag(&image.digest)
+        );
+        let raw = |reference: &str| {
+            let out = Command::new("skopeo")
+                .args([
+                    "inspect",
+                    "--raw",
+                    "--tls-verify=false",
+                    "--creds",
+                    "molt:s3cret",
+                ])
+                .arg(format!("docker://{reference}"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        };
+        let listed = raw(&index);
+        assert_eq!(
+            listed["manifests"][0]["artifactType"],
+            SIGNATURE_ARTIFACT_TYPE
+        );
+        let artifact = raw(&format!(
+            "{}/shop/signed@{}",
+            registry.addr,
+            listed["manifests"][0]["digest"].as_str().unwrap()
+        ));
+        assert_eq!(artifact["subject"]["digest"], image.digest.as_str());
+    }
+
+    // Pushed again with another set: the image's entry is replaced, not added to.
+    let again = push(
+        &one,
+        &image.digest,
+        &target,
+        Some(&creds()),
+        None,
+        &signatures(&['c']),
+    )
+    .await
+    .unwrap();
+    assert_eq!((again.present, again.signatures), (2, 1), "{again:?}");
+    let three = ImageStore::open(&tmp.path().join("three")).unwrap();
+    let pulled = pull(&three, &target, Some(&creds())).await.unwrap();
+    assert_eq!(pulled.signatures, signatures(&['c']));
     drop(registry);
 }

@@ -110,6 +110,8 @@ pub(crate) async fn run_router_fleet(
         &format!("{repository}:{short}"),
         config.registry_credentials.as_ref(),
         None,
+        // molt's own router image: nothing signs it.
+        &[],
     )
     .await
     .context("pushing the router image")?;

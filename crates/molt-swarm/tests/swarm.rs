@@ -71,7 +71,7 @@ async fn pushed_image(dir: &Path, registry: SocketAddr) -> String {
     let store = ImageStore::open(&dir.join("images")).expect("image store");
     let image = store.import_dir(&tree).expect("import");
     let target = format!("{registry}/molt-test/web:1");
-    molt_registry::push(&store, &image.digest, &target, None, None)
+    molt_registry::push(&store, &image.digest, &target, None, None, &[])
         .await
         .expect("push");
     format!("{registry}/molt-test/web@{}", image.digest)

@@ -36,6 +36,9 @@ pub struct ImportOutcome {
     pub files: u64,
     /// The image the tag named before a forced move.
     pub moved_from: Option<Digest>,
+    /// Signatures that came with the image (from an OCI archive or the registry), each
+    /// verified against its digest and kept.
+    pub signatures: u64,
 }
 
 /// A release that runs an image.
@@ -216,6 +219,9 @@ pub struct PushReport {
     /// Uploaded blobs that were streamed from the store in chunks (the others went up in one
     /// request, read whole, because the registry refused chunks).
     pub streamed: u64,
-    /// Bytes uploaded (manifest included).
+    /// Bytes uploaded (manifest included, and the signature artifact's).
     pub bytes: u64,
+    /// Signatures pushed with it, in an artifact that refers to it (found through the tag
+    /// `sha256-<hex>`); 0 when the image has none and nothing but the image went.
+    pub signatures: u64,
 }

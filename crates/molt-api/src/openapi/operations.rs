@@ -329,7 +329,9 @@ pub fn operations() -> Vec<Op> {
                  one-layer image (format tree), an OCI archive (oci-layout, index.json, \
                  blobs/) or a `docker save` archive (manifest.json) is imported as it is. \
                  Archives are checked member by member (no absolute paths, no `..`, no writes \
-                 through links, no devices); one that fails is a 400.",
+                 through links, no devices); one that fails is a 400. The signatures an OCI \
+                 archive carries (see exportImage) are verified and kept; one that does not \
+                 verify is a 400 and nothing is imported.",
             )
             .tar_body("a tar archive: a folder's tree, an OCI archive or a Docker archive")
             .query("tag", schema_ref("ImageTag"), "tag the image")
@@ -391,7 +393,9 @@ pub fn operations() -> Vec<Op> {
         .describe(
             "The archive is written as it is sent: a failure after the first byte aborts the \
              response, so a cut archive is never mistaken for a whole one. The digest is in \
-             the X-Molt-Digest header.",
+             the X-Molt-Digest header. An OCI archive carries the image's signatures as \
+             annotations of its index.json entry (dev.molt.signature.N = KEY:SIGNATURE, hex); \
+             a Docker archive carries none.",
         )
         .query(
             "format",
@@ -422,6 +426,11 @@ pub fn operations() -> Vec<Op> {
             "Push an image to a registry (chunked uploads, cross-repository mount with \
              mount_from)",
         )
+        .describe(
+            "An image with signatures also gets an artifact that refers to it \
+             (artifactType application/vnd.dev.molt.signature.v1), listed in the index \
+             tagged sha256-HEX (the referrers tag schema).",
+        )
         .json_body("Push", Presence::Required)
         .answers(200, "PushReport")
         .errors(&[502]),
@@ -430,6 +439,10 @@ pub fn operations() -> Vec<Op> {
             "/v1/images/pull",
             "pullImage",
             "Pull an image from a registry, optionally tagging it",
+        )
+        .describe(
+            "Signatures the registry holds for the image (see pushImage) are verified and \
+             kept; one that does not verify fails the pull (502) and nothing is cataloged.",
         )
         .json_body("Pull", Presence::Required)
         .answers(201, "ImportOutcome")

@@ -320,7 +320,8 @@ fn views() -> Value {
             &[]),
         "InstanceLog": record(&[("instance", string()), ("log", string())], &[]),
         "ImportOutcome": { "allOf": [r("Image"), record(
-            &[("format", string()), ("files", uint()), ("moved_from", nullable(string()))],
+            &[("format", string()), ("files", uint()), ("moved_from", nullable(string())),
+              ("signatures", uint())],
             &[])] },
         "ImageInspect": { "allOf": [r("Image"), record(
             &[("details", object()),
@@ -343,7 +344,7 @@ fn views() -> Value {
         "PushReport": record(
             &[("reference", string()), ("digest", string()), ("uploaded", uint()),
               ("mounted", uint()), ("present", uint()), ("streamed", uint()),
-              ("bytes", uint())],
+              ("bytes", uint()), ("signatures", uint())],
             &[]),
         "TlsCertificates": record(
             &[("hostnames", strings()), ("reloadable", json!({ "type": "boolean" }))], &[]),

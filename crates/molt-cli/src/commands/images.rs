@@ -136,6 +136,7 @@ async fn import(client: &Client, path: &Path, args: ImportArgs, json: bool) -> R
         print_json(answer.json());
     } else {
         println!("{}", imported.image.digest);
+        print_signatures_kept(imported.signatures);
         if let Some(old) = &imported.moved_from {
             eprintln!(
                 "moved tag {} from {} (recorded in `molt images history`)",
@@ -251,11 +252,12 @@ async fn push(
         print_json(answer.json());
     } else {
         println!(
-            "pushed {} to {target}: {} blob(s) uploaded ({}), {} mounted",
+            "pushed {} to {target}: {} blob(s) uploaded ({}), {} mounted, {} signature(s)",
             pushed.digest,
             pushed.uploaded,
             bytes(pushed.bytes),
-            pushed.mounted
+            pushed.mounted,
+            pushed.signatures
         );
     }
     Ok(())
@@ -282,8 +284,17 @@ async fn pull(
         print_json(answer.json());
     } else {
         println!("{}", pulled.image.digest);
+        print_signatures_kept(pulled.signatures);
     }
     Ok(())
+}
+
+/// Says on stderr how many signatures came with an imported or pulled image (stdout is the
+/// digest alone, for scripts).
+fn print_signatures_kept(count: u64) {
+    if count > 0 {
+        eprintln!("kept {count} signature(s) that came with it (`molt images signatures`)");
+    }
 }
 
 /// `molt images gc`.

@@ -13,10 +13,13 @@ use molt_core::{Digest, ImageTag, InputError};
 use molt_image::{ArchiveFormat, ImageStore};
 use molt_registry::{Credentials, PushReport};
 use molt_store::{ImageRecord, TagEvent, TagMove};
-use molt_wire::{ImageInspect, ImageUse, ImportFormat, ImportOutcome, RemoveOutcome, TagOutcome};
+use molt_wire::{
+    ImageInspect, ImageSignature, ImageUse, ImportFormat, ImportOutcome, RemoveOutcome, TagOutcome,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::signing::verified_signatures;
 use crate::{ControlError, Controller, Result};
 
 /// How to import an upload.
@@ -125,7 +128,9 @@ impl Controller {
         Ok(self.import_image_file(archive, options).await?.image)
     }
 
-    /// Imports an uploaded tar (already on disk) as `options.format` says, then tags it.
+    /// Imports an uploaded tar (already on disk) as `options.format` says, then tags it. The
+    /// signatures an OCI archive carries are verified and kept; one that does not verify
+    /// refuses the upload and leaves the catalog as it was.
     pub async fn import_image_file(
         &self,
         path: PathBuf,
@@ -176,6 +181,19 @@ impl Controller {
             Ok::<_, ControlError>((imported, format))
         })
         .await??;
+        let signatures = verified_signatures(
+            &imported.digest,
+            imported.signatures,
+            "the archive",
+            &actor,
+            self.now_ms(),
+        )
+        .map_err(|why| {
+            ControlError::Input(InputError::Invalid(format!(
+                "{why}: the archive was altered or is not what was signed; nothing was imported"
+            )))
+        })?;
+        let count = signatures.len() as u64;
         let (image, moved_from) = self
             .catalog_image(
                 imported.digest.clone(),
@@ -183,6 +201,7 @@ impl Controller {
                 tag,
                 tag_move(options.force),
                 actor,
+                signatures,
             )
             .await?;
         Ok(ImportOutcome {
@@ -190,6 +209,7 @@ impl Controller {
             format,
             files: imported.files,
             moved_from,
+            signatures: count,
         })
     }
 
@@ -289,7 +309,8 @@ impl Controller {
     }
 
     /// Starts exporting an image; the archive arrives in `chunks` while a blocking task
-    /// writes it. `name` is the OCI `ref.name` or the Docker `RepoTags` entry.
+    /// writes it. `name` is the OCI `ref.name` or the Docker `RepoTags` entry. An OCI archive
+    /// carries the image's signatures; a Docker archive has no place for them.
     pub async fn export_image(
         &self,
         reference: &str,
@@ -309,6 +330,10 @@ impl Controller {
                 "image {digest} is in the catalog but its blobs are gone; re-import it"
             )));
         }
+        let signatures = match format {
+            ArchiveFormat::Oci => self.carried_signatures(&digest).await?,
+            ArchiveFormat::Docker => Vec::new(),
+        };
         let task_digest = digest.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = ChannelWriter {
@@ -319,6 +344,7 @@ impl Controller {
                 ArchiveFormat::Oci => images.export_oci_archive(
                     &task_digest,
                     name.as_deref().unwrap_or("latest"),
+                    &signatures,
                     &mut out,
                 ),
                 ArchiveFormat::Docker => {
@@ -340,7 +366,8 @@ impl Controller {
         })
     }
 
-    /// Pushes an image to a registry reference (`host[:port]/repository:tag`).
+    /// Pushes an image to a registry reference (`host[:port]/repository:tag`), with its
+    /// signatures when it has any.
     pub async fn push_image(
         &self,
         reference: &str,
@@ -349,18 +376,21 @@ impl Controller {
         mount_from: Option<String>,
     ) -> Result<PushReport> {
         let image = self.resolve_image(reference).await?;
+        let signatures = self.carried_signatures(&image.digest).await?;
         Ok(molt_registry::push(
             &self.inner.images,
             &image.digest,
             target,
             credentials.as_ref(),
             mount_from.as_deref(),
+            &signatures,
         )
         .await?)
     }
 
     /// Pulls an image from a registry into the store and the catalog, optionally tagging it
-    /// (a tag moves only with `force`, as for an import).
+    /// (a tag moves only with `force`, as for an import), with the signatures the registry
+    /// holds for it, verified; one that does not verify fails the pull, the catalog unchanged.
     pub async fn pull_image(&self, request: PullRequest) -> Result<ImportOutcome> {
         let tag = parse_tag(request.tag.as_deref())?;
         let actor = actor_name(request.actor.as_deref());
@@ -370,6 +400,19 @@ impl Controller {
             request.credentials().as_ref(),
         )
         .await?;
+        let signatures = verified_signatures(
+            &pulled.digest,
+            pulled.signatures,
+            "the registry",
+            &actor,
+            self.now_ms(),
+        )
+        .map_err(|why| {
+            ControlError::Registry(format!(
+                "{why}: it was altered or is not what was signed; nothing was pulled"
+            ))
+        })?;
+        let count = signatures.len() as u64;
         let (image, moved_from) = self
             .catalog_image(
                 pulled.digest.clone(),
@@ -377,6 +420,7 @@ impl Controller {
                 tag,
                 tag_move(request.force),
                 actor,
+                signatures,
             )
             .await?;
         Ok(ImportOutcome {
@@ -384,12 +428,13 @@ impl Controller {
             format: ImportFormat::Oci,
             files: pulled.files,
             moved_from,
+            signatures: count,
         })
     }
 
-    /// Records a stored image in the catalog and points `tag` at it. A refused tag leaves the
-    /// catalog as it was (an image new to it is taken out again); the blobs are swept by GC
-    /// once the grace period is over.
+    /// Records a stored image in the catalog with the (verified) `signatures` it came with
+    /// and points `tag` at it. A refused tag leaves the catalog as it was (an image new to it
+    /// is taken out again); the blobs are swept by GC once the grace period is over.
     async fn catalog_image(
         &self,
         digest: Digest,
@@ -397,6 +442,7 @@ impl Controller {
         tag: Option<ImageTag>,
         mode: TagMove,
         actor: String,
+        signatures: Vec<ImageSignature>,
     ) -> Result<(ImageRecord, Option<Digest>)> {
         self.db(move |s| {
             let new = s.image(&digest).is_err();
@@ -413,6 +459,13 @@ impl Controller {
                 },
                 None => None,
             };
+            // A key that signed the image here already keeps its record (who, when).
+            let kept = s.image_signatures(digest.as_str())?;
+            for signature in &signatures {
+                if !kept.iter().any(|k| k.public_key == signature.public_key) {
+                    s.add_image_signature(signature)?;
+                }
+            }
             Ok((s.image(&digest)?, moved))
         })
         .await
