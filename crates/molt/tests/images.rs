@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use molt_testkit::needs_command;
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use support::registry::start_registry;
 use support::*;
 
 fn molt(data: &Path, args: &[&str]) -> Output {
@@ -222,59 +223,6 @@ async fn images_cli_tags_inspects_exports_imports_and_removes() {
     assert_eq!(status, 200, "{body}");
 
     assert_eq!(serve.signal(Signal::SIGTERM).code(), Some(0));
-}
-
-/// A `docker-registry` on 127.0.0.1 with htpasswd auth (user molt, password s3cret).
-struct Registry {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_registry(dir: &Path) -> Registry {
-    let htpasswd = Command::new("htpasswd")
-        .args(["-Bbn", "molt", "s3cret"])
-        .output()
-        .unwrap();
-    std::fs::write(dir.join("htpasswd"), &htpasswd.stdout).unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    std::fs::write(
-        dir.join("config.yml"),
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: t\n    path: {}\n",
-            dir.join("storage").display(),
-            dir.join("htpasswd").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.join("config.yml"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let registry = Registry { child, addr };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "registry did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    registry
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

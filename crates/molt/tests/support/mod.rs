@@ -2,6 +2,7 @@
 //! process), a temp data dir, real child processes for instances, real HTTP clients.
 #![allow(dead_code)]
 
+pub mod registry;
 pub mod webdriver;
 
 use std::net::SocketAddr;
