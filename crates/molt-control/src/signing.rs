@@ -207,5 +207,36 @@ mod tests {
         assert!(!key.verifies(&format!("sha256:{}", "b".repeat(64)), &sig));
         assert!(!key.verifies(&digest, "00"));
         assert!(SigningKey::from_hex("zz").is_err());
+
+        // What arrives with an image is kept only when every signature is its key's.
+        let image: Digest = digest.parse().unwrap();
+        let carried = |signature: &str| CarriedSignature {
+            public_key: public.clone(),
+            signature: signature.to_owned(),
+        };
+        let kept =
+            verified_signatures(&image, vec![carried(&sig)], "the archive", "ann", 7).unwrap();
+        assert_eq!(
+            (kept[0].public_key.as_str(), kept[0].created_by.as_str()),
+            (public.as_str(), "ann")
+        );
+        let forged = format!(
+            "{}{}",
+            if sig.starts_with('0') { "1" } else { "0" },
+            &sig[1..]
+        );
+        let refused = verified_signatures(
+            &image,
+            vec![carried(&sig), carried(&forged)],
+            "the archive",
+            "ann",
+            7,
+        )
+        .unwrap_err();
+        assert!(
+            refused.starts_with("the archive carries a signature by the key"),
+            "{refused}"
+        );
+        assert!(refused.contains(&public[..16]), "{refused}");
     }
 }

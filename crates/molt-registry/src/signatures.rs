@@ -272,9 +272,11 @@ mod tests {
             signature: "b".repeat(128),
         };
         let subject = json!({ "mediaType": IMAGE_MANIFEST, "digest": "sha256:00", "size": 9 });
-        let artifact: Value =
-            serde_json::from_slice(&artifact_manifest(subject.clone(), &[signature.clone()]))
-                .unwrap();
+        let artifact: Value = serde_json::from_slice(&artifact_manifest(
+            subject.clone(),
+            std::slice::from_ref(&signature),
+        ))
+        .unwrap();
         assert_eq!(artifact["subject"], subject);
         assert_eq!(artifact["artifactType"], SIGNATURE_ARTIFACT_TYPE);
         assert_eq!(
