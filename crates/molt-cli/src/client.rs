@@ -432,7 +432,7 @@ mod tests {
         let import = answer(
             "POST /v1/images",
             json!({ "size": 10, "created_ms": 1, "tags": [], "format": "tree", "files": 1,
-                    "moved_from": null }),
+                    "moved_from": null, "signatures": 0 }),
         );
         let e = import.read::<ImportOutcome>().unwrap_err();
         assert_eq!(
