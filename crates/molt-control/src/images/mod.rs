@@ -409,7 +409,7 @@ impl Controller {
         )
         .map_err(|why| {
             ControlError::Registry(format!(
-                "{why}: it was altered or is not what was signed; nothing was pulled"
+                "{why}: it was altered or is not what was signed; nothing was added to the catalog"
             ))
         })?;
         let count = signatures.len() as u64;
