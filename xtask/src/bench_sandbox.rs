@@ -110,6 +110,7 @@ pub fn run(output: Output) -> Result<()> {
                 limits: Default::default(),
                 layout: RootLayout::OwnRoot,
                 address: addr.ip(),
+                secret_files: Vec::new(),
             },
             addr,
         ))

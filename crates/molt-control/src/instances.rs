@@ -35,14 +35,17 @@ impl Controller {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        // Secrets: opened only here, straight into the instance's environment.
-        match self.secret_vars(release).await {
-            Ok(secrets) => vars.extend(secrets),
+        // Secrets: opened only here, straight into the instance's environment or files.
+        let secret_files = match self.open_secrets(release).await {
+            Ok(secrets) => {
+                vars.extend(secrets.vars);
+                secrets.files
+            }
             Err(e) => {
                 self.mark_stopped(&inst.id, &e.to_string()).await?;
                 return Err(e);
             }
-        }
+        };
         vars.insert("HOST".into(), inst.host.clone());
         vars.insert("PORT".into(), port.to_string());
         vars.insert("MOLT_APP".into(), release.app.clone());
@@ -68,6 +71,7 @@ impl Controller {
             limits: release.config.limits,
             layout,
             address: inst.host.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            secret_files,
         };
         let provider = self.inner.provider.clone();
         let started = tokio::task::spawn_blocking(move || provider.start(&spec)).await?;

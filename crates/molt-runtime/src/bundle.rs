@@ -65,6 +65,8 @@ pub(crate) struct BundleSpec<'a> {
     pub(crate) instance: &'a str,
     /// The network namespace to join (bridge mode); the host's network when `None`.
     pub(crate) netns: Option<&'a Path>,
+    /// The instance's directory of secret files, bound read-only at `/run/secrets`.
+    pub(crate) secrets: Option<&'a Path>,
 }
 
 impl BundleSpec<'_> {
@@ -241,7 +243,21 @@ impl BundleSpec<'_> {
                     .options(options.into_iter().map(String::from).collect::<Vec<_>>())
                     .build()
             });
-        binds.chain(own).collect()
+        // After `/run`: the mount point is made in the instance's own tmpfs, never in the
+        // (shared, read-only) image tree.
+        let secrets = self.secrets.map(|dir| {
+            MountBuilder::default()
+                .destination(molt_provider::secret_files::CONTAINER_DIR)
+                .typ("bind")
+                .source(dir)
+                .options(
+                    ["bind", "ro", "nosuid", "nodev", "noexec"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()
+        });
+        binds.chain(own).chain(secrets).collect()
     }
 }
 
@@ -274,6 +290,7 @@ mod tests {
             owner: "m",
             instance: "web-1",
             netns: None,
+            secrets: None,
         }
     }
 
@@ -341,6 +358,30 @@ mod tests {
             assert!(destinations.contains(&wanted), "{destinations:?}");
         }
         assert_eq!(json["annotations"][INSTANCE_ANNOTATION], "web-1");
+    }
+
+    #[test]
+    fn secret_files_are_bound_read_only_after_run() {
+        let mut bundle = sample();
+        assert!(!serde_json::to_string(&bundle.to_spec().unwrap())
+            .unwrap()
+            .contains("/run/secrets"));
+        bundle.secrets = Some(Path::new("/dev/shm/molt-secrets-m/web-1"));
+        let json = serde_json::to_value(bundle.to_spec().unwrap()).unwrap();
+        let mounts = json["mounts"].as_array().unwrap();
+        let at = |dest: &str| {
+            mounts
+                .iter()
+                .position(|m| m["destination"] == dest)
+                .unwrap()
+        };
+        assert!(at("/run/secrets") > at("/run"), "{mounts:?}");
+        let secrets = &mounts[at("/run/secrets")];
+        assert_eq!(secrets["source"], "/dev/shm/molt-secrets-m/web-1");
+        assert!(secrets["options"]
+            .as_array()
+            .unwrap()
+            .contains(&"ro".into()));
     }
 
     #[test]

@@ -108,6 +108,7 @@ impl Sandbox {
             limits: Default::default(),
             layout: Default::default(),
             address: Ipv4Addr::LOCALHOST.into(),
+            secret_files: Vec::new(),
         }
     }
 
