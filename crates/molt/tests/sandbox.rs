@@ -294,7 +294,10 @@ async fn an_app_folder_runs_confined_on_the_host_system() {
         let expected = format!("ok: {{'text': '{secret}', 'mode': '0o400', 'uid': 65534}}");
         assert_eq!(file, expected, "{r}");
         assert_eq!(r["secrets_dir"], "/run/secrets", "{r}");
-        assert!(r["write_secrets"].as_str().unwrap().starts_with("error"), "{r}");
+        assert!(
+            r["write_secrets"].as_str().unwrap().starts_with("error"),
+            "{r}"
+        );
         // seccomp: unshare fails with EPERM even where unprivileged user namespaces work.
         let unshare = r["unshare"].as_str().unwrap();
         assert!(unshare.contains("Operation not permitted"), "{unshare}");
@@ -313,7 +316,9 @@ async fn an_app_folder_runs_confined_on_the_host_system() {
     find_files(&h.data_dir(), "", &mut files);
     for file in files {
         let content = std::fs::read(&file).unwrap_or_default();
-        let found = content.windows(secret.len()).any(|w| w == secret.as_bytes());
+        let found = content
+            .windows(secret.len())
+            .any(|w| w == secret.as_bytes());
         assert!(!found, "{} holds the secret", file.display());
     }
 

@@ -323,7 +323,15 @@ async fn a_secret_file_is_private_on_a_tmpfs_and_goes_with_its_instance() {
     // Set before the app's first deployment, which gets it.
     let out = molt_out(
         &data,
-        &["secrets", "set", "shop", "TLS_KEY", "--as-file", "--from-file", path],
+        &[
+            "secrets",
+            "set",
+            "shop",
+            "TLS_KEY",
+            "--as-file",
+            "--from-file",
+            path,
+        ],
     );
     assert!(out.contains("TLS_KEY"), "{out}");
     // Not as an environment variable: such bytes are refused there, with the way out.
@@ -331,7 +339,10 @@ async fn a_secret_file_is_private_on_a_tmpfs_and_goes_with_its_instance() {
     assert!(!ok, "{out}");
     std::fs::remove_file(&file).unwrap();
     let listed = molt_out(&data, &["secrets", "list", "shop"]);
-    assert!(listed.contains("TLS_KEY") && listed.contains("file"), "{listed}");
+    assert!(
+        listed.contains("TLS_KEY") && listed.contains("file"),
+        "{listed}"
+    );
 
     let dir = h.app("shop", &[], FAST);
     let first = h.deploy(&dir).await;
