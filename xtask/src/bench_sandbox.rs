@@ -111,6 +111,7 @@ pub fn run(output: Output) -> Result<()> {
                 layout: RootLayout::OwnRoot,
                 address: addr.ip(),
                 secret_files: Vec::new(),
+                secret_env: Vec::new(),
             },
             addr,
         ))

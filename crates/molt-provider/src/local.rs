@@ -117,8 +117,10 @@ impl Provider for LocalProvider {
             false => {
                 let (uid, gid) = (Uid::effective().as_raw(), Gid::effective().as_raw());
                 let dir = self.secrets.path(&spec.id);
-                let written = self.secrets.write(&spec.id, &spec.secret_files, uid, gid);
-                Some(written.map_err(ProviderError::io(&dir))?)
+                let written = self
+                    .secrets
+                    .write(&spec.id, &spec.secret_files, None, uid, gid);
+                Some(written.map_err(ProviderError::io(&dir))?.files)
             }
         };
 
@@ -128,6 +130,7 @@ impl Provider for LocalProvider {
             .args(&spec.command[1..])
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .envs(spec.secret_env.iter().map(|v| (&v.name, &v.value)))
             .env(INSTANCE_VAR, &spec.id)
             .env(OWNER_VAR, &self.owner)
             .envs(secrets_dir.iter().map(|dir| (secret_files::DIR_VAR, dir)))

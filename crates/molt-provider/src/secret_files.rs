@@ -1,7 +1,9 @@
-//! Secrets delivered as files: per instance, one directory of files on a tmpfs (`/dev/shm`:
-//! memory, never a disk), the directory 0500 and each file 0400, owned by the user the
-//! instance runs as. A container sees its directory at [`CONTAINER_DIR`] (a read-only bind
-//! mount); every instance is told where its directory is by [`DIR_VAR`].
+//! Secrets delivered as files: per instance, one directory on a tmpfs (`/dev/shm`: memory,
+//! never a disk) holding `files/` (one file per secret) and, for a container, `env` (the
+//! secrets it gets as environment variables, which molt's init reads so that they are not
+//! written into the container's bundle); directories 0500 and files 0400, owned by the user
+//! the instance runs as. A container sees `files/` at [`CONTAINER_DIR`] (a read-only bind
+//! mount); every instance is told where it is by [`DIR_VAR`].
 //!
 //! The directories of one molt live under `/dev/shm/molt-secrets-<owner>` (0700, molt's own
 //! user), so no other user of the host can reach them; they go when their instance is
@@ -22,6 +24,10 @@ pub const CONTAINER_DIR: &str = "/run/secrets";
 pub const DIR_VAR: &str = "MOLT_SECRETS_DIR";
 /// How old a directory must be before `sweep` may take it.
 pub const SWEEP_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// An instance's directory of secret files, under its own directory.
+const FILES: &str = "files";
+/// An instance's environment file, under its own directory.
+const ENV: &str = "env";
 /// The tmpfs every Linux system has.
 const SHM: &str = "/dev/shm";
 
@@ -37,6 +43,23 @@ pub struct SecretFile {
 impl std::fmt::Debug for SecretFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretFile")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One secret an instance gets as an environment variable.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretVar {
+    /// The variable's name.
+    pub name: String,
+    /// Its value (UTF-8, no NUL).
+    pub value: String,
+}
+
+impl std::fmt::Debug for SecretVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretVar")
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
@@ -64,41 +87,47 @@ impl SecretDirs {
         self.root.join(instance)
     }
 
-    /// Writes `files` into a fresh directory of `instance`, owned by `uid:gid`; returns the
-    /// directory. Refuses a root that is not on a tmpfs: a secret never reaches a disk.
+    /// Writes `files` (and, when given, an environment file for molt's init) into a fresh
+    /// directory of `instance`, everything owned by `uid:gid`. Refuses a root that is not on a
+    /// tmpfs: a secret never reaches a disk.
     pub fn write(
         &self,
         instance: &str,
         files: &[SecretFile],
+        env_file: Option<&[u8]>,
         uid: u32,
         gid: u32,
-    ) -> io::Result<PathBuf> {
+    ) -> io::Result<SecretPaths> {
         self.make_root()?;
         let dir = self.path(instance);
         self.remove(instance);
         DirBuilder::new().mode(0o700).create(&dir)?;
-        let written = files.iter().try_for_each(|file| {
-            if file.name.is_empty() || file.name.contains('/') || file.name.starts_with('.') {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{:?} is not a secret file name", file.name),
-                ));
+        let paths = SecretPaths {
+            files: dir.join(FILES),
+            env: env_file.map(|_| dir.join(ENV)),
+        };
+        let written = (|| {
+            DirBuilder::new().mode(0o700).create(&paths.files)?;
+            for file in files {
+                if file.name.is_empty() || file.name.contains('/') || file.name.starts_with('.') {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{:?} is not a secret file name", file.name),
+                    ));
+                }
+                write_private(&paths.files.join(&file.name), &file.value, uid, gid)?;
             }
-            let path = dir.join(&file.name);
-            let mut out = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o400)
-                .open(&path)?;
-            out.write_all(&file.value)?;
-            out.sync_all()?;
-            own(&path, uid, gid)
-        });
-        let done = written
-            .and_then(|()| own(&dir, uid, gid))
-            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o500)));
-        match done {
-            Ok(()) => Ok(dir),
+            if let (Some(path), Some(bytes)) = (&paths.env, env_file) {
+                write_private(path, bytes, uid, gid)?;
+            }
+            for dir in [&paths.files, &dir] {
+                own(dir, uid, gid)?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o500))?;
+            }
+            Ok(())
+        })();
+        match written {
+            Ok(()) => Ok(paths),
             Err(e) => {
                 self.remove(instance);
                 Err(e)
@@ -111,7 +140,9 @@ impl SecretDirs {
         let dir = self.path(instance);
         // 0500 keeps its own user from changing it; molt's user owns the parent and may
         // open it up again (root may anyway).
-        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+        for open in [dir.clone(), dir.join(FILES)] {
+            let _ = fs::set_permissions(&open, fs::Permissions::from_mode(0o700));
+        }
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -162,6 +193,26 @@ impl SecretDirs {
     }
 }
 
+/// Where an instance's secrets are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretPaths {
+    /// The directory of its secret files (`/run/secrets` in a container).
+    pub files: PathBuf,
+    /// Its environment file, when it has one.
+    pub env: Option<PathBuf>,
+}
+
+/// A new file only `uid` may read, holding `bytes`.
+fn write_private(path: &Path, bytes: &[u8], uid: u32, gid: u32) -> io::Result<()> {
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)?;
+    out.write_all(bytes)?;
+    own(path, uid, gid)
+}
+
 fn own(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
     if Uid::effective() == uid && Gid::effective() == gid {
@@ -196,22 +247,35 @@ mod tests {
                 value: b"t".to_vec(),
             },
         ];
-        let dir = dirs.write("app-v1-ab12-1", &files, me.0, me.1).unwrap();
-        assert_eq!(fs::read(dir.join("TLS_KEY")).unwrap(), b"\0binary\xff");
-        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
-        assert_eq!(mode(&dir), 0o500);
-        assert_eq!(mode(&dir.join("TOKEN")), 0o400);
-        assert_eq!(mode(&dirs.root), 0o700);
-        assert_eq!(fs::metadata(&dir).unwrap().uid(), me.0);
-        // Written again (a restart of the same instance): the old files go.
-        let dir = dirs
-            .write("app-v1-ab12-1", &files[1..], me.0, me.1)
+        let paths = dirs
+            .write("app-v1-ab12-1", &files, Some(b"K=v\0"), me.0, me.1)
             .unwrap();
-        assert!(!dir.join("TLS_KEY").exists());
+        let files_dir = &paths.files;
+        assert_eq!(
+            fs::read(files_dir.join("TLS_KEY")).unwrap(),
+            b"\0binary\xff"
+        );
+        let env = paths.env.clone().unwrap();
+        assert_eq!(fs::read(&env).unwrap(), b"K=v\0");
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(files_dir), 0o500);
+        assert_eq!(mode(files_dir.parent().unwrap()), 0o500);
+        assert_eq!(mode(&files_dir.join("TOKEN")), 0o400);
+        assert_eq!(mode(&env), 0o400);
+        assert_eq!(mode(&dirs.root), 0o700);
+        assert_eq!(fs::metadata(files_dir).unwrap().uid(), me.0);
+        // Written again (a restart of the same instance): the old files go.
+        let paths = dirs
+            .write("app-v1-ab12-1", &files[1..], None, me.0, me.1)
+            .unwrap();
+        assert!(!paths.files.join("TLS_KEY").exists());
+        assert_eq!(paths.env, None);
+        let dir = dirs.path("app-v1-ab12-1");
         // Too young to sweep, then old enough.
         assert!(dirs.sweep(|_| false).is_empty());
         let old = std::time::SystemTime::now() - SWEEP_AFTER * 2;
         fs::File::open(&dir).unwrap().set_modified(old).unwrap();
+        assert!(dir.exists());
         assert!(dirs.sweep(|id| id == "app-v1-ab12-1").is_empty());
         assert_eq!(
             dirs.sweep(|id| id != "app-v1-ab12-1"),
@@ -230,13 +294,13 @@ mod tests {
                 name: name.into(),
                 value: b"v".to_vec(),
             }];
-            assert!(dirs.write("i-1", &bad, me.0, me.1).is_err());
+            assert!(dirs.write("i-1", &bad, None, me.0, me.1).is_err());
             assert!(!dirs.path("i-1").exists());
         }
         let _ = fs::remove_dir(&dirs.root);
         let on_disk = SecretDirs::at(std::env::temp_dir().join("molt-secrets-on-disk"));
         if statfs(&std::env::temp_dir()).is_ok_and(|s| s.filesystem_type() != TMPFS_MAGIC) {
-            let error = on_disk.write("i-1", &[], me.0, me.1).unwrap_err();
+            let error = on_disk.write("i-1", &[], None, me.0, me.1).unwrap_err();
             assert!(error.to_string().contains("not a tmpfs"), "{error}");
         }
         assert_eq!(

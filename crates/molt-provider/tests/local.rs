@@ -48,6 +48,7 @@ impl Harness {
             layout: Default::default(),
             address: std::net::Ipv4Addr::LOCALHOST.into(),
             secret_files: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 
 use crate::abandoned;
 use crate::bundle::BundleSpec;
+use crate::bundle::ENV_FILE;
 use crate::ids::{self, INSTANCE_ANNOTATION, OWNER_ANNOTATION};
 use crate::init::InstanceInit;
 use crate::net::{self, BridgeNetwork, InstanceNet};
@@ -425,11 +426,20 @@ impl RuncProvider {
         }
         fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let mut root = self.prepare_root(spec, image, dir)?;
+        // Secrets given as variables go to molt's init in a file on a tmpfs, so that they are
+        // not in `config.json`; without an init, the bundle is the only way in.
+        let env_file = (self.config.init.is_some() && !spec.secret_env.is_empty()).then(|| {
+            molt_init::env_file_bytes(
+                spec.secret_env
+                    .iter()
+                    .map(|v| (v.name.as_str(), v.value.as_str())),
+            )
+        });
         let args = match &self.config.init {
             Some(init) => {
                 init.mount_into(&mut root)
                     .map_err(|e| io_error(&root.skeleton, e))?;
-                init.command(&spec.command)
+                init.command(&spec.command, env_file.is_some().then_some(ENV_FILE))
             }
             None => spec.command.clone(),
         };
@@ -442,18 +452,35 @@ impl RuncProvider {
             .collect();
         env.push(format!("{INSTANCE_VAR}={}", spec.id));
         env.push(format!("{OWNER_VAR}={}", self.config.owner));
-        let secrets = match spec.secret_files.is_empty() {
+        if env_file.is_none() {
+            env.retain(|entry| {
+                let name = entry.split('=').next().unwrap_or_default();
+                !spec.secret_env.iter().any(|v| v.name == name)
+            });
+            env.extend(
+                spec.secret_env
+                    .iter()
+                    .map(|v| format!("{}={}", v.name, v.value)),
+            );
+        }
+        if !spec.secret_files.is_empty() {
+            env.push(format!(
+                "{}={}",
+                secret_files::DIR_VAR,
+                secret_files::CONTAINER_DIR
+            ));
+        }
+        let secrets = match spec.secret_files.is_empty() && env_file.is_none() {
             true => None,
             false => {
                 let user = self.config.user;
-                let written = self
-                    .secrets
-                    .write(&spec.id, &spec.secret_files, user.uid, user.gid);
-                env.push(format!(
-                    "{}={}",
-                    secret_files::DIR_VAR,
-                    secret_files::CONTAINER_DIR
-                ));
+                let written = self.secrets.write(
+                    &spec.id,
+                    &spec.secret_files,
+                    env_file.as_deref(),
+                    user.uid,
+                    user.gid,
+                );
                 Some(written.map_err(|e| io_error(&self.secrets.path(&spec.id), e))?)
             }
         };
@@ -474,7 +501,7 @@ impl RuncProvider {
             owner: &self.config.owner,
             instance: &spec.id,
             netns,
-            secrets: secrets.as_deref(),
+            secrets: secrets.as_ref(),
         };
         let config_path = dir.join("config.json");
         let oci = bundle

@@ -109,6 +109,7 @@ impl Sandbox {
             layout: Default::default(),
             address: Ipv4Addr::LOCALHOST.into(),
             secret_files: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 

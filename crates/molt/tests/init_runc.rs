@@ -95,6 +95,7 @@ impl Sandbox {
             layout: RootLayout::OwnRoot,
             address: std::net::Ipv4Addr::LOCALHOST.into(),
             secret_files: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 

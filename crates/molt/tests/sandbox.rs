@@ -69,6 +69,7 @@ class Probe(BaseHTTPRequestHandler):
             "unshare": attempt(unshare_user),
             "secret": attempt(secret_file),
             "secrets_dir": os.environ.get("MOLT_SECRETS_DIR"),
+            "secret_env": os.environ.get("DB_PASSWORD"),
             "write_secrets": attempt(lambda: write("/run/secrets/new-file")),
             "inode": [st.st_dev, st.st_ino],
         }
@@ -239,8 +240,14 @@ async fn an_app_folder_runs_confined_on_the_host_system() {
     let mut h = isolated().await;
     // A secret delivered as a file: /run/secrets/TOKEN, the instance user's, 0400.
     let secret = format!("file-secret-{}", std::process::id());
-    let set = serde_json::json!({ "name": "TOKEN", "value": secret, "delivery": "file" });
-    h.client.post("/v1/apps/probe/secrets", &set).await.unwrap();
+    // And one as a variable, which molt's init reads from a tmpfs: not in config.json.
+    let password = format!("env-secret-{}", std::process::id());
+    for set in [
+        serde_json::json!({ "name": "TOKEN", "value": secret, "delivery": "file" }),
+        serde_json::json!({ "name": "DB_PASSWORD", "value": password }),
+    ] {
+        h.client.post("/v1/apps/probe/secrets", &set).await.unwrap();
+    }
     let d = h.deploy(&probe_app(&h, "probe", 2, "")).await;
     assert_eq!(d["state"], "drained", "{d}");
     let status = h.client.get("/v1/status").await.unwrap();
@@ -274,7 +281,9 @@ async fn an_app_folder_runs_confined_on_the_host_system() {
         // Its own pid namespace: molt's init is pid 1, no host process is visible.
         let init = r["init"].as_str().unwrap();
         assert!(
-            init.contains("/.molt/molt\\x00instance-init\\x00--"),
+            init.contains(
+                "/.molt/molt\\x00instance-init\\x00--env-file\\x00/run/molt-secret-env\\x00--\\x00"
+            ),
             "{init}"
         );
         let pids: Vec<u64> = r["pids"]
@@ -294,6 +303,7 @@ async fn an_app_folder_runs_confined_on_the_host_system() {
         let expected = format!("ok: {{'text': '{secret}', 'mode': '0o400', 'uid': 65534}}");
         assert_eq!(file, expected, "{r}");
         assert_eq!(r["secrets_dir"], "/run/secrets", "{r}");
+        assert_eq!(r["secret_env"], password.as_str(), "{r}");
         assert!(
             r["write_secrets"].as_str().unwrap().starts_with("error"),
             "{r}"
@@ -314,12 +324,16 @@ async fn an_app_folder_runs_confined_on_the_host_system() {
     // The value is in no file of the data directory: not in the bundles' config.json either.
     let mut files = Vec::new();
     find_files(&h.data_dir(), "", &mut files);
+    assert!(
+        files.iter().any(|f| f.ends_with("config.json")),
+        "{files:?}"
+    );
     for file in files {
         let content = std::fs::read(&file).unwrap_or_default();
-        let found = content
-            .windows(secret.len())
-            .any(|w| w == secret.as_bytes());
-        assert!(!found, "{} holds the secret", file.display());
+        for value in [&secret, &password] {
+            let found = content.windows(value.len()).any(|w| w == value.as_bytes());
+            assert!(!found, "{} holds a secret", file.display());
+        }
     }
 
     let data = stop_keeping_data(&mut h).await;
