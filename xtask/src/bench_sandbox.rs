@@ -110,6 +110,8 @@ pub fn run(output: Output) -> Result<()> {
                 limits: Default::default(),
                 layout: RootLayout::OwnRoot,
                 address: addr.ip(),
+                secret_files: Vec::new(),
+                secret_env: Vec::new(),
             },
             addr,
         ))

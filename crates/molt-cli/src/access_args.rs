@@ -8,15 +8,20 @@ use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 pub enum SecretsAction {
     /// Set a secret from stdin (or --from-file), never from the command line; a new release
-    /// is deployed with it. One trailing newline is dropped.
+    /// is deployed with it. One trailing newline is dropped, except with --as-file.
     Set {
         /// The app.
         app: String,
-        /// The secret's name: the environment variable instances get.
+        /// The secret's name: the environment variable (or file) instances get.
         name: String,
         /// Read the value from this file instead of stdin.
         #[arg(long, value_name = "FILE")]
         from_file: Option<PathBuf>,
+        /// Deliver it as a file, byte for byte (any bytes): /run/secrets/NAME in a container,
+        /// $MOLT_SECRETS_DIR/NAME everywhere; 0400, on a tmpfs. Without it: an environment
+        /// variable.
+        #[arg(long)]
+        as_file: bool,
         /// Return once the deployment is recorded.
         #[arg(long)]
         no_wait: bool,

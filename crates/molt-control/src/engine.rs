@@ -84,6 +84,10 @@ impl Controller {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
+        // Secrets: variables in the service's environment (Swarm's raft log is encrypted),
+        // files as Docker secrets of the environment. molt's own variables win, as locally.
+        let secrets = self.open_secrets(release).await?;
+        vars.extend(secrets.vars);
         vars.insert("HOST".into(), "0.0.0.0".into());
         vars.insert("PORT".into(), port.to_string());
         vars.insert("MOLT_APP".into(), release.app.clone());
@@ -130,6 +134,7 @@ impl Controller {
             port,
             instances,
             limits: release.config.limits,
+            secret_files: secrets.files,
         };
         setup.engine.start_environment(&spec).await?;
         Ok(instances)

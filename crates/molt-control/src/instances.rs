@@ -4,13 +4,17 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use molt_provider::{InstanceSpec, InstanceStatus, ProcessHandle, RootLayout, StopSignal};
+use molt_provider::{
+    InstanceSpec, InstanceStatus, ProcessHandle, RootLayout, SecretVar, StopSignal,
+};
 use molt_store::{InstanceRecord, InstanceState, ReleaseRecord};
 
 use crate::{ControlError, Controller, InstanceNetwork, Result};
 
 /// How many lines of an instance's log go into an error message.
 const LOG_TAIL_LINES: usize = 20;
+/// The variables molt sets itself: a secret of the same name does not replace them.
+const MOLT_VARS: [&str; 5] = ["HOST", "PORT", "MOLT_APP", "MOLT_RELEASE", "MOLT_ENV"];
 /// The port of an instance in a network namespace of its own when `molt.toml` fixes none.
 const BRIDGE_PORT: u16 = 8080;
 
@@ -35,14 +39,16 @@ impl Controller {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        // Secrets: opened only here, straight into the instance's environment.
-        match self.secret_vars(release).await {
-            Ok(secrets) => vars.extend(secrets),
+        // Secrets: opened only here, handed to the provider apart from the plain variables (so
+        // that a container's bundle never holds them, and `$NAME` in the command never
+        // expands to one: argv is visible to every user of the host).
+        let secrets = match self.open_secrets(release).await {
+            Ok(secrets) => secrets,
             Err(e) => {
                 self.mark_stopped(&inst.id, &e.to_string()).await?;
                 return Err(e);
             }
-        }
+        };
         vars.insert("HOST".into(), inst.host.clone());
         vars.insert("PORT".into(), port.to_string());
         vars.insert("MOLT_APP".into(), release.app.clone());
@@ -51,7 +57,16 @@ impl Controller {
         vars.entry("PATH".into()).or_insert_with(|| {
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
         });
-        let command = match release.config.expand_command(&vars) {
+        for (name, _) in &secrets.vars {
+            if !MOLT_VARS.contains(&name.as_str()) {
+                vars.remove(name);
+            }
+        }
+        let expanded = match secret_in_command(&release.config.command, &secrets.vars) {
+            Some(e) => Err(e),
+            None => release.config.expand_command(&vars),
+        };
+        let command = match expanded {
             Ok(c) => c,
             Err(e) => {
                 self.mark_stopped(&inst.id, &e.to_string()).await?;
@@ -68,6 +83,13 @@ impl Controller {
             limits: release.config.limits,
             layout,
             address: inst.host.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            secret_files: secrets.files,
+            secret_env: secrets
+                .vars
+                .into_iter()
+                .filter(|(name, _)| !MOLT_VARS.contains(&name.as_str()))
+                .map(|(name, value)| SecretVar { name, value })
+                .collect(),
         };
         let provider = self.inner.provider.clone();
         let started = tokio::task::spawn_blocking(move || provider.start(&spec)).await?;
@@ -256,6 +278,42 @@ pub(crate) fn describe_exit(status: &InstanceStatus) -> String {
     }
 }
 
+/// Refuses a command that names a secret (`$NAME` or `${NAME}`): a command line is visible to
+/// every user of the host, so a secret is never expanded into one.
+fn secret_in_command(
+    command: &[String],
+    secrets: &[(String, String)],
+) -> Option<molt_core::InputError> {
+    let names = |arg: &str| -> Vec<String> {
+        let mut found = Vec::new();
+        let mut rest = arg;
+        while let Some(i) = rest.find('$') {
+            let after = &rest[i + 1..];
+            let name = match after.strip_prefix('{') {
+                Some(inner) => inner.split('}').next().unwrap_or_default(),
+                None => {
+                    let end = after
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(after.len());
+                    &after[..end]
+                }
+            };
+            found.push(name.to_owned());
+            rest = after.strip_prefix('$').unwrap_or(after);
+        }
+        found
+    };
+    let used: Vec<String> = command.iter().flat_map(|arg| names(arg)).collect();
+    let secret = secrets
+        .iter()
+        .map(|(name, _)| name)
+        .find(|name| used.contains(name) && !MOLT_VARS.contains(&name.as_str()))?;
+    Some(molt_core::InputError::Invalid(format!(
+        "the command uses ${secret}, a secret: a secret never goes on a command line (every \
+         user of the host can read it there); let the program read it from its environment"
+    )))
+}
+
 /// Picks the address of a new instance; `taken` holds the addresses of live instances, some of
 /// which may not listen yet. Without a fixed port: a free port on 127.0.0.1 outside the kernel's
 /// ephemeral range, so that no outgoing connection (the router's own, or any other program's)
@@ -335,6 +393,34 @@ fn ports_outside((low, high): (u16, u16)) -> std::ops::Range<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_never_goes_on_a_command_line() {
+        let secrets = [("DB_PASSWORD".to_string(), "hunter2".to_string())];
+        let command = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        for bad in [
+            &["app", "--pw=$DB_PASSWORD"][..],
+            &["app", "${DB_PASSWORD}x"],
+        ] {
+            let error = secret_in_command(&command(bad), &secrets)
+                .unwrap()
+                .to_string();
+            assert!(
+                error.contains("$DB_PASSWORD") && !error.contains("hunter2"),
+                "{error}"
+            );
+        }
+        for fine in [
+            &["app", "$PORT", "$$DB_PASSWORD"][..],
+            &["app", "$DB_PASSWORD_FILE"],
+            &["app", "${DB}"],
+        ] {
+            assert!(
+                secret_in_command(&command(fine), &secrets).is_none(),
+                "{fine:?}"
+            );
+        }
+    }
 
     #[test]
     fn instance_ports_stay_out_of_the_ephemeral_range() {

@@ -1,7 +1,8 @@
 //! Secrets: values encrypted at rest with ChaCha20-Poly1305 under a key kept outside the
 //! database ([`SecretKey`], `<data dir>/secrets.key` or the environment: molt-server's), each
 //! change a new version and a new release naming that version, never the value. Values are
-//! opened only to start an instance, which gets them as environment variables.
+//! opened only to start an instance, which gets each as an environment variable or, when set
+//! with delivery `file`, as a file on a tmpfs (`molt_provider::SecretFile`).
 //!
 //! Each value is sealed with a fresh random 96-bit nonce (safe far beyond the number of
 //! values one molt ever stores) and bound to its app, name and version as associated data,
@@ -10,8 +11,9 @@
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use molt_core::{EnvVarName, InputError};
+use molt_provider::SecretFile;
 use molt_store::SealedSecret;
-use molt_wire::{SecretOutcome, SecretRecord};
+use molt_wire::{SecretDelivery, SecretOutcome, SecretRecord};
 
 use crate::{parse_app, ControlError, Controller, Result};
 
@@ -76,6 +78,7 @@ impl SecretKey {
         SealedSecret {
             nonce: nonce.to_vec(),
             ciphertext,
+            delivery: SecretDelivery::Env,
         }
     }
 
@@ -136,17 +139,21 @@ impl Controller {
         app: &str,
         name: &str,
         value: Vec<u8>,
+        delivery: SecretDelivery,
         by: &str,
     ) -> Result<SecretOutcome> {
         let app = parse_app(app)?;
         let name: EnvVarName = name.parse()?;
-        check_value(&value)?;
+        check_value(&value, delivery)?;
         let key = self.secrets_key()?.clone();
         let (a, n, by) = (app.to_string(), name.clone(), by.to_owned());
         let (secret, release) = self
             .db(move |s| {
                 let version = s.next_secret_version(&a, n.as_str())?;
-                let sealed = key.seal(&a, n.as_str(), version, &value);
+                let sealed = SealedSecret {
+                    delivery,
+                    ..key.seal(&a, n.as_str(), version, &value)
+                };
                 drop(value);
                 let secret = s.put_secret(&a, n.as_str(), version, &sealed, &by)?;
                 let release = new_release(s, &a, |secrets| {
@@ -194,32 +201,50 @@ impl Controller {
         })
     }
 
-    /// The values of the secrets `release` names, opened, as environment variables.
-    pub(crate) async fn secret_vars(
+    /// The values of the secrets `release` names, opened: the environment variables and the
+    /// files its instances get.
+    pub(crate) async fn open_secrets(
         &self,
         release: &molt_wire::ReleaseRecord,
-    ) -> Result<Vec<(String, String)>> {
+    ) -> Result<OpenedSecrets> {
         if release.config.secrets.is_empty() {
-            return Ok(Vec::new());
+            return Ok(OpenedSecrets::default());
         }
         let key = self.secrets_key()?.clone();
         let (app, wanted) = (release.app.clone(), release.config.secrets.clone());
         self.db(move |s| {
-            let mut vars = Vec::new();
+            let mut opened = OpenedSecrets::default();
             for (name, version) in &wanted {
                 let sealed = s.sealed_secret(&app, name.as_str(), *version)?;
                 let value = key
                     .open(&app, name.as_str(), *version, &sealed)
                     .map_err(molt_store::StoreError::Corrupt)?;
-                let value = String::from_utf8(value).map_err(|_| {
-                    molt_store::StoreError::Corrupt(format!("secret {name} is not UTF-8"))
-                })?;
-                vars.push((name.to_string(), value));
+                match sealed.delivery {
+                    SecretDelivery::Env => {
+                        let value = String::from_utf8(value).map_err(|_| {
+                            molt_store::StoreError::Corrupt(format!("secret {name} is not UTF-8"))
+                        })?;
+                        opened.vars.push((name.to_string(), value));
+                    }
+                    SecretDelivery::File => opened.files.push(SecretFile {
+                        name: name.to_string(),
+                        value,
+                    }),
+                }
             }
-            Ok(vars)
+            Ok(opened)
         })
         .await
     }
+}
+
+/// The secrets of a release, opened for its instances.
+#[derive(Default)]
+pub(crate) struct OpenedSecrets {
+    /// Environment variables.
+    pub(crate) vars: Vec<(String, String)>,
+    /// Files.
+    pub(crate) files: Vec<SecretFile>,
 }
 
 /// The app's secrets as a new release gets them: each set one at its newest version.
@@ -254,17 +279,26 @@ fn new_release(
         .map(Some)
 }
 
-/// A value instances can get as an environment variable: not empty, UTF-8, no NUL, bounded.
-/// The refusal never quotes the value.
-fn check_value(value: &[u8]) -> Result<()> {
+/// A value instances can get: not empty, bounded; as an environment variable also UTF-8
+/// without NUL (a file takes any bytes). The refusal never quotes the value.
+fn check_value(value: &[u8], delivery: SecretDelivery) -> Result<()> {
+    let as_env = delivery == SecretDelivery::Env;
     let why = if value.is_empty() {
         Some("a secret's value cannot be empty".to_owned())
     } else if value.len() > MAX_VALUE {
         Some(format!("a secret's value is at most {MAX_VALUE} bytes"))
-    } else if std::str::from_utf8(value).is_err() {
-        Some("a secret's value must be UTF-8 text (an environment variable)".to_owned())
-    } else if value.contains(&0) {
-        Some("a secret's value cannot contain a NUL byte".to_owned())
+    } else if as_env && std::str::from_utf8(value).is_err() {
+        Some(
+            "a secret's value must be UTF-8 text to be an environment variable (deliver it \
+             as a file for any bytes)"
+                .to_owned(),
+        )
+    } else if as_env && value.contains(&0) {
+        Some(
+            "a secret's value cannot contain a NUL byte to be an environment variable \
+             (deliver it as a file for any bytes)"
+                .to_owned(),
+        )
     } else {
         None
     };
@@ -307,9 +341,15 @@ mod tests {
     #[test]
     fn bad_values_are_refused_without_quoting_them() {
         for bad in [&b""[..], b"a\0b", b"\xff\xfe"] {
-            let error = check_value(bad).unwrap_err().to_string();
+            let error = check_value(bad, SecretDelivery::Env)
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("secret's value"), "{error}");
         }
-        assert!(check_value(b"fine").is_ok());
+        assert!(check_value(b"fine", SecretDelivery::Env).is_ok());
+        // A file takes any bytes, but not none and not too many.
+        assert!(check_value(b"a\0b\xff", SecretDelivery::File).is_ok());
+        assert!(check_value(b"", SecretDelivery::File).is_err());
+        assert!(check_value(&vec![b'x'; MAX_VALUE + 1], SecretDelivery::File).is_err());
     }
 }

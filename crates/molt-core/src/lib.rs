@@ -11,6 +11,7 @@ pub mod deployment;
 pub mod duration;
 pub mod error;
 pub mod gc;
+pub mod hash;
 pub mod hex;
 pub mod limits;
 pub mod manifest;

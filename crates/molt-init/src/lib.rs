@@ -114,18 +114,39 @@ impl std::error::Error for InitError {
     }
 }
 
-/// The init's entry point, given the words after [`SUBCOMMAND`] (`[--] PROGRAM ARGS…`): runs
-/// the program and returns the code to exit with. Must be called before any other thread
-/// exists (the signal mask is the calling thread's).
+/// The option naming a file of environment variables the program gets besides the init's own
+/// environment: `NAME=VALUE` entries, each ended by a NUL byte (as `/proc/<pid>/environ`).
+/// This is how secrets reach a container's program without being written into its bundle.
+pub const ENV_FILE_OPTION: &str = "--env-file";
+
+/// The init's entry point, given the words after [`SUBCOMMAND`]
+/// (`[--env-file FILE] [--] PROGRAM ARGS…`): runs the program and returns the code to exit
+/// with. Must be called before any other thread exists (the signal mask is the calling
+/// thread's).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> u8 {
     let mut args = args.into_iter().peekable();
+    let mut extra_env = Vec::new();
+    if args.next_if(|first| first == ENV_FILE_OPTION).is_some() {
+        let Some(path) = args.next() else {
+            eprintln!("molt {SUBCOMMAND}: {ENV_FILE_OPTION} needs a file");
+            return INIT_FAILED;
+        };
+        match read_env_file(std::path::Path::new(&path)) {
+            Ok(vars) => extra_env = vars,
+            Err(e) => {
+                // The file's path and the reason; never its content.
+                eprintln!("molt {SUBCOMMAND}: {}: {e}", path.to_string_lossy());
+                return INIT_FAILED;
+            }
+        }
+    }
     let _ = args.next_if(|first| first == "--");
     let Some(program) = args.next() else {
-        eprintln!("usage: molt {SUBCOMMAND} -- PROGRAM [ARGS…]");
+        eprintln!("usage: molt {SUBCOMMAND} [{ENV_FILE_OPTION} FILE] -- PROGRAM [ARGS…]");
         return INIT_FAILED;
     };
     let args: Vec<OsString> = args.collect();
-    match run(&program, &args) {
+    match run_with_env(&program, &args, extra_env) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("molt {SUBCOMMAND}: {e}");
@@ -134,9 +155,56 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> u8 {
     }
 }
 
+/// Reads an environment file (see [`ENV_FILE_OPTION`]). An entry without `=` or with an
+/// empty name is refused, without quoting it.
+pub fn read_env_file(path: &std::path::Path) -> io::Result<Vec<(OsString, OsString)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = std::fs::read(path)?;
+    let mut vars = Vec::new();
+    for (n, entry) in bytes.split(|b| *b == 0).enumerate() {
+        if entry.is_empty() {
+            continue;
+        }
+        match entry.iter().position(|b| *b == b'=') {
+            Some(at) if at > 0 => vars.push((
+                OsStr::from_bytes(&entry[..at]).to_os_string(),
+                OsStr::from_bytes(&entry[at + 1..]).to_os_string(),
+            )),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("entry {} is not NAME=VALUE", n + 1),
+                ))
+            }
+        }
+    }
+    Ok(vars)
+}
+
+/// Writes what [`read_env_file`] reads.
+pub fn env_file_bytes<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in vars {
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
 /// Runs `program` with `args` under the init until it ends; returns its exit code (128 + the
 /// signal number when a signal ended it). Must be called before any other thread exists.
 pub fn run(program: &OsStr, args: &[OsString]) -> Result<u8, InitError> {
+    run_with_env(program, args, Vec::new())
+}
+
+/// [`run`], the program's environment being the init's plus `extra_env`.
+pub fn run_with_env(
+    program: &OsStr,
+    args: &[OsString],
+    extra_env: Vec<(OsString, OsString)>,
+) -> Result<u8, InitError> {
     let mut watched = SigSet::empty();
     for signal in FORWARDED {
         watched.add(signal);
@@ -153,7 +221,7 @@ pub fn run(program: &OsStr, args: &[OsString]) -> Result<u8, InitError> {
     }
     let init = getpid();
     let mut command = Command::new(program);
-    command.args(args).process_group(0);
+    command.args(args).envs(extra_env).process_group(0);
     // SAFETY: the closure runs in the child between fork and exec, and only makes
     // async-signal-safe system calls (prctl, getppid, sigprocmask); it does not allocate.
     unsafe {
@@ -278,5 +346,28 @@ mod tests {
     fn no_program_is_a_usage_error() {
         assert_eq!(main(Vec::<OsString>::new()), INIT_FAILED);
         assert_eq!(main(vec![OsString::from("--")]), INIT_FAILED);
+        assert_eq!(main(vec![OsString::from(ENV_FILE_OPTION)]), INIT_FAILED);
+    }
+
+    #[test]
+    fn an_env_file_reads_back_what_was_written() {
+        let path = std::env::temp_dir().join(format!("molt-init-env-{}", std::process::id()));
+        let vars = [("DB_PASSWORD", "a=b c\nd"), ("EMPTY", ""), ("X", "é")];
+        std::fs::write(&path, env_file_bytes(vars)).unwrap();
+        let read = read_env_file(&path).unwrap();
+        let expected: Vec<(OsString, OsString)> =
+            vars.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        assert_eq!(read, expected);
+        // A broken entry is refused by its number, never quoted; a missing file too.
+        std::fs::write(&path, b"GOOD=1\0hunter2\0").unwrap();
+        let error = read_env_file(&path).unwrap_err().to_string();
+        assert_eq!(error, "entry 2 is not NAME=VALUE");
+        std::fs::write(&path, b"=x\0").unwrap();
+        assert!(read_env_file(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert!(read_env_file(&path).is_err());
+        let env_file = OsString::from(path.as_os_str());
+        let args = [ENV_FILE_OPTION.into(), env_file, "--".into(), "true".into()];
+        assert_eq!(main(args), INIT_FAILED);
     }
 }

@@ -46,6 +46,8 @@ pub struct EnvironmentSpec {
     pub instances: u32,
     /// Resource limits of each instance.
     pub limits: Limits,
+    /// Secrets each instance gets as a file under `/run/secrets`.
+    pub secret_files: Vec<crate::SecretFile>,
 }
 
 /// What an engine reports of one instance.

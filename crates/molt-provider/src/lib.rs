@@ -14,6 +14,7 @@ mod error;
 mod inroot;
 mod local;
 pub mod procfs;
+pub mod secret_files;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub use crate::engine::{
 pub use crate::error::ProviderError;
 pub use crate::inroot::lookup_in_root;
 pub use crate::local::LocalProvider;
+pub use crate::secret_files::{SecretDirs, SecretFile, SecretVar};
 pub use molt_core::{Limits, DEFAULT_NOFILE};
 
 /// Everything needed to start one instance.
@@ -47,6 +49,11 @@ pub struct InstanceSpec {
     /// The address the instance listens on (`$HOST`): a loopback address of the host, or
     /// its own address on molt's bridge when the provider gives it a network namespace.
     pub address: IpAddr,
+    /// Secrets it gets as files (`secret_files`).
+    pub secret_files: Vec<SecretFile>,
+    /// Secrets it gets as environment variables, kept apart from `env` so that a provider
+    /// can keep them off the disk (a container's bundle); they win over `env`.
+    pub secret_env: Vec<SecretVar>,
 }
 
 /// How an isolating provider builds an instance's root filesystem from the image tree.

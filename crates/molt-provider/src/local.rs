@@ -1,6 +1,6 @@
 //! The local provider: one instance is one child process leading its own process group.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -13,9 +13,10 @@ use std::sync::{Mutex, MutexGuard};
 use nix::errno::Errno;
 use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
+use nix::unistd::{Gid, Pid, Uid};
 
 use crate::procfs::{self, ProcStat, INSTANCE_VAR, OWNER_VAR};
+use crate::secret_files::{self, SecretDirs};
 use crate::{InstanceSpec, InstanceStatus, ProcessHandle, Provider, ProviderError, StopSignal};
 
 /// PATH used when neither the spec nor molt's own environment has one.
@@ -36,13 +37,16 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub struct LocalProvider {
     owner: String,
     children: Mutex<HashMap<String, Child>>,
+    secrets: SecretDirs,
 }
 
 impl LocalProvider {
     /// A provider whose processes carry `MOLT_OWNER=<owner>`; use one stable owner per molt data dir.
     pub fn new(owner: impl Into<String>) -> Self {
+        let owner = owner.into();
         LocalProvider {
-            owner: owner.into(),
+            secrets: SecretDirs::for_owner(&owner),
+            owner,
             children: Mutex::new(HashMap::new()),
         }
     }
@@ -106,6 +110,19 @@ impl Provider for LocalProvider {
         let resolved = resolve_program(program, &spec.cwd, &spec.env)?;
         let log = open_log(&spec.log_path)?;
         let log_for_stderr = log.try_clone().map_err(ProviderError::io(&spec.log_path))?;
+        // Secret files: a directory of the instance's own on a tmpfs, owned by molt's user
+        // (the instance runs as it); no mount namespace here, so it is not /run/secrets.
+        let secrets_dir = match spec.secret_files.is_empty() {
+            true => None,
+            false => {
+                let (uid, gid) = (Uid::effective().as_raw(), Gid::effective().as_raw());
+                let dir = self.secrets.path(&spec.id);
+                let written = self
+                    .secrets
+                    .write(&spec.id, &spec.secret_files, None, uid, gid);
+                Some(written.map_err(ProviderError::io(&dir))?.files)
+            }
+        };
 
         let mut command = Command::new(&resolved);
         command
@@ -113,8 +130,10 @@ impl Provider for LocalProvider {
             .args(&spec.command[1..])
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .envs(spec.secret_env.iter().map(|v| (&v.name, &v.value)))
             .env(INSTANCE_VAR, &spec.id)
             .env(OWNER_VAR, &self.owner)
+            .envs(secrets_dir.iter().map(|dir| (secret_files::DIR_VAR, dir)))
             .current_dir(&spec.cwd)
             .stdin(Stdio::null())
             .stdout(log)
@@ -129,9 +148,12 @@ impl Provider for LocalProvider {
                 setrlimit(Resource::RLIMIT_NOFILE, open_files, open_files).map_err(io::Error::from)
             });
         }
-        let mut child = command.spawn().map_err(|source| ProviderError::Spawn {
-            command: program.clone(),
-            source,
+        let mut child = command.spawn().map_err(|source| {
+            self.secrets.remove(&spec.id);
+            ProviderError::Spawn {
+                command: program.clone(),
+                source,
+            }
         })?;
         let pid = child.id();
         // The child cannot be reaped before we wait for it, so its stat file exists.
@@ -242,8 +264,16 @@ impl Provider for LocalProvider {
             if let Ok(None) = child.try_wait() {
                 // Put it back: forgetting a running child would leave its zombie unreaped.
                 self.children().insert(id.to_string(), child);
+                return;
             }
         }
+        self.secrets.remove(id);
+    }
+
+    /// The secret files of instances whose processes are gone (ended while molt was down).
+    fn sweep(&self) -> Vec<String> {
+        let running: HashSet<String> = self.scan().into_iter().map(|(id, _)| id).collect();
+        self.secrets.sweep(|id| running.contains(id))
     }
 }
 

@@ -47,6 +47,8 @@ impl Harness {
             limits: Default::default(),
             layout: Default::default(),
             address: std::net::Ipv4Addr::LOCALHOST.into(),
+            secret_files: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 

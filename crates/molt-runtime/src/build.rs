@@ -163,6 +163,7 @@ impl BuildRunner {
             owner: "molt-build",
             instance: id,
             netns: None,
+            secrets: None,
         };
         let mut spec = spec.to_spec().map_err(|e| e.to_string())?;
         let root = RootBuilder::default()

@@ -23,6 +23,7 @@ use crate::ids::{INSTANCE_ANNOTATION, OWNER_ANNOTATION};
 use crate::rootfs::Bind;
 use crate::seccomp;
 use crate::ContainerUser;
+use molt_provider::secret_files::{SecretPaths, CONTAINER_DIR};
 
 /// Size of the `/dev`, `/tmp` and `/run` tmpfs mounts (they count against the memory limit).
 const DEV_SIZE: &str = "size=65536k";
@@ -65,7 +66,13 @@ pub(crate) struct BundleSpec<'a> {
     pub(crate) instance: &'a str,
     /// The network namespace to join (bridge mode); the host's network when `None`.
     pub(crate) netns: Option<&'a Path>,
+    /// The instance's secrets on a tmpfs: its files, bound read-only at `/run/secrets`, and
+    /// its environment file for the init, at [`ENV_FILE`].
+    pub(crate) secrets: Option<&'a SecretPaths>,
 }
+
+/// Where a container's init finds the secrets it passes on as environment variables.
+pub(crate) const ENV_FILE: &str = "/run/molt-secret-env";
 
 impl BundleSpec<'_> {
     /// The OCI runtime spec of the bundle.
@@ -241,7 +248,28 @@ impl BundleSpec<'_> {
                     .options(options.into_iter().map(String::from).collect::<Vec<_>>())
                     .build()
             });
-        binds.chain(own).collect()
+        // After `/run`: the mount point is made in the instance's own tmpfs, never in the
+        // (shared, read-only) image tree.
+        let secrets = self.secrets.into_iter().flat_map(|paths| {
+            let files = (CONTAINER_DIR, paths.files.as_path());
+            let env = paths.env.as_deref().map(|env| (ENV_FILE, env));
+            [Some(files), env]
+                .into_iter()
+                .flatten()
+                .map(|(destination, source)| {
+                    MountBuilder::default()
+                        .destination(destination)
+                        .typ("bind")
+                        .source(source)
+                        .options(
+                            ["bind", "ro", "nosuid", "nodev", "noexec"]
+                                .map(String::from)
+                                .to_vec(),
+                        )
+                        .build()
+                })
+        });
+        binds.chain(own).chain(secrets).collect()
     }
 }
 
@@ -274,6 +302,7 @@ mod tests {
             owner: "m",
             instance: "web-1",
             netns: None,
+            secrets: None,
         }
     }
 
@@ -341,6 +370,39 @@ mod tests {
             assert!(destinations.contains(&wanted), "{destinations:?}");
         }
         assert_eq!(json["annotations"][INSTANCE_ANNOTATION], "web-1");
+    }
+
+    #[test]
+    fn secret_files_are_bound_read_only_after_run() {
+        let mut bundle = sample();
+        assert!(!serde_json::to_string(&bundle.to_spec().unwrap())
+            .unwrap()
+            .contains("/run/secrets"));
+        let paths = SecretPaths {
+            files: PathBuf::from("/dev/shm/molt-secrets-m/web-1/files"),
+            env: Some(PathBuf::from("/dev/shm/molt-secrets-m/web-1/env")),
+        };
+        bundle.secrets = Some(&paths);
+        let json = serde_json::to_value(bundle.to_spec().unwrap()).unwrap();
+        let mounts = json["mounts"].as_array().unwrap();
+        let at = |dest: &str| {
+            mounts
+                .iter()
+                .position(|m| m["destination"] == dest)
+                .unwrap()
+        };
+        assert!(at("/run/secrets") > at("/run"), "{mounts:?}");
+        assert!(at(ENV_FILE) > at("/run"), "{mounts:?}");
+        assert_eq!(
+            mounts[at(ENV_FILE)]["source"],
+            "/dev/shm/molt-secrets-m/web-1/env"
+        );
+        let secrets = &mounts[at("/run/secrets")];
+        assert_eq!(secrets["source"], "/dev/shm/molt-secrets-m/web-1/files");
+        assert!(secrets["options"]
+            .as_array()
+            .unwrap()
+            .contains(&"ro".into()));
     }
 
     #[test]

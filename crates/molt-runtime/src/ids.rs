@@ -49,12 +49,7 @@ fn sanitize(raw: &str) -> String {
     }
 }
 
-/// FNV-1a, 64 bits: a stable hash that needs no dependency (not for security).
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+pub(crate) use molt_core::hash::fnv1a;
 
 #[cfg(test)]
 mod tests {

@@ -75,8 +75,8 @@ impl InstanceInit {
 
     /// The container's process arguments: the init (through its loader when it has one),
     /// then `program` with its arguments.
-    pub(crate) fn command(&self, program: &[String]) -> Vec<String> {
-        let mut args = Vec::with_capacity(program.len() + 6);
+    pub(crate) fn command(&self, program: &[String], env_file: Option<&str>) -> Vec<String> {
+        let mut args = Vec::with_capacity(program.len() + 8);
         if let Some(loader) = &self.loader {
             args.push(inside(LIBRARY_DIR, loader));
             args.push("--library-path".to_string());
@@ -84,6 +84,10 @@ impl InstanceInit {
         }
         args.push(EXECUTABLE.to_string());
         args.push(molt_init::SUBCOMMAND.to_string());
+        if let Some(file) = env_file {
+            args.push(molt_init::ENV_FILE_OPTION.to_string());
+            args.push(file.to_string());
+        }
         args.push("--".to_string());
         args.extend(program.iter().cloned());
         args
@@ -145,7 +149,7 @@ mod tests {
             .clone()
             .expect("a dynamically linked test binary");
         let loader_name = loader.file_name().unwrap().to_string_lossy().into_owned();
-        let args = init.command(&["/bin/busybox".into(), "httpd".into(), "-f".into()]);
+        let args = init.command(&["/bin/busybox".into(), "httpd".into(), "-f".into()], None);
         assert_eq!(
             args,
             [
@@ -192,7 +196,7 @@ mod tests {
             libraries: Vec::new(),
         };
         assert_eq!(
-            init.command(&["sleep".into()]),
+            init.command(&["sleep".into()], None),
             ["/.molt/molt", "instance-init", "--", "sleep"]
         );
         assert_eq!(init.binds().len(), 1);

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use molt_provider::secret_files::{self, SecretDirs};
 use molt_provider::{
     InstanceSpec, InstanceStatus, ProcessHandle, Provider, ProviderError, RootLayout, StopSignal,
 };
@@ -17,6 +18,7 @@ use nix::unistd::Pid;
 
 use crate::abandoned;
 use crate::bundle::BundleSpec;
+use crate::bundle::ENV_FILE;
 use crate::ids::{self, INSTANCE_ANNOTATION, OWNER_ANNOTATION};
 use crate::init::InstanceInit;
 use crate::net::{self, BridgeNetwork, InstanceNet};
@@ -88,6 +90,8 @@ pub struct RuncProvider {
     exits: Mutex<HashMap<ProcessHandle, InstanceStatus>>,
     /// Containers being started: `sweep` leaves their network namespaces alone.
     starting: Mutex<HashSet<String>>,
+    /// Where instances' secret files are (bound at `/run/secrets` in each container).
+    secrets: SecretDirs,
 }
 
 /// Removes a container id from the provider's `starting` set when the start ends.
@@ -131,6 +135,7 @@ impl RuncProvider {
     pub fn new(config: RuncConfig) -> Self {
         let runc = Runc::new(config.runc.clone(), config.state_root.clone());
         RuncProvider {
+            secrets: SecretDirs::for_owner(&config.owner),
             config,
             runc,
             containers: Mutex::new(HashMap::new()),
@@ -421,11 +426,20 @@ impl RuncProvider {
         }
         fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let mut root = self.prepare_root(spec, image, dir)?;
+        // Secrets given as variables go to molt's init in a file on a tmpfs, so that they are
+        // not in `config.json`; without an init, the bundle is the only way in.
+        let env_file = (self.config.init.is_some() && !spec.secret_env.is_empty()).then(|| {
+            molt_init::env_file_bytes(
+                spec.secret_env
+                    .iter()
+                    .map(|v| (v.name.as_str(), v.value.as_str())),
+            )
+        });
         let args = match &self.config.init {
             Some(init) => {
                 init.mount_into(&mut root)
                     .map_err(|e| io_error(&root.skeleton, e))?;
-                init.command(&spec.command)
+                init.command(&spec.command, env_file.is_some().then_some(ENV_FILE))
             }
             None => spec.command.clone(),
         };
@@ -438,6 +452,38 @@ impl RuncProvider {
             .collect();
         env.push(format!("{INSTANCE_VAR}={}", spec.id));
         env.push(format!("{OWNER_VAR}={}", self.config.owner));
+        if env_file.is_none() {
+            env.retain(|entry| {
+                let name = entry.split('=').next().unwrap_or_default();
+                !spec.secret_env.iter().any(|v| v.name == name)
+            });
+            env.extend(
+                spec.secret_env
+                    .iter()
+                    .map(|v| format!("{}={}", v.name, v.value)),
+            );
+        }
+        if !spec.secret_files.is_empty() {
+            env.push(format!(
+                "{}={}",
+                secret_files::DIR_VAR,
+                secret_files::CONTAINER_DIR
+            ));
+        }
+        let secrets = match spec.secret_files.is_empty() && env_file.is_none() {
+            true => None,
+            false => {
+                let user = self.config.user;
+                let written = self.secrets.write(
+                    &spec.id,
+                    &spec.secret_files,
+                    env_file.as_deref(),
+                    user.uid,
+                    user.gid,
+                );
+                Some(written.map_err(|e| io_error(&self.secrets.path(&spec.id), e))?)
+            }
+        };
         let bundle = BundleSpec {
             rootfs: &root.skeleton,
             binds: &root.binds,
@@ -455,6 +501,7 @@ impl RuncProvider {
             owner: &self.config.owner,
             instance: &spec.id,
             netns,
+            secrets: secrets.as_ref(),
         };
         let config_path = dir.join("config.json");
         let oci = bundle
@@ -466,12 +513,13 @@ impl RuncProvider {
     }
 
     /// After a failed start: removes whatever the attempt left behind.
-    fn undo_start(&self, cid: &str, dir: &Path) {
+    fn undo_start(&self, id: &str, cid: &str, dir: &Path) {
         if let Err(e) = self.runc.delete_force(cid) {
             tracing::warn!(cid, error = %e, "cannot delete the container of a failed start");
         }
         let _ = fs::remove_dir_all(dir);
         self.remove_network(cid);
+        self.secrets.remove(id);
     }
 }
 
@@ -510,7 +558,7 @@ impl Provider for RuncProvider {
         let log = match prepared {
             Ok(log) => log,
             Err(e) => {
-                self.undo_start(&cid, &dir);
+                self.undo_start(&spec.id, &cid, &dir);
                 return Err(e);
             }
         };
@@ -519,7 +567,7 @@ impl Provider for RuncProvider {
         // `runc create` then `runc start`); it writes the pid file once the program runs.
         let runc_log = dir.join("runc.log");
         if let Err(e) = self.runc.run_detached(&dir, &cid, log, &runc_log) {
-            self.undo_start(&cid, &dir);
+            self.undo_start(&spec.id, &cid, &dir);
             return Err(e);
         }
         let pid = fs::read_to_string(dir.join(PID_FILE))
@@ -530,7 +578,7 @@ impl Provider for RuncProvider {
         // start time, and as the subreaper molt keeps its zombie until `status` reaps it.
         let identity = pid.and_then(|pid| Some((pid, self.init_start_time(&cid, pid)?)));
         let Some((pid, start_time)) = identity else {
-            self.undo_start(&cid, &dir);
+            self.undo_start(&spec.id, &cid, &dir);
             return Err(ProviderError::Spawn {
                 command: program.clone(),
                 source: io::Error::other("runc started the container but left no init pid"),
@@ -690,6 +738,7 @@ impl Provider for RuncProvider {
         }
         remove_leftover_cgroups(&self.cgroup_path(id), id);
         self.remove_network(&cid);
+        self.secrets.remove(id);
         let dir = self.bundle_dir(id);
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -716,10 +765,6 @@ impl Provider for RuncProvider {
     /// (`abandoned.rs`): no molt could ever stop them otherwise.
     fn sweep(&self) -> Vec<String> {
         let mut removed = abandoned::sweep();
-        let names = net::namespaces_with_prefix(&ids::owner_prefix(&self.config.owner));
-        if names.is_empty() {
-            return removed;
-        }
         let live: HashSet<String> = match self.runc.list() {
             Ok(list) => list
                 .into_iter()
@@ -731,6 +776,11 @@ impl Provider for RuncProvider {
                 return removed;
             }
         };
+        removed.extend(
+            self.secrets
+                .sweep(|id| live.contains(&self.container_id(id))),
+        );
+        let names = net::namespaces_with_prefix(&ids::owner_prefix(&self.config.owner));
         for name in names.into_iter().filter(|n| !live.contains(n)) {
             // Held while removing, so a start of the same container waits for it.
             let starting = self.starting();

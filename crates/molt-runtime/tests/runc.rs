@@ -108,6 +108,8 @@ impl Sandbox {
             limits: Default::default(),
             layout: Default::default(),
             address: Ipv4Addr::LOCALHOST.into(),
+            secret_files: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 

@@ -175,6 +175,10 @@ CREATE TABLE image_signatures (
     PRIMARY KEY (digest, public_key)
 );
 "#,
+    // How instances get each secret version: `env` (a variable) or `file` (on a tmpfs).
+    r#"
+ALTER TABLE secrets ADD COLUMN delivery TEXT NOT NULL DEFAULT 'env';
+"#,
 ];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.

@@ -1,7 +1,7 @@
 //! Secrets as the store keeps them: sealed (nonce + ciphertext) by the controller, every
 //! version kept so that an older release can still start; and image signatures.
 
-use molt_wire::{ImageSignature, SecretRecord};
+use molt_wire::{ImageSignature, SecretDelivery, SecretRecord};
 use rusqlite::{params, OptionalExtension};
 
 use crate::{Result, Store, StoreError};
@@ -13,6 +13,8 @@ pub struct SealedSecret {
     pub nonce: Vec<u8>,
     /// The encrypted value with its tag.
     pub ciphertext: Vec<u8>,
+    /// How instances get it.
+    pub delivery: SecretDelivery,
 }
 
 impl std::fmt::Debug for SealedSecret {
@@ -43,8 +45,9 @@ impl Store {
     ) -> Result<SecretRecord> {
         let now = self.clock.now_ms();
         self.conn.execute(
-            "INSERT INTO secrets(app, name, version, nonce, ciphertext, created_ms, created_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO secrets(app, name, version, nonce, ciphertext, created_ms, created_by,
+                                 delivery)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 app,
                 name,
@@ -52,7 +55,8 @@ impl Store {
                 sealed.nonce,
                 sealed.ciphertext,
                 now as i64,
-                by
+                by,
+                sealed.delivery.as_str()
             ],
         )?;
         Ok(SecretRecord {
@@ -61,6 +65,7 @@ impl Store {
             version,
             created_ms: now,
             created_by: by.into(),
+            delivery: sealed.delivery,
         })
     }
 
@@ -84,7 +89,7 @@ impl Store {
     /// The app's secrets that are set: the newest version of each, by name.
     pub fn secrets(&self, app: &str) -> Result<Vec<SecretRecord>> {
         let mut st = self.conn.prepare(
-            "SELECT name, MAX(version), created_ms, created_by FROM secrets
+            "SELECT name, MAX(version), created_ms, created_by, delivery FROM secrets
              WHERE app = ?1 AND removed_ms IS NULL GROUP BY name ORDER BY name",
         )?;
         let rows = st.query_map([app], |r| {
@@ -94,6 +99,7 @@ impl Store {
                 version: r.get::<_, i64>(1)? as u64,
                 created_ms: r.get::<_, i64>(2)? as u64,
                 created_by: r.get(3)?,
+                delivery: delivery(r.get_ref(4)?.as_str()?)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -103,12 +109,14 @@ impl Store {
     pub fn sealed_secret(&self, app: &str, name: &str, version: u64) -> Result<SealedSecret> {
         self.conn
             .query_row(
-                "SELECT nonce, ciphertext FROM secrets WHERE app = ?1 AND name = ?2 AND version = ?3",
+                "SELECT nonce, ciphertext, delivery FROM secrets
+                 WHERE app = ?1 AND name = ?2 AND version = ?3",
                 params![app, name, version as i64],
                 |r| {
                     Ok(SealedSecret {
                         nonce: r.get(0)?,
                         ciphertext: r.get(1)?,
+                        delivery: delivery(r.get_ref(2)?.as_str()?)?,
                     })
                 },
             )
@@ -154,4 +162,11 @@ impl Store {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+}
+
+/// A stored delivery, read back.
+fn delivery(text: &str) -> rusqlite::Result<SecretDelivery> {
+    text.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
 }

@@ -9,10 +9,12 @@
 mod docker;
 mod model;
 mod router_image;
+mod secrets;
 mod swarm;
 
 pub use docker::{Docker, API_VERSION, DEFAULT_SOCKET};
 pub use router_image::{write_router_tree, ROUTER_EXECUTABLE};
+pub use secrets::LABEL_SECRET;
 pub use swarm::{
     service_name, RouterServiceSpec, Swarm, SwarmConfig, LABEL_APP, LABEL_ENV, LABEL_OWNER,
     LABEL_PORT, LABEL_RELEASE, LABEL_ROLE, ROUTER_SERVICE,

@@ -270,6 +270,61 @@ pub struct ContainerSpec {
     pub stop_grace_period: u64,
     /// Labels of each container.
     pub labels: BTreeMap<String, String>,
+    /// Docker secrets mounted as files.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretReference>,
+}
+
+/// A Docker secret given to a task's container as a file under `/run/secrets`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SecretReference {
+    /// The file.
+    pub file: SecretTarget,
+    /// The secret's id.
+    #[serde(rename = "SecretID")]
+    pub secret_id: String,
+    /// The secret's name.
+    pub secret_name: String,
+}
+
+/// Where and how a secret's file appears.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SecretTarget {
+    /// Its name under `/run/secrets`.
+    pub name: String,
+    /// Owner.
+    #[serde(rename = "UID")]
+    pub uid: String,
+    /// Group.
+    #[serde(rename = "GID")]
+    pub gid: String,
+    /// Permission bits (0400).
+    pub mode: u32,
+}
+
+/// `POST /secrets/create`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SecretSpec {
+    /// Its name (unique in the swarm).
+    pub name: String,
+    /// Labels: owner, environment, secret name.
+    pub labels: BTreeMap<String, String>,
+    /// The value, standard base64.
+    pub data: String,
+}
+
+/// `GET /secrets`.
+#[derive(Debug, Deserialize)]
+pub struct SecretListed {
+    /// Its id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its spec.
+    #[serde(rename = "Spec")]
+    pub spec: serde_json::Value,
 }
 
 /// A mount of a task's container.

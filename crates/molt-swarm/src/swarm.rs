@@ -7,6 +7,9 @@
 //! (65534:65534), `[limits]` as the task's resources, an init as PID 1. Swarm restarts tasks
 //! that end; molt reads the tasks and records what it sees.
 //!
+//! Secrets delivered as files become Docker secrets of the environment (`secrets.rs`), which
+//! Swarm keeps encrypted in its raft log and mounts at `/run/secrets/NAME` on a tmpfs.
+//!
 //! Every service carries labels: `molt.owner` (this molt's data directory), `molt.app`,
 //! `molt.env`, `molt.release`, `molt.port`. A restarted molt finds its services by the owner
 //! label; garbage collection removes those nothing reaches.
@@ -15,6 +18,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use molt_provider::secret_files;
 use molt_provider::{
     Engine, EngineEnvironment, EngineError, EngineFuture, EngineInstance, EngineInstanceState,
     EngineNode, EnvironmentSpec,
@@ -27,7 +31,7 @@ use crate::model::{
     ContainerSpec, Created, EndpointSpec, Info, Mount, Network, Node, ResourceLimits, Resources,
     RestartPolicy, Service, ServiceMode, ServiceSpec, Task, TaskTemplate, TmpfsOptions, Ulimit,
 };
-use crate::model::{NetworkTarget, PortConfig};
+use crate::model::{NetworkTarget, PortConfig, SecretReference};
 
 /// Label keys molt puts on its services.
 pub const LABEL_OWNER: &str = "molt.owner";
@@ -63,8 +67,8 @@ pub struct SwarmConfig {
 /// A swarm molt runs environments on.
 #[derive(Debug, Clone)]
 pub struct Swarm {
-    docker: Docker,
-    config: SwarmConfig,
+    pub(crate) docker: Docker,
+    pub(crate) config: SwarmConfig,
 }
 
 /// The fleet of routers molt runs on the swarm: one task per node.
@@ -167,6 +171,7 @@ impl Swarm {
             init: true,
             stop_grace_period: STOP_GRACE.as_nanos() as u64,
             labels: labels.clone(),
+            secrets: Vec::new(),
         };
         let service = ServiceSpec {
             name: spec.name.clone(),
@@ -341,7 +346,8 @@ impl Engine for Swarm {
                 debug!(service = %name, "service exists; setting its replicas");
                 return self.set_replicas(&existing, spec.instances, &action).await;
             }
-            let service = self.environment_service(spec);
+            let secrets = self.create_secrets(spec).await?;
+            let service = self.environment_service(spec, secrets);
             let created: Created = self
                 .docker
                 .post("/services/create", &service, &action)
@@ -393,6 +399,7 @@ impl Engine for Swarm {
             {
                 info!(service = %name, "service removed");
             }
+            self.remove_secrets(env).await;
             Ok(())
         })
     }
@@ -440,7 +447,11 @@ impl Engine for Swarm {
 }
 
 impl Swarm {
-    fn environment_service(&self, spec: &EnvironmentSpec) -> ServiceSpec {
+    fn environment_service(
+        &self,
+        spec: &EnvironmentSpec,
+        secrets: Vec<SecretReference>,
+    ) -> ServiceSpec {
         let mut labels = self.labels();
         labels.extend([
             (LABEL_ROLE.to_owned(), "environment".to_owned()),
@@ -457,7 +468,13 @@ impl Swarm {
                 container_spec: ContainerSpec {
                     image: spec.image.clone(),
                     command: spec.command.clone(),
-                    env: env_list(&spec.env_vars),
+                    env: env_list(&spec.env_vars)
+                        .into_iter()
+                        .chain((!secrets.is_empty()).then(|| {
+                            format!("{}={}", secret_files::DIR_VAR, secret_files::CONTAINER_DIR)
+                        }))
+                        .collect(),
+                    secrets,
                     user: "65534:65534".into(),
                     read_only: true,
                     mounts: scratch_mounts(),

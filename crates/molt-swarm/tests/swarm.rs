@@ -13,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use molt_image::ImageStore;
-use molt_provider::{Engine, EngineError, EngineInstance, EngineInstanceState, EnvironmentSpec};
+use molt_provider::{
+    Engine, EngineError, EngineInstance, EngineInstanceState, EnvironmentSpec, SecretFile,
+};
 use molt_swarm::{Docker, Swarm, SwarmConfig, DEFAULT_SOCKET};
 use molt_testkit::{needs, needs_command, needs_file};
 
@@ -90,6 +92,7 @@ fn spec(env: &str, image: &str, instances: u32) -> EnvironmentSpec {
         port: 8080,
         instances,
         limits: Default::default(),
+        secret_files: Vec::new(),
     }
 }
 
@@ -150,21 +153,49 @@ async fn a_service_per_environment_runs_scales_heals_and_goes() {
     let env = format!("{owner}-e1");
     let cleanup = Cleanup {
         docker: swarm.docker().clone(),
+        owner: owner.clone(),
         services: vec![molt_swarm::service_name(&env)],
         network: swarm.network().to_owned(),
     };
 
-    // Two instances, each with its own overlay address and the port of the spec.
-    swarm
-        .start_environment(&spec(&env, &image, 2))
-        .await
-        .expect("start");
+    // Two instances, each with its own overlay address and the port of the spec, and a
+    // secret file (any bytes) as a Docker secret of the environment.
+    let secret = format!("\0\u{7f} swarm secret {}", std::process::id()).into_bytes();
+    let with_secret = EnvironmentSpec {
+        secret_files: vec![SecretFile {
+            name: "TOKEN".into(),
+            value: secret.clone(),
+        }],
+        ..spec(&env, &image, 2)
+    };
+    swarm.start_environment(&with_secret).await.expect("start");
     let instances = wait_for(&swarm, &env, "2 running", |i| running(i).len() == 2).await;
     for instance in running(&instances) {
         let addr = instance.addr.expect("an overlay address");
         assert_eq!(addr.port(), 8080);
         assert!(instance.node.is_some());
+        let container = task_container(swarm.docker(), &instance.id).await;
+        let exec = |args: &[&str]| {
+            let out = std::process::Command::new("docker")
+                .args(["exec", &container, "/bin/busybox"])
+                .args(args)
+                .output()
+                .expect("docker exec");
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            out.stdout
+        };
+        assert!(
+            exec(&["cat", "/run/secrets/TOKEN"]) == secret,
+            "the file's bytes"
+        );
+        assert_eq!(
+            exec(&["stat", "-c", "%a %u", "/run/secrets/TOKEN"]),
+            b"400 65534\n"
+        );
+        let env = String::from_utf8(exec(&["env"])).unwrap();
+        assert!(env.contains("MOLT_SECRETS_DIR=/run/secrets\n"), "{env}");
     }
+    assert_eq!(own_secrets(swarm.docker(), &owner).await.len(), 1);
     // Starting again (a resumed deployment) changes nothing.
     swarm
         .start_environment(&spec(&env, &image, 2))
@@ -232,6 +263,10 @@ async fn a_service_per_environment_runs_scales_heals_and_goes() {
     swarm.stop_environment(&env).await.expect("stop");
     swarm.stop_environment(&env).await.expect("stop again");
     assert!(swarm.instances(&env).await.expect("list").is_empty());
+    assert_eq!(
+        own_secrets(swarm.docker(), &owner).await,
+        Vec::<String>::new()
+    );
     assert!(!swarm
         .environments()
         .await
@@ -239,6 +274,26 @@ async fn a_service_per_environment_runs_scales_heals_and_goes() {
         .iter()
         .any(|e| e.env == env));
     drop(cleanup);
+}
+
+/// The names of the Docker secrets `owner` made.
+async fn own_secrets(docker: &Docker, owner: &str) -> Vec<String> {
+    let filters = serde_json::json!({ "label": [format!("molt.owner={owner}")] }).to_string();
+    let escaped: String = filters
+        .bytes()
+        .map(|b| match b.is_ascii_alphanumeric() {
+            true => char::from(b).to_string(),
+            false => format!("%{b:02X}"),
+        })
+        .collect();
+    let secrets: Vec<serde_json::Value> = docker
+        .get(&format!("/secrets?filters={escaped}"), "list secrets")
+        .await
+        .expect("secrets");
+    secrets
+        .iter()
+        .filter_map(|s| s["Spec"]["Name"].as_str().map(str::to_owned))
+        .collect()
 }
 
 async fn task_container(docker: &Docker, task: &str) -> String {
@@ -255,6 +310,7 @@ async fn task_container(docker: &Docker, task: &str) -> String {
 /// Removes the test's services and network however the test ends.
 struct Cleanup {
     docker: Docker,
+    owner: String,
     services: Vec<String>,
     network: String,
 }
@@ -264,6 +320,7 @@ impl Drop for Cleanup {
         let docker = self.docker.clone();
         let services = std::mem::take(&mut self.services);
         let network = self.network.clone();
+        let owner = self.owner.clone();
         // A runtime of its own: this may run while the test's runtime unwinds.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -274,6 +331,11 @@ impl Drop for Cleanup {
                 for service in services {
                     let _ = docker
                         .delete(&format!("/services/{service}"), "remove a test service")
+                        .await;
+                }
+                for secret in own_secrets(&docker, &owner).await {
+                    let _ = docker
+                        .delete(&format!("/secrets/{secret}"), "remove a test secret")
                         .await;
                 }
                 // The network goes once its tasks are gone.

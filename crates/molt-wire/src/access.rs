@@ -130,6 +130,43 @@ pub struct SecretRecord {
     pub created_ms: u64,
     /// The token that set it.
     pub created_by: String,
+    /// How instances get it.
+    #[serde(default)]
+    pub delivery: SecretDelivery,
+}
+
+/// How instances get a secret.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretDelivery {
+    /// As an environment variable of its name (the value is UTF-8 text without NUL).
+    #[default]
+    Env,
+    /// As a file of its name on a tmpfs, 0400, owned by the instance's user:
+    /// `/run/secrets/NAME` in a container, `$MOLT_SECRETS_DIR/NAME` everywhere (any bytes).
+    File,
+}
+
+impl SecretDelivery {
+    /// Its name in the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretDelivery::Env => "env",
+            SecretDelivery::File => "file",
+        }
+    }
+}
+
+impl std::str::FromStr for SecretDelivery {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "env" => Ok(SecretDelivery::Env),
+            "file" => Ok(SecretDelivery::File),
+            other => Err(format!("a secret's delivery is env or file, not {other:?}")),
+        }
+    }
 }
 
 /// What setting or removing a secret did: the secret, and the deployment of the release that

@@ -20,8 +20,8 @@ mod server;
 mod views;
 
 pub use access::{
-    signed_message, AuditEntry, ImageSignature, Role, SecretOutcome, SecretRecord, TokenCreated,
-    TokenRecord, TokenRequest,
+    signed_message, AuditEntry, ImageSignature, Role, SecretDelivery, SecretOutcome, SecretRecord,
+    TokenCreated, TokenRecord, TokenRequest,
 };
 pub use cluster::{
     ClusterStatus, EngineEnvironment, EngineNode, EngineStatus, FleetStatus, RouterStatus,

@@ -94,6 +94,8 @@ impl Sandbox {
             limits: Default::default(),
             layout: RootLayout::OwnRoot,
             address: std::net::Ipv4Addr::LOCALHOST.into(),
+            secret_files: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 

@@ -36,6 +36,11 @@ def read(path):
     with open(path) as f:
         return repr(f.read())
 
+def secret_file():
+    st = os.stat("/run/secrets/TOKEN")
+    with open("/run/secrets/TOKEN", "rb") as f:
+        return {"text": f.read().decode(), "mode": oct(st.st_mode & 0o7777), "uid": st.st_uid}
+
 def unshare_user():
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(0x10000000) != 0:
@@ -62,6 +67,10 @@ class Probe(BaseHTTPRequestHandler):
             "token": attempt(lambda: read(os.environ["TOKEN_FILE"])),
             "shadow": attempt(lambda: read("/etc/shadow")),
             "unshare": attempt(unshare_user),
+            "secret": attempt(secret_file),
+            "secrets_dir": os.environ.get("MOLT_SECRETS_DIR"),
+            "secret_env": os.environ.get("DB_PASSWORD"),
+            "write_secrets": attempt(lambda: write("/run/secrets/new-file")),
             "inode": [st.st_dev, st.st_ino],
         }
         body = json.dumps(report).encode()
@@ -136,7 +145,7 @@ async fn probe(h: &Harness, host: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-/// Every regular file named `name` under `dir`.
+/// Every regular file named `name` under `dir` (every file when `name` is empty).
 fn find_files(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
@@ -145,7 +154,7 @@ fn find_files(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
         };
         if meta.is_dir() {
             find_files(&path, name, out);
-        } else if meta.is_file() && entry.file_name() == name {
+        } else if meta.is_file() && (name.is_empty() || entry.file_name() == name) {
             out.push(path);
         }
     }
@@ -193,6 +202,13 @@ fn leftovers(data: &Path) -> Vec<String> {
             .into_iter()
             .map(|(id, pid)| format!("process {id} ({pid})")),
     );
+    for dir in std::fs::read_dir(format!("/dev/shm/molt-secrets-{owner}"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        left.push(format!("secret files {:?}", dir.path()));
+    }
     for netns in std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
@@ -222,6 +238,16 @@ async fn an_app_folder_runs_confined_on_the_host_system() {
         return;
     }
     let mut h = isolated().await;
+    // A secret delivered as a file: /run/secrets/TOKEN, the instance user's, 0400.
+    let secret = format!("file-secret-{}", std::process::id());
+    // And one as a variable, which molt's init reads from a tmpfs: not in config.json.
+    let password = format!("env-secret-{}", std::process::id());
+    for set in [
+        serde_json::json!({ "name": "TOKEN", "value": secret, "delivery": "file" }),
+        serde_json::json!({ "name": "DB_PASSWORD", "value": password }),
+    ] {
+        h.client.post("/v1/apps/probe/secrets", &set).await.unwrap();
+    }
     let d = h.deploy(&probe_app(&h, "probe", 2, "")).await;
     assert_eq!(d["state"], "drained", "{d}");
     let status = h.client.get("/v1/status").await.unwrap();
@@ -255,7 +281,9 @@ async fn an_app_folder_runs_confined_on_the_host_system() {
         // Its own pid namespace: molt's init is pid 1, no host process is visible.
         let init = r["init"].as_str().unwrap();
         assert!(
-            init.contains("/.molt/molt\\x00instance-init\\x00--"),
+            init.contains(
+                "/.molt/molt\\x00instance-init\\x00--env-file\\x00/run/molt-secret-env\\x00--\\x00"
+            ),
             "{init}"
         );
         let pids: Vec<u64> = r["pids"]
@@ -271,6 +299,15 @@ async fn an_app_folder_runs_confined_on_the_host_system() {
         assert!(read.starts_with("error"), "token readable: {read}");
         assert!(!read.contains(token.trim()));
         assert!(r["shadow"] == "ok: ''" || r["shadow"].as_str().unwrap().starts_with("error"));
+        let file = r["secret"].as_str().unwrap();
+        let expected = format!("ok: {{'text': '{secret}', 'mode': '0o400', 'uid': 65534}}");
+        assert_eq!(file, expected, "{r}");
+        assert_eq!(r["secrets_dir"], "/run/secrets", "{r}");
+        assert_eq!(r["secret_env"], password.as_str(), "{r}");
+        assert!(
+            r["write_secrets"].as_str().unwrap().starts_with("error"),
+            "{r}"
+        );
         // seccomp: unshare fails with EPERM even where unprivileged user namespaces work.
         let unshare = r["unshare"].as_str().unwrap();
         assert!(unshare.contains("Operation not permitted"), "{unshare}");
@@ -283,6 +320,21 @@ async fn an_app_folder_runs_confined_on_the_host_system() {
     let host = std::fs::metadata(&unpacked[0]).unwrap();
     assert_eq!(reports[0]["inode"][1], host.ino());
     assert!(!unpacked[0].with_file_name("new-file").exists());
+
+    // The value is in no file of the data directory: not in the bundles' config.json either.
+    let mut files = Vec::new();
+    find_files(&h.data_dir(), "", &mut files);
+    assert!(
+        files.iter().any(|f| f.ends_with("config.json")),
+        "{files:?}"
+    );
+    for file in files {
+        let content = std::fs::read(&file).unwrap_or_default();
+        for value in [&secret, &password] {
+            let found = content.windows(value.len()).any(|w| w == value.as_bytes());
+            assert!(!found, "{} holds a secret", file.display());
+        }
+    }
 
     let data = stop_keeping_data(&mut h).await;
     assert_eq!(leftovers(&data), Vec::<String>::new());

@@ -305,3 +305,83 @@ async fn a_key_file_others_can_read_is_refused() {
     let hex = std::fs::read_to_string(&key).unwrap();
     assert!(!error.contains(hex.trim()), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secret_file_is_private_on_a_tmpfs_and_goes_with_its_instance() {
+    use std::os::unix::fs::MetadataExt;
+
+    let h = Harness::start().await;
+    let data = h.data_dir();
+    // Any bytes: a NUL, bytes that are not UTF-8, and a marker to grep for.
+    let marker = unique_value("file");
+    let mut value = b"\0\xff\xfe key ".to_vec();
+    value.extend_from_slice(marker.as_bytes());
+    value.push(b'\n');
+    let file = h.tmp.path().join("tls.key");
+    std::fs::write(&file, &value).unwrap();
+    let path = file.to_str().unwrap();
+    // Set before the app's first deployment, which gets it.
+    let out = molt_out(
+        &data,
+        &[
+            "secrets",
+            "set",
+            "shop",
+            "TLS_KEY",
+            "--as-file",
+            "--from-file",
+            path,
+        ],
+    );
+    assert!(out.contains("TLS_KEY"), "{out}");
+    // Not as an environment variable: such bytes are refused there, with the way out.
+    let (ok, out) = molt_with_stdin(&data, &["secrets", "set", "shop", "RAW"], "\u{0}x");
+    assert!(!ok, "{out}");
+    std::fs::remove_file(&file).unwrap();
+    let listed = molt_out(&data, &["secrets", "list", "shop"]);
+    assert!(
+        listed.contains("TLS_KEY") && listed.contains("file"),
+        "{listed}"
+    );
+
+    let dir = h.app("shop", &[], FAST);
+    let first = h.deploy(&dir).await;
+    assert_eq!(first["state"], "drained", "{first}");
+    let pids = routed_pids(&h, "shop").await;
+    assert_eq!(pids.len(), 2);
+    let mut dirs = Vec::new();
+    for pid in pids {
+        let env = environ(pid);
+        assert!(!env.iter().any(|e| e.starts_with("TLS_KEY=")), "{env:?}");
+        let secrets_dir = env
+            .iter()
+            .find_map(|e| e.strip_prefix("MOLT_SECRETS_DIR="))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("no MOLT_SECRETS_DIR in {env:?}"));
+        let read = std::fs::read(secrets_dir.join("TLS_KEY")).unwrap();
+        assert!(read == value, "the file holds the value byte for byte");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&secrets_dir), 0o500);
+        assert_eq!(mode(&secrets_dir.join("TLS_KEY")), 0o400);
+        assert_eq!(mode(secrets_dir.parent().unwrap()), 0o500);
+        assert_eq!(mode(secrets_dir.parent().unwrap().parent().unwrap()), 0o700);
+        assert!(secrets_dir.starts_with("/dev/shm"), "{secrets_dir:?}");
+        dirs.push(secrets_dir);
+    }
+    assert_ne!(dirs[0], dirs[1], "each instance has its own directory");
+
+    // Nowhere in the data directory (the bundle of a runc instance neither: see sandbox.rs).
+    for file in files_under(&data) {
+        let content = std::fs::read(&file).unwrap_or_default();
+        assert!(!contains(&content, &marker), "{} holds it", file.display());
+    }
+    // The instances end, their files go.
+    h.stop().await;
+    for dir in &dirs {
+        let instance_dir = dir.parent().unwrap();
+        assert!(
+            !instance_dir.exists(),
+            "{instance_dir:?} outlived its instance"
+        );
+    }
+}

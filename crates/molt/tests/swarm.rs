@@ -136,6 +136,22 @@ async fn services(docker: &Docker, owner: &str) -> Vec<String> {
     names
 }
 
+/// The names of the Docker secrets of `owner`.
+async fn docker_secrets(docker: &Docker, owner: &str) -> Vec<String> {
+    let filters = json!({ "label": [format!("molt.owner={owner}")] }).to_string();
+    let secrets: Vec<Value> = docker
+        .get(
+            &format!("/secrets?filters={}", escape(&filters)),
+            "list secrets",
+        )
+        .await
+        .expect("secrets");
+    secrets
+        .iter()
+        .filter_map(|s| s["Spec"]["Name"].as_str().map(str::to_owned))
+        .collect()
+}
+
 fn escape(value: &str) -> String {
     value
         .bytes()
@@ -172,11 +188,16 @@ impl Drop for Cleanup {
                 .expect("runtime");
             runtime.block_on(async move {
                 let mut names = vec![router];
-                if let Some(owner) = owner {
-                    names.extend(services(&docker, &owner).await);
+                if let Some(owner) = &owner {
+                    names.extend(services(&docker, owner).await);
                 }
                 for name in names {
                     let _ = docker.delete(&format!("/services/{name}"), "remove").await;
+                }
+                if let Some(owner) = &owner {
+                    for name in docker_secrets(&docker, owner).await {
+                        let _ = docker.delete(&format!("/secrets/{name}"), "remove").await;
+                    }
                 }
                 for _ in 0..100 {
                     match docker
@@ -269,6 +290,21 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
         .expect("nodes")
         .is_empty());
 
+    // Secrets set before the first deployment: a variable, and a file (a Docker secret).
+    let (pw, key) = (
+        format!("pw-{}", std::process::id()),
+        format!("key-{}", std::process::id()),
+    );
+    for body in [
+        json!({ "name": "DB_PASSWORD", "value": pw }),
+        json!({ "name": "TLS_KEY", "value": key, "delivery": "file" }),
+    ] {
+        h.client
+            .post("/v1/apps/web/secrets", &body)
+            .await
+            .expect("set a secret");
+    }
+
     // v1: image pushed, one service, healthy through the routers, served by the fleet.
     let v1 = busybox_app(tmp.path(), "web", "web one");
     let d1 = h.deploy(&v1).await;
@@ -282,6 +318,31 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
         services(&docker, &owner).await,
         [molt_swarm::service_name(&env1)]
     );
+    let tasks: Vec<Value> = docker
+        .get(
+            &format!(
+                "/tasks?filters={}",
+                escape(&json!({ "service": [molt_swarm::service_name(&env1)] }).to_string())
+            ),
+            "list tasks",
+        )
+        .await
+        .expect("tasks");
+    let container = tasks
+        .iter()
+        .find_map(|t| t["Status"]["ContainerStatus"]["ContainerID"].as_str())
+        .expect("a task's container");
+    let exec = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(["exec", container, "/bin/busybox"])
+            .args(args)
+            .output()
+            .expect("docker exec");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(exec(&["cat", "/run/secrets/TLS_KEY"]), key);
+    assert!(exec(&["env"]).contains(&format!("DB_PASSWORD={pw}\n")));
+    assert_eq!(docker_secrets(&docker, &owner).await.len(), 1);
 
     // v2 under load, then a rollback and a swap forward: no request fails.
     let load = ClientLoad::start("web.localhost", &[fleet_router; 4]);
@@ -448,6 +509,7 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
             port: 8080,
             instances: 1,
             limits: Default::default(),
+            secret_files: Vec::new(),
         })
         .await
         .expect("an orphan service");
@@ -465,6 +527,10 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
         || async { services(&docker, &owner).await == [molt_swarm::service_name(&env2)] },
     )
     .await;
+    // The retired environment's Docker secret went with its service; the live one's stays.
+    let secrets = docker_secrets(&docker, &owner).await;
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    assert!(secrets[0].contains(&env2), "{secrets:?}");
     assert_eq!(get_via(fleet_router, "web.localhost").await.1, "web two!\n");
 
     // The registry goes away: a deployment fails before anything starts, with a clear error.

@@ -118,17 +118,32 @@ pub fn schemas() -> Value {
     let nullable_uint = json!({ "type": ["integer", "null"], "minimum": 0 });
     let string = json!({ "type": "string" });
     json!({
-        "SecretValue": { "type": "object", "additionalProperties": false,
-            "required": ["name", "value"], "properties": {
-                "name": schema_ref("EnvVarName"),
-                "value": { "type": "string", "minLength": 1, "maxLength": 65536,
-                    "pattern": "^[^\\u0000]*$",
-                    "description": "the value (UTF-8, no NUL); never sent back" } } },
+        "SecretValue": { "oneOf": [
+            { "type": "object", "additionalProperties": false,
+                "required": ["name", "value"], "properties": {
+                    "name": schema_ref("EnvVarName"),
+                    "value": { "type": "string", "minLength": 1, "maxLength": 65536,
+                        "pattern": "^[^\\u0000]*$",
+                        "description": "the value (UTF-8, no NUL); never sent back" },
+                    "delivery": schema_ref("SecretDelivery") } },
+            { "type": "object", "additionalProperties": false,
+                "required": ["name", "value_base64", "delivery"], "properties": {
+                    "name": schema_ref("EnvVarName"),
+                    "value_base64": { "type": "string", "minLength": 4, "maxLength": 87380,
+                        "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+                        "description": "the value as standard base64, any bytes (a file \
+                            only); never sent back" },
+                    "delivery": { "const": "file" } } } ] },
+        "SecretDelivery": { "type": "string", "enum": ["env", "file"], "default": "env",
+            "description": "env: an environment variable of the secret's name; file: \
+                /run/secrets/NAME in a container ($MOLT_SECRETS_DIR/NAME everywhere), 0400, \
+                on a tmpfs" },
         "Secret": { "type": "object",
-            "required": ["app", "name", "version", "created_ms", "created_by"],
+            "required": ["app", "name", "version", "created_ms", "created_by", "delivery"],
             "properties": { "app": string, "name": string,
                 "version": { "type": "integer", "minimum": 1 },
-                "created_ms": uint, "created_by": string } },
+                "created_ms": uint, "created_by": string,
+                "delivery": schema_ref("SecretDelivery") } },
         "SecretOutcome": { "type": "object", "required": ["secret", "removed", "deployment"],
             "properties": { "secret": schema_ref("Secret"), "removed": { "type": "boolean" },
                 "deployment": { "anyOf": [schema_ref("Deployment"), { "type": "null" }] } } },

@@ -3,7 +3,9 @@
 use std::io::Read;
 
 use anyhow::{anyhow, bail, Context, Result};
-use molt_wire::{AuditEntry, Role, SecretOutcome, SecretRecord, TokenCreated, TokenRecord};
+use molt_wire::{
+    AuditEntry, Role, SecretDelivery, SecretOutcome, SecretRecord, TokenCreated, TokenRecord,
+};
 use serde_json::json;
 
 use super::deploy::follow;
@@ -85,6 +87,7 @@ pub async fn secrets(client: &Client, action: SecretsAction, json: bool) -> Resu
             app,
             name,
             from_file,
+            as_file,
             no_wait,
         } => {
             let mut value = match &from_file {
@@ -98,28 +101,36 @@ pub async fn secrets(client: &Client, action: SecretsAction, json: bool) -> Resu
                     bytes
                 }
             };
-            if value.ends_with(b"\n") {
-                value.pop();
-                if value.ends_with(b"\r") {
-                    value.pop();
-                }
-            }
-            let Ok(value) = String::from_utf8(value) else {
-                bail!("the secret is not UTF-8 text: an environment variable cannot hold it");
-            };
             if value.is_empty() {
                 bail!(
                     "the secret is empty: pipe it in (`printf %s \"$VALUE\" | molt secrets set \
                      {app} {name}`) or pass --from-file"
                 );
             }
+            let body = if as_file {
+                secret_file_body(&name, value)
+            } else {
+                if value.ends_with(b"\n") {
+                    value.pop();
+                    if value.ends_with(b"\r") {
+                        value.pop();
+                    }
+                }
+                let Ok(value) = String::from_utf8(value) else {
+                    bail!(
+                        "the secret is not UTF-8 text: an environment variable cannot hold it \
+                         (--as-file delivers any bytes as a file)"
+                    );
+                };
+                if value.is_empty() {
+                    bail!("the secret is only a newline");
+                }
+                json!({ "name": name, "value": value })
+            };
             let answer = client
-                .post_answer(
-                    &format!("/v1/apps/{app}/secrets"),
-                    &json!({ "name": name, "value": value }),
-                )
+                .post_answer(&format!("/v1/apps/{app}/secrets"), &body)
                 .await?;
-            drop(value);
+            drop(body);
             outcome(client, &answer, no_wait, json).await
         }
         SecretsAction::List { app } => {
@@ -127,11 +138,15 @@ pub async fn secrets(client: &Client, action: SecretsAction, json: bool) -> Resu
                 .get_answer(&format!("/v1/apps/{app}/secrets"))
                 .await?;
             let secrets: Vec<SecretRecord> = answer.read()?;
-            let header = ["NAME", "VERSION", "SET", "BY"];
+            let header = ["NAME", "VERSION", "AS", "SET", "BY"];
             print_list(answer.json(), &secrets, json, &header, |s| {
                 vec![
                     s.name.clone(),
                     format!("v{}", s.version),
+                    match s.delivery {
+                        SecretDelivery::Env => "env".into(),
+                        SecretDelivery::File => "file".into(),
+                    },
                     age(s.created_ms),
                     s.created_by.clone(),
                 ]
@@ -234,4 +249,21 @@ fn ms_text(ms: u64) -> String {
         3600..=86_399 => format!("in {}h", s / 3600),
         _ => format!("in {}d", s / 86_400),
     }
+}
+
+/// The body that sets a secret delivered as a file: text as it is, other bytes as base64.
+fn secret_file_body(name: &str, value: Vec<u8>) -> serde_json::Value {
+    match String::from_utf8(value) {
+        Ok(text) if !text.contains('\0') => {
+            json!({ "name": name, "value": text, "delivery": "file" })
+        }
+        Ok(text) => secret_file_base64(name, text.as_bytes()),
+        Err(e) => secret_file_base64(name, e.as_bytes()),
+    }
+}
+
+fn secret_file_base64(name: &str, bytes: &[u8]) -> serde_json::Value {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    json!({ "name": name, "value_base64": encoded, "delivery": "file" })
 }
