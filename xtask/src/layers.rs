@@ -51,8 +51,12 @@ pub const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     // The API over the controller, plus the routers' endpoints molt-fleet defines, which it
-    // serves under `/v1/fleet`; never the store or the router.
-    ("molt-api", &["molt-control", "molt-wire", "molt-fleet"]),
+    // serves under `/v1/fleet`, and molt-core's parsers (the Authorization header); never the
+    // store or the router.
+    (
+        "molt-api",
+        &["molt-core", "molt-control", "molt-wire", "molt-fleet"],
+    ),
     // `git push` deploys, beside the API: the controller's operations, a commit packed the
     // way the CLI packs a folder; never the store or the router.
     ("molt-git", &["molt-core", "molt-pack", "molt-control"]),

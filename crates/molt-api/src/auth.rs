@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use molt_control::{Controller, StoredToken};
+use molt_core::authorization::{self, BearerError};
 use molt_wire::{Role, TokenRecord};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
@@ -85,20 +86,13 @@ impl std::fmt::Display for AuthError {
 }
 
 /// The token of an `Authorization` header value: `Bearer <token>` (the scheme in any case,
-/// one or more spaces), the token 1 to 256 characters of visible ASCII.
+/// one or more spaces), the token 1 to 256 characters of visible ASCII
+/// (`molt_core::authorization`, fuzzed there).
 pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AuthError> {
-    let value = header.ok_or(AuthError::Missing)?;
-    let value = std::str::from_utf8(value).map_err(|_| AuthError::Malformed)?;
-    let (scheme, rest) = value.split_once(' ').ok_or(AuthError::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::Malformed);
-    }
-    let token = rest.trim_start_matches(' ').trim_end_matches(' ');
-    let visible = token.bytes().all(|b| b.is_ascii_graphic());
-    if token.is_empty() || token.len() > 256 || !visible {
-        return Err(AuthError::Malformed);
-    }
-    Ok(token)
+    authorization::bearer_token(header).map_err(|e| match e {
+        BearerError::Missing => AuthError::Missing,
+        BearerError::Malformed => AuthError::Malformed,
+    })
 }
 
 /// Lowercase hex SHA-256 of a secret: what the store keeps.

@@ -4,6 +4,7 @@
 //! Architecture invariant: this crate does no I/O. It never touches the filesystem, the network,
 //! a clock or a process; callers pass in what it needs (text, timestamps, snapshots).
 
+pub mod authorization;
 pub mod build;
 pub mod canary;
 pub mod clock;

@@ -34,7 +34,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
-use base64::Engine as _;
 use molt_control::{Authenticate, Caller, Controller, ErrorKind};
 use molt_core::AppName;
 
@@ -164,16 +163,10 @@ fn parse_path(path: &str, method: &Method) -> Option<(AppName, Service)> {
     Some((app, service))
 }
 
-/// The password of an HTTP Basic `Authorization` header (the user name is ignored).
+/// The password of an HTTP Basic `Authorization` header (the user name is ignored; parsed by
+/// `molt_core::authorization`, fuzzed there).
 fn basic_password(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = value.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (_, password) = text.split_once(':')?;
-    Some(password.to_string())
+    molt_core::authorization::basic_password(headers.get(header::AUTHORIZATION)?.as_bytes())
 }
 
 /// 401 with the challenge git answers by asking for credentials.
