@@ -111,8 +111,9 @@ pub const LAYERS: &[(&str, &[&str])] = &[
 pub const PURE: &[(&str, &[&str])] = &[("molt-core", &PURE_DEPS), ("molt-wire", &PURE_DEPS)];
 
 /// The outside crates of [`PURE`] crates: serde and its formats (TOML, JSON, with what they
-/// parse and format numbers and maps with), thiserror.
-const PURE_DEPS: [&str; 17] = [
+/// parse and format numbers and maps with), thiserror, base64 (the Authorization header).
+const PURE_DEPS: [&str; 18] = [
+    "base64",
     "equivalent",
     "hashbrown",
     "indexmap",
@@ -399,7 +400,13 @@ mod tests {
     fn an_upper_crate_reaching_past_the_controller_fails() {
         let problems = check(&workspace_with(&[(
             "molt-api",
-            &["molt-control", "molt-wire", "molt-fleet", "molt-store"],
+            &[
+                "molt-core",
+                "molt-control",
+                "molt-wire",
+                "molt-fleet",
+                "molt-store",
+            ],
             false,
         )]));
         assert_eq!(problems.len(), 1, "{problems:?}");
