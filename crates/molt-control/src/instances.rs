@@ -219,6 +219,21 @@ impl Controller {
     }
 
     /// A failure message with the tail of the instance's log appended.
+    /// Whether `inst` ended because its port was taken between molt's choice and its own
+    /// `listen`: a port molt picked (not one `molt.toml` fixes) on the host's network, and
+    /// the end of its log names the error (`EADDRINUSE`, "Address already in use").
+    pub(crate) async fn lost_its_port(
+        &self,
+        inst: &InstanceRecord,
+        release: &ReleaseRecord,
+    ) -> bool {
+        if release.config.port.is_some() || self.inner.config.network != InstanceNetwork::Host {
+            return false;
+        }
+        let tail = self.log_tail(&inst.id, LOG_TAIL_LINES).await;
+        names_a_taken_port(&tail)
+    }
+
     pub(crate) async fn with_log_tail(&self, instance: &str, message: String) -> String {
         let tail = self.log_tail(instance, LOG_TAIL_LINES).await;
         if tail.trim().is_empty() {
@@ -227,6 +242,13 @@ impl Controller {
             format!("{message}\n--- last lines of {instance}'s log ---\n{tail}")
         }
     }
+}
+
+/// Whether a log names the error of a `bind`/`listen` on a port already taken (as the C
+/// library, Python, Go, Node and Rust word it).
+fn names_a_taken_port(log: &str) -> bool {
+    let log = log.to_ascii_lowercase();
+    log.contains("address already in use") || log.contains("eaddrinuse")
 }
 
 /// The address the router and health checks use for an instance.
@@ -393,6 +415,18 @@ fn ports_outside((low, high): (u16, u16)) -> std::ops::Range<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_port_is_recognised_in_a_log() {
+        for log in [
+            "OSError: [Errno 98] Address already in use",
+            "listen tcp 127.0.0.1:20001: bind: address already in use",
+            "Error: listen EADDRINUSE: address already in use 127.0.0.1:20001",
+        ] {
+            assert!(names_a_taken_port(log), "{log}");
+        }
+        assert!(!names_a_taken_port("ImportError: No module named flask"));
+    }
 
     #[test]
     fn a_secret_never_goes_on_a_command_line() {

@@ -350,7 +350,8 @@ async fn a_token_sees_only_the_buttons_its_role_allows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_is_drawn_against_the_stable_environment() {
     let h = Harness::start().await;
-    h.deploy(&h.app("shop", &[], FAST)).await;
+    let stable = h.deploy(&h.app("shop", &[], FAST)).await;
+    assert_eq!(stable["state"], "drained", "the stable release: {stable}");
     let canary = FAST.replace(
         "[deploy]\n",
         "[deploy]\nstrategy = \"canary\"\nsteps = [{ weight = 50, pause = \"1m\" }]\n",

@@ -781,3 +781,72 @@ async fn maintenance_mode_answers_503_and_keeps_previews() {
     assert_eq!(status, 200);
     h.stop().await;
 }
+
+/// An instance whose port another program took before it listened (molt cannot reserve a
+/// port for a process that does not exist yet) is replaced on another port, and the
+/// deployment goes on; here the app's first start fails exactly as Python's would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_lost_its_port_is_replaced_on_another() {
+    let h = Harness::start().await;
+    let dir = h.app("portrace", &[], "instances = 1\n[health]\npath = \"/healthz\"\ninterval = \"100ms\"\nhealthy_threshold = 1\nstart_deadline = \"15s\"\n");
+    let marker = h.tmp.path().join("first-start-done");
+    std::fs::write(
+        dir.join("wrap.py"),
+        format!(
+            "import os, sys\n\
+             if not os.path.exists({marker:?}):\n    \
+                 open({marker:?}, 'w').close()\n    \
+                 sys.stderr.write('OSError: [Errno 98] Address already in use\\n')\n    \
+                 sys.exit(1)\n\
+             os.execvp('python3', ['python3', 'app.py'])\n",
+            marker = marker.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(dir.join("molt.toml")).unwrap();
+    std::fs::write(
+        dir.join("molt.toml"),
+        manifest.replace(
+            r#"command = ["python3", "app.py"]"#,
+            r#"command = ["python3", "wrap.py"]"#,
+        ),
+    )
+    .unwrap();
+    let d = h.deploy(&dir).await;
+    assert_eq!(d["state"], "drained", "{d}");
+    assert!(marker.exists(), "the first start did fail");
+    let (status, body) = h.get("portrace.localhost", "/").await;
+    assert_eq!(
+        (status, body.starts_with("hello from portrace")),
+        (200, true),
+        "{body}"
+    );
+    let app = h.client.get("/v1/apps/portrace").await.unwrap();
+    let stopped: Vec<&serde_json::Value> = app["envs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["instances"].as_array().unwrap())
+        .filter(|i| i["state"] == "stopped")
+        .collect();
+    assert!(stopped.len() <= 1, "{app}");
+
+    // A failure that is not about the port still fails the deployment, with the log.
+    let broken = h.app(
+        "broken",
+        &[],
+        "instances = 1\n[health]\npath = \"/healthz\"\nstart_deadline = \"15s\"\n",
+    );
+    std::fs::write(
+        broken.join("app.py"),
+        "import sys\nsys.stderr.write('no such module\\n')\nsys.exit(1)\n",
+    )
+    .unwrap();
+    let d = h.deploy(&broken).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(
+        d["error"].as_str().unwrap().contains("no such module"),
+        "{d}"
+    );
+    h.stop().await;
+}

@@ -31,6 +31,10 @@ impl From<ControlError> for Interrupted {
     }
 }
 
+/// How many instances of one environment start may be replaced because another program took
+/// the port molt picked for them (see `wait_local_healthy`).
+const PORT_RETRIES: u32 = 3;
+
 impl Controller {
     pub(crate) async fn step_create_env(
         &self,
@@ -155,7 +159,8 @@ impl Controller {
             instance: String::new(),
             why: "no check has completed yet".into(),
         };
-        loop {
+        let mut port_retries = 0;
+        'check: loop {
             let env_id = env.clone();
             let instances = self.db(move |s| s.instances(Some(&env_id), false)).await?;
             if instances.is_empty() {
@@ -166,6 +171,20 @@ impl Controller {
             for inst in &instances {
                 let status = self.process_status(inst);
                 if status != InstanceStatus::Running {
+                    // Another program took the port molt picked before the app listened on
+                    // it (nothing can reserve a port for a process that is not yet there):
+                    // a replacement gets another port.
+                    if port_retries < PORT_RETRIES && self.lost_its_port(inst, release).await {
+                        port_retries += 1;
+                        tracing::warn!(
+                            instance = %inst.id,
+                            port = inst.port,
+                            "its port was taken before it listened; starting a replacement on \
+                             another port"
+                        );
+                        self.top_up(&env, release, want).await?;
+                        continue 'check;
+                    }
                     let msg = format!("instance {} {} before it became healthy", inst.id, {
                         self.describe_end(inst, &status)
                     });
