@@ -98,10 +98,17 @@ impl SecretDirs {
         uid: u32,
         gid: u32,
     ) -> io::Result<SecretPaths> {
-        self.make_root()?;
         let dir = self.path(instance);
         self.remove(instance);
-        DirBuilder::new().mode(0o700).create(&dir)?;
+        self.make_root()?;
+        // The root goes with its last instance (`remove`): made again if that just happened.
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.make_root()?;
+                DirBuilder::new().mode(0o700).create(&dir)?;
+            }
+            other => other?,
+        }
         let paths = SecretPaths {
             files: dir.join(FILES),
             env: env_file.map(|_| dir.join(ENV)),
@@ -148,6 +155,9 @@ impl SecretDirs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove secrets"),
         }
+        // Nothing of this molt's is left on the tmpfs once its last instance is gone (refused
+        // while another instance's directory is there).
+        let _ = fs::remove_dir(&self.root);
     }
 
     /// Removes the directories of instances `alive` says no longer exist; returns what went.
@@ -282,7 +292,7 @@ mod tests {
             vec!["secret files of app-v1-ab12-1".to_string()]
         );
         assert!(!dir.exists());
-        let _ = fs::remove_dir(&dirs.root);
+        assert!(!dirs.root.exists(), "the root goes with its last instance");
     }
 
     #[test]
