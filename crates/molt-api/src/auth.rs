@@ -97,23 +97,14 @@ pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AuthError> {
 
 /// Lowercase hex SHA-256 of a secret: what the store keeps.
 pub fn token_hash(secret: &str) -> String {
-    hex(&Sha256::digest(secret.as_bytes()))
+    molt_core::hex::encode(&Sha256::digest(secret.as_bytes()))
 }
 
 /// A fresh secret: 256 random bits as 64 hex digits.
 pub fn new_secret() -> String {
-    hex(&rand::random::<[u8; 32]>())
+    molt_core::hex::encode(&rand::random::<[u8; 32]>())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    text
-}
 
 /// Turns bearer secrets into principals. Cheap to clone.
 #[derive(Clone)]
