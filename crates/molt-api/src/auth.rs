@@ -105,7 +105,6 @@ pub fn new_secret() -> String {
     molt_core::hex::encode(&rand::random::<[u8; 32]>())
 }
 
-
 /// Turns bearer secrets into principals. Cheap to clone.
 #[derive(Clone)]
 pub struct Auth {
