@@ -4,9 +4,11 @@
 
 use std::fs;
 use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use molt_image::{CarriedSignature, ImageError};
+use molt_core::Digest;
+use molt_image::{CarriedSignature, ImageError, ImageStore};
 
 mod support;
 use molt_testkit::needs_command;
@@ -71,15 +73,7 @@ fn a_malformed_signature_annotation_is_refused_and_nothing_is_stored() {
     let app = app();
     let (dir, store) = store();
     let image = store.import_dir(app.path()).unwrap();
-    let archive = dir.path().join("signed.tar");
-    store
-        .export_oci_archive(
-            &image.digest,
-            "latest",
-            &signatures(),
-            fs::File::create(&archive).unwrap(),
-        )
-        .unwrap();
+    let archive = export_signed(&store, &image.digest, dir.path());
     let layout = dir.path().join("layout");
     fs::create_dir_all(&layout).unwrap();
     run(Command::new("tar")
@@ -117,15 +111,7 @@ fn skopeo_reads_and_copies_an_archive_that_carries_signatures() {
     let app = app();
     let (dir, store) = store();
     let image = store.import_dir(app.path()).unwrap();
-    let archive = dir.path().join("signed.tar");
-    store
-        .export_oci_archive(
-            &image.digest,
-            "latest",
-            &signatures(),
-            fs::File::create(&archive).unwrap(),
-        )
-        .unwrap();
+    let archive = export_signed(&store, &image.digest, dir.path());
     let inspect = run(Command::new("skopeo")
         .arg("inspect")
         .arg(format!("oci-archive:{}", archive.display())));
@@ -141,4 +127,18 @@ fn skopeo_reads_and_copies_an_archive_that_carries_signatures() {
         .import_oci_archive(Cursor::new(tar_dir(&copied)), Some("copy"))
         .unwrap();
     assert_eq!(imported.digest, image.digest);
+}
+
+/// `digest` exported as an OCI archive with [`signatures`], at `dir/signed.tar`.
+fn export_signed(store: &ImageStore, digest: &Digest, dir: &Path) -> PathBuf {
+    let archive = dir.join("signed.tar");
+    store
+        .export_oci_archive(
+            digest,
+            "latest",
+            &signatures(),
+            fs::File::create(&archive).unwrap(),
+        )
+        .unwrap();
+    archive
 }

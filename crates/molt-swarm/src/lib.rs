@@ -12,7 +12,7 @@ mod router_image;
 mod secrets;
 mod swarm;
 
-pub use docker::{Docker, API_VERSION, DEFAULT_SOCKET};
+pub use docker::{query_escape, Docker, API_VERSION, DEFAULT_SOCKET};
 pub use router_image::{write_router_tree, ROUTER_EXECUTABLE};
 pub use secrets::LABEL_SECRET;
 pub use swarm::{

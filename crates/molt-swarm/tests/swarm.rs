@@ -279,15 +279,11 @@ async fn a_service_per_environment_runs_scales_heals_and_goes() {
 /// The names of the Docker secrets `owner` made.
 async fn own_secrets(docker: &Docker, owner: &str) -> Vec<String> {
     let filters = serde_json::json!({ "label": [format!("molt.owner={owner}")] }).to_string();
-    let escaped: String = filters
-        .bytes()
-        .map(|b| match b.is_ascii_alphanumeric() {
-            true => char::from(b).to_string(),
-            false => format!("%{b:02X}"),
-        })
-        .collect();
     let secrets: Vec<serde_json::Value> = docker
-        .get(&format!("/secrets?filters={escaped}"), "list secrets")
+        .get(
+            &format!("/secrets?filters={}", molt_swarm::query_escape(&filters)),
+            "list secrets",
+        )
         .await
         .expect("secrets");
     secrets

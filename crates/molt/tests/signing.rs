@@ -280,11 +280,7 @@ async fn signatures_travel_in_an_oci_archive_to_another_molt() {
         (&imported["digest"], &imported["signatures"]),
         (&json!(digest), &json!(1))
     );
-    let listed = away
-        .client
-        .get(&format!("/v1/images/{digest}/signatures"))
-        .await
-        .unwrap();
+    let listed = signatures_of(&away.client, &digest).await;
     assert_eq!(listed[0]["public_key"], pub_hex.as_str(), "{listed}");
     assert_eq!(listed[0]["signature"], signature.as_str(), "{listed}");
     assert_eq!(
@@ -364,14 +360,18 @@ async fn signatures_travel_through_a_registry_to_another_molt() {
         (&pulled["digest"], &pulled["signatures"]),
         (&json!(digest), &json!(1))
     );
-    let listed = away
-        .client
-        .get(&format!("/v1/images/{digest}/signatures"))
-        .await
-        .unwrap();
+    let listed = signatures_of(&away.client, &digest).await;
     assert_eq!(listed[0]["public_key"], pub_hex.as_str(), "{listed}");
     deploys(&away.client, "pushed", &dir, &digest).await;
     away.stop().await;
     home.stop().await;
     drop(registry);
+}
+
+/// The signatures a molt keeps of image `digest`.
+async fn signatures_of(client: &Client, digest: &str) -> Value {
+    client
+        .get(&format!("/v1/images/{digest}/signatures"))
+        .await
+        .expect("the image's signatures")
 }

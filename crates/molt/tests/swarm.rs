@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use molt_provider::{Engine, EnvironmentSpec};
-use molt_swarm::{Docker, Swarm, SwarmConfig, DEFAULT_SOCKET};
+use molt_swarm::{query_escape, Docker, Swarm, SwarmConfig, DEFAULT_SOCKET};
 use serde_json::{json, Value};
 use support::*;
 
@@ -119,50 +119,35 @@ async fn get_via(router: SocketAddr, host: &str) -> (u16, String) {
 }
 
 async fn services(docker: &Docker, owner: &str) -> Vec<String> {
-    let filters =
-        json!({ "label": [format!("molt.owner={owner}"), "molt.role=environment"] }).to_string();
-    let services: Vec<Value> = docker
+    let labels = [
+        format!("molt.owner={owner}"),
+        "molt.role=environment".into(),
+    ];
+    names_of(docker, "services", &labels).await
+}
+
+/// The names of the Docker secrets of `owner`.
+async fn docker_secrets(docker: &Docker, owner: &str) -> Vec<String> {
+    names_of(docker, "secrets", &[format!("molt.owner={owner}")]).await
+}
+
+/// The names of the engine's objects of `kind` (`services`, `secrets`) with every label of
+/// `labels`, sorted.
+async fn names_of(docker: &Docker, kind: &str, labels: &[String]) -> Vec<String> {
+    let filters = json!({ "label": labels }).to_string();
+    let listed: Vec<Value> = docker
         .get(
-            &format!("/services?filters={}", escape(&filters)),
-            "list services",
+            &format!("/{kind}?filters={}", query_escape(&filters)),
+            &format!("list {kind}"),
         )
         .await
-        .expect("services");
-    let mut names: Vec<String> = services
+        .expect("the engine lists them");
+    let mut names: Vec<String> = listed
         .iter()
         .filter_map(|s| s["Spec"]["Name"].as_str().map(str::to_owned))
         .collect();
     names.sort();
     names
-}
-
-/// The names of the Docker secrets of `owner`.
-async fn docker_secrets(docker: &Docker, owner: &str) -> Vec<String> {
-    let filters = json!({ "label": [format!("molt.owner={owner}")] }).to_string();
-    let secrets: Vec<Value> = docker
-        .get(
-            &format!("/secrets?filters={}", escape(&filters)),
-            "list secrets",
-        )
-        .await
-        .expect("secrets");
-    secrets
-        .iter()
-        .filter_map(|s| s["Spec"]["Name"].as_str().map(str::to_owned))
-        .collect()
-}
-
-fn escape(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// Everything the test made on the swarm goes, however it ends.
@@ -322,7 +307,7 @@ async fn deployments_on_a_swarm_through_a_fleet_of_routers() {
         .get(
             &format!(
                 "/tasks?filters={}",
-                escape(&json!({ "service": [molt_swarm::service_name(&env1)] }).to_string())
+                query_escape(&json!({ "service": [molt_swarm::service_name(&env1)] }).to_string())
             ),
             "list tasks",
         )
