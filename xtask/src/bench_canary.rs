@@ -27,7 +27,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use crate::bench_core::{build_molt, import_image, write_backend_app};
+use crate::bench_core::{backend_manifest, build_molt, import_image, write_backend_app};
 use crate::load::Connection;
 use crate::serve::Serve;
 use crate::Output;
@@ -93,7 +93,7 @@ pub async fn run(output: Output) -> Result<()> {
 async fn measure(binary: &Path) -> Result<(Vec<CanaryRun>, KillRun)> {
     progress("starting molt serve (plain processes)");
     let serve = Serve::start(binary).await?;
-    let dir = write_backend_app(serve.scratch_dir(), "canary-app", "shop")?;
+    let dir = write_backend_app(serve.scratch_dir(), "canary-app", &backend_manifest("shop"))?;
     let digest = import_image(&serve.client, &dir).await?;
     let mut canaries = Vec::new();
     deploy(

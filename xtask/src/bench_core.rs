@@ -156,7 +156,7 @@ async fn measure(serve: &Serve) -> Result<Figures> {
         serve.router
     ));
 
-    let app_dir = write_backend_app(serve.scratch_dir(), "app", APP)?;
+    let app_dir = write_backend_app(serve.scratch_dir(), "app", &backend_manifest(APP))?;
     let digest = import_image(client, &app_dir).await?;
     let started = Instant::now();
     let first = client
@@ -178,7 +178,7 @@ async fn measure(serve: &Serve) -> Result<Figures> {
     let (rollback_molt_ms, rollback_client_ms) = measure_rollbacks(client, &mut probe).await?;
     drop(probe);
 
-    let instances = routed_instances(client).await?;
+    let instances = routed_instances(client, APP).await?;
     let throughput = measure_throughput(serve.router, &instances).await?;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -336,7 +336,7 @@ async fn wait_for_release(
 }
 
 /// Polls a deployment until the route has moved and the old environment drained.
-async fn wait_cutover(client: &Client, id: u64) -> Result<Value> {
+pub(crate) async fn wait_cutover(client: &Client, id: u64) -> Result<Value> {
     let deadline = Instant::now() + DEPLOY_LIMIT;
     loop {
         let v = client.get(&format!("/v1/deployments/{id}")).await?;
@@ -365,8 +365,8 @@ async fn serving_release(client: &Client) -> Result<u64> {
 }
 
 /// The instances of the routed environment, where direct load goes.
-async fn routed_instances(client: &Client) -> Result<Vec<SocketAddr>> {
-    let status = client.get(&format!("/v1/status?app={APP}")).await?;
+pub(crate) async fn routed_instances(client: &Client, app: &str) -> Result<Vec<SocketAddr>> {
+    let status = client.get(&format!("/v1/status?app={app}")).await?;
     let envs = status["apps"][0]["envs"]
         .as_array()
         .cloned()
@@ -374,7 +374,7 @@ async fn routed_instances(client: &Client) -> Result<Vec<SocketAddr>> {
     let routed = envs
         .iter()
         .find(|e| e["routed"] == true)
-        .ok_or_else(|| anyhow!("no routed environment for {APP}: {status}"))?;
+        .ok_or_else(|| anyhow!("no routed environment for {app}: {status}"))?;
     let ports: Vec<SocketAddr> = routed["instances"]
         .as_array()
         .into_iter()
@@ -392,13 +392,13 @@ async fn routed_instances(client: &Client) -> Result<Vec<SocketAddr>> {
 
 /// An app folder `scratch/folder`: a copy of this executable as `backend`, and the manifest
 /// of `app`.
-pub(crate) fn write_backend_app(scratch: &Path, folder: &str, app: &str) -> Result<PathBuf> {
+pub(crate) fn write_backend_app(scratch: &Path, folder: &str, manifest: &str) -> Result<PathBuf> {
     let dir = scratch.join(folder);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe().context("locating the xtask executable")?;
     std::fs::copy(&exe, dir.join("backend"))
         .with_context(|| format!("copying {} into the app folder", exe.display()))?;
-    std::fs::write(dir.join("molt.toml"), backend_manifest(app)).context("writing molt.toml")?;
+    std::fs::write(dir.join("molt.toml"), manifest).context("writing molt.toml")?;
     Ok(dir)
 }
 
@@ -451,7 +451,7 @@ pub(crate) fn workspace_root() -> PathBuf {
     xtask.parent().unwrap_or(xtask).to_path_buf()
 }
 
-fn id_of(deployment: &Value) -> Result<u64> {
+pub(crate) fn id_of(deployment: &Value) -> Result<u64> {
     deployment["id"]
         .as_u64()
         .ok_or_else(|| anyhow!("the API answered no deployment id: {deployment}"))

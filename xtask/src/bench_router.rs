@@ -3,22 +3,27 @@
 //! keep-alive settings (HTTP/1.1 both ways):
 //!
 //! 1. requests/s and p50/p99/p99.9 latency for each target — the backend direct, molt's router
-//!    (`xtask router-server`, its own process), nginx, HAProxy, Caddy — at each concurrency and
-//!    response size, the targets interleaved within each cell so drift hits them alike;
+//!    (`xtask router-server`, its own process), `molt serve` itself, nginx, HAProxy, Caddy — at
+//!    each concurrency and response size, the targets interleaved within each cell so drift
+//!    hits them alike;
 //! 2. swap under load: 100 route swaps blue <-> green while load runs through molt; every
 //!    request must succeed;
 //! 3. the cost of 10 000 hostnames in molt's table against 1 (goal: < 5 % throughput loss);
 //! 4. molt's router with clients speaking h2c (prior knowledge) against HTTP/1.1, alternating
 //!    runs;
-//! 5. h2 over TLS, HTTP/1.1 over TLS and h2c cells for molt and the peers, loaded by h2load
-//!    (installed from Debian's nghttp2-client when missing), with a self-signed certificate
-//!    the bench makes.
+//! 5. h2 over TLS, HTTP/1.1 over TLS and h2c cells for molt, `molt serve` and the peers,
+//!    loaded by h2load (installed from Debian's nghttp2-client when missing), with a
+//!    self-signed certificate the bench makes.
+//!
+//! The backend of every target is one process: the bench backend deployed by `molt serve` as
+//! an app of one instance.
 //!
 //! The HTTP/1.1 cells are GETs of a small and a 64 KiB answer, and POSTs of a 4 KiB and a
 //! 1 MiB body (answered small; the backend reads every body to its end). nginx and HAProxy
 //! get as many workers/threads as molt's router has threads (two).
 
 mod h2;
+mod serve;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -95,6 +100,8 @@ pub(crate) enum Target {
     Direct,
     /// molt's router (`xtask router-server`).
     Molt,
+    /// `molt serve`, as users run it: its router and its TLS listener.
+    MoltServe,
     /// A peer proxy.
     Peer(Peer),
 }
@@ -272,6 +279,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Molt => "molt",
+            Target::MoltServe => "molt serve",
             Target::Peer(peer) => peer.name(),
         }
     }
@@ -347,7 +355,7 @@ impl RouterFigures {
             .cells
             .iter()
             .flat_map(|c| &c.runs)
-            .filter(|run| run.target == Target::Molt)
+            .filter(|run| matches!(run.target, Target::Molt | Target::MoltServe))
             .map(|run| run.load.errors)
             .sum();
         cells + h2 + self.swap.load.errors
@@ -426,16 +434,21 @@ async fn measure(plan: Plan, dir: &Path) -> Result<RouterFigures> {
     }
 
     let exe = std::env::current_exe().context("locating the xtask executable")?;
-    let lineup = start_lineup(&exe, dir, &ready, &mut peers).await?;
+    let files = h2::self_signed_certificate(dir)?;
+    let served = serve::start(dir, &files).await?;
+    let lineup = start_lineup(&exe, dir, &ready, &mut peers, &served).await?;
     let measured = match measure_with(&plan, &exe, dir, &lineup).await {
         Ok(measured) => Ok((
             measured,
-            measure_h2(&plan, &exe, dir, lineup.backend, &ready).await,
+            measure_h2(&plan, &exe, dir, &files, &served, &ready).await,
         )),
         Err(e) => Err(e),
     };
     // Stopped before the figures (or the error) are printed.
     lineup.stop().await;
+    if let Err(e) = served.serve.stop().await {
+        progress(&format!("molt serve: {e:#}"));
+    }
     let ((cells, swap, routes, protocols), h2) = measured?;
     Ok(RouterFigures {
         plan,
@@ -510,23 +523,16 @@ async fn measure_with(
     Ok((cells, swap, routes, protocols))
 }
 
-/// Starts the backend, molt's router and every ready peer, and waits until each answers.
-/// A peer that does not start is skipped, with its reason in `peers`.
+/// Starts molt's router and every ready peer in front of `served`'s instance, and waits until
+/// each answers. A peer that does not start is skipped, with its reason in `peers`.
 async fn start_lineup(
     exe: &Path,
     dir: &Path,
     ready: &[(Peer, std::path::PathBuf)],
     peers: &mut [PeerInfo],
+    served: &serve::Served,
 ) -> Result<Lineup> {
-    let backend = free_port()?;
-    let mut command = Command::new(exe);
-    command
-        .arg("backend")
-        .env("PORT", backend.port().to_string())
-        .env("MOLT_APP", APP)
-        .env("MOLT_RELEASE", RELEASE);
-    let mut child = ChildProcess::spawn("backend", command, dir)?;
-    child.wait_until_answers(backend, HOST, "/").await?;
+    let backend = served.instance;
     let mut lineup = Lineup {
         backend,
         targets: vec![Endpoint {
@@ -534,7 +540,7 @@ async fn start_lineup(
             addr: backend,
             proxy_group: None,
         }],
-        children: vec![child],
+        children: Vec::new(),
     };
 
     let molt = free_port()?;
@@ -546,6 +552,11 @@ async fn start_lineup(
         proxy_group: Some(child.pid()),
     });
     lineup.children.push(child);
+    lineup.targets.push(Endpoint {
+        target: Target::MoltServe,
+        addr: served.serve.router,
+        proxy_group: Some(served.serve.pid()),
+    });
 
     for (peer, path) in ready {
         let addr = free_port()?;
@@ -807,7 +818,7 @@ fn spec(addr: SocketAddr, size: BodySize, concurrency: usize, duration: Duration
     }
 }
 
-/// What the backend answers on `/`.
+/// What the backend answers on `/`: its app is `APP` and `molt serve` deploys it as release 1.
 fn small_body() -> String {
     format!("hello from {APP} {RELEASE}\n")
 }

@@ -15,7 +15,7 @@ use crate::router_server::{HOST, WORKER_THREADS};
 /// Said in both outputs: what the HTTP/2 cells are.
 const H2_NOTE: &str = "h2: the HTTP/1.1 cells come first; then h2 over TLS (ALPN, a self-signed \
                        certificate made by the bench), HTTP/1.1 over TLS (h1/TLS, same listener) \
-                       and h2c (prior knowledge) to molt and each \
+                       and h2c (prior knowledge) to molt, molt serve and each \
                        peer, loaded by h2load with one stream in flight per connection, small \
                        answers, upstreams over HTTP/1.1 (no direct row: the backend speaks \
                        HTTP/1.1 only)";
@@ -39,6 +39,11 @@ pub(crate) fn print_table(f: &RouterFigures) {
          process each; molt {WORKER_THREADS} threads with a runtime each, nginx/HAProxy/Caddy 2 \
          workers)"
     );
+    println!(
+        "molt: xtask router-server (the molt-router library alone); molt serve: the release \
+         binary with --router-threads {WORKER_THREADS} and a TLS listener, whose one instance of \
+         the backend every target proxies to"
+    );
     println!("{H2_NOTE}");
     println!(
         "cpu/req: user+system CPU time of the proxy's processes per request (less is better; \
@@ -59,7 +64,7 @@ pub(crate) fn print_table(f: &RouterFigures) {
     }
     println!();
     println!(
-        "{:<6}{:>5}  {:<8}{:>9}{:>10}{:>10}{:>10}{:>8}{:>10}{:>10}",
+        "{:<6}{:>5}  {:<11}{:>9}{:>10}{:>10}{:>10}{:>8}{:>10}{:>10}",
         "body", "conc", "target", "req/s", "p50", "p99", "p99.9", "errors", "vs nginx", "cpu/req"
     );
     for (i, cell) in f.cells.iter().enumerate() {
@@ -133,20 +138,24 @@ pub(crate) fn print_table(f: &RouterFigures) {
         runs(&protocols.h2c)
     );
     println!();
-    let ratio = |size: BodySize| {
-        f.cells
+    let ratios = |target: Target| {
+        BodySize::ALL
             .iter()
-            .find(|c| c.size == size && c.concurrency == 64)
-            .and_then(|c| c.result(Target::Molt).and_then(|r| c.vs_nginx(r)))
-            .map_or_else(|| "-".to_string(), |x| format!("{x:.2}"))
+            .map(|&size| {
+                f.cells
+                    .iter()
+                    .find(|c| c.size == size && c.concurrency == 64)
+                    .and_then(|c| c.result(target).and_then(|r| c.vs_nginx(r)))
+                    .map_or_else(|| "-".to_string(), |x| format!("{x:.2}"))
+            })
+            .collect::<Vec<_>>()
+            .join(" / ")
     };
     println!(
-        "bench router: molt/nginx req/s at c=64 {} (small), {} (64 KiB), {} (POST 4 KiB), {} \
-         (POST 1 MiB); swap under load {} errors in {} swaps; 10 000 routes cost {:.1} %",
-        ratio(BodySize::Small),
-        ratio(BodySize::Big),
-        ratio(BodySize::Post4KiB),
-        ratio(BodySize::Post1MiB),
+        "bench router: req/s over nginx's at c=64 (small / 64 KiB / POST 4 KiB / POST 1 MiB): \
+         molt {}, molt serve {}; swap under load {} errors in {} swaps; 10 000 routes cost {:.1} %",
+        ratios(Target::Molt),
+        ratios(Target::MoltServe),
         f.swap.load.errors + f.swap.router_failed,
         f.swap.swaps,
         routes.loss_percent()
@@ -179,7 +188,7 @@ fn print_run(label: &str, concurrency: usize, run: &Run, vs_nginx: Option<f64>) 
         .proxy_cpu_per_request
         .map_or_else(|| "-".to_string(), latency);
     println!(
-        "{:<6}{:>5}  {:<8}{:>9.0}{:>10}{:>10}{:>10}{:>8}{vs_nginx:>10}{cpu:>10}",
+        "{:<6}{:>5}  {:<11}{:>9.0}{:>10}{:>10}{:>10}{:>8}{vs_nginx:>10}{cpu:>10}",
         label,
         concurrency,
         run.target.name(),

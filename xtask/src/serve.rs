@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ pub struct Serve {
     pub client: Client,
     /// The router's address.
     pub router: SocketAddr,
+    /// The router's TLS listener, when started with `--tls-listen`.
+    pub router_tls: Option<SocketAddr>,
     process: Guarded,
 }
 
@@ -58,7 +61,10 @@ impl Serve {
         let data = root.path().join("data");
         let log = root.path().join("serve.log");
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // Its own process group (instances get theirs), so the group's CPU time is the
+        // server's alone.
         let child = Command::new(binary)
+            .process_group(0)
             .arg("--data-dir")
             .arg(&data)
             .args(["serve", "--api-listen", "127.0.0.1:0"])
@@ -84,12 +90,17 @@ impl Serve {
                 .ok_or_else(|| anyhow!("serve.json has no valid \"{key}\" address: {endpoints}"))
         };
         let (api, router) = (address("api")?, address("router")?);
+        let router_tls = match endpoints.get("router_tls") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(address("router_tls")?),
+        };
         let token = read_trimmed(&data.join("admin.token"))?;
         let owner = read_trimmed(&data.join("owner.id"))?;
         process.owner = Some(owner.get(..16).unwrap_or(&owner).to_string());
         Ok(Serve {
             client: Client::new(&format!("http://{api}"), &token),
             router,
+            router_tls,
             process,
         })
     }

@@ -93,7 +93,7 @@ impl CutoverRow {
 /// the route ends on v2's, v1's stays warm.
 pub(crate) async fn two_warm_environments(serve: &Serve) -> Result<[Target; 2]> {
     let client = &serve.client;
-    let app_dir = write_backend_app(serve.scratch_dir(), "fleet-app", APP)?;
+    let app_dir = write_backend_app(serve.scratch_dir(), "fleet-app", &backend_manifest(APP))?;
     let digest = import_image(client, &app_dir).await?;
     let first = client
         .post(

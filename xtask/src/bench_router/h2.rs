@@ -1,5 +1,6 @@
 //! The TLS and HTTP/2 cells of `bench router`: h2 over TLS, HTTP/1.1 over TLS and h2c, for
-//! molt's router and every peer that starts with both listeners, loaded by h2load.
+//! molt's router, `molt serve` and every peer that starts with both listeners, loaded by
+//! h2load.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,23 +9,38 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::serve::Served;
 use super::{free_port, progress, BodySize, H2Cell, H2Figures, Plan, Run, Target, PAUSE};
 use crate::child::{group_cpu_time, ChildProcess};
 use crate::h2load::{self, H2Spec, H2};
 use crate::peers::{Peer, TlsFiles};
 use crate::router_server::{RouterServerArgs, Serving, TlsListener, HOST};
 
-/// h2 over TLS and h2c through molt and every peer that starts with both listeners, loaded
-/// by h2load (small answers, one stream in flight per connection), targets interleaved within
-/// each cell. Nothing here fails the bench: a missing h2load or a peer that does not start is
-/// reported as skipped.
+/// One target of the HTTP/2 cells.
+struct H2Target {
+    target: Target,
+    tls: SocketAddr,
+    /// Where it takes h2c (prior knowledge).
+    h2c: SocketAddr,
+    /// The process group whose CPU time it uses.
+    group: u32,
+    /// The process started for these cells (`molt serve` runs for the whole bench).
+    child: Option<ChildProcess>,
+}
+
+/// h2 over TLS and h2c through molt, `molt serve` and every peer that starts with both
+/// listeners, loaded by h2load (small answers, one stream in flight per connection), targets
+/// interleaved within each cell. Nothing here fails the bench: a missing h2load or a peer that
+/// does not start is reported as skipped.
 pub(super) async fn measure_h2(
     plan: &Plan,
     exe: &Path,
     dir: &Path,
-    backend: SocketAddr,
+    files: &TlsFiles,
+    served: &Served,
     ready: &[(Peer, std::path::PathBuf)],
 ) -> Result<H2Figures> {
+    let backend = served.instance;
     let mut figures = H2Figures {
         cells: Vec::new(),
         skipped: Vec::new(),
@@ -37,9 +53,7 @@ pub(super) async fn measure_h2(
             return Ok(figures);
         }
     };
-    let files = self_signed_certificate(dir)?;
-    // (target, TLS address, h2c address, process)
-    let mut targets: Vec<(Target, SocketAddr, SocketAddr, ChildProcess)> = Vec::new();
+    let mut targets = Vec::new();
     let (tls, h2c) = (free_port()?, free_port()?);
     let args = RouterServerArgs {
         listen: h2c,
@@ -57,59 +71,89 @@ pub(super) async fn measure_h2(
     let mut command = Command::new(exe);
     command.args(args.to_args());
     let child = ChildProcess::spawn("molt-h2", command, dir)?;
-    targets.push((Target::Molt, tls, h2c, child));
+    targets.push(H2Target {
+        target: Target::Molt,
+        tls,
+        h2c,
+        group: child.pid(),
+        child: Some(child),
+    });
+    // Its plain listener takes h2c like the router-server's.
+    targets.push(H2Target {
+        target: Target::MoltServe,
+        tls: served.tls,
+        h2c: served.serve.router,
+        group: served.serve.pid(),
+        child: None,
+    });
     for (peer, path) in ready {
         let (tls, h2c) = (free_port()?, free_port()?);
-        match peer.start_h2(path, dir, tls, h2c, backend, &files) {
-            Ok(child) => targets.push((Target::Peer(*peer), tls, h2c, child)),
+        match peer.start_h2(path, dir, tls, h2c, backend, files) {
+            Ok(child) => targets.push(H2Target {
+                target: Target::Peer(*peer),
+                tls,
+                h2c,
+                group: child.pid(),
+                child: Some(child),
+            }),
             Err(e) => figures.skipped.push(format!("{} (h2): {e:#}", peer.name())),
         }
     }
     let mut up = Vec::new();
-    for (target, tls, h2c, mut child) in targets {
+    for mut target in targets {
         let mut answers = Ok(());
-        for (protocol, addr) in [(H2::Tls, tls), (H2::Http1Tls, tls), (H2::Cleartext, h2c)] {
+        for (protocol, addr) in [
+            (H2::Tls, target.tls),
+            (H2::Http1Tls, target.tls),
+            (H2::Cleartext, target.h2c),
+        ] {
             if answers.is_ok() {
                 answers = h2load::wait_until_answers(&h2load, protocol, addr, HOST).await;
             }
         }
         match answers {
-            Ok(()) => up.push((target, tls, h2c, child)),
+            Ok(()) => up.push(target),
             Err(e) => {
-                let why = format!(
-                    "{} (h2): {e:#}; its log: {}",
-                    target.name(),
-                    child.stderr_tail()
+                let log = target.child.as_ref().map_or_else(
+                    || "molt serve's log is in its temp dir".to_string(),
+                    ChildProcess::stderr_tail,
                 );
+                let why = format!("{} (h2): {e:#}; its log: {log}", target.target.name());
                 progress(&format!("skipped: {why}"));
                 figures.skipped.push(why);
-                let _ = child.stop().await;
+                if let Some(mut child) = target.child.take() {
+                    let _ = child.stop().await;
+                }
             }
         }
     }
     let log = dir.join("h2load.log");
     let measured = async {
-        for (_, tls, h2c, _) in &up {
-            for (protocol, addr) in [(H2::Tls, *tls), (H2::Http1Tls, *tls), (H2::Cleartext, *h2c)] {
+        for target in &up {
+            for (protocol, addr) in [
+                (H2::Tls, target.tls),
+                (H2::Http1Tls, target.tls),
+                (H2::Cleartext, target.h2c),
+            ] {
                 h2load::run(&h2_spec(&h2load, protocol, addr, 16, plan.warmup, &log)).await?;
             }
         }
         for protocol in [H2::Tls, H2::Http1Tls, H2::Cleartext] {
             for &concurrency in plan.concurrencies {
                 let mut runs = Vec::new();
-                for (target, tls, h2c, child) in &up {
+                for target in &up {
                     tokio::time::sleep(PAUSE).await;
                     let addr = if protocol == H2::Cleartext {
-                        *h2c
+                        target.h2c
                     } else {
-                        *tls
+                        target.tls
                     };
-                    let before = group_cpu_time(child.pid());
+                    let before = group_cpu_time(target.group);
                     let spec = h2_spec(&h2load, protocol, addr, concurrency, plan.cell, &log);
                     let load = h2load::run(&spec).await?;
-                    let cpu = group_cpu_time(child.pid()).saturating_sub(before);
+                    let cpu = group_cpu_time(target.group).saturating_sub(before);
                     runs.push(Run {
-                        target: *target,
+                        target: target.target,
                         proxy_cpu_per_request: Some(cpu / (load.ok.max(1) as u32)),
                         load,
                     });
@@ -132,7 +176,7 @@ pub(super) async fn measure_h2(
         anyhow::Ok(())
     }
     .await;
-    for (_, _, _, mut child) in up {
+    for mut child in up.into_iter().filter_map(|target| target.child) {
         let pid = child.pid();
         if let Err(e) = child.stop().await {
             progress(&format!("pid {pid}: {e:#}"));
@@ -163,7 +207,7 @@ fn h2_spec<'a>(
 }
 
 /// A self-signed certificate for `HOST`, written as PEM files into `dir`.
-fn self_signed_certificate(dir: &Path) -> Result<TlsFiles> {
+pub(super) fn self_signed_certificate(dir: &Path) -> Result<TlsFiles> {
     let certified = rcgen::generate_simple_self_signed(vec![HOST.to_string()])
         .context("making a self-signed certificate")?;
     let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
