@@ -41,14 +41,20 @@ impl RequestIds {
     }
 
     /// The client's `X-Request-Id` if it is a sane token, else a new id.
+    ///
+    /// The value is marked sensitive, which HTTP/2 encodes as a literal "never indexed"
+    /// (HTTP/1.1 ignores the mark). Every request has its own id, so an id put in HPACK's
+    /// dynamic table is never sent again: indexing it would cost the encoder a walk through
+    /// every earlier id in the table (each compared with this one) and evict the entries that
+    /// do repeat, such as `date` and `content-type`.
     pub(crate) fn assign(&self, headers: &HeaderMap) -> HeaderValue {
         let mut supplied = headers.get_all(&X_REQUEST_ID).iter();
-        if let (Some(id), None) = (supplied.next(), supplied.next()) {
-            if is_sane_id(id.as_bytes()) {
-                return id.clone();
-            }
-        }
-        self.generate()
+        let mut id = match (supplied.next(), supplied.next()) {
+            (Some(id), None) if is_sane_id(id.as_bytes()) => id.clone(),
+            _ => self.generate(),
+        };
+        id.set_sensitive(true);
+        id
     }
 
     fn generate(&self) -> HeaderValue {
@@ -160,7 +166,12 @@ mod tests {
         let a = ids.assign(&HeaderMap::new());
         let b = ids.assign(&HeaderMap::new());
         assert_ne!(a, b);
-        assert!(is_sane_id(a.as_bytes()), "{a:?}");
+        assert!(is_sane_id(a.as_bytes()), "{:?}", a.to_str());
+        // Never indexed by HPACK, whether made here or kept from the client.
+        assert!(a.is_sensitive() && b.is_sensitive());
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("client-1"));
+        assert!(ids.assign(&headers).is_sensitive());
         let text = a.to_str().expect("ascii");
         assert_eq!(text.len(), 18, "{text}");
         assert!(text.ends_with("-1"), "{text}");
