@@ -111,6 +111,10 @@ pub enum Output {
     Json,
 }
 
+/// The molt binary's allocator, so `router-server` measures the router as `molt serve` runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let task = match parse(&args) {
