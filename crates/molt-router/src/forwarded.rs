@@ -9,39 +9,30 @@ use hyper::HeaderMap;
 use crate::config::ClientScheme;
 
 /// Appends this hop (`for=<client>;proto=<http|https>;host=<host>`) to the request's
-/// `Forwarded` header, joining earlier hops into one comma-separated value.
+/// `Forwarded` header, joining earlier hops into one comma-separated value. Written into one
+/// buffer that becomes the header value as it is: this runs for every request that hyper
+/// serves.
 pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
     client: IpAddr,
     scheme: ClientScheme,
     host: &HeaderValue,
 ) {
-    let element = forwarded_element(client, scheme, host.to_str().ok());
-    let mut joined = String::new();
+    let mut value = Vec::with_capacity(96);
     for prior in headers.get_all(FORWARDED) {
         if let Ok(prior) = prior.to_str() {
-            joined.push_str(prior);
-            joined.push_str(", ");
+            value.extend_from_slice(prior.as_bytes());
+            value.extend_from_slice(b", ");
         }
     }
-    joined.push_str(&element);
-    if let Ok(value) = HeaderValue::from_str(&joined) {
+    push_forwarded_element(&mut Bytes(&mut value), client, scheme, host.to_str().ok());
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(FORWARDED, value);
     }
 }
 
-/// This proxy's element of the `Forwarded` header: `for=<client>;proto=<scheme>[;host=<host>]`.
-pub(crate) fn forwarded_element(
-    client: IpAddr,
-    scheme: ClientScheme,
-    host: Option<&str>,
-) -> String {
-    let mut element = String::with_capacity(64);
-    push_forwarded_element(&mut element, client, scheme, host);
-    element
-}
-
-/// Writes [`forwarded_element`] to `out`.
+/// Writes this proxy's element of the `Forwarded` header to `out`:
+/// `for=<client>;proto=<scheme>[;host=<host>]`.
 pub(crate) fn push_forwarded_element<W: Write>(
     out: &mut W,
     client: IpAddr,
@@ -95,21 +86,25 @@ pub(crate) fn push_ip<W: Write>(out: &mut W, ip: IpAddr) {
 /// RFC 7230 token characters may stand alone; anything else (e.g. the `:` of a port) is
 /// sent as a quoted string.
 fn push_token_or_quoted<W: Write>(out: &mut W, value: &str) {
-    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if !value.is_empty() && value.chars().all(is_tchar) {
+    if !value.is_empty() && value.bytes().all(is_tchar) {
         out.write_str(value).expect("infallible writer");
         return;
     }
-    let mut quoted = String::with_capacity(value.len() + 2);
-    quoted.push('"');
-    for c in value.chars() {
-        if c == '"' || c == '\\' {
-            quoted.push('\\');
-        }
-        quoted.push(c);
+    out.write_char('"').expect("infallible writer");
+    let mut rest = value;
+    while let Some(at) = rest.find(['"', '\\']) {
+        out.write_str(&rest[..at]).expect("infallible writer");
+        out.write_char('\\').expect("infallible writer");
+        out.write_str(&rest[at..=at]).expect("infallible writer");
+        rest = &rest[at + 1..];
     }
-    quoted.push('"');
-    out.write_str(&quoted).expect("infallible writer");
+    out.write_str(rest).expect("infallible writer");
+    out.write_char('"').expect("infallible writer");
+}
+
+/// RFC 9110's `tchar`: what a token is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A `fmt::Write` that appends to a byte buffer.
@@ -167,5 +162,20 @@ mod tests {
             headers.get_all(FORWARDED).iter().collect::<Vec<_>>(),
             ["for=1.1.1.1, for=2.2.2.2, for=\"[::1]\";proto=https;host=\"app.test:8080\""]
         );
+    }
+
+    #[test]
+    fn quoted_strings_escape_quotes_and_backslashes() {
+        let quoted = |value: &str| {
+            let mut out = String::new();
+            push_token_or_quoted(&mut out, value);
+            out
+        };
+        assert_eq!(quoted("app.test"), "app.test");
+        assert_eq!(quoted("a!#$%&'*+-.^_`|~z"), "a!#$%&'*+-.^_`|~z");
+        assert_eq!(quoted(""), "\"\"");
+        assert_eq!(quoted("app.test:80"), "\"app.test:80\"");
+        assert_eq!(quoted("a\"b\\c d"), "\"a\\\"b\\\\c d\"");
+        assert_eq!(quoted("\"\""), "\"\\\"\\\"\"");
     }
 }
