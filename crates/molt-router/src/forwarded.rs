@@ -7,6 +7,7 @@ use hyper::header::{HeaderValue, FORWARDED};
 use hyper::HeaderMap;
 
 use crate::config::ClientScheme;
+use crate::http1::{is_visible, push_field};
 
 /// Appends this hop (`for=<client>;proto=<http|https>;host=<host>`) to the request's
 /// `Forwarded` header, joining earlier hops into one comma-separated value. Written into one
@@ -29,6 +30,40 @@ pub(crate) fn add_forwarded(
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(FORWARDED, value);
     }
+}
+
+/// Writes the forwarding fields of an upstream head: `Forwarded` (the earlier hops, then this
+/// one), `X-Forwarded-For` (the earlier values, then the client), `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`, each once. The caller leaves the client's own fields of those names out
+/// of the head, passing the earlier `Forwarded` values that are visible text and every
+/// `X-Forwarded-For` value. The same fields as [`add_forwarded`] and
+/// `headers::add_forwarding` give a header map, for heads written as bytes.
+pub(crate) fn push_forwarding_fields<'a>(
+    out: &mut Vec<u8>,
+    forwarded: impl IntoIterator<Item = &'a [u8]>,
+    forwarded_for: impl IntoIterator<Item = &'a [u8]>,
+    client: IpAddr,
+    scheme: ClientScheme,
+    host: &[u8],
+) {
+    out.extend_from_slice(b"forwarded: ");
+    for prior in forwarded {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    let host_text = std::str::from_utf8(host)
+        .ok()
+        .filter(|host| is_visible(host.as_bytes()));
+    push_forwarded_element(&mut Bytes(out), client, scheme, host_text);
+    out.extend_from_slice(b"\r\nx-forwarded-for: ");
+    for prior in forwarded_for {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    push_ip(&mut Bytes(out), client);
+    out.extend_from_slice(b"\r\n");
+    push_field(out, b"x-forwarded-proto", scheme.as_str().as_bytes());
+    push_field(out, b"x-forwarded-host", host);
 }
 
 /// Writes this proxy's element of the `Forwarded` header to `out`:

@@ -41,7 +41,7 @@ static HOP_BY_HOP_NAMES: [&HeaderName; 7] = [
     &UPGRADE,
 ];
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -98,6 +98,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP_NAMES {
         headers.remove(name);
     }
+}
+
+/// `X-Forwarded-For`, `-Proto` or `-Host`: fields a forwarded request gets from this hop
+/// (the client's own are replaced or, for `-For`, extended).
+pub(crate) fn is_forwarding_field(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST
 }
 
 /// Tells the upstream who the client is: appends the client to `X-Forwarded-For` and sets

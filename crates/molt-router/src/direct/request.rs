@@ -16,7 +16,7 @@ use crate::access::AccessEntry;
 use crate::attempts::is_idempotent_read;
 use crate::body::ResponseBody;
 use crate::config::ClientScheme;
-use crate::forwarded::{self, push_forwarded_element, push_ip};
+use crate::forwarded::push_forwarding_fields;
 use crate::headers::{is_hop_by_hop, Listed};
 use crate::http1::{is_visible, parse_length, push_field, tokens, MAX_HEADERS};
 use crate::page;
@@ -393,24 +393,7 @@ pub(super) fn write_upstream_head(
         push_field(out, b"transfer-encoding", b"chunked");
     }
     push_field(out, b"x-request-id", request_id.as_bytes());
-    let host = std::str::from_utf8(head.host)
-        .ok()
-        .filter(|host| is_visible(host.as_bytes()));
-    out.extend_from_slice(b"forwarded: ");
-    for prior in forwarded {
-        out.extend_from_slice(prior);
-        out.extend_from_slice(b", ");
-    }
-    push_forwarded_element(&mut forwarded::Bytes(out), client, scheme, host);
-    out.extend_from_slice(b"\r\nx-forwarded-for: ");
-    for prior in forwarded_for {
-        out.extend_from_slice(prior);
-        out.extend_from_slice(b", ");
-    }
-    push_ip(&mut forwarded::Bytes(out), client);
-    out.extend_from_slice(b"\r\n");
-    push_field(out, b"x-forwarded-proto", scheme.as_str().as_bytes());
-    push_field(out, b"x-forwarded-host", head.host);
+    push_forwarding_fields(out, forwarded, forwarded_for, client, scheme, head.host);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderValue, COOKIE};
+use hyper::header::{HeaderValue, COOKIE, FORWARDED};
 use hyper::http::request;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -19,8 +19,8 @@ use tracing::debug;
 use crate::attempts::{self, at_connection_limit, is_idempotent_read, Attempt, Attempted, Settled};
 use crate::body::{relay, relay_socket, ResponseBody};
 use crate::config::ClientScheme;
-use crate::forwarded::add_forwarded;
-use crate::headers::{add_forwarding, strip_hop_by_hop};
+use crate::forwarded::{add_forwarded, push_forwarding_fields};
+use crate::headers::{add_forwarding, is_forwarding_field, strip_hop_by_hop, X_FORWARDED_FOR};
 use crate::limits::{BodyFault, FaultProbe, LimitedBody};
 use crate::page;
 use crate::route::{Route, Upstream};
@@ -82,8 +82,6 @@ impl Router {
         let (mut head, body) = request.into_parts();
         let scheme = ClientScheme::of(&head.extensions);
         strip_hop_by_hop(&mut head.headers);
-        add_forwarded(&mut head.headers, client, scheme, &host);
-        add_forwarding(&mut head.headers, client, scheme, host);
         let path = head
             .uri
             .path_and_query()
@@ -99,12 +97,17 @@ impl Router {
         let (body, fault) = LimitedBody::new(body, allowance.max_body);
         let body = (!replayable).then_some(body);
         // Bodiless requests go over a pooled plain socket like the direct path's, not through
-        // hyper's client (HTTP/1.1 instances only).
+        // hyper's client (HTTP/1.1 instances only). Their forwarding fields are written into
+        // the head as it is made; hyper's client gets them in the header map.
         let plain = match self.upstreams.sockets() {
             Some(sockets) if replayable && self.config.direct_path => {
-                Some((sockets, forward.plain_head()))
+                Some((sockets, forward.plain_head(client, scheme, &host)))
             }
-            _ => None,
+            _ => {
+                add_forwarded(&mut forward.head.headers, client, scheme, &host);
+                add_forwarding(&mut forward.head.headers, client, scheme, host);
+                None
+            }
         };
         let head_only = forward.head.method == Method::HEAD;
         let mut attempt = UpstreamAttempt {
@@ -230,16 +233,18 @@ impl std::fmt::Display for SendError {
 }
 
 impl Forward {
-    /// The whole HTTP/1.1 head for an instance: request line and fields (several `Cookie`
-    /// fields, as h2 clients send them, joined into one as RFC 9113 §8.2.3 asks).
-    fn plain_head(&self) -> Vec<u8> {
+    /// The whole HTTP/1.1 head for an instance: request line, fields (several `Cookie`
+    /// fields, as h2 clients send them, joined into one as RFC 9113 §8.2.3 asks) and the
+    /// forwarding fields of this hop.
+    fn plain_head(&self, client: IpAddr, scheme: ClientScheme, host: &HeaderValue) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(self.head.method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(self.path.as_str().as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &self.head.headers {
-            if name == COOKIE {
+        let headers = &self.head.headers;
+        for (name, value) in headers {
+            if name == COOKIE || name == FORWARDED || is_forwarding_field(name) {
                 continue;
             }
             out.extend_from_slice(name.as_str().as_bytes());
@@ -257,6 +262,23 @@ impl Forward {
             }
             out.extend_from_slice(b"\r\n");
         }
+        let forwarded = headers
+            .get_all(FORWARDED)
+            .iter()
+            .filter(|prior| prior.to_str().is_ok())
+            .map(HeaderValue::as_bytes);
+        let forwarded_for = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes);
+        push_forwarding_fields(
+            &mut out,
+            forwarded,
+            forwarded_for,
+            client,
+            scheme,
+            host.as_bytes(),
+        );
         out.extend_from_slice(b"\r\n");
         out
     }
@@ -303,5 +325,78 @@ fn upstream_failure(in_flight: &mut InFlight, fault: &FaultProbe) -> Response<Re
             StatusCode::BAD_GATEWAY,
             "molt: the application could not be reached\n",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderName;
+    use hyper::HeaderMap;
+
+    /// The fields of a written head, in a map.
+    fn fields_of(head: &[u8]) -> HeaderMap {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut fields);
+        assert!(request.parse(head).expect("a valid head").is_complete());
+        let mut map = HeaderMap::new();
+        for field in request.headers.iter() {
+            map.append(
+                HeaderName::from_bytes(field.name.as_bytes()).expect("name"),
+                HeaderValue::from_bytes(field.value).expect("value"),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn a_plain_head_carries_the_forwarding_fields_hyper_s_client_would_get() {
+        let earlier: [&[(&str, &[u8])]; 3] = [
+            &[("accept", b"*/*")],
+            &[
+                ("forwarded", b"for=1.1.1.1"),
+                ("x-forwarded-for", b"1.1.1.1"),
+                ("x-forwarded-proto", b"https"),
+                ("x-forwarded-host", b"elsewhere.test"),
+                ("x-request-id", b"id-1"),
+            ],
+            &[
+                ("forwarded", b"for=1.1.1.1"),
+                ("forwarded", b"for=\xc3\xa9"),
+                ("forwarded", b"for=2.2.2.2"),
+                ("x-forwarded-for", b"3.3.3.3"),
+                ("x-forwarded-for", b"4.4.4.4, 5.5.5.5"),
+            ],
+        ];
+        let hops = [
+            ("10.0.0.7", ClientScheme::Http, &b"app.test"[..]),
+            ("::1", ClientScheme::Https, b"app.test:8443"),
+            ("127.0.0.1", ClientScheme::Https, b"caf\xc3\xa9.test"),
+        ];
+        for fields in earlier {
+            for (client, scheme, host) in hops {
+                let client: IpAddr = client.parse().expect("ip");
+                let host = HeaderValue::from_bytes(host).expect("host");
+                let mut request = Request::get("/path?q=1").body(()).expect("request");
+                for (name, value) in fields {
+                    request.headers_mut().append(
+                        HeaderName::from_static(name),
+                        HeaderValue::from_bytes(value).expect("value"),
+                    );
+                }
+                let (head, ()) = request.into_parts();
+                let mut expected = head.headers.clone();
+                add_forwarded(&mut expected, client, scheme, &host);
+                add_forwarding(&mut expected, client, scheme, host.clone());
+                let forward = Forward {
+                    head,
+                    path: PathAndQuery::from_static("/path?q=1"),
+                };
+                let written = forward.plain_head(client, scheme, &host);
+                assert!(written.starts_with(b"GET /path?q=1 HTTP/1.1\r\n"));
+                assert!(written.ends_with(b"\r\n\r\n"));
+                assert_eq!(fields_of(&written), expected, "{fields:?} via {client}");
+            }
+        }
     }
 }
