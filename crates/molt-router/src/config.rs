@@ -141,14 +141,6 @@ impl ClientScheme {
             ClientScheme::Https => "https",
         }
     }
-
-    /// The scheme the router noted on a request (plain when none was noted).
-    pub(crate) fn of(extensions: &hyper::http::Extensions) -> ClientScheme {
-        extensions
-            .get::<ClientScheme>()
-            .copied()
-            .unwrap_or(ClientScheme::Http)
-    }
 }
 
 impl Default for EjectionPolicy {

@@ -250,13 +250,20 @@ impl Router {
         request: &Request<B>,
         client: IpAddr,
         host: &HeaderValue,
+        scheme: ClientScheme,
     ) {
         let settings = MirrorSettings {
             timeout: self.config.upstream_timeout,
             ejection: self.config.ejection,
         };
-        self.shadows
-            .mirror(&self.upstreams, shadow, request, client, host, settings);
+        self.shadows.mirror(
+            &self.upstreams,
+            shadow,
+            request,
+            (client, scheme),
+            host,
+            settings,
+        );
     }
 }
 

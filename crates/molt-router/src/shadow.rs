@@ -60,7 +60,7 @@ impl Shadows {
         upstreams: &Arc<Upstreams>,
         route: Arc<Route>,
         head: &Request<B>,
-        peer: IpAddr,
+        (peer, scheme): (IpAddr, ClientScheme),
         host: &HeaderValue,
         settings: MirrorSettings,
     ) {
@@ -77,7 +77,7 @@ impl Shadows {
             &route,
             index,
             head,
-            peer,
+            (peer, scheme),
             host,
             upstreams.wants_absolute_uri(),
         );
@@ -144,11 +144,10 @@ fn mirrored_request<B>(
     route: &Route,
     index: usize,
     head: &Request<B>,
-    peer: IpAddr,
+    (peer, scheme): (IpAddr, ClientScheme),
     host: &HeaderValue,
     absolute: bool,
 ) -> Request<RequestBody> {
-    let scheme = ClientScheme::of(head.extensions());
     let mut headers = head.headers().clone();
     strip_hop_by_hop(&mut headers);
     add_forwarded(&mut headers, peer, scheme, host);

@@ -36,14 +36,13 @@ impl Router {
         start: usize,
         mut in_flight: InFlight,
         mut request: Request<Incoming>,
-        client: IpAddr,
+        (client, scheme): (IpAddr, ClientScheme),
         host: HeaderValue,
     ) -> Response<ResponseBody> {
         let presence = in_flight.counters().presence().watch();
         let client_upgrade = hyper::upgrade::on(&mut request);
         let (mut head, body) = request.into_parts();
         let protocol = head.headers.get(UPGRADE).cloned();
-        let scheme = ClientScheme::of(&head.extensions);
         strip_hop_by_hop(&mut head.headers);
         add_forwarded(&mut head.headers, client, scheme, &host);
         add_forwarding(&mut head.headers, client, scheme, host);

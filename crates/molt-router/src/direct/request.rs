@@ -193,9 +193,9 @@ impl Router {
             _ => None,
         };
         if let Some(shadow) = mirror {
-            let copy = mirror_head(&method, target, request.headers, scheme, &request_id);
+            let copy = mirror_head(&method, target, request.headers, &request_id);
             if let (Some(copy), Ok(host)) = (copy, HeaderValue::from_bytes(head.host)) {
-                self.mirror(shadow, &copy, client, &host);
+                self.mirror(shadow, &copy, client, &host, scheme);
             }
         }
         let Some(start) = start else {
@@ -402,7 +402,6 @@ fn mirror_head(
     method: &Method,
     target: &str,
     fields: &[httparse::Header<'_>],
-    scheme: ClientScheme,
     request_id: &InlineId,
 ) -> Option<Request<()>> {
     let mut request = Request::new(());
@@ -415,7 +414,6 @@ fn mirror_head(
         headers.append(name, value);
     }
     headers.insert(&X_REQUEST_ID, request_id.header_value());
-    request.extensions_mut().insert(scheme);
     Some(request)
 }
 

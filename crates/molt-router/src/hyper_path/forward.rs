@@ -75,12 +75,11 @@ impl Router {
         start: usize,
         mut in_flight: InFlight,
         request: Request<Incoming>,
-        client: IpAddr,
+        (client, scheme): (IpAddr, ClientScheme),
         host: HeaderValue,
     ) -> (Response<ResponseBody>, Option<usize>) {
         let allowance = self.allowance(route);
         let (mut head, body) = request.into_parts();
-        let scheme = ClientScheme::of(&head.extensions);
         strip_hop_by_hop(&mut head.headers);
         let path = head
             .uri

@@ -57,7 +57,6 @@ impl Router {
         scheme: ClientScheme,
     ) -> Response<ResponseBody> {
         self.requests_by_scheme[scheme as usize].fetch_add(1, Ordering::Relaxed);
-        request.extensions_mut().insert(scheme);
         let request_id = self.request_ids.assign(request.headers());
         request
             .headers_mut()
@@ -75,7 +74,7 @@ impl Router {
             .access_log
             .then(|| AccessEntry::start(&request, scheme));
         let mut served = Served::default();
-        let mut response = match self.route(request, client, &mut served).await {
+        let mut response = match self.route(request, client, scheme, &mut served).await {
             Ok(response) | Err(response) => response,
         };
         if let Some(entry) = entry {
@@ -116,11 +115,12 @@ impl Router {
         &self,
         mut request: Request<Incoming>,
         client: IpAddr,
+        scheme: ClientScheme,
         served: &mut Served,
     ) -> Result<Response<ResponseBody>, OwnAnswer> {
         let host = self.admission(&mut request, client)?;
         let host_name = readable_host(&host, client)?;
-        if ClientScheme::of(request.extensions()) == ClientScheme::Http {
+        if scheme == ClientScheme::Http {
             if let Some(response) = self.plain_only(&request, host_name) {
                 return Err(response);
             }
@@ -142,7 +142,7 @@ impl Router {
         } = self.assign(choice, &request, host_name, started, served)?;
 
         if let Some(shadow) = mirror {
-            self.mirror(shadow, &request, client, &host);
+            self.mirror(shadow, &request, client, &host, scheme);
         }
         let Some(start) = start else {
             no_instance(&route, &mut in_flight, started);
@@ -150,13 +150,13 @@ impl Router {
         };
         if requested_upgrade(&request).is_some() {
             let upgraded = self
-                .forward_upgrade(&route, start, in_flight, request, client, host)
+                .forward_upgrade(&route, start, in_flight, request, (client, scheme), host)
                 .await;
             return Ok(upgraded);
         }
         let asked = self.config.access_log.then(Instant::now);
         let (mut response, index) = self
-            .forward(&route, start, in_flight, request, client, host)
+            .forward(&route, start, in_flight, request, (client, scheme), host)
             .await;
         served.upstream = asked.map(|asked| asked.elapsed());
         self.account(&mut response, &route, index, started, sticky, served);
