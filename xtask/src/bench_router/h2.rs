@@ -28,6 +28,19 @@ struct H2Target {
     child: Option<ChildProcess>,
 }
 
+/// The cells' protocols, in the order they are measured.
+const PROTOCOLS: [H2; 3] = [H2::Tls, H2::Http1Tls, H2::Cleartext];
+
+impl H2Target {
+    /// Where it takes `protocol`: both TLS protocols share one listener.
+    fn address(&self, protocol: H2) -> SocketAddr {
+        match protocol {
+            H2::Tls | H2::Http1Tls => self.tls,
+            H2::Cleartext => self.h2c,
+        }
+    }
+}
+
 /// h2 over TLS and h2c through molt, `molt serve` and every peer that starts with both
 /// listeners, loaded by h2load (small answers, one stream in flight per connection), targets
 /// interleaved within each cell. Nothing here fails the bench: a missing h2load or a peer that
@@ -102,12 +115,9 @@ pub(super) async fn measure_h2(
     let mut up = Vec::new();
     for mut target in targets {
         let mut answers = Ok(());
-        for (protocol, addr) in [
-            (H2::Tls, target.tls),
-            (H2::Http1Tls, target.tls),
-            (H2::Cleartext, target.h2c),
-        ] {
+        for protocol in PROTOCOLS {
             if answers.is_ok() {
+                let addr = target.address(protocol);
                 answers = h2load::wait_until_answers(&h2load, protocol, addr, HOST).await;
             }
         }
@@ -130,24 +140,17 @@ pub(super) async fn measure_h2(
     let log = dir.join("h2load.log");
     let measured = async {
         for target in &up {
-            for (protocol, addr) in [
-                (H2::Tls, target.tls),
-                (H2::Http1Tls, target.tls),
-                (H2::Cleartext, target.h2c),
-            ] {
+            for protocol in PROTOCOLS {
+                let addr = target.address(protocol);
                 h2load::run(&h2_spec(&h2load, protocol, addr, 16, plan.warmup, &log)).await?;
             }
         }
-        for protocol in [H2::Tls, H2::Http1Tls, H2::Cleartext] {
+        for protocol in PROTOCOLS {
             for &concurrency in plan.concurrencies {
                 let mut runs = Vec::new();
                 for target in &up {
                     tokio::time::sleep(PAUSE).await;
-                    let addr = if protocol == H2::Cleartext {
-                        target.h2c
-                    } else {
-                        target.tls
-                    };
+                    let addr = target.address(protocol);
                     let before = group_cpu_time(target.group);
                     let spec = h2_spec(&h2load, protocol, addr, concurrency, plan.cell, &log);
                     let load = h2load::run(&spec).await?;
